@@ -1,0 +1,175 @@
+"""The store-facing API: POST /events, POST /events/batch, GET /events, GET /events/<id>.
+
+Views are thin: authenticate, parse, call a service, shape the reply. What accepting an event
+means beyond storing it (routing it) is wired in by integrator/urls.py through `accept`, so that
+this app never imports routing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.utils.dateparse import parse_datetime
+from rest_framework.pagination import CursorPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from events.errors import BatchTooLarge, HubError, InvalidEnvelope
+from events.messages import InvalidMessageName, message_canonical
+from events.models import Event, EventStatus
+from events.selectors import event_get, event_list
+from events.services import IngestResult, envelope_validate, event_ingest
+
+AcceptFn = Callable[..., IngestResult]
+DescribeFn = Callable[[Event], dict[str, Any]]
+
+
+def event_public(event: Event) -> dict[str, Any]:
+    return {
+        "event_id": str(event.uid),
+        "message": event.message,
+        "message_id": event.message_id,
+        "status": event.status,
+        "resource_key": event.resource_key,
+        "created_at": event.created_at.isoformat(),
+    }
+
+
+def event_location(event: Event) -> str:
+    return f"/events/{event.uid}"
+
+
+def _accepted_body(result: IngestResult) -> dict[str, Any]:
+    event = result.event
+    return {
+        "event_id": str(event.uid),
+        "message": event.message,
+        "message_id": event.message_id,
+        "status": event.status,
+        "duplicate": not result.created,
+    }
+
+
+class EventPagination(CursorPagination):
+    ordering = "-id"
+    page_size_query_param = "limit"
+    max_page_size = 500
+
+    def __init__(self) -> None:
+        self.page_size = settings.HUB_EVENTS_PAGE_SIZE
+
+
+class StoreApi(APIView):
+    """Base for store-authenticated endpoints: JSON in, JSON out."""
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        if request.method in ("POST", "PUT", "PATCH"):
+            content_type = request.content_type.split(";")[0].strip().lower()
+            if content_type != "application/json":
+                raise HubError(
+                    f"Content-Type must be application/json, not '{content_type or 'missing'}'.",
+                    code="unsupported_media_type",
+                ).with_status(415)
+
+
+class EventCollectionApi(StoreApi):
+    accept: AcceptFn = staticmethod(event_ingest)
+
+    def post(self, request: Request) -> Response:
+        data = request.data
+        if isinstance(data, list):
+            return batch_response(request, data, accept=self.accept)
+        envelope = envelope_validate(data)
+        result = self.accept(store=request.user, envelope=envelope)
+        body = _accepted_body(result)
+        if result.created:
+            return Response(body, status=202, headers={"Location": event_location(result.event)})
+        return Response(body, status=200, headers={"Location": event_location(result.event)})
+
+    def get(self, request: Request) -> Response:
+        params = request.query_params
+        message = params.get("message") or None
+        if message:
+            try:
+                message = message_canonical(message)
+            except InvalidMessageName as exc:
+                raise InvalidEnvelope(str(exc), field="message", code="invalid_filter") from None
+        status = params.get("status") or None
+        if status and status not in EventStatus.values:
+            raise InvalidEnvelope(
+                f"'status' must be one of {', '.join(EventStatus.values)}.", field="status", code="invalid_filter"
+            )
+        since = None
+        if params.get("since"):
+            since = parse_datetime(params["since"])
+            if since is None:
+                raise InvalidEnvelope(
+                    "'since' must be an ISO 8601 date-time, e.g. 2026-01-31T12:00:00Z.",
+                    field="since",
+                    code="invalid_filter",
+                )
+        qs = event_list(
+            store=request.user,
+            message=message,
+            status=status,
+            since=since,
+            resource_key=params.get("resource_key") or None,
+        )
+        paginator = EventPagination()
+        page = paginator.paginate_queryset(qs, request, view=self)
+        return paginator.get_paginated_response([event_public(e) for e in page])
+
+
+class EventBatchApi(StoreApi):
+    accept: AcceptFn = staticmethod(event_ingest)
+
+    def post(self, request: Request) -> Response:
+        data = request.data
+        if isinstance(data, dict) and "events" in data:
+            data = data["events"]
+        if not isinstance(data, list):
+            raise InvalidEnvelope(
+                'A batch is a JSON array of envelopes, or an object {"events": [...]}.', field="events"
+            )
+        return batch_response(request, data, accept=self.accept)
+
+
+def batch_response(request: Request, items: list[Any], *, accept: AcceptFn) -> Response:
+    """Each envelope is accepted or rejected on its own; one result per item, in order."""
+    limit = settings.HUB_MAX_BATCH_SIZE
+    if len(items) > limit:
+        raise BatchTooLarge(f"The batch has {len(items)} events; the limit is {limit}.", field="events")
+    if not items:
+        raise InvalidEnvelope("The batch is empty.", field="events")
+    results: list[dict[str, Any]] = []
+    counts = {"accepted": 0, "duplicates": 0, "rejected": 0}
+    for index, item in enumerate(items):
+        try:
+            envelope = envelope_validate(item)
+            result = accept(store=request.user, envelope=envelope)
+        except HubError as exc:
+            counts["rejected"] += 1
+            results.append({"index": index, "status_code": exc.status_code, **exc.as_dict()})
+            continue
+        counts["accepted" if result.created else "duplicates"] += 1
+        results.append({"index": index, "status_code": 202 if result.created else 200, **_accepted_body(result)})
+    return Response({**counts, "results": results}, status=200)
+
+
+class EventDetailApi(StoreApi):
+    describe: DescribeFn | None = None
+
+    def get(self, request: Request, event_id: str) -> Response:
+        event = event_get(store=request.user, event_id=event_id)
+        if event is None:
+            raise HubError(f"No event '{event_id}' for this store.", code="not_found").with_status(404)
+        body = event_public(event)
+        body["payload"] = event.payload
+        body["parent_event_id"] = str(event.parent.uid) if event.parent_id else None
+        if self.describe is not None:
+            body.update(self.describe(event))
+        return Response(body)

@@ -1,0 +1,62 @@
+"""Store authentication: a bearer token, or the headers older store extensions send."""
+
+from __future__ import annotations
+
+from django.utils import timezone
+from rest_framework import permissions
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.exceptions import AuthenticationFailed, PermissionDenied
+from rest_framework.request import Request
+
+from events.models import Store, token_hash
+
+# Touching last_used_at on every push would add a write per request; once a minute is plenty.
+LAST_USED_RESOLUTION_SECONDS = 60
+
+
+def _token_from_request(request: Request) -> tuple[str | None, str | None]:
+    """(store name, token) from whichever scheme the client used; the store name only for X-Hub-Store."""
+    header = get_authorization_header(request).decode("latin-1").strip()
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise AuthenticationFailed("The Authorization header must be 'Bearer <store token>'.")
+        return None, value.strip()
+    meta = request.META
+    if meta.get("HTTP_X_HUB_ACCESS_TOKEN"):
+        return meta.get("HTTP_X_HUB_STORE") or None, meta["HTTP_X_HUB_ACCESS_TOKEN"].strip()
+    if meta.get("HTTP_X_AUGURY_TOKEN"):
+        return None, meta["HTTP_X_AUGURY_TOKEN"].strip()
+    return None, None
+
+
+class StoreTokenAuthentication(BaseAuthentication):
+    def authenticate(self, request: Request) -> tuple[Store, str] | None:
+        store_name, token = _token_from_request(request)
+        if token is None:
+            return None
+        store = Store.objects.filter(token_hash=token_hash(token)).first()
+        # The lookup is by hash, and the comparison is constant-time, so response timing says
+        # nothing about how close a guess came.
+        if store is None or not store.token_matches(token):
+            raise AuthenticationFailed("The store token is not valid.")
+        if store_name is not None and store_name not in (store.name, str(store.pk)):
+            raise AuthenticationFailed("X-Hub-Store does not match the store of this token.")
+        now = timezone.now()
+        if store.last_used_at is None or (now - store.last_used_at).total_seconds() > LAST_USED_RESOLUTION_SECONDS:
+            Store.objects.filter(pk=store.pk).update(last_used_at=now)
+            store.last_used_at = now
+        return store, token
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="hub"'
+
+
+class IsActiveStore(permissions.BasePermission):
+    def has_permission(self, request: Request, view: object) -> bool:
+        store = request.user
+        if not isinstance(store, Store):
+            return False
+        if not store.is_active:
+            raise PermissionDenied(f"The store '{store.name}' is disabled.")
+        return True

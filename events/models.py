@@ -1,0 +1,103 @@
+"""What stores push: the stores themselves and the events they send."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+
+from django.db import models
+from django.utils import timezone
+
+TOKEN_PREFIX = "hub_"
+
+
+def token_hash(token: str) -> str:
+    """Tokens carry 256 random bits, so a plain SHA-256 is enough to store them safely."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class Store(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+    is_active = models.BooleanField(default=True)
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    token_hint = models.CharField(
+        max_length=16, editable=False, help_text="The first characters of the token, to tell tokens apart."
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    # DRF treats request.user as the authenticated principal; a store is one.
+    is_authenticated = True
+    is_anonymous = False
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def token_set_new(self) -> str:
+        """Give the store a fresh token and return it in clear: the only time it is ever seen."""
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        self.token_hash = token_hash(token)
+        self.token_hint = token[: len(TOKEN_PREFIX) + 6]
+        return token
+
+    def token_matches(self, token: str) -> bool:
+        return hmac.compare_digest(self.token_hash, token_hash(token))
+
+
+class EventStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    DELIVERING = "delivering", "Delivering"
+    DELIVERED = "delivered", "Delivered"
+    PARTIALLY_FAILED = "partially_failed", "Partially failed"
+    FAILED = "failed", "Failed"
+    UNROUTED = "unrouted", "Unrouted"
+
+
+class EventSource(models.TextChoices):
+    STORE = "store", "Pushed by a store"
+    REPLY = "reply", "Returned by an endpoint"
+
+
+class Event(models.Model):
+    uid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    store = models.ForeignKey(
+        Store,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="events",
+        help_text="The store that pushed it; empty for events returned by an endpoint.",
+    )
+    message = models.CharField(max_length=100, db_index=True)
+    message_id = models.CharField(max_length=255)
+    payload = models.JSONField()
+    resource_key = models.CharField(max_length=200, null=True, blank=True, db_index=True)
+    source = models.CharField(max_length=10, choices=EventSource.choices, default=EventSource.STORE)
+    origin = models.CharField(
+        max_length=100,
+        blank=True,
+        default="",
+        help_text="What sent it when it did not come from a store (e.g. 'subscription:12').",
+    )
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
+    depth = models.PositiveSmallIntegerField(default=0)
+    status = models.CharField(max_length=20, choices=EventStatus.choices, default=EventStatus.QUEUED, db_index=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["store", "message_id"], name="event_unique_store_message_id"),
+        ]
+        indexes = [
+            models.Index(fields=["store", "-id"], name="event_store_recent"),
+            models.Index(fields=["status", "created_at"], name="event_status_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.message} {self.message_id}"

@@ -1,0 +1,117 @@
+"""Writing events: validate an envelope, store it once per (store, message_id)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import IntegrityError, transaction
+
+from events.errors import InvalidEnvelope
+from events.messages import InvalidMessageName, message_canonical, resource_key
+from events.models import Event, EventSource, Store
+
+MESSAGE_ID_MAX_LENGTH = 255
+
+
+@dataclass(frozen=True)
+class Envelope:
+    message: str
+    message_id: str | None
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    event: Event
+    created: bool
+
+
+def envelope_validate(data: Any) -> Envelope:
+    """Check the shape of one envelope and return it with the canonical message name."""
+    if not isinstance(data, Mapping):
+        raise InvalidEnvelope(f"An event must be a JSON object with 'message' and 'payload', not {_json_type(data)}.")
+    if "message" not in data or data["message"] in (None, ""):
+        raise InvalidEnvelope("'message' is required, e.g. \"order:new\".", field="message")
+    if not isinstance(data["message"], str):
+        raise InvalidEnvelope(f"'message' must be a string, not {_json_type(data['message'])}.", field="message")
+    try:
+        message = message_canonical(data["message"])
+    except InvalidMessageName as exc:
+        raise InvalidEnvelope(str(exc), field="message") from None
+
+    message_id = data.get("message_id")
+    if message_id is not None:
+        if isinstance(message_id, bool) or not isinstance(message_id, (str, int)):
+            raise InvalidEnvelope(f"'message_id' must be a string, not {_json_type(message_id)}.", field="message_id")
+        message_id = str(message_id).strip()
+        if not message_id:
+            raise InvalidEnvelope("'message_id' must not be empty; leave it out to have one made.", field="message_id")
+        if len(message_id) > MESSAGE_ID_MAX_LENGTH:
+            raise InvalidEnvelope(
+                f"'message_id' is longer than {MESSAGE_ID_MAX_LENGTH} characters.", field="message_id"
+            )
+
+    if "payload" not in data:
+        raise InvalidEnvelope("'payload' is required and must be a JSON object.", field="payload")
+    payload = data["payload"]
+    if not isinstance(payload, Mapping):
+        raise InvalidEnvelope(f"'payload' must be a JSON object, not {_json_type(payload)}.", field="payload")
+    return Envelope(message=message, message_id=message_id, payload=dict(payload))
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, Mapping):
+        return "an object"
+    return type(value).__name__
+
+
+def event_ingest(
+    *,
+    store: Store | None,
+    envelope: Envelope,
+    parent: Event | None = None,
+    origin: str = "",
+) -> IngestResult:
+    """Store one event; a repeated (store, message_id) returns the first event, created=False.
+
+    Must run inside the caller's transaction when routing has to be atomic with it; the insert
+    itself sits in a savepoint so a duplicate does not poison that transaction.
+    """
+    if envelope.message_id is not None and store is not None:
+        existing = Event.objects.filter(store=store, message_id=envelope.message_id).first()
+        if existing is not None:
+            return IngestResult(existing, created=False)
+
+    event = Event(
+        store=store,
+        message=envelope.message,
+        payload=envelope.payload,
+        resource_key=resource_key(envelope.message, envelope.payload),
+        source=EventSource.STORE if parent is None else EventSource.REPLY,
+        origin=origin,
+        parent=parent,
+        depth=0 if parent is None else parent.depth + 1,
+    )
+    event.message_id = envelope.message_id or event.uid.hex
+    try:
+        with transaction.atomic():
+            event.save(force_insert=True)
+    except IntegrityError:
+        # A concurrent push of the same message_id won the race: answer with its event.
+        existing = Event.objects.filter(store=store, message_id=event.message_id).first()
+        if existing is None:
+            raise
+        return IngestResult(existing, created=False)
+    return IngestResult(event, created=True)

@@ -1,0 +1,177 @@
+"""Where events go: subscriptions, one delivery per event x subscription, its attempts, and the
+notifications endpoints send back."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+
+from django.db import models
+from django.utils import timezone
+
+from events.models import Event, Store
+
+
+def signing_secret_new() -> str:
+    """A Standard Webhooks secret: 'whsec_' + base64 of 32 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
+
+
+def subscription_token_new() -> str:
+    return secrets.token_urlsafe(24)
+
+
+class HttpMethod(models.TextChoices):
+    AUTO = "", "By message (POST for new, PUT for updated/canceled)"
+    POST = "POST", "POST"
+    PUT = "PUT", "PUT"
+    PATCH = "PATCH", "PATCH"
+
+
+class FilterMode(models.TextChoices):
+    ALL = "all", "All filters must match"
+    ANY = "any", "Any filter may match"
+
+
+class Subscription(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+    url = models.URLField(max_length=500)
+    message_types = models.JSONField(
+        default=list, help_text='Message names or wildcards, e.g. ["order:new", "shipment:*"] or ["*"].'
+    )
+    filters = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Content filters: [{"path": "order.channel", "op": "eq", "value": "spree"}].',
+    )
+    filter_mode = models.CharField(max_length=3, choices=FilterMode.choices, default=FilterMode.ALL)
+    parameters = models.JSONField(
+        default=list, blank=True, help_text='Sent as payload.parameters: [{"name": ..., "value": ...}].'
+    )
+    token = models.CharField(max_length=100, default=subscription_token_new)
+    signing_secret = models.CharField(max_length=200, default=signing_secret_new)
+    http_method = models.CharField(max_length=6, choices=HttpMethod.choices, default=HttpMethod.AUTO, blank=True)
+    timeout_seconds = models.FloatField(default=10.0)
+    is_enabled = models.BooleanField(default=True, db_index=True)
+    disabled_reason = models.CharField(max_length=200, blank=True, default="")
+    retry_enabled = models.BooleanField(default=True)
+    retry_schedule = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="Seconds to wait before each retry; empty uses the hub's schedule.",
+    )
+    store = models.ForeignKey(
+        Store,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="subscriptions",
+        help_text="The store this endpoint belongs to: its own events are not sent back to it.",
+    )
+    receive_own_events = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class DeliveryState(models.TextChoices):
+    PENDING = "pending", "Pending"
+    DELIVERING = "delivering", "Delivering"
+    DELIVERED = "delivered", "Delivered"
+    RETRYING = "retrying", "Retrying"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+# States a worker may still pick up.
+DELIVERY_OPEN_STATES = (DeliveryState.PENDING, DeliveryState.RETRYING)
+DELIVERY_FINAL_STATES = (DeliveryState.DELIVERED, DeliveryState.FAILED, DeliveryState.CANCELLED)
+
+
+class Delivery(models.Model):
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries")
+    subscription = models.ForeignKey(Subscription, on_delete=models.CASCADE, related_name="deliveries")
+    state = models.CharField(max_length=12, choices=DeliveryState.choices, default=DeliveryState.PENDING)
+    # Copied from the event so that ordering checks need no join.
+    resource_key = models.CharField(max_length=200, null=True, blank=True)
+    attempt_count = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["event", "subscription"], name="delivery_unique_event_subscription"),
+        ]
+        indexes = [
+            models.Index(fields=["state", "next_attempt_at"], name="delivery_due"),
+            models.Index(fields=["subscription", "state"], name="delivery_subscription_state"),
+            models.Index(fields=["subscription", "resource_key", "id"], name="delivery_resource_order"),
+        ]
+        verbose_name_plural = "deliveries"
+
+    def __str__(self) -> str:
+        return f"delivery {self.pk} of event {self.event_id} to {self.subscription_id}"
+
+
+class Attempt(models.Model):
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempts")
+    number = models.PositiveIntegerField()
+    started_at = models.DateTimeField(default=timezone.now)
+    request_method = models.CharField(max_length=6)
+    request_url = models.URLField(max_length=500)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    latency_ms = models.PositiveIntegerField(default=0)
+    response_headers = models.JSONField(default=dict, blank=True)
+    response_body = models.TextField(blank=True, default="")
+    error = models.TextField(blank=True, default="")
+    succeeded = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["delivery_id", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["delivery", "number"], name="attempt_unique_delivery_number"),
+        ]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number} of delivery {self.delivery_id}"
+
+
+class NotificationLevel(models.TextChoices):
+    INFO = "info", "Info"
+    WARN = "warn", "Warning"
+    ERROR = "error", "Error"
+
+
+class Notification(models.Model):
+    """What an endpoint said about an event (or what the hub says about a subscription)."""
+
+    event = models.ForeignKey(Event, null=True, blank=True, on_delete=models.CASCADE, related_name="notifications")
+    delivery = models.ForeignKey(
+        Delivery, null=True, blank=True, on_delete=models.CASCADE, related_name="notifications"
+    )
+    subscription = models.ForeignKey(
+        Subscription, null=True, blank=True, on_delete=models.CASCADE, related_name="notifications"
+    )
+    level = models.CharField(max_length=5, choices=NotificationLevel.choices, default=NotificationLevel.INFO)
+    subject = models.CharField(max_length=200)
+    description = models.TextField(blank=True, default="")
+    resource_key = models.CharField(max_length=200, null=True, blank=True, db_index=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.level}: {self.subject}"

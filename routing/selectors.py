@@ -1,0 +1,58 @@
+"""Reading deliveries, attempts and notifications."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Prefetch
+
+from events.models import Event
+from routing.models import Attempt, Delivery, Notification
+
+
+def event_deliveries_describe(event: Event) -> dict[str, Any]:
+    """The routing side of an event for GET /events/<id>: each delivery with its attempts, and
+    the notifications endpoints sent back. Secrets and tokens are never included."""
+    deliveries = (
+        Delivery.objects.filter(event=event)
+        .select_related("subscription")
+        .prefetch_related(Prefetch("attempts", queryset=Attempt.objects.order_by("number")))
+        .order_by("id")
+    )
+    notifications = Notification.objects.filter(event=event).order_by("id")
+    return {
+        "deliveries": [
+            {
+                "delivery_id": d.pk,
+                "subscription": d.subscription.name,
+                "state": d.state,
+                "attempt_count": d.attempt_count,
+                "next_attempt_at": d.next_attempt_at.isoformat() if d.state in ("pending", "retrying") else None,
+                "delivered_at": d.delivered_at.isoformat() if d.delivered_at else None,
+                "attempts": [
+                    {
+                        "number": a.number,
+                        "started_at": a.started_at.isoformat(),
+                        "method": a.request_method,
+                        "url": a.request_url,
+                        "status_code": a.status_code,
+                        "latency_ms": a.latency_ms,
+                        "succeeded": a.succeeded,
+                        "response_body": a.response_body,
+                        "error": a.error,
+                    }
+                    for a in d.attempts.all()
+                ],
+            }
+            for d in deliveries
+        ],
+        "notifications": [
+            {
+                "level": n.level,
+                "subject": n.subject,
+                "description": n.description,
+                "created_at": n.created_at.isoformat(),
+            }
+            for n in notifications
+        ],
+    }

@@ -1,0 +1,12 @@
+"""Celery tasks: each loads by id and calls one service."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from routing import services
+
+
+@shared_task(name="routing.delivery_attempt", ignore_result=True)
+def delivery_attempt_task(delivery_id: int) -> None:
+    services.delivery_attempt(delivery_id=delivery_id)

@@ -1,0 +1,33 @@
+"""factory_boy factories shared by every test."""
+
+from __future__ import annotations
+
+import factory
+
+from events.models import Store
+from routing.models import Subscription
+
+
+class StoreFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Store
+        skip_postgeneration_save = True
+
+    name = factory.Sequence(lambda n: f"store-{n}")
+    is_active = True
+
+    @factory.post_generation
+    def token(self, create: bool, extracted: str | None, **kwargs) -> None:
+        # The clear token is kept on the instance for the test to use; only the hash is stored.
+        self.token = self.token_set_new()
+        if create:
+            self.save()
+
+
+class SubscriptionFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Subscription
+
+    name = factory.Sequence(lambda n: f"endpoint-{n}")
+    url = "http://127.0.0.1:9/never-called"
+    message_types = factory.LazyFunction(lambda: ["*"])
