@@ -44,6 +44,22 @@ class InvalidEnvelope(HubError):
     code = "invalid_envelope"
 
 
+class InvalidFilter(HubError):
+    """A query parameter of a list (GET /events) that cannot be understood."""
+
+    code = "invalid_filter"
+
+
+class UnsupportedMediaType(HubError):
+    status_code = status.HTTP_415_UNSUPPORTED_MEDIA_TYPE
+    code = "unsupported_media_type"
+
+
+class NotFound(HubError):
+    status_code = status.HTTP_404_NOT_FOUND
+    code = "not_found"
+
+
 class BodyTooLarge(HubError):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     code = "body_too_large"
