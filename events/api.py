@@ -20,7 +20,15 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from events.errors import BatchTooLarge, HubError, InvalidEnvelope, InvalidFilter, NotFound, UnsupportedMediaType
+from events.errors import (
+    BatchTooLarge,
+    HubError,
+    InvalidEnvelope,
+    InvalidFilter,
+    MalformedJson,
+    NotFound,
+    UnsupportedMediaType,
+)
 from events.messages import InvalidMessageName, message_canonical
 from events.models import Event, EventStatus
 from events.selectors import event_get, event_list
@@ -128,6 +136,12 @@ class StoreApi(APIView):
                 raise UnsupportedMediaType(
                     f"Content-Type must be application/json, not '{content_type or 'missing'}'.",
                     field="Content-Type",
+                )
+            # DRF hands an empty body (or a chunked one, which carries no Content-Length) to the view
+            # as {} without calling the parser; say what is wrong instead of "'message' is required".
+            if request.META.get("CONTENT_LENGTH") in (None, "", "0"):
+                raise MalformedJson(
+                    "The body is empty; send a JSON envelope with a Content-Length header.", field="body"
                 )
 
 
