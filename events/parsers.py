@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -36,9 +37,15 @@ def json_loads_or_error(raw: bytes) -> Any:
         ) from None
 
 
-def json_depth_exceeds(value: Any, limit: int) -> bool:
-    """Whether arrays/objects nest deeper than `limit`; iterative, so a hostile body cannot blow the stack."""
+# orjson turns integers outside 64 bits into floats; such a float means a big integer may have lost digits.
+_LOSSLESS_INT_LIMIT = 2**63
+
+
+def json_scan(value: Any, max_depth: int) -> tuple[bool, bool]:
+    """(nests deeper than max_depth, holds a float orjson may have made from a big integer) in one
+    iterative pass, so a hostile body cannot blow the stack."""
     stack: list[tuple[Any, int]] = [(value, 1)]
+    too_deep = big_number = False
     while stack:
         current, depth = stack.pop()
         if isinstance(current, dict):
@@ -46,11 +53,32 @@ def json_depth_exceeds(value: Any, limit: int) -> bool:
         elif isinstance(current, list):
             children = current
         else:
+            if isinstance(current, float) and abs(current) >= _LOSSLESS_INT_LIMIT and current.is_integer():
+                big_number = True
             continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
-    return False
+        if depth > max_depth:
+            too_deep = True
+            break
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list, float)))
+    return too_deep, big_number
+
+
+def json_parse_body(raw: bytes, *, max_depth: int) -> Any:
+    """Parse a request body: errors that say where, a depth cap, and integers kept exact."""
+    data = json_loads_or_error(raw)
+    too_deep, big_number = json_scan(data, max_depth)
+    if too_deep:
+        raise MalformedJson(
+            f"The body nests arrays/objects deeper than {max_depth} levels.", field="body", code="too_deep"
+        )
+    if big_number:
+        # The payload is kept as sent: the standard library keeps integers of any size. orjson has
+        # already checked the syntax, which is stricter than json's (no NaN, no Infinity).
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:  # e.g. an integer over Python's 4300-digit limit
+            raise MalformedJson(f"The body has a number the hub cannot keep exactly: {exc}.", field="body") from None
+    return data
 
 
 class HubJSONParser(BaseParser):
@@ -68,10 +96,4 @@ class HubJSONParser(BaseParser):
             raise BodyTooLarge(f"The body is larger than the limit of {limit} bytes.", field="body")
         if not raw.strip():
             raise MalformedJson("The body is empty; send a JSON envelope.", field="body")
-        data = json_loads_or_error(raw)
-        max_depth = settings.HUB_MAX_JSON_DEPTH
-        if json_depth_exceeds(data, max_depth):
-            raise MalformedJson(
-                f"The body nests arrays/objects deeper than {max_depth} levels.", field="body", code="too_deep"
-            )
-        return data
+        return json_parse_body(raw, max_depth=settings.HUB_MAX_JSON_DEPTH)
