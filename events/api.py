@@ -8,16 +8,27 @@ this app never imports routing.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime, time
 from typing import Any
 
 from django.conf import settings
-from django.utils.dateparse import parse_datetime
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
+from rest_framework.exceptions import NotFound as DrfNotFound
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from events.errors import BatchTooLarge, HubError, InvalidEnvelope
+from events.errors import (
+    BatchTooLarge,
+    HubError,
+    InvalidEnvelope,
+    InvalidFilter,
+    MalformedJson,
+    NotFound,
+    UnsupportedMediaType,
+)
 from events.messages import InvalidMessageName, message_canonical
 from events.models import Event, EventStatus
 from events.selectors import event_get, event_list
@@ -54,12 +65,64 @@ def _accepted_body(result: IngestResult) -> dict[str, Any]:
 
 
 class EventPagination(CursorPagination):
+    """Newest first; a cursor stays valid while new events arrive (no offset drift)."""
+
     ordering = "-id"
     page_size_query_param = "limit"
     max_page_size = 500
 
     def __init__(self) -> None:
         self.page_size = settings.HUB_EVENTS_PAGE_SIZE
+
+    def get_page_size(self, request: Request) -> int:
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw in (None, ""):
+            return self.page_size
+        if not raw.isdigit() or not 1 <= int(raw) <= self.max_page_size:
+            raise InvalidFilter(f"'limit' must be a whole number from 1 to {self.max_page_size}.", field="limit")
+        return int(raw)
+
+    def decode_cursor(self, request: Request) -> Any:
+        try:
+            return super().decode_cursor(request)
+        except DrfNotFound:
+            # DRF answers 404 for a bad cursor; it is a bad query parameter, not a missing resource.
+            raise InvalidFilter(
+                "'cursor' is not valid; use the 'next' or 'previous' link of a page.", field="cursor"
+            ) from None
+
+
+def message_filter_parse(raw: str) -> str | None:
+    """A message name (aliases become canonical) or 'resource:*'; '' and '*' mean every message."""
+    name = raw.strip().lower()
+    if name in ("", "*", "*:*"):
+        return None
+    wildcard = name.endswith(":*")
+    try:
+        # A wildcard's resource part is checked by the same rule as a full name.
+        canonical = message_canonical(name[:-1] + "any" if wildcard else name)
+    except InvalidMessageName as exc:
+        raise InvalidFilter(str(exc).replace(":any'", ":*'"), field="message") from None
+    return name if wildcard else canonical
+
+
+def since_parse(raw: str) -> datetime:
+    """An ISO 8601 date-time (naive means UTC) or a plain date (its midnight, UTC)."""
+    try:
+        value = parse_datetime(raw)
+        if value is None:
+            day = parse_date(raw)
+            value = datetime.combine(day, time.min) if day is not None else None
+    except ValueError:
+        value = None
+    if value is None:
+        raise InvalidFilter(
+            "'since' must be an ISO 8601 date-time or date, e.g. 2026-01-31T12:00:00Z or 2026-01-31.",
+            field="since",
+        )
+    if timezone.is_naive(value):
+        value = timezone.make_aware(value, UTC)
+    return value
 
 
 class StoreApi(APIView):
@@ -70,10 +133,16 @@ class StoreApi(APIView):
         if request.method in ("POST", "PUT", "PATCH"):
             content_type = request.content_type.split(";")[0].strip().lower()
             if content_type != "application/json":
-                raise HubError(
+                raise UnsupportedMediaType(
                     f"Content-Type must be application/json, not '{content_type or 'missing'}'.",
-                    code="unsupported_media_type",
-                ).with_status(415)
+                    field="Content-Type",
+                )
+            # DRF hands an empty body (or a chunked one, which carries no Content-Length) to the view
+            # as {} without calling the parser; say what is wrong instead of "'message' is required".
+            if request.META.get("CONTENT_LENGTH") in (None, "", "0"):
+                raise MalformedJson(
+                    "The body is empty; send a JSON envelope with a Content-Length header.", field="body"
+                )
 
 
 class EventCollectionApi(StoreApi):
@@ -92,26 +161,11 @@ class EventCollectionApi(StoreApi):
 
     def get(self, request: Request) -> Response:
         params = request.query_params
-        message = params.get("message") or None
-        if message:
-            try:
-                message = message_canonical(message)
-            except InvalidMessageName as exc:
-                raise InvalidEnvelope(str(exc), field="message", code="invalid_filter") from None
+        message = message_filter_parse(params.get("message", ""))
         status = params.get("status") or None
         if status and status not in EventStatus.values:
-            raise InvalidEnvelope(
-                f"'status' must be one of {', '.join(EventStatus.values)}.", field="status", code="invalid_filter"
-            )
-        since = None
-        if params.get("since"):
-            since = parse_datetime(params["since"])
-            if since is None:
-                raise InvalidEnvelope(
-                    "'since' must be an ISO 8601 date-time, e.g. 2026-01-31T12:00:00Z.",
-                    field="since",
-                    code="invalid_filter",
-                )
+            raise InvalidFilter(f"'status' must be one of {', '.join(EventStatus.values)}.", field="status")
+        since = since_parse(params["since"]) if params.get("since") else None
         qs = event_list(
             store=request.user,
             message=message,
@@ -166,7 +220,7 @@ class EventDetailApi(StoreApi):
     def get(self, request: Request, event_id: str) -> Response:
         event = event_get(store=request.user, event_id=event_id)
         if event is None:
-            raise HubError(f"No event '{event_id}' for this store.", code="not_found").with_status(404)
+            raise NotFound(f"No event '{event_id}' for this store.", field="event_id")
         body = event_public(event)
         body["payload"] = event.payload
         body["parent_event_id"] = str(event.parent.uid) if event.parent_id else None

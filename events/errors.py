@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import DatabaseError
-from django.http import Http404
+from django.db import InterfaceError, OperationalError
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
@@ -42,6 +43,22 @@ class MalformedJson(HubError):
 class InvalidEnvelope(HubError):
     status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
     code = "invalid_envelope"
+
+
+class InvalidFilter(HubError):
+    """A query parameter of a list (GET /events) that cannot be understood."""
+
+    code = "invalid_filter"
+
+
+class UnsupportedMediaType(HubError):
+    status_code = status.HTTP_415_UNSUPPORTED_MEDIA_TYPE
+    code = "unsupported_media_type"
+
+
+class NotFound(HubError):
+    status_code = status.HTTP_404_NOT_FOUND
+    code = "not_found"
 
 
 class BodyTooLarge(HubError):
@@ -95,7 +112,8 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         return hub_error_response(exc, headers)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
-    if isinstance(exc, DatabaseError):
+    # Only a lost or refused connection is worth a retry; any other database error is a bug (500).
+    if isinstance(exc, (OperationalError, InterfaceError)):
         return hub_error_response(
             ServiceUnavailable("The hub's database is unavailable; try again shortly.", retry_after=5),
             {"Retry-After": "5"},
@@ -122,3 +140,19 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if field:
         body["field"] = field
     return Response(body, status=exc.status_code, headers=headers or None)
+
+
+def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """Django's 404 for URLs no view matched: JSON like every other API answer (HTML for the admin)."""
+    if request.path.startswith("/admin/"):
+        return defaults.page_not_found(request, exception)
+    body = {"error": "not_found", "detail": f"There is no '{request.path}' here; see docs/protocol.md."}
+    return JsonResponse(body, status=404)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """Django's 500, in the API's JSON shape (the traceback goes to the log, never to the client)."""
+    if request.path.startswith("/admin/"):
+        return defaults.server_error(request)
+    body = {"error": "server_error", "detail": "The hub failed to handle this request; it has been logged."}
+    return JsonResponse(body, status=500)

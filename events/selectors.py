@@ -27,8 +27,11 @@ def event_list(
     since: datetime | None = None,
     resource_key: str | None = None,
 ) -> QuerySet[Event]:
+    """A store's events, newest first; `message` is a canonical name or 'resource:*'."""
     qs = Event.objects.filter(store=store)
-    if message:
+    if message and message.endswith(":*"):
+        qs = qs.filter(message__startswith=message[:-1])
+    elif message:
         qs = qs.filter(message=message)
     if status:
         qs = qs.filter(status=status)

@@ -48,6 +48,8 @@ def envelope_validate(data: Any) -> Envelope:
         message_id = str(message_id).strip()
         if not message_id:
             raise InvalidEnvelope("'message_id' must not be empty; leave it out to have one made.", field="message_id")
+        if "\x00" in message_id:
+            raise InvalidEnvelope("'message_id' must not contain the NUL character (\\u0000).", field="message_id")
         if len(message_id) > MESSAGE_ID_MAX_LENGTH:
             raise InvalidEnvelope(
                 f"'message_id' is longer than {MESSAGE_ID_MAX_LENGTH} characters.", field="message_id"
@@ -58,7 +60,32 @@ def envelope_validate(data: Any) -> Envelope:
     payload = data["payload"]
     if not isinstance(payload, Mapping):
         raise InvalidEnvelope(f"'payload' must be a JSON object, not {_json_type(payload)}.", field="payload")
+    nul_at = _nul_path(payload)
+    if nul_at is not None:
+        # PostgreSQL's jsonb cannot hold \u0000; refusing it everywhere keeps SQLite and PostgreSQL alike.
+        raise InvalidEnvelope(
+            f"'payload' contains the NUL character (\\u0000) at '{nul_at}', which the hub cannot store.",
+            field="payload",
+        )
     return Envelope(message=message, message_id=message_id, payload=dict(payload))
+
+
+def _nul_path(payload: Mapping[str, Any]) -> str | None:
+    """The dotted path of the first key or string holding a NUL character, or None."""
+    stack: list[tuple[Any, str]] = [(payload, "payload")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                return path
+        elif isinstance(value, Mapping):
+            for key, child in value.items():
+                if "\x00" in key:
+                    return f"{path}.{key!r}"
+                stack.append((child, f"{path}.{key}"))
+        elif isinstance(value, list):
+            stack.extend((child, f"{path}.{index}") for index, child in enumerate(value))
+    return None
 
 
 def _json_type(value: Any) -> str:

@@ -13,3 +13,7 @@ urlpatterns = [
     path("events/<str:event_id>", EventDetailApi.as_view(describe=event_deliveries_describe), name="event-detail"),
     path("admin/", admin.site.urls),
 ]
+
+# Unmatched URLs and crashes answer in the API's JSON error shape too.
+handler404 = "events.errors.page_not_found"
+handler500 = "events.errors.server_error"
