@@ -100,7 +100,8 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": VAR_DIR / "hub.sqlite3",
+            # SQLITE_PATH lets a second process (a test worker, say) open another file with the same options.
+            "NAME": os.environ.get("SQLITE_PATH") or VAR_DIR / "hub.sqlite3",
             # web and worker are separate processes: WAL lets them read while the other writes, and
             # IMMEDIATE transactions take the write lock up front instead of failing on upgrade.
             "OPTIONS": {
@@ -150,12 +151,45 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_PUBLISH_RETRY = False
 CELERY_BROKER_CONNECTION_TIMEOUT = _env_float("CELERY_BROKER_CONNECTION_TIMEOUT", 2.0)
 CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULE_FILENAME = os.environ.get("CELERY_BEAT_SCHEDULE_FILENAME", str(VAR_DIR / "celerybeat-schedule"))
 
 # --- Hub knobs ------------------------------------------------------------------------------
 HUB_MAX_BODY_BYTES = _env_int("HUB_MAX_BODY_BYTES", 1024 * 1024)
 HUB_MAX_BATCH_SIZE = _env_int("HUB_MAX_BATCH_SIZE", 500)
 HUB_MAX_JSON_DEPTH = _env_int("HUB_MAX_JSON_DEPTH", 64)
 HUB_EVENTS_PAGE_SIZE = _env_int("HUB_EVENTS_PAGE_SIZE", 50)
+
+# Delivery (routing). Seconds throughout.
+# The Standard Webhooks schedule: waits after the 1st, 2nd, ... failed attempt; its length is the retry maximum.
+HUB_RETRY_SCHEDULE = [
+    float(x)
+    for x in _env_list("HUB_RETRY_SCHEDULE", ["5", "300", "1800", "7200", "18000", "36000", "50400", "72000", "86400"])
+]
+HUB_RETRY_JITTER = _env_float("HUB_RETRY_JITTER", 0.2)
+HUB_RETRY_AFTER_MAX_SECONDS = _env_float("HUB_RETRY_AFTER_MAX_SECONDS", 86400)
+# Retries due sooner than this are handed to the broker with a countdown; later ones wait in the database.
+HUB_RETRY_COUNTDOWN_MAX_SECONDS = _env_float("HUB_RETRY_COUNTDOWN_MAX_SECONDS", 60)
+# A claimed delivery belongs to its worker for the endpoint's timeout plus this margin.
+HUB_DELIVERY_LEASE_MARGIN_SECONDS = _env_float("HUB_DELIVERY_LEASE_MARGIN_SECONDS", 60)
+HUB_RESPONSE_BODY_MAX_CHARS = _env_int("HUB_RESPONSE_BODY_MAX_CHARS", 4096)
+HUB_RESPONSE_READ_MAX_BYTES = _env_int("HUB_RESPONSE_READ_MAX_BYTES", 1024 * 1024)
+# How many generations of events endpoints may return in reply to events (an event pushed by a store is 0).
+HUB_MAX_EVENT_DEPTH = _env_int("HUB_MAX_EVENT_DEPTH", 5)
+# An endpoint that has failed without a single success for this long is disabled.
+HUB_SUBSCRIPTION_DISABLE_AFTER_SECONDS = _env_float("HUB_SUBSCRIPTION_DISABLE_AFTER_SECONDS", 5 * 86400)
+HUB_SWEEP_INTERVAL_SECONDS = _env_float("HUB_SWEEP_INTERVAL_SECONDS", 30)
+# A due delivery enqueued longer ago than this without being taken is assumed lost by the broker.
+HUB_SWEEP_LOST_AFTER_SECONDS = _env_float("HUB_SWEEP_LOST_AFTER_SECONDS", 300)
+HUB_SWEEP_BATCH_SIZE = _env_int("HUB_SWEEP_BATCH_SIZE", 1000)
+CELERY_BEAT_SCHEDULE = {
+    # Expiring: sweeps piled up while no worker ran are worthless, the next one does the same job.
+    "deliveries-sweep": {
+        "task": "routing.deliveries_sweep",
+        "schedule": HUB_SWEEP_INTERVAL_SECONDS,
+        "options": {"expires": max(HUB_SWEEP_INTERVAL_SECONDS, 1.0)},
+    },
+}
+
 # Django's own request cap must not cut in before ours, which answers 413 in JSON.
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(HUB_MAX_BODY_BYTES * 2, 2_621_440)
 

@@ -69,6 +69,8 @@ class Subscription(models.Model):
         help_text="The store this endpoint belongs to: its own events are not sent back to it.",
     )
     receive_own_events = models.BooleanField(default=False)
+    # When the current run of failed attempts began; an endpoint failing for too long is disabled.
+    failing_since = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -106,13 +108,22 @@ class Delivery(models.Model):
     last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
     last_error = models.TextField(blank=True, default="")
     delivered_at = models.DateTimeField(null=True, blank=True)
+    # A replay is a fresh delivery of the same event to the same subscription, sent on request.
+    replay_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="replays", editable=False
+    )
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["-id"]
         constraints = [
-            models.UniqueConstraint(fields=["event", "subscription"], name="delivery_unique_event_subscription"),
+            # Routing makes one delivery per (event, subscription); replays are the deliberate extras.
+            models.UniqueConstraint(
+                fields=["event", "subscription"],
+                condition=models.Q(replay_of__isnull=True),
+                name="delivery_unique_event_subscription",
+            ),
         ]
         indexes = [
             models.Index(fields=["state", "next_attempt_at"], name="delivery_due"),

@@ -1,17 +1,47 @@
-"""Routing services: who gets an event, and accepting an event together with its deliveries."""
+"""Routing services: who gets an event, accepting an event with its deliveries, and the
+bookkeeping around deliveries (sweeping, retrying now, cancelling, replaying, test sends).
+
+Sending one delivery lives in routing.attempts; it is re-exported here so callers have one place.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
 
+from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
 
 from events.models import Event, EventStatus, Store
 from events.services import Envelope, IngestResult, event_ingest
 from routing import matching
-from routing.models import Delivery, Subscription
+from routing.attempts import delivery_attempt, event_status_refresh
+from routing.models import DELIVERY_OPEN_STATES, Attempt, Delivery, DeliveryState, Subscription
+
+__all__ = [
+    "TEST_MESSAGE",
+    "SweepResult",
+    "deliveries_create_for_event",
+    "deliveries_enqueue",
+    "deliveries_sweep",
+    "delivery_attempt",
+    "delivery_cancel",
+    "delivery_replay",
+    "delivery_retry_now",
+    "event_accept",
+    "event_status_refresh",
+    "subscription_send_test",
+    "subscriptions_for_event",
+]
 
 logger = logging.getLogger(__name__)
+
+# The message of the ping an admin sends to check an endpoint; it is never routed to anyone else.
+TEST_MESSAGE = "hub:test"
 
 
 def subscriptions_for_event(*, event: Event) -> list[Subscription]:
@@ -21,6 +51,8 @@ def subscriptions_for_event(*, event: Event) -> list[Subscription]:
         if sub.store_id is not None and sub.store_id == event.store_id and not sub.receive_own_events:
             continue
         if not matching.message_types_match(sub.message_types, event.message):
+            continue
+        if not matching.filters_match(sub.filters, event.payload, sub.filter_mode):
             continue
         wanted.append(sub)
     return wanted
@@ -40,17 +72,27 @@ def deliveries_create_for_event(*, event: Event) -> list[Delivery]:
     return deliveries
 
 
-def deliveries_enqueue(delivery_ids: list[int]) -> None:
-    """Tell the broker 'look at delivery N'. A broker outage is not the store's problem: the
-    deliveries are durable and the sweeper enqueues them once the broker is back."""
+def deliveries_enqueue(delivery_ids: Iterable[int], *, countdown: float | None = None) -> list[int]:
+    """Tell the broker 'look at delivery N' and note when; returns the ids actually published.
+
+    A broker outage is not the store's problem: the deliveries are durable and the sweeper
+    enqueues them once the broker is back."""
     from routing.tasks import delivery_attempt_task
 
+    published: list[int] = []
     for delivery_id in delivery_ids:
         try:
-            delivery_attempt_task.delay(delivery_id)
+            if countdown:
+                delivery_attempt_task.apply_async(args=[delivery_id], countdown=countdown)
+            else:
+                delivery_attempt_task.delay(delivery_id)
         except Exception:  # noqa: BLE001 - any broker failure; the database still holds the delivery
             logger.warning("broker unavailable; delivery left for the sweeper", extra={"delivery_id": delivery_id})
-            return
+            break
+        published.append(delivery_id)
+    if published:
+        Delivery.objects.filter(pk__in=published, state__in=DELIVERY_OPEN_STATES).update(enqueued_at=timezone.now())
+    return published
 
 
 def event_accept(
@@ -66,3 +108,138 @@ def event_accept(
         if ids:
             transaction.on_commit(lambda: deliveries_enqueue(ids))
     return result
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    reclaimed: int
+    enqueued: int
+
+
+def deliveries_sweep() -> SweepResult:
+    """Make the database, not the broker, the memory of what is owed.
+
+    Deliveries whose worker vanished (lease expired) become retryable again, and due deliveries
+    that were never enqueued, or enqueued long enough ago that the message must be lost, are
+    enqueued again. Sending twice is harmless: a delivery is claimed before it is sent."""
+    now = timezone.now()
+    reclaimed = 0
+    expired = Delivery.objects.filter(state=DeliveryState.DELIVERING, lease_expires_at__lt=now)
+    for delivery_id, number in expired.values_list("id", "attempt_count")[: settings.HUB_SWEEP_BATCH_SIZE]:
+        with transaction.atomic():
+            taken = Delivery.objects.filter(
+                pk=delivery_id, state=DeliveryState.DELIVERING, attempt_count=number, lease_expires_at__lt=now
+            ).update(state=DeliveryState.RETRYING, next_attempt_at=now, lease_expires_at=None, enqueued_at=None)
+            if not taken:
+                continue
+            reclaimed += 1
+            error = "the worker sending this attempt stopped before recording an answer (lease expired)"
+            if not Attempt.objects.filter(delivery_id=delivery_id, number=number).exists():
+                delivery = Delivery.objects.select_related("subscription").get(pk=delivery_id)
+                Attempt.objects.create(
+                    delivery_id=delivery_id,
+                    number=number,
+                    request_method="",
+                    request_url=delivery.subscription.url,
+                    error=error,
+                )
+            Delivery.objects.filter(pk=delivery_id).update(last_error=error, last_status_code=None)
+        logger.warning("reclaimed a delivery whose lease expired", extra={"delivery_id": delivery_id})
+
+    lost_before = now - timedelta(seconds=settings.HUB_SWEEP_LOST_AFTER_SECONDS)
+    due = (
+        Delivery.objects.filter(state__in=DELIVERY_OPEN_STATES, next_attempt_at__lte=now, subscription__is_enabled=True)
+        .filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=lost_before))
+        .order_by("next_attempt_at", "id")
+        .values_list("id", flat=True)[: settings.HUB_SWEEP_BATCH_SIZE]
+    )
+    published = deliveries_enqueue(list(due))
+    if reclaimed or published:
+        logger.info("sweep", extra={"reclaimed": reclaimed, "enqueued": len(published)})
+    return SweepResult(reclaimed=reclaimed, enqueued=len(published))
+
+
+def delivery_retry_now(*, delivery_id: int) -> bool:
+    """Make a waiting or failed delivery due now and enqueue it. A failed delivery gets one more
+    attempt. False when there is nothing to retry (delivered, cancelled, being sent, endpoint disabled)."""
+    now = timezone.now()
+    with transaction.atomic():
+        base = Delivery.objects.filter(pk=delivery_id, subscription__is_enabled=True)
+        changed = base.filter(state__in=DELIVERY_OPEN_STATES).update(next_attempt_at=now, enqueued_at=None)
+        changed += base.filter(state=DeliveryState.FAILED).update(
+            state=DeliveryState.RETRYING, next_attempt_at=now, enqueued_at=None
+        )
+        if not changed:
+            return False
+        event_id = Delivery.objects.filter(pk=delivery_id).values_list("event_id", flat=True).get()
+        event_status_refresh(event_id=event_id)
+        transaction.on_commit(lambda: deliveries_enqueue([delivery_id]))
+    return True
+
+
+def delivery_cancel(*, delivery_id: int) -> bool:
+    """Stop a delivery that is waiting or failed; one being sent right now is left to finish."""
+    with transaction.atomic():
+        changed = Delivery.objects.filter(
+            pk=delivery_id, state__in=(*DELIVERY_OPEN_STATES, DeliveryState.FAILED)
+        ).update(state=DeliveryState.CANCELLED, lease_expires_at=None)
+        if not changed:
+            return False
+        event_id = Delivery.objects.filter(pk=delivery_id).values_list("event_id", flat=True).get()
+        event_status_refresh(event_id=event_id)
+    return True
+
+
+def delivery_replay(*, delivery_id: int) -> Delivery:
+    """A new delivery of the same event to the same subscription. Asking again while that replay
+    is still on its way returns it instead of sending a third copy."""
+    with transaction.atomic():
+        original = Delivery.objects.select_for_update().get(pk=delivery_id)
+        root_id = original.replay_of_id or original.pk
+        if root_id != original.pk:
+            Delivery.objects.select_for_update().filter(pk=root_id).first()
+        pending = (
+            Delivery.objects.filter(replay_of_id=root_id, state__in=(*DELIVERY_OPEN_STATES, DeliveryState.DELIVERING))
+            .order_by("-id")
+            .first()
+        )
+        if pending is not None:
+            return pending
+        replay = Delivery.objects.create(
+            event_id=original.event_id,
+            subscription_id=original.subscription_id,
+            resource_key=original.resource_key,
+            replay_of_id=root_id,
+        )
+        event_status_refresh(event_id=original.event_id)
+        transaction.on_commit(lambda: deliveries_enqueue([replay.pk]))
+    return replay
+
+
+def subscription_send_test(*, subscription_id: int) -> Delivery:
+    """Send a `hub:test` event to one subscription only (one attempt, no retries). While a test is
+    still on its way, asking again returns it."""
+    with transaction.atomic():
+        subscription = Subscription.objects.select_for_update().get(pk=subscription_id)
+        origin = f"test:subscription:{subscription.pk}"
+        pending = (
+            Delivery.objects.filter(
+                subscription=subscription,
+                event__origin=origin,
+                state__in=(*DELIVERY_OPEN_STATES, DeliveryState.DELIVERING),
+            )
+            .order_by("-id")
+            .first()
+        )
+        if pending is not None:
+            return pending
+        now = timezone.now()
+        envelope = Envelope(
+            message=TEST_MESSAGE,
+            message_id=None,
+            payload={"test": {"subscription": subscription.name, "sent_at": now.isoformat()}},
+        )
+        event = event_ingest(store=None, envelope=envelope, origin=origin).event
+        delivery = Delivery.objects.create(event=event, subscription=subscription, next_attempt_at=now)
+        transaction.on_commit(lambda: deliveries_enqueue([delivery.pk]))
+    return delivery

@@ -28,3 +28,76 @@ def client_for() -> Callable[[Store], APIClient]:
 def api(store, client_for) -> APIClient:
     """An API client authenticated as `store`."""
     return client_for(store)
+
+
+# --- Live services: a real HTTP subscriber and a real Celery worker (see tests/live.py) ------------
+import os  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from tests.live import Subscriber, Worker, wait_until  # noqa: E402
+
+TEST_QUEUE = "hub-test"
+
+
+@pytest.fixture(scope="session")
+def _subscriber_server() -> Iterator[Subscriber]:
+    server = Subscriber().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def subscriber(_subscriber_server: Subscriber) -> Subscriber:
+    """A real HTTP endpoint on 127.0.0.1; program replies per path, read what it received."""
+    _subscriber_server.reset()
+    return _subscriber_server
+
+
+def _worker_env(database: dict) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "SQLITE_PATH")}
+    if "sqlite" in database["ENGINE"]:
+        env["SQLITE_PATH"] = str(database["NAME"])
+    else:
+        from urllib.parse import quote
+
+        auth = quote(database.get("USER") or "")
+        if database.get("PASSWORD"):
+            auth += ":" + quote(database["PASSWORD"])
+        host = f"{database.get('HOST') or '127.0.0.1'}:{database.get('PORT') or 5432}"
+        env["DATABASE_URL"] = f"postgres://{auth}@{host}/{database['NAME']}"
+    env.update(
+        CELERY_QUEUE=TEST_QUEUE,
+        HUB_SWEEP_INTERVAL_SECONDS="1",
+        HUB_SWEEP_LOST_AFTER_SECONDS="30",
+        LOG_JSON="false",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def worker(django_db_setup) -> Iterator[Worker]:
+    """`celery -A integrator worker -B` on the test database and the real broker (Redis when
+    REDIS_URL is set, else the filesystem broker), started once per session on a queue of its own."""
+    from django.conf import settings
+
+    from integrator.celery import app
+
+    # This process publishes to the worker's queue; whatever an earlier run left there is dropped.
+    app.conf.task_default_queue = TEST_QUEUE
+    with app.connection_for_write() as conn:
+        try:
+            conn.default_channel.queue_purge(TEST_QUEUE)
+        except Exception:  # noqa: BLE001 - a queue that does not exist yet has nothing to purge
+            pass
+    log_path = Path(settings.VAR_DIR) / "test-worker" / "worker.log"
+    live = Worker(env=_worker_env(settings.DATABASES["default"]), log_path=log_path, queue=TEST_QUEUE).start()
+    yield live
+    live.stop()
+
+
+@pytest.fixture
+def until() -> Callable[..., object]:
+    """wait_until(predicate, timeout=...) as a fixture, for tests that prefer not to import it."""
+    return wait_until

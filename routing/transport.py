@@ -1,0 +1,207 @@
+"""One HTTP exchange with an endpoint: build the request, sign it, send it, read the reply.
+
+The only module that imports requests, and it knows nothing of the ORM: callers pass plain values
+and get a frozen result back, so it can be tested against a local server with no database.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from standardwebhooks.webhooks import Webhook
+
+USER_AGENT = "integrator-hub/1"
+# Response headers worth keeping beside an attempt (the rest is noise or could hold secrets).
+NOTABLE_RESPONSE_HEADERS: tuple[str, ...] = (
+    "content-type",
+    "content-length",
+    "retry-after",
+    "location",
+    "date",
+    "server",
+    "x-request-id",
+)
+
+
+@dataclass(frozen=True)
+class OutboundRequest:
+    method: str
+    url: str
+    body: str
+    headers: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class ExchangeResult:
+    method: str
+    url: str
+    status_code: int | None
+    latency_ms: int
+    response_headers: Mapping[str, str] = field(default_factory=dict)
+    response_body: str = ""
+    # The parsed JSON reply; only set when the attempt succeeded.
+    reply: Any = None
+    error: str = ""
+    succeeded: bool = False
+    retry_after: str | None = None
+
+
+def method_for(message: str, override: str = "") -> str:
+    """POST for new things and anything else, PUT for updates and cancellations (seeds/000)."""
+    if override:
+        return override.upper()
+    action = message.split(":", 1)[-1]
+    return "PUT" if action in ("updated", "canceled") else "POST"
+
+
+def request_build(
+    *,
+    url: str,
+    message: str,
+    message_id: str,
+    payload: Mapping[str, Any],
+    parameters: Sequence[Mapping[str, Any]],
+    webhook_id: str,
+    signing_secret: str,
+    token: str,
+    store_name: str = "",
+    method_override: str = "",
+    timestamp: datetime | None = None,
+) -> OutboundRequest:
+    """The envelope with payload.parameters, serialized once so that the bytes signed are the bytes sent."""
+    body_payload = dict(payload)
+    body_payload["parameters"] = [
+        {"name": p.get("name"), "value": p.get("value")} for p in parameters if isinstance(p, Mapping)
+    ]
+    body = json.dumps(
+        {"message": message, "message_id": message_id, "payload": body_payload},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    when = (timestamp or datetime.now(UTC)).astimezone(UTC)
+    signature = Webhook(signing_secret).sign(msg_id=webhook_id, timestamp=when, data=body)
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+        "User-Agent": USER_AGENT,
+        "X-Hub-Store": store_name,
+        "X-Hub-Token": token,
+        "X-Augury-Token": token,
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(int(when.timestamp())),
+        "webhook-signature": signature,
+    }
+    return OutboundRequest(method=method_for(message, method_override), url=url, body=body, headers=headers)
+
+
+_local = threading.local()
+
+
+def session_new() -> requests.Session:
+    """A pooled session that never follows redirects on its own and ignores proxy settings from the
+    environment (an endpoint is reached directly or not at all)."""
+    session = requests.Session()
+    session.trust_env = False
+    session.max_redirects = 0
+    adapter = HTTPAdapter(pool_connections=20, pool_maxsize=20, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def session_get() -> requests.Session:
+    """The outbound session of this process (and thread): made once, after any fork, then reused
+    so that connections to an endpoint stay open between deliveries."""
+    session = getattr(_local, "session", None)
+    if session is None or getattr(_local, "pid", None) != os.getpid():
+        session = session_new()
+        _local.session = session
+        _local.pid = os.getpid()
+    return session
+
+
+def request_send(
+    request: OutboundRequest,
+    *,
+    timeout: float,
+    body_max_chars: int = 4096,
+    read_max_bytes: int = 1024 * 1024,
+    session: requests.Session | None = None,
+) -> ExchangeResult:
+    """Send one request and read the reply; never raises for anything the network or endpoint does."""
+    session = session or session_get()
+    started = time.monotonic()
+
+    def latency() -> int:
+        return int((time.monotonic() - started) * 1000)
+
+    def failed(error: str, **kwargs: Any) -> ExchangeResult:
+        return ExchangeResult(method=request.method, url=request.url, latency_ms=latency(), error=error, **kwargs)
+
+    try:
+        response = session.request(
+            request.method,
+            request.url,
+            data=request.body.encode("utf-8"),
+            headers=dict(request.headers),
+            timeout=timeout,
+            allow_redirects=False,
+            stream=True,
+        )
+    except requests.Timeout:
+        return failed(f"timed out after {timeout:g}s", status_code=None)
+    except requests.ConnectionError as exc:
+        return failed(f"connection failed: {_reason(exc)}", status_code=None)
+    except requests.RequestException as exc:
+        return failed(f"request failed: {_reason(exc)}", status_code=None)
+
+    with response:
+        headers = {k.lower(): v for k, v in response.headers.items() if k.lower() in NOTABLE_RESPONSE_HEADERS}
+        status = response.status_code
+        try:
+            raw, complete = _read_capped(response, read_max_bytes, deadline=started + timeout)
+        except (requests.RequestException, OSError) as exc:
+            return failed(f"reading the response failed: {_reason(exc)}", status_code=status, response_headers=headers)
+        text = raw.decode(response.encoding or "utf-8", errors="replace")
+        common = {"status_code": status, "response_headers": headers, "response_body": text[:body_max_chars]}
+        common["retry_after"] = headers.get("retry-after")
+        if not complete:
+            return failed(f"response larger than {read_max_bytes} bytes or slower than {timeout:g}s", **common)
+        if not 200 <= status < 300:
+            return failed(f"HTTP {status}", **common)
+        try:
+            reply = json.loads(text) if text.strip() else None
+        except ValueError:
+            reply = None
+        if reply is None:
+            return failed(f"HTTP {status} but the body is not JSON", **common)
+    return ExchangeResult(
+        method=request.method, url=request.url, latency_ms=latency(), reply=reply, succeeded=True, **common
+    )
+
+
+def _read_capped(response: requests.Response, limit: int, *, deadline: float) -> tuple[bytes, bool]:
+    """Read at most `limit` bytes, and stop at the deadline: requests' timeout is per socket read,
+    so an endpoint that drips bytes would otherwise hold the worker forever."""
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(chunk_size=16384):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit or time.monotonic() > deadline:
+            return b"".join(chunks)[:limit], False
+    return b"".join(chunks), True
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:500]

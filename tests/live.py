@@ -1,0 +1,243 @@
+"""Real things for tests to talk to: an HTTP subscriber on a local port and a Celery worker process.
+
+Plain classes, so any test module can use them; tests/conftest.py wraps them in fixtures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, message: str = "") -> Any:
+    """Poll until `predicate()` is truthy and return its value; fail with `message` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {message or predicate}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound, then released): connecting to it is refused."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the subscriber answers to one request."""
+
+    status: int = 200
+    json: Any = None
+    body: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+    @classmethod
+    def ok(cls, **reply: Any) -> Reply:
+        return cls(200, json=reply or {"ok": True})
+
+    @classmethod
+    def error(cls, status: int = 500, **headers: str) -> Reply:
+        return cls(status, json={"error": "boom"}, headers=headers)
+
+    @classmethod
+    def not_json(cls) -> Reply:
+        return cls(200, body=b"<html>thanks</html>", headers={"Content-Type": "text/html"})
+
+    @classmethod
+    def slow(cls, seconds: float) -> Reply:
+        return cls(200, json={"ok": True}, delay=seconds)
+
+    @classmethod
+    def gone(cls) -> Reply:
+        return cls(410, json={"error": "gone"})
+
+    @classmethod
+    def too_many(cls, retry_after: str) -> Reply:
+        return cls(429, json={"error": "slow down"}, headers={"Retry-After": retry_after})
+
+
+@dataclass(frozen=True)
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Subscriber:
+    """A threaded HTTP server on a free 127.0.0.1 port. A test programs the replies per path
+    (a list played in order, the last one repeating; default 200 {"ok": true}) and reads back
+    every request received."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._programs: dict[str, list[Reply]] = {}
+        self._received: list[Received] = []
+        self._stopping = threading.Event()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="subscriber", daemon=True)
+
+    def start(self) -> Subscriber:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def program(self, path: str, *replies: Reply) -> None:
+        with self._lock:
+            self._programs[path] = list(replies)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._programs.clear()
+            self._received.clear()
+
+    def received(self, path: str | None = None) -> list[Received]:
+        with self._lock:
+            return [r for r in self._received if path is None or r.path == path]
+
+    def wait_for(self, path: str, count: int = 1, timeout: float = 20.0) -> list[Received]:
+        wait_until(lambda: len(self.received(path)) >= count, timeout, message=f"{count} request(s) to {path}")
+        return self.received(path)
+
+    def _next_reply(self, path: str) -> Reply:
+        with self._lock:
+            program = self._programs.get(path)
+            if not program:
+                return Reply.ok()
+            return program.pop(0) if len(program) > 1 else program[0]
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        subscriber = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                path = self.path.split("?", 1)[0]
+                with subscriber._lock:
+                    subscriber._received.append(Received(self.command, path, dict(self.headers.items()), body))
+                reply = subscriber._next_reply(path)
+                if reply.delay and subscriber._stopping.wait(reply.delay):
+                    return
+                data = reply.body if reply.body is not None else json.dumps(reply.json).encode()
+                try:
+                    self.send_response(reply.status)
+                    headers = {"Content-Type": "application/json", **reply.headers}
+                    for name, value in headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the hub gave up waiting (a timeout test): nothing left to say
+
+            do_POST = do_PUT = do_PATCH = do_GET = do_DELETE = _handle
+
+        return Handler
+
+
+class Worker:
+    """`celery -A integrator worker -B` in a subprocess, on the given database and broker, with a
+    short sweeper interval. Its output goes to a log file that a failing test can read."""
+
+    def __init__(self, *, env: dict[str, str], log_path: Path, queue: str) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.queue = queue
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Worker:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child for its whole life
+        schedule = self.log_path.with_suffix(".beat")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "integrator",
+                "worker",
+                "-B",
+                "-s",
+                str(schedule),
+                "-Q",
+                self.queue,
+                "--pool=threads",
+                "--concurrency=4",
+                "--loglevel=INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        wait_until(self._ready, timeout=60, interval=0.2, message=f"celery worker ready (log: {self.log_path})")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"celery worker exited with {self.process.returncode}:\n{self.log()}")
+        return "ready." in self.log()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
