@@ -20,6 +20,7 @@ from rest_framework.views import APIView
 from events.errors import BatchTooLarge, HubError, InvalidEnvelope
 from events.messages import InvalidMessageName, message_canonical
 from events.models import Event, EventStatus
+from events.schema import EVENT_BATCH, EVENT_DETAIL, EVENT_LIST, EVENT_PUSH
 from events.selectors import event_get, event_list
 from events.services import IngestResult, envelope_validate, event_ingest
 
@@ -79,6 +80,7 @@ class StoreApi(APIView):
 class EventCollectionApi(StoreApi):
     accept: AcceptFn = staticmethod(event_ingest)
 
+    @EVENT_PUSH
     def post(self, request: Request) -> Response:
         data = request.data
         if isinstance(data, list):
@@ -90,6 +92,7 @@ class EventCollectionApi(StoreApi):
             return Response(body, status=202, headers={"Location": event_location(result.event)})
         return Response(body, status=200, headers={"Location": event_location(result.event)})
 
+    @EVENT_LIST
     def get(self, request: Request) -> Response:
         params = request.query_params
         message = params.get("message") or None
@@ -127,6 +130,7 @@ class EventCollectionApi(StoreApi):
 class EventBatchApi(StoreApi):
     accept: AcceptFn = staticmethod(event_ingest)
 
+    @EVENT_BATCH
     def post(self, request: Request) -> Response:
         data = request.data
         if isinstance(data, dict) and "events" in data:
@@ -163,6 +167,7 @@ def batch_response(request: Request, items: list[Any], *, accept: AcceptFn) -> R
 class EventDetailApi(StoreApi):
     describe: DescribeFn | None = None
 
+    @EVENT_DETAIL
     def get(self, request: Request, event_id: str) -> Response:
         event = event_get(store=request.user, event_id=event_id)
         if event is None:
