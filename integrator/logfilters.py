@@ -2,7 +2,8 @@
 masked wherever they appear (the message, its arguments, or values passed with `extra=`).
 
 Structured fields go in `extra=` with these names so every log line can be searched the same way:
-`event_id`, `delivery_id`, `subscription`, `store`, `message`.
+`event_id`, `delivery_id`, `subscription`, `store`, `event_message` (`message` is taken by
+the logging module itself).
 """
 
 from __future__ import annotations

@@ -216,7 +216,7 @@ class IngestMetricsMiddleware:
             event_accepted_count(store=store, message=body.get("message", UNKNOWN), duplicate=duplicate)
             logger.info(
                 "event duplicate" if duplicate else "event accepted",
-                extra={"event_id": body["event_id"], "store": store, "message": body.get("message")},
+                extra={"event_id": body["event_id"], "store": store, "event_message": body.get("message")},
             )
             return
         reason = body.get("error") or f"http_{status_code}"
