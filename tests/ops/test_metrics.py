@@ -200,3 +200,40 @@ def test_gunicorn_workers_are_added_up_in_multiprocess_mode(tmp_path, python):
         server.terminate()
         _, err = server.communicate(timeout=30)
     assert server.returncode == 0, err.decode()[-2000:]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_celery_worker_serves_its_metrics_when_asked(tmp_path, python):
+    """The worker_init hook in integrator/celery.py starts the metrics server in a real worker."""
+    port = free_port()
+    prom = tmp_path / "prom"
+    prom.mkdir()
+    (prom / "stale.db").write_bytes(b"left by an earlier run")
+    env = hub_env(HUB_WORKER_METRICS_PORT=str(port), PROMETHEUS_MULTIPROC_DIR=str(prom), LOG_LEVEL="WARNING")
+    worker = subprocess.Popen(
+        [
+            python,
+            "-m",
+            "celery",
+            "--app=integrator",
+            "worker",
+            "--concurrency=1",
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _get(f"http://127.0.0.1:{port}/metrics", time.monotonic() + 90)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            assert response.status == 200
+            # prometheus-client's exposition format: what a Prometheus scrape job expects.
+            assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        assert not (prom / "stale.db").exists(), "the worker should start from a clean multiprocess directory"
+    finally:
+        worker.terminate()
+        _, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err.decode()[-2000:]
