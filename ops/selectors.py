@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import Count, Max, Min, Q
+from django.db.models import Count, Max, Min, Q, QuerySet
 from django.utils import timezone
 
 from routing.models import DELIVERY_OPEN_STATES, Delivery, DeliveryState, Subscription
@@ -95,3 +95,21 @@ def subscriptions_failing(*, limit: int = 20) -> list[FailingSubscription]:
         )
         for s in rows
     ]
+
+
+def deliveries_failed(
+    *, subscription: str | None = None, message: str | None = None, since: datetime | None = None
+) -> QuerySet[Delivery]:
+    """Failed deliveries, oldest first, narrowed by subscription name, message (exact, or a
+    wildcard such as 'order:*') and creation time."""
+    qs = Delivery.objects.filter(state=DeliveryState.FAILED)
+    if subscription:
+        qs = qs.filter(subscription__name=subscription)
+    if message:
+        if message.endswith(":*"):
+            qs = qs.filter(event__message__startswith=message[:-1])
+        elif message != "*":
+            qs = qs.filter(event__message=message)
+    if since:
+        qs = qs.filter(created_at__gte=since)
+    return qs.order_by("id")
