@@ -31,6 +31,7 @@ from events.errors import (
 )
 from events.messages import InvalidMessageName, message_canonical
 from events.models import Event, EventStatus
+from events.schema import EVENT_BATCH, EVENT_DETAIL, EVENT_LIST, EVENT_PUSH
 from events.selectors import event_get, event_list
 from events.services import IngestResult, envelope_validate, event_ingest
 
@@ -148,6 +149,7 @@ class StoreApi(APIView):
 class EventCollectionApi(StoreApi):
     accept: AcceptFn = staticmethod(event_ingest)
 
+    @EVENT_PUSH
     def post(self, request: Request) -> Response:
         data = request.data
         if isinstance(data, list):
@@ -159,6 +161,7 @@ class EventCollectionApi(StoreApi):
             return Response(body, status=202, headers={"Location": event_location(result.event)})
         return Response(body, status=200, headers={"Location": event_location(result.event)})
 
+    @EVENT_LIST
     def get(self, request: Request) -> Response:
         params = request.query_params
         message = message_filter_parse(params.get("message", ""))
@@ -181,6 +184,7 @@ class EventCollectionApi(StoreApi):
 class EventBatchApi(StoreApi):
     accept: AcceptFn = staticmethod(event_ingest)
 
+    @EVENT_BATCH
     def post(self, request: Request) -> Response:
         data = request.data
         if isinstance(data, dict) and "events" in data:
@@ -217,6 +221,7 @@ def batch_response(request: Request, items: list[Any], *, accept: AcceptFn) -> R
 class EventDetailApi(StoreApi):
     describe: DescribeFn | None = None
 
+    @EVENT_DETAIL
     def get(self, request: Request, event_id: str) -> Response:
         event = event_get(store=request.user, event_id=event_id)
         if event is None:

@@ -54,18 +54,23 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
     "events",
     "routing",
+    "ops",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves collected static files (admin, API docs) from gunicorn: no separate web server needed.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "integrator.metrics.IngestMetricsMiddleware",
 ]
 
 ROOT_URLCONF = "integrator.urls"
@@ -201,7 +206,26 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["events.authentication.IsActiveStore"],
     "EXCEPTION_HANDLER": "events.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Event hub API",
+    "DESCRIPTION": "What stores push to the hub: events, one at a time or in batches, and what became of them.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # The schema documents the store-facing API only, not the admin.
+    "SCHEMA_PATH_PREFIX": r"/events",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- Operations ------------------------------------------------------------------------------
+# prometheus-client reads PROMETHEUS_MULTIPROC_DIR itself; when set, /metrics aggregates every
+# gunicorn (or Celery pool) process through the files they write there.
+PROMETHEUS_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+# A Celery worker serves its own /metrics on this port when set (0 = off): see docs/operations.md.
+HUB_WORKER_METRICS_PORT = _env_int("HUB_WORKER_METRICS_PORT", 0)
+# /readyz gives each dependency this long before calling it unreachable.
+HUB_READY_TIMEOUT_SECONDS = _env_float("HUB_READY_TIMEOUT_SECONDS", 2.0)
 
 # --- Internationalisation, static ------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
@@ -221,9 +245,11 @@ LOGGING = {
         },
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
     },
+    "filters": {"redact_secrets": {"()": "integrator.logfilters.SecretRedactionFilter"}},
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
+            "filters": ["redact_secrets"],
             "formatter": "json" if _env_bool("LOG_JSON", True) else "plain",
         }
     },

@@ -1,7 +1,11 @@
 from django.contrib import admin
 from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.permissions import AllowAny
 
 from events.api import EventBatchApi, EventCollectionApi, EventDetailApi
+from integrator.health import healthz, readyz
+from integrator.metrics import metrics_view
 from routing.selectors import event_deliveries_describe
 from routing.services import event_accept
 
@@ -12,6 +16,20 @@ urlpatterns = [
     path("events/batch", EventBatchApi.as_view(accept=event_accept), name="events-batch"),
     path("events/<str:event_id>", EventDetailApi.as_view(describe=event_deliveries_describe), name="event-detail"),
     path("admin/", admin.site.urls),
+    # Operations: no store token; keep /metrics off the public internet (docs/operations.md).
+    path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
+    path(
+        "api/schema/",
+        SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[AllowAny]),
+        name="api-schema",
+    ),
+    path(
+        "api/docs/",
+        SpectacularSwaggerView.as_view(url_name="api-schema", authentication_classes=[], permission_classes=[AllowAny]),
+        name="api-docs",
+    ),
 ]
 
 # Unmatched URLs and crashes answer in the API's JSON error shape too.

@@ -1,0 +1,223 @@
+"""Prometheus metrics: what happened (counters and a histogram, kept by the process that saw it)
+and what is waiting (gauges computed from the database when /metrics is scraped).
+
+Web processes count events accepted and rejected; Celery workers count attempts and deliveries by
+outcome through `attempt_observe` and `delivery_outcome_count`. With PROMETHEUS_MULTIPROC_DIR set,
+every process of a gunicorn (or a prefork Celery pool) writes its values there and one scrape adds
+them up. How the worker is scraped: docs/operations.md ("Metrics").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+logger = logging.getLogger(__name__)
+
+EVENTS_ACCEPTED = Counter("hub_events_accepted", "Events stored, by store and message.", ["store", "message"])
+EVENTS_DUPLICATE = Counter(
+    "hub_events_duplicate", "Pushes answered with an earlier event (same message_id).", ["store", "message"]
+)
+EVENTS_REJECTED = Counter(
+    "hub_events_rejected", "Pushed events refused, by store, message and error code.", ["store", "message", "reason"]
+)
+DELIVERY_ATTEMPTS = Counter("hub_delivery_attempts", "Delivery attempts, by outcome.", ["outcome"])
+DELIVERY_OUTCOMES = Counter(
+    "hub_delivery_outcomes", "What deliveries became after an attempt (delivered, retrying, failed...).", ["outcome"]
+)
+ATTEMPT_SECONDS = Histogram(
+    "hub_delivery_attempt_seconds",
+    "Time of one delivery attempt (request and reply), by outcome.",
+    ["outcome"],
+    buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+
+UNKNOWN = "-"
+
+
+def event_accepted_count(*, store: str, message: str, duplicate: bool = False) -> None:
+    (EVENTS_DUPLICATE if duplicate else EVENTS_ACCEPTED).labels(store=store or UNKNOWN, message=message).inc()
+
+
+def event_rejected_count(*, store: str, message: str, reason: str) -> None:
+    EVENTS_REJECTED.labels(store=store or UNKNOWN, message=message or UNKNOWN, reason=reason or UNKNOWN).inc()
+
+
+def attempt_observe(outcome: str, seconds: float) -> None:
+    """One delivery attempt: `outcome` such as 'success', 'http_error', 'timeout', 'connection_error'."""
+    DELIVERY_ATTEMPTS.labels(outcome=outcome).inc()
+    ATTEMPT_SECONDS.labels(outcome=outcome).observe(max(0.0, seconds))
+
+
+def delivery_outcome_count(outcome: str) -> None:
+    """What a delivery became after an attempt: 'delivered', 'retrying', 'failed', 'cancelled'."""
+    DELIVERY_OUTCOMES.labels(outcome=outcome).inc()
+
+
+class QueueCollector(Collector):
+    """Gauges read from the database at scrape time, so every web process reports the same truth
+    and nothing has to keep them up to date."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from ops.selectors import delivery_due_lag_seconds, delivery_oldest_open, delivery_state_counts
+
+        up = GaugeMetricFamily("hub_metrics_database_up", "1 when the queue gauges below could be read.")
+        try:
+            counts = delivery_state_counts()
+            oldest = delivery_oldest_open()
+            lag = delivery_due_lag_seconds()
+        except Exception:  # noqa: BLE001 - a scrape must still show the process counters
+            logger.warning("metrics: could not read the delivery queue", exc_info=True)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        depth = GaugeMetricFamily("hub_deliveries", "Deliveries in each state.", labels=["state"])
+        for state, n in counts.items():
+            depth.add_metric([state], n)
+        yield depth
+        yield GaugeMetricFamily(
+            "hub_oldest_pending_delivery_age_seconds",
+            "Age of the oldest delivery still pending or retrying (0 when none).",
+            value=oldest.age_seconds if oldest else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "hub_delivery_due_lag_seconds",
+            "How long the most overdue open delivery has been due: workers falling behind.",
+            value=lag,
+        )
+
+
+def process_registry() -> CollectorRegistry:
+    """The counters of this process, or of every process sharing PROMETHEUS_MULTIPROC_DIR."""
+    if settings.PROMETHEUS_MULTIPROC_DIR:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=settings.PROMETHEUS_MULTIPROC_DIR)
+        return registry
+    return REGISTRY
+
+
+@never_cache
+@require_GET
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    registry = CollectorRegistry()
+    registry.register(process_registry())
+    registry.register(QueueCollector())
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+
+def multiproc_dir_reset(path: str) -> None:
+    """Values left by processes of an earlier run would be added to this run's: start clean."""
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    for leftover in directory.glob("*.db"):
+        leftover.unlink(missing_ok=True)
+
+
+def worker_metrics_serve(*, port: int) -> None:
+    """Serve this Celery worker's counters on `port` (all pool processes, through the multiprocess
+    directory). Called once in the worker's main process, before the pool forks."""
+    from prometheus_client import start_http_server
+
+    if settings.PROMETHEUS_MULTIPROC_DIR:
+        multiproc_dir_reset(settings.PROMETHEUS_MULTIPROC_DIR)
+    else:
+        logger.warning("worker metrics: PROMETHEUS_MULTIPROC_DIR is not set, so only this process is counted")
+    start_http_server(port, registry=process_registry())
+    logger.info("worker metrics served", extra={"port": port, "pid": os.getpid()})
+
+
+def _store_name(request: HttpRequest) -> str:
+    user = getattr(request, "user", None)
+    name = getattr(user, "name", None)
+    return name if isinstance(name, str) and name else UNKNOWN
+
+
+def _message_label(item: Any) -> str:
+    from events.messages import InvalidMessageName, message_canonical
+
+    message = item.get("message") if isinstance(item, dict) else None
+    if not isinstance(message, str):
+        return UNKNOWN
+    try:
+        return message_canonical(message)
+    except InvalidMessageName:
+        # Free text must not become a label: it would make a time series per typo.
+        return "invalid"
+
+
+class IngestMetricsMiddleware:
+    """Counts what POST /events and /events/batch did with each pushed event, from the reply the
+    API already built, and logs each stored event with its id. Lives here, not in the views, so
+    the API stays free of metrics."""
+
+    URL_NAMES = frozenset({"events", "events-batch"})
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        match = getattr(request, "resolver_match", None)
+        if request.method == "POST" and match is not None and match.url_name in self.URL_NAMES:
+            try:
+                self.record(request, response)
+            except Exception:  # noqa: BLE001 - counting must never break a push
+                logger.warning("metrics: could not count a push", exc_info=True)
+        return response
+
+    def record(self, request: HttpRequest, response: HttpResponse) -> None:
+        data = getattr(response, "data", None)
+        store = _store_name(request)
+        sent = self.request_data(response)
+        if isinstance(data, dict) and isinstance(data.get("results"), list):
+            items = sent if isinstance(sent, list) else (sent or {}).get("events") if isinstance(sent, dict) else None
+            for result in data["results"]:
+                index = result.get("index")
+                known = isinstance(items, list) and isinstance(index, int) and 0 <= index < len(items)
+                item = items[index] if known else None
+                self.record_one(store, result, result.get("status_code", 0), item)
+            return
+        self.record_one(store, data if isinstance(data, dict) else {}, response.status_code, sent)
+
+    @staticmethod
+    def request_data(response: HttpResponse) -> Any:
+        # DRF keeps the parsed body on its Request; a body that failed to parse reads as empty.
+        drf_request = (getattr(response, "renderer_context", None) or {}).get("request")
+        try:
+            return drf_request.data if drf_request is not None else None
+        except Exception:  # noqa: BLE001
+            return None
+
+    @staticmethod
+    def record_one(store: str, body: dict[str, Any], status_code: int, item: Any) -> None:
+        if status_code in (200, 202) and body.get("event_id"):
+            duplicate = bool(body.get("duplicate"))
+            event_accepted_count(store=store, message=body.get("message", UNKNOWN), duplicate=duplicate)
+            logger.info(
+                "event duplicate" if duplicate else "event accepted",
+                extra={"event_id": body["event_id"], "store": store, "event_message": body.get("message")},
+            )
+            return
+        reason = body.get("error") or f"http_{status_code}"
+        event_rejected_count(store=store, message=_message_label(item), reason=reason)

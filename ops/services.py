@@ -1,0 +1,94 @@
+"""Operations that write: pushing an envelope as a store would, and purging old delivered events."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Exists, OuterRef, Q, QuerySet
+
+from events.models import Event, Store
+from events.services import IngestResult, envelope_validate
+from routing.models import Delivery, DeliveryState
+from routing.services import event_accept
+
+# A delivery in one of these states still needs the event (or someone's attention).
+DELIVERY_UNFINISHED_STATES = (
+    DeliveryState.PENDING,
+    DeliveryState.DELIVERING,
+    DeliveryState.RETRYING,
+    DeliveryState.FAILED,
+)
+
+
+def envelope_push(*, store: Store, data: Any) -> IngestResult:
+    """Exactly what POST /events does with one envelope: validate, store, route, enqueue."""
+    return event_accept(store=store, envelope=envelope_validate(data))
+
+
+def events_purgeable(*, older_than: datetime, include_unrouted: bool = False) -> QuerySet[Event]:
+    """Events older than `older_than` that every endpoint has received (none of their deliveries
+    is pending, retrying or failed). Events no subscription wanted only with `include_unrouted`."""
+    unfinished = Delivery.objects.filter(event=OuterRef("pk"), state__in=DELIVERY_UNFINISHED_STATES)
+    any_delivery = Delivery.objects.filter(event=OuterRef("pk"))
+    routed_and_done = Exists(any_delivery) & ~Exists(unfinished)
+    done = (routed_and_done | ~Exists(any_delivery)) if include_unrouted else routed_and_done
+    return Event.objects.filter(Q(created_at__lt=older_than) & done)
+
+
+@dataclass(frozen=True)
+class PurgeBatch:
+    events: int
+    rows: int
+
+
+def events_purge(
+    *, older_than: datetime, batch_size: int = 1000, dry_run: bool = False, include_unrouted: bool = False
+) -> Iterator[PurgeBatch]:
+    """Delete purgeable events (with their deliveries, attempts and notifications) in batches of
+    `batch_size`, each in its own short transaction, so the tables are never locked for long.
+
+    Deleting an event deletes the events its endpoints' replies created (they cascade), so an
+    event whose descendants are not purgeable themselves is kept. Yields one PurgeBatch per batch;
+    with `dry_run`, counts what would go and deletes nothing.
+    """
+    purgeable = events_purgeable(older_than=older_than, include_unrouted=include_unrouted)
+    last_id = 0
+    while True:
+        ids = list(purgeable.filter(id__gt=last_id).order_by("id").values_list("id", flat=True)[:batch_size])
+        if not ids:
+            return
+        last_id = ids[-1]
+        ids = _without_unpurgeable_descendants(ids, purgeable)
+        if not ids:
+            continue
+        if dry_run:
+            yield PurgeBatch(events=len(ids), rows=0)
+            continue
+        with transaction.atomic():
+            rows, per_model = Event.objects.filter(id__in=ids).delete()
+        yield PurgeBatch(events=per_model.get(Event._meta.label, 0), rows=rows)
+
+
+def _without_unpurgeable_descendants(ids: list[int], purgeable: QuerySet[Event]) -> list[int]:
+    root_of = {event_id: event_id for event_id in ids}
+    blocked: set[int] = set()
+    frontier = dict(root_of)
+    while frontier:
+        children = list(Event.objects.filter(parent_id__in=list(frontier)).values_list("id", "parent_id"))
+        if not children:
+            break
+        child_ids = [child for child, _ in children]
+        fine = set(purgeable.filter(id__in=child_ids).values_list("id", flat=True))
+        next_frontier: dict[int, int] = {}
+        for child, parent in children:
+            root = frontier[parent]
+            if child in fine:
+                next_frontier[child] = root
+            else:
+                blocked.add(root)
+        frontier = {child: root for child, root in next_frontier.items() if root not in blocked}
+    return [event_id for event_id in ids if event_id not in blocked]

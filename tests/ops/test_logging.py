@@ -1,0 +1,96 @@
+import io
+import json
+import logging
+
+from integrator.logfilters import REDACTED, SecretRedactionFilter, secrets_redact
+
+WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+TOKEN = "hub_" + "Ab3" * 15
+
+
+def configured_handler() -> tuple[logging.Handler, io.StringIO]:
+    """A handler with the formatter and filters settings.LOGGING gave the console handler."""
+    console = next(
+        h for h in logging.getLogger().handlers if any(isinstance(f, SecretRedactionFilter) for f in h.filters)
+    )
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(console.formatter)
+    for item in console.filters:
+        handler.addFilter(item)
+    return handler, stream
+
+
+def log_lines(emit) -> list[dict]:
+    handler, stream = configured_handler()
+    logger = logging.getLogger("tests.ops.logging")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        emit(logger)
+    finally:
+        logger.removeHandler(handler)
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+
+
+def test_log_lines_are_json_with_event_delivery_and_subscription():
+    (line,) = log_lines(
+        lambda log: log.info("delivery attempted", extra={"event_id": "e-1", "delivery_id": 42, "subscription": "erp"})
+    )
+    assert line["message"] == "delivery attempted"
+    assert line["levelname"] == "INFO"
+    assert line["name"] == "tests.ops.logging"
+    assert (line["event_id"], line["delivery_id"], line["subscription"]) == ("e-1", 42, "erp")
+
+
+def test_secrets_in_the_message_and_its_arguments_are_masked():
+    (line,) = log_lines(lambda log: log.warning("signing with %s for store token %s", WHSEC, TOKEN))
+    assert WHSEC not in json.dumps(line) and TOKEN not in json.dumps(line)
+    assert line["message"] == f"signing with whsec_{REDACTED} for store token hub_{REDACTED}"
+
+
+def test_authorization_headers_and_secret_fields_in_extra_are_masked():
+    headers = {
+        "Authorization": f"Bearer {TOKEN}",
+        "X-Hub-Token": "subscription-token-value",
+        "Content-Type": "application/json",
+    }
+    (line,) = log_lines(
+        lambda log: log.info(
+            "request sent",
+            extra={
+                "headers": headers,
+                "signing_secret": WHSEC,
+                "delivery_id": 7,
+                "note": "Authorization: Basic dXNlcg==",
+            },
+        )
+    )
+    text = json.dumps(line)
+    assert TOKEN not in text and WHSEC not in text and "subscription-token-value" not in text and "dXNlcg" not in text
+    assert line["headers"]["Authorization"] == REDACTED
+    assert line["headers"]["X-Hub-Token"] == REDACTED
+    assert line["headers"]["Content-Type"] == "application/json"
+    assert line["signing_secret"] == REDACTED
+    assert line["delivery_id"] == 7
+
+
+def test_tracebacks_are_masked_too():
+    def emit(log):
+        try:
+            raise ValueError(f"bad secret {WHSEC}")
+        except ValueError:
+            log.exception("delivery crashed", extra={"delivery_id": 3})
+
+    (line,) = log_lines(emit)
+    assert "ValueError: bad secret whsec_[redacted]" in line["exc_info"]
+    assert WHSEC not in json.dumps(line)
+
+
+def test_redaction_keeps_ordinary_names_readable():
+    assert secrets_redact("database hub_ops, metric hub_events_accepted_total") == (
+        "database hub_ops, metric hub_events_accepted_total"
+    )
+    assert secrets_redact("postgres://hub:pa55word@db:5432/hub") == f"postgres://hub:{REDACTED}@db:5432/hub"
+    assert secrets_redact({"token_hint": "hub_abc123"}) == {"token_hint": "hub_abc123"}
+    assert secrets_redact(["bearer abc.def", 3]) == [f"bearer {REDACTED}", 3]

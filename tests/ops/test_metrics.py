@@ -1,0 +1,239 @@
+import subprocess
+import time
+import urllib.request
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from prometheus_client.parser import text_string_to_metric_families
+
+from integrator.metrics import attempt_observe, delivery_outcome_count, worker_metrics_serve
+from routing.models import Delivery, DeliveryState
+from tests.factories import StoreFactory, SubscriptionFactory
+from tests.ops.conftest import ROOT, free_port, hub_env
+
+
+def scrape(text: str) -> dict[tuple[str, tuple], float]:
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def metrics(client) -> dict[tuple[str, tuple], float]:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain")
+    return scrape(response.content.decode())
+
+
+def value(samples, name: str, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.mark.django_db
+def test_pushes_are_counted_by_store_message_and_outcome(client, api, store):
+    before = metrics(client)
+    assert (
+        api.post("/events", {"message": "order:new", "message_id": "a", "payload": {}}, format="json").status_code
+        == 202
+    )
+    assert (
+        api.post("/events", {"message": "order:new", "message_id": "a", "payload": {}}, format="json").status_code
+        == 200
+    )
+    assert api.post("/events", {"message": "order:update", "payload": "x"}, format="json").status_code == 422
+    batch = [
+        {"message": "shipment:confirm", "payload": {}},
+        {"message": "Not a message!", "payload": {}},
+        {"payload": {}},
+    ]
+    assert api.post("/events/batch", {"events": batch}, format="json").json()["rejected"] == 2
+    after = metrics(client)
+
+    def delta(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("hub_events_accepted_total", store=store.name, message="order:new") == 1
+    assert delta("hub_events_duplicate_total", store=store.name, message="order:new") == 1
+    # The alias is counted under its canonical name.
+    assert delta("hub_events_rejected_total", store=store.name, message="order:updated", reason="invalid_envelope") == 1
+    assert delta("hub_events_accepted_total", store=store.name, message="shipment:confirm") == 1
+    assert delta("hub_events_rejected_total", store=store.name, message="invalid", reason="invalid_envelope") == 1
+    assert delta("hub_events_rejected_total", store=store.name, message="-", reason="invalid_envelope") == 1
+
+
+@pytest.mark.django_db
+def test_unauthenticated_pushes_are_counted_as_rejected(client):
+    before = metrics(client)
+    response = client.post("/events", {"message": "order:new", "payload": {}}, content_type="application/json")
+    assert response.status_code == 401
+    after = metrics(client)
+    key = ("hub_events_rejected_total", (("message", "order:new"), ("reason", "unauthorized"), ("store", "-")))
+    assert after.get(key, 0) - before.get(key, 0) == 1
+
+
+@pytest.mark.django_db
+def test_attempts_and_outcomes_are_counted_with_a_latency_histogram(client):
+    before = metrics(client)
+    attempt_observe("success", 0.2)
+    attempt_observe("timeout", 12.0)
+    delivery_outcome_count("delivered")
+    after = metrics(client)
+
+    def delta(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("hub_delivery_attempts_total", outcome="success") == 1
+    assert delta("hub_delivery_attempts_total", outcome="timeout") == 1
+    assert delta("hub_delivery_outcomes_total", outcome="delivered") == 1
+    assert delta("hub_delivery_attempt_seconds_count", outcome="success") == 1
+    assert delta("hub_delivery_attempt_seconds_bucket", outcome="success", le="0.25") == 1
+    assert delta("hub_delivery_attempt_seconds_bucket", outcome="success", le="0.1") == 0
+    assert delta("hub_delivery_attempt_seconds_bucket", outcome="timeout", le="10.0") == 0
+    assert delta("hub_delivery_attempt_seconds_bucket", outcome="timeout", le="30.0") == 1
+
+
+@pytest.mark.django_db
+def test_queue_gauges_come_from_the_database_at_scrape_time(client):
+    from events.models import Event
+
+    store = StoreFactory()
+    sub = SubscriptionFactory()
+    old = timezone.now() - timedelta(hours=2)
+
+    def delivery(state, created_at=None, next_attempt_at=None):
+        event = Event.objects.create(
+            store=store, message="order:new", message_id=f"m{Event.objects.count()}", payload={}
+        )
+        return Delivery.objects.create(
+            event=event,
+            subscription=sub,
+            state=state,
+            created_at=created_at or timezone.now(),
+            next_attempt_at=next_attempt_at or timezone.now(),
+        )
+
+    delivery(DeliveryState.PENDING, created_at=old, next_attempt_at=old)
+    delivery(DeliveryState.PENDING)
+    delivery(DeliveryState.RETRYING, next_attempt_at=timezone.now() + timedelta(hours=1))
+    delivery(DeliveryState.FAILED)
+    delivery(DeliveryState.DELIVERED)
+
+    samples = metrics(client)
+    assert value(samples, "hub_metrics_database_up") == 1
+    assert value(samples, "hub_deliveries", state="pending") == 2
+    assert value(samples, "hub_deliveries", state="retrying") == 1
+    assert value(samples, "hub_deliveries", state="failed") == 1
+    assert value(samples, "hub_deliveries", state="delivered") == 1
+    assert value(samples, "hub_deliveries", state="cancelled") == 0
+    assert value(samples, "hub_oldest_pending_delivery_age_seconds") >= 2 * 3600
+    assert value(samples, "hub_delivery_due_lag_seconds") >= 2 * 3600
+
+
+@pytest.mark.django_db
+def test_an_empty_queue_reports_zero(client):
+    samples = metrics(client)
+    assert value(samples, "hub_deliveries", state="pending") == 0
+    assert value(samples, "hub_oldest_pending_delivery_age_seconds") == 0
+    assert value(samples, "hub_delivery_due_lag_seconds") == 0
+
+
+def test_worker_metrics_server_serves_the_worker_counters():
+    port = free_port()
+    worker_metrics_serve(port=port)
+    attempt_observe("http_error", 0.5)
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    samples = scrape(body)
+    assert value(samples, "hub_delivery_attempts_total", outcome="http_error") >= 1
+    # The queue gauges are the web's job: N worker replicas must not report the queue N times.
+    assert "hub_deliveries" not in body
+
+
+def _get(url: str, deadline: float, **headers) -> bytes:
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            request = urllib.request.Request(url, headers=headers)
+            return urllib.request.urlopen(request, timeout=10).read()
+        except OSError as exc:
+            last = exc
+            time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer: {last}")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_gunicorn_workers_are_added_up_in_multiprocess_mode(tmp_path, python):
+    """Real gunicorn, two worker processes, one multiprocess directory: pushes served by either
+    worker show up in every scrape."""
+    store = StoreFactory()
+    port = free_port()
+    env = hub_env(PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom"), LOG_LEVEL="WARNING")
+    (tmp_path / "prom").mkdir()
+    (tmp_path / "prom" / "stale.db").write_bytes(b"left by an earlier run")
+    server = subprocess.Popen(
+        [python, "-m", "gunicorn", "integrator.wsgi:application", f"--bind=127.0.0.1:{port}", "--workers=2"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        _get(f"http://127.0.0.1:{port}/healthz", deadline)
+        assert not (tmp_path / "prom" / "stale.db").exists(), "gunicorn.conf.py should clear the directory"
+        pushes = 12
+        for n in range(pushes):
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/events",
+                data=b'{"message": "order:new", "message_id": "g%d", "payload": {}}' % n,
+                headers={"Authorization": f"Bearer {store.token}", "Content-Type": "application/json"},
+                method="POST",
+            )
+            assert urllib.request.urlopen(request, timeout=30).status == 202
+        body = _get(f"http://127.0.0.1:{port}/metrics", deadline).decode()
+        samples = scrape(body)
+        assert value(samples, "hub_events_accepted_total", store=store.name, message="order:new") == pushes
+        assert len(list((tmp_path / "prom").glob("counter_*.db"))) >= 1
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=30)
+    assert server.returncode == 0, err.decode()[-2000:]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_celery_worker_serves_its_metrics_when_asked(tmp_path, python):
+    """The worker_init hook in integrator/celery.py starts the metrics server in a real worker."""
+    port = free_port()
+    prom = tmp_path / "prom"
+    prom.mkdir()
+    (prom / "stale.db").write_bytes(b"left by an earlier run")
+    env = hub_env(HUB_WORKER_METRICS_PORT=str(port), PROMETHEUS_MULTIPROC_DIR=str(prom), LOG_LEVEL="WARNING")
+    worker = subprocess.Popen(
+        [
+            python,
+            "-m",
+            "celery",
+            "--app=integrator",
+            "worker",
+            "--concurrency=1",
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _get(f"http://127.0.0.1:{port}/metrics", time.monotonic() + 90)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            assert response.status == 200
+            # prometheus-client's exposition format: what a Prometheus scrape job expects.
+            assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        assert not (prom / "stale.db").exists(), "the worker should start from a clean multiprocess directory"
+    finally:
+        worker.terminate()
+        _, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err.decode()[-2000:]

@@ -1,0 +1,100 @@
+import io
+
+import pytest
+import yaml
+from django.core.management import call_command
+from drf_spectacular.validation import validate_schema
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def schema(client) -> dict:
+    response = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def test_schema_is_public_and_valid_openapi(schema):
+    validate_schema(schema)
+    assert schema["openapi"].startswith("3.")
+
+
+def test_schema_lists_the_store_api_and_nothing_else(schema):
+    assert set(schema["paths"]) == {"/events", "/events/batch", "/events/{event_id}"}
+    assert set(schema["paths"]["/events"]) == {"get", "post"}
+    assert set(schema["paths"]["/events/batch"]) == {"post"}
+    assert set(schema["paths"]["/events/{event_id}"]) == {"get"}
+
+
+def test_every_operation_uses_the_store_bearer_token(schema):
+    assert schema["components"]["securitySchemes"]["storeToken"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": schema["components"]["securitySchemes"]["storeToken"]["description"],
+    }
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            assert operation["security"] == [{"storeToken": []}], (path, method)
+
+
+def _ref(schema: dict, holder: dict) -> dict:
+    name = holder["schema"]["$ref"].rsplit("/", 1)[1]
+    return schema["components"]["schemas"][name]
+
+
+def test_push_documents_the_envelope_the_reply_and_the_errors(schema):
+    push = schema["paths"]["/events"]["post"]
+    envelope = _ref(schema, push["requestBody"]["content"]["application/json"])
+    assert set(envelope["properties"]) == {"message", "message_id", "payload"}
+    assert set(envelope["required"]) == {"message", "payload"}
+    accepted = _ref(schema, push["responses"]["202"]["content"]["application/json"])
+    assert set(accepted["properties"]) == {"event_id", "message", "message_id", "status", "duplicate"}
+    assert {"200", "202", "400", "401", "403", "413", "415", "422", "429", "503"} <= set(push["responses"])
+    error = _ref(schema, push["responses"]["422"]["content"]["application/json"])
+    assert set(error["properties"]) == {"error", "detail", "field"}
+
+
+def test_batch_list_and_detail_replies_are_described(schema):
+    batch = schema["paths"]["/events/batch"]["post"]
+    result = _ref(schema, batch["responses"]["200"]["content"]["application/json"])
+    assert set(result["properties"]) == {"accepted", "duplicates", "rejected", "results"}
+    listing = schema["paths"]["/events"]["get"]
+    assert {p["name"] for p in listing["parameters"]} == {
+        "message",
+        "status",
+        "since",
+        "resource_key",
+        "limit",
+        "cursor",
+    }
+    page = _ref(schema, listing["responses"]["200"]["content"]["application/json"])
+    assert set(page["properties"]) == {"next", "previous", "results"}
+    detail = _ref(
+        schema, schema["paths"]["/events/{event_id}"]["get"]["responses"]["200"]["content"]["application/json"]
+    )
+    assert {"payload", "deliveries", "notifications", "parent_event_id", "event_id"} <= set(detail["properties"])
+
+
+def test_documented_reply_matches_a_real_push(schema, api):
+    response = api.post("/events", {"message": "order:new", "payload": {"order": {"number": "R7"}}}, format="json")
+    documented = _ref(schema, schema["paths"]["/events"]["post"]["responses"]["202"]["content"]["application/json"])
+    assert set(response.json()) == set(documented["properties"])
+    detail = api.get(response["Location"]).json()
+    documented = _ref(
+        schema, schema["paths"]["/events/{event_id}"]["get"]["responses"]["200"]["content"]["application/json"]
+    )
+    assert set(detail) == set(documented["properties"])
+
+
+def test_schema_generates_without_warnings():
+    out = io.StringIO()
+    call_command("spectacular", "--validate", "--fail-on-warn", stdout=out)
+    assert yaml.safe_load(out.getvalue())["info"]["title"] == "Event hub API"
+
+
+def test_docs_page_renders_without_a_token(client):
+    response = client.get("/api/docs/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "swagger" in html.lower() and "/api/schema/" in html
