@@ -8,7 +8,7 @@ import orjson
 from django.conf import settings
 from rest_framework.parsers import BaseParser
 
-from events.errors import BodyTooLarge, MalformedJson
+from events.errors import BodyTooLarge, JsonTooDeep, JsonTooLarge, MalformedJson
 
 
 def json_error_where(text: str, pos: int) -> tuple[int, int]:
@@ -49,4 +49,37 @@ class HubJSONParser(BaseParser):
             raise BodyTooLarge(f"The body is larger than the limit of {limit} bytes.")
         if not raw.strip():
             raise MalformedJson("The body is empty; send a JSON envelope.")
-        return json_loads_or_error(raw)
+        data = json_loads_or_error(raw)
+        json_shape_check(data, max_depth=settings.HUB_MAX_JSON_DEPTH, max_keys=settings.HUB_MAX_JSON_KEYS)
+        return data
+
+
+def json_shape_check(data: Any, *, max_depth: int, max_keys: int) -> None:
+    """Refuse documents nested deeper than max_depth or holding more than max_keys object keys.
+
+    Iterative, so that a hostile document cannot exhaust the stack of the checker itself.
+    """
+    keys = 0
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children = value.values()
+            keys += len(value)
+            if keys > max_keys:
+                raise JsonTooLarge(
+                    f"The body has more than {max_keys} object keys in all; the limit is {max_keys}.",
+                    code="too_many_keys",
+                    limit=max_keys,
+                )
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > max_depth:
+            raise JsonTooDeep(
+                f"The body nests objects and arrays deeper than the limit of {max_depth} levels.",
+                code="too_deep",
+                limit=max_depth,
+            )
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
