@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import pytest
@@ -7,6 +8,16 @@ from rest_framework.test import APIClient
 
 from events.models import Store
 from tests.factories import StoreFactory
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The tests' subscribers listen on 127.0.0.1, which the SSRF guard refuses by default. Allow it
+    # here and in the environment that worker processes started by the tests inherit; the guard's
+    # own tests turn it back off.
+    from django.conf import settings
+
+    os.environ["HUB_ALLOW_PRIVATE_DESTINATIONS"] = "1"
+    settings.HUB_ALLOW_PRIVATE_DESTINATIONS = True
 
 
 @pytest.fixture
