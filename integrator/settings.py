@@ -217,6 +217,7 @@ CSRF_COOKIE_SECURE = _env_bool("CSRF_COOKIE_SECURE", IS_PRODUCTION)
 SESSION_COOKIE_HTTPONLY = True
 CSRF_TRUSTED_ORIGINS = _env_list("CSRF_TRUSTED_ORIGINS", [])
 X_FRAME_OPTIONS = "DENY"
+SILENCED_SYSTEM_CHECKS = _env_list("SILENCED_SYSTEM_CHECKS", [])
 
 # --- Cache (rate-limit counters) -------------------------------------------------------------
 if REDIS_URL:
