@@ -55,7 +55,8 @@ class HubJSONParser(BaseParser):
 
 
 def json_shape_check(data: Any, *, max_depth: int, max_keys: int) -> None:
-    """Refuse documents nested deeper than max_depth or holding more than max_keys object keys.
+    """Refuse documents nested deeper than max_depth, holding more than max_keys object keys in
+    all, or carrying a NUL character (valid JSON that PostgreSQL cannot store in jsonb or text).
 
     Iterative, so that a hostile document cannot exhaust the stack of the checker itself.
     """
@@ -63,8 +64,13 @@ def json_shape_check(data: Any, *, max_depth: int, max_keys: int) -> None:
     stack: list[tuple[Any, int]] = [(data, 1)]
     while stack:
         value, depth = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise MalformedJson(
+                    "The body contains a NUL character (\\u0000), which the hub cannot store.", code="nul_character"
+                )
+            continue
         if isinstance(value, dict):
-            children = value.values()
             keys += len(value)
             if keys > max_keys:
                 raise JsonTooLarge(
@@ -72,6 +78,7 @@ def json_shape_check(data: Any, *, max_depth: int, max_keys: int) -> None:
                     code="too_many_keys",
                     limit=max_keys,
                 )
+            children: list[Any] = [*value.keys(), *value.values()]
         elif isinstance(value, list):
             children = value
         else:
@@ -82,4 +89,4 @@ def json_shape_check(data: Any, *, max_depth: int, max_keys: int) -> None:
                 code="too_deep",
                 limit=max_depth,
             )
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list, str)))
