@@ -235,3 +235,18 @@ def session_guard(session: requests.Session, *, allow_private: bool | None = Non
     session.max_redirects = 0
     session.get_redirect_target = _no_redirect_target  # type: ignore[method-assign]
     return session
+
+
+def subscription_url_validate(url: str) -> None:
+    """Django validator for subscription URLs: the same rule deliveries follow, told at save time.
+
+    Deliveries are checked again on every connection, so a name that changes its answer later
+    is still refused then.
+    """
+    from django.conf import settings
+    from django.core.exceptions import ValidationError
+
+    try:
+        url_destination_check(url, allow_private=bool(getattr(settings, ALLOW_SETTING, False)))
+    except DestinationBlocked as exc:
+        raise ValidationError(str(exc), code="destination_blocked") from None

@@ -177,3 +177,17 @@ def test_deliveries_through_a_proxy_are_refused_while_the_guard_is_on(local_serv
     with pytest.raises(DestinationBlocked, match="proxy"):
         session.get("http://93.184.215.14/hook", timeout=5, proxies=proxies)
     assert local_server.hits == []
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8000/hook", "http://169.254.169.254/latest/meta-data/"])
+def test_the_subscription_url_validator_refuses_forbidden_destinations(url, settings):
+    from django.core.exceptions import ValidationError
+
+    from routing.netguard import subscription_url_validate
+
+    settings.HUB_ALLOW_PRIVATE_DESTINATIONS = False
+    with pytest.raises(ValidationError) as caught:
+        subscription_url_validate(url)
+    assert caught.value.code == "destination_blocked"
+    settings.HUB_ALLOW_PRIVATE_DESTINATIONS = True
+    subscription_url_validate(url)
