@@ -67,7 +67,9 @@ def json_shape_check(data: Any, *, max_depth: int, max_keys: int) -> None:
         if isinstance(value, str):
             if "\x00" in value:
                 raise MalformedJson(
-                    "The body contains a NUL character (\\u0000), which the hub cannot store.", code="nul_character"
+                    "The body contains a NUL character (\\u0000), which the hub cannot store.",
+                    code="nul_character",
+                    field="body",
                 )
             continue
         if isinstance(value, dict):
@@ -76,6 +78,7 @@ def json_shape_check(data: Any, *, max_depth: int, max_keys: int) -> None:
                 raise JsonTooLarge(
                     f"The body has more than {max_keys} object keys in all; the limit is {max_keys}.",
                     code="too_many_keys",
+                    field="body",
                     limit=max_keys,
                 )
             children: list[Any] = [*value.keys(), *value.values()]
@@ -87,6 +90,7 @@ def json_shape_check(data: Any, *, max_depth: int, max_keys: int) -> None:
             raise JsonTooDeep(
                 f"The body nests objects and arrays deeper than the limit of {max_depth} levels.",
                 code="too_deep",
+                field="body",
                 limit=max_depth,
             )
         stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list, str)))
