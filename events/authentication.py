@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.db.models import Q
 from django.utils import timezone
 from rest_framework import permissions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
@@ -35,14 +36,21 @@ class StoreTokenAuthentication(BaseAuthentication):
         store_name, token = _token_from_request(request)
         if token is None:
             return None
-        store = Store.objects.filter(token_hash=token_hash(token)).first()
+        digest = token_hash(token)
+        now = timezone.now()
+        store = (
+            Store.objects.filter(
+                Q(token_hash=digest) | Q(previous_token_hash=digest, previous_token_expires_at__gt=now)
+            )
+            .order_by("pk")
+            .first()
+        )
         # The lookup is by hash, and the comparison is constant-time, so response timing says
         # nothing about how close a guess came.
-        if store is None or not store.token_matches(token):
+        if store is None or not store.token_matches(token, now=now):
             raise AuthenticationFailed("The store token is not valid.")
         if store_name is not None and store_name not in (store.name, str(store.pk)):
             raise AuthenticationFailed("X-Hub-Store does not match the store of this token.")
-        now = timezone.now()
         if store.last_used_at is None or (now - store.last_used_at).total_seconds() > LAST_USED_RESOLUTION_SECONDS:
             Store.objects.filter(pk=store.pk).update(last_used_at=now)
             store.last_used_at = now

@@ -66,6 +66,15 @@ class BodyTooLarge(HubError):
     code = "body_too_large"
 
 
+class JsonTooDeep(HubError):
+    code = "too_deep"
+
+
+class JsonTooLarge(HubError):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    code = "too_many_keys"
+
+
 class BatchTooLarge(HubError):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     code = "batch_too_large"

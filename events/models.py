@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import secrets
 import uuid
+from datetime import datetime
 
 from django.db import models
 from django.utils import timezone
@@ -27,6 +28,10 @@ class Store(models.Model):
     )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # The token replaced by the last rotation keeps working until previous_token_expires_at, so a
+    # store can switch over without dropping pushes.
+    previous_token_hash = models.CharField(max_length=64, blank=True, default="", db_index=True, editable=False)
+    previous_token_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     # DRF treats request.user as the authenticated principal; a store is one.
     is_authenticated = True
@@ -45,8 +50,15 @@ class Store(models.Model):
         self.token_hint = token[: len(TOKEN_PREFIX) + 6]
         return token
 
-    def token_matches(self, token: str) -> bool:
-        return hmac.compare_digest(self.token_hash, token_hash(token))
+    def token_matches(self, token: str, *, now: datetime | None = None) -> bool:
+        """The current token, or the previous one while its grace period lasts; constant-time."""
+        digest = token_hash(token)
+        current = hmac.compare_digest(self.token_hash, digest)
+        previous = bool(self.previous_token_hash) and hmac.compare_digest(self.previous_token_hash, digest)
+        if previous:
+            expires = self.previous_token_expires_at
+            previous = expires is not None and expires > (now or timezone.now())
+        return current or previous
 
 
 class EventStatus(models.TextChoices):

@@ -9,7 +9,7 @@ import orjson
 from django.conf import settings
 from rest_framework.parsers import BaseParser
 
-from events.errors import BodyTooLarge, MalformedJson
+from events.errors import BodyTooLarge, JsonTooDeep, JsonTooLarge, MalformedJson
 
 
 def json_error_where(text: str, pos: int) -> tuple[int, int]:
@@ -41,37 +41,47 @@ def json_loads_or_error(raw: bytes) -> Any:
 _LOSSLESS_INT_LIMIT = 2**63
 
 
-def json_scan(value: Any, max_depth: int) -> tuple[bool, bool]:
-    """(nests deeper than max_depth, holds a float orjson may have made from a big integer) in one
-    iterative pass, so a hostile body cannot blow the stack."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    too_deep = big_number = False
+def json_shape_check(data: Any, *, max_depth: int, max_keys: int) -> bool:
+    """Refuse documents nested deeper than max_depth or holding more than max_keys object keys in
+    all; return whether a float orjson may have made from a big integer is present.
+
+    One iterative pass, so that a hostile document cannot exhaust the stack of the checker itself.
+    (NUL characters are refused by the envelope validation, which can name where they are.)
+    """
+    keys = 0
+    big_number = False
+    stack: list[tuple[Any, int]] = [(data, 1)]
     while stack:
-        current, depth = stack.pop()
-        if isinstance(current, dict):
-            children = current.values()
-        elif isinstance(current, list):
-            children = current
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            keys += len(value)
+            if keys > max_keys:
+                raise JsonTooLarge(
+                    f"The body has more than {max_keys} object keys in all; the limit is {max_keys}.",
+                    field="body",
+                    limit=max_keys,
+                )
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
         else:
-            if isinstance(current, float) and abs(current) >= _LOSSLESS_INT_LIMIT and current.is_integer():
+            if isinstance(value, float) and abs(value) >= _LOSSLESS_INT_LIMIT and value.is_integer():
                 big_number = True
             continue
         if depth > max_depth:
-            too_deep = True
-            break
+            raise JsonTooDeep(
+                f"The body nests objects and arrays deeper than the limit of {max_depth} levels.",
+                field="body",
+                limit=max_depth,
+            )
         stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list, float)))
-    return too_deep, big_number
+    return big_number
 
 
-def json_parse_body(raw: bytes, *, max_depth: int) -> Any:
-    """Parse a request body: errors that say where, a depth cap, and integers kept exact."""
+def json_parse_body(raw: bytes, *, max_depth: int, max_keys: int) -> Any:
+    """Parse a request body: errors that say where, depth and key caps, and integers kept exact."""
     data = json_loads_or_error(raw)
-    too_deep, big_number = json_scan(data, max_depth)
-    if too_deep:
-        raise MalformedJson(
-            f"The body nests arrays/objects deeper than {max_depth} levels.", field="body", code="too_deep"
-        )
-    if big_number:
+    if json_shape_check(data, max_depth=max_depth, max_keys=max_keys):
         # The payload is kept as sent: the standard library keeps integers of any size. orjson has
         # already checked the syntax, which is stricter than json's (no NaN, no Infinity).
         try:
@@ -96,4 +106,6 @@ class HubJSONParser(BaseParser):
             raise BodyTooLarge(f"The body is larger than the limit of {limit} bytes.", field="body")
         if not raw.strip():
             raise MalformedJson("The body is empty; send a JSON envelope.", field="body")
-        return json_parse_body(raw, max_depth=settings.HUB_MAX_JSON_DEPTH)
+        return json_parse_body(
+            raw, max_depth=settings.HUB_MAX_JSON_DEPTH, max_keys=settings.HUB_MAX_JSON_KEYS
+        )

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from events.errors import InvalidEnvelope
 from events.messages import InvalidMessageName, message_canonical, resource_key
@@ -142,3 +145,28 @@ def event_ingest(
             raise
         return IngestResult(existing, created=False)
     return IngestResult(event, created=True)
+
+
+def store_token_rotate(*, store: Store, grace_seconds: int | None = None) -> str:
+    """Give the store a new token and return it in clear (the only time it is seen).
+
+    The old token keeps working for `grace_seconds` (settings.HUB_TOKEN_ROTATION_GRACE_SECONDS by
+    default) so the store can be reconfigured without losing pushes; 0 revokes it at once. A token
+    still in an earlier grace period is dropped: only one previous token is ever honoured.
+    """
+    grace = settings.HUB_TOKEN_ROTATION_GRACE_SECONDS if grace_seconds is None else grace_seconds
+    if grace < 0:
+        raise ValueError("grace_seconds must not be negative.")
+    with transaction.atomic():
+        locked = Store.objects.select_for_update().get(pk=store.pk)
+        if grace > 0:
+            locked.previous_token_hash = locked.token_hash
+            locked.previous_token_expires_at = timezone.now() + timedelta(seconds=grace)
+        else:
+            locked.previous_token_hash = ""
+            locked.previous_token_expires_at = None
+        token = locked.token_set_new()
+        locked.save(update_fields=["token_hash", "token_hint", "previous_token_hash", "previous_token_expires_at"])
+    for name in ("token_hash", "token_hint", "previous_token_hash", "previous_token_expires_at"):
+        setattr(store, name, getattr(locked, name))
+    return token

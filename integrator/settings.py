@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("HUB_VAR_DIR", BASE_DIR / "var"))
@@ -40,11 +41,31 @@ def _env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+# HUB_ENV=production turns the safe-by-default switches on and makes the settings that have no
+# safe default (SECRET_KEY, ALLOWED_HOSTS, HUB_ENCRYPTION_KEYS) mandatory. Anything else keeps the
+# embedded default zero-config for a newcomer on localhost.
+HUB_ENV = os.environ.get("HUB_ENV", "development").strip().lower()
+IS_PRODUCTION = HUB_ENV == "production"
+
+
+def _env_required(name: str) -> str:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        raise ImproperlyConfigured(f"{name} must be set when HUB_ENV=production.")
+    return value
+
+
 DEBUG = _env_bool("DEBUG", False)
 # A fixed development key keeps the embedded default zero-config; production must set SECRET_KEY
 # (`manage.py check --deploy` flags the insecure default).
-SECRET_KEY = os.environ.get("SECRET_KEY", "django-insecure-dev-only-set-SECRET_KEY-in-production")
-ALLOWED_HOSTS = _env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
+if IS_PRODUCTION:
+    SECRET_KEY = _env_required("SECRET_KEY")
+    if not DEBUG:
+        _env_required("ALLOWED_HOSTS")
+    ALLOWED_HOSTS = _env_list("ALLOWED_HOSTS", [])
+else:
+    SECRET_KEY = os.environ.get("SECRET_KEY", "django-insecure-dev-only-set-SECRET_KEY-in-production")
+    ALLOWED_HOSTS = _env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -198,12 +219,72 @@ CELERY_BEAT_SCHEDULE = {
 # Django's own request cap must not cut in before ours, which answers 413 in JSON.
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(HUB_MAX_BODY_BYTES * 2, 2_621_440)
 
+# --- Security -------------------------------------------------------------------------------
+# A JSON document within the size cap can still be hostile: deep nesting and huge objects cost far
+# more to walk (and to store in a JSONField) than their bytes suggest.
+HUB_MAX_JSON_KEYS = _env_int("HUB_MAX_JSON_KEYS", 10_000)
+# Per-store request rates ("<n>/<second|minute|hour|day>"), one bucket for pushes and one for reads.
+HUB_RATE_LIMITS = {
+    "store_write": os.environ.get("HUB_RATE_LIMIT_WRITE", "600/minute"),
+    "store_read": os.environ.get("HUB_RATE_LIMIT_READ", "1200/minute"),
+}
+# After a token rotation the old token keeps working this long, so a store can be reconfigured
+# without dropping events.
+HUB_TOKEN_ROTATION_GRACE_SECONDS = _env_int("HUB_TOKEN_ROTATION_GRACE_SECONDS", 24 * 3600)
+# Same idea for a subscription's signing secret: both signatures are sent until it ends.
+HUB_SECRET_ROTATION_GRACE_SECONDS = _env_int("HUB_SECRET_ROTATION_GRACE_SECONDS", 24 * 3600)
+# Deliveries never reach loopback, private, link-local or metadata addresses unless this is on
+# (a hub whose subscribers live on its own private network, or the tests' local subscriber).
+HUB_ALLOW_PRIVATE_DESTINATIONS = _env_bool("HUB_ALLOW_PRIVATE_DESTINATIONS", False)
+# Fernet keys (comma-separated, newest first) that encrypt signing secrets at rest; older keys only
+# decrypt, so keys can be rotated. Without it (development only) a key is derived from SECRET_KEY.
+HUB_ENCRYPTION_KEYS = _env_list("HUB_ENCRYPTION_KEYS", [])
+if IS_PRODUCTION and not HUB_ENCRYPTION_KEYS:
+    raise ImproperlyConfigured("HUB_ENCRYPTION_KEYS must be set when HUB_ENV=production.")
+
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_X_FORWARDED_PROTO", "https") if _env_bool("HUB_TRUST_X_FORWARDED_PROTO", IS_PRODUCTION) else None
+)
+SECURE_SSL_REDIRECT = _env_bool("SECURE_SSL_REDIRECT", IS_PRODUCTION)
+# Health checks from a load balancer come over plain HTTP.
+SECURE_REDIRECT_EXEMPT = _env_list("SECURE_REDIRECT_EXEMPT", [])
+SECURE_HSTS_SECONDS = _env_int("SECURE_HSTS_SECONDS", 31_536_000 if IS_PRODUCTION else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", IS_PRODUCTION)
+SECURE_HSTS_PRELOAD = _env_bool("SECURE_HSTS_PRELOAD", False)
+SESSION_COOKIE_SECURE = _env_bool("SESSION_COOKIE_SECURE", IS_PRODUCTION)
+CSRF_COOKIE_SECURE = _env_bool("CSRF_COOKIE_SECURE", IS_PRODUCTION)
+SESSION_COOKIE_HTTPONLY = True
+CSRF_TRUSTED_ORIGINS = _env_list("CSRF_TRUSTED_ORIGINS", [])
+X_FRAME_OPTIONS = "DENY"
+SILENCED_SYSTEM_CHECKS = _env_list("SILENCED_SYSTEM_CHECKS", [])
+
+# --- Cache (rate-limit counters) -------------------------------------------------------------
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": os.environ.get("CACHE_REDIS_URL", REDIS_URL),
+            "KEY_PREFIX": "hub",
+        }
+    }
+else:
+    # Web and worker are separate processes, so a per-process memory cache would let each gunicorn
+    # worker count its own rate; a directory under ./var is shared and needs no setup.
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(VAR_DIR / "cache"),
+            "KEY_PREFIX": "hub",
+        }
+    }
+
 # --- Django REST Framework ------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["events.parsers.HubJSONParser"],
     "DEFAULT_AUTHENTICATION_CLASSES": ["events.authentication.StoreTokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["events.authentication.IsActiveStore"],
+    "DEFAULT_THROTTLE_CLASSES": ["events.throttling.StoreRateThrottle"],
     "EXCEPTION_HANDLER": "events.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

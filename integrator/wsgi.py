@@ -4,3 +4,7 @@ from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "integrator.settings")
 application = get_wsgi_application()
+
+from integrator.chunked import ChunkedBodyLimit  # noqa: E402 - needs the settings module set above
+
+application = ChunkedBodyLimit(application)

@@ -1,12 +1,25 @@
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from rest_framework.test import APIClient
 
 from events.models import Store
 from tests.factories import StoreFactory
+from tests.live import Subscriber, Worker, wait_until
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The tests' subscribers listen on 127.0.0.1, which the SSRF guard refuses by default. Allow it
+    # here and in the environment that worker processes started by the tests inherit; the guard's
+    # own tests turn it back off.
+    from django.conf import settings
+
+    os.environ["HUB_ALLOW_PRIVATE_DESTINATIONS"] = "1"
+    settings.HUB_ALLOW_PRIVATE_DESTINATIONS = True
 
 
 @pytest.fixture
@@ -31,12 +44,6 @@ def api(store, client_for) -> APIClient:
 
 
 # --- Live services: a real HTTP subscriber and a real Celery worker (see tests/live.py) ------------
-import os  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from tests.live import Subscriber, Worker, wait_until  # noqa: E402
-
 TEST_QUEUE = "hub-test"
 
 

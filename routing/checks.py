@@ -1,0 +1,45 @@
+"""System checks for the routing app's security settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import Error, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
+
+from routing.encryption import fernet
+
+
+@register(Tags.security)
+def encryption_keys_check(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    try:
+        fernet()
+    except ImproperlyConfigured as exc:
+        return [Error(str(exc), id="hub.E001")]
+    return []
+
+
+@register(Tags.security, deploy=True)
+def deploy_security_check(app_configs: Any = None, **kwargs: Any) -> list[Error | Warning]:
+    problems: list[Error | Warning] = []
+    if not settings.HUB_ENCRYPTION_KEYS:
+        problems.append(
+            Error(
+                "HUB_ENCRYPTION_KEYS is not set: signing secrets are encrypted with a key derived from SECRET_KEY.",
+                hint="Set HUB_ENCRYPTION_KEYS to one or more Fernet keys.",
+                id="hub.E002",
+            )
+        )
+    if settings.HUB_ALLOW_PRIVATE_DESTINATIONS:
+        problems.append(
+            Warning(
+                "HUB_ALLOW_PRIVATE_DESTINATIONS is on: deliveries may reach loopback, private and metadata addresses.",
+                id="hub.W001",
+            )
+        )
+    if not getattr(settings, "IS_PRODUCTION", False):
+        problems.append(
+            Warning("HUB_ENV is not 'production': production-only requirements are not enforced.", id="hub.W002")
+        )
+    return problems

@@ -1,0 +1,57 @@
+"""Encryption at rest for subscription secrets (Fernet, keys from HUB_ENCRYPTION_KEYS).
+
+The first key encrypts; every key decrypts, so keys rotate by putting a new one first and
+re-encrypting (`subscription_secrets_reencrypt`). Without keys, development derives one from
+SECRET_KEY so that the embedded default stays zero-config; production refuses to start without them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from functools import cache
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+# Every Fernet token starts with the version byte 0x80, which base64 spells "gAAAAA".
+TOKEN_PREFIX = "gAAAAA"
+
+
+class SecretUndecryptable(Exception):
+    """A stored secret none of the configured keys can open."""
+
+
+@cache
+def _fernet_for(keys: tuple[str, ...], secret_key: str) -> MultiFernet:
+    if not keys:
+        derived = hashlib.sha256(b"hub-encryption-key:" + secret_key.encode()).digest()
+        keys = (base64.urlsafe_b64encode(derived).decode(),)
+    try:
+        return MultiFernet([Fernet(key.encode()) for key in keys])
+    except (ValueError, TypeError) as exc:
+        raise ImproperlyConfigured(
+            f"HUB_ENCRYPTION_KEYS holds a key that is not a Fernet key ({exc}); make one with Fernet.generate_key()."
+        ) from None
+
+
+def fernet() -> MultiFernet:
+    return _fernet_for(tuple(settings.HUB_ENCRYPTION_KEYS), settings.SECRET_KEY)
+
+
+def secret_encrypt(plain: str) -> str:
+    return fernet().encrypt(plain.encode("utf-8")).decode("ascii")
+
+
+def secret_decrypt(stored: str) -> str:
+    try:
+        return fernet().decrypt(stored.encode("ascii")).decode("utf-8")
+    except (InvalidToken, UnicodeEncodeError):
+        raise SecretUndecryptable(
+            "A stored secret cannot be decrypted with HUB_ENCRYPTION_KEYS; was a key removed too early?"
+        ) from None
+
+
+def secret_is_encrypted(stored: str) -> bool:
+    return stored.startswith(TOKEN_PREFIX)
