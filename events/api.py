@@ -7,6 +7,7 @@ this app never imports routing.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, time
 from typing import Any
@@ -109,6 +110,8 @@ def message_filter_parse(raw: str) -> str | None:
 
 def since_parse(raw: str) -> datetime:
     """An ISO 8601 date-time (naive means UTC) or a plain date (its midnight, UTC)."""
+    # An unencoded '+' in a query string arrives as a space: "...T12:00:00 02:00" meant "+02:00".
+    raw = re.sub(r"(T[\d:.]+) (\d\d:?\d\d)$", r"\1+\2", raw.strip())
     try:
         value = parse_datetime(raw)
         if value is None:

@@ -138,3 +138,13 @@ def test_list_needs_a_token(db):
     from rest_framework.test import APIClient
 
     assert APIClient().get("/events").status_code == 401
+
+
+def test_since_with_an_unencoded_plus_offset(api):
+    old = push(api, "order:new", "1")
+    new = push(api, "order:new", "2")
+    now = timezone.now()
+    Event.objects.filter(uid=old).update(created_at=now - timedelta(hours=5))
+    # 3 hours ago written in UTC+02:00, with the '+' left unencoded (it arrives as a space)
+    local = (now - timedelta(hours=3) + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%S")
+    assert ids(api.get(f"/events?since={local}+02:00")) == [new]
