@@ -145,3 +145,21 @@ def test_message_types_validation():
         with pytest.raises(ValueError) as excinfo:
             message_types_validate(bad)
         assert sentence in str(excinfo.value)
+
+
+@pytest.mark.django_db
+def test_subscription_clean_reports_each_bad_field():
+    from django.core.exceptions import ValidationError
+
+    from tests.factories import SubscriptionFactory
+
+    sub = SubscriptionFactory.build(
+        message_types=["order new"],
+        filters=[{"path": "a", "op": "nope"}],
+        retry_schedule=[-1],
+        timeout_seconds=0,
+    )
+    with pytest.raises(ValidationError) as excinfo:
+        sub.clean()
+    assert set(excinfo.value.message_dict) == {"message_types", "filters", "retry_schedule", "timeout_seconds"}
+    SubscriptionFactory.build(filters=[{"path": "order.channel", "op": "eq", "value": "spree"}]).clean()
