@@ -53,13 +53,16 @@ def delivery_attempt(*, delivery_id: int) -> str | None:
     now = timezone.now()
     number = delivery.attempt_count + 1
     lease = timedelta(seconds=sub.timeout_seconds + settings.HUB_DELIVERY_LEASE_MARGIN_SECONDS)
+    if not sub.is_enabled:
+        return None
     # The claim: one conditional UPDATE, so two workers holding the same message cannot both send.
+    # Its WHERE names only this row's own columns: a join would make Django compare inside a
+    # subquery, which PostgreSQL does not re-check against a row a concurrent claim just changed.
     claimed = Delivery.objects.filter(
         pk=delivery_id,
         state__in=DELIVERY_OPEN_STATES,
         next_attempt_at__lte=now,
         attempt_count=delivery.attempt_count,
-        subscription__is_enabled=True,
     ).update(state=DeliveryState.DELIVERING, attempt_count=number, lease_expires_at=now + lease, enqueued_at=None)
     if not claimed:
         return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import secrets
 
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
@@ -79,6 +80,29 @@ class Subscription(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        """The admin form's check: each field's problem in one sentence, on that field."""
+        from routing.matching import filter_mode_validate, filters_validate, message_types_validate
+        from routing.retry import schedule_validate
+
+        checks = (
+            ("message_types", message_types_validate, self.message_types),
+            ("filters", filters_validate, self.filters),
+            ("filter_mode", filter_mode_validate, self.filter_mode),
+            ("retry_schedule", schedule_validate, self.retry_schedule),
+        )
+        errors: dict[str, str] = {}
+        for field, check, value in checks:
+            try:
+                check(value)
+            except ValueError as exc:
+                errors[field] = str(exc)
+        # Well under the Celery task time limit, which must never cut an attempt short.
+        if self.timeout_seconds is not None and not 0 < self.timeout_seconds <= 120:
+            errors["timeout_seconds"] = "The timeout must be more than 0 and at most 120 seconds."
+        if errors:
+            raise ValidationError(errors)
 
 
 class DeliveryState(models.TextChoices):

@@ -27,6 +27,7 @@ def event_deliveries_describe(event: Event) -> dict[str, Any]:
                 "subscription": d.subscription.name,
                 "state": d.state,
                 "attempt_count": d.attempt_count,
+                "replay_of": d.replay_of_id,
                 "next_attempt_at": d.next_attempt_at.isoformat() if d.state in ("pending", "retrying") else None,
                 "delivered_at": d.delivered_at.isoformat() if d.delivered_at else None,
                 "attempts": [

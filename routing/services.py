@@ -164,7 +164,9 @@ def delivery_retry_now(*, delivery_id: int) -> bool:
     attempt. False when there is nothing to retry (delivered, cancelled, being sent, endpoint disabled)."""
     now = timezone.now()
     with transaction.atomic():
-        base = Delivery.objects.filter(pk=delivery_id, subscription__is_enabled=True)
+        if not Subscription.objects.filter(deliveries__pk=delivery_id, is_enabled=True).exists():
+            return False
+        base = Delivery.objects.filter(pk=delivery_id)
         changed = base.filter(state__in=DELIVERY_OPEN_STATES).update(next_attempt_at=now, enqueued_at=None)
         changed += base.filter(state=DeliveryState.FAILED).update(
             state=DeliveryState.RETRYING, next_attempt_at=now, enqueued_at=None

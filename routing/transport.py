@@ -107,11 +107,10 @@ _local = threading.local()
 
 
 def session_new() -> requests.Session:
-    """A pooled session that never follows redirects on its own and ignores proxy settings from the
-    environment (an endpoint is reached directly or not at all)."""
+    """A pooled session that ignores proxy settings from the environment (an endpoint is reached
+    directly or not at all). Redirects are refused per request (allow_redirects=False)."""
     session = requests.Session()
     session.trust_env = False
-    session.max_redirects = 0
     adapter = HTTPAdapter(pool_connections=20, pool_maxsize=20, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)

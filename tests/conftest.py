@@ -47,6 +47,14 @@ def api(store, client_for) -> APIClient:
 TEST_QUEUE = "hub-test"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _test_queue() -> None:
+    """Whatever a test publishes goes to the test worker's queue, never to a real worker's."""
+    from integrator.celery import app
+
+    app.conf.task_default_queue = TEST_QUEUE
+
+
 @pytest.fixture(scope="session")
 def _subscriber_server() -> Iterator[Subscriber]:
     server = Subscriber().start()
@@ -84,15 +92,14 @@ def _worker_env(database: dict) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def worker(django_db_setup) -> Iterator[Worker]:
+def worker(django_db_setup, _test_queue) -> Iterator[Worker]:
     """`celery -A integrator worker -B` on the test database and the real broker (Redis when
     REDIS_URL is set, else the filesystem broker), started once per session on a queue of its own."""
     from django.conf import settings
 
     from integrator.celery import app
 
-    # This process publishes to the worker's queue; whatever an earlier run left there is dropped.
-    app.conf.task_default_queue = TEST_QUEUE
+    # Whatever an earlier run left on the worker's queue is dropped.
     with app.connection_for_write() as conn:
         try:
             conn.default_channel.queue_purge(TEST_QUEUE)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import factory
 
-from events.models import Store
-from routing.models import Subscription
+from events.models import Event, Store
+from routing.models import Delivery, Subscription
 
 
 class StoreFactory(factory.django.DjangoModelFactory):
@@ -31,3 +31,23 @@ class SubscriptionFactory(factory.django.DjangoModelFactory):
     name = factory.Sequence(lambda n: f"endpoint-{n}")
     url = "http://127.0.0.1:9/never-called"
     message_types = factory.LazyFunction(lambda: ["*"])
+
+
+class EventFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Event
+
+    store = factory.SubFactory(StoreFactory)
+    message = "order:new"
+    message_id = factory.Sequence(lambda n: f"msg-{n}")
+    payload = factory.LazyFunction(lambda: {"order": {"number": "R1"}})
+    resource_key = "order:R1"
+
+
+class DeliveryFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Delivery
+
+    event = factory.SubFactory(EventFactory)
+    subscription = factory.SubFactory(SubscriptionFactory)
+    resource_key = factory.SelfAttribute("event.resource_key")

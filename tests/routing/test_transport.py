@@ -1,0 +1,105 @@
+"""One HTTP exchange against the real local subscriber; no database."""
+
+from datetime import UTC, datetime
+
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from routing.models import signing_secret_new
+from routing.transport import method_for, request_build, request_send, session_get
+from tests.live import Reply, free_port
+
+SECRET = signing_secret_new()
+
+
+def build(url: str, message: str = "order:new", **kwargs):
+    return request_build(
+        url=url,
+        message=message,
+        message_id="m-1",
+        payload={"order": {"number": "R1"}},
+        parameters=[{"name": "key", "value": "v"}],
+        webhook_id="evt-1",
+        signing_secret=SECRET,
+        token="tok",
+        store_name="shop",
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize(
+    ("message", "override", "method"),
+    [
+        ("order:new", "", "POST"),
+        ("shipment:confirm", "", "POST"),
+        ("order:updated", "", "PUT"),
+        ("order:canceled", "", "PUT"),
+        ("product:updated", "", "PUT"),
+        ("order:new", "PUT", "PUT"),
+        ("order:updated", "patch", "PATCH"),
+    ],
+)
+def test_method_by_message_with_override(message, override, method):
+    assert method_for(message, override) == method
+
+
+def test_request_is_signed_with_standard_webhooks_and_carries_parameters():
+    request = build("http://example.invalid/x", timestamp=datetime.now(UTC))
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    body = Webhook(SECRET).verify(request.body, headers)
+    assert body == {
+        "message": "order:new",
+        "message_id": "m-1",
+        "payload": {"order": {"number": "R1"}, "parameters": [{"name": "key", "value": "v"}]},
+    }
+    assert headers["x-hub-token"] == headers["x-augury-token"] == "tok"
+    assert headers["x-hub-store"] == "shop"
+    assert headers["webhook-id"] == "evt-1"
+    assert headers["webhook-signature"].startswith("v1,")
+
+
+def test_2xx_json_is_success_with_the_parsed_reply(subscriber):
+    subscriber.program("/ok", Reply.ok(message_id="m-1", notifications=[]))
+    result = request_send(build(subscriber.url("/ok")), timeout=5)
+    assert result.succeeded and result.status_code == 200 and result.error == ""
+    assert result.reply == {"message_id": "m-1", "notifications": []}
+    assert result.response_headers["content-type"] == "application/json"
+    [received] = subscriber.received("/ok")
+    assert received.method == "POST" and received.body.decode() == build(subscriber.url("/ok")).body
+
+
+def test_2xx_without_json_is_a_failure(subscriber):
+    subscriber.program("/html", Reply.not_json())
+    result = request_send(build(subscriber.url("/html")), timeout=5)
+    assert not result.succeeded and result.status_code == 200
+    assert "not JSON" in result.error
+    assert result.response_body == "<html>thanks</html>"
+
+
+def test_error_status_keeps_retry_after_and_truncates_the_body(subscriber):
+    subscriber.program("/busy", Reply(429, body=b"x" * 5000, headers={"Retry-After": "7"}))
+    result = request_send(build(subscriber.url("/busy")), timeout=5, body_max_chars=100)
+    assert (result.succeeded, result.status_code, result.retry_after) == (False, 429, "7")
+    assert result.response_body == "x" * 100
+    assert result.error == "HTTP 429"
+
+
+def test_redirects_are_not_followed(subscriber):
+    subscriber.program("/moved", Reply(302, body=b"", headers={"Location": subscriber.url("/ok")}))
+    result = request_send(build(subscriber.url("/moved")), timeout=5)
+    assert not result.succeeded and result.status_code == 302
+    assert result.response_headers["location"] == subscriber.url("/ok")
+    assert subscriber.received("/ok") == []
+
+
+def test_timeout_and_refused_connection_are_failed_results_not_exceptions(subscriber):
+    subscriber.program("/slow", Reply.slow(3))
+    slow = request_send(build(subscriber.url("/slow")), timeout=0.3)
+    assert not slow.succeeded and slow.status_code is None and "timed out" in slow.error
+    refused = request_send(build(f"http://127.0.0.1:{free_port()}/"), timeout=2)
+    assert not refused.succeeded and refused.status_code is None and "connection failed" in refused.error
+
+
+def test_the_session_is_reused_and_ignores_environment_proxies():
+    assert session_get() is session_get()
+    assert session_get().trust_env is False
