@@ -15,6 +15,7 @@ from django.utils import timezone
 from events.errors import HubError
 from events.models import Event, EventStatus
 from events.services import envelope_validate
+from integrator import metrics
 from routing import retry, transport
 from routing.models import (
     DELIVERY_OPEN_STATES,
@@ -102,7 +103,19 @@ def delivery_attempt(*, delivery_id: int) -> str | None:
         error=result.error,
         succeeded=result.succeeded,
     )
+    metrics.attempt_observe(attempt_outcome(result), result.latency_ms / 1000)
     return _attempt_conclude(delivery=delivery, number=number, result=result)
+
+
+def attempt_outcome(result: transport.ExchangeResult) -> str:
+    """A small, fixed vocabulary for the metrics label: what kind of thing happened on the wire."""
+    if result.succeeded:
+        return "success"
+    if result.status_code is None:
+        return "timeout" if "timed out" in result.error.lower() else "connection_error"
+    if 200 <= result.status_code < 300:
+        return "invalid_reply"
+    return "http_error"
 
 
 def _store_name(delivery: Delivery) -> str:
@@ -168,6 +181,7 @@ def _attempt_conclude(*, delivery: Delivery, number: int, result: transport.Exch
 
             delay = decision.delay_seconds
             transaction.on_commit(lambda: deliveries_enqueue([delivery.pk], countdown=delay))
+    metrics.delivery_outcome_count(str(decision.verdict))
     logger.info(
         "delivery attempt",
         extra={

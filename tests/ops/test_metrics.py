@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from integrator.metrics import attempt_observe, delivery_outcome_count, worker_metrics_serve
 from routing.models import Delivery, DeliveryState
 from tests.factories import StoreFactory, SubscriptionFactory
+from tests.live import wait_until
 from tests.ops.conftest import ROOT, free_port, hub_env
 
 
@@ -210,6 +211,7 @@ def test_a_celery_worker_serves_its_metrics_when_asked(tmp_path, python):
     prom.mkdir()
     (prom / "stale.db").write_bytes(b"left by an earlier run")
     env = hub_env(HUB_WORKER_METRICS_PORT=str(port), PROMETHEUS_MULTIPROC_DIR=str(prom), LOG_LEVEL="WARNING")
+    log = tmp_path / "worker.log"
     worker = subprocess.Popen(
         [
             python,
@@ -220,6 +222,8 @@ def test_a_celery_worker_serves_its_metrics_when_asked(tmp_path, python):
             "--concurrency=1",
             "--without-gossip",
             "--without-mingle",
+            "--loglevel=INFO",
+            f"--logfile={log}",
         ],
         cwd=ROOT,
         env=env,
@@ -228,6 +232,9 @@ def test_a_celery_worker_serves_its_metrics_when_asked(tmp_path, python):
     )
     try:
         _get(f"http://127.0.0.1:{port}/metrics", time.monotonic() + 90)
+        # A SIGTERM that lands before the worker has installed its handlers kills it outright; the
+        # clean-shutdown check below is only meaningful once the worker says it is ready.
+        wait_until(lambda: log.exists() and " ready." in log.read_text(errors="replace"), timeout=90)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
             assert response.status == 200
             # prometheus-client's exposition format: what a Prometheus scrape job expects.
