@@ -13,8 +13,6 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path
-from django.utils.html import format_html
-from django.views.decorators.cache import never_cache
 
 from events.models import Store
 from events.services import store_set_active, store_token_rotate
@@ -65,7 +63,6 @@ class StoreAdmin(admin.ModelAdmin):
             "grace_until": grace_until,
         }
         response = TemplateResponse(request, "admin/events/store/token.html", context)
-        response["Cache-Control"] = "no-store"
         return response
 
     # --- Disable / enable -----------------------------------------------------------------------
@@ -81,7 +78,7 @@ class StoreAdmin(admin.ModelAdmin):
 
     # --- Rotate the token -------------------------------------------------------------------------
     def get_urls(self) -> list:
-        view = self.admin_site.admin_view(never_cache(self.rotate_token_view))
+        view = self.admin_site.admin_view(self.rotate_token_view)
         return [path("<int:store_id>/rotate-token/", view, name="events_store_rotate_token"), *super().get_urls()]
 
     def rotate_token_view(self, request: HttpRequest, store_id: int) -> HttpResponse:
@@ -98,7 +95,7 @@ class StoreAdmin(admin.ModelAdmin):
                 "title": f"Rotate the token of {store.name}?",
                 "store": store,
                 "original": store,
-                "grace": format_html("{:g} hour{}", grace_hours, "" if grace_hours == 1 else "s"),
+                "grace": f"{grace_hours:g} hour{'' if grace_hours == 1 else 's'}",
             }
             return TemplateResponse(request, "admin/events/store/rotate_confirm.html", context)
         token = store_token_rotate(store=store)

