@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+
 import pytest
 from django.utils import timezone
 
@@ -21,7 +22,9 @@ def order_history(number: str, *, subscriptions: list, store=None) -> Event:
         **({"store": store} if store is not None else {}),
     )
     first, *others = subscriptions
-    ok = DeliveryFactory(event=event, subscription=first, state="delivered", attempt_count=1, delivered_at=timezone.now())
+    ok = DeliveryFactory(
+        event=event, subscription=first, state="delivered", attempt_count=1, delivered_at=timezone.now()
+    )
     AttemptFactory(delivery=ok, number=1, status_code=200, succeeded=True, response_body='{"ok": true}', latency_ms=7)
     NotificationFactory(delivery=ok, subject=f"Order {number} imported", description="as sales order 42")
     EventFactory(

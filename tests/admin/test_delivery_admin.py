@@ -53,7 +53,7 @@ def test_detail_shows_attempts_and_buttons(admin_client, failed_delivery):
     assert page.status_code == 200
     text = page.content.decode()
     assert '<span class="hub-badge hub-failed">Failed</span>' in text
-    assert '{&quot;error&quot;: &quot;boom&quot;}' in text
+    assert "{&quot;error&quot;: &quot;boom&quot;}" in text
     for action in ("retry-now", "cancel", "replay"):
         assert f'action="{LIST}{failed_delivery.pk}/{action}/"' in text
     # A failed delivery is final: its page does not reload itself.
@@ -137,9 +137,9 @@ def test_actions_need_post_and_the_change_permission(failed_delivery):
     client.force_login(viewer)
     assert client.get(f"{LIST}{failed_delivery.pk}/change/").status_code == 200
     assert client.post(f"{LIST}{failed_delivery.pk}/retry-now/").status_code == 403
-    actions = [name for name, _ in client.get(LIST).context["cl"].model_admin.get_action_choices(
-        client.get(LIST).wsgi_request
-    )]
+    actions = [
+        name for name, _ in client.get(LIST).context["cl"].model_admin.get_action_choices(client.get(LIST).wsgi_request)
+    ]
     assert "retry_now_selected" not in actions
     assert Delivery.objects.get(pk=failed_delivery.pk).state == "failed"
 

@@ -37,7 +37,8 @@ def test_list_filters_by_status_message_store_and_date(admin_client):
     new = EventFactory(store=shop, message="order:new", status="failed")
     updated = EventFactory(store=shop, message="order:updated", status="delivered")
     elsewhere = EventFactory(store=other, message="order:new", status="delivered")
-    old = EventFactory(store=other, message="order:new", status="delivered", created_at=timezone.now() - timedelta(days=40))
+    long_ago = timezone.now() - timedelta(days=40)
+    old = EventFactory(store=other, message="order:new", status="delivered", created_at=long_ago)
 
     assert listed_ids(admin_client.get(LIST, {"status__exact": "failed"})) == {new.pk}
     assert listed_ids(admin_client.get(LIST, {"message": "order:updated"})) == {updated.pk}

@@ -18,7 +18,8 @@ LIST = "/admin/events/store/"
 def push(token: str) -> int:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
-    return client.post("/events", {"message": "order:new", "payload": {"order": {"number": "R1"}}}, format="json").status_code
+    body = {"message": "order:new", "payload": {"order": {"number": "R1"}}}
+    return client.post("/events", body, format="json").status_code
 
 
 def shown_token(response) -> str:
