@@ -18,7 +18,24 @@ from django.utils.http import urlencode
 
 from events.models import Event
 from routing.admin.display import badge, json_pretty
-from routing.admin.selectors import event_detail, event_search_q, resource_key_from_query, resource_timeline
+from routing.admin.selectors import (
+    event_detail,
+    event_messages,
+    event_search_q,
+    resource_key_from_query,
+    resource_timeline,
+)
+
+
+class MessageFilter(admin.SimpleListFilter):
+    title = "message"
+    parameter_name = "message"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(name, name) for name in event_messages()]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        return queryset.filter(message=self.value()) if self.value() else queryset
 
 
 def timeline_url(resource_key: str) -> str:
@@ -28,7 +45,7 @@ def timeline_url(resource_key: str) -> str:
 @admin.register(Event)
 class EventAdmin(admin.ModelAdmin):
     list_display = ("id", "message", "message_id", "order_link", "store", "status_badge", "source", "created_at")
-    list_filter = ("status", "message", "store", ("created_at", admin.DateFieldListFilter), "source")
+    list_filter = ("status", MessageFilter, "store", ("created_at", admin.DateFieldListFilter))
     list_select_related = ("store",)
     show_full_result_count = False
     search_fields = ("message_id",)  # replaced by exact matches in get_search_results
