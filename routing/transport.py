@@ -76,8 +76,13 @@ def request_build(
     store_name: str = "",
     method_override: str = "",
     timestamp: datetime | None = None,
+    previous_signing_secret: str = "",
 ) -> OutboundRequest:
-    """The envelope with payload.parameters, serialized once so that the bytes signed are the bytes sent."""
+    """The envelope with payload.parameters, serialized once so that the bytes signed are the bytes sent.
+
+    With a previous secret (a rotation's grace period) the request carries both signatures,
+    space-separated as Standard Webhooks allows, so a verifier with either secret accepts it.
+    """
     body_payload = dict(payload)
     body_payload["parameters"] = [
         {"name": p.get("name"), "value": p.get("value")} for p in parameters if isinstance(p, Mapping)
@@ -88,7 +93,11 @@ def request_build(
         ensure_ascii=False,
     )
     when = (timestamp or datetime.now(UTC)).astimezone(UTC)
-    signature = Webhook(signing_secret).sign(msg_id=webhook_id, timestamp=when, data=body)
+    signature = " ".join(
+        Webhook(secret).sign(msg_id=webhook_id, timestamp=when, data=body)
+        for secret in (signing_secret, previous_signing_secret)
+        if secret
+    )
     headers = {
         "Content-Type": "application/json",
         "Accept": "application/json",
