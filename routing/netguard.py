@@ -223,13 +223,16 @@ def _no_redirect_target(response: requests.Response) -> None:
     return None
 
 
-def session_guard(session: requests.Session, *, allow_private: bool | None = None) -> requests.Session:
+def session_guard(
+    session: requests.Session, *, allow_private: bool | None = None, **adapter_options: Any
+) -> requests.Session:
     """Mount the guard on both schemes and follow no redirects (a 3xx is the endpoint's answer).
 
     A redirect could point anywhere, including where the guard would refuse; refusing to follow
     any keeps the rule simple and each attempt's record true to what the endpoint said.
+    `adapter_options` go to the HTTPAdapter (pool sizes, max_retries).
     """
-    adapter = GuardedAdapter(allow_private=allow_private)
+    adapter = GuardedAdapter(allow_private=allow_private, **adapter_options)
     for prefix in ("http://", "https://"):
         session.mount(prefix, adapter)
     session.max_redirects = 0
