@@ -112,6 +112,15 @@ class Subscription(models.Model):
                 check(value)
             except ValueError as exc:
                 errors[field] = str(exc)
+        if self.url:
+            from routing.netguard import subscription_url_validate
+
+            # http(s) only, a host, no credentials, and (while the SSRF guard is on) no loopback,
+            # private or metadata destination; deliveries are checked again on every connection.
+            try:
+                subscription_url_validate(self.url)
+            except ValidationError as exc:
+                errors["url"] = exc.messages[0]
         # Well under the Celery task time limit, which must never cut an attempt short.
         if self.timeout_seconds is not None and not 0 < self.timeout_seconds <= 120:
             errors["timeout_seconds"] = "The timeout must be more than 0 and at most 120 seconds."

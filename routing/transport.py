@@ -19,7 +19,7 @@ from typing import Any
 import requests
 from standardwebhooks.webhooks import Webhook
 
-from routing.netguard import DestinationBlocked, session_guard
+from routing.netguard import DestinationBlocked, HostUnresolvable, session_guard
 
 USER_AGENT = "integrator-hub/1"
 # Response headers worth keeping beside an attempt (the rest is noise or could hold secrets).
@@ -168,6 +168,8 @@ def request_send(
         )
     except requests.Timeout:
         return failed(f"timed out after {timeout:g}s", status_code=None)
+    except HostUnresolvable as exc:
+        return failed(f"connection failed: {_reason(exc)}", status_code=None)
     except DestinationBlocked as exc:
         return failed(f"refused by the SSRF guard: {_reason(exc)}", status_code=None)
     except requests.ConnectionError as exc:

@@ -83,6 +83,26 @@ def test_the_same_local_subscriber_is_reached_when_private_destinations_are_allo
     assert len(subscriber.received("/guarded")) == 1
 
 
+@pytest.mark.django_db
+def test_the_metadata_address_stays_refused_when_private_destinations_are_allowed(settings):
+    settings.HUB_ALLOW_PRIVATE_DESTINATIONS = True
+    subscription = SubscriptionFactory(url="http://169.254.169.254/latest/meta-data/", retry_enabled=False)
+    delivery = DeliveryFactory(subscription=subscription)
+    assert delivery_attempt(delivery_id=delivery.pk) == "failed"
+    [attempt] = _failed_once(delivery).attempts.all()
+    assert attempt.error.startswith("refused by the SSRF guard: Delivery to 169.254.169.254 is blocked")
+    assert "never allowed" in attempt.error
+
+
+@pytest.mark.django_db
+def test_a_host_that_does_not_resolve_is_a_connection_failure_not_a_guard_refusal(guard_on):
+    subscription = SubscriptionFactory(url="http://no-such-host.invalid/hook", retry_enabled=False)
+    delivery = DeliveryFactory(subscription=subscription)
+    assert delivery_attempt(delivery_id=delivery.pk) == "failed"
+    [attempt] = _failed_once(delivery).attempts.all()
+    assert attempt.error.startswith("connection failed: The host 'no-such-host.invalid' cannot be resolved")
+
+
 def test_the_delivery_session_is_guarded_and_follows_no_redirects():
     from routing.netguard import GuardedAdapter
 
