@@ -121,6 +121,12 @@ if DATABASE_URL:
             DATABASE_URL, conn_max_age=_env_int("DB_CONN_MAX_AGE", 60), conn_health_checks=True
         )
     }
+    if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        # libpq waits forever for a server that accepted the TCP connection but never answers
+        # (a blackholed or hung database): a request, a worker and /readyz must give up instead.
+        DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+            "connect_timeout", _env_int("DB_CONNECT_TIMEOUT", 5)
+        )
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
