@@ -76,6 +76,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "events",
     "routing",
     "ops",
@@ -307,6 +308,10 @@ SPECTACULAR_SETTINGS = {
     # The schema documents the store-facing API only, not the admin.
     "SCHEMA_PATH_PREFIX": r"/events",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Swagger UI from our own static files: the docs page works offline and loads nothing from a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- Operations ------------------------------------------------------------------------------
