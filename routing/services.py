@@ -289,10 +289,16 @@ def subscription_secret_rotate(*, subscription_id: int) -> str:
 
 def subscription_secrets_reencrypt() -> int:
     """Re-encrypt every stored signing secret with the first HUB_ENCRYPTION_KEYS key (after putting
-    a new key first); the old key can be removed once this has run. Returns the rows rewritten."""
+    a new key first); the old key can be removed once this has run. Previous secrets whose grace
+    is over are dropped rather than carried over. Returns the subscriptions rewritten."""
+    now = timezone.now()
+    fields = ["signing_secret", "previous_signing_secret", "previous_signing_secret_expires_at"]
     count = 0
-    for subscription in Subscription.objects.only("pk", "signing_secret", "previous_signing_secret").iterator():
+    for subscription in Subscription.objects.only("pk", *fields).iterator():
+        if not subscription.previous_signing_secret_active(now):
+            subscription.previous_signing_secret = ""
+            subscription.previous_signing_secret_expires_at = None
         # Saving re-encrypts: the field decrypts with any key on read and encrypts with the first.
-        subscription.save(update_fields=["signing_secret", "previous_signing_secret"])
+        subscription.save(update_fields=fields)
         count += 1
     return count

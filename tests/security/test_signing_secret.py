@@ -216,3 +216,37 @@ def test_a_real_delivery_verifies_under_either_secret_during_the_grace_and_only_
     assert Webhook(new).verify(body, headers)["payload"]["order"]["number"] == "R-after"
     with pytest.raises(WebhookVerificationError):
         Webhook(old).verify(body, headers)
+
+
+@pytest.mark.django_db
+def test_reencrypting_after_a_key_rotation_lets_the_old_key_go(settings):
+    from io import StringIO
+
+    from cryptography.fernet import Fernet
+    from django.core.management import call_command
+
+    old_key, new_key = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    settings.HUB_ENCRYPTION_KEYS = [old_key]
+    settings.HUB_SECRET_ROTATION_GRACE_SECONDS = 3600
+    rotating, expired = SubscriptionFactory.create_batch(2)
+    previous = rotating.signing_secret
+    current = subscription_secret_rotate(subscription_id=rotating.pk)
+    subscription_secret_rotate(subscription_id=expired.pk)
+    grace_end(expired)
+    expired_current = Subscription.objects.get(pk=expired.pk).signing_secret
+    raw_before = stored_columns(rotating)
+
+    settings.HUB_ENCRYPTION_KEYS = [new_key, old_key]
+    out = StringIO()
+    call_command("reencryptsecrets", stdout=out)
+    assert "2 subscription(s)" in out.getvalue()
+
+    settings.HUB_ENCRYPTION_KEYS = [new_key]
+    stored = Subscription.objects.get(pk=rotating.pk)
+    assert (stored.signing_secret, stored.previous_signing_secret_active()) == (current, previous)
+    assert all(secret_is_encrypted(raw) for raw in stored_columns(rotating))
+    assert not set(stored_columns(rotating)) & set(raw_before)
+    # A previous secret past its grace is dropped, not carried over under the new key.
+    stored = Subscription.objects.get(pk=expired.pk)
+    assert (stored.signing_secret, stored.previous_signing_secret) == (expired_current, "")
+    assert stored.previous_signing_secret_expires_at is None
