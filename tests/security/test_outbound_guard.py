@@ -184,3 +184,84 @@ def test_a_worker_with_default_settings_refuses_loopback_and_metadata_destinatio
         assert attempt.error.startswith("refused by the SSRF guard: ")
         assert named in attempt.error and reason in attempt.error
     assert subscriber.received() == []
+
+
+# --- TLS still verifies the name while the connection is pinned to the checked address ------------
+
+
+@pytest.fixture
+def https_localhost(tmp_path) -> Iterator[tuple[int, Path]]:
+    """An HTTPS server on 127.0.0.1 whose self-signed certificate names only 'localhost'."""
+    import datetime as dt
+    import ssl
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b'{"ok": true}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1], cert_path
+    server.shutdown()
+    server.server_close()
+
+
+def test_tls_verifies_the_host_name_while_the_dial_is_pinned_to_the_checked_address(https_localhost):
+    """Private destinations allowed (the server is local), so the guard resolves 'localhost',
+    checks it and dials 127.0.0.1 itself; the certificate is still checked against 'localhost'."""
+    import requests
+
+    from routing.netguard import session_guard
+
+    port, cert_path = https_localhost
+    session = session_guard(requests.Session(), allow_private=True)
+    # As the delivery session does; it also keeps REQUESTS_CA_BUNDLE from replacing `verify`.
+    session.trust_env = False
+    session.verify = str(cert_path)
+    assert session.post(f"https://localhost:{port}/hook", data=b"{}", timeout=5).json() == {"ok": True}
+    # The same server by its address: the certificate does not name 127.0.0.1, and TLS says so.
+    with pytest.raises(requests.exceptions.SSLError, match="(?i)mismatch"):
+        session.post(f"https://127.0.0.1:{port}/hook", data=b"{}", timeout=5)
