@@ -129,12 +129,19 @@ class SubscriptionAdmin(admin.ModelAdmin):
     list_select_related = ("store",)
     search_fields = ("name", "url")
     actions = ("enable_selected", "disable_selected", "send_test_selected", "rotate_secret_selected")
-    readonly_fields = ("signing_secret_masked", "token_masked", "failing_since", "created_at", "updated_at")
+    readonly_fields = (
+        "signing_secret_masked",
+        "previous_secret_grace",
+        "token_masked",
+        "failing_since",
+        "created_at",
+        "updated_at",
+    )
     fieldsets = (
         (None, {"fields": ("name", "url", "store", "receive_own_events", "is_enabled", "disabled_reason")}),
         ("What it receives", {"fields": ("message_types", "filters", "filter_mode", "parameters")}),
         ("How it is sent", {"fields": ("http_method", "timeout_seconds", "retry_enabled", "retry_schedule")}),
-        ("Secrets", {"fields": ("signing_secret_masked", "token_masked")}),
+        ("Secrets", {"fields": ("signing_secret_masked", "previous_secret_grace", "token_masked")}),
         ("History", {"fields": ("failing_since", "created_at", "updated_at")}),
     )
     change_form_template = "admin/routing/subscription/change_form.html"
@@ -153,6 +160,13 @@ class SubscriptionAdmin(admin.ModelAdmin):
     @admin.display(description="signing secret")
     def signing_secret_masked(self, obj: Subscription) -> str:
         return secret_mask(obj.signing_secret)
+
+    @admin.display(description="previous signing secret")
+    def previous_secret_grace(self, obj: Subscription) -> str:
+        if not obj.previous_signing_secret_active():
+            return "—"
+        expires = obj.previous_signing_secret_expires_at
+        return f"{secret_mask(obj.previous_signing_secret)}, still signed with until {expires:%Y-%m-%d %H:%M:%S} UTC"
 
     @admin.display(description="token (X-Hub-Token)")
     def token_masked(self, obj: Subscription) -> str:

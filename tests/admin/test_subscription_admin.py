@@ -157,3 +157,50 @@ def test_send_test_action_on_the_list(admin_client):
     )
     assert Delivery.objects.filter(event__message="hub:test").count() == 2
     assert sum("Test event sent" in str(m) for m in response.context["messages"]) == 2
+
+
+def test_rotate_secret_asks_first_then_shows_the_new_secret_once(admin_client, settings):
+    settings.HUB_SECRET_ROTATION_GRACE_SECONDS = 3600
+    subscription = SubscriptionFactory(name="erp")
+    old = subscription.signing_secret
+    confirm = admin_client.get(f"{LIST}{subscription.pk}/rotate-secret/")
+    assert confirm.status_code == 200
+    assert Subscription.objects.get(pk=subscription.pk).signing_secret == old
+
+    response = admin_client.post(f"{LIST}{subscription.pk}/rotate-secret/")
+    subscription.refresh_from_db()
+    new = subscription.signing_secret
+    assert new != old and new.startswith("whsec_")
+    assert f'<div class="hub-secret" id="secret-{subscription.pk}">{new}</div>' in response.content.decode()
+    assert "no-store" in response["Cache-Control"]
+    # Afterwards: both masked, the old one with the end of its grace.
+    page = admin_client.get(f"{LIST}{subscription.pk}/change/").content.decode()
+    assert new not in page and old not in page
+    assert "whsec_••••••••" + new[-4:] in page
+    assert "whsec_••••••••" + old[-4:] + ", still signed with until" in page
+    assert "Rotated the signing secret." in admin_client.get(f"{LIST}{subscription.pk}/history/").content.decode()
+
+
+def test_rotate_secret_action_on_the_list_shows_each_new_secret(admin_client):
+    subscriptions = SubscriptionFactory.create_batch(2)
+    olds = {s.pk: s.signing_secret for s in subscriptions}
+    response = admin_client.post(
+        LIST, {"action": "rotate_secret_selected", "_selected_action": [s.pk for s in subscriptions]}
+    )
+    text = response.content.decode()
+    for subscription in Subscription.objects.filter(pk__in=olds):
+        assert subscription.signing_secret != olds[subscription.pk]
+        assert f'id="secret-{subscription.pk}">{subscription.signing_secret}</div>' in text
+
+
+def test_rotate_secret_needs_post_to_change_anything_and_the_change_permission(client, db):
+    from django.contrib.auth.models import Permission, User
+
+    subscription = SubscriptionFactory()
+    viewer = User.objects.create_user("viewer", password="pw-long-enough-1", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_subscription"))
+    client.force_login(viewer)
+    assert client.post(f"{LIST}{subscription.pk}/rotate-secret/").status_code == 403
+    assert client.post(f"{LIST}{subscription.pk}/send-test/").status_code == 403
+    assert Subscription.objects.get(pk=subscription.pk).signing_secret == subscription.signing_secret
+    assert not Delivery.objects.exists()

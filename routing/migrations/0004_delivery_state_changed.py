@@ -7,7 +7,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('events', '0003_event_event_message_id'),
-        ('routing', '0002_delivery_replays_and_subscription_failing_since'),
+        ('routing', '0003_subscription_signing_secret_encrypted'),
     ]
 
     operations = [
