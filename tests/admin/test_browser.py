@@ -73,7 +73,8 @@ def test_admin_retries_a_failed_delivery_in_the_browser(live_server, worker, sub
             expect(page.locator(".hub-badge.hub-failed").first).to_have_text("Failed")
 
             # The endpoint is fixed; one click and the page follows the delivery until it lands.
-            subscriber.program("/erp", Reply.ok())
+            imported = {"level": "info", "subject": "Order R777 imported", "description": "as sales order SO-1042"}
+            subscriber.program("/erp", Reply.ok(notifications=[imported]))
             page.click("button[value=retry_now]")
             expect(page.locator(".messagelist")).to_contain_text(f"Delivery {delivery.pk} will be retried now.")
             expect(page.locator("div.readonly .hub-badge")).to_have_text("Delivered")
@@ -82,6 +83,7 @@ def test_admin_retries_a_failed_delivery_in_the_browser(live_server, worker, sub
             page.click(f"a[href='/admin/events/event/{event.pk}/change/']")
             expect(page.locator(f"#delivery-{delivery.pk} .hub-badge").first).to_have_text("Delivered")
             expect(page.locator(f"#delivery-{delivery.pk} tr.attempt")).to_have_count(2)
+            expect(page.locator("#notifications")).to_contain_text("Order R777 imported")
             screenshot = tmp_path / "admin-event.png"
             page.screenshot(path=str(screenshot), full_page=True)
         finally:
