@@ -11,6 +11,7 @@ from django.db.models import Count, Prefetch, Q
 from django.utils import timezone
 
 from events.models import Event, EventStatus
+from ops.selectors import OldestWaiting, delivery_oldest_open, delivery_state_counts
 from routing.models import Attempt, Delivery, DeliveryState, Notification
 
 # A page lists at most this many of one kind of row; the rest is a click away in a filtered list.
@@ -24,15 +25,14 @@ class DashboardCounts:
     failed_last_hour: int
     failed_last_day: int
     events: dict[str, int]
+    oldest_waiting: OldestWaiting | None
 
 
 def dashboard_counts(*, now: datetime | None = None) -> DashboardCounts:
-    """Deliveries per state, deliveries failed in the last hour and day, events per status: three
-    grouped queries that each use an index on their state column."""
+    """Deliveries per state (the same count `hubstatus` and /metrics report), deliveries failed in
+    the last hour and day, events per status, the oldest delivery still waiting: four queries,
+    each on an index."""
     now = now or timezone.now()
-    deliveries = {state: 0 for state in DeliveryState.values}
-    for row in Delivery.objects.order_by().values("state").annotate(n=Count("id")):
-        deliveries[row["state"]] = row["n"]
     # A failed delivery's last change is when it failed: updated_at dates the failure.
     recent = Delivery.objects.filter(state=DeliveryState.FAILED, updated_at__gte=now - timedelta(days=1)).aggregate(
         hour=Count("id", filter=Q(updated_at__gte=now - timedelta(hours=1))), day=Count("id")
@@ -41,7 +41,11 @@ def dashboard_counts(*, now: datetime | None = None) -> DashboardCounts:
     for row in Event.objects.order_by().values("status").annotate(n=Count("id")):
         events[row["status"]] = row["n"]
     return DashboardCounts(
-        deliveries=deliveries, failed_last_hour=recent["hour"], failed_last_day=recent["day"], events=events
+        deliveries=delivery_state_counts(),
+        failed_last_hour=recent["hour"],
+        failed_last_day=recent["day"],
+        events=events,
+        oldest_waiting=delivery_oldest_open(now=now),
     )
 
 

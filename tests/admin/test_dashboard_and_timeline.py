@@ -102,3 +102,12 @@ def test_timeline_shows_notifications_about_the_order(admin_client):
     text = admin_client.get("/admin/events/event/timeline/", {"order": "R9"}).content.decode()
     assert '<span class="hub-badge hub-error">Error</span> Customer unknown' in text
     assert "Notification from erp" in text
+
+
+def test_dashboard_names_the_oldest_waiting_delivery(admin_client):
+    assert "Nothing is waiting to be delivered." in admin_client.get("/admin/").content.decode()
+    old = DeliveryFactory(state="retrying", created_at=timezone.now() - timedelta(hours=2))
+    DeliveryFactory(state="pending")
+    text = admin_client.get("/admin/").content.decode()
+    assert f'<a href="/admin/routing/delivery/{old.pk}/change/">delivery {old.pk}</a>' in text
+    assert "(retrying), made 2\xa0hours ago" in text
