@@ -66,15 +66,21 @@ class StoreAdmin(admin.ModelAdmin):
         return response
 
     # --- Disable / enable -----------------------------------------------------------------------
+    def _set_active(self, request: HttpRequest, queryset: Any, active: bool) -> int:
+        changed = 0
+        for store in queryset:
+            if store_set_active(store_id=store.pk, active=active):
+                self.log_change(request, store, "Enabled." if active else "Disabled.")
+                changed += 1
+        return changed
+
     @admin.action(description="Disable selected stores (their pushes are refused)", permissions=["change"])
     def disable_selected(self, request: HttpRequest, queryset: Any) -> None:
-        changed = sum(store_set_active(store_id=pk, active=False) for pk in queryset.values_list("pk", flat=True))
-        self.message_user(request, f"{changed} store(s) disabled.", messages.SUCCESS)
+        self.message_user(request, f"{self._set_active(request, queryset, False)} store(s) disabled.", messages.SUCCESS)
 
     @admin.action(description="Enable selected stores", permissions=["change"])
     def enable_selected(self, request: HttpRequest, queryset: Any) -> None:
-        changed = sum(store_set_active(store_id=pk, active=True) for pk in queryset.values_list("pk", flat=True))
-        self.message_user(request, f"{changed} store(s) enabled.", messages.SUCCESS)
+        self.message_user(request, f"{self._set_active(request, queryset, True)} store(s) enabled.", messages.SUCCESS)
 
     # --- Rotate the token -------------------------------------------------------------------------
     def get_urls(self) -> list:

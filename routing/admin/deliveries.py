@@ -198,11 +198,20 @@ class DeliveryAdmin(admin.ModelAdmin):
         return format_html('<a href="{}">delivery {}</a>', url, obj.replay_of_id)
 
     # --- Actions on the list ------------------------------------------------------------------
+    def _operate(self, request: HttpRequest, delivery_id: int, action: str) -> tuple[bool, str]:
+        """Run one action; what was done goes in the delivery's admin history (who, when, what)."""
+        ok, message = DELIVERY_ACTIONS[action](delivery_id)
+        if ok:
+            delivery = Delivery.objects.filter(pk=delivery_id).only("id", "event_id", "subscription_id").first()
+            if delivery is not None:
+                self.log_change(request, delivery, message)
+        return ok, message
+
     def _run_on_selected(self, request: HttpRequest, queryset: QuerySet, action: str) -> None:
         done: list[str] = []
         refused: list[str] = []
         for delivery_id in queryset.order_by("id").values_list("id", flat=True):
-            ok, message = DELIVERY_ACTIONS[action](delivery_id)
+            ok, message = self._operate(request, delivery_id, action)
             (done if ok else refused).append(message)
         for message in done:
             self.message_user(request, message, messages.SUCCESS)
@@ -238,6 +247,6 @@ class DeliveryAdmin(admin.ModelAdmin):
     def delivery_action_view(self, request: HttpRequest, delivery_id: int, action: str) -> HttpResponse:
         if not self.has_operate_permission(request):
             raise PermissionDenied
-        ok, message = DELIVERY_ACTIONS[action](delivery_id)
+        ok, message = self._operate(request, delivery_id, action)
         self.message_user(request, message, messages.SUCCESS if ok else messages.WARNING)
         return _redirect_back(request, reverse("admin:routing_delivery_change", args=[delivery_id]))

@@ -194,15 +194,21 @@ class SubscriptionAdmin(admin.ModelAdmin):
     # --- Actions on the list ------------------------------------------------------------------
     @admin.action(description="Enable selected subscriptions", permissions=["change"])
     def enable_selected(self, request: HttpRequest, queryset: Any) -> None:
-        changed = sum(services.subscription_enable(subscription_id=pk) for pk in queryset.values_list("pk", flat=True))
+        changed = 0
+        for subscription in queryset:
+            if services.subscription_enable(subscription_id=subscription.pk):
+                self.log_change(request, subscription, "Enabled.")
+                changed += 1
         self.message_user(request, f"{changed} subscription(s) enabled.", messages.SUCCESS)
 
     @admin.action(description="Disable selected subscriptions", permissions=["change"])
     def disable_selected(self, request: HttpRequest, queryset: Any) -> None:
         reason = f"disabled by {request.user.get_username()} in the admin"
-        changed = sum(
-            subscription_disable(subscription_id=pk, reason=reason) for pk in queryset.values_list("pk", flat=True)
-        )
+        changed = 0
+        for subscription in queryset:
+            if subscription_disable(subscription_id=subscription.pk, reason=reason):
+                self.log_change(request, subscription, "Disabled.")
+                changed += 1
         self.message_user(request, f"{changed} subscription(s) disabled.", messages.SUCCESS)
 
     @admin.action(description="Send a test event to selected subscriptions", permissions=["change"])

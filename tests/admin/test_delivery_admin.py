@@ -75,6 +75,10 @@ def test_retry_now_twice_retries_once_and_says_why_the_second_time(admin_client,
     assert messages_of(again) == [f"Delivery {failed_delivery.pk} will be retried now."]
     assert Delivery.objects.filter(event=failed_delivery.event).count() == 1
 
+    # Who retried it, and when, is in its history.
+    history = admin_client.get(f"{LIST}{failed_delivery.pk}/history/").content.decode()
+    assert history.count(f"Delivery {failed_delivery.pk} will be retried now.") == 2
+
     Delivery.objects.filter(pk=failed_delivery.pk).update(state="delivered")
     done = admin_client.post(f"{LIST}{failed_delivery.pk}/retry-now/", follow=True)
     assert messages_of(done) == [f"Delivery {failed_delivery.pk} was not retried: it is delivered."]

@@ -68,6 +68,7 @@ def test_disable_refuses_its_pushes_and_enable_lets_them_in(admin_client):
     admin_client.post(LIST, {"action": "disable_selected", "_selected_action": [store.pk]})
     assert not Store.objects.get(pk=store.pk).is_active
     assert push(store.token) == 403
+    assert "Disabled." in admin_client.get(f"{LIST}{store.pk}/history/").content.decode()
     admin_client.post(LIST, {"action": "enable_selected", "_selected_action": [store.pk]})
     assert push(store.token) == 202
 
