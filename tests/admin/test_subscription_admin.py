@@ -106,6 +106,14 @@ def test_change_form_keeps_the_secrets(admin_client):
     )
 
 
+def test_change_page_links_to_its_deliveries(admin_client):
+    subscription = SubscriptionFactory()
+    text = admin_client.get(f"{LIST}{subscription.pk}/change/").content.decode()
+    assert f"/admin/routing/delivery/?subscription__id__exact={subscription.pk}&amp;state__exact=failed" in text
+    assert f'action="{LIST}{subscription.pk}/send-test/"' in text
+    assert f'href="{LIST}{subscription.pk}/rotate-secret/"' in text
+
+
 def test_form_shows_json_indented(admin_client):
     subscription = SubscriptionFactory(parameters=[{"name": "api_key", "value": "k1"}])
     text = admin_client.get(f"{LIST}{subscription.pk}/change/").content.decode()
