@@ -33,6 +33,8 @@ def form_errors(response) -> dict[str, list[str]]:
 
 
 def test_create_shows_the_signing_secret_once(admin_client):
+    form = admin_client.get(f"{LIST}add/").context["adminform"].form
+    assert "signing_secret" not in form.fields and "token" not in form.fields
     response = admin_client.post(f"{LIST}add/", VALID)
     assert response.status_code == 200
     subscription = Subscription.objects.get(name="erp")
