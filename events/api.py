@@ -16,6 +16,7 @@ from django.conf import settings
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from rest_framework.exceptions import NotFound as DrfNotFound
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -129,8 +130,20 @@ def since_parse(raw: str) -> datetime:
     return value
 
 
+class JsonAlwaysNegotiation(DefaultContentNegotiation):
+    """The hub speaks only JSON, so it answers JSON whatever Accept says: refusing a store's push
+    with a 406 because its HTTP client sends `Accept: text/html` (or `application/xml`) would only
+    lose the event."""
+
+    def select_renderer(self, request: Request, renderers: list[Any], format_suffix: str | None = None) -> Any:
+        renderer = renderers[0]
+        return renderer, renderer.media_type
+
+
 class StoreApi(APIView):
     """Base for store-authenticated endpoints: JSON in, JSON out."""
+
+    content_negotiation_class = JsonAlwaysNegotiation
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)

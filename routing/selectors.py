@@ -38,6 +38,7 @@ def event_deliveries_describe(event: Event) -> dict[str, Any]:
                         "url": a.request_url,
                         "status_code": a.status_code,
                         "latency_ms": a.latency_ms,
+                        "response_headers": a.response_headers,
                         "succeeded": a.succeeded,
                         "response_body": a.response_body,
                         "error": a.error,

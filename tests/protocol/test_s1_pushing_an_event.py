@@ -1,0 +1,61 @@
+"""PROTOCOL §1, pushing an event (store -> hub): the rules tests/events/ did not already pin.
+
+Already pinned there (audited, not repeated): the three token schemes, 401/403/415/413/400/422 and
+their order, line/column of malformed JSON, aliases stored canonical, message_id idempotency per
+store (also under a race), payload kept as sent, 202 + Location + body, batches, GET /events filters.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from routing.services import delivery_attempt
+from tests.factories import SubscriptionFactory
+from tests.live import Reply
+
+pytestmark = pytest.mark.django_db
+
+ENVELOPE = {"message": "order:new", "payload": {"order": {"number": "R100"}}}
+
+
+@pytest.mark.parametrize("accept", ["text/html", "application/xml", "text/plain;q=1, */*;q=0"])
+def test_a_push_is_accepted_and_answered_in_json_whatever_the_accept_header(api, accept):
+    """The hub speaks only JSON; a store whose HTTP client asks for something else must not lose
+    its event to a 406."""
+    response = api.post("/events", ENVELOPE, format="json", HTTP_ACCEPT=accept)
+    assert response.status_code == 202, response.content
+    assert response["Content-Type"] == "application/json"
+    event_id = response.json()["event_id"]
+
+    for url in ("/events", f"/events/{event_id}"):
+        read = api.get(url, HTTP_ACCEPT=accept)
+        assert read.status_code == 200, read.content
+        assert read["Content-Type"] == "application/json"
+
+
+def test_errors_stay_json_whatever_the_accept_header(api):
+    response = api.post("/events", {"payload": {}}, format="json", HTTP_ACCEPT="text/html")
+    assert response.status_code == 422
+    assert response.json()["field"] == "message"
+
+
+def test_event_detail_shows_each_attempts_recorded_response(api, subscriber):
+    """§1: GET /events/<id> shows 'the endpoint's recorded responses'; §3 lists what is recorded:
+    status code, latency, response headers of note, body and error."""
+    subscriber.program("/erp", Reply(200, json={"ok": True}, headers={"X-Request-Id": "req-42"}))
+    SubscriptionFactory(url=subscriber.url("/erp"), message_types=["order:*"])
+    pushed = api.post("/events", ENVELOPE, format="json")
+    assert pushed.status_code == 202
+    from routing.models import Delivery
+
+    [delivery] = Delivery.objects.filter(event__uid=pushed.json()["event_id"])
+    assert delivery_attempt(delivery_id=delivery.pk) == "delivered"
+
+    body = api.get(f"/events/{pushed.json()['event_id']}").json()
+    [attempt] = body["deliveries"][0]["attempts"]
+    assert attempt["status_code"] == 200 and attempt["succeeded"] is True
+    assert attempt["response_body"] == '{"ok": true}'
+    assert attempt["response_headers"]["x-request-id"] == "req-42"
+    assert attempt["response_headers"]["content-type"] == "application/json"
+    assert attempt["error"] == ""
+    assert isinstance(attempt["latency_ms"], int)
