@@ -60,6 +60,10 @@ def subscriptions_for_event(*, event: Event) -> list[Subscription]:
     for sub in subs:
         if sub.store_id is not None and sub.store_id == event.store_id and not sub.receive_own_events:
             continue
+        # Nor is an event an endpoint returned (§3 messages) sent back to that endpoint: it would
+        # answer it again, and again, down to the depth limit.
+        if event.origin == f"subscription:{sub.pk}" and not sub.receive_own_events:
+            continue
         if not matching.message_types_match(sub.message_types, event.message):
             continue
         if not matching.filters_match(sub.filters, event.payload, sub.filter_mode):

@@ -7,6 +7,7 @@ so it can be tested against a local server with no database.
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import threading
@@ -14,6 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.message import Message
 from typing import Any
 
 import requests
@@ -184,7 +186,7 @@ def request_send(
             raw, complete = _read_capped(response, read_max_bytes, deadline=started + timeout)
         except (requests.RequestException, OSError) as exc:
             return failed(f"reading the response failed: {_reason(exc)}", status_code=status, response_headers=headers)
-        text = raw.decode(response.encoding or "utf-8", errors="replace")
+        text = reply_text(raw, response.headers.get("content-type", ""))
         common = {"status_code": status, "response_headers": headers, "response_body": text[:body_max_chars]}
         common["retry_after"] = headers.get("retry-after")
         if not complete:
@@ -192,14 +194,34 @@ def request_send(
         if not 200 <= status < 300:
             return failed(f"HTTP {status}", **common)
         try:
-            reply = json.loads(text) if text.strip() else None
+            # Any JSON document is a JSON reply, `null` included; only an object carries §3's fields.
+            reply = json.loads(text) if text.strip() else _NOT_JSON
         except ValueError:
-            reply = None
-        if reply is None:
+            reply = _NOT_JSON
+        if reply is _NOT_JSON:
             return failed(f"HTTP {status} but the body is not JSON", **common)
     return ExchangeResult(
         method=request.method, url=request.url, latency_ms=latency(), reply=reply, succeeded=True, **common
     )
+
+
+_NOT_JSON = object()
+
+
+def reply_text(raw: bytes, content_type: str) -> str:
+    """The endpoint's reply as text. JSON is UTF-8 (RFC 8259), so that is the default whatever the
+    media type: requests would read a `text/plain` or `text/html` reply without a charset as
+    ISO-8859-1 and garble every accented notification. A charset the endpoint names is honoured,
+    and a byte order mark (some .NET and Windows endpoints send one) is dropped."""
+    header = Message()
+    header["content-type"] = content_type
+    charset = header.get_content_charset()
+    if charset:
+        try:
+            codecs.lookup(charset)
+        except LookupError:
+            charset = None
+    return raw.decode(charset or "utf-8", errors="replace").removeprefix("\ufeff")
 
 
 def _read_capped(response: requests.Response, limit: int, *, deadline: float) -> tuple[bytes, bool]:
