@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import Message
 from typing import Any
+from urllib.parse import quote
 
 import requests
 from standardwebhooks.webhooks import Webhook
@@ -59,12 +60,18 @@ class ExchangeResult:
     retry_after: str | None = None
 
 
+# `*:updated` and `*:canceled`, and the other spellings of those two actions that the aliases of
+# events/messages.py fold for orders, products and users but that any other resource keeps as sent
+# (`stock:update`, `subscription:cancelled`): the same verb whoever spells it.
+_PUT_ACTIONS = frozenset({"updated", "update", "canceled", "cancelled", "cancel"})
+
+
 def method_for(message: str, override: str = "") -> str:
     """POST for new things and anything else, PUT for updates and cancellations (seeds/000)."""
     if override:
         return override.upper()
     action = message.split(":", 1)[-1]
-    return "PUT" if action in ("updated", "canceled") else "POST"
+    return "PUT" if action in _PUT_ACTIONS else "POST"
 
 
 def request_build(
@@ -106,14 +113,26 @@ def request_build(
         "Content-Type": "application/json",
         "Accept": "application/json",
         "User-Agent": USER_AGENT,
-        "X-Hub-Store": store_name,
-        "X-Hub-Token": token,
-        "X-Augury-Token": token,
+        "X-Hub-Store": header_value(store_name),
+        "X-Hub-Token": header_value(token),
+        "X-Augury-Token": header_value(token),
         "webhook-id": webhook_id,
         "webhook-timestamp": str(int(when.timestamp())),
         "webhook-signature": signature,
     }
     return OutboundRequest(method=method_for(message, method_override), url=url, body=body, headers=headers)
+
+
+# Printable ASCII: what every HTTP stack carries unchanged in a header value.
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F))
+
+
+def header_value(value: str) -> str:
+    """A store name or token as a header value: printable ASCII as is; anything else (a store
+    named 'Boutique Müller' or '東京店', a control character) percent-encoded as UTF-8. http.client
+    cannot send it otherwise (it crashed the attempt, and the delivery never got an answer), and
+    latin-1 bytes would reach a UTF-8 reader garbled."""
+    return quote(value, safe=_HEADER_SAFE)
 
 
 _local = threading.local()
@@ -178,6 +197,10 @@ def request_send(
         return failed(f"connection failed: {_reason(exc)}", status_code=None)
     except requests.RequestException as exc:
         return failed(f"request failed: {_reason(exc)}", status_code=None)
+    except (UnicodeError, ValueError) as exc:
+        # A request http.client refuses to write is a failed attempt on record, not a crash that
+        # leaves the delivery claimed with no answer until its lease runs out, again and again.
+        return failed(f"request could not be sent: {_reason(exc)}", status_code=None)
 
     with response:
         headers = {k.lower(): v for k, v in response.headers.items() if k.lower() in NOTABLE_RESPONSE_HEADERS}

@@ -68,3 +68,50 @@ def test_seed_003_documents_reach_the_endpoint_canonical_signed_and_as_sent(work
         lambda: set(Delivery.objects.filter(subscription=sub).values_list("state", flat=True)) == {"delivered"},
         message="all three seed deliveries delivered",
     )
+
+
+@pytest.mark.parametrize(
+    ("store_name", "sent_as"),
+    [("Boutique Müller", "Boutique M%C3%BCller"), ("東京店", "%E6%9D%B1%E4%BA%AC%E5%BA%97")],
+)
+def test_a_store_named_outside_ascii_is_delivered_with_its_name_percent_encoded(
+    worker, subscriber, client_for, store_name, sent_as
+):
+    """X-Hub-Store names the store. A name http.client cannot write crashed every attempt (the
+    delivery stayed claimed with no attempt recorded); it goes out percent-encoded as UTF-8."""
+    from urllib.parse import unquote
+
+    from tests.factories import StoreFactory
+
+    store = StoreFactory(name=store_name)
+    sub = SubscriptionFactory(url=subscriber.url("/named"), message_types=["order:*"])
+    response = client_for(store).post(
+        "/events", {"message": "order:new", "payload": {"order": {"number": "R30"}}}, format="json"
+    )
+    assert response.status_code == 202, response.content
+
+    [request] = subscriber.wait_for("/named")
+    assert request.headers["X-Hub-Store"] == sent_as
+    assert unquote(request.headers["X-Hub-Store"]) == store_name
+    delivery = Delivery.objects.get(subscription=sub)
+    wait_until(lambda: Delivery.objects.get(pk=delivery.pk).state == "delivered", message="delivered")
+
+
+@pytest.mark.parametrize(
+    ("message", "method"),
+    [
+        ("stock:change", "POST"),
+        ("stock:update", "PUT"),
+        ("stock:updated", "PUT"),
+        ("subscription:cancel", "PUT"),
+        ("subscription:cancelled", "PUT"),
+        ("subscription:canceled", "PUT"),
+        ("payment:ready", "POST"),
+    ],
+)
+def test_any_resources_updates_and_cancellations_are_put_however_spelled(message, method):
+    """§2: PUT for `*:updated` and `*:canceled`. The alias table folds order/product/user
+    spellings at ingest; other resources keep theirs, and must get the same verb."""
+    from routing.transport import method_for
+
+    assert method_for(message) == method
