@@ -209,7 +209,7 @@ def request_send(
             raw, complete = _read_capped(response, read_max_bytes, deadline=started + timeout)
         except (requests.RequestException, OSError) as exc:
             return failed(f"reading the response failed: {_reason(exc)}", status_code=status, response_headers=headers)
-        text = reply_text(raw, response.headers.get("content-type", ""))
+        text = storable(reply_text(raw, response.headers.get("content-type", "")))
         common = {"status_code": status, "response_headers": headers, "response_body": text[:body_max_chars]}
         common["retry_after"] = headers.get("retry-after")
         if not complete:
@@ -218,7 +218,7 @@ def request_send(
             return failed(f"HTTP {status}", **common)
         try:
             # Any JSON document is a JSON reply, `null` included; only an object carries §3's fields.
-            reply = json.loads(text) if text.strip() else _NOT_JSON
+            reply = _json_storable(json.loads(text)) if text.strip() else _NOT_JSON
         except ValueError:
             reply = _NOT_JSON
         if reply is _NOT_JSON:
@@ -245,6 +245,23 @@ def reply_text(raw: bytes, content_type: str) -> str:
         except LookupError:
             charset = None
     return raw.decode(charset or "utf-8", errors="replace").removeprefix("\ufeff")
+
+
+def storable(text: str) -> str:
+    """PostgreSQL cannot store NUL (text or jsonb): an endpoint's reply holding one (binary junk,
+    UTF-16, a `\\u0000` in a notification) crashed the attempt before it was recorded, leaving the
+    delivery claimed until its lease ran out, and the same again on every retry. U+FFFD marks where."""
+    return text.replace("\x00", "\ufffd")
+
+
+def _json_storable(value: Any) -> Any:
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, list):
+        return [_json_storable(item) for item in value]
+    if isinstance(value, dict):
+        return {storable(key): _json_storable(item) for key, item in value.items()}
+    return value
 
 
 def _read_capped(response: requests.Response, limit: int, *, deadline: float) -> tuple[bytes, bool]:

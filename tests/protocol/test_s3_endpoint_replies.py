@@ -129,3 +129,34 @@ def test_an_endpoint_that_asks_receives_the_messages_it_returned(subscriber):
         origin=f"subscription:{erp.pk}",
     ).event
     assert list(Delivery.objects.filter(event=child).values_list("subscription_id", flat=True)) == [erp.pk]
+
+
+@pytest.mark.parametrize(
+    ("reply", "state"),
+    [
+        (Reply(200, body=b'{"ok": true}\x00'), "retrying"),  # not JSON: a failed attempt, recorded
+        (Reply(500, body=b"\xff\xfeo\x00o\x00p\x00s\x00"), "retrying"),  # UTF-16 junk on an error
+        (Reply(200, body=b'{"ok": true}'), "delivered"),
+    ],
+)
+def test_every_attempt_is_recorded_even_when_the_reply_body_holds_nul(subscriber, reply, state):
+    """§3: the hub records every attempt's body. PostgreSQL cannot store NUL; the attempt used to
+    crash before it was written, leaving the delivery claimed with no answer."""
+    delivery = attempt_with_reply(subscriber, reply)
+    assert delivery.state == state
+    attempt = delivery.attempts.get()
+    assert "\x00" not in attempt.response_body
+    assert attempt.status_code == reply.status
+
+
+def test_a_reply_whose_fields_hold_nul_is_taken_in_with_the_nul_marked(subscriber):
+    reply = Reply.ok(
+        notifications=[{"level": "warn", "subject": "bad\u0000byte", "description": "x\u0000"}],
+        parameters=[{"name": "cursor\u0000", "value": "a\u0000b"}],
+    )
+    delivery = attempt_with_reply(subscriber, reply)
+    assert delivery.state == "delivered", delivery.last_error
+    note = Notification.objects.get(delivery=delivery)
+    assert (note.subject, note.description) == ("bad\ufffdbyte", "x\ufffd")
+    delivery.subscription.refresh_from_db()
+    assert delivery.subscription.parameters == [{"name": "cursor\ufffd", "value": "a\ufffdb"}]
