@@ -221,6 +221,10 @@ def request_send(
             reply = _json_storable(json.loads(text)) if text.strip() else _NOT_JSON
         except ValueError:
             reply = _NOT_JSON
+        except RecursionError:
+            # A reply nested a thousand deep: an answer nobody can use, and one that must not crash
+            # the attempt (the delivery would stay claimed with nothing recorded).
+            return failed(f"HTTP {status} but the JSON body is nested too deep to read", **common)
         if reply is _NOT_JSON:
             return failed(f"HTTP {status} but the body is not JSON", **common)
     return ExchangeResult(

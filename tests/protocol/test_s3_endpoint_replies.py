@@ -160,3 +160,12 @@ def test_a_reply_whose_fields_hold_nul_is_taken_in_with_the_nul_marked(subscribe
     assert (note.subject, note.description) == ("bad\ufffdbyte", "x\ufffd")
     delivery.subscription.refresh_from_db()
     assert delivery.subscription.parameters == [{"name": "cursor\ufffd", "value": "a\ufffdb"}]
+
+
+def test_a_reply_nested_too_deep_to_parse_is_a_recorded_failed_attempt(subscriber):
+    """json.loads raises RecursionError (not ValueError) past ~1000 levels; that crashed the attempt."""
+    depth = 100_000
+    delivery = attempt_with_reply(subscriber, Reply(200, body=b"[" * depth + b"]" * depth))
+    assert delivery.state == "retrying"
+    assert "nested too deep" in delivery.last_error
+    assert delivery.attempts.get().status_code == 200
