@@ -59,3 +59,27 @@ def test_event_detail_shows_each_attempts_recorded_response(api, subscriber):
     assert attempt["response_headers"]["content-type"] == "application/json"
     assert attempt["error"] == ""
     assert isinstance(attempt["latency_ms"], int)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Boutique Müller".encode().decode("latin-1"),  # raw UTF-8 bytes, as WSGI hands them over
+        "Boutique%20M%C3%BCller",  # percent-encoded, as the hub itself sends X-Hub-Store
+        "Boutique Müller",  # latin-1, what an older client writes
+    ],
+)
+def test_x_hub_store_names_a_store_outside_ascii_however_the_client_encodes_it(client_for, header):
+    from rest_framework.test import APIClient
+
+    from tests.factories import StoreFactory
+
+    store = StoreFactory(name="Boutique Müller")
+    client = APIClient()
+    client.credentials(HTTP_X_HUB_STORE=header, HTTP_X_HUB_ACCESS_TOKEN=store.token)
+    response = client.post("/events", ENVELOPE, format="json")
+    assert response.status_code == 202, response.content
+
+    other = StoreFactory(name="Other Shop")
+    client.credentials(HTTP_X_HUB_STORE=header, HTTP_X_HUB_ACCESS_TOKEN=other.token)
+    assert client.post("/events", ENVELOPE, format="json").status_code == 401
