@@ -85,12 +85,14 @@ def test_a_store_named_outside_ascii_is_delivered_with_its_name_percent_encoded(
 
     store = StoreFactory(name=store_name)
     sub = SubscriptionFactory(url=subscriber.url("/named"), message_types=["order:*"])
-    response = client_for(store).post(
-        "/events", {"message": "order:new", "payload": {"order": {"number": "R30"}}}, format="json"
-    )
+    payload = {"order": {"number": "R30", "email": "müller@exemple.fr", "note": "東京 🎉"}}
+    response = client_for(store).post("/events", {"message": "order:new", "payload": payload}, format="json")
     assert response.status_code == 202, response.content
 
     [request] = subscriber.wait_for("/named")
+    # The body is UTF-8 and the signature covers exactly those bytes.
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    assert Webhook(sub.signing_secret).verify(request.body, headers)["payload"]["order"] == payload["order"]
     assert request.headers["X-Hub-Store"] == sent_as
     assert unquote(request.headers["X-Hub-Store"]) == store_name
     delivery = Delivery.objects.get(subscription=sub)
