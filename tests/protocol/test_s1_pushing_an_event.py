@@ -83,3 +83,18 @@ def test_x_hub_store_names_a_store_outside_ascii_however_the_client_encodes_it(c
     other = StoreFactory(name="Other Shop")
     client.credentials(HTTP_X_HUB_STORE=header, HTTP_X_HUB_ACCESS_TOKEN=other.token)
     assert client.post("/events", ENVELOPE, format="json").status_code == 401
+
+
+def test_a_body_starting_with_a_utf8_byte_order_mark_is_read_as_json(api):
+    """RFC 8259 lets a parser ignore a BOM; Windows and .NET HTTP clients send one. A malformed
+    document behind it is still located on the line and column the store sees."""
+    import json
+
+    body = b"\xef\xbb\xbf" + json.dumps(ENVELOPE).encode()
+    response = api.generic("POST", "/events", body, content_type="application/json")
+    assert response.status_code == 202, response.content
+    assert response.json()["message"] == "order:new"
+
+    broken = api.generic("POST", "/events", b'\xef\xbb\xbf{"message": "order:new",}', content_type="application/json")
+    assert broken.status_code == 400
+    assert (broken.json()["line"], broken.json()["column"]) == (1, 24)  # the trailing comma
