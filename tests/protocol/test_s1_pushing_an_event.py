@@ -98,3 +98,19 @@ def test_a_body_starting_with_a_utf8_byte_order_mark_is_read_as_json(api):
     broken = api.generic("POST", "/events", b'\xef\xbb\xbf{"message": "order:new",}', content_type="application/json")
     assert broken.status_code == 400
     assert (broken.json()["line"], broken.json()["column"]) == (1, 24)  # the trailing comma
+
+
+def test_event_detail_does_not_show_an_endpoints_query_string(api, subscriber):
+    """Endpoints often take their own key in the query string; the store sees where its event
+    went (scheme, host, port, path), not that key."""
+    from routing.models import Delivery
+
+    SubscriptionFactory(url=subscriber.url("/erp?api_key=erp-secret-123"), message_types=["order:*"])
+    pushed = api.post("/events", ENVELOPE, format="json")
+    [delivery] = Delivery.objects.filter(event__uid=pushed.json()["event_id"])
+    assert delivery_attempt(delivery_id=delivery.pk) == "delivered"
+    assert subscriber.received("/erp")[0].path == "/erp"
+
+    response = api.get(f"/events/{pushed.json()['event_id']}")
+    assert "erp-secret-123" not in response.content.decode()
+    assert response.json()["deliveries"][0]["attempts"][0]["url"] == subscriber.url("/erp")
