@@ -159,6 +159,20 @@ def session_get() -> requests.Session:
     return session
 
 
+# Subscription.clean refuses more (the admin form), but a row written any other way must not hold a
+# worker past Celery's time limit either, which would kill the attempt before it is recorded.
+TIMEOUT_MAX_SECONDS = 120.0
+TIMEOUT_DEFAULT_SECONDS = 10.0
+
+
+def timeout_bounded(timeout: float | None) -> float:
+    """The subscription's timeout, capped at TIMEOUT_MAX_SECONDS; none or not positive (which
+    requests refuses) means the default."""
+    if timeout is None or not timeout > 0:
+        return TIMEOUT_DEFAULT_SECONDS
+    return min(float(timeout), TIMEOUT_MAX_SECONDS)
+
+
 def request_send(
     request: OutboundRequest,
     *,
@@ -169,6 +183,7 @@ def request_send(
 ) -> ExchangeResult:
     """Send one request and read the reply; never raises for anything the network or endpoint does."""
     session = session or session_get()
+    timeout = timeout_bounded(timeout)
     started = time.monotonic()
 
     def latency() -> int:

@@ -117,3 +117,13 @@ def test_any_resources_updates_and_cancellations_are_put_however_spelled(message
     from routing.transport import method_for
 
     assert method_for(message) == method
+
+
+@pytest.mark.parametrize(("stored", "used"), [(0.5, 0.5), (120, 120), (1000, 120), (0, 10), (-3, 10), (None, 10)])
+def test_the_timeout_a_request_waits_is_the_subscriptions_capped_at_120_seconds(stored, used):
+    """docs/protocol.md: 'within the subscription's timeout (capped at 120 s)'. The admin form
+    refuses more, but a row written otherwise must neither outlast Celery's time limit nor be
+    refused by requests (a timeout of 0)."""
+    from routing.transport import timeout_bounded
+
+    assert timeout_bounded(stored) == used
