@@ -81,7 +81,8 @@ class EventPagination(CursorPagination):
         raw = request.query_params.get(self.page_size_query_param)
         if raw in (None, ""):
             return self.page_size
-        if not raw.isdigit() or not 1 <= int(raw) <= self.max_page_size:
+        # isdigit() alone lets '²' through, which int() refuses: ASCII digits only.
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= self.max_page_size:
             raise InvalidFilter(f"'limit' must be a whole number from 1 to {self.max_page_size}.", field="limit")
         return int(raw)
 
@@ -128,6 +129,14 @@ def since_parse(raw: str) -> datetime:
     if timezone.is_naive(value):
         value = timezone.make_aware(value, UTC)
     return value
+
+
+def resource_key_filter_parse(raw: str) -> str | None:
+    """A resource key to match exactly ('order:R104702249'); '' means any. PostgreSQL refuses NUL in
+    a query parameter, so it is a bad filter, not a server error."""
+    if "\x00" in raw:
+        raise InvalidFilter("'resource_key' must not contain the NUL character.", field="resource_key")
+    return raw or None
 
 
 class JsonAlwaysNegotiation(DefaultContentNegotiation):
@@ -190,7 +199,7 @@ class EventCollectionApi(StoreApi):
             message=message,
             status=status,
             since=since,
-            resource_key=params.get("resource_key") or None,
+            resource_key=resource_key_filter_parse(params.get("resource_key", "")),
         )
         paginator = EventPagination()
         page = paginator.paginate_queryset(qs, request, view=self)

@@ -114,3 +114,18 @@ def test_event_detail_does_not_show_an_endpoints_query_string(api, subscriber):
     response = api.get(f"/events/{pushed.json()['event_id']}")
     assert "erp-secret-123" not in response.content.decode()
     assert response.json()["deliveries"][0]["attempts"][0]["url"] == subscriber.url("/erp")
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("limit=%C2%B2", "limit"),  # '²' passes str.isdigit() but not int()
+        ("limit=%D9%A3", "limit"),  # an Arabic-Indic three
+        ("resource_key=order:R1%00", "resource_key"),  # PostgreSQL refuses NUL in a parameter
+    ],
+)
+def test_a_list_parameter_the_hub_cannot_use_is_400_naming_it_not_a_500(api, query, field):
+    response = api.get(f"/events?{query}")
+    assert response.status_code == 400, response.content
+    assert response.json()["error"] == "invalid_filter"
+    assert response.json()["field"] == field
