@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -266,11 +267,15 @@ def reply_text(raw: bytes, content_type: str) -> str:
     return raw.decode(charset or "utf-8", errors="replace").removeprefix("\ufeff")
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
 def storable(text: str) -> str:
-    """PostgreSQL cannot store NUL (text or jsonb): an endpoint's reply holding one (binary junk,
-    UTF-16, a `\\u0000` in a notification) crashed the attempt before it was recorded, leaving the
-    delivery claimed until its lease ran out, and the same again on every retry. U+FFFD marks where."""
-    return text.replace("\x00", "\ufffd")
+    """PostgreSQL cannot store NUL (text or jsonb), and no database can encode a lone surrogate
+    (which json.loads makes of a `\\ud83d` escape) as UTF-8: an endpoint's reply holding either
+    crashed the attempt before it was recorded, leaving the delivery claimed until its lease ran
+    out, and the same again on every retry. U+FFFD marks where."""
+    return _UNSTORABLE.sub("\ufffd", text)
 
 
 def _json_storable(value: Any) -> Any:

@@ -169,3 +169,12 @@ def test_a_reply_nested_too_deep_to_parse_is_a_recorded_failed_attempt(subscribe
     assert delivery.state == "retrying"
     assert "nested too deep" in delivery.last_error
     assert delivery.attempts.get().status_code == 200
+
+
+def test_a_reply_with_a_lone_surrogate_escape_is_taken_in_with_it_marked(subscriber):
+    """Python's json reads '\\ud800' into a str no database can encode as UTF-8; the attempt
+    crashed before it was recorded."""
+    body = b'{"notifications": [{"level": "info", "subject": "half \\ud83d of an emoji"}]}'
+    delivery = attempt_with_reply(subscriber, Reply(200, body=body))
+    assert delivery.state == "delivered", delivery.last_error
+    assert Notification.objects.get(delivery=delivery).subject == "half \ufffd of an emoji"
