@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import math
 import os
 import re
 import threading
@@ -234,7 +235,12 @@ def request_send(
             return failed(f"HTTP {status}", **common)
         try:
             # Any JSON document is a JSON reply, `null` included; only an object carries §3's fields.
-            reply = _json_storable(json.loads(text)) if text.strip() else _NOT_JSON
+            parsed = (
+                json.loads(text, parse_constant=_json_constant_refuse, parse_float=_json_float)
+                if text.strip()
+                else _NOT_JSON
+            )
+            reply = _json_storable(parsed)
         except ValueError:
             reply = _NOT_JSON
         except RecursionError:
@@ -249,6 +255,19 @@ def request_send(
 
 
 _NOT_JSON = object()
+
+
+def _json_constant_refuse(name: str) -> Any:
+    """NaN and Infinity are not JSON (RFC 8259), and PostgreSQL's jsonb refuses them."""
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_float(text: str) -> float:
+    """A number too large for a double (1e400) would become Infinity, which jsonb refuses too."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text} does not fit a double")
+    return value
 
 
 def reply_text(raw: bytes, content_type: str) -> str:

@@ -178,3 +178,16 @@ def test_a_reply_with_a_lone_surrogate_escape_is_taken_in_with_it_marked(subscri
     delivery = attempt_with_reply(subscriber, Reply(200, body=body))
     assert delivery.state == "delivered", delivery.last_error
     assert Notification.objects.get(delivery=delivery).subject == "half \ufffd of an emoji"
+
+
+@pytest.mark.parametrize("constant", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])
+def test_a_reply_with_nan_or_infinity_is_not_json_and_is_recorded(subscriber, constant):
+    """RFC 8259 has no NaN or Infinity; Python's json reads them, PostgreSQL's jsonb refuses them,
+    and the attempt crashed while saving the returned parameters."""
+    body = b'{"parameters": [{"name": "rate", "value": ' + constant + b"}]}"
+    delivery = attempt_with_reply(subscriber, Reply(200, body=body))
+    assert delivery.state == "retrying"
+    assert "not JSON" in delivery.last_error
+    assert delivery.attempts.get().response_body == body.decode()
+    delivery.subscription.refresh_from_db()
+    assert delivery.subscription.parameters == []
