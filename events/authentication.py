@@ -18,18 +18,20 @@ LAST_USED_RESOLUTION_SECONDS = 60
 
 
 def _token_from_request(request: Request) -> tuple[str | None, str | None]:
-    """(store name, token) from whichever scheme the client used; the store name only for X-Hub-Store."""
+    """(X-Hub-Store if sent, token) from whichever scheme the client used. X-Hub-Store, whatever
+    carries the token, must then name the token's store."""
+    meta = request.META
+    store_name = meta.get("HTTP_X_HUB_STORE") or None
     header = get_authorization_header(request).decode("latin-1").strip()
     if header:
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
             raise AuthenticationFailed("The Authorization header must be 'Bearer <store token>'.")
-        return None, value.strip()
-    meta = request.META
+        return store_name, value.strip()
     if meta.get("HTTP_X_HUB_ACCESS_TOKEN"):
-        return meta.get("HTTP_X_HUB_STORE") or None, meta["HTTP_X_HUB_ACCESS_TOKEN"].strip()
+        return store_name, meta["HTTP_X_HUB_ACCESS_TOKEN"].strip()
     if meta.get("HTTP_X_AUGURY_TOKEN"):
-        return None, meta["HTTP_X_AUGURY_TOKEN"].strip()
+        return store_name, meta["HTTP_X_AUGURY_TOKEN"].strip()
     return None, None
 
 

@@ -129,3 +129,24 @@ def test_a_list_parameter_the_hub_cannot_use_is_400_naming_it_not_a_500(api, que
     assert response.status_code == 400, response.content
     assert response.json()["error"] == "invalid_filter"
     assert response.json()["field"] == field
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "augury"])
+def test_x_hub_store_must_name_the_tokens_store_whichever_scheme_carries_the_token(scheme):
+    """docs/protocol.md: 'When X-Hub-Store is sent it must name the token's store, else 401' — it
+    was only checked beside X-Hub-Access-Token."""
+    from rest_framework.test import APIClient
+
+    from tests.factories import StoreFactory
+
+    mine, other = StoreFactory(), StoreFactory()
+    bearer = {"HTTP_AUTHORIZATION": f"Bearer {mine.token}"}
+    token = bearer if scheme == "bearer" else {"HTTP_X_AUGURY_TOKEN": mine.token}
+    client = APIClient()
+    client.credentials(HTTP_X_HUB_STORE=other.name, **token)
+    refused = client.post("/events", ENVELOPE, format="json")
+    assert refused.status_code == 401
+    assert refused.json()["error"] == "unauthorized"
+
+    client.credentials(HTTP_X_HUB_STORE=mine.name, **token)
+    assert client.post("/events", ENVELOPE, format="json").status_code == 202
