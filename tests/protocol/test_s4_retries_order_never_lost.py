@@ -117,6 +117,14 @@ def doomed_worker(worker) -> Iterator[Worker]:
     # Not a name containing the main worker's queue: kombu's filesystem broker matches queue names
     # in message file names as substrings, so that worker would take this queue's messages too.
     queue = "doomed-worker"
+    from integrator.celery import app
+
+    # A message an earlier run's doomed worker held when it was killed is no business of this one.
+    with app.connection_for_write() as conn:
+        try:
+            conn.default_channel.queue_purge(queue)
+        except Exception:  # noqa: BLE001 - a queue that does not exist yet has nothing to purge
+            pass
     env = {**worker.env, "CELERY_QUEUE": queue, "HUB_DELIVERY_LEASE_MARGIN_SECONDS": "1"}
     log = Path(settings.VAR_DIR) / "test-worker" / "doomed.log"
     doomed = Worker(env=env, log_path=log, queue=queue).start()
