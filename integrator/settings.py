@@ -94,7 +94,9 @@ MIDDLEWARE = [
     "integrator.metrics.IngestMetricsMiddleware",
 ]
 
-ROOT_URLCONF = "integrator.urls"
+# The benchmark (bench/run) serves a bare baseline view next to the hub's; never on otherwise.
+HUB_BENCH_BASELINE = _env_bool("HUB_BENCH_BASELINE", False) and not IS_PRODUCTION
+ROOT_URLCONF = "bench.urls" if HUB_BENCH_BASELINE else "integrator.urls"
 WSGI_APPLICATION = "integrator.wsgi.application"
 APPEND_SLASH = False
 
