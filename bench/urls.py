@@ -16,7 +16,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from integrator.urls import handler404, handler500, urlpatterns as hub_urlpatterns  # noqa: F401 - re-exported
+from integrator.urls import handler404, handler500  # noqa: F401 - re-exported
+from integrator.urls import urlpatterns as hub_urlpatterns
 
 
 class BareIngestApi(APIView):
