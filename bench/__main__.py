@@ -277,8 +277,9 @@ class RssSampler(threading.Thread):
 
 
 class Bench:
-    def __init__(self, plan: Plan, env: dict[str, str]) -> None:
+    def __init__(self, plan: Plan, env: dict[str, str], profile_dir: Path | None = None) -> None:
         self.plan = plan
+        self.profile_dir = profile_dir
         self.env = env
         self.var = Path(env["HUB_VAR_DIR"])
         self.procs = Processes(env, self.var)
@@ -373,6 +374,24 @@ class Bench:
         wait_for(ready, 60, "the Celery worker", interval=0.2)
         self.rss.watch("worker", worker.pid)
 
+    def profile(self, role: str, seconds: float) -> list[subprocess.Popen[bytes]]:
+        """py-spy on every serving process of a role, idle frames included: a web worker waiting on
+        PostgreSQL's commit is exactly what the profile must show."""
+        if self.profile_dir is None:
+            return []
+        self.profile_dir.mkdir(parents=True, exist_ok=True)
+        parent = self.rss.roles[role]
+        pids = children(parent) if role == "web" else [parent, *children(parent)]
+        return [
+            subprocess.Popen(
+                [str(self.bin / "py-spy"), "record", "--idle", "--nonblocking", "--format", "raw",
+                 "--duration", str(int(seconds)), "--pid", str(pid),
+                 "--output", str(self.profile_dir / f"{role}-{pid}.txt")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            for pid in pids
+        ]
+
     def subscriber_stats(self) -> dict[str, Any]:
         return json.loads(asyncio.run(load.get(HOST, self.sub_port, "/stats")).body)
 
@@ -413,7 +432,10 @@ class Bench:
     def ingest(self) -> None:
         log("ingest: bare DRF baseline, then POST /events")
         bare = self.closed(self.web_port, lambda n: ("/bench/bare", self.envelope("bare", n)))
+        profilers = self.profile("web", self.plan.warmup + self.plan.seconds)
         hub = self.closed(self.web_port, self.single("single"))
+        for profiler in profilers:
+            profiler.wait()
         self.bare = bare
         self.add("ingest_rate", "Single ingest (events/s)", hub.rate, "/s", bare.rate, "bare DRF req/s",
                  ">= 0.4x bare", hub.rate >= 0.4 * bare.rate)
@@ -422,6 +444,7 @@ class Bench:
         self.add("ingest_p99", "Single ingest p99 (ms)", hub.percentile(99), "ms", bare.percentile(99),
                  "bare DRF p99", "<= 50 ms", hub.percentile(99) <= 50)
 
+    def batch_ingest(self) -> None:
         log("batch: bare DRF with the same batch body, then POST /events/batch")
         size = self.plan.batch_size
         bare_batch = self.closed(self.web_port, self.batch("barebatch", "/bench/bare"))
@@ -471,13 +494,16 @@ class Bench:
             headers={"Content-Type": "application/json"},
         )
         self.direct = direct
-        self.subscription("bench-delivery", "/d")
+        self.delivery_subscription = self.subscription("bench-delivery", "/d")
         log(f"delivery: {self.plan.delivery_count} deliveries queued before the worker starts")
         self.push_backlog(self.plan.delivery_count)
         self.subscriber_reset()
         self.worker_start()
         expected = self.backlog
+        profilers = self.profile("worker", 10)
         wait_for(lambda: self.subscriber_stats()["count"] >= expected, 300, f"{expected} deliveries", 0.5)
+        for profiler in profilers:
+            profiler.wait()
         times = sorted(self.subscriber_stats()["received"].values())
         rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
         self.deliveries_settled()
@@ -597,15 +623,27 @@ class Bench:
             self.add(f"rss_{role}", f"{name} peak RSS (MB)", peak, "MB", self.rss.idle.get(role, 0.0),
                      "same, idle after start", "<= 200 MB", peak <= 200)
 
-    def run(self) -> list[Row]:
+    def run(self, only: set[str]) -> list[Row]:
+        phases = {
+            "ingest": self.ingest,
+            "batch": self.batch_ingest,
+            "delivery": self.delivery,
+            "e2e": self.e2e,
+            "fanout": self.fanout,
+            "stored": self.stored,
+            "memory": self.memory,
+        }
+        # e2e and fan-out need the worker and subscription the delivery phase starts; stored
+        # compares with the bare baseline of the ingest phase.
+        if only & {"e2e", "fanout"}:
+            only.add("delivery")
+        if "stored" in only:
+            only.add("ingest")
         try:
             self.start()
-            self.ingest()
-            self.delivery()
-            self.e2e()
-            self.fanout()
-            self.stored()
-            self.memory()
+            for name, phase in phases.items():
+                if not only or name in only:
+                    phase()
         finally:
             self.rss.stopping.set()
             self.procs.stop_all()
@@ -662,8 +700,12 @@ def events_fill(have: int, want: int) -> None:
                     """,
                     [first, last, store_id, want],
                 )
-        if connection.vendor == "postgresql":
-            cursor.execute("ANALYZE events_event")
+    if connection.vendor == "postgresql":
+        # Measure a table that has 1M events, not the aftermath of loading them: the load's
+        # checkpoint and autovacuum would otherwise run during the measurement.
+        with connection.cursor() as cursor:
+            cursor.execute("VACUUM ANALYZE events_event")
+            cursor.execute("CHECKPOINT")
 
 
 def table(rows: list[Row]) -> str:
@@ -684,13 +726,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a few seconds of everything (tests/bench)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
+    parser.add_argument("--only", default="", help="comma-separated phases, for working on one: "
+                        "ingest, batch, delivery, e2e, fanout, stored, memory")
+    parser.add_argument("--profile", type=Path, help="py-spy the web workers (single ingest) and the Celery "
+                        "processes (delivery) into this directory; summarise with python -m bench.profile")
     args = parser.parse_args()
     plan = SMOKE if args.smoke else FULL
     env = bench_environment(args.smoke)
     django_setup(env)
     started = time.monotonic()
     log(f"plan: {asdict(plan)}")
-    rows = Bench(plan, env).run()
+    rows = Bench(plan, env, args.profile).run({p for p in args.only.split(',') if p})
     print(table(rows))
     print(f"\n{len(rows)} figures in {time.monotonic() - started:.0f}s; "
           f"database {urlsplit(env.get('DATABASE_URL', '')).path.lstrip('/') or 'embedded SQLite'}, "

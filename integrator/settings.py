@@ -175,6 +175,11 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 4
+# Celery's Django fix-up closes the database connection before and after every task unless this
+# is set, so each delivery paid for a new PostgreSQL connection (a backend process forked per
+# task: docs/performance.md). With it, a worker process keeps its connection; integrator/celery.py
+# still drops one that broke or outlived DB_CONN_MAX_AGE, as Django does between web requests.
+CELERY_DB_REUSE_MAX = _env_int("CELERY_DB_REUSE_MAX", 1000)
 CELERY_TASK_TIME_LIMIT = 300
 CELERY_TASK_SOFT_TIME_LIMIT = 240
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
