@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import shutil
@@ -38,6 +39,7 @@ HOST = "127.0.0.1"
 class Plan:
     warmup: float
     seconds: float
+    rounds: int
     concurrency: int
     batch_size: int
     delivery_count: int
@@ -53,8 +55,9 @@ class Plan:
 
 
 FULL = Plan(
-    warmup=2,
+    warmup=0.5,
     seconds=10,
+    rounds=5,
     concurrency=4,
     # 425 object keys per seed event; 20 of them stay under HUB_MAX_JSON_KEYS (10,000) per body.
     batch_size=20,
@@ -73,6 +76,7 @@ FULL = Plan(
 SMOKE = Plan(
     warmup=0.2,
     seconds=1,
+    rounds=1,
     concurrency=2,
     batch_size=5,
     delivery_count=30,
@@ -160,7 +164,8 @@ def database_recreate(url: str) -> None:
 
 def django_setup(env: dict[str, str]) -> None:
     for key in ("DATABASE_URL", "HUB_VAR_DIR", "CELERY_QUEUE", "HUB_BENCH_BASELINE", "HUB_ALLOW_PRIVATE_DESTINATIONS"):
-        os.environ[key] = env[key]
+        if key in env:
+            os.environ[key] = env[key]
     os.environ["LOG_LEVEL"] = "WARNING"
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "integrator.settings")
     import django
@@ -287,6 +292,7 @@ class Bench:
         self.sub_port = free_port()
         self.rss = RssSampler()
         self.rows: list[Row] = []
+        self.numbers = itertools.count(1)
         seed = json.loads(SEED.read_text())
         self.seed_body = json.dumps(seed, separators=(",", ":")).encode()
         self.python = sys.executable
@@ -408,11 +414,14 @@ class Bench:
     def closed(self, port: int, make: load.RequestFn, *, seconds: float | None = None, **kw: Any) -> load.LoadResult:
         kw.setdefault("concurrency", self.plan.concurrency)
         kw.setdefault("headers", self.headers)
+        # One numbering for the whole run, so that no two requests ever carry the same message_id
+        # (a repeat would be answered as a duplicate, which is cheaper and not what is measured).
+        numbers = self.numbers
         result = asyncio.run(
             load.closed_loop(
                 host=HOST,
                 port=port,
-                make=make,
+                make=lambda _: make(next(numbers)),
                 seconds=seconds or self.plan.seconds,
                 warmup=self.plan.warmup,
                 **kw,
@@ -421,6 +430,25 @@ class Bench:
         if result.errors or not result.requests:
             raise SystemExit(f"bench: {result.errors} errors of {result.requests} requests: {result.statuses}")
         return result
+
+    def interleaved(
+        self, first: load.RequestFn, second: load.RequestFn, **kw: Any
+    ) -> tuple[load.LoadResult, load.LoadResult]:
+        """Baseline and hub in alternating slices: on a machine shared with others, both then see the
+        same background load, which is what keeps their ratio steady from run to run."""
+        rounds = self.plan.rounds
+        slice_seconds = self.plan.seconds / rounds
+        results: tuple[load.LoadResult, load.LoadResult] = (load.LoadResult(), load.LoadResult())
+        for _ in range(rounds):
+            for make, total in zip((first, second), results, strict=True):
+                part = self.closed(self.web_port, make, seconds=slice_seconds, **kw)
+                total.requests += part.requests
+                total.seconds += part.seconds
+                total.latencies += part.latencies
+                total.bodies += part.bodies
+                for status, count in part.statuses.items():
+                    total.statuses[status] = total.statuses.get(status, 0) + count
+        return results
 
     def add(self, *args: Any, **kwargs: Any) -> Row:
         row = Row(*args, **kwargs)
@@ -431,11 +459,12 @@ class Bench:
     # phases --------------------------------------------------------------------------------
     def ingest(self) -> None:
         log("ingest: bare DRF baseline, then POST /events")
-        bare = self.closed(self.web_port, lambda n: ("/bench/bare", self.envelope("bare", n)))
-        profilers = self.profile("web", self.plan.warmup + self.plan.seconds)
-        hub = self.closed(self.web_port, self.single("single"))
+        profilers = self.profile("web", 2 * (self.plan.warmup + self.plan.seconds))
+        bare, hub = self.interleaved(lambda n: ("/bench/bare", self.envelope("bare", n)), self.single("single"))
         for profiler in profilers:
             profiler.wait()
+        if set(hub.statuses) != {202}:
+            raise SystemExit(f"bench: POST /events answered {hub.statuses}, expected only 202 (new events)")
         self.bare = bare
         self.add("ingest_rate", "Single ingest (events/s)", hub.rate, "/s", bare.rate, "bare DRF req/s",
                  ">= 0.4x bare", hub.rate >= 0.4 * bare.rate)
@@ -447,8 +476,9 @@ class Bench:
     def batch_ingest(self) -> None:
         log("batch: bare DRF with the same batch body, then POST /events/batch")
         size = self.plan.batch_size
-        bare_batch = self.closed(self.web_port, self.batch("barebatch", "/bench/bare"))
-        hub_batch = self.closed(self.web_port, self.batch("batch"), keep_bodies=True)
+        bare_batch, hub_batch = self.interleaved(
+            self.batch("barebatch", "/bench/bare"), self.batch("batch"), keep_bodies=True
+        )
         accepted = sum(json.loads(body)["accepted"] for body in hub_batch.bodies)
         if accepted != hub_batch.requests * size:
             raise SystemExit(f"bench: batch accepted {accepted} of {hub_batch.requests * size} events")

@@ -180,6 +180,9 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 4
 # task: docs/performance.md). With it, a worker process keeps its connection; integrator/celery.py
 # still drops one that broke or outlived DB_CONN_MAX_AGE, as Django does between web requests.
 CELERY_DB_REUSE_MAX = _env_int("CELERY_DB_REUSE_MAX", 1000)
+# Worker transactions commit without waiting for the disk (integrator/celery.py says why that keeps
+# at-least-once delivery); ingest in the web process always waits. "false" makes the worker wait too.
+HUB_WORKER_ASYNC_COMMIT = _env_bool("HUB_WORKER_ASYNC_COMMIT", True)
 CELERY_TASK_TIME_LIMIT = 300
 CELERY_TASK_SOFT_TIME_LIMIT = 240
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
