@@ -44,6 +44,7 @@ class Plan:
     batch_size: int
     delivery_count: int
     e2e_rate: float
+    e2e_light_rate: float
     e2e_seconds: float
     fanout_events: int
     fanout_subscriptions: int
@@ -63,6 +64,7 @@ FULL = Plan(
     batch_size=20,
     delivery_count=3000,
     e2e_rate=100,
+    e2e_light_rate=20,
     e2e_seconds=10,
     fanout_events=10,
     fanout_subscriptions=20,
@@ -81,6 +83,7 @@ SMOKE = Plan(
     batch_size=5,
     delivery_count=30,
     e2e_rate=20,
+    e2e_light_rate=10,
     e2e_seconds=1,
     fanout_events=2,
     fanout_subscriptions=20,
@@ -549,19 +552,26 @@ class Bench:
         wait_for(settled, 60, "every delivery recorded as delivered", 0.2)
 
     def e2e(self) -> None:
-        rate, seconds = self.plan.e2e_rate, self.plan.e2e_seconds
+        # The target's rate, and a lighter one that shows the pipeline's own latency when neither
+        # the web nor the worker is near its capacity.
+        light_rate = self.plan.e2e_light_rate
+        self.e2e_at(light_rate, "e2e_light", None)
+        self.e2e_at(self.plan.e2e_rate, "e2e", 20)
+
+    def e2e_at(self, rate: float, key: str, target_ms: float | None) -> None:
+        seconds = self.plan.e2e_seconds
         log(f"e2e: {rate:g} events/s for {seconds:g}s; baseline = bare DRF p50 + subscriber p50 at that rate")
 
-        def light(port: int, path: str, headers: dict[str, str]) -> load.LoadResult:
+        def steady(port: int, path: str, headers: dict[str, str]) -> load.LoadResult:
             return asyncio.run(
                 load.open_loop(
-                    host=HOST, port=port, make=lambda n: (path, self.envelope("light", n)), headers=headers,
+                    host=HOST, port=port, make=lambda n: (path, self.envelope(f"{key}-base", n)), headers=headers,
                     rate=rate, seconds=max(1.0, seconds / 2),
                 )
             )
 
-        bare = light(self.web_port, "/bench/bare", self.headers)
-        direct = light(self.sub_port, "/direct", {"Content-Type": "application/json"})
+        bare = steady(self.web_port, "/bench/bare", self.headers)
+        direct = steady(self.sub_port, "/direct", {"Content-Type": "application/json"})
         baseline_p50 = bare.percentile(50) + direct.percentile(50)
         baseline_p99 = bare.percentile(99) + direct.percentile(99)
         self.subscriber_reset()
@@ -572,17 +582,18 @@ class Bench:
 
         asyncio.run(
             load.open_loop(
-                host=HOST, port=self.web_port, make=self.single("e2e"), headers=self.headers, rate=rate,
+                host=HOST, port=self.web_port, make=self.single(key), headers=self.headers, rate=rate,
                 seconds=seconds, on_sent=on_sent,
             )
         )
-        wait_for(lambda: set(sent) <= set(self.subscriber_stats()["received"]), 60, "every e2e event delivered", 0.2)
+        wait_for(lambda: set(sent) <= set(self.subscriber_stats()["received"]), 120, "every e2e event delivered", 0.2)
         received = self.subscriber_stats()["received"]
-        result = load.LoadResult(latencies=[received[key] - wall for key, wall in sent.items()])
+        result = load.LoadResult(latencies=[received[k] - wall for k, wall in sent.items()])
         p50, p99 = result.percentile(50), result.percentile(99)
-        self.add("e2e_p50", f"End-to-end p50 at {rate:g} ev/s (ms)", p50, "ms", baseline_p50,
-                 "bare p50 + subscriber p50", "<= 20 ms", p50 <= 20)
-        self.add("e2e_p99", f"End-to-end p99 at {rate:g} ev/s (ms)", p99, "ms", baseline_p99,
+        self.add(f"{key}_p50", f"End-to-end p50 at {rate:g} ev/s (ms)", p50, "ms", baseline_p50,
+                 "bare p50 + subscriber p50", f"<= {target_ms:g} ms" if target_ms else "",
+                 p50 <= target_ms if target_ms else None)
+        self.add(f"{key}_p99", f"End-to-end p99 at {rate:g} ev/s (ms)", p99, "ms", baseline_p99,
                  "bare p99 + subscriber p99")
 
     def fanout(self) -> None:

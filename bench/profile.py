@@ -49,6 +49,14 @@ INTERESTING = (
 )
 
 
+# The frame one unit of work runs under: shares of it say where a request or a delivery spends its
+# time, whatever the idle threads and processes around it did.
+ROOTS = {
+    "web": "APIView.dispatch (rest_framework/views.py)",
+    "worker": "delivery_attempt_task (routing/tasks.py)",
+}
+
+
 def main() -> None:
     directory = Path(sys.argv[1])
     limit = int(sys.argv[2]) if len(sys.argv) > 2 else 30
@@ -57,13 +65,15 @@ def main() -> None:
         if not paths:
             continue
         inclusive, total = profile_load(paths)
-        print(f"\n## {role}: {len(paths)} processes, {total} samples (wall clock, idle included)\n")
-        print("| share | frame |\n|---:|---|")
+        root = inclusive.get(ROOTS[role], 0) or total
+        print(f"\n## {role}: {len(paths)} processes, {total} samples (wall clock, idle included); "
+              f"{root} in `{ROOTS[role]}`\n")
+        print(f"| of all | of {ROOTS[role].split(' ')[0]} | frame |\n|---:|---:|---|")
         shown = 0
         for name, samples in inclusive.most_common():
             if not any(marker in name for marker in INTERESTING):
                 continue
-            print(f"| {100 * samples / total:5.1f}% | `{name}` |")
+            print(f"| {100 * samples / total:5.1f}% | {100 * samples / root:5.1f}% | `{name}` |")
             shown += 1
             if shown >= limit:
                 break

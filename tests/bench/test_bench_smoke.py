@@ -21,6 +21,8 @@ FIGURES = {
     "delivery_rate",
     "e2e_p50",
     "e2e_p99",
+    "e2e_light_p50",
+    "e2e_light_p99",
     "fanout_ms",
     "stored_small",
     "stored_large",
