@@ -1,5 +1,6 @@
-"""gunicorn reads this file from the working directory. It only keeps Prometheus' multiprocess
-files honest: a clean directory at start, and a dead worker's live values dropped."""
+"""gunicorn reads this file from the working directory. It picks the worker class and keeps
+Prometheus' multiprocess files honest: a clean directory at start, and a dead worker's live values
+dropped."""
 
 import os
 
@@ -22,7 +23,8 @@ def child_exit(server, worker):
 
 # Threads, not only processes: a request spends most of its time waiting on PostgreSQL (the commit
 # that makes an event durable) and Redis, and a thread lets the process serve another request
-# meanwhile. Measured in docs/performance.md: about 1.7x the events/s of sync workers on 2 cores.
+# meanwhile. Measured in docs/performance.md: about 1.15x the events/s of sync workers, lower p99.
 # Each thread keeps its own database connection (DB_CONN_MAX_AGE): workers x threads in all.
-worker_class = os.environ.get("WEB_WORKER_CLASS", "gthread")
-threads = int(os.environ.get("WEB_THREADS") or 4)
+# Override on the command line (--threads N, --worker-class sync) or with GUNICORN_CMD_ARGS.
+worker_class = "gthread"
+threads = 4
