@@ -7,6 +7,7 @@ Production sets DATABASE_URL (PostgreSQL) and REDIS_URL or CELERY_BROKER_URL.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -76,6 +77,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "events",
     "routing",
     "ops",
@@ -123,6 +125,12 @@ if DATABASE_URL:
             DATABASE_URL, conn_max_age=_env_int("DB_CONN_MAX_AGE", 60), conn_health_checks=True
         )
     }
+    if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        # libpq waits forever for a server that accepted the TCP connection but never answers
+        # (a blackholed or hung database): a request, a worker and /readyz must give up instead.
+        DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+            "connect_timeout", _env_int("DB_CONNECT_TIMEOUT", 5)
+        )
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
@@ -311,6 +319,10 @@ SPECTACULAR_SETTINGS = {
     # The schema documents the store-facing API only, not the admin.
     "SCHEMA_PATH_PREFIX": r"/events",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Swagger UI from our own static files: the docs page works offline and loads nothing from a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- Operations ------------------------------------------------------------------------------
@@ -350,3 +362,6 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
 }
+# Python warnings (a library's UserWarning, say) go through the same handler, so stderr stays
+# one JSON object per line for whatever collects the logs.
+logging.captureWarnings(True)

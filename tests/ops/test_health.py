@@ -1,5 +1,6 @@
 import json
 import os
+import socket
 import subprocess
 
 import pytest
@@ -51,21 +52,37 @@ def test_readyz_is_503_when_the_broker_is_unreachable(client):
     assert "s3cret" not in response.content.decode()
 
 
-def test_readyz_is_503_when_the_database_is_unreachable(python):
-    # A separate process whose DATABASE_URL points at a port nobody listens on.
+def readyz_in_process(python: str, database_url: str, **env: str) -> dict:
+    """GET /readyz in a separate process whose settings read `database_url`."""
     code = (
         "import django, json; django.setup();"
         "from django.test import Client;"
         "r = Client().get('/readyz');"
         "print(json.dumps({'status': r.status_code, 'body': r.json()}))"
     )
-
-    env = dict(os.environ)
-    env["DATABASE_URL"] = f"postgres://hub:pw@127.0.0.1:{free_port()}/nowhere?connect_timeout=2"
-    env["DJANGO_SETTINGS_MODULE"] = "integrator.settings"
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="integrator.settings", DATABASE_URL=database_url, **env)
+    # The subprocess timeout only keeps a regression from hanging the suite.
     done = subprocess.run([python, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_readyz_is_503_when_the_database_is_unreachable(python):
+    # Nobody listens on that port.
+    result = readyz_in_process(python, f"postgres://hub:pw@127.0.0.1:{free_port()}/nowhere?connect_timeout=2")
     assert result["status"] == 503
     assert result["body"]["checks"]["database"]["ok"] is False
     assert "pw@" not in json.dumps(result)
+
+
+def test_readyz_is_503_when_the_database_accepts_but_never_answers(python):
+    # A listener that completes the TCP handshake (the kernel does) but never speaks: the shape of
+    # a hung or blackholed database. Without a connect timeout libpq would wait forever.
+    with socket.socket() as blackhole:
+        blackhole.bind(("127.0.0.1", 0))
+        blackhole.listen(8)
+        port = blackhole.getsockname()[1]
+        result = readyz_in_process(python, f"postgres://hub@127.0.0.1:{port}/nowhere", DB_CONNECT_TIMEOUT="1")
+    assert result["status"] == 503
+    assert result["body"]["checks"]["database"]["ok"] is False
+    assert "timeout" in result["body"]["checks"]["database"]["error"].lower()

@@ -1,7 +1,9 @@
 import io
+import re
 
 import pytest
 import yaml
+from django.contrib.staticfiles import finders
 from django.core.management import call_command
 from drf_spectacular.validation import validate_schema
 
@@ -98,3 +100,13 @@ def test_docs_page_renders_without_a_token(client):
     assert response.status_code == 200
     html = response.content.decode()
     assert "swagger" in html.lower() and "/api/schema/" in html
+
+
+def test_docs_page_loads_swagger_ui_from_our_own_static_files(client):
+    # Operators often run the hub where the internet (and so a CDN) is out of reach.
+    html = client.get("/api/docs/").content.decode()
+    scripts = re.findall(r'<(?:script|link)[^>]+(?:src|href)="([^"]+)"', html)
+    assert scripts, html
+    for url in scripts:
+        assert url.startswith("/static/"), url
+        assert finders.find(url.removeprefix("/static/")), f"{url} is not a static file of ours"

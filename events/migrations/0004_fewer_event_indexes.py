@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('events', '0002_store_token_rotation_grace'),
+        ('events', '0003_event_event_message_id'),
     ]
 
     operations = [
