@@ -3,6 +3,8 @@ delivery tolerates losing its last writes in a crash); everything else's do."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from django.db import connection, connections
 from django.db.backends.signals import connection_created
@@ -48,3 +50,25 @@ def test_worker_async_commit_can_be_turned_off(postgresql, settings):
         assert _synchronous_commit(fresh) == "on"
     finally:
         fresh.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_worker_keeps_a_healthy_connection_between_tasks():
+    # Celery's own fix-up would close it around every task; CELERY_DB_REUSE_MAX turns that down.
+    from django.conf import settings
+
+    assert settings.CELERY_DB_REUSE_MAX > 1
+    connection.ensure_connection()
+    # As DB_CONN_MAX_AGE=60 sets it on PostgreSQL (the embedded SQLite default closes every time).
+    connection.close_at = time.monotonic() + 60
+    before = connection.connection
+    celery._db_connections_tidy()
+    assert connection.connection is before
+
+
+@pytest.mark.django_db(transaction=True)
+def test_worker_drops_a_connection_older_than_conn_max_age():
+    connection.ensure_connection()
+    connection.close_at = time.monotonic() - 1
+    celery._db_connections_tidy()
+    assert connection.connection is None
