@@ -49,7 +49,11 @@ def main() -> None:
     django_setup(env)
     started = time.monotonic()
     log(f"plan: {asdict(plan)}")
-    rows = Bench(plan, env, args.profile).run({p for p in args.only.split(',') if p})
+    try:
+        rows = Bench(plan, env, args.profile).run({p for p in args.only.split(",") if p})
+    except KeyboardInterrupt:
+        # Ctrl-C or bench/run's timeout: everything started has been stopped by now.
+        raise SystemExit("bench: interrupted; every process it started has been stopped") from None
     print(table(rows))
     print(f"\n{len(rows)} figures in {time.monotonic() - started:.0f}s; "
           f"database {urlsplit(env.get('DATABASE_URL', '')).path.lstrip('/') or 'embedded SQLite'}, "
