@@ -13,20 +13,28 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from events.models import Event, EventStatus, Store
 from events.services import Envelope, IngestResult, event_ingest
 from routing import matching
 from routing.attempts import delivery_attempt, event_status_refresh
-from routing.models import DELIVERY_OPEN_STATES, Attempt, Delivery, DeliveryState, Subscription
+from routing.models import (
+    DELIVERY_OPEN_STATES,
+    DELIVERY_ORDER_HOLDING_STATES,
+    Attempt,
+    Delivery,
+    DeliveryState,
+    Subscription,
+)
 
 __all__ = [
     "TEST_MESSAGE",
     "SweepResult",
     "deliveries_create_for_event",
     "deliveries_enqueue",
+    "deliveries_release",
     "deliveries_sweep",
     "delivery_attempt",
     "delivery_cancel",
@@ -79,8 +87,15 @@ def deliveries_enqueue(delivery_ids: Iterable[int], *, countdown: float | None =
     enqueues them once the broker is back."""
     from routing.tasks import delivery_attempt_task
 
+    ids = list(delivery_ids)
+    if not ids:
+        return []
+    # Noted before publishing: a worker that takes the message at once and finds the delivery must
+    # wait its turn clears the mark (routing.attempts._delivery_park), and must not find it set after.
+    marked_at = timezone.now()
+    Delivery.objects.filter(pk__in=ids, state__in=DELIVERY_OPEN_STATES).update(enqueued_at=marked_at)
     published: list[int] = []
-    for delivery_id in delivery_ids:
+    for delivery_id in ids:
         try:
             if countdown:
                 delivery_attempt_task.apply_async(args=[delivery_id], countdown=countdown)
@@ -90,9 +105,59 @@ def deliveries_enqueue(delivery_ids: Iterable[int], *, countdown: float | None =
             logger.warning("broker unavailable; delivery left for the sweeper", extra={"delivery_id": delivery_id})
             break
         published.append(delivery_id)
-    if published:
-        Delivery.objects.filter(pk__in=published, state__in=DELIVERY_OPEN_STATES).update(enqueued_at=timezone.now())
+    unpublished = ids[len(published) :]
+    if unpublished:
+        Delivery.objects.filter(pk__in=unpublished, enqueued_at=marked_at).update(enqueued_at=None)
     return published
+
+
+def _earlier_of_same_resource_open() -> Exists:
+    """For a Delivery queryset: an earlier delivery of the same resource to the same endpoint is
+    still open, so this one must wait (routing.attempts.delivery_held_back, in SQL)."""
+    return Exists(
+        Delivery.objects.filter(
+            subscription_id=OuterRef("subscription_id"),
+            resource_key=OuterRef("resource_key"),
+            id__lt=OuterRef("id"),
+            state__in=DELIVERY_ORDER_HOLDING_STATES,
+        )
+    )
+
+
+def deliveries_release(*, subscription_id: int, resource_key: str | None) -> list[int]:
+    """After an attempt or a cancel: enqueue the delivery whose turn has come (the next one of the
+    same resource) and, for an endpoint with an in-flight limit, the oldest one waiting for a
+    slot. Enqueuing one that must still wait is harmless; the sweeper covers anything missed."""
+    now = timezone.now()
+    wake: list[int] = []
+    if resource_key:
+        head = (
+            Delivery.objects.filter(
+                subscription_id=subscription_id, resource_key=resource_key, state__in=DELIVERY_ORDER_HOLDING_STATES
+            )
+            .order_by("id")
+            .values_list("id", "state", "next_attempt_at")
+            .first()
+        )
+        if head is not None and head[1] in DELIVERY_OPEN_STATES and head[2] <= now:
+            wake.append(head[0])
+    waiting = (
+        Delivery.objects.filter(
+            subscription_id=subscription_id,
+            state__in=DELIVERY_OPEN_STATES,
+            next_attempt_at__lte=now,
+            enqueued_at__isnull=True,
+            subscription__is_enabled=True,
+        )
+        .exclude(pk__in=wake)
+        .filter(~_earlier_of_same_resource_open())
+        .order_by("next_attempt_at", "id")
+        .values_list("id", flat=True)
+        .first()
+    )
+    if waiting is not None:
+        wake.append(waiting)
+    return deliveries_enqueue(wake) if wake else []
 
 
 def event_accept(
@@ -147,9 +212,12 @@ def deliveries_sweep() -> SweepResult:
         logger.warning("reclaimed a delivery whose lease expired", extra={"delivery_id": delivery_id})
 
     lost_before = now - timedelta(seconds=settings.HUB_SWEEP_LOST_AFTER_SECONDS)
+    # Deliveries waiting for an earlier one of the same resource are left out: that one's end
+    # enqueues them (deliveries_release), and enqueuing them now would only bounce.
     due = (
         Delivery.objects.filter(state__in=DELIVERY_OPEN_STATES, next_attempt_at__lte=now, subscription__is_enabled=True)
         .filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=lost_before))
+        .filter(~_earlier_of_same_resource_open())
         .order_by("next_attempt_at", "id")
         .values_list("id", flat=True)[: settings.HUB_SWEEP_BATCH_SIZE]
     )
@@ -187,8 +255,12 @@ def delivery_cancel(*, delivery_id: int) -> bool:
         ).update(state=DeliveryState.CANCELLED, lease_expires_at=None)
         if not changed:
             return False
-        event_id = Delivery.objects.filter(pk=delivery_id).values_list("event_id", flat=True).get()
+        event_id, subscription_id, resource_key = (
+            Delivery.objects.filter(pk=delivery_id).values_list("event_id", "subscription_id", "resource_key").get()
+        )
         event_status_refresh(event_id=event_id)
+        # A cancelled delivery no longer holds back later ones of its resource.
+        transaction.on_commit(lambda: deliveries_release(subscription_id=subscription_id, resource_key=resource_key))
     return True
 
 
