@@ -232,6 +232,9 @@ HUB_RESOURCE_KEY_PATHS: dict[str, list[str]] = {
         item.partition("=") for item in os.environ.get("HUB_RESOURCE_KEY_PATHS", "").split(";") if "=" in item
     )
 }
+# After failing to publish to the broker, a process stops trying for this long: pushes are not
+# slowed by a dead broker, and the sweeper enqueues what they stored once it is back.
+HUB_BROKER_BACKOFF_SECONDS = _env_float("HUB_BROKER_BACKOFF_SECONDS", 5)
 # A task that finds the database down waits and tries again (doubling up to this), never drops.
 HUB_DATABASE_RETRY_MAX_SECONDS = _env_float("HUB_DATABASE_RETRY_MAX_SECONDS", 30)
 # Retention: events whose every delivery ended delivered (or cancelled) are purged once older than

@@ -7,6 +7,7 @@ Sending one delivery lives in routing.attempts; it is re-exported here so caller
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -80,6 +81,10 @@ def deliveries_create_for_event(*, event: Event) -> list[Delivery]:
     return deliveries
 
 
+# Until when (time.monotonic) this process leaves publishing to the sweeper after a broker failure.
+_broker_down_until = [0.0]
+
+
 def deliveries_enqueue(delivery_ids: Iterable[int], *, countdown: float | None = None) -> list[int]:
     """Tell the broker 'look at delivery N' and note when; returns the ids actually published.
 
@@ -89,6 +94,10 @@ def deliveries_enqueue(delivery_ids: Iterable[int], *, countdown: float | None =
 
     ids = list(delivery_ids)
     if not ids:
+        return []
+    if time.monotonic() < _broker_down_until[0]:
+        # The broker failed moments ago: trying again would make every push wait out the broker
+        # client's connection attempts. The deliveries stay unmarked, for the sweeper.
         return []
     # Noted before publishing: a worker that takes the message at once and finds the delivery must
     # wait its turn clears the mark (routing.attempts._delivery_park), and must not find it set after.
@@ -103,6 +112,7 @@ def deliveries_enqueue(delivery_ids: Iterable[int], *, countdown: float | None =
                 delivery_attempt_task.delay(delivery_id)
         except Exception:  # noqa: BLE001 - any broker failure; the database still holds the delivery
             logger.warning("broker unavailable; delivery left for the sweeper", extra={"delivery_id": delivery_id})
+            _broker_down_until[0] = time.monotonic() + settings.HUB_BROKER_BACKOFF_SECONDS
             break
         published.append(delivery_id)
     unpublished = ids[len(published) :]
