@@ -235,7 +235,10 @@ def _attempt_conclude(*, delivery: Delivery, number: int, result: transport.Exch
             transaction.on_commit(lambda: deliveries_enqueue([delivery.pk], countdown=delay))
         # This attempt freed a slot of the endpoint and, if it ended, the turn of the next delivery
         # of the same resource.
-        transaction.on_commit(lambda: deliveries_release(subscription_id=sub.pk, resource_key=delivery.resource_key))
+        limited = bool(subscription_max_in_flight(sub))
+        transaction.on_commit(
+            lambda: deliveries_release(subscription_id=sub.pk, resource_key=delivery.resource_key, limited=limited)
+        )
     metrics.delivery_outcome_count(str(decision.verdict))
     logger.info(
         "delivery attempt",

@@ -134,7 +134,7 @@ def _earlier_of_same_resource_open() -> Exists:
     )
 
 
-def deliveries_release(*, subscription_id: int, resource_key: str | None) -> list[int]:
+def deliveries_release(*, subscription_id: int, resource_key: str | None, limited: bool = True) -> list[int]:
     """After an attempt or a cancel: enqueue the delivery whose turn has come (the next one of the
     same resource) and, for an endpoint with an in-flight limit, the oldest one waiting for a
     slot. Enqueuing one that must still wait is harmless; the sweeper covers anything missed."""
@@ -151,6 +151,9 @@ def deliveries_release(*, subscription_id: int, resource_key: str | None) -> lis
         )
         if head is not None and head[1] in DELIVERY_OPEN_STATES and head[2] <= now:
             wake.append(head[0])
+    if not limited:
+        # Without an in-flight limit nothing waits for a slot.
+        return deliveries_enqueue(wake) if wake else []
     waiting = (
         Delivery.objects.filter(
             subscription_id=subscription_id,

@@ -102,7 +102,7 @@ def test_a_dead_endpoint_never_starves_the_others(hub_worker, subscriber, api, d
         fast = SubscriptionFactory(url=subscriber.url("/fast"), message_types=["price:*"])
         push(api, [{"message": "stock:change", "payload": {"sku": f"S{n}"}} for n in range(12)])
         push(api, [{"message": "price:change", "payload": {"sku": f"P{n}"}} for n in range(30)])
-        delivered(30, subscription=fast)
+        delivered(30, timeout=90, subscription=fast)
         assert len(subscriber.received("/fast")) == 30
         # The dead endpoint got its attempts, each cut at its timeout, never two at once.
         assert Delivery.objects.filter(subscription=slow, state="delivered").count() == 0

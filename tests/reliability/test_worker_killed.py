@@ -20,7 +20,7 @@ def test_worker_killed_during_a_slow_delivery_delivers_it_again_once(hub_worker,
     [event] = push(api, {"message": "order:new", "payload": {"order": {"number": "R100"}}})
     delivery = Delivery.objects.get(event=event, subscription=sub)
 
-    subscriber.wait_for("/slow", 1)
+    subscriber.wait_for("/slow", 1, timeout=60)
     delivery.refresh_from_db()
     assert delivery.state == "delivering"  # the worker is inside the HTTP exchange right now
     hub_worker.kill()
@@ -33,7 +33,7 @@ def test_worker_killed_during_a_slow_delivery_delivers_it_again_once(hub_worker,
 
     delivered(1, timeout=60, pk=delivery.pk)
     try:
-        first, second = subscriber.wait_for("/slow", 2)
+        first, second = subscriber.wait_for("/slow", 2, timeout=60)
         assert first.headers["webhook-id"] == second.headers["webhook-id"] == str(event.uid)
         delivery.refresh_from_db()
         attempts = list(delivery.attempts.order_by("number"))
