@@ -18,3 +18,13 @@ def child_exit(server, worker):
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid, _multiproc_dir)
+
+
+# gunicorn's access and error lines in the hub's JSON shape, under the same switch as Django's
+# LOGGING in integrator/settings.py (JSON unless LOG_JSON says otherwise).
+if os.environ.get("LOG_JSON", "").strip().lower() in {"", "1", "true", "yes", "on"}:
+    logger_class = "integrator.gunicorn_logging.JsonLogger"
+
+# gunicorn's control socket defaults to one path per user ($HOME/.gunicorn/gunicorn.ctl): two hubs
+# on one host (web replicas, a benchmark beside a dev server) would take it from each other.
+control_socket_disable = True

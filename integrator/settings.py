@@ -7,6 +7,7 @@ Production sets DATABASE_URL (PostgreSQL) and REDIS_URL or CELERY_BROKER_URL.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -383,3 +384,6 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
 }
+# Python warnings (a library's UserWarning, say) go through the same handler, so stderr stays
+# one JSON object per line for whatever collects the logs.
+logging.captureWarnings(True)

@@ -78,6 +78,7 @@ def delivery_attempt(*, delivery_id: int) -> str | None:
         parameters=sub.parameters or [],
         webhook_id=str(event.uid),
         signing_secret=sub.signing_secret,
+        previous_signing_secret=sub.previous_signing_secret_active(now),
         token=sub.token,
         store_name=_store_name(delivery),
         method_override=sub.http_method,

@@ -34,7 +34,7 @@ def deploy_security_check(app_configs: Any = None, **kwargs: Any) -> list[Error 
     if settings.HUB_ALLOW_PRIVATE_DESTINATIONS:
         problems.append(
             Warning(
-                "HUB_ALLOW_PRIVATE_DESTINATIONS is on: deliveries may reach loopback, private and metadata addresses.",
+                "HUB_ALLOW_PRIVATE_DESTINATIONS is on: deliveries may reach loopback and private addresses.",
                 id="hub.W001",
             )
         )

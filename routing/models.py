@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import base64
 import secrets
+from datetime import datetime
 
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
 from events.models import Event, Store
+from routing.fields import EncryptedTextField
 
 
 def signing_secret_new() -> str:
@@ -50,7 +52,12 @@ class Subscription(models.Model):
         default=list, blank=True, help_text='Sent as payload.parameters: [{"name": ..., "value": ...}].'
     )
     token = models.CharField(max_length=100, default=subscription_token_new)
-    signing_secret = models.CharField(max_length=200, default=signing_secret_new)
+    # Encrypted at rest (HUB_ENCRYPTION_KEYS); Python sees the clear whsec_ secret.
+    signing_secret = EncryptedTextField(default=signing_secret_new)
+    # The secret replaced by the last rotation: deliveries are signed with it too until it expires,
+    # so an endpoint can switch to the new secret without rejecting anything in between.
+    previous_signing_secret = EncryptedTextField(blank=True, default="", editable=False)
+    previous_signing_secret_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
     http_method = models.CharField(max_length=6, choices=HttpMethod.choices, default=HttpMethod.AUTO, blank=True)
     timeout_seconds = models.FloatField(default=10.0)
     # How many deliveries to this endpoint may be on the wire at once, so that a slow or dead
@@ -89,6 +96,13 @@ class Subscription(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def previous_signing_secret_active(self, now: datetime | None = None) -> str:
+        """The previous secret while its grace lasts, else ""."""
+        expires = self.previous_signing_secret_expires_at
+        if not self.previous_signing_secret or expires is None:
+            return ""
+        return self.previous_signing_secret if (now or timezone.now()) < expires else ""
+
     def clean(self) -> None:
         """The admin form's check: each field's problem in one sentence, on that field."""
         from routing.matching import filter_mode_validate, filters_validate, message_types_validate
@@ -106,6 +120,15 @@ class Subscription(models.Model):
                 check(value)
             except ValueError as exc:
                 errors[field] = str(exc)
+        if self.url:
+            from routing.netguard import subscription_url_validate
+
+            # http(s) only, a host, no credentials, and (while the SSRF guard is on) no loopback,
+            # private or metadata destination; deliveries are checked again on every connection.
+            try:
+                subscription_url_validate(self.url)
+            except ValidationError as exc:
+                errors["url"] = exc.messages[0]
         # Well under the Celery task time limit, which must never cut an attempt short.
         if self.timeout_seconds is not None and not 0 < self.timeout_seconds <= 120:
             errors["timeout_seconds"] = "The timeout must be more than 0 and at most 120 seconds."

@@ -8,8 +8,8 @@ metadata address, and then connects to exactly the address it checked. Checking 
 time (not only when the URL is saved) is what defeats DNS rebinding: a name that resolved to a
 public address yesterday and to 127.0.0.1 now is refused now.
 
-HUB_ALLOW_PRIVATE_DESTINATIONS turns the guard off (subscribers on the hub's own private network,
-the tests' local subscriber).
+HUB_ALLOW_PRIVATE_DESTINATIONS lets deliveries reach private addresses (subscribers on the hub's
+own private network, the tests' local subscriber); cloud metadata addresses stay refused even then.
 """
 
 from __future__ import annotations
@@ -47,18 +47,28 @@ class DestinationBlocked(requests.exceptions.ConnectionError):
     """
 
 
-def address_block_reason(address: IPAddress) -> str | None:
-    """Why an address is off limits for deliveries, or None when it is a public address."""
+class HostUnresolvable(DestinationBlocked):
+    """The host has no address to check (and so none to connect to)."""
+
+
+def address_block_reason(address: IPAddress, *, allow_private: bool = False) -> str | None:
+    """Why an address is off limits for deliveries, or None when it is a public address.
+
+    With allow_private, only cloud metadata addresses are off limits: a hub allowed to reach
+    subscribers on its own network still has no business reading its instance's credentials.
+    """
     if isinstance(address, ipaddress.IPv6Address):
         # Addresses that carry an IPv4 address inside reach that IPv4 host.
         embedded = address.ipv4_mapped or address.sixtofour or (address.teredo[1] if address.teredo else None)
         if embedded is None and address in NAT64_NETWORK:
             embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if embedded is not None:
-            reason = address_block_reason(embedded)
+            reason = address_block_reason(embedded, allow_private=allow_private)
             return f"{reason} (embedded {embedded})" if reason else None
     if address in METADATA_ADDRESSES:
         return "a cloud metadata address"
+    if allow_private:
+        return None
     if address.is_unspecified:
         return "an unspecified address"
     if address.is_loopback:
@@ -89,7 +99,7 @@ def host_addresses(host: str, port: int) -> list[str]:
     return seen
 
 
-def host_addresses_checked(host: str, port: int) -> list[str]:
+def host_addresses_checked(host: str, port: int, *, allow_private: bool = False) -> list[str]:
     """The addresses to connect to; DestinationBlocked if any of them is forbidden.
 
     One forbidden address refuses the whole name: a name that resolves to a public and a private
@@ -99,15 +109,19 @@ def host_addresses_checked(host: str, port: int) -> list[str]:
     try:
         addresses = host_addresses(host, port)
     except (socket.gaierror, UnicodeError) as exc:
-        raise DestinationBlocked(f"The host '{host}' cannot be resolved: {exc}.") from None
+        raise HostUnresolvable(f"The host '{host}' cannot be resolved: {exc}.") from None
     for text in addresses:
-        reason = address_block_reason(ipaddress.ip_address(text.split("%", 1)[0]))
+        reason = address_block_reason(ipaddress.ip_address(text.split("%", 1)[0]), allow_private=allow_private)
         if reason:
             shown = host if host == text else f"{host} ({text})"
-            raise DestinationBlocked(
-                f"Delivery to {shown} is blocked: it is {reason}. Set {ALLOW_SETTING} to allow private destinations."
-            )
+            raise DestinationBlocked(f"Delivery to {shown} is blocked: it is {reason}. {_hint(reason)}")
     return addresses
+
+
+def _hint(reason: str) -> str:
+    if "metadata" in reason:
+        return f"Cloud metadata addresses are never allowed, not even with {ALLOW_SETTING}."
+    return f"Set {ALLOW_SETTING} to allow private destinations."
 
 
 def url_destination_check(url: str, *, allow_private: bool) -> None:
@@ -119,12 +133,21 @@ def url_destination_check(url: str, *, allow_private: bool) -> None:
         raise DestinationBlocked("The URL has no host.")
     if parts.username or parts.password:
         raise DestinationBlocked("Credentials in the URL are not allowed; use the subscription's parameters.")
-    if allow_private:
-        return
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         raise DestinationBlocked("The URL's port is not valid.") from None
+    if allow_private:
+        # No DNS here: a private name may only resolve on the hub's network. A metadata address
+        # written out is refused now; one behind a name is refused when the delivery connects.
+        try:
+            literal = ipaddress.ip_address(parts.hostname)
+        except ValueError:
+            return
+        reason = address_block_reason(literal, allow_private=True)
+        if reason:
+            raise DestinationBlocked(f"Delivery to {parts.hostname} is blocked: it is {reason}. {_hint(reason)}")
+        return
     host_addresses_checked(parts.hostname, port)
 
 
@@ -137,9 +160,7 @@ class _GuardedConnectionMixin:
     port: int
 
     def _new_conn(self) -> socket.socket:
-        if self.guard_allow_private():
-            return super()._new_conn()  # type: ignore[misc]
-        addresses = host_addresses_checked(self._dns_host, self.port)
+        addresses = host_addresses_checked(self._dns_host, self.port, allow_private=self.guard_allow_private())
         name = self._dns_host
         last_error: Exception | None = None
         try:
@@ -215,7 +236,7 @@ class GuardedAdapter(HTTPAdapter):
         except requests.exceptions.ConnectionError as exc:
             blocked = _blocked_in(exc)
             if blocked is not None:
-                raise DestinationBlocked(str(blocked), request=request) from None
+                raise type(blocked)(str(blocked), request=request) from None
             raise
 
 
@@ -223,13 +244,16 @@ def _no_redirect_target(response: requests.Response) -> None:
     return None
 
 
-def session_guard(session: requests.Session, *, allow_private: bool | None = None) -> requests.Session:
+def session_guard(
+    session: requests.Session, *, allow_private: bool | None = None, **adapter_options: Any
+) -> requests.Session:
     """Mount the guard on both schemes and follow no redirects (a 3xx is the endpoint's answer).
 
     A redirect could point anywhere, including where the guard would refuse; refusing to follow
     any keeps the rule simple and each attempt's record true to what the endpoint said.
+    `adapter_options` go to the HTTPAdapter (pool sizes, max_retries).
     """
-    adapter = GuardedAdapter(allow_private=allow_private)
+    adapter = GuardedAdapter(allow_private=allow_private, **adapter_options)
     for prefix in ("http://", "https://"):
         session.mount(prefix, adapter)
     session.max_redirects = 0

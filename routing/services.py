@@ -28,6 +28,7 @@ from routing.models import (
     Delivery,
     DeliveryState,
     Subscription,
+    signing_secret_new,
 )
 
 __all__ = [
@@ -43,6 +44,8 @@ __all__ = [
     "delivery_retry_now",
     "event_accept",
     "event_status_refresh",
+    "subscription_secret_rotate",
+    "subscription_secrets_reencrypt",
     "subscription_send_test",
     "subscriptions_for_event",
 ]
@@ -330,3 +333,51 @@ def subscription_send_test(*, subscription_id: int) -> Delivery:
         delivery = Delivery.objects.create(event=event, subscription=subscription, next_attempt_at=now)
         transaction.on_commit(lambda: deliveries_enqueue([delivery.pk]))
     return delivery
+
+
+def subscription_secret_rotate(*, subscription_id: int) -> str:
+    """Give a subscription a new whsec_ signing secret and return it (shown once, to the admin).
+
+    The replaced secret stays (encrypted) for HUB_SECRET_ROTATION_GRACE_SECONDS, and until then
+    every delivery carries a signature under each secret (Standard Webhooks allows several), so the
+    endpoint can switch over at its own pace. Only one previous secret is kept: rotating again
+    during a grace ends the older one. A grace of 0 drops the old secret at once.
+    """
+    grace = max(settings.HUB_SECRET_ROTATION_GRACE_SECONDS, 0)
+    with transaction.atomic():
+        subscription = Subscription.objects.select_for_update().get(pk=subscription_id)
+        new_secret = signing_secret_new()
+        if grace:
+            subscription.previous_signing_secret = subscription.signing_secret
+            subscription.previous_signing_secret_expires_at = timezone.now() + timedelta(seconds=grace)
+        else:
+            subscription.previous_signing_secret = ""
+            subscription.previous_signing_secret_expires_at = None
+        subscription.signing_secret = new_secret
+        subscription.save(
+            update_fields=[
+                "signing_secret",
+                "previous_signing_secret",
+                "previous_signing_secret_expires_at",
+                "updated_at",
+            ]
+        )
+    logger.info("subscription signing secret rotated", extra={"subscription_id": subscription_id})
+    return new_secret
+
+
+def subscription_secrets_reencrypt() -> int:
+    """Re-encrypt every stored signing secret with the first HUB_ENCRYPTION_KEYS key (after putting
+    a new key first); the old key can be removed once this has run. Previous secrets whose grace
+    is over are dropped rather than carried over. Returns the subscriptions rewritten."""
+    now = timezone.now()
+    fields = ["signing_secret", "previous_signing_secret", "previous_signing_secret_expires_at"]
+    count = 0
+    for subscription in Subscription.objects.only("pk", *fields).iterator():
+        if not subscription.previous_signing_secret_active(now):
+            subscription.previous_signing_secret = ""
+            subscription.previous_signing_secret_expires_at = None
+        # Saving re-encrypts: the field decrypts with any key on read and encrypts with the first.
+        subscription.save(update_fields=fields)
+        count += 1
+    return count

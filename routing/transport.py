@@ -1,7 +1,8 @@
 """One HTTP exchange with an endpoint: build the request, sign it, send it, read the reply.
 
-The only module that imports requests, and it knows nothing of the ORM: callers pass plain values
-and get a frozen result back, so it can be tested against a local server with no database.
+With routing.netguard (the SSRF guard it mounts on its session), the only module that imports
+requests, and it knows nothing of the ORM: callers pass plain values and get a frozen result back,
+so it can be tested against a local server with no database.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import requests
-from requests.adapters import HTTPAdapter
 from standardwebhooks.webhooks import Webhook
+
+from routing.netguard import DestinationBlocked, HostUnresolvable, session_guard
 
 USER_AGENT = "integrator-hub/1"
 # Response headers worth keeping beside an attempt (the rest is noise or could hold secrets).
@@ -76,8 +78,13 @@ def request_build(
     store_name: str = "",
     method_override: str = "",
     timestamp: datetime | None = None,
+    previous_signing_secret: str = "",
 ) -> OutboundRequest:
-    """The envelope with payload.parameters, serialized once so that the bytes signed are the bytes sent."""
+    """The envelope with payload.parameters, serialized once so that the bytes signed are the bytes sent.
+
+    With a previous secret (a rotation's grace period) the request carries both signatures,
+    space-separated as Standard Webhooks allows, so a verifier with either secret accepts it.
+    """
     body_payload = dict(payload)
     body_payload["parameters"] = [
         {"name": p.get("name"), "value": p.get("value")} for p in parameters if isinstance(p, Mapping)
@@ -88,7 +95,11 @@ def request_build(
         ensure_ascii=False,
     )
     when = (timestamp or datetime.now(UTC)).astimezone(UTC)
-    signature = Webhook(signing_secret).sign(msg_id=webhook_id, timestamp=when, data=body)
+    signature = " ".join(
+        Webhook(secret).sign(msg_id=webhook_id, timestamp=when, data=body)
+        for secret in (signing_secret, previous_signing_secret)
+        if secret
+    )
     headers = {
         "Content-Type": "application/json",
         "Accept": "application/json",
@@ -107,14 +118,13 @@ _local = threading.local()
 
 
 def session_new() -> requests.Session:
-    """A pooled session that ignores proxy settings from the environment (an endpoint is reached
-    directly or not at all). Redirects are refused per request (allow_redirects=False)."""
+    """A pooled session behind the SSRF guard (routing.netguard): every new connection resolves the
+    host, refuses loopback/private/link-local/metadata addresses unless HUB_ALLOW_PRIVATE_DESTINATIONS
+    is on (read at each connection), and dials the address it checked. It ignores proxy settings
+    from the environment (an endpoint is reached directly or not at all) and follows no redirects."""
     session = requests.Session()
     session.trust_env = False
-    adapter = HTTPAdapter(pool_connections=20, pool_maxsize=20, max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
+    return session_guard(session, pool_connections=20, pool_maxsize=20, max_retries=0)
 
 
 def session_get() -> requests.Session:
@@ -158,6 +168,10 @@ def request_send(
         )
     except requests.Timeout:
         return failed(f"timed out after {timeout:g}s", status_code=None)
+    except HostUnresolvable as exc:
+        return failed(f"connection failed: {_reason(exc)}", status_code=None)
+    except DestinationBlocked as exc:
+        return failed(f"refused by the SSRF guard: {_reason(exc)}", status_code=None)
     except requests.ConnectionError as exc:
         return failed(f"connection failed: {_reason(exc)}", status_code=None)
     except requests.RequestException as exc:

@@ -83,6 +83,8 @@ def _worker_env(database: dict) -> dict[str, str]:
         env["DATABASE_URL"] = f"postgres://{auth}@{host}/{database['NAME']}"
     env.update(
         CELERY_QUEUE=TEST_QUEUE,
+        # Said here as well as in pytest_configure: the worker delivers to the 127.0.0.1 subscriber.
+        HUB_ALLOW_PRIVATE_DESTINATIONS="1",
         HUB_SWEEP_INTERVAL_SECONDS="1",
         HUB_SWEEP_LOST_AFTER_SECONDS="30",
         LOG_JSON="false",

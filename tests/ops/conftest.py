@@ -1,20 +1,18 @@
 from __future__ import annotations
 
 import os
-import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 from django.db import connection
 
+from tests.live import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def hub_env(**overrides: str) -> dict[str, str]:
@@ -34,3 +32,30 @@ def hub_env(**overrides: str) -> dict[str, str]:
 @pytest.fixture
 def python() -> str:
     return sys.executable
+
+
+def gunicorn_start(
+    python: str, env: dict[str, str], *args: str, stdout: int | None = subprocess.DEVNULL
+) -> tuple[subprocess.Popen, int]:
+    """A real gunicorn serving the hub (it reads gunicorn.conf.py from ROOT) on a free port."""
+    port = free_port()
+    server = subprocess.Popen(
+        [python, "-m", "gunicorn", "integrator.wsgi:application", f"--bind=127.0.0.1:{port}", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+    )
+    return server, port
+
+
+def http_get(url: str, deadline: float, **headers) -> bytes:
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            request = urllib.request.Request(url, headers=headers)
+            return urllib.request.urlopen(request, timeout=10).read()
+        except OSError as exc:
+            last = exc
+            time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer: {last}")

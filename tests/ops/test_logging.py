@@ -1,8 +1,13 @@
 import io
 import json
 import logging
+import subprocess
+import time
+
+import pytest
 
 from integrator.logfilters import REDACTED, SecretRedactionFilter, secrets_redact
+from tests.ops.conftest import gunicorn_start, http_get, hub_env
 
 WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 TOKEN = "hub_" + "Ab3" * 15
@@ -94,3 +99,25 @@ def test_redaction_keeps_ordinary_names_readable():
     assert secrets_redact("postgres://hub:pa55word@db:5432/hub") == f"postgres://hub:{REDACTED}@db:5432/hub"
     assert secrets_redact({"token_hint": "hub_abc123"}) == {"token_hint": "hub_abc123"}
     assert secrets_redact(["bearer abc.def", 3]) == [f"bearer {REDACTED}", 3]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_gunicorn_access_lines_are_json_fields_with_secrets_masked(python):
+    server, port = gunicorn_start(
+        python, hub_env(LOG_LEVEL="INFO"), "--workers=1", "--access-logfile=-", stdout=subprocess.PIPE
+    )
+    try:
+        http_get(f"http://127.0.0.1:{port}/healthz?token={TOKEN}", time.monotonic() + 60, **{"User-Agent": "probe/1"})
+    finally:
+        server.terminate()
+        out, err = server.communicate(timeout=30)
+    assert server.returncode == 0, err.decode()[-2000:]
+    access = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+    line = next(item for item in access if item.get("path") == "/healthz")
+    assert line["name"] == "gunicorn.access"
+    assert (line["method"], line["status"], line["user_agent"]) == ("GET", 200, "probe/1")
+    assert isinstance(line["duration_ms"], float) and line["response_bytes"] > 0
+    assert TOKEN not in out.decode() and TOKEN not in err.decode()
+    # gunicorn's own error log (start, workers booting) is JSON too.
+    errors = [json.loads(line) for line in err.decode().splitlines() if line.strip()]
+    assert any(item["name"] == "gunicorn.error" for item in errors)

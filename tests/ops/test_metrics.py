@@ -11,7 +11,7 @@ from integrator.metrics import attempt_observe, delivery_outcome_count, worker_m
 from routing.models import Delivery, DeliveryState
 from tests.factories import StoreFactory, SubscriptionFactory
 from tests.live import wait_until
-from tests.ops.conftest import ROOT, free_port, hub_env
+from tests.ops.conftest import ROOT, free_port, gunicorn_start, http_get, hub_env
 
 
 def scrape(text: str) -> dict[tuple[str, tuple], float]:
@@ -152,37 +152,18 @@ def test_worker_metrics_server_serves_the_worker_counters():
     assert "hub_deliveries" not in body
 
 
-def _get(url: str, deadline: float, **headers) -> bytes:
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            request = urllib.request.Request(url, headers=headers)
-            return urllib.request.urlopen(request, timeout=10).read()
-        except OSError as exc:
-            last = exc
-            time.sleep(0.2)
-    raise AssertionError(f"{url} did not answer: {last}")
-
-
 @pytest.mark.django_db(transaction=True)
 def test_gunicorn_workers_are_added_up_in_multiprocess_mode(tmp_path, python):
     """Real gunicorn, two worker processes, one multiprocess directory: pushes served by either
     worker show up in every scrape."""
     store = StoreFactory()
-    port = free_port()
     env = hub_env(PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom"), LOG_LEVEL="WARNING")
     (tmp_path / "prom").mkdir()
     (tmp_path / "prom" / "stale.db").write_bytes(b"left by an earlier run")
-    server = subprocess.Popen(
-        [python, "-m", "gunicorn", "integrator.wsgi:application", f"--bind=127.0.0.1:{port}", "--workers=2"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    server, port = gunicorn_start(python, env, "--workers=2")
     try:
         deadline = time.monotonic() + 60
-        _get(f"http://127.0.0.1:{port}/healthz", deadline)
+        http_get(f"http://127.0.0.1:{port}/healthz", deadline)
         assert not (tmp_path / "prom" / "stale.db").exists(), "gunicorn.conf.py should clear the directory"
         pushes = 12
         for n in range(pushes):
@@ -193,7 +174,7 @@ def test_gunicorn_workers_are_added_up_in_multiprocess_mode(tmp_path, python):
                 method="POST",
             )
             assert urllib.request.urlopen(request, timeout=30).status == 202
-        body = _get(f"http://127.0.0.1:{port}/metrics", deadline).decode()
+        body = http_get(f"http://127.0.0.1:{port}/metrics", deadline).decode()
         samples = scrape(body)
         assert value(samples, "hub_events_accepted_total", store=store.name, message="order:new") == pushes
         assert len(list((tmp_path / "prom").glob("counter_*.db"))) >= 1
@@ -231,7 +212,7 @@ def test_a_celery_worker_serves_its_metrics_when_asked(tmp_path, python):
         stderr=subprocess.PIPE,
     )
     try:
-        _get(f"http://127.0.0.1:{port}/metrics", time.monotonic() + 90)
+        http_get(f"http://127.0.0.1:{port}/metrics", time.monotonic() + 90)
         # A SIGTERM that lands before the worker has installed its handlers kills it outright; the
         # clean-shutdown check below is only meaningful once the worker says it is ready.
         wait_until(lambda: log.exists() and " ready." in log.read_text(errors="replace"), timeout=90)

@@ -190,4 +190,26 @@ def test_the_subscription_url_validator_refuses_forbidden_destinations(url, sett
         subscription_url_validate(url)
     assert caught.value.code == "destination_blocked"
     settings.HUB_ALLOW_PRIVATE_DESTINATIONS = True
-    subscription_url_validate(url)
+    if "169.254.169.254" in url:
+        # Allowing private destinations never opens the metadata service.
+        with pytest.raises(ValidationError, match="never allowed"):
+            subscription_url_validate(url)
+    else:
+        subscription_url_validate(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://169.254.169.254/latest/meta-data/", "http://[::ffff:169.254.169.254]/", "http://[fd00:ec2::254]/"],
+)
+def test_metadata_addresses_stay_refused_when_private_destinations_are_allowed(url):
+    with pytest.raises(DestinationBlocked, match="metadata.*never allowed"):
+        url_destination_check(url, allow_private=True)
+    session = session_guard(requests.Session(), allow_private=True)
+    with pytest.raises(DestinationBlocked, match="metadata.*never allowed"):
+        session.get(url, timeout=5)
+
+
+def test_allowing_private_destinations_skips_dns_when_a_url_is_saved():
+    # A name that only resolves on the hub's own network (or not yet) can be saved.
+    url_destination_check("http://erp.internal.invalid/hook", allow_private=True)

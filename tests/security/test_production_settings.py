@@ -93,3 +93,20 @@ def test_production_settings_switch_on_secure_defaults():
 def test_the_embedded_default_needs_no_environment(tmp_path):
     result = _manage({"HUB_VAR_DIR": str(tmp_path)}, "check")
     assert result.returncode == 0, result.stderr
+
+
+def test_the_deploy_check_flags_private_destinations_and_missing_encryption_keys():
+    env = _filled(_example_env())
+    env["HUB_ALLOW_PRIVATE_DESTINATIONS"] = "true"
+    result = _manage(env, "check", "--deploy", "--fail-level", "WARNING")
+    assert result.returncode != 0
+    assert "hub.W001" in result.stderr + result.stdout
+    assert "HUB_ALLOW_PRIVATE_DESTINATIONS is on" in result.stderr + result.stdout
+
+
+def test_the_deploy_check_wants_encryption_keys_even_outside_production(tmp_path):
+    result = _manage({"HUB_VAR_DIR": str(tmp_path)}, "check", "--deploy")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "hub.E002" in output and "HUB_ENCRYPTION_KEYS is not set" in output
+    assert "hub.W002" in output

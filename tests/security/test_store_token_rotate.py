@@ -86,3 +86,39 @@ def test_a_token_of_one_store_never_authenticates_as_another(store, client):
     other = StoreFactory()
     response = client.get("/events", HTTP_AUTHORIZATION=f"Bearer {other.token}x")
     assert response.status_code == 401
+
+
+def test_last_used_at_is_written_at_most_once_a_minute(store, client):
+    from events.authentication import LAST_USED_RESOLUTION_SECONDS
+
+    assert _push(client, store.token).status_code == 202
+    first = Store.objects.get(pk=store.pk).last_used_at
+    assert _push(client, store.token).status_code == 202
+    assert Store.objects.get(pk=store.pk).last_used_at == first
+    # Once the resolution has passed, the next request writes it again.
+    long_ago = timezone.now() - timedelta(seconds=LAST_USED_RESOLUTION_SECONDS + 1)
+    Store.objects.filter(pk=store.pk).update(last_used_at=long_ago)
+    assert _push(client, store.token).status_code == 202
+    assert Store.objects.get(pk=store.pk).last_used_at > first
+
+
+def test_token_comparison_is_constant_time(store, monkeypatch):
+    """Both the current and the previous hash go through hmac.compare_digest (timing tells a
+    guesser nothing); the real function still decides."""
+    import hmac
+
+    from events import models as event_models
+
+    compared: list[tuple[str, str]] = []
+    real = hmac.compare_digest
+
+    def recording(a, b):
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(event_models.hmac, "compare_digest", recording)
+    old = store.token
+    store_token_rotate(store=store, grace_seconds=3600)
+    stored = Store.objects.get(pk=store.pk)
+    assert stored.token_matches(old)
+    assert {a for a, _ in compared} == {stored.token_hash, stored.previous_token_hash}

@@ -1,0 +1,18 @@
+"""manage.py reencryptsecrets: after putting a new key first in HUB_ENCRYPTION_KEYS, rewrite every
+stored signing secret under it, so that the old key can be dropped."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand
+
+from routing.services import subscription_secrets_reencrypt
+
+
+class Command(BaseCommand):
+    help = "Re-encrypt subscription signing secrets with the first key of HUB_ENCRYPTION_KEYS."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        count = subscription_secrets_reencrypt()
+        self.stdout.write(f"Re-encrypted the signing secrets of {count} subscription(s) with the newest key.")

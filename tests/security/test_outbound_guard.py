@@ -1,0 +1,267 @@
+"""The SSRF guard on the real delivery path: a subscription aimed at the hub's own network (loopback,
+a name resolving to it, the cloud metadata address) gets a failed attempt that names the blocked
+destination, and the local subscriber listening there receives nothing.
+
+The rest of the suite runs with HUB_ALLOW_PRIVATE_DESTINATIONS on (tests/conftest.py), because its
+subscriber listens on 127.0.0.1; these tests turn the guard back on, in-process and in a worker
+started without the setting at all (the guard is on by default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.utils import timezone
+
+from routing import transport
+from routing.attempts import delivery_attempt
+from routing.models import Delivery, DeliveryState
+from tests.factories import DeliveryFactory, SubscriptionFactory
+from tests.live import Subscriber, Worker, wait_until
+
+GUARDED_QUEUE = "hub-test-guarded"
+
+# (URL template, how the error names the destination, why it is blocked)
+FORBIDDEN = [
+    ("http://127.0.0.1:{port}/guarded", "127.0.0.1", "loopback"),
+    ("http://localhost:{port}/guarded", "localhost (", "loopback"),
+    ("http://[::ffff:127.0.0.1]:{port}/guarded", "::ffff:127.0.0.1", "loopback"),
+    ("http://169.254.169.254/latest/meta-data/", "169.254.169.254", "metadata"),
+]
+
+
+def _pools_drop() -> None:
+    # Pooled keep-alive connections were checked when they were opened; a test that changes the
+    # setting makes the next request dial (and be checked) anew.
+    transport.session_get().close()
+
+
+@pytest.fixture
+def guard_on(settings) -> Iterator[None]:
+    settings.HUB_ALLOW_PRIVATE_DESTINATIONS = False
+    _pools_drop()
+    yield
+    _pools_drop()
+
+
+def _failed_once(delivery: Delivery) -> Delivery:
+    delivery.refresh_from_db()
+    assert delivery.state == DeliveryState.FAILED
+    assert delivery.last_status_code is None
+    return delivery
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("template", "named", "reason"), FORBIDDEN)
+def test_a_delivery_to_a_forbidden_destination_fails_and_reaches_nobody(
+    guard_on, subscriber: Subscriber, template: str, named: str, reason: str
+):
+    subscription = SubscriptionFactory(url=template.format(port=subscriber.port), retry_enabled=False)
+    delivery = DeliveryFactory(subscription=subscription)
+
+    assert delivery_attempt(delivery_id=delivery.pk) == "failed"
+
+    delivery = _failed_once(delivery)
+    [attempt] = delivery.attempts.all()
+    assert not attempt.succeeded and attempt.status_code is None
+    assert attempt.error.startswith("refused by the SSRF guard: ")
+    assert named in attempt.error and reason in attempt.error
+    assert "HUB_ALLOW_PRIVATE_DESTINATIONS" in attempt.error
+    assert delivery.last_error == attempt.error
+    assert subscriber.received() == []
+
+
+@pytest.mark.django_db
+def test_the_same_local_subscriber_is_reached_when_private_destinations_are_allowed(settings, subscriber):
+    """The control for the test above: what blocks it is the guard, not an unreachable subscriber."""
+    settings.HUB_ALLOW_PRIVATE_DESTINATIONS = True
+    subscription = SubscriptionFactory(url=subscriber.url("/guarded"), retry_enabled=False)
+    delivery = DeliveryFactory(subscription=subscription)
+    assert delivery_attempt(delivery_id=delivery.pk) == "delivered"
+    assert len(subscriber.received("/guarded")) == 1
+
+
+@pytest.mark.django_db
+def test_the_metadata_address_stays_refused_when_private_destinations_are_allowed(settings):
+    settings.HUB_ALLOW_PRIVATE_DESTINATIONS = True
+    subscription = SubscriptionFactory(url="http://169.254.169.254/latest/meta-data/", retry_enabled=False)
+    delivery = DeliveryFactory(subscription=subscription)
+    assert delivery_attempt(delivery_id=delivery.pk) == "failed"
+    [attempt] = _failed_once(delivery).attempts.all()
+    assert attempt.error.startswith("refused by the SSRF guard: Delivery to 169.254.169.254 is blocked")
+    assert "never allowed" in attempt.error
+
+
+@pytest.mark.django_db
+def test_a_host_that_does_not_resolve_is_a_connection_failure_not_a_guard_refusal(guard_on):
+    subscription = SubscriptionFactory(url="http://no-such-host.invalid/hook", retry_enabled=False)
+    delivery = DeliveryFactory(subscription=subscription)
+    assert delivery_attempt(delivery_id=delivery.pk) == "failed"
+    [attempt] = _failed_once(delivery).attempts.all()
+    assert attempt.error.startswith("connection failed: The host 'no-such-host.invalid' cannot be resolved")
+
+
+def test_the_delivery_session_is_guarded_and_follows_no_redirects():
+    from routing.netguard import GuardedAdapter
+
+    session = transport.session_new()
+    assert isinstance(session.get_adapter("http://example.com/"), GuardedAdapter)
+    assert isinstance(session.get_adapter("https://example.com/"), GuardedAdapter)
+    assert session.trust_env is False and session.max_redirects == 0
+
+
+def test_a_redirect_to_the_metadata_address_is_recorded_not_followed(settings, subscriber):
+    settings.HUB_ALLOW_PRIVATE_DESTINATIONS = True
+    from tests.live import Reply
+
+    subscriber.program("/moved", Reply(302, json={}, headers={"Location": "http://169.254.169.254/latest/"}))
+    request = transport.request_build(
+        url=subscriber.url("/moved"),
+        message="order:new",
+        message_id="m-1",
+        payload={},
+        parameters=[],
+        webhook_id="evt-1",
+        signing_secret="whsec_" + "a" * 44,
+        token="tok",
+    )
+    result = transport.request_send(request, timeout=5)
+    assert (result.status_code, result.succeeded, result.error) == (302, False, "HTTP 302")
+    assert result.response_headers["location"] == "http://169.254.169.254/latest/"
+    assert [r.path for r in subscriber.received()] == ["/moved"]
+
+
+# --- A real worker with the guard on by default -------------------------------------------------
+
+
+@pytest.fixture
+def guarded_worker(django_db_setup, _test_queue) -> Iterator[Worker]:
+    """A Celery worker whose environment does not mention HUB_ALLOW_PRIVATE_DESTINATIONS at all:
+    the guard is on because that is the default. It listens on a queue of its own."""
+    from django.conf import settings
+
+    from integrator.celery import app
+    from tests.conftest import _worker_env
+
+    env = _worker_env(settings.DATABASES["default"])
+    env.pop("HUB_ALLOW_PRIVATE_DESTINATIONS", None)
+    env["CELERY_QUEUE"] = GUARDED_QUEUE
+    with app.connection_for_write() as conn:
+        try:
+            conn.default_channel.queue_purge(GUARDED_QUEUE)
+        except Exception:  # noqa: BLE001 - a queue that does not exist yet has nothing to purge
+            pass
+    log_path = Path(settings.VAR_DIR) / "test-worker-guarded" / "worker.log"
+    live = Worker(env=env, log_path=log_path, queue=GUARDED_QUEUE).start()
+    yield live
+    live.stop()
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_with_default_settings_refuses_loopback_and_metadata_destinations(guarded_worker, subscriber):
+    from routing.tasks import delivery_attempt_task
+
+    deliveries = [
+        # Marked as enqueued, so that no other worker's sweeper takes them while this one works.
+        DeliveryFactory(
+            subscription=SubscriptionFactory(url=url.format(port=subscriber.port), retry_enabled=False),
+            enqueued_at=timezone.now(),
+        )
+        for url, _named, _reason in FORBIDDEN
+    ]
+    for delivery in deliveries:
+        delivery_attempt_task.apply_async(args=[delivery.pk], queue=GUARDED_QUEUE)
+
+    def all_failed() -> bool:
+        return all(d.state == DeliveryState.FAILED for d in Delivery.objects.filter(pk__in=[d.pk for d in deliveries]))
+
+    wait_until(all_failed, timeout=60, message=f"guarded deliveries failed (log: {guarded_worker.log_path})")
+    for delivery, (_url, named, reason) in zip(deliveries, FORBIDDEN, strict=True):
+        [attempt] = _failed_once(delivery).attempts.all()
+        assert attempt.error.startswith("refused by the SSRF guard: ")
+        assert named in attempt.error and reason in attempt.error
+    assert subscriber.received() == []
+
+
+# --- TLS still verifies the name while the connection is pinned to the checked address ------------
+
+
+@pytest.fixture
+def https_localhost(tmp_path) -> Iterator[tuple[int, Path]]:
+    """An HTTPS server on 127.0.0.1 whose self-signed certificate names only 'localhost'."""
+    import datetime as dt
+    import ssl
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b'{"ok": true}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1], cert_path
+    server.shutdown()
+    server.server_close()
+
+
+def test_tls_verifies_the_host_name_while_the_dial_is_pinned_to_the_checked_address(https_localhost):
+    """Private destinations allowed (the server is local), so the guard resolves 'localhost',
+    checks it and dials 127.0.0.1 itself; the certificate is still checked against 'localhost'."""
+    import requests
+
+    from routing.netguard import session_guard
+
+    port, cert_path = https_localhost
+    session = session_guard(requests.Session(), allow_private=True)
+    # As the delivery session does; it also keeps REQUESTS_CA_BUNDLE from replacing `verify`.
+    session.trust_env = False
+    session.verify = str(cert_path)
+    assert session.post(f"https://localhost:{port}/hook", data=b"{}", timeout=5).json() == {"ok": True}
+    # The same server by its address: the certificate does not name 127.0.0.1, and TLS says so.
+    with pytest.raises(requests.exceptions.SSLError, match="(?i)mismatch"):
+        session.post(f"https://127.0.0.1:{port}/hook", data=b"{}", timeout=5)
