@@ -28,8 +28,8 @@ def broker_switch(url: str, transport_options: dict) -> None:
 
     app.conf.update(broker_url=url, broker_write_url=url, broker_read_url=url)
     app.conf.broker_transport_options = transport_options
-    if app._pool is not None:
-        app._pool.force_close_all()
+    # Forget the pools, without closing them: kombu keeps them in a process-wide registry by URL,
+    # and a closed one would be handed back when the old URL is switched back in.
     app._pool = None
     app.amqp._producer_pool = None
 
