@@ -109,6 +109,8 @@ class Event(models.Model):
         indexes = [
             models.Index(fields=["store", "-id"], name="event_store_recent"),
             models.Index(fields=["status", "created_at"], name="event_status_created"),
+            # The admin finds an event by its message_id from any store.
+            models.Index(fields=["message_id"], name="event_message_id"),
         ]
 
     def __str__(self) -> str:

@@ -170,3 +170,8 @@ def store_token_rotate(*, store: Store, grace_seconds: int | None = None) -> str
     for name in ("token_hash", "token_hint", "previous_token_hash", "previous_token_expires_at"):
         setattr(store, name, getattr(locked, name))
     return token
+
+
+def store_set_active(*, store_id: int, active: bool) -> bool:
+    """Enable or disable a store; a disabled store's pushes are refused. False when nothing changed."""
+    return bool(Store.objects.filter(pk=store_id).exclude(is_active=active).update(is_active=active))

@@ -186,6 +186,8 @@ class Delivery(models.Model):
             models.Index(fields=["state", "next_attempt_at"], name="delivery_due"),
             models.Index(fields=["subscription", "state"], name="delivery_subscription_state"),
             models.Index(fields=["subscription", "resource_key", "id"], name="delivery_resource_order"),
+            # The admin's "failed in the last hour/day": a failed delivery last changed when it failed.
+            models.Index(fields=["state", "updated_at"], name="delivery_state_changed"),
         ]
         verbose_name_plural = "deliveries"
 

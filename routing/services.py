@@ -44,6 +44,7 @@ __all__ = [
     "delivery_retry_now",
     "event_accept",
     "event_status_refresh",
+    "subscription_enable",
     "subscription_secret_rotate",
     "subscription_secrets_reencrypt",
     "subscription_send_test",
@@ -304,6 +305,15 @@ def delivery_replay(*, delivery_id: int) -> Delivery:
         event_status_refresh(event_id=original.event_id)
         transaction.on_commit(lambda: deliveries_enqueue([replay.pk]))
     return replay
+
+
+def subscription_enable(*, subscription_id: int) -> bool:
+    """Turn an endpoint back on; the failure streak that disabled it starts over. Deliveries it
+    missed while disabled are still due, and the sweeper sends them. False when it was already on."""
+    changed = Subscription.objects.filter(pk=subscription_id, is_enabled=False).update(
+        is_enabled=True, disabled_reason="", failing_since=None
+    )
+    return bool(changed)
 
 
 def subscription_send_test(*, subscription_id: int) -> Delivery:

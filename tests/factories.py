@@ -5,7 +5,7 @@ from __future__ import annotations
 import factory
 
 from events.models import Event, Store
-from routing.models import Delivery, Subscription
+from routing.models import Attempt, Delivery, Notification, Subscription
 
 
 class StoreFactory(factory.django.DjangoModelFactory):
@@ -50,4 +50,29 @@ class DeliveryFactory(factory.django.DjangoModelFactory):
 
     event = factory.SubFactory(EventFactory)
     subscription = factory.SubFactory(SubscriptionFactory)
+    resource_key = factory.SelfAttribute("event.resource_key")
+
+
+class AttemptFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Attempt
+
+    delivery = factory.SubFactory(DeliveryFactory)
+    number = factory.Sequence(lambda n: n + 1)
+    request_method = "POST"
+    request_url = factory.SelfAttribute("delivery.subscription.url")
+    status_code = 500
+    latency_ms = 12
+    response_body = '{"error": "boom"}'
+
+
+class NotificationFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Notification
+
+    delivery = factory.SubFactory(DeliveryFactory)
+    event = factory.SelfAttribute("delivery.event")
+    subscription = factory.SelfAttribute("delivery.subscription")
+    level = "info"
+    subject = "Order imported"
     resource_key = factory.SelfAttribute("event.resource_key")

@@ -1,0 +1,11 @@
+"""The hub's admin: the front page is a dashboard of the delivery queue; events, deliveries and
+subscriptions are registered by the modules below (stores in events/admin.py)."""
+
+from django.contrib import admin
+
+from routing.admin import deliveries, events, subscriptions  # noqa: F401 - importing registers them
+
+admin.site.site_header = "Hub admin"
+admin.site.site_title = "Hub admin"
+admin.site.index_title = "Dashboard"
+admin.site.index_template = "admin/hub_index.html"
