@@ -92,6 +92,7 @@ def test_database_down_api_answers_503_json_and_workers_resume(proxied_hub, subs
 
     status, _, body = hub.call("POST", "/events", store.token, {"message": "order:new", "payload": {"order": {}}})
     assert status == 202, body
+    subscriber.wait_for("/erp", 1)  # so that the second event meets the programmed 500
     # The second event's first attempt fails; its retry is due while the database is away.
     status, _, body = hub.call("POST", "/events", store.token, {"message": "order:updated", "payload": {"n": 2}})
     assert status == 202, body

@@ -95,4 +95,3 @@ def test_flood_with_random_failures_keeps_each_order_in_order_and_acknowledges_o
     # The hub's own record agrees: one successful attempt per delivery, nothing left open.
     assert Delivery.objects.exclude(state="delivered").count() == 0
     assert Attempt.objects.filter(succeeded=True).count() == total * len(PATHS)
-    assert set(Delivery.objects.values_list("attempts__succeeded", flat=True)) >= {True}
