@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -300,6 +301,9 @@ def main() -> int:
 
         connections.close_all()
         database_drop(base_url, dropped)
+        shutil.rmtree(env["HUB_VAR_DIR"], ignore_errors=True)
+        if database_url.startswith("sqlite:"):
+            shutil.rmtree(Path(database_url.removeprefix("sqlite:///")).parent, ignore_errors=True)
 
 
 if __name__ == "__main__":
