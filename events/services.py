@@ -119,11 +119,9 @@ def event_ingest(
     Must run inside the caller's transaction when routing has to be atomic with it; the insert
     itself sits in a savepoint so a duplicate does not poison that transaction.
     """
-    if envelope.message_id is not None and store is not None:
-        existing = Event.objects.filter(store=store, message_id=envelope.message_id).first()
-        if existing is not None:
-            return IngestResult(existing, created=False)
-
+    # No look-up first: the insert itself finds a repeated (store, message_id) through the unique
+    # constraint, which saves a round trip on every new event (the common case) and is the only
+    # check that holds under concurrent pushes anyway.
     event = Event(
         store=store,
         message=envelope.message,
@@ -139,7 +137,8 @@ def event_ingest(
         with transaction.atomic():
             event.save(force_insert=True)
     except IntegrityError:
-        # A concurrent push of the same message_id won the race: answer with its event.
+        # A repeated message_id (pushed earlier, or concurrently by a push that won the race):
+        # answer with the first event.
         existing = Event.objects.filter(store=store, message_id=event.message_id).first()
         if existing is None:
             raise

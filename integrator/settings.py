@@ -96,7 +96,9 @@ MIDDLEWARE = [
     "integrator.metrics.IngestMetricsMiddleware",
 ]
 
-ROOT_URLCONF = "integrator.urls"
+# The benchmark (bench/run) serves a bare baseline view next to the hub's; never on otherwise.
+HUB_BENCH_BASELINE = _env_bool("HUB_BENCH_BASELINE", False) and not IS_PRODUCTION
+ROOT_URLCONF = "bench.urls" if HUB_BENCH_BASELINE else "integrator.urls"
 WSGI_APPLICATION = "integrator.wsgi.application"
 APPEND_SLASH = False
 
@@ -181,6 +183,14 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 4
+# Celery's Django fix-up closes the database connection before and after every task unless this
+# is set, so each delivery paid for a new PostgreSQL connection (a backend process forked per
+# task: docs/performance.md). With it, a worker process keeps its connection; integrator/celery.py
+# still drops one that broke or outlived DB_CONN_MAX_AGE, as Django does between web requests.
+CELERY_DB_REUSE_MAX = _env_int("CELERY_DB_REUSE_MAX", 1000)
+# Worker transactions commit without waiting for the disk (integrator/celery.py says why that keeps
+# at-least-once delivery); ingest in the web process always waits. "false" makes the worker wait too.
+HUB_WORKER_ASYNC_COMMIT = _env_bool("HUB_WORKER_ASYNC_COMMIT", True)
 CELERY_TASK_TIME_LIMIT = 300
 CELERY_TASK_SOFT_TIME_LIMIT = 240
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

@@ -86,3 +86,20 @@ def test_malformed_batch_json_is_400_with_line_and_column(api):
     response = api.post("/events/batch", data='[{"message": "order:new",}]', content_type="application/json")
     assert response.status_code == 400
     assert (response.json()["line"], response.json()["column"]) == (1, 25)  # the trailing comma
+
+
+@pytest.mark.django_db(transaction=True)
+def test_batch_is_stored_in_one_transaction(api):
+    """One durable commit for the whole batch (docs/performance.md): each envelope still succeeds
+    or fails on its own inside it."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        response = api.post("/events/batch", mixed_batch(), format="json")
+
+    assert response.status_code == 200, response.content
+    assert (response.json()["accepted"], response.json()["duplicates"]) == (2, 1)
+    commits = [q["sql"] for q in queries.captured_queries if q["sql"].upper().startswith("COMMIT")]
+    assert len(commits) == 1
+    assert sorted(Event.objects.values_list("message_id", flat=True)) == ["b-1", "b-2"]

@@ -1,0 +1,432 @@
+"""The measurements: each phase loads the running stack and adds rows to the table."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import load
+from bench.data import events_fill, events_truncate
+from bench.plan import HOST, SEED, Plan, Row
+from bench.stack import Processes, RssSampler, children, free_port, log, wait_for
+
+
+class Bench:
+    def __init__(self, plan: Plan, env: dict[str, str], profile_dir: Path | None = None) -> None:
+        self.plan = plan
+        self.profile_dir = profile_dir
+        self.env = env
+        self.var = Path(env["HUB_VAR_DIR"])
+        self.procs = Processes(env, self.var)
+        self.web_port = free_port()
+        self.sub_port = free_port()
+        self.rss = RssSampler()
+        self.rows: list[Row] = []
+        self.numbers = itertools.count(1)
+        seed = json.loads(SEED.read_text())
+        self.seed_body = json.dumps(seed, separators=(",", ":")).encode()
+        self.python = sys.executable
+        self.bin = Path(sys.executable).parent
+
+    # envelopes ----------------------------------------------------------------------------
+    def envelope(self, tag: str, number: int) -> bytes:
+        # A unique message_id per event: the hub checks it for duplicates, as it would for a real store.
+        return b'{"message_id":"%s-%d",' % (tag.encode(), number) + self.seed_body[1:]
+
+    def single(self, tag: str) -> load.RequestFn:
+        return lambda n: ("/events", self.envelope(tag, n))
+
+    def batch(self, tag: str, path: str = "/events/batch") -> load.RequestFn:
+        size = self.plan.batch_size
+        return lambda n: (path, b"[" + b",".join(self.envelope(tag, n * size + i) for i in range(size)) + b"]")
+
+    # setup ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        from events.models import Store
+
+        store = Store(name="bench")
+        self.token = store.token_set_new()
+        store.save()
+        self.headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"}
+        self.procs.start("subscriber", [self.python, "-m", "bench.subscriber", "--port", str(self.sub_port)])
+        web = self.procs.start(
+            "web",
+            [
+                str(self.bin / "gunicorn"),
+                "integrator.wsgi:application",
+                "--config",
+                "gunicorn.conf.py",
+                "--bind",
+                f"{HOST}:{self.web_port}",
+                "--workers",
+                str(self.plan.web_workers),
+                "--access-logfile",
+                "-",
+                "--graceful-timeout",
+                "10",
+            ],
+        )
+
+        def up() -> bool:
+            self.procs.check("web")
+            self.procs.check("subscriber")
+            try:
+                web_ok = asyncio.run(load.get(HOST, self.web_port, "/healthz")).status == 200
+                sub_ok = asyncio.run(load.get(HOST, self.sub_port, "/stats")).status == 200
+            except OSError:
+                return False
+            return web_ok and sub_ok
+
+        wait_for(up, 60, "gunicorn and the subscriber", interval=0.2)
+        self.rss.watch("web", web.pid)
+        self.rss.start()
+
+    def worker_start(self) -> None:
+        worker = self.procs.start(
+            "worker",
+            [
+                str(self.bin / "celery"),
+                "-A",
+                "integrator",
+                "worker",
+                "--beat",
+                "--schedule",
+                str(self.var / "celerybeat-schedule"),
+                "-Q",
+                self.env["CELERY_QUEUE"],
+                "--concurrency",
+                str(self.plan.worker_concurrency),
+                "--pool",
+                os.environ.get("WORKER_POOL", "prefork"),
+                "--loglevel",
+                self.env["LOG_LEVEL"],
+            ],
+        )
+
+        def ready() -> bool:
+            self.procs.check("worker")
+            return "ready." in self.procs.log_text("worker")
+
+        wait_for(ready, 60, "the Celery worker", interval=0.2)
+        self.rss.watch("worker", worker.pid)
+
+    def profile(self, role: str, seconds: float) -> list[subprocess.Popen[bytes]]:
+        """py-spy on every serving process of a role, idle frames included: a web worker waiting on
+        PostgreSQL's commit is exactly what the profile must show."""
+        if self.profile_dir is None:
+            return []
+        self.profile_dir.mkdir(parents=True, exist_ok=True)
+        parent = self.rss.roles[role]
+        pids = children(parent) if role == "web" else [parent, *children(parent)]
+        return [
+            subprocess.Popen(
+                [str(self.bin / "py-spy"), "record", "--idle", "--nonblocking", "--format", "raw",
+                 "--duration", str(int(seconds)), "--pid", str(pid),
+                 "--output", str(self.profile_dir / f"{role}-{pid}.txt")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            for pid in pids
+        ]
+
+    def subscriber_stats(self) -> dict[str, Any]:
+        return json.loads(asyncio.run(load.get(HOST, self.sub_port, "/stats")).body)
+
+    def subscriber_reset(self) -> None:
+        asyncio.run(self._post(self.sub_port, "/reset", b""))
+
+    async def _post(self, port: int, path: str, body: bytes, headers: dict[str, str] | None = None) -> load.Response:
+        conn = load.Connection(HOST, port)
+        try:
+            return await conn.request("POST", path, body, headers or {"Content-Type": "application/json"})
+        finally:
+            await conn.close()
+
+    def closed(self, port: int, make: load.RequestFn, *, seconds: float | None = None, **kw: Any) -> load.LoadResult:
+        kw.setdefault("concurrency", self.plan.concurrency)
+        kw.setdefault("headers", self.headers)
+        # One numbering for the whole run, so that no two requests ever carry the same message_id
+        # (a repeat would be answered as a duplicate, which is cheaper and not what is measured).
+        numbers = self.numbers
+        result = asyncio.run(
+            load.closed_loop(
+                host=HOST,
+                port=port,
+                make=lambda _: make(next(numbers)),
+                seconds=seconds or self.plan.seconds,
+                warmup=self.plan.warmup,
+                **kw,
+            )
+        )
+        if result.errors or not result.requests:
+            raise SystemExit(f"bench: {result.errors} errors of {result.requests} requests: {result.statuses}")
+        return result
+
+    def interleaved(
+        self, first: load.RequestFn, second: load.RequestFn, *, seconds: float | None = None, **kw: Any
+    ) -> tuple[load.LoadResult, load.LoadResult]:
+        """Baseline and hub in alternating slices: on a machine shared with others, both then see the
+        same background load, which is what keeps their ratio steady from run to run."""
+        rounds = self.plan.rounds
+        slice_seconds = (seconds or self.plan.seconds) / rounds
+        results: tuple[load.LoadResult, load.LoadResult] = (load.LoadResult(), load.LoadResult())
+        for _ in range(rounds):
+            for make, total in zip((first, second), results, strict=True):
+                part = self.closed(self.web_port, make, seconds=slice_seconds, **kw)
+                total.requests += part.requests
+                total.seconds += part.seconds
+                total.latencies += part.latencies
+                total.bodies += part.bodies
+                for status, count in part.statuses.items():
+                    total.statuses[status] = total.statuses.get(status, 0) + count
+        return results
+
+    def add(self, *args: Any, **kwargs: Any) -> Row:
+        row = Row(*args, **kwargs)
+        self.rows.append(row)
+        log(f"{row.figure}: {row.value:.1f} {row.unit} (baseline {row.baseline:.1f}, x{row.ratio:.2f})")
+        return row
+
+    # phases --------------------------------------------------------------------------------
+    def ingest(self) -> None:
+        log("ingest: bare DRF baseline, then POST /events")
+        profilers = self.profile("web", 2 * (self.plan.warmup + self.plan.seconds))
+        bare, hub = self.interleaved(lambda n: ("/bench/bare", self.envelope("bare", n)), self.single("single"))
+        for profiler in profilers:
+            profiler.wait()
+        if set(hub.statuses) != {202}:
+            raise SystemExit(f"bench: POST /events answered {hub.statuses}, expected only 202 (new events)")
+        self.bare = bare
+        self.add("ingest_rate", "Single ingest (events/s)", hub.rate, "/s", bare.rate, "bare DRF req/s",
+                 ">= 0.4x bare", hub.rate >= 0.4 * bare.rate)
+        self.add("ingest_p50", "Single ingest p50 (ms)", hub.percentile(50), "ms", bare.percentile(50),
+                 "bare DRF p50")
+        self.add("ingest_p99", "Single ingest p99 (ms)", hub.percentile(99), "ms", bare.percentile(99),
+                 "bare DRF p99", "<= 50 ms", hub.percentile(99) <= 50)
+
+    def batch_ingest(self) -> None:
+        log("batch: bare DRF with the same batch body, then POST /events/batch")
+        size = self.plan.batch_size
+        bare_batch, hub_batch = self.interleaved(
+            self.batch("barebatch", "/bench/bare"), self.batch("batch"), keep_bodies=True
+        )
+        accepted = sum(json.loads(body)["accepted"] for body in hub_batch.bodies)
+        if accepted != hub_batch.requests * size:
+            raise SystemExit(f"bench: batch accepted {accepted} of {hub_batch.requests * size} events")
+        rate = hub_batch.rate * size
+        self.add("batch_rate", f"Batch ingest, {size}/request (events/s)", rate, "/s", bare_batch.rate * size,
+                 "bare DRF events/s", ">= 5000/s", rate >= 5000)
+
+    def subscription(self, name: str, path: str) -> Any:
+        from routing.models import Subscription
+
+        return Subscription.objects.create(
+            name=name, url=f"http://{HOST}:{self.sub_port}{path}", message_types=["order:new"]
+        )
+
+    def push_backlog(self, count: int) -> None:
+        size = self.plan.batch_size
+        make = self.batch("backlog")
+        done = 0
+
+        async def push() -> None:
+            nonlocal done
+            conn = load.Connection(HOST, self.web_port)
+            number = 0
+            while done < count:
+                path, body = make(number)
+                number += 1
+                response = await conn.request("POST", path, body, self.headers)
+                if response.status != 200:
+                    raise SystemExit(f"bench: backlog push answered {response.status}: {response.body[:300]!r}")
+                done += size
+            await conn.close()
+
+        asyncio.run(push())
+        self.backlog = done
+
+    def delivery(self) -> None:
+        log("delivery: baseline = the subscriber hit directly")
+        signed_like = self.envelope("direct", 0)
+        direct = self.closed(
+            self.sub_port,
+            lambda n: ("/direct", signed_like),
+            concurrency=self.plan.worker_concurrency,
+            headers={"Content-Type": "application/json"},
+        )
+        self.direct = direct
+        self.delivery_subscription = self.subscription("bench-delivery", "/d")
+        log(f"delivery: {self.plan.delivery_count} deliveries queued before the worker starts")
+        self.push_backlog(self.plan.delivery_count)
+        self.subscriber_reset()
+        self.worker_start()
+        expected = self.backlog
+        profilers = self.profile("worker", 10)
+        wait_for(lambda: self.subscriber_stats()["count"] >= expected, 300, f"{expected} deliveries", 0.5)
+        for profiler in profilers:
+            profiler.wait()
+        times = sorted(self.subscriber_stats()["received"].values())
+        rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
+        self.deliveries_settled()
+        self.add("delivery_rate", "Delivery (deliveries/s)", rate, "/s", direct.rate,
+                 f"subscriber direct req/s ({self.plan.worker_concurrency} clients)", ">= 1000/s", rate >= 1000)
+
+    def deliveries_settled(self) -> None:
+        from routing.models import Delivery, DeliveryState
+
+        def settled() -> bool:
+            return not Delivery.objects.exclude(state=DeliveryState.DELIVERED).exists()
+
+        wait_for(settled, 60, "every delivery recorded as delivered", 0.2)
+
+    def e2e(self) -> None:
+        # The target's rate, and a lighter one that shows the pipeline's own latency when neither
+        # the web nor the worker is near its capacity.
+        light_rate = self.plan.e2e_light_rate
+        self.e2e_at(light_rate, "e2e_light", None)
+        self.e2e_at(self.plan.e2e_rate, "e2e", 20)
+
+    def e2e_at(self, rate: float, key: str, target_ms: float | None) -> None:
+        seconds = self.plan.e2e_seconds
+        log(f"e2e: {rate:g} events/s for {seconds:g}s; baseline = bare DRF p50 + subscriber p50 at that rate")
+
+        def steady(port: int, path: str, headers: dict[str, str]) -> load.LoadResult:
+            return asyncio.run(
+                load.open_loop(
+                    host=HOST, port=port, make=lambda n: (path, self.envelope(f"{key}-base", n)), headers=headers,
+                    rate=rate, seconds=max(1.0, seconds / 2),
+                )
+            )
+
+        bare = steady(self.web_port, "/bench/bare", self.headers)
+        direct = steady(self.sub_port, "/direct", {"Content-Type": "application/json"})
+        baseline_p50 = bare.percentile(50) + direct.percentile(50)
+        baseline_p99 = bare.percentile(99) + direct.percentile(99)
+        self.subscriber_reset()
+        sent: dict[str, float] = {}
+
+        def on_sent(wall: float, response: load.Response) -> None:
+            sent[json.loads(response.body)["event_id"] + "|/d"] = wall
+
+        asyncio.run(
+            load.open_loop(
+                host=HOST, port=self.web_port, make=self.single(key), headers=self.headers, rate=rate,
+                seconds=seconds, on_sent=on_sent,
+            )
+        )
+        wait_for(lambda: set(sent) <= set(self.subscriber_stats()["received"]), 120, "every e2e event delivered", 0.2)
+        received = self.subscriber_stats()["received"]
+        result = load.LoadResult(latencies=[received[k] - wall for k, wall in sent.items()])
+        p50, p99 = result.percentile(50), result.percentile(99)
+        self.add(f"{key}_p50", f"End-to-end p50 at {rate:g} ev/s (ms)", p50, "ms", baseline_p50,
+                 "bare p50 + subscriber p50", f"<= {target_ms:g} ms" if target_ms else "",
+                 p50 <= target_ms if target_ms else None)
+        self.add(f"{key}_p99", f"End-to-end p99 at {rate:g} ev/s (ms)", p99, "ms", baseline_p99,
+                 "bare p99 + subscriber p99")
+
+    def fanout(self) -> None:
+        from routing.models import Subscription
+
+        count = self.plan.fanout_subscriptions
+        log(f"fan-out: one event to {count} subscriptions, {self.plan.fanout_events} times")
+        Subscription.objects.update(is_enabled=False)
+        for index in range(count):
+            self.subscription(f"bench-fanout-{index}", f"/f/{index}")
+        # Baseline: the same number of requests straight to the subscriber, as many at a time as
+        # the worker has processes.
+        signed_like = self.envelope("direct", 0)
+        baseline_times = []
+        for _ in range(self.plan.fanout_events):
+            started = time.perf_counter()
+            asyncio.run(self._burst(count, signed_like))
+            baseline_times.append(time.perf_counter() - started)
+        times = []
+        for number in range(self.plan.fanout_events):
+            self.subscriber_reset()
+            wall = time.time()
+            response = asyncio.run(self._post(self.web_port, "/events", self.envelope("fanout", number), self.headers))
+            assert response.status == 202, response.body
+            wait_for(lambda: self.subscriber_stats()["count"] >= count, 60, "fan-out deliveries", 0.01)
+            times.append(max(self.subscriber_stats()["received"].values()) - wall)
+        hub_ms = load.LoadResult(latencies=times).percentile(50)
+        base_ms = load.LoadResult(latencies=baseline_times).percentile(50)
+        self.add("fanout_ms", f"Fan-out 1 event to {count} subscriptions, p50 (ms to last)", hub_ms, "ms", base_ms,
+                 f"{count} direct sends")
+        self.deliveries_settled()
+        Subscription.objects.update(is_enabled=False)
+
+    async def _burst(self, count: int, body: bytes) -> None:
+        remaining = count
+
+        async def client() -> None:
+            nonlocal remaining
+            conn = load.Connection(HOST, self.sub_port)
+            while remaining > 0:
+                remaining -= 1
+                await conn.request("POST", "/direct", body, {"Content-Type": "application/json"})
+            await conn.close()
+
+        await asyncio.gather(*(client() for _ in range(self.plan.worker_concurrency)))
+
+    def stored(self) -> None:
+        from events.models import Event
+
+        small, large = self.plan.stored_small, self.plan.stored_large
+        log(f"stored: ingest with {small:,} events stored, then with {large:,}")
+        bare = lambda n: ("/bench/bare", self.envelope("bare", n))  # noqa: E731 - one line, used twice
+        seconds = self.plan.stored_seconds
+        events_truncate()
+        events_fill(Event.objects.count(), small)
+        bare_small, at_small = self.interleaved(bare, self.single("small"), seconds=seconds)
+        started = time.monotonic()
+        events_fill(Event.objects.count(), large)
+        log(f"stored: filled to {Event.objects.count():,} events in {time.monotonic() - started:.0f}s")
+        bare_large, at_large = self.interleaved(bare, self.single("large"), seconds=seconds)
+        # The two are measured a minute apart, and the other users of a shared machine do not hold
+        # still for a minute: each is taken relative to the bare view measured alongside it, so the
+        # comparison is of the hub's share, not of the neighbours' mood. Baseline = the 10k rate
+        # scaled by how much faster or slower the bare view ran during the 1M measurement.
+        expected = at_small.rate * bare_large.rate / bare_small.rate
+        self.add("stored_small", f"Ingest with {small:,} stored (events/s)", at_small.rate, "/s", bare_small.rate,
+                 "bare DRF req/s, same slices")
+        self.add("stored_large", f"Ingest with {large:,} stored (events/s)", at_large.rate, "/s", expected,
+                 f"{small:,}-stored rate, load-adjusted", ">= 0.9x", at_large.rate >= 0.9 * expected)
+
+    def memory(self) -> None:
+        self.rss.sample()
+        for role, name in (("web", "Web (gunicorn worker)"), ("worker", "Celery worker process")):
+            peak = self.rss.peak.get(role, 0.0)
+            self.add(f"rss_{role}", f"{name} peak RSS (MB)", peak, "MB", self.rss.idle.get(role, 0.0),
+                     "same, idle after start", "<= 200 MB", peak <= 200)
+
+    def run(self, only: set[str]) -> list[Row]:
+        phases = {
+            "ingest": self.ingest,
+            "batch": self.batch_ingest,
+            "delivery": self.delivery,
+            "e2e": self.e2e,
+            "fanout": self.fanout,
+            "stored": self.stored,
+            "memory": self.memory,
+        }
+        # e2e and fan-out need the worker and subscription the delivery phase starts; stored
+        # compares with the bare baseline of the ingest phase.
+        if only & {"e2e", "fanout"}:
+            only.add("delivery")
+        if "stored" in only:
+            only.add("ingest")
+        try:
+            self.start()
+            for name, phase in phases.items():
+                if not only or name in only:
+                    phase()
+        finally:
+            self.rss.stopping.set()
+            self.procs.stop_all()
+        return self.rows

@@ -1,0 +1,87 @@
+"""What a run measures and how long: the full plan and the smoke plan, and one row of the table."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED = ROOT / "tests" / "fixtures" / "seeds" / "001_order_new.json"
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Plan:
+    warmup: float
+    seconds: float
+    rounds: int
+    concurrency: int
+    batch_size: int
+    delivery_count: int
+    e2e_rate: float
+    e2e_light_rate: float
+    e2e_seconds: float
+    fanout_events: int
+    fanout_subscriptions: int
+    stored_small: int
+    stored_large: int
+    stored_seconds: float
+    web_workers: int
+    worker_concurrency: int
+
+
+FULL = Plan(
+    warmup=0.5,
+    seconds=10,
+    rounds=5,
+    concurrency=4,
+    # 425 object keys per seed event; 20 of them stay under HUB_MAX_JSON_KEYS (10,000) per body.
+    batch_size=20,
+    delivery_count=3000,
+    e2e_rate=100,
+    e2e_light_rate=20,
+    e2e_seconds=10,
+    fanout_events=10,
+    fanout_subscriptions=20,
+    stored_small=10_000,
+    stored_large=1_000_000,
+    stored_seconds=8,
+    web_workers=int(os.environ.get("WEB_CONCURRENCY") or 2),
+    worker_concurrency=int(os.environ.get("WORKER_CONCURRENCY") or 4),
+)
+# A few seconds of everything, so that tests/bench can check that the benchmark still runs.
+SMOKE = Plan(
+    warmup=0.2,
+    seconds=1,
+    rounds=1,
+    concurrency=2,
+    batch_size=5,
+    delivery_count=30,
+    e2e_rate=20,
+    e2e_light_rate=10,
+    e2e_seconds=1,
+    fanout_events=2,
+    fanout_subscriptions=20,
+    stored_small=100,
+    stored_large=1000,
+    stored_seconds=0.5,
+    web_workers=2,
+    worker_concurrency=2,
+)
+
+
+@dataclass
+class Row:
+    key: str
+    figure: str
+    value: float
+    unit: str
+    baseline: float
+    baseline_name: str
+    target: str = ""
+    met: bool | None = None
+
+    @property
+    def ratio(self) -> float:
+        return self.value / self.baseline if self.baseline else 0.0

@@ -1,0 +1,93 @@
+"""A cheap local subscriber: an asyncio HTTP/1.1 server (keep-alive) that answers every request at
+once with 200 `{}` and notes when each webhook-id arrived.
+
+`GET /stats` returns {"count": n, "received": {webhook_id: unix_time, ...}} and `POST /reset`
+forgets them, so the benchmark can time deliveries and end-to-end latency without a database.
+Run it as `python -m bench.subscriber --port N`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+
+REPLY = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+
+
+class SubscriberState:
+    def __init__(self) -> None:
+        self.count = 0
+        self.received: dict[str, float] = {}
+
+    def note(self, headers: dict[bytes, bytes]) -> None:
+        self.count += 1
+        webhook_id = headers.get(b"webhook-id")
+        if webhook_id is not None:
+            # The first arrival counts; a repeat (at-least-once) is not a new delivery.
+            self.received.setdefault(webhook_id.decode() + "|" + headers.get(b":path", b"").decode(), time.time())
+
+
+class SubscriberProtocol(asyncio.Protocol):
+    def __init__(self, state: SubscriberState) -> None:
+        self.state = state
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.buffer[:end].split(b"\r\n")
+            headers: dict[bytes, bytes] = {}
+            for line in head[1:]:
+                name, _, value = line.partition(b":")
+                headers[name.strip().lower()] = value.strip()
+            length = int(headers.get(b"content-length", b"0"))
+            if len(self.buffer) < end + 4 + length:
+                return
+            self.buffer = self.buffer[end + 4 + length :]
+            method, path = head[0].split(b" ")[:2]
+            assert self.transport is not None
+            if path == b"/stats":
+                body = json.dumps({"count": self.state.count, "received": self.state.received}).encode()
+                self.transport.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                    % (len(body), body)
+                )
+            elif path == b"/reset":
+                self.state.count = 0
+                self.state.received.clear()
+                self.transport.write(REPLY)
+            else:
+                headers[b":path"] = path
+                self.state.note(headers)
+                self.transport.write(REPLY)
+
+
+async def subscriber_serve(port: int) -> None:
+    state = SubscriberState()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SubscriberProtocol(state), "127.0.0.1", port, backlog=1024)
+    async with server:
+        await server.serve_forever()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    try:
+        asyncio.run(subscriber_serve(args.port))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
