@@ -10,17 +10,17 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from events.models import Event, EventStatus, Store
 from events.services import Envelope, IngestResult, event_ingest
 from routing import matching
-from routing.attempts import delivery_attempt, event_status_refresh
+from routing.attempts import delivery_attempt, event_status_refresh, subscription_max_in_flight
 from routing.models import (
     DELIVERY_OPEN_STATES,
     DELIVERY_ORDER_HOLDING_STATES,
@@ -235,13 +235,43 @@ def deliveries_sweep() -> SweepResult:
         Delivery.objects.filter(state__in=DELIVERY_OPEN_STATES, next_attempt_at__lte=now, subscription__is_enabled=True)
         .filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=lost_before))
         .filter(~_earlier_of_same_resource_open())
-        .order_by("next_attempt_at", "id")
-        .values_list("id", flat=True)[: settings.HUB_SWEEP_BATCH_SIZE]
     )
-    published = deliveries_enqueue(list(due))
+    published = deliveries_enqueue(_due_within_limits(due, now=now))
     if reclaimed or published:
         logger.info("sweep", extra={"reclaimed": reclaimed, "enqueued": len(published)})
     return SweepResult(reclaimed=reclaimed, enqueued=len(published))
+
+
+def _due_within_limits(due: QuerySet[Delivery], *, now: datetime) -> list[int]:
+    """The due deliveries to enqueue, endpoint by endpoint: an endpoint with an in-flight limit gets
+    only as many as it has free slots, so that one dead endpoint's backlog neither bounces off its
+    limit at every sweep nor fills the batch ahead of every other endpoint's deliveries."""
+    batch = settings.HUB_SWEEP_BATCH_SIZE
+    subscription_ids = list(due.order_by().values_list("subscription_id", flat=True).distinct())
+    if not subscription_ids:
+        return []
+    limits = {
+        sub.pk: subscription_max_in_flight(sub)
+        for sub in Subscription.objects.filter(pk__in=subscription_ids).only("id", "max_in_flight")
+    }
+    busy = dict(
+        Delivery.objects.filter(
+            subscription_id__in=[pk for pk, limit in limits.items() if limit],
+            state=DeliveryState.DELIVERING,
+            lease_expires_at__gt=now,
+        )
+        .values_list("subscription_id")
+        .annotate(n=Count("id"))
+        .values_list("subscription_id", "n")
+    )
+    picked: list[tuple[datetime, int]] = []
+    for subscription_id in subscription_ids:
+        limit = limits.get(subscription_id, 0)
+        room = max(limit - busy.get(subscription_id, 0), 0) if limit else batch
+        if room:
+            rows = due.filter(subscription_id=subscription_id).order_by("next_attempt_at", "id")
+            picked += [(at, pk) for pk, at in rows.values_list("id", "next_attempt_at")[: min(room, batch)]]
+    return [pk for _, pk in sorted(picked)[:batch]]
 
 
 def delivery_retry_now(*, delivery_id: int) -> bool:

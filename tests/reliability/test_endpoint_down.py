@@ -37,7 +37,7 @@ def test_subscriber_down_then_up_gets_everything_in_order(hub_worker, api, deliv
 @pytest.mark.django_db
 def test_endpoint_disabled_after_failing_too_long_keeps_its_deliveries_resendable(subscriber, settings):
     settings.HUB_SUBSCRIPTION_DISABLE_AFTER_SECONDS = 0  # "failed for too long" from the first failure
-    sub = SubscriptionFactory(url=subscriber.url("/broken"), retry_schedule=[0, 0])
+    sub = SubscriptionFactory(url=subscriber.url("/broken"), retry_schedule=[0, 0], max_in_flight=0)
     subscriber.program("/broken", Reply.error(500), Reply.ok())
     deliveries = [
         DeliveryFactory(subscription=sub, event=EventFactory(payload={"n": n}, resource_key=None)) for n in range(3)

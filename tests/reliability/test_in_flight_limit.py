@@ -11,8 +11,9 @@ import pytest
 from django.utils import timezone
 
 from routing.models import Attempt, Delivery
-from routing.services import deliveries_release, delivery_attempt
+from routing.services import deliveries_release, deliveries_sweep, delivery_attempt
 from tests.factories import DeliveryFactory, EventFactory, SubscriptionFactory
+from tests.live import wait_until
 from tests.reliability.conftest import deliveries_settle, push
 
 
@@ -64,6 +65,27 @@ def test_the_hub_default_applies_and_zero_means_no_limit(subscriber, settings):
     assert delivery_attempt(delivery_id=unordered_delivery(unlimited, 2).pk) == "delivered"
 
 
+@pytest.mark.django_db
+def test_the_sweeper_gives_a_limited_endpoint_only_its_free_slots_and_the_others_their_turn(settings):
+    settings.HUB_SWEEP_BATCH_SIZE = 3
+    dead = SubscriptionFactory(max_in_flight=2)
+    healthy = SubscriptionFactory(max_in_flight=0)
+    earlier = timezone.now() - timedelta(minutes=5)
+    busy = unordered_delivery(dead, 0)
+    Delivery.objects.filter(pk=busy.pk).update(
+        state="delivering", attempt_count=1, lease_expires_at=timezone.now() + timedelta(minutes=1)
+    )
+    backlog = [unordered_delivery(dead, n) for n in range(1, 6)]
+    Delivery.objects.filter(pk__in=[d.pk for d in backlog]).update(next_attempt_at=earlier)  # oldest first
+    others = [unordered_delivery(healthy, n) for n in range(2)]
+
+    result = deliveries_sweep()
+    enqueued = set(Delivery.objects.filter(enqueued_at__isnull=False).values_list("id", flat=True))
+    # One free slot on the dead endpoint: its oldest; the batch's rest goes to the healthy endpoint.
+    assert result.enqueued == 3
+    assert enqueued == {backlog[0].pk, others[0].pk, others[1].pk}
+
+
 class DeadEndpoint:
     """Accepts connections and never answers: the worst endpoint, one that costs a full timeout."""
 
@@ -106,13 +128,16 @@ def test_a_dead_endpoint_never_starves_the_others(hub_worker, subscriber, api, d
         assert len(subscriber.received("/fast")) == 30
         # The dead endpoint got its attempts, each cut at its timeout, never two at once.
         assert Delivery.objects.filter(subscription=slow, state="delivered").count() == 0
-        attempts = list(
-            Attempt.objects.filter(delivery__subscription=slow)
-            .exclude(request_method="")
-            .order_by("started_at")
-            .values_list("started_at", "latency_ms", "error")
-        )
-        assert attempts and all("timed out" in error for _, _, error in attempts)
+        def dead_attempts() -> list[tuple]:
+            return list(
+                Attempt.objects.filter(delivery__subscription=slow)
+                .exclude(request_method="")
+                .order_by("started_at")
+                .values_list("started_at", "latency_ms", "error")
+            )
+
+        attempts = wait_until(lambda: len(dead_attempts()) >= 3 and dead_attempts(), 30, message="dead attempts")
+        assert all("timed out" in error for _, _, error in attempts)
         for (start, latency, _), (next_start, _, _) in zip(attempts, attempts[1:], strict=False):
             assert start + timedelta(milliseconds=latency) <= next_start
     finally:
