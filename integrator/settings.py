@@ -229,12 +229,44 @@ HUB_SWEEP_INTERVAL_SECONDS = _env_float("HUB_SWEEP_INTERVAL_SECONDS", 30)
 # A due delivery enqueued longer ago than this without being taken is assumed lost by the broker.
 HUB_SWEEP_LOST_AFTER_SECONDS = _env_float("HUB_SWEEP_LOST_AFTER_SECONDS", 300)
 HUB_SWEEP_BATCH_SIZE = _env_int("HUB_SWEEP_BATCH_SIZE", 1000)
+
+# --- Reliability (docs/reliability.md) ------------------------------------------------------
+# Deliveries on the wire to one endpoint at once (a subscription may set its own; 0 = no limit).
+# Keep it below the workers' total concurrency: a slow endpoint then holds at most this many slots.
+HUB_SUBSCRIPTION_MAX_IN_FLIGHT = _env_int("HUB_SUBSCRIPTION_MAX_IN_FLIGHT", 2)
+# Where a message's resource key is found, per message type ("order:new") or resource ("order:*"):
+# HUB_RESOURCE_KEY_PATHS="order:*=order.number|order.id;shipment:*=shipment.order_number".
+# Unlisted messages use events.messages.DEFAULT_RESOURCE_KEY_PATHS; a key orders deliveries.
+HUB_RESOURCE_KEY_PATHS: dict[str, list[str]] = {
+    message.strip(): [path.strip() for path in paths.split("|") if path.strip()]
+    for message, _, paths in (
+        item.partition("=") for item in os.environ.get("HUB_RESOURCE_KEY_PATHS", "").split(";") if "=" in item
+    )
+}
+# After failing to publish to the broker, a process stops trying for this long: pushes are not
+# slowed by a dead broker, and the sweeper enqueues what they stored once it is back.
+HUB_BROKER_BACKOFF_SECONDS = _env_float("HUB_BROKER_BACKOFF_SECONDS", 5)
+# A task that finds the database down waits and tries again (doubling up to this), never drops.
+HUB_DATABASE_RETRY_MAX_SECONDS = _env_float("HUB_DATABASE_RETRY_MAX_SECONDS", 30)
+# Retention: events whose every delivery ended delivered (or cancelled) are purged once older than
+# this, in batches, by a periodic task; failed ones stay until someone handles them. 0 = keep all.
+HUB_RETENTION_DAYS = _env_float("HUB_RETENTION_DAYS", 30)
+HUB_RETENTION_INTERVAL_SECONDS = _env_float("HUB_RETENTION_INTERVAL_SECONDS", 3600)
+HUB_RETENTION_BATCH_SIZE = _env_int("HUB_RETENTION_BATCH_SIZE", 1000)
+# Events no subscription wanted were owed to nobody; purge them with the rest only when this is on.
+HUB_RETENTION_INCLUDE_UNROUTED = _env_bool("HUB_RETENTION_INCLUDE_UNROUTED", False)
+
 CELERY_BEAT_SCHEDULE = {
     # Expiring: sweeps piled up while no worker ran are worthless, the next one does the same job.
     "deliveries-sweep": {
         "task": "routing.deliveries_sweep",
         "schedule": HUB_SWEEP_INTERVAL_SECONDS,
         "options": {"expires": max(HUB_SWEEP_INTERVAL_SECONDS, 1.0)},
+    },
+    "events-retention": {
+        "task": "ops.events_retention",
+        "schedule": HUB_RETENTION_INTERVAL_SECONDS,
+        "options": {"expires": max(HUB_RETENTION_INTERVAL_SECONDS, 1.0)},
     },
 }
 

@@ -1,19 +1,25 @@
-"""Operations that write: pushing an envelope as a store would, and purging old delivered events."""
+"""Operations that write: pushing an envelope as a store would, and purging old delivered events
+(on request, or periodically under the retention settings)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.utils import timezone
 
 from events.models import Event, Store
 from events.services import IngestResult, envelope_validate
 from routing.models import Delivery, DeliveryState
 from routing.services import event_accept
+
+logger = logging.getLogger(__name__)
 
 # A delivery in one of these states still needs the event (or someone's attention).
 DELIVERY_UNFINISHED_STATES = (
@@ -92,3 +98,22 @@ def _without_unpurgeable_descendants(ids: list[int], purgeable: QuerySet[Event])
                 blocked.add(root)
         frontier = {child: root for child, root in next_frontier.items() if root not in blocked}
     return [event_id for event_id in ids if event_id not in blocked]
+
+
+def events_retention_purge() -> int:
+    """The periodic retention job: purge events older than HUB_RETENTION_DAYS whose every delivery
+    was delivered (or cancelled); failed ones stay until someone handles them. Returns how many
+    events went; 0 days keeps everything."""
+    if settings.HUB_RETENTION_DAYS <= 0:
+        return 0
+    older_than = timezone.now() - timedelta(days=settings.HUB_RETENTION_DAYS)
+    purged = 0
+    for batch in events_purge(
+        older_than=older_than,
+        batch_size=settings.HUB_RETENTION_BATCH_SIZE,
+        include_unrouted=settings.HUB_RETENTION_INCLUDE_UNROUTED,
+    ):
+        purged += batch.events
+    if purged:
+        logger.info("retention purge", extra={"events": purged, "older_than": older_than.isoformat()})
+    return purged

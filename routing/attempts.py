@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -19,6 +19,7 @@ from integrator import metrics
 from routing import retry, transport
 from routing.models import (
     DELIVERY_OPEN_STATES,
+    DELIVERY_ORDER_HOLDING_STATES,
     Attempt,
     Delivery,
     DeliveryState,
@@ -56,16 +57,14 @@ def delivery_attempt(*, delivery_id: int) -> str | None:
     lease = timedelta(seconds=sub.timeout_seconds + settings.HUB_DELIVERY_LEASE_MARGIN_SECONDS)
     if not sub.is_enabled:
         return None
-    # The claim: one conditional UPDATE, so two workers holding the same message cannot both send.
-    # Its WHERE names only this row's own columns: a join would make Django compare inside a
-    # subquery, which PostgreSQL does not re-check against a row a concurrent claim just changed.
-    claimed = Delivery.objects.filter(
-        pk=delivery_id,
-        state__in=DELIVERY_OPEN_STATES,
-        next_attempt_at__lte=now,
-        attempt_count=delivery.attempt_count,
-    ).update(state=DeliveryState.DELIVERING, attempt_count=number, lease_expires_at=now + lease, enqueued_at=None)
-    if not claimed:
+    if delivery.state not in DELIVERY_OPEN_STATES or delivery.next_attempt_at > now:
+        return None
+    if delivery_held_back(delivery=delivery):
+        # An earlier delivery of the same resource is still owed to this endpoint: this one waits,
+        # without spending an attempt, until that one ends (deliveries_release wakes it).
+        _delivery_park(delivery_id=delivery_id)
+        return None
+    if not _delivery_claim(delivery=delivery, number=number, now=now, lease=lease):
         return None
     if delivery.state == DeliveryState.PENDING and delivery.attempt_count == 0:
         event_status_touch(event_id=delivery.event_id)
@@ -106,6 +105,59 @@ def delivery_attempt(*, delivery_id: int) -> str | None:
     )
     metrics.attempt_observe(attempt_outcome(result), result.latency_ms / 1000)
     return _attempt_conclude(delivery=delivery, number=number, result=result)
+
+
+def delivery_held_back(*, delivery: Delivery) -> bool:
+    """True while an earlier delivery of the same resource to the same endpoint is still open:
+    deliveries of one order reach an endpoint in the order the hub accepted them. Deliveries
+    without a resource key are unordered; a failed or cancelled earlier one no longer holds."""
+    if not delivery.resource_key:
+        return False
+    return Delivery.objects.filter(
+        subscription_id=delivery.subscription_id,
+        resource_key=delivery.resource_key,
+        id__lt=delivery.pk,
+        state__in=DELIVERY_ORDER_HOLDING_STATES,
+    ).exists()
+
+
+def subscription_max_in_flight(subscription: Subscription) -> int:
+    """How many deliveries may be on the wire to this endpoint at once; 0 for no limit."""
+    if subscription.max_in_flight is not None:
+        return subscription.max_in_flight
+    return settings.HUB_SUBSCRIPTION_MAX_IN_FLIGHT
+
+
+def _delivery_claim(*, delivery: Delivery, number: int, now: datetime, lease: timedelta) -> bool:
+    """Take the delivery for this worker: one conditional UPDATE, so two workers holding the same
+    message cannot both send, and within the endpoint's in-flight limit."""
+    limit = subscription_max_in_flight(delivery.subscription)
+    with transaction.atomic():
+        if limit:
+            # Claims for one endpoint queue up on its row, so that a limit of N means N, not N plus
+            # whatever raced past the count.
+            list(Subscription.objects.select_for_update().filter(pk=delivery.subscription_id).values_list("pk"))
+            busy = Delivery.objects.filter(
+                subscription_id=delivery.subscription_id, state=DeliveryState.DELIVERING, lease_expires_at__gt=now
+            ).count()
+            if busy >= limit:
+                _delivery_park(delivery_id=delivery.pk)
+                return False
+        # The WHERE names only this row's own columns: a join would make Django compare inside a
+        # subquery, which PostgreSQL does not re-check against a row a concurrent claim just changed.
+        claimed = Delivery.objects.filter(
+            pk=delivery.pk,
+            state__in=DELIVERY_OPEN_STATES,
+            next_attempt_at__lte=now,
+            attempt_count=delivery.attempt_count,
+        ).update(state=DeliveryState.DELIVERING, attempt_count=number, lease_expires_at=now + lease, enqueued_at=None)
+    return bool(claimed)
+
+
+def _delivery_park(*, delivery_id: int) -> None:
+    """A delivery that must wait for its turn is no longer 'in the broker': whoever frees the turn
+    (deliveries_release) or the sweeper enqueues it again."""
+    Delivery.objects.filter(pk=delivery_id, state__in=DELIVERY_OPEN_STATES).update(enqueued_at=None)
 
 
 def attempt_outcome(result: transport.ExchangeResult) -> str:
@@ -174,14 +226,20 @@ def _attempt_conclude(*, delivery: Delivery, number: int, result: transport.Exch
         else:
             _subscription_failing(subscription=sub, now=now, delivery=delivery)
         event_status_refresh(event_id=delivery.event_id)
+        from routing.services import deliveries_enqueue, deliveries_release
+
         if (
             decision.verdict == retry.Verdict.RETRY
             and decision.delay_seconds <= settings.HUB_RETRY_COUNTDOWN_MAX_SECONDS
         ):
-            from routing.services import deliveries_enqueue
-
             delay = decision.delay_seconds
             transaction.on_commit(lambda: deliveries_enqueue([delivery.pk], countdown=delay))
+        # This attempt freed a slot of the endpoint and, if it ended, the turn of the next delivery
+        # of the same resource.
+        limited = bool(subscription_max_in_flight(sub))
+        transaction.on_commit(
+            lambda: deliveries_release(subscription_id=sub.pk, resource_key=delivery.resource_key, limited=limited)
+        )
     metrics.delivery_outcome_count(str(decision.verdict))
     logger.info(
         "delivery attempt",

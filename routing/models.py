@@ -62,6 +62,14 @@ class Subscription(models.Model):
     previous_signing_secret_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
     http_method = models.CharField(max_length=6, choices=HttpMethod.choices, default=HttpMethod.AUTO, blank=True)
     timeout_seconds = models.FloatField(default=10.0)
+    # How many deliveries to this endpoint may be on the wire at once, so that a slow or dead
+    # endpoint holds at most this many worker slots and never starves the others.
+    max_in_flight = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        help_text="Deliveries sent to this endpoint at the same time; empty uses the hub's "
+        "HUB_SUBSCRIPTION_MAX_IN_FLIGHT, 0 means no limit.",
+    )
     is_enabled = models.BooleanField(default=True, db_index=True)
     disabled_reason = models.CharField(max_length=200, blank=True, default="")
     retry_enabled = models.BooleanField(default=True)
@@ -141,6 +149,8 @@ class DeliveryState(models.TextChoices):
 
 # States a worker may still pick up.
 DELIVERY_OPEN_STATES = (DeliveryState.PENDING, DeliveryState.RETRYING)
+# An earlier delivery in one of these states holds back later ones of the same resource and endpoint.
+DELIVERY_ORDER_HOLDING_STATES = (DeliveryState.PENDING, DeliveryState.RETRYING, DeliveryState.DELIVERING)
 DELIVERY_FINAL_STATES = (DeliveryState.DELIVERED, DeliveryState.FAILED, DeliveryState.CANCELLED)
 
 

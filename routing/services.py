@@ -7,21 +7,23 @@ Sending one delivery lives in routing.attempts; it is re-exported here so caller
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from events.models import Event, EventStatus, Store
 from events.services import Envelope, IngestResult, event_ingest
 from routing import matching
-from routing.attempts import delivery_attempt, event_status_refresh
+from routing.attempts import delivery_attempt, event_status_refresh, subscription_max_in_flight
 from routing.models import (
     DELIVERY_OPEN_STATES,
+    DELIVERY_ORDER_HOLDING_STATES,
     Attempt,
     Delivery,
     DeliveryState,
@@ -34,6 +36,7 @@ __all__ = [
     "SweepResult",
     "deliveries_create_for_event",
     "deliveries_enqueue",
+    "deliveries_release",
     "deliveries_sweep",
     "delivery_attempt",
     "delivery_cancel",
@@ -86,6 +89,10 @@ def deliveries_create_for_event(*, event: Event) -> list[Delivery]:
     return deliveries
 
 
+# Until when (time.monotonic) this process leaves publishing to the sweeper after a broker failure.
+_broker_down_until = [0.0]
+
+
 def deliveries_enqueue(delivery_ids: Iterable[int], *, countdown: float | None = None) -> list[int]:
     """Tell the broker 'look at delivery N' and note when; returns the ids actually published.
 
@@ -93,8 +100,19 @@ def deliveries_enqueue(delivery_ids: Iterable[int], *, countdown: float | None =
     enqueues them once the broker is back."""
     from routing.tasks import delivery_attempt_task
 
+    ids = list(delivery_ids)
+    if not ids:
+        return []
+    if time.monotonic() < _broker_down_until[0]:
+        # The broker failed moments ago: trying again would make every push wait out the broker
+        # client's connection attempts. The deliveries stay unmarked, for the sweeper.
+        return []
+    # Noted before publishing: a worker that takes the message at once and finds the delivery must
+    # wait its turn clears the mark (routing.attempts._delivery_park), and must not find it set after.
+    marked_at = timezone.now()
+    Delivery.objects.filter(pk__in=ids, state__in=DELIVERY_OPEN_STATES).update(enqueued_at=marked_at)
     published: list[int] = []
-    for delivery_id in delivery_ids:
+    for delivery_id in ids:
         try:
             if countdown:
                 delivery_attempt_task.apply_async(args=[delivery_id], countdown=countdown)
@@ -102,11 +120,65 @@ def deliveries_enqueue(delivery_ids: Iterable[int], *, countdown: float | None =
                 delivery_attempt_task.delay(delivery_id)
         except Exception:  # noqa: BLE001 - any broker failure; the database still holds the delivery
             logger.warning("broker unavailable; delivery left for the sweeper", extra={"delivery_id": delivery_id})
+            _broker_down_until[0] = time.monotonic() + settings.HUB_BROKER_BACKOFF_SECONDS
             break
         published.append(delivery_id)
-    if published:
-        Delivery.objects.filter(pk__in=published, state__in=DELIVERY_OPEN_STATES).update(enqueued_at=timezone.now())
+    unpublished = ids[len(published) :]
+    if unpublished:
+        Delivery.objects.filter(pk__in=unpublished, enqueued_at=marked_at).update(enqueued_at=None)
     return published
+
+
+def _earlier_of_same_resource_open() -> Exists:
+    """For a Delivery queryset: an earlier delivery of the same resource to the same endpoint is
+    still open, so this one must wait (routing.attempts.delivery_held_back, in SQL)."""
+    return Exists(
+        Delivery.objects.filter(
+            subscription_id=OuterRef("subscription_id"),
+            resource_key=OuterRef("resource_key"),
+            id__lt=OuterRef("id"),
+            state__in=DELIVERY_ORDER_HOLDING_STATES,
+        )
+    )
+
+
+def deliveries_release(*, subscription_id: int, resource_key: str | None, limited: bool = True) -> list[int]:
+    """After an attempt or a cancel: enqueue the delivery whose turn has come (the next one of the
+    same resource) and, for an endpoint with an in-flight limit, the oldest one waiting for a
+    slot. Enqueuing one that must still wait is harmless; the sweeper covers anything missed."""
+    now = timezone.now()
+    wake: list[int] = []
+    if resource_key:
+        head = (
+            Delivery.objects.filter(
+                subscription_id=subscription_id, resource_key=resource_key, state__in=DELIVERY_ORDER_HOLDING_STATES
+            )
+            .order_by("id")
+            .values_list("id", "state", "next_attempt_at")
+            .first()
+        )
+        if head is not None and head[1] in DELIVERY_OPEN_STATES and head[2] <= now:
+            wake.append(head[0])
+    if not limited:
+        # Without an in-flight limit nothing waits for a slot.
+        return deliveries_enqueue(wake) if wake else []
+    waiting = (
+        Delivery.objects.filter(
+            subscription_id=subscription_id,
+            state__in=DELIVERY_OPEN_STATES,
+            next_attempt_at__lte=now,
+            enqueued_at__isnull=True,
+            subscription__is_enabled=True,
+        )
+        .exclude(pk__in=wake)
+        .filter(~_earlier_of_same_resource_open())
+        .order_by("next_attempt_at", "id")
+        .values_list("id", flat=True)
+        .first()
+    )
+    if waiting is not None:
+        wake.append(waiting)
+    return deliveries_enqueue(wake) if wake else []
 
 
 def event_accept(
@@ -161,16 +233,49 @@ def deliveries_sweep() -> SweepResult:
         logger.warning("reclaimed a delivery whose lease expired", extra={"delivery_id": delivery_id})
 
     lost_before = now - timedelta(seconds=settings.HUB_SWEEP_LOST_AFTER_SECONDS)
+    # Deliveries waiting for an earlier one of the same resource are left out: that one's end
+    # enqueues them (deliveries_release), and enqueuing them now would only bounce.
     due = (
         Delivery.objects.filter(state__in=DELIVERY_OPEN_STATES, next_attempt_at__lte=now, subscription__is_enabled=True)
         .filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=lost_before))
-        .order_by("next_attempt_at", "id")
-        .values_list("id", flat=True)[: settings.HUB_SWEEP_BATCH_SIZE]
+        .filter(~_earlier_of_same_resource_open())
     )
-    published = deliveries_enqueue(list(due))
+    published = deliveries_enqueue(_due_within_limits(due, now=now))
     if reclaimed or published:
         logger.info("sweep", extra={"reclaimed": reclaimed, "enqueued": len(published)})
     return SweepResult(reclaimed=reclaimed, enqueued=len(published))
+
+
+def _due_within_limits(due: QuerySet[Delivery], *, now: datetime) -> list[int]:
+    """The due deliveries to enqueue, endpoint by endpoint: an endpoint with an in-flight limit gets
+    only as many as it has free slots, so that one dead endpoint's backlog neither bounces off its
+    limit at every sweep nor fills the batch ahead of every other endpoint's deliveries."""
+    batch = settings.HUB_SWEEP_BATCH_SIZE
+    subscription_ids = list(due.order_by().values_list("subscription_id", flat=True).distinct())
+    if not subscription_ids:
+        return []
+    limits = {
+        sub.pk: subscription_max_in_flight(sub)
+        for sub in Subscription.objects.filter(pk__in=subscription_ids).only("id", "max_in_flight")
+    }
+    busy = dict(
+        Delivery.objects.filter(
+            subscription_id__in=[pk for pk, limit in limits.items() if limit],
+            state=DeliveryState.DELIVERING,
+            lease_expires_at__gt=now,
+        )
+        .values_list("subscription_id")
+        .annotate(n=Count("id"))
+        .values_list("subscription_id", "n")
+    )
+    picked: list[tuple[datetime, int]] = []
+    for subscription_id in subscription_ids:
+        limit = limits.get(subscription_id, 0)
+        room = max(limit - busy.get(subscription_id, 0), 0) if limit else batch
+        if room:
+            rows = due.filter(subscription_id=subscription_id).order_by("next_attempt_at", "id")
+            picked += [(at, pk) for pk, at in rows.values_list("id", "next_attempt_at")[: min(room, batch)]]
+    return [pk for _, pk in sorted(picked)[:batch]]
 
 
 def delivery_retry_now(*, delivery_id: int) -> bool:
@@ -201,8 +306,12 @@ def delivery_cancel(*, delivery_id: int) -> bool:
         ).update(state=DeliveryState.CANCELLED, lease_expires_at=None)
         if not changed:
             return False
-        event_id = Delivery.objects.filter(pk=delivery_id).values_list("event_id", flat=True).get()
+        event_id, subscription_id, resource_key = (
+            Delivery.objects.filter(pk=delivery_id).values_list("event_id", "subscription_id", "resource_key").get()
+        )
         event_status_refresh(event_id=event_id)
+        # A cancelled delivery no longer holds back later ones of its resource.
+        transaction.on_commit(lambda: deliveries_release(subscription_id=subscription_id, resource_key=resource_key))
     return True
 
 

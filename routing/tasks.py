@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import shared_task
+from django.conf import settings
+from django.db import InterfaceError, OperationalError
 
 from routing import services
 
+# The database went away (restart, failover, network): the task waits and tries again rather than
+# being acked as failed, which would leave its delivery to the sweeper's much slower lost-message check.
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
 
-@shared_task(name="routing.delivery_attempt", ignore_result=True)
-def delivery_attempt_task(delivery_id: int) -> None:
-    services.delivery_attempt(delivery_id=delivery_id)
+
+def database_retry_countdown(retries: int) -> float:
+    """1, 2, 4, ... seconds, capped: soon enough to resume quickly, slow enough not to hammer."""
+    return float(min(2**retries, settings.HUB_DATABASE_RETRY_MAX_SECONDS))
+
+
+@shared_task(bind=True, name="routing.delivery_attempt", ignore_result=True, max_retries=None)
+def delivery_attempt_task(self: Any, delivery_id: int) -> None:
+    try:
+        services.delivery_attempt(delivery_id=delivery_id)
+    except DATABASE_UNAVAILABLE as exc:
+        raise self.retry(exc=exc, countdown=database_retry_countdown(self.request.retries)) from exc
 
 
 @shared_task(name="routing.deliveries_sweep", ignore_result=True)

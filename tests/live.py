@@ -1,4 +1,5 @@
-"""Real things for tests to talk to: an HTTP subscriber on a local port and a Celery worker process.
+"""Real things for tests to talk to: an HTTP subscriber on a local port, a Celery worker process,
+and the failures to put between them (a private redis-server to kill, a TCP proxy to cut).
 
 Plain classes, so any test module can use them; tests/conftest.py wraps them in fixtures.
 """
@@ -13,11 +14,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,12 +94,13 @@ class Subscriber:
     (a list played in order, the last one repeating; default 200 {"ok": true}) and reads back
     every request received."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self._lock = threading.Lock()
         self._programs: dict[str, list[Reply]] = {}
+        self._responders: dict[str, Callable[[Received], Reply]] = {}
         self._received: list[Received] = []
         self._stopping = threading.Event()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="subscriber", daemon=True)
 
@@ -121,9 +124,16 @@ class Subscriber:
         with self._lock:
             self._programs[path] = list(replies)
 
+    def respond_with(self, path: str, responder: Callable[[Received], Reply]) -> None:
+        """Answer each request to `path` with what `responder` decides from it (called under the
+        subscriber's lock, so it may keep its own tally without one)."""
+        with self._lock:
+            self._responders[path] = responder
+
     def reset(self) -> None:
         with self._lock:
             self._programs.clear()
+            self._responders.clear()
             self._received.clear()
 
     def received(self, path: str | None = None) -> list[Received]:
@@ -134,8 +144,11 @@ class Subscriber:
         wait_until(lambda: len(self.received(path)) >= count, timeout, message=f"{count} request(s) to {path}")
         return self.received(path)
 
-    def _next_reply(self, path: str) -> Reply:
+    def _next_reply(self, path: str, received: Received) -> Reply:
         with self._lock:
+            responder = self._responders.get(path)
+            if responder is not None:
+                return responder(received)
             program = self._programs.get(path)
             if not program:
                 return Reply.ok()
@@ -154,9 +167,10 @@ class Subscriber:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 path = self.path.split("?", 1)[0]
+                received = Received(self.command, path, dict(self.headers.items()), body)
                 with subscriber._lock:
-                    subscriber._received.append(Received(self.command, path, dict(self.headers.items()), body))
-                reply = subscriber._next_reply(path)
+                    subscriber._received.append(received)
+                reply = subscriber._next_reply(path, received)
                 if reply.delay and subscriber._stopping.wait(reply.delay):
                     return
                 data = reply.body if reply.body is not None else json.dumps(reply.json).encode()
@@ -179,6 +193,10 @@ class Subscriber:
 class Worker:
     """`celery -A integrator worker -B` in a subprocess, on the given database and broker, with a
     short sweeper interval. Its output goes to a log file that a failing test can read."""
+
+    # Workers started and not stopped: they all sweep the same database, so a test that must be
+    # the only one doing so pauses the others (workers_paused).
+    alive: ClassVar[list[Worker]] = []
 
     def __init__(self, *, env: dict[str, str], log_path: Path, queue: str) -> None:
         self.env = env
@@ -217,6 +235,7 @@ class Worker:
             start_new_session=True,
         )
         log.close()
+        Worker.alive.append(self)
         wait_until(self._ready, timeout=60, interval=0.2, message=f"celery worker ready (log: {self.log_path})")
         return self
 
@@ -232,7 +251,18 @@ class Worker:
         except FileNotFoundError:
             return ""
 
+    def kill(self) -> None:
+        """SIGKILL the worker and everything it started, as a crash or the OOM killer would."""
+        if self in Worker.alive:
+            Worker.alive.remove(self)
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
     def stop(self) -> None:
+        if self in Worker.alive:
+            Worker.alive.remove(self)
         if self.process is None or self.process.poll() is not None:
             return
         os.killpg(self.process.pid, signal.SIGTERM)
@@ -241,3 +271,124 @@ class Worker:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
+
+
+@contextmanager
+def workers_paused() -> Iterator[list[Worker]]:
+    """Stop every running test worker for the duration, then start them again: for a test whose
+    own workers must be the only ones sweeping the shared test database."""
+    paused = [w for w in Worker.alive if w.process is not None and w.process.poll() is None]
+    for worker in paused:
+        worker.stop()
+    try:
+        yield paused
+    finally:
+        for worker in paused:
+            worker.start()
+
+
+def port_accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """A private `redis-server` on its own port, to kill and bring back without touching anyone
+    else's Redis. Nothing is persisted: a restarted server is empty, as after a real crash."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_until(lambda: port_accepts(self.port), timeout=20, message=f"redis-server on {self.port}")
+        return self
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        wait_until(lambda: not port_accepts(self.port), timeout=10, message=f"redis-server on {self.port} gone")
+
+
+class TcpProxy:
+    """A TCP relay from a free local port to `upstream` that a test can cut (every connection
+    dropped, new ones refused) and restore, to take a server away without stopping it."""
+
+    def __init__(self, upstream: tuple[str, int], port: int | None = None) -> None:
+        self.upstream = upstream
+        self.port = port or free_port()
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+
+    def start(self) -> TcpProxy:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), name="proxy-accept", daemon=True).start()
+        return self
+
+    def cut(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            sockets, self._sockets = self._sockets, set()
+        for sock in [listener, *sockets]:
+            if sock is None:
+                continue
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def restore(self) -> None:
+        self.start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            try:
+                server = socket.create_connection(self.upstream, timeout=5)
+                server.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if self._listener is not listener:
+                    client.close()
+                    server.close()
+                    return
+                self._sockets.update((client, server))
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), name="proxy-pump", daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass

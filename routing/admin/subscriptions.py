@@ -74,6 +74,7 @@ class SubscriptionForm(forms.ModelForm):
             "parameters",
             "http_method",
             "timeout_seconds",
+            "max_in_flight",
             "retry_enabled",
             "retry_schedule",
             "is_enabled",
@@ -140,7 +141,10 @@ class SubscriptionAdmin(admin.ModelAdmin):
     fieldsets = (
         (None, {"fields": ("name", "url", "store", "receive_own_events", "is_enabled", "disabled_reason")}),
         ("What it receives", {"fields": ("message_types", "filters", "filter_mode", "parameters")}),
-        ("How it is sent", {"fields": ("http_method", "timeout_seconds", "retry_enabled", "retry_schedule")}),
+        (
+            "How it is sent",
+            {"fields": ("http_method", "timeout_seconds", "max_in_flight", "retry_enabled", "retry_schedule")},
+        ),
         ("Secrets", {"fields": ("signing_secret_masked", "previous_secret_grace", "token_masked")}),
         ("History", {"fields": ("failing_since", "created_at", "updated_at")}),
     )

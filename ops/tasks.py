@@ -1,0 +1,12 @@
+"""Periodic operations (celery beat): each a few lines that call one service."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from ops import services
+
+
+@shared_task(name="ops.events_retention", ignore_result=True)
+def events_retention_task() -> None:
+    services.events_retention_purge()

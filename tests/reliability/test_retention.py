@@ -1,0 +1,64 @@
+"""Retention: a periodic task purges delivered events older than HUB_RETENTION_DAYS, in batches;
+failed ones (and anything still owed) stay until someone handles them."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.conf import settings as django_settings
+from django.utils import timezone
+
+from events.models import Event
+from ops.services import events_retention_purge
+from ops.tasks import events_retention_task
+from routing.models import Attempt
+from tests.factories import DeliveryFactory, EventFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def event_with(state: str, age_days: float) -> Event:
+    event = EventFactory()
+    Event.objects.filter(pk=event.pk).update(created_at=timezone.now() - timedelta(days=age_days))
+    delivery = DeliveryFactory(event=event, state=state)
+    Attempt.objects.create(delivery=delivery, number=1, request_method="POST", request_url="http://x/")
+    return event
+
+
+def test_old_delivered_events_are_purged_in_batches_and_the_rest_kept(settings):
+    settings.HUB_RETENTION_DAYS = 30
+    settings.HUB_RETENTION_BATCH_SIZE = 2
+    old_delivered = [event_with("delivered", 31) for _ in range(5)]
+    old_cancelled = event_with("cancelled", 31)
+    kept = {
+        "failed": event_with("failed", 31),
+        "retrying": event_with("retrying", 31),
+        "pending": event_with("pending", 31),
+        "recent": event_with("delivered", 29),
+    }
+    unrouted = EventFactory()
+    Event.objects.filter(pk=unrouted.pk).update(created_at=timezone.now() - timedelta(days=90))
+
+    assert events_retention_purge() == 6
+    remaining = set(Event.objects.values_list("pk", flat=True))
+    assert not remaining & {e.pk for e in [*old_delivered, old_cancelled]}
+    assert {e.pk for e in kept.values()} | {unrouted.pk} == remaining
+    assert Attempt.objects.count() == len(kept)  # attempts went with their events
+
+    settings.HUB_RETENTION_INCLUDE_UNROUTED = True
+    events_retention_task()  # what beat runs
+    assert not Event.objects.filter(pk=unrouted.pk).exists()
+
+
+def test_zero_days_keeps_everything(settings):
+    settings.HUB_RETENTION_DAYS = 0
+    event = event_with("delivered", 400)
+    assert events_retention_purge() == 0
+    assert Event.objects.filter(pk=event.pk).exists()
+
+
+def test_beat_runs_retention_periodically():
+    entry = django_settings.CELERY_BEAT_SCHEDULE["events-retention"]
+    assert entry["task"] == events_retention_task.name
+    assert entry["schedule"] == django_settings.HUB_RETENTION_INTERVAL_SECONDS
