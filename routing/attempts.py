@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from events.errors import HubError
@@ -44,8 +46,10 @@ _LEVELS = {
 def delivery_attempt(*, delivery_id: int) -> str | None:
     """Try one delivery once, if it is due and nobody else holds it. Returns the verdict, or None
     when there was nothing to do (already sent, not due yet, held by another worker, endpoint off)."""
+    # One round trip for everything the attempt needs, the order check included.
     delivery = (
         Delivery.objects.select_related("event", "event__store", "subscription", "subscription__store")
+        .annotate(held_back=earlier_of_same_resource_open())
         .filter(pk=delivery_id)
         .first()
     )
@@ -59,15 +63,13 @@ def delivery_attempt(*, delivery_id: int) -> str | None:
         return None
     if delivery.state not in DELIVERY_OPEN_STATES or delivery.next_attempt_at > now:
         return None
-    if delivery_held_back(delivery=delivery):
+    if delivery.held_back:
         # An earlier delivery of the same resource is still owed to this endpoint: this one waits,
         # without spending an attempt, until that one ends (deliveries_release wakes it).
         _delivery_park(delivery_id=delivery_id)
         return None
     if not _delivery_claim(delivery=delivery, number=number, now=now, lease=lease):
         return None
-    if delivery.state == DeliveryState.PENDING and delivery.attempt_count == 0:
-        event_status_touch(event_id=delivery.event_id)
 
     event = delivery.event
     request = transport.request_build(
@@ -90,21 +92,22 @@ def delivery_attempt(*, delivery_id: int) -> str | None:
         body_max_chars=settings.HUB_RESPONSE_BODY_MAX_CHARS,
         read_max_bytes=settings.HUB_RESPONSE_READ_MAX_BYTES,
     )
-    Attempt.objects.create(
-        delivery_id=delivery_id,
-        number=number,
-        started_at=started_at,
-        request_method=result.method,
-        request_url=result.url[:500],
-        status_code=result.status_code,
-        latency_ms=result.latency_ms,
-        response_headers=dict(result.response_headers),
-        response_body=result.response_body,
-        error=result.error,
-        succeeded=result.succeeded,
-    )
     metrics.attempt_observe(attempt_outcome(result), result.latency_ms / 1000)
-    return _attempt_conclude(delivery=delivery, number=number, result=result)
+    return _attempt_conclude(delivery=delivery, number=number, result=result, started_at=started_at)
+
+
+def earlier_of_same_resource_open() -> Exists:
+    """For a Delivery queryset: an earlier delivery of the same resource to the same endpoint is
+    still open, so this one must wait (delivery_held_back, in SQL). A delivery without a resource
+    key never matches (NULL equals nothing)."""
+    return Exists(
+        Delivery.objects.filter(
+            subscription_id=OuterRef("subscription_id"),
+            resource_key=OuterRef("resource_key"),
+            id__lt=OuterRef("id"),
+            state__in=DELIVERY_ORDER_HOLDING_STATES,
+        )
+    )
 
 
 def delivery_held_back(*, delivery: Delivery) -> bool:
@@ -132,7 +135,10 @@ def _delivery_claim(*, delivery: Delivery, number: int, now: datetime, lease: ti
     """Take the delivery for this worker: one conditional UPDATE, so two workers holding the same
     message cannot both send, and within the endpoint's in-flight limit."""
     limit = subscription_max_in_flight(delivery.subscription)
-    with transaction.atomic():
+    # Without a limit the claim is a single statement and needs no transaction of its own (a
+    # BEGIN and a COMMIT are two more round trips); with one, the count and the claim must hold
+    # the endpoint's row together.
+    with transaction.atomic() if limit else nullcontext():
         if limit:
             # Claims for one endpoint queue up on its row, so that a limit of N means N, not N plus
             # whatever raced past the count.
@@ -151,6 +157,11 @@ def _delivery_claim(*, delivery: Delivery, number: int, now: datetime, lease: ti
             next_attempt_at__lte=now,
             attempt_count=delivery.attempt_count,
         ).update(state=DeliveryState.DELIVERING, attempt_count=number, lease_expires_at=now + lease, enqueued_at=None)
+        # The first attempt of any delivery moves a queued event to delivering. The event was read
+        # with the delivery: once it is past queued (the other deliveries of a fan-out) there is
+        # nothing to move, and the statement is skipped.
+        if claimed and delivery.event.status == EventStatus.QUEUED:
+            event_status_touch(event_id=delivery.event_id)
     return bool(claimed)
 
 
@@ -180,7 +191,9 @@ def _store_name(delivery: Delivery) -> str:
     return ""
 
 
-def _attempt_conclude(*, delivery: Delivery, number: int, result: transport.ExchangeResult) -> str | None:
+def _attempt_conclude(
+    *, delivery: Delivery, number: int, result: transport.ExchangeResult, started_at: datetime
+) -> str | None:
     sub = delivery.subscription
     now = timezone.now()
     is_test = delivery.event.origin.startswith("test:")
@@ -207,8 +220,24 @@ def _attempt_conclude(*, delivery: Delivery, number: int, result: transport.Exch
         changes.update(state=DeliveryState.FAILED)
 
     with transaction.atomic():
+        # The attempt row shares the outcome's transaction (one commit, not two). It is written
+        # whatever the fence below decides; should this transaction fail altogether, the lease
+        # runs out and the sweeper records the attempt as unanswered, so no attempt goes unrecorded.
+        Attempt.objects.create(
+            delivery_id=delivery.pk,
+            number=number,
+            started_at=started_at,
+            request_method=result.method,
+            request_url=result.url[:500],
+            status_code=result.status_code,
+            latency_ms=result.latency_ms,
+            response_headers=dict(result.response_headers),
+            response_body=result.response_body,
+            error=result.error,
+            succeeded=result.succeeded,
+        )
         # Fenced on the attempt number: if our lease ran out and the sweeper handed the delivery to
-        # someone else, their outcome stands and ours is only the attempt row already written.
+        # someone else, their outcome stands and ours is only the attempt row (committed all the same).
         owned = Delivery.objects.filter(pk=delivery.pk, state=DeliveryState.DELIVERING, attempt_count=number).update(
             **changes
         )
@@ -216,7 +245,10 @@ def _attempt_conclude(*, delivery: Delivery, number: int, result: transport.Exch
             logger.warning("delivery changed hands during the attempt", extra={"delivery_id": delivery.pk})
             return None
         if decision.verdict == retry.Verdict.DELIVERED:
-            Subscription.objects.filter(pk=sub.pk, failing_since__isnull=False).update(failing_since=None)
+            if sub.failing_since is not None:
+                # Read with the delivery: an endpoint that was not failing then has nothing to clear
+                # (one that started failing since keeps its mark until its next success).
+                Subscription.objects.filter(pk=sub.pk, failing_since__isnull=False).update(failing_since=None)
             if isinstance(result.reply, Mapping):
                 reply_process(delivery=delivery, reply=result.reply)
         elif decision.verdict == retry.Verdict.GONE:
@@ -225,7 +257,10 @@ def _attempt_conclude(*, delivery: Delivery, number: int, result: transport.Exch
             )
         else:
             _subscription_failing(subscription=sub, now=now, delivery=delivery)
-        event_status_refresh(event_id=delivery.event_id)
+        if decision.verdict != retry.Verdict.RETRY:
+            # A retry moves the delivery from delivering to retrying, which event_status_derive
+            # counts alike (open, started): only an ending can change the event's status.
+            event_status_refresh(event_id=delivery.event_id)
         from routing.services import deliveries_enqueue, deliveries_release
 
         if (
@@ -237,9 +272,12 @@ def _attempt_conclude(*, delivery: Delivery, number: int, result: transport.Exch
         # This attempt freed a slot of the endpoint and, if it ended, the turn of the next delivery
         # of the same resource.
         limited = bool(subscription_max_in_flight(sub))
-        transaction.on_commit(
-            lambda: deliveries_release(subscription_id=sub.pk, resource_key=delivery.resource_key, limited=limited)
-        )
+        # A delivery that will be retried still holds its resource's turn: nothing to hand on.
+        turn_key = delivery.resource_key if decision.verdict != retry.Verdict.RETRY else None
+        if turn_key or limited:
+            transaction.on_commit(
+                lambda: deliveries_release(subscription_id=sub.pk, resource_key=turn_key, limited=limited)
+            )
     metrics.delivery_outcome_count(str(decision.verdict))
     logger.info(
         "delivery attempt",
@@ -378,7 +416,9 @@ def event_status_derive(states: list[tuple[int, int, str, int]]) -> str:
 
 def event_status_refresh(*, event_id: int) -> str:
     """Recompute an event's status under a row lock, so deliveries finishing together agree."""
-    with transaction.atomic():
+    # No savepoint inside a caller's transaction (two round trips fewer): nothing here is caught
+    # and retried, so a failure rolls back the caller's transaction as a whole anyway.
+    with transaction.atomic(savepoint=False):
         current = Event.objects.select_for_update().filter(pk=event_id).values_list("status", flat=True).first()
         if current is None:
             return ""

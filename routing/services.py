@@ -14,13 +14,18 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, Q, QuerySet
 from django.utils import timezone
 
 from events.models import Event, EventStatus, Store
 from events.services import Envelope, IngestResult, event_ingest
 from routing import matching
-from routing.attempts import delivery_attempt, event_status_refresh, subscription_max_in_flight
+from routing.attempts import (
+    delivery_attempt,
+    earlier_of_same_resource_open,
+    event_status_refresh,
+    subscription_max_in_flight,
+)
 from routing.models import (
     DELIVERY_OPEN_STATES,
     DELIVERY_ORDER_HOLDING_STATES,
@@ -132,14 +137,7 @@ def deliveries_enqueue(delivery_ids: Iterable[int], *, countdown: float | None =
 def _earlier_of_same_resource_open() -> Exists:
     """For a Delivery queryset: an earlier delivery of the same resource to the same endpoint is
     still open, so this one must wait (routing.attempts.delivery_held_back, in SQL)."""
-    return Exists(
-        Delivery.objects.filter(
-            subscription_id=OuterRef("subscription_id"),
-            resource_key=OuterRef("resource_key"),
-            id__lt=OuterRef("id"),
-            state__in=DELIVERY_ORDER_HOLDING_STATES,
-        )
-    )
+    return earlier_of_same_resource_open()
 
 
 def deliveries_release(*, subscription_id: int, resource_key: str | None, limited: bool = True) -> list[int]:
