@@ -39,6 +39,7 @@ from events.selectors import event_get, event_list
 from events.services import IngestResult, envelope_validate, event_ingest
 
 AcceptFn = Callable[..., IngestResult]
+AcceptManyFn = Callable[..., list[IngestResult]]
 DescribeFn = Callable[[Event], dict[str, Any]]
 
 
@@ -174,12 +175,13 @@ class StoreApi(APIView):
 
 class EventCollectionApi(StoreApi):
     accept: AcceptFn = staticmethod(event_ingest)
+    accept_many: AcceptManyFn | None = None
 
     @EVENT_PUSH
     def post(self, request: Request) -> Response:
         data = request.data
         if isinstance(data, list):
-            return batch_response(request, data, accept=self.accept)
+            return batch_response(request, data, accept=self.accept, accept_many=self.accept_many)
         envelope = envelope_validate(data)
         result = self.accept(store=request.user, envelope=envelope)
         body = _accepted_body(result)
@@ -209,6 +211,7 @@ class EventCollectionApi(StoreApi):
 
 class EventBatchApi(StoreApi):
     accept: AcceptFn = staticmethod(event_ingest)
+    accept_many: AcceptManyFn | None = None
 
     @EVENT_BATCH
     def post(self, request: Request) -> Response:
@@ -219,34 +222,55 @@ class EventBatchApi(StoreApi):
             raise InvalidEnvelope(
                 'A batch is a JSON array of envelopes, or an object {"events": [...]}.', field="events"
             )
-        return batch_response(request, data, accept=self.accept)
+        return batch_response(request, data, accept=self.accept, accept_many=self.accept_many)
 
 
-def batch_response(request: Request, items: list[Any], *, accept: AcceptFn) -> Response:
-    """Each envelope is accepted or rejected on its own; one result per item, in order."""
+def batch_response(
+    request: Request, items: list[Any], *, accept: AcceptFn, accept_many: AcceptManyFn | None = None
+) -> Response:
+    """Each envelope is accepted or rejected on its own; one result per item, in order.
+
+    With `accept_many` the valid envelopes are accepted together (one insert for the batch
+    instead of one statement chain per event), with the same results as `accept` one by one."""
     limit = settings.HUB_MAX_BATCH_SIZE
     if len(items) > limit:
         raise BatchTooLarge(f"The batch has {len(items)} events; the limit is {limit}.", field="events")
     if not items:
         raise InvalidEnvelope("The batch is empty.", field="events")
-    results: list[dict[str, Any]] = []
+    results: dict[int, dict[str, Any]] = {}
     counts = {"accepted": 0, "duplicates": 0, "rejected": 0}
+
+    def refused(index: int, exc: HubError) -> None:
+        counts["rejected"] += 1
+        results[index] = {"index": index, "status_code": exc.status_code, **exc.as_dict()}
+
+    def taken(index: int, result: IngestResult) -> None:
+        counts["accepted" if result.created else "duplicates"] += 1
+        results[index] = {"index": index, "status_code": 202 if result.created else 200, **_accepted_body(result)}
+
+    valid: list[tuple[int, Any]] = []
+    for index, item in enumerate(items):
+        try:
+            valid.append((index, envelope_validate(item)))
+        except HubError as exc:
+            refused(index, exc)
     # One transaction for the whole batch: one durable commit (one WAL flush) instead of one per
-    # event, which is most of what an event costs. Each event still sits in its own savepoint
-    # (accept is atomic), so one refused envelope leaves the others accepted; nothing is answered
-    # as accepted before the commit, and a failed commit answers an error for the whole batch.
+    # event, which is most of what an event costs. Nothing is answered as accepted before the
+    # commit, and a failed commit answers an error for the whole batch.
     with transaction.atomic():
-        for index, item in enumerate(items):
-            try:
-                envelope = envelope_validate(item)
-                result = accept(store=request.user, envelope=envelope)
-            except HubError as exc:
-                counts["rejected"] += 1
-                results.append({"index": index, "status_code": exc.status_code, **exc.as_dict()})
-                continue
-            counts["accepted" if result.created else "duplicates"] += 1
-            results.append({"index": index, "status_code": 202 if result.created else 200, **_accepted_body(result)})
-    return Response({**counts, "results": results}, status=200)
+        if accept_many is not None and valid:
+            for (index, _), result in zip(
+                valid, accept_many(store=request.user, envelopes=[e for _, e in valid]), strict=True
+            ):
+                taken(index, result)
+        else:
+            # Each event in its own savepoint (accept is atomic): one refused leaves the others accepted.
+            for index, envelope in valid:
+                try:
+                    taken(index, accept(store=request.user, envelope=envelope))
+                except HubError as exc:
+                    refused(index, exc)
+    return Response({**counts, "results": [results[i] for i in range(len(items))]}, status=200)
 
 
 class EventDetailApi(StoreApi):

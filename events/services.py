@@ -107,21 +107,14 @@ def _json_type(value: Any) -> str:
     return type(value).__name__
 
 
-def event_ingest(
+def event_build(
     *,
     store: Store | None,
     envelope: Envelope,
     parent: Event | None = None,
     origin: str = "",
-) -> IngestResult:
-    """Store one event; a repeated (store, message_id) returns the first event, created=False.
-
-    Must run inside the caller's transaction when routing has to be atomic with it; the insert
-    itself sits in a savepoint so a duplicate does not poison that transaction.
-    """
-    # No look-up first: the insert itself finds a repeated (store, message_id) through the unique
-    # constraint, which saves a round trip on every new event (the common case) and is the only
-    # check that holds under concurrent pushes anyway.
+) -> Event:
+    """The event an envelope makes, not yet saved (routing reads it to decide its status first)."""
     event = Event(
         store=store,
         message=envelope.message,
@@ -133,17 +126,76 @@ def event_ingest(
         depth=0 if parent is None else parent.depth + 1,
     )
     event.message_id = envelope.message_id or event.uid.hex
+    return event
+
+
+def event_insert(event: Event) -> IngestResult:
+    """Save a built event; a repeated (store, message_id) returns the first event, created=False.
+
+    Must run inside the caller's transaction when routing has to be atomic with it; the insert
+    itself sits in a savepoint so a duplicate does not poison that transaction.
+    """
+    # No look-up first: the insert itself finds a repeated (store, message_id) through the unique
+    # constraint, which saves a round trip on every new event (the common case) and is the only
+    # check that holds under concurrent pushes anyway.
     try:
         with transaction.atomic():
             event.save(force_insert=True)
     except IntegrityError:
         # A repeated message_id (pushed earlier, or concurrently by a push that won the race):
         # answer with the first event.
-        existing = Event.objects.filter(store=store, message_id=event.message_id).first()
+        existing = Event.objects.filter(store=event.store, message_id=event.message_id).first()
         if existing is None:
             raise
         return IngestResult(existing, created=False)
     return IngestResult(event, created=True)
+
+
+def event_ingest(
+    *,
+    store: Store | None,
+    envelope: Envelope,
+    parent: Event | None = None,
+    origin: str = "",
+) -> IngestResult:
+    """Store one event; a repeated (store, message_id) returns the first event, created=False."""
+    return event_insert(event_build(store=store, envelope=envelope, parent=parent, origin=origin))
+
+
+def events_insert(*, store: Store, events: list[Event]) -> list[IngestResult]:
+    """Save a store's batch of built events with one look-up and one multi-row INSERT; one result
+    per event, in order, exactly as event_insert one by one would give (a message_id already
+    stored, or repeated within the batch, answers with the first event).
+
+    Must run inside the caller's transaction. Should a concurrent push store one of these
+    message_ids between the look-up and the insert, the insert is undone (savepoint) and the
+    events go in one by one, which sorts that out as event_insert does.
+    """
+    stored = {e.message_id: e for e in Event.objects.filter(store=store, message_id__in={e.message_id for e in events})}
+    first: dict[str, Event] = {}
+    fresh: list[Event] = []
+    for event in events:
+        if event.message_id not in stored and event.message_id not in first:
+            first[event.message_id] = event
+            fresh.append(event)
+    try:
+        with transaction.atomic():
+            Event.objects.bulk_create(fresh)
+    except IntegrityError:
+        return [event_insert(_event_unsaved(event)) for event in events]
+    return [
+        IngestResult(stored[e.message_id], created=False)
+        if e.message_id in stored
+        else IngestResult(first[e.message_id], created=first[e.message_id] is e)
+        for e in events
+    ]
+
+
+def _event_unsaved(event: Event) -> Event:
+    """The event as built, whatever a failed bulk insert left on it."""
+    event.pk = None
+    event._state.adding = True
+    return event
 
 
 def store_token_rotate(*, store: Store, grace_seconds: int | None = None) -> str:

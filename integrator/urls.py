@@ -7,13 +7,13 @@ from events.api import EventBatchApi, EventCollectionApi, EventDetailApi
 from integrator.health import healthz, readyz
 from integrator.metrics import metrics_view
 from routing.selectors import event_deliveries_describe
-from routing.services import event_accept
+from routing.services import event_accept, events_accept
 
 # Accepting an event means storing and routing it in one transaction: the project wires
 # routing's composition into the events API so that events never imports routing.
 urlpatterns = [
-    path("events", EventCollectionApi.as_view(accept=event_accept), name="events"),
-    path("events/batch", EventBatchApi.as_view(accept=event_accept), name="events-batch"),
+    path("events", EventCollectionApi.as_view(accept=event_accept, accept_many=events_accept), name="events"),
+    path("events/batch", EventBatchApi.as_view(accept=event_accept, accept_many=events_accept), name="events-batch"),
     path("events/<str:event_id>", EventDetailApi.as_view(describe=event_deliveries_describe), name="event-detail"),
     path("admin/", admin.site.urls),
     # Operations: no store token; keep /metrics off the public internet (docs/operations.md).

@@ -18,7 +18,7 @@ from django.db.models import Count, Exists, Q, QuerySet
 from django.utils import timezone
 
 from events.models import Event, EventStatus, Store
-from events.services import Envelope, IngestResult, event_ingest
+from events.services import Envelope, IngestResult, event_build, event_ingest, event_insert, events_insert
 from routing import matching
 from routing.attempts import (
     delivery_attempt,
@@ -48,6 +48,7 @@ __all__ = [
     "delivery_replay",
     "delivery_retry_now",
     "event_accept",
+    "events_accept",
     "event_status_refresh",
     "subscription_enable",
     "subscription_secret_rotate",
@@ -62,8 +63,14 @@ logger = logging.getLogger(__name__)
 TEST_MESSAGE = "hub:test"
 
 
-def subscriptions_for_event(*, event: Event) -> list[Subscription]:
-    subs = Subscription.objects.filter(is_enabled=True).order_by("id")
+def subscriptions_enabled() -> list[Subscription]:
+    return list(Subscription.objects.filter(is_enabled=True).order_by("id"))
+
+
+def subscriptions_for_event(*, event: Event, subscriptions: list[Subscription] | None = None) -> list[Subscription]:
+    """The enabled subscriptions that want this event; `subscriptions` (subscriptions_enabled())
+    saves reading them again for each event of a batch."""
+    subs = subscriptions_enabled() if subscriptions is None else subscriptions
     wanted = []
     for sub in subs:
         if sub.store_id is not None and sub.store_id == event.store_id and not sub.receive_own_events:
@@ -183,15 +190,48 @@ def event_accept(
     *, store: Store | None, envelope: Envelope, parent: Event | None = None, origin: str = ""
 ) -> IngestResult:
     """Store an event and its deliveries in one transaction, and enqueue them once committed."""
+    return events_accept_built(
+        store=store, events=[event_build(store=store, envelope=envelope, parent=parent, origin=origin)]
+    )[0]
+
+
+def events_accept(*, store: Store, envelopes: list[Envelope]) -> list[IngestResult]:
+    """Accept a store's batch as event_accept would each envelope, in order, but with one read of
+    the subscriptions, one INSERT for the events, one for the deliveries and one enqueue."""
+    return events_accept_built(store=store, events=[event_build(store=store, envelope=e) for e in envelopes])
+
+
+def events_accept_built(*, store: Store | None, events: list[Event]) -> list[IngestResult]:
+    """Route built events before they are stored (an event nobody wants is stored as unrouted,
+    not updated to it afterwards), store them and their deliveries in one transaction, and
+    enqueue the deliveries once committed. Deliveries are created in the events' order, so their
+    ids keep each resource's order."""
     with transaction.atomic():
-        result = event_ingest(store=store, envelope=envelope, parent=parent, origin=origin)
-        if not result.created:
-            return result
-        deliveries = deliveries_create_for_event(event=result.event)
-        ids = [d.pk for d in deliveries]
-        if ids:
+        subscriptions = subscriptions_enabled()
+        wanted = [subscriptions_for_event(event=event, subscriptions=subscriptions) for event in events]
+        for event, subs in zip(events, wanted, strict=True):
+            if not subs:
+                event.status = EventStatus.UNROUTED
+        if store is not None and len(events) > 1:
+            results = events_insert(store=store, events=events)
+        else:
+            results = [event_insert(event) for event in events]
+        deliveries = [
+            Delivery(
+                event=result.event,
+                subscription=sub,
+                resource_key=result.event.resource_key,
+                next_attempt_at=result.event.created_at,
+            )
+            for result, subs in zip(results, wanted, strict=True)
+            if result.created
+            for sub in subs
+        ]
+        if deliveries:
+            Delivery.objects.bulk_create(deliveries)
+            ids = [d.pk for d in deliveries]
             transaction.on_commit(lambda: deliveries_enqueue(ids))
-    return result
+    return results
 
 
 @dataclass(frozen=True)
