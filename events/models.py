@@ -75,6 +75,23 @@ class EventSource(models.TextChoices):
     REPLY = "reply", "Returned by an endpoint"
 
 
+class PayloadField(models.JSONField):
+    """A JSONField that a multi-row INSERT sends as one parameter per row.
+
+    Django's PostgreSQL bulk_create sends each column as one array (INSERT ... SELECT * FROM
+    UNNEST), and psycopg escapes a jsonb[] array's text element by element with a regular
+    expression: for a batch of 8.5 KB payloads that escaping was a third of the batch's time. A
+    placeholder per value opts out of UNNEST (Django checks for get_placeholder). It is the same
+    column to the database and to migrations."""
+
+    def get_placeholder(self, value: object, compiler: object, connection: object) -> str:
+        return "%s"
+
+    def deconstruct(self) -> tuple:
+        name, _, args, kwargs = super().deconstruct()
+        return name, "django.db.models.JSONField", args, kwargs
+
+
 class Event(models.Model):
     uid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     store = models.ForeignKey(
@@ -90,7 +107,7 @@ class Event(models.Model):
     )
     message = models.CharField(max_length=100, db_index=True)
     message_id = models.CharField(max_length=255)
-    payload = models.JSONField()
+    payload = PayloadField()
     # Indexed in Meta: db_index on a CharField adds a second, LIKE-only index nothing queries.
     resource_key = models.CharField(max_length=200, null=True, blank=True)
     source = models.CharField(max_length=10, choices=EventSource.choices, default=EventSource.STORE)
