@@ -129,12 +129,16 @@ def event_build(
     return event
 
 
-def event_insert(event: Event) -> IngestResult:
+def event_insert(event: Event, *, savepoint: bool = True) -> IngestResult:
     """Save a built event; a repeated (store, message_id) returns the first event, created=False.
 
     Must run inside the caller's transaction when routing has to be atomic with it; the insert
-    itself sits in a savepoint so a duplicate does not poison that transaction.
+    itself sits in a savepoint so a duplicate does not poison that transaction. Without the
+    savepoint a repeat raises IntegrityError, and the caller rolls back and looks the first one up.
     """
+    if not savepoint:
+        event.save(force_insert=True)
+        return IngestResult(event, created=True)
     # No look-up first: the insert itself finds a repeated (store, message_id) through the unique
     # constraint, which saves a round trip on every new event (the common case) and is the only
     # check that holds under concurrent pushes anyway.

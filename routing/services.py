@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Count, Exists, Q, QuerySet
 from django.utils import timezone
 
@@ -190,9 +190,19 @@ def event_accept(
     *, store: Store | None, envelope: Envelope, parent: Event | None = None, origin: str = ""
 ) -> IngestResult:
     """Store an event and its deliveries in one transaction, and enqueue them once committed."""
-    return events_accept_built(
-        store=store, events=[event_build(store=store, envelope=envelope, parent=parent, origin=origin)]
-    )[0]
+    event = event_build(store=store, envelope=envelope, parent=parent, origin=origin)
+    if store is not None and not transaction.get_connection().in_atomic_block:
+        # A push on its own (no caller's transaction): the insert needs no savepoint (two round
+        # trips), because a repeated message_id can roll the whole transaction back and be
+        # looked up after it. Nothing was stored or enqueued by the rolled-back attempt.
+        try:
+            return events_accept_built(store=store, events=[event], savepoint=False)[0]
+        except IntegrityError:
+            existing = Event.objects.filter(store=store, message_id=event.message_id).first()
+            if existing is None:
+                raise
+            return IngestResult(existing, created=False)
+    return events_accept_built(store=store, events=[event])[0]
 
 
 def events_accept(*, store: Store, envelopes: list[Envelope]) -> list[IngestResult]:
@@ -201,7 +211,7 @@ def events_accept(*, store: Store, envelopes: list[Envelope]) -> list[IngestResu
     return events_accept_built(store=store, events=[event_build(store=store, envelope=e) for e in envelopes])
 
 
-def events_accept_built(*, store: Store | None, events: list[Event]) -> list[IngestResult]:
+def events_accept_built(*, store: Store | None, events: list[Event], savepoint: bool = True) -> list[IngestResult]:
     """Route built events before they are stored (an event nobody wants is stored as unrouted,
     not updated to it afterwards), store them and their deliveries in one transaction, and
     enqueue the deliveries once committed. Deliveries are created in the events' order, so their
@@ -215,7 +225,7 @@ def events_accept_built(*, store: Store | None, events: list[Event]) -> list[Ing
         if store is not None and len(events) > 1:
             results = events_insert(store=store, events=events)
         else:
-            results = [event_insert(event) for event in events]
+            results = [event_insert(event, savepoint=savepoint) for event in events]
         deliveries = [
             Delivery(
                 event=result.event,
