@@ -190,6 +190,15 @@ class Delivery(models.Model):
             models.Index(fields=["subscription", "resource_key", "id"], name="delivery_resource_order"),
             # The admin's "failed in the last hour/day": a failed delivery last changed when it failed.
             models.Index(fields=["state", "updated_at"], name="delivery_state_changed"),
+            # Due deliveries nobody has enqueued (parked for a free slot, or missed by the broker):
+            # deliveries_release looks for one after every attempt. Without it that look-up reads
+            # every open delivery of the endpoint, so it cost more the longer the backlog. Only
+            # unqueued rows are in it, so it stays small.
+            models.Index(
+                fields=["subscription", "next_attempt_at", "id"],
+                name="delivery_unqueued",
+                condition=models.Q(enqueued_at__isnull=True, state__in=("pending", "retrying")),
+            ),
         ]
         verbose_name_plural = "deliveries"
 
