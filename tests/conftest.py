@@ -9,7 +9,7 @@ from rest_framework.test import APIClient
 
 from events.models import Store
 from tests.factories import StoreFactory
-from tests.live import Subscriber, Worker, wait_until
+from tests.live import Subscriber, Worker, queue_purge, wait_until
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -99,14 +99,9 @@ def worker(django_db_setup, _test_queue) -> Iterator[Worker]:
     REDIS_URL is set, else the filesystem broker), started once per session on a queue of its own."""
     from django.conf import settings
 
-    from integrator.celery import app
 
     # Whatever an earlier run left on the worker's queue is dropped.
-    with app.connection_for_write() as conn:
-        try:
-            conn.default_channel.queue_purge(TEST_QUEUE)
-        except Exception:  # noqa: BLE001 - a queue that does not exist yet has nothing to purge
-            pass
+    queue_purge(TEST_QUEUE)
     log_path = Path(settings.VAR_DIR) / "test-worker" / "worker.log"
     live = Worker(env=_worker_env(settings.DATABASES["default"]), log_path=log_path, queue=TEST_QUEUE).start()
     yield live
