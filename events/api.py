@@ -17,6 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from rest_framework.exceptions import NotFound as DrfNotFound
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -81,7 +82,8 @@ class EventPagination(CursorPagination):
         raw = request.query_params.get(self.page_size_query_param)
         if raw in (None, ""):
             return self.page_size
-        if not raw.isdigit() or not 1 <= int(raw) <= self.max_page_size:
+        # isdigit() alone lets '²' through, which int() refuses: ASCII digits only.
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= self.max_page_size:
             raise InvalidFilter(f"'limit' must be a whole number from 1 to {self.max_page_size}.", field="limit")
         return int(raw)
 
@@ -130,8 +132,28 @@ def since_parse(raw: str) -> datetime:
     return value
 
 
+def resource_key_filter_parse(raw: str) -> str | None:
+    """A resource key to match exactly ('order:R104702249'); '' means any. PostgreSQL refuses NUL in
+    a query parameter, so it is a bad filter, not a server error."""
+    if "\x00" in raw:
+        raise InvalidFilter("'resource_key' must not contain the NUL character.", field="resource_key")
+    return raw or None
+
+
+class JsonAlwaysNegotiation(DefaultContentNegotiation):
+    """The hub speaks only JSON, so it answers JSON whatever Accept says: refusing a store's push
+    with a 406 because its HTTP client sends `Accept: text/html` (or `application/xml`) would only
+    lose the event."""
+
+    def select_renderer(self, request: Request, renderers: list[Any], format_suffix: str | None = None) -> Any:
+        renderer = renderers[0]
+        return renderer, renderer.media_type
+
+
 class StoreApi(APIView):
     """Base for store-authenticated endpoints: JSON in, JSON out."""
+
+    content_negotiation_class = JsonAlwaysNegotiation
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
@@ -178,7 +200,7 @@ class EventCollectionApi(StoreApi):
             message=message,
             status=status,
             since=since,
-            resource_key=params.get("resource_key") or None,
+            resource_key=resource_key_filter_parse(params.get("resource_key", "")),
         )
         paginator = EventPagination()
         page = paginator.paginate_queryset(qs, request, view=self)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import unquote
+
 from django.db.models import Q
 from django.utils import timezone
 from rest_framework import permissions
@@ -16,19 +18,33 @@ LAST_USED_RESOLUTION_SECONDS = 60
 
 
 def _token_from_request(request: Request) -> tuple[str | None, str | None]:
-    """(store name, token) from whichever scheme the client used; the store name only for X-Hub-Store."""
+    """(X-Hub-Store if sent, token) from whichever scheme the client used. X-Hub-Store, whatever
+    carries the token, must then name the token's store."""
+    meta = request.META
+    store_name = meta.get("HTTP_X_HUB_STORE") or None
     header = get_authorization_header(request).decode("latin-1").strip()
     if header:
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
             raise AuthenticationFailed("The Authorization header must be 'Bearer <store token>'.")
-        return None, value.strip()
-    meta = request.META
+        return store_name, value.strip()
     if meta.get("HTTP_X_HUB_ACCESS_TOKEN"):
-        return meta.get("HTTP_X_HUB_STORE") or None, meta["HTTP_X_HUB_ACCESS_TOKEN"].strip()
+        return store_name, meta["HTTP_X_HUB_ACCESS_TOKEN"].strip()
     if meta.get("HTTP_X_AUGURY_TOKEN"):
-        return None, meta["HTTP_X_AUGURY_TOKEN"].strip()
+        return store_name, meta["HTTP_X_AUGURY_TOKEN"].strip()
     return None, None
+
+
+def _store_header_spellings(value: str) -> set[str]:
+    """What an X-Hub-Store value may mean. Header bytes reach Django decoded as latin-1, so a store
+    name sent as raw UTF-8 ('Boutique Müller') arrives garbled; the hub itself sends names outside
+    printable ASCII percent-encoded (routing.transport.header_value), and a store may echo that."""
+    spellings = {value, unquote(value)}
+    try:
+        spellings.add(value.encode("latin-1").decode("utf-8"))
+    except UnicodeError:
+        pass
+    return spellings
 
 
 class StoreTokenAuthentication(BaseAuthentication):
@@ -49,7 +65,7 @@ class StoreTokenAuthentication(BaseAuthentication):
         # nothing about how close a guess came.
         if store is None or not store.token_matches(token, now=now):
             raise AuthenticationFailed("The store token is not valid.")
-        if store_name is not None and store_name not in (store.name, str(store.pk)):
+        if store_name is not None and not {store.name, str(store.pk)} & _store_header_spellings(store_name):
             raise AuthenticationFailed("X-Hub-Store does not match the store of this token.")
         if store.last_used_at is None or (now - store.last_used_at).total_seconds() > LAST_USED_RESOLUTION_SECONDS:
             Store.objects.filter(pk=store.pk).update(last_used_at=now)

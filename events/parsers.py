@@ -104,6 +104,8 @@ class HubJSONParser(BaseParser):
         raw = stream.read(limit + 1) if stream is not None else b""
         if len(raw) > limit:
             raise BodyTooLarge(f"The body is larger than the limit of {limit} bytes.", field="body")
+        # RFC 8259 lets a parser ignore a UTF-8 byte order mark; Windows and .NET store clients send one.
+        raw = raw.removeprefix(b"\xef\xbb\xbf")
         if not raw.strip():
             raise MalformedJson("The body is empty; send a JSON envelope.", field="body")
         return json_parse_body(

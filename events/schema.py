@@ -96,6 +96,10 @@ class AttemptSerializer(serializers.Serializer):
     url = serializers.URLField()
     status_code = serializers.IntegerField(allow_null=True)
     latency_ms = serializers.IntegerField()
+    response_headers = serializers.DictField(
+        child=serializers.CharField(),
+        help_text="The reply's headers of note (content-type, retry-after, x-request-id, ...), lower-cased.",
+    )
     succeeded = serializers.BooleanField()
     response_body = serializers.CharField(help_text="The endpoint's reply, truncated.")
     error = serializers.CharField()

@@ -51,7 +51,9 @@ class Subscription(models.Model):
     parameters = models.JSONField(
         default=list, blank=True, help_text='Sent as payload.parameters: [{"name": ..., "value": ...}].'
     )
-    token = models.CharField(max_length=100, default=subscription_token_new)
+    # Sent as X-Hub-Token / X-Augury-Token: as good as a password to the endpoint, so encrypted at
+    # rest like the signing secret (HUB_ENCRYPTION_KEYS); Python sees it in clear.
+    token = EncryptedTextField(default=subscription_token_new)
     # Encrypted at rest (HUB_ENCRYPTION_KEYS); Python sees the clear whsec_ secret.
     signing_secret = EncryptedTextField(default=signing_secret_new)
     # The secret replaced by the last rotation: deliveries are signed with it too until it expires,

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from django.db.models import Prefetch
 
 from events.models import Event
 from routing.models import Attempt, Delivery, Notification
+
+
+def url_without_query(url: str) -> str:
+    """An endpoint's URL as a store may see it: endpoints often take their key in the query string
+    (`?api_key=...`), which is theirs, not the store's."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", "")) if parts.query else url
 
 
 def event_deliveries_describe(event: Event) -> dict[str, Any]:
@@ -35,9 +43,10 @@ def event_deliveries_describe(event: Event) -> dict[str, Any]:
                         "number": a.number,
                         "started_at": a.started_at.isoformat(),
                         "method": a.request_method,
-                        "url": a.request_url,
+                        "url": url_without_query(a.request_url),
                         "status_code": a.status_code,
                         "latency_ms": a.latency_ms,
+                        "response_headers": a.response_headers,
                         "succeeded": a.succeeded,
                         "response_body": a.response_body,
                         "error": a.error,

@@ -63,6 +63,10 @@ def subscriptions_for_event(*, event: Event) -> list[Subscription]:
     for sub in subs:
         if sub.store_id is not None and sub.store_id == event.store_id and not sub.receive_own_events:
             continue
+        # Nor is an event an endpoint returned (§3 messages) sent back to that endpoint: it would
+        # answer it again, and again, down to the depth limit.
+        if event.origin == f"subscription:{sub.pk}" and not sub.receive_own_events:
+            continue
         if not matching.message_types_match(sub.message_types, event.message):
             continue
         if not matching.filters_match(sub.filters, event.payload, sub.filter_mode):
@@ -407,11 +411,12 @@ def subscription_secret_rotate(*, subscription_id: int) -> str:
 
 
 def subscription_secrets_reencrypt() -> int:
-    """Re-encrypt every stored signing secret with the first HUB_ENCRYPTION_KEYS key (after putting
-    a new key first); the old key can be removed once this has run. Previous secrets whose grace
-    is over are dropped rather than carried over. Returns the subscriptions rewritten."""
+    """Re-encrypt every stored signing secret and endpoint token with the first HUB_ENCRYPTION_KEYS
+    key (after putting a new key first); the old key can be removed once this has run. Previous
+    secrets whose grace is over are dropped rather than carried over. Returns the subscriptions
+    rewritten."""
     now = timezone.now()
-    fields = ["signing_secret", "previous_signing_secret", "previous_signing_secret_expires_at"]
+    fields = ["signing_secret", "previous_signing_secret", "previous_signing_secret_expires_at", "token"]
     count = 0
     for subscription in Subscription.objects.only("pk", *fields).iterator():
         if not subscription.previous_signing_secret_active(now):

@@ -7,14 +7,19 @@ so it can be tested against a local server with no database.
 
 from __future__ import annotations
 
+import codecs
 import json
+import math
 import os
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.message import Message
 from typing import Any
+from urllib.parse import quote
 
 import requests
 from standardwebhooks.webhooks import Webhook
@@ -57,12 +62,18 @@ class ExchangeResult:
     retry_after: str | None = None
 
 
+# `*:updated` and `*:canceled`, and the other spellings of those two actions that the aliases of
+# events/messages.py fold for orders, products and users but that any other resource keeps as sent
+# (`stock:update`, `subscription:cancelled`): the same verb whoever spells it.
+_PUT_ACTIONS = frozenset({"updated", "update", "canceled", "cancelled", "cancel"})
+
+
 def method_for(message: str, override: str = "") -> str:
     """POST for new things and anything else, PUT for updates and cancellations (seeds/000)."""
     if override:
         return override.upper()
     action = message.split(":", 1)[-1]
-    return "PUT" if action in ("updated", "canceled") else "POST"
+    return "PUT" if action in _PUT_ACTIONS else "POST"
 
 
 def request_build(
@@ -104,14 +115,26 @@ def request_build(
         "Content-Type": "application/json",
         "Accept": "application/json",
         "User-Agent": USER_AGENT,
-        "X-Hub-Store": store_name,
-        "X-Hub-Token": token,
-        "X-Augury-Token": token,
+        "X-Hub-Store": header_value(store_name),
+        "X-Hub-Token": header_value(token),
+        "X-Augury-Token": header_value(token),
         "webhook-id": webhook_id,
         "webhook-timestamp": str(int(when.timestamp())),
         "webhook-signature": signature,
     }
     return OutboundRequest(method=method_for(message, method_override), url=url, body=body, headers=headers)
+
+
+# Printable ASCII: what every HTTP stack carries unchanged in a header value.
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F))
+
+
+def header_value(value: str) -> str:
+    """A store name or token as a header value: printable ASCII as is; anything else (a store
+    named 'Boutique Müller' or '東京店', a control character) percent-encoded as UTF-8. http.client
+    cannot send it otherwise (it crashed the attempt, and the delivery never got an answer), and
+    latin-1 bytes would reach a UTF-8 reader garbled."""
+    return quote(value, safe=_HEADER_SAFE)
 
 
 _local = threading.local()
@@ -138,6 +161,20 @@ def session_get() -> requests.Session:
     return session
 
 
+# Subscription.clean refuses more (the admin form), but a row written any other way must not hold a
+# worker past Celery's time limit either, which would kill the attempt before it is recorded.
+TIMEOUT_MAX_SECONDS = 120.0
+TIMEOUT_DEFAULT_SECONDS = 10.0
+
+
+def timeout_bounded(timeout: float | None) -> float:
+    """The subscription's timeout, capped at TIMEOUT_MAX_SECONDS; none or not positive (which
+    requests refuses) means the default."""
+    if timeout is None or not timeout > 0:
+        return TIMEOUT_DEFAULT_SECONDS
+    return min(float(timeout), TIMEOUT_MAX_SECONDS)
+
+
 def request_send(
     request: OutboundRequest,
     *,
@@ -148,6 +185,7 @@ def request_send(
 ) -> ExchangeResult:
     """Send one request and read the reply; never raises for anything the network or endpoint does."""
     session = session or session_get()
+    timeout = timeout_bounded(timeout)
     started = time.monotonic()
 
     def latency() -> int:
@@ -176,6 +214,10 @@ def request_send(
         return failed(f"connection failed: {_reason(exc)}", status_code=None)
     except requests.RequestException as exc:
         return failed(f"request failed: {_reason(exc)}", status_code=None)
+    except (UnicodeError, ValueError) as exc:
+        # A request http.client refuses to write is a failed attempt on record, not a crash that
+        # leaves the delivery claimed with no answer until its lease runs out, again and again.
+        return failed(f"request could not be sent: {_reason(exc)}", status_code=None)
 
     with response:
         headers = {k.lower(): v for k, v in response.headers.items() if k.lower() in NOTABLE_RESPONSE_HEADERS}
@@ -184,7 +226,7 @@ def request_send(
             raw, complete = _read_capped(response, read_max_bytes, deadline=started + timeout)
         except (requests.RequestException, OSError) as exc:
             return failed(f"reading the response failed: {_reason(exc)}", status_code=status, response_headers=headers)
-        text = raw.decode(response.encoding or "utf-8", errors="replace")
+        text = storable(reply_text(raw, response.headers.get("content-type", "")))
         common = {"status_code": status, "response_headers": headers, "response_body": text[:body_max_chars]}
         common["retry_after"] = headers.get("retry-after")
         if not complete:
@@ -192,14 +234,77 @@ def request_send(
         if not 200 <= status < 300:
             return failed(f"HTTP {status}", **common)
         try:
-            reply = json.loads(text) if text.strip() else None
+            # Any JSON document is a JSON reply, `null` included; only an object carries §3's fields.
+            parsed = (
+                json.loads(text, parse_constant=_json_constant_refuse, parse_float=_json_float)
+                if text.strip()
+                else _NOT_JSON
+            )
+            reply = _json_storable(parsed)
         except ValueError:
-            reply = None
-        if reply is None:
+            reply = _NOT_JSON
+        except RecursionError:
+            # A reply nested a thousand deep: an answer nobody can use, and one that must not crash
+            # the attempt (the delivery would stay claimed with nothing recorded).
+            return failed(f"HTTP {status} but the JSON body is nested too deep to read", **common)
+        if reply is _NOT_JSON:
             return failed(f"HTTP {status} but the body is not JSON", **common)
     return ExchangeResult(
         method=request.method, url=request.url, latency_ms=latency(), reply=reply, succeeded=True, **common
     )
+
+
+_NOT_JSON = object()
+
+
+def _json_constant_refuse(name: str) -> Any:
+    """NaN and Infinity are not JSON (RFC 8259), and PostgreSQL's jsonb refuses them."""
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_float(text: str) -> float:
+    """A number too large for a double (1e400) would become Infinity, which jsonb refuses too."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text} does not fit a double")
+    return value
+
+
+def reply_text(raw: bytes, content_type: str) -> str:
+    """The endpoint's reply as text. JSON is UTF-8 (RFC 8259), so that is the default whatever the
+    media type: requests would read a `text/plain` or `text/html` reply without a charset as
+    ISO-8859-1 and garble every accented notification. A charset the endpoint names is honoured,
+    and a byte order mark (some .NET and Windows endpoints send one) is dropped."""
+    header = Message()
+    header["content-type"] = content_type
+    charset = header.get_content_charset()
+    if charset:
+        try:
+            codecs.lookup(charset)
+        except LookupError:
+            charset = None
+    return raw.decode(charset or "utf-8", errors="replace").removeprefix("\ufeff")
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """PostgreSQL cannot store NUL (text or jsonb), and no database can encode a lone surrogate
+    (which json.loads makes of a `\\ud83d` escape) as UTF-8: an endpoint's reply holding either
+    crashed the attempt before it was recorded, leaving the delivery claimed until its lease ran
+    out, and the same again on every retry. U+FFFD marks where."""
+    return _UNSTORABLE.sub("\ufffd", text)
+
+
+def _json_storable(value: Any) -> Any:
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, list):
+        return [_json_storable(item) for item in value]
+    if isinstance(value, dict):
+        return {storable(key): _json_storable(item) for key, item in value.items()}
+    return value
 
 
 def _read_capped(response: requests.Response, limit: int, *, deadline: float) -> tuple[bytes, bool]:

@@ -1,4 +1,5 @@
-"""Tokens and signing secrets never appear in API responses, logs, admin lists or, in clear, the database."""
+"""Tokens and signing secrets (the endpoint token included) never appear in API responses, logs,
+admin lists or, in clear, the database."""
 
 import pytest
 from django.db import connection
@@ -63,7 +64,7 @@ def _secrets_of(subscription: Subscription, *clear: str) -> list[str]:
     (a Fernet token is as good as the secret to whoever holds the key)."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT signing_secret, previous_signing_secret FROM routing_subscription WHERE id = %s",
+            "SELECT signing_secret, previous_signing_secret, token FROM routing_subscription WHERE id = %s",
             [subscription.pk],
         )
         stored = cursor.fetchone()
@@ -75,7 +76,7 @@ def test_the_database_row_holds_neither_the_current_nor_the_previous_secret_in_c
     with connection.cursor() as cursor:
         cursor.execute("SELECT * FROM routing_subscription WHERE id = %s", [subscription.pk])
         row = " ".join(str(value) for value in cursor.fetchone())
-    assert current not in row and previous not in row
+    assert current not in row and previous not in row and subscription.token not in row
     # Nor any recognisable piece of them: the base64 body of the whsec_ secret.
     assert current.removeprefix("whsec_")[:16] not in row and previous.removeprefix("whsec_")[:16] not in row
 
@@ -127,3 +128,80 @@ def test_subscription_admin_list_and_form_show_no_secret_during_a_rotation(admin
         assert subscription.name in text
         for secret in _secrets_of(subscription, current, previous):
             assert secret not in text
+
+
+def _stored_token(subscription: Subscription) -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT token FROM routing_subscription WHERE id = %s", [subscription.pk])
+        return cursor.fetchone()[0]
+
+
+def test_the_endpoint_token_is_encrypted_at_rest_and_read_back_in_clear():
+    from routing.encryption import secret_is_encrypted
+
+    subscription = SubscriptionFactory()
+    raw = _stored_token(subscription)
+    assert secret_is_encrypted(raw) and subscription.token not in raw
+    assert Subscription.objects.get(pk=subscription.pk).token == subscription.token
+    # A token an admin sets by hand is encrypted the same way.
+    chosen = Subscription.objects.get(pk=subscription.pk)
+    chosen.token = "endpoint-chosen-token"
+    chosen.save(update_fields=["token"])
+    assert "endpoint-chosen-token" not in _stored_token(subscription)
+    assert Subscription.objects.get(pk=subscription.pk).token == "endpoint-chosen-token"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_migrating_encrypts_the_tokens_of_existing_subscriptions():
+    """Migrate back to before the encrypted token, store one in clear, migrate forward: the row is
+    encrypted and the token reads back unchanged."""
+    from django.db.migrations.executor import MigrationExecutor
+    from django.db.migrations.operations import RunPython
+
+    from routing.encryption import secret_is_encrypted
+
+    executor = MigrationExecutor(connection)
+    [target] = [
+        key
+        for key, migration in executor.loader.disk_migrations.items()
+        if key[0] == "routing"
+        and any(
+            isinstance(op, RunPython) and op.code.__name__ == "subscription_tokens_encrypt"
+            for op in migration.operations
+        )
+    ]
+    [before] = [p for p in executor.loader.graph.node_map[target].parents if p.key[0] == "routing"]
+    latest = executor.loader.graph.leaf_nodes()
+    try:
+        executor.migrate([before.key])
+        OldSubscription = executor.loader.project_state([before.key]).apps.get_model("routing", "Subscription")
+        row = OldSubscription.objects.create(
+            name="legacy-token", url="https://example.com/hook", message_types=["*"], token="legacy-clear-token"
+        )
+        assert _stored_token(row) == "legacy-clear-token"
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.loader.build_graph()
+        executor.migrate(latest)
+
+    raw = _stored_token(row)
+    assert secret_is_encrypted(raw) and "legacy-clear-token" not in raw
+    assert Subscription.objects.get(pk=row.pk).token == "legacy-clear-token"
+
+
+def test_reencrypting_secrets_rewrites_the_token_under_the_newest_key(settings):
+    from io import StringIO
+
+    from cryptography.fernet import Fernet
+    from django.core.management import call_command
+
+    old_key, new_key = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    settings.HUB_ENCRYPTION_KEYS = [old_key]
+    subscription = SubscriptionFactory()
+    before = _stored_token(subscription)
+
+    settings.HUB_ENCRYPTION_KEYS = [new_key, old_key]
+    call_command("reencryptsecrets", stdout=StringIO())
+    settings.HUB_ENCRYPTION_KEYS = [new_key]
+    assert _stored_token(subscription) != before
+    assert Subscription.objects.get(pk=subscription.pk).token == subscription.token

@@ -1,5 +1,5 @@
 """manage.py reencryptsecrets: after putting a new key first in HUB_ENCRYPTION_KEYS, rewrite every
-stored signing secret under it, so that the old key can be dropped."""
+stored signing secret and endpoint token under it, so that the old key can be dropped."""
 
 from __future__ import annotations
 

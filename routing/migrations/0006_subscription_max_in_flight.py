@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('routing', '0004_delivery_state_changed'),
+        ('routing', '0005_subscription_token_encrypted'),
     ]
 
     operations = [
