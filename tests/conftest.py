@@ -108,6 +108,32 @@ def worker(django_db_setup, _test_queue) -> Iterator[Worker]:
     live.stop()
 
 
+def deliveries_settle(timeout: float = 30) -> None:
+    """End of a live test: cancel what is still owed and wait for attempts on the wire to end, so
+    the worker is idle when the test database is flushed (a flush racing a worker's transaction
+    can deadlock)."""
+    from routing.models import Delivery
+
+    def idle() -> bool:
+        Delivery.objects.filter(state__in=["pending", "retrying"]).update(state="cancelled")
+        return not Delivery.objects.filter(state__in=["pending", "retrying", "delivering"]).exists()
+
+    wait_until(idle, timeout, interval=0.2, message="no delivery left on the wire")
+
+
+@pytest.fixture(autouse=True)
+def _worker_idle_before_flush(request: pytest.FixtureRequest) -> Iterator[None]:
+    marker = request.node.get_closest_marker("django_db")
+    live = "worker" in request.fixturenames and marker is not None and marker.kwargs.get("transaction")
+    if live:
+        # Set up pytest-django's database helper (the django_db marker's) first, so that this
+        # teardown runs before its flush.
+        request.getfixturevalue("_django_db_helper")
+    yield
+    if live:
+        deliveries_settle()
+
+
 @pytest.fixture
 def until() -> Callable[..., object]:
     """wait_until(predicate, timeout=...) as a fixture, for tests that prefer not to import it."""
