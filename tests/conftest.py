@@ -9,7 +9,7 @@ from rest_framework.test import APIClient
 
 from events.models import Store
 from tests.factories import StoreFactory
-from tests.live import Subscriber, Worker, wait_until
+from tests.live import Subscriber, Worker, queue_purge, wait_until
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -99,18 +99,39 @@ def worker(django_db_setup, _test_queue) -> Iterator[Worker]:
     REDIS_URL is set, else the filesystem broker), started once per session on a queue of its own."""
     from django.conf import settings
 
-    from integrator.celery import app
 
     # Whatever an earlier run left on the worker's queue is dropped.
-    with app.connection_for_write() as conn:
-        try:
-            conn.default_channel.queue_purge(TEST_QUEUE)
-        except Exception:  # noqa: BLE001 - a queue that does not exist yet has nothing to purge
-            pass
+    queue_purge(TEST_QUEUE)
     log_path = Path(settings.VAR_DIR) / "test-worker" / "worker.log"
     live = Worker(env=_worker_env(settings.DATABASES["default"]), log_path=log_path, queue=TEST_QUEUE).start()
     yield live
     live.stop()
+
+
+def deliveries_settle(timeout: float = 30) -> None:
+    """End of a live test: cancel what is still owed and wait for attempts on the wire to end, so
+    the worker is idle when the test database is flushed (a flush racing a worker's transaction
+    can deadlock)."""
+    from routing.models import Delivery
+
+    def idle() -> bool:
+        Delivery.objects.filter(state__in=["pending", "retrying"]).update(state="cancelled")
+        return not Delivery.objects.filter(state__in=["pending", "retrying", "delivering"]).exists()
+
+    wait_until(idle, timeout, interval=0.2, message="no delivery left on the wire")
+
+
+@pytest.fixture(autouse=True)
+def _worker_idle_before_flush(request: pytest.FixtureRequest) -> Iterator[None]:
+    marker = request.node.get_closest_marker("django_db")
+    live = "worker" in request.fixturenames and marker is not None and marker.kwargs.get("transaction")
+    if live:
+        # Set up pytest-django's database helper (the django_db marker's) first, so that this
+        # teardown runs before its flush.
+        request.getfixturevalue("_django_db_helper")
+    yield
+    if live:
+        deliveries_settle()
 
 
 @pytest.fixture

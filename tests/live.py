@@ -36,6 +36,17 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: fl
         time.sleep(interval)
 
 
+def queue_purge(queue: str) -> None:
+    """Drop whatever an earlier run left on a Celery queue, before a test worker starts on it."""
+    from integrator.celery import app
+
+    with app.connection_for_write() as conn:
+        try:
+            conn.default_channel.queue_purge(queue)
+        except Exception:  # noqa: BLE001 - a queue that does not exist yet has nothing to purge
+            pass
+
+
 def free_port() -> int:
     """A port nothing listens on (bound, then released): connecting to it is refused."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -20,6 +20,7 @@ from django.views.decorators.http import require_POST
 from events.models import Event
 from routing import services
 from routing.admin.display import badge
+from routing.admin.records import ReadOnlyRecords
 from routing.admin.selectors import event_search_q
 from routing.models import Attempt, Delivery
 
@@ -41,7 +42,7 @@ class ChangedWithinFilter(admin.SimpleListFilter):
         return queryset.filter(updated_at__gte=timezone.now() - window)
 
 
-class AttemptInline(admin.TabularInline):
+class AttemptInline(ReadOnlyRecords, admin.TabularInline):
     model = Attempt
     extra = 0
     can_delete = False
@@ -54,15 +55,6 @@ class AttemptInline(admin.TabularInline):
         if not obj.response_body:
             return "—"
         return format_html('<pre class="hub-pre small">{}</pre>', obj.response_body)
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 # What each action does, and how it reports the outcome for one delivery.
@@ -106,7 +98,7 @@ def _redirect_back(request: HttpRequest, fallback: str) -> HttpResponseRedirect:
 
 
 @admin.register(Delivery)
-class DeliveryAdmin(admin.ModelAdmin):
+class DeliveryAdmin(ReadOnlyRecords, admin.ModelAdmin):
     list_display = (
         "id",
         "event_link",
@@ -146,16 +138,6 @@ class DeliveryAdmin(admin.ModelAdmin):
 
     class Media:
         css = {"all": ("routing/admin.css",)}
-
-    # Deliveries are records: no one adds, edits or deletes them by hand; they are operated on.
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def has_operate_permission(self, request: HttpRequest) -> bool:
         """Retry, cancel and replay: for whoever may change deliveries."""

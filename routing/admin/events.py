@@ -18,6 +18,7 @@ from django.utils.http import urlencode
 
 from events.models import Event
 from routing.admin.display import badge, json_pretty
+from routing.admin.records import ReadOnlyRecords
 from routing.admin.selectors import (
     event_detail,
     event_messages,
@@ -43,7 +44,7 @@ def timeline_url(resource_key: str) -> str:
 
 
 @admin.register(Event)
-class EventAdmin(admin.ModelAdmin):
+class EventAdmin(ReadOnlyRecords, admin.ModelAdmin):
     list_display = ("id", "message", "message_id", "order_link", "store", "status_badge", "source", "created_at")
     list_filter = ("status", MessageFilter, "store", ("created_at", admin.DateFieldListFilter))
     list_select_related = ("store",)
@@ -69,16 +70,6 @@ class EventAdmin(admin.ModelAdmin):
 
     class Media:
         css = {"all": ("routing/admin.css",)}
-
-    # An accepted event is a record: it is never edited, and never lost by a click.
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> tuple[QuerySet, bool]:
         q = event_search_q(search_term)

@@ -80,14 +80,3 @@ def wait_delivered(count: int, timeout: float = 60, **filters: Any) -> None:
 @pytest.fixture
 def delivered() -> Callable[..., None]:
     return wait_delivered
-
-
-def deliveries_settle(timeout: float = 30) -> None:
-    """End of a live test: cancel what is still owed and wait for attempts on the wire to end, so
-    the worker is idle when the test database is flushed."""
-
-    def idle() -> bool:
-        Delivery.objects.filter(state__in=["pending", "retrying"]).update(state="cancelled")
-        return not Delivery.objects.filter(state__in=["pending", "retrying", "delivering"]).exists()
-
-    wait_until(idle, timeout, interval=0.2, message="no delivery left on the wire")

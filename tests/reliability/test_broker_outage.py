@@ -12,9 +12,10 @@ import pytest
 
 from routing import services
 from routing.models import Delivery
+from tests.conftest import deliveries_settle
 from tests.factories import SubscriptionFactory
 from tests.live import RedisServer, Worker, workers_paused
-from tests.reliability.conftest import deliveries_settle, push, worker_new
+from tests.reliability.conftest import push, worker_new
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),

@@ -17,9 +17,10 @@ import pytest
 from django.conf import settings
 
 from routing.models import Delivery
+from tests.conftest import deliveries_settle
 from tests.factories import StoreFactory, SubscriptionFactory
 from tests.live import ROOT, Reply, TcpProxy, Worker, free_port, port_accepts, wait_until, workers_paused
-from tests.reliability.conftest import deliveries_settle, reliability_env, worker_new
+from tests.reliability.conftest import reliability_env, worker_new
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),

@@ -6,9 +6,10 @@ import pytest
 
 from routing.models import Delivery, Notification
 from routing.services import deliveries_sweep, delivery_attempt
+from tests.conftest import deliveries_settle
 from tests.factories import DeliveryFactory, EventFactory, SubscriptionFactory
 from tests.live import Reply, Subscriber, free_port, wait_until
-from tests.reliability.conftest import deliveries_settle, push
+from tests.reliability.conftest import push
 
 
 @pytest.mark.django_db(transaction=True)

@@ -10,9 +10,10 @@ from collections import Counter, defaultdict
 import pytest
 
 from routing.models import Attempt, Delivery
+from tests.conftest import deliveries_settle
 from tests.factories import SubscriptionFactory
 from tests.live import Received, Reply
-from tests.reliability.conftest import deliveries_settle, push
+from tests.reliability.conftest import push
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -12,9 +12,10 @@ from django.utils import timezone
 
 from routing.models import Attempt, Delivery
 from routing.services import deliveries_release, deliveries_sweep, delivery_attempt
+from tests.conftest import deliveries_settle
 from tests.factories import DeliveryFactory, EventFactory, SubscriptionFactory
 from tests.live import wait_until
-from tests.reliability.conftest import deliveries_settle, push
+from tests.reliability.conftest import push
 
 
 def unordered_delivery(sub, n: int) -> Delivery:

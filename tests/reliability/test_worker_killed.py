@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 
 from routing.models import Delivery
+from tests.conftest import deliveries_settle
 from tests.factories import SubscriptionFactory
 from tests.live import Reply, wait_until
-from tests.reliability.conftest import deliveries_settle, push
+from tests.reliability.conftest import push
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -19,7 +19,7 @@ from routing import transport
 from routing.attempts import delivery_attempt
 from routing.models import Delivery, DeliveryState
 from tests.factories import DeliveryFactory, SubscriptionFactory
-from tests.live import Subscriber, Worker, wait_until
+from tests.live import Subscriber, Worker, queue_purge, wait_until
 
 GUARDED_QUEUE = "hub-test-guarded"
 
@@ -142,17 +142,12 @@ def guarded_worker(django_db_setup, _test_queue) -> Iterator[Worker]:
     the guard is on because that is the default. It listens on a queue of its own."""
     from django.conf import settings
 
-    from integrator.celery import app
     from tests.conftest import _worker_env
 
     env = _worker_env(settings.DATABASES["default"])
     env.pop("HUB_ALLOW_PRIVATE_DESTINATIONS", None)
     env["CELERY_QUEUE"] = GUARDED_QUEUE
-    with app.connection_for_write() as conn:
-        try:
-            conn.default_channel.queue_purge(GUARDED_QUEUE)
-        except Exception:  # noqa: BLE001 - a queue that does not exist yet has nothing to purge
-            pass
+    queue_purge(GUARDED_QUEUE)
     log_path = Path(settings.VAR_DIR) / "test-worker-guarded" / "worker.log"
     live = Worker(env=env, log_path=log_path, queue=GUARDED_QUEUE).start()
     yield live
