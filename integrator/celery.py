@@ -3,8 +3,12 @@
 import os
 
 from celery import Celery, signals
+from kombu.transport import TRANSPORT_ALIASES
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "integrator.settings")
+
+# The embedded broker (filesystem://) writes its messages atomically: integrator/broker_fs.py.
+TRANSPORT_ALIASES["filesystem"] = "integrator.broker_fs:Transport"
 
 app = Celery("integrator", task_cls="celery.contrib.django.task:DjangoTask")
 app.config_from_object("django.conf:settings", namespace="CELERY")

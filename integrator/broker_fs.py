@@ -1,0 +1,38 @@
+"""The embedded broker: kombu's filesystem transport with messages written atomically.
+
+kombu's own `_put` creates the message file under its final name and then writes it, so a
+consumer listing the folder in between takes an empty file, fails to decode it and stops the
+worker (seen in the test suite on the embedded default). Here a message is written under a name
+consumers skip and renamed into place once complete: a rename within a folder is atomic.
+integrator/celery.py points the `filesystem://` URL at this transport.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from time import monotonic
+from typing import Any
+
+from kombu.exceptions import ChannelError
+from kombu.transport import filesystem
+from kombu.utils.encoding import str_to_bytes
+from kombu.utils.json import dumps
+
+
+class Channel(filesystem.Channel):
+    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
+        name = f"{int(round(monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"
+        final = os.path.join(self.data_folder_out, name)
+        # Consumers take only names whose part after the first dot is exactly "<queue>.msg".
+        partial = final + ".part"
+        try:
+            with open(partial, "wb") as f:
+                f.write(str_to_bytes(dumps(payload)))
+            os.replace(partial, final)
+        except OSError as exc:
+            raise ChannelError(f"Cannot add file {final!r} to directory") from exc
+
+
+class Transport(filesystem.Transport):
+    Channel = Channel

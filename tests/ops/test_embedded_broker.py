@@ -1,0 +1,51 @@
+import json
+import threading
+import time
+from queue import Empty
+
+from kombu import Connection
+
+from integrator.broker_fs import Transport
+
+
+def test_filesystem_urls_use_the_atomic_transport():
+    import integrator.celery  # noqa: F401 - registers the transport
+
+    assert Connection("filesystem://").transport_cls == "filesystem"
+    assert isinstance(Connection("filesystem://", transport_options={"data_folder_in": "/tmp"}).transport, Transport)
+
+
+def test_a_consumer_never_takes_a_half_written_message(tmp_path):
+    """Real writers and a real reader on one folder, as web and worker processes share it: every
+    message read is whole, and every message written is read once."""
+    options = {"data_folder_in": str(tmp_path), "data_folder_out": str(tmp_path), "store_processed": False}
+    payload = {"body": "x" * 20_000}
+    sent = 1000
+    errors: list[BaseException] = []
+    received: list[int] = []
+
+    def write(start: int) -> None:
+        with Connection("filesystem://", transport_options=options) as conn:
+            channel = conn.default_channel
+            for n in range(start, sent, 2):
+                channel._put("q", {**payload, "n": n})
+
+    def read() -> None:
+        deadline = time.monotonic() + 60
+        with Connection("filesystem://", transport_options=options) as conn:
+            channel = conn.default_channel
+            while len(received) < sent and not errors and time.monotonic() < deadline:
+                try:
+                    received.append(channel._get("q")["n"])
+                except Empty:
+                    continue
+                except json.JSONDecodeError as exc:
+                    errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in (0, 1)] + [threading.Thread(target=read)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors
+    assert sorted(received) == list(range(sent))
