@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rest_framework.test import APIClient
@@ -132,6 +134,41 @@ def _worker_idle_before_flush(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if live:
         deliveries_settle()
+
+
+def post_in_thread(
+    token: str, path: str, body: Any, barrier: threading.Barrier, answers: list, errors: list, timeout: float = 60
+) -> None:
+    """POST as a store from a thread of its own (with its own database connection), once every
+    thread has reached `barrier`; the answer or the exception goes to the shared lists."""
+    from django.db import connection
+
+    try:
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+        barrier.wait(timeout=timeout)
+        response = client.post(path, body, format="json")
+        answers.append((response.status_code, response.json()))
+    except Exception as exc:  # noqa: BLE001 - reported to the test thread
+        errors.append(exc)
+    finally:
+        connection.close()
+
+
+def posts_at_once(token: str, path: str, body: Any, count: int, timeout: float = 60) -> tuple[list, list]:
+    """`count` identical POSTs released together: (answers as (status, json), exceptions)."""
+    barrier = threading.Barrier(count)
+    answers: list = []
+    errors: list = []
+    threads = [
+        threading.Thread(target=post_in_thread, args=(token, path, body, barrier, answers, errors, timeout))
+        for _ in range(count)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    return answers, errors
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import time
 
 import pytest
 from django.db import connection, transaction
-from rest_framework.test import APIClient
 
 from events.models import Event
+from tests.conftest import post_in_thread, posts_at_once
 from tests.factories import StoreFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -20,33 +20,10 @@ THREADS = 8
 DEADLINE_SECONDS = 60
 
 
-def _push_in_thread(token: str, envelope: dict, barrier: threading.Barrier, answers: list, errors: list) -> None:
-    try:
-        client = APIClient()
-        client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
-        barrier.wait(timeout=DEADLINE_SECONDS)
-        response = client.post("/events", envelope, format="json")
-        answers.append((response.status_code, response.json()))
-    except Exception as exc:  # noqa: BLE001 - reported to the test thread
-        errors.append(exc)
-    finally:
-        connection.close()
-
-
 def test_concurrent_duplicate_pushes_store_one_event_and_agree_on_its_id():
     store = StoreFactory()
     envelope = {"message": "order:new", "message_id": "race-1", "payload": {"order": {"number": "R1"}}}
-    barrier = threading.Barrier(THREADS)
-    answers: list = []
-    errors: list = []
-    threads = [
-        threading.Thread(target=_push_in_thread, args=(store.token, envelope, barrier, answers, errors))
-        for _ in range(THREADS)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(DEADLINE_SECONDS)
+    answers, errors = posts_at_once(store.token, "/events", envelope, THREADS, DEADLINE_SECONDS)
 
     assert not errors, errors
     assert len(answers) == THREADS
@@ -90,9 +67,10 @@ def test_push_blocked_behind_an_uncommitted_duplicate_returns_the_winner():
     holder.start()
     assert inserted.wait(DEADLINE_SECONDS)
     pusher = threading.Thread(
-        target=_push_in_thread,
+        target=post_in_thread,
         args=(
             store.token,
+            "/events",
             {"message": "order:new", "message_id": "race-2", "payload": {}},
             threading.Barrier(1),
             answers,

@@ -2,14 +2,12 @@
 their deliveries) with the answers, deliveries and statuses that accepting each envelope on its
 own gives."""
 
-import threading
 
 import pytest
-from django.db import connection
-from rest_framework.test import APIClient
 
 from events.models import Event, EventStatus
 from routing.models import Delivery
+from tests.conftest import posts_at_once
 from tests.factories import StoreFactory, SubscriptionFactory
 
 DEADLINE_SECONDS = 60
@@ -58,19 +56,6 @@ def test_batch_answers_a_stored_or_repeated_message_id_with_the_first_event(api)
     assert Delivery.objects.count() == 2  # one per stored event, none for the repeats
 
 
-def _push_batch(token: str, batch: list, barrier: threading.Barrier, answers: list, errors: list) -> None:
-    try:
-        client = APIClient()
-        client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
-        barrier.wait(timeout=DEADLINE_SECONDS)
-        response = client.post("/events/batch", batch, format="json")
-        answers.append((response.status_code, response.json()))
-    except Exception as exc:  # noqa: BLE001 - reported to the test thread
-        errors.append(exc)
-    finally:
-        connection.close()
-
-
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_identical_batches_store_each_event_once_and_agree_on_its_id():
     """Whichever batch's look-up misses an event a concurrent batch is storing, its multi-row insert
@@ -79,17 +64,7 @@ def test_concurrent_identical_batches_store_each_event_once_and_agree_on_its_id(
     SubscriptionFactory(message_types=["order:new"])
     batch = [envelope(f"m{i}", f"R{i}") for i in range(10)]
     threads_count = 4
-    barrier = threading.Barrier(threads_count)
-    answers: list = []
-    errors: list = []
-    threads = [
-        threading.Thread(target=_push_batch, args=(store.token, batch, barrier, answers, errors))
-        for _ in range(threads_count)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(DEADLINE_SECONDS)
+    answers, errors = posts_at_once(store.token, "/events/batch", batch, threads_count, DEADLINE_SECONDS)
 
     assert not errors, errors
     assert [status for status, _ in answers] == [200] * threads_count
