@@ -101,7 +101,6 @@ def worker(django_db_setup, _test_queue) -> Iterator[Worker]:
     REDIS_URL is set, else the filesystem broker), started once per session on a queue of its own."""
     from django.conf import settings
 
-
     # Whatever an earlier run left on the worker's queue is dropped.
     queue_purge(TEST_QUEUE)
     log_path = Path(settings.VAR_DIR) / "test-worker" / "worker.log"
@@ -125,8 +124,17 @@ def deliveries_settle(timeout: float = 30) -> None:
 
 @pytest.fixture(autouse=True)
 def _worker_idle_before_flush(request: pytest.FixtureRequest) -> Iterator[None]:
+    # Any transactional test, not only those asking for `worker`: once the session's worker runs,
+    # it takes whatever deliveries a later test enqueues, asked for or not.
     marker = request.node.get_closest_marker("django_db")
-    live = "worker" in request.fixturenames and marker is not None and marker.kwargs.get("transaction")
+    live = (
+        marker is not None
+        and marker.kwargs.get("transaction")
+        and (
+            "worker" in request.fixturenames
+            or any(w.process is not None and w.process.poll() is None for w in Worker.alive)
+        )
+    )
     if live:
         # Set up pytest-django's database helper (the django_db marker's) first, so that this
         # teardown runs before its flush.
