@@ -35,6 +35,14 @@ class LoadResult:
     def rate(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
 
+    def record(self, response: Response) -> None:
+        """Count one answer: its latency, its status, and an error for anything not 2xx."""
+        self.requests += 1
+        self.latencies.append(response.seconds)
+        self.statuses[response.status] = self.statuses.get(response.status, 0) + 1
+        if response.status >= 300:
+            self.errors += 1
+
     def percentile(self, p: float) -> float:
         """The p-th percentile latency in milliseconds (nearest rank)."""
         if not self.latencies:
@@ -147,11 +155,7 @@ async def closed_loop(
                     await conn.close()
                     continue
                 if sent >= measure_from and time.perf_counter() <= stop_at:
-                    result.requests += 1
-                    result.latencies.append(response.seconds)
-                    result.statuses[response.status] = result.statuses.get(response.status, 0) + 1
-                    if response.status >= 300:
-                        result.errors += 1
+                    result.record(response)
                     if keep_bodies:
                         result.bodies.append(response.body)
         finally:
@@ -191,11 +195,7 @@ async def open_loop(
             await conn.close()
             return
         idle.append(conn)
-        result.requests += 1
-        result.latencies.append(response.seconds)
-        result.statuses[response.status] = result.statuses.get(response.status, 0) + 1
-        if response.status >= 300:
-            result.errors += 1
+        result.record(response)
         if on_sent is not None:
             on_sent(wall, response)
 

@@ -26,12 +26,13 @@ def postgresql() -> None:
         pytest.skip("synchronous_commit is a PostgreSQL setting; SQLite has no such switch")
 
 
-def test_worker_connections_commit_without_waiting_for_the_disk(postgresql, settings):
-    settings.HUB_WORKER_ASYNC_COMMIT = True
+@pytest.mark.parametrize(("async_commit", "expected"), [(True, "off"), (False, "on")])
+def test_worker_connections_commit_asynchronously_unless_turned_off(postgresql, settings, async_commit, expected):
+    settings.HUB_WORKER_ASYNC_COMMIT = async_commit
     celery._worker_async_commit()
     fresh = connections.create_connection("default")
     try:
-        assert _synchronous_commit(fresh) == "off"
+        assert _synchronous_commit(fresh) == expected
     finally:
         fresh.close()
         connection_created.disconnect(dispatch_uid="hub-worker-async-commit")
@@ -40,16 +41,6 @@ def test_worker_connections_commit_without_waiting_for_the_disk(postgresql, sett
 def test_web_connections_commit_synchronously(postgresql):
     # Nothing outside a worker connects the handler: an ingest is durable before it is answered.
     assert _synchronous_commit(connection) == "on"
-
-
-def test_worker_async_commit_can_be_turned_off(postgresql, settings):
-    settings.HUB_WORKER_ASYNC_COMMIT = False
-    celery._worker_async_commit()
-    fresh = connections.create_connection("default")
-    try:
-        assert _synchronous_commit(fresh) == "on"
-    finally:
-        fresh.close()
 
 
 @pytest.mark.django_db(transaction=True)
