@@ -39,10 +39,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a few seconds of everything (tests/bench)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
-    parser.add_argument("--only", default="", help="comma-separated phases, for working on one: "
-                        "ingest, batch, delivery, e2e, fanout, stored, memory")
-    parser.add_argument("--profile", type=Path, help="py-spy the web workers (single ingest) and the Celery "
-                        "processes (delivery) into this directory; summarise with python -m bench.profile")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated phases, for working on one: ingest, batch, delivery, e2e, fanout, stored, memory",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy the web workers (single ingest) and the Celery "
+        "processes (delivery) into this directory; summarise with python -m bench.profile",
+    )
     args = parser.parse_args()
     plan = SMOKE if args.smoke else FULL
     env = bench_environment(args.smoke)
@@ -55,10 +62,12 @@ def main() -> None:
         # Ctrl-C or bench/run's timeout: everything started has been stopped by now.
         raise SystemExit("bench: interrupted; every process it started has been stopped") from None
     print(table(rows))
-    print(f"\n{len(rows)} figures in {time.monotonic() - started:.0f}s; "
-          f"database {urlsplit(env.get('DATABASE_URL', '')).path.lstrip('/') or 'embedded SQLite'}, "
-          f"{plan.web_workers} gunicorn workers, {plan.worker_concurrency} Celery processes "
-          f"({os.environ.get('WORKER_POOL', 'prefork')}), {os.cpu_count()} CPUs")
+    print(
+        f"\n{len(rows)} figures in {time.monotonic() - started:.0f}s; "
+        f"database {urlsplit(env.get('DATABASE_URL', '')).path.lstrip('/') or 'embedded SQLite'}, "
+        f"{plan.web_workers} gunicorn workers, {plan.worker_concurrency} Celery processes "
+        f"({os.environ.get('WORKER_POOL', 'prefork')}), {os.cpu_count()} CPUs"
+    )
     if args.json:
         args.json.write_text(json.dumps([{**asdict(r), "ratio": r.ratio} for r in rows], indent=2))
 

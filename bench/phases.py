@@ -45,8 +45,12 @@ class Bench:
     # envelopes ----------------------------------------------------------------------------
     def envelope(self, tag: str, number: int) -> bytes:
         # A unique message_id per event: the hub checks it for duplicates, as it would for a real store.
-        return b'{"message_id":"%s-%d",' % (tag.encode(), number) + self.seed_head + b"R%s-%d" % (
-            tag.encode(), number) + self.seed_tail
+        return (
+            b'{"message_id":"%s-%d",' % (tag.encode(), number)
+            + self.seed_head
+            + b"R%s-%d" % (tag.encode(), number)
+            + self.seed_tail
+        )
 
     def single(self, tag: str) -> load.RequestFn:
         return lambda n: ("/events", self.envelope(tag, n))
@@ -135,10 +139,22 @@ class Bench:
         pids = children(parent) if role == "web" else [parent, *children(parent)]
         return [
             subprocess.Popen(
-                [str(self.bin / "py-spy"), "record", "--idle", "--nonblocking", "--format", "raw",
-                 "--duration", str(int(seconds)), "--pid", str(pid),
-                 "--output", str(self.profile_dir / f"{role}-{pid}.txt")],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                [
+                    str(self.bin / "py-spy"),
+                    "record",
+                    "--idle",
+                    "--nonblocking",
+                    "--format",
+                    "raw",
+                    "--duration",
+                    str(int(seconds)),
+                    "--pid",
+                    str(pid),
+                    "--output",
+                    str(self.profile_dir / f"{role}-{pid}.txt"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
             for pid in pids
         ]
@@ -211,12 +227,27 @@ class Bench:
         if set(hub.statuses) != {202}:
             raise SystemExit(f"bench: POST /events answered {hub.statuses}, expected only 202 (new events)")
         self.bare = bare
-        self.add("ingest_rate", "Single ingest (events/s)", hub.rate, "/s", bare.rate, "bare DRF req/s",
-                 ">= 0.4x bare", hub.rate >= 0.4 * bare.rate)
-        self.add("ingest_p50", "Single ingest p50 (ms)", hub.percentile(50), "ms", bare.percentile(50),
-                 "bare DRF p50")
-        self.add("ingest_p99", "Single ingest p99 (ms)", hub.percentile(99), "ms", bare.percentile(99),
-                 "bare DRF p99", "<= 50 ms", hub.percentile(99) <= 50)
+        self.add(
+            "ingest_rate",
+            "Single ingest (events/s)",
+            hub.rate,
+            "/s",
+            bare.rate,
+            "bare DRF req/s",
+            ">= 0.4x bare",
+            hub.rate >= 0.4 * bare.rate,
+        )
+        self.add("ingest_p50", "Single ingest p50 (ms)", hub.percentile(50), "ms", bare.percentile(50), "bare DRF p50")
+        self.add(
+            "ingest_p99",
+            "Single ingest p99 (ms)",
+            hub.percentile(99),
+            "ms",
+            bare.percentile(99),
+            "bare DRF p99",
+            "<= 50 ms",
+            hub.percentile(99) <= 50,
+        )
 
     def batch_ingest(self) -> None:
         log("batch: bare DRF with the same batch body, then POST /events/batch")
@@ -228,8 +259,16 @@ class Bench:
         if accepted != hub_batch.requests * size:
             raise SystemExit(f"bench: batch accepted {accepted} of {hub_batch.requests * size} events")
         rate = hub_batch.rate * size
-        self.add("batch_rate", f"Batch ingest, {size}/request (events/s)", rate, "/s", bare_batch.rate * size,
-                 "bare DRF events/s", ">= 5000/s", rate >= 5000)
+        self.add(
+            "batch_rate",
+            f"Batch ingest, {size}/request (events/s)",
+            rate,
+            "/s",
+            bare_batch.rate * size,
+            "bare DRF events/s",
+            ">= 5000/s",
+            rate >= 5000,
+        )
 
     def subscription(self, name: str, path: str) -> Any:
         from routing.models import Subscription
@@ -238,7 +277,9 @@ class Bench:
         # advises for a fast, busy endpoint: the limit is still checked on every claim (its cost is
         # measured), but the default of 2 would cap one subscription at 2 of the 4 processes.
         return Subscription.objects.create(
-            name=name, url=f"http://{HOST}:{self.sub_port}{path}", message_types=["order:new"],
+            name=name,
+            url=f"http://{HOST}:{self.sub_port}{path}",
+            message_types=["order:new"],
             max_in_flight=self.plan.worker_concurrency,
         )
 
@@ -286,8 +327,16 @@ class Bench:
         times = sorted(self.subscriber_stats()["received"].values())
         rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
         self.deliveries_settled()
-        self.add("delivery_rate", "Delivery (deliveries/s)", rate, "/s", direct.rate,
-                 f"subscriber direct req/s ({self.plan.worker_concurrency} clients)", ">= 1000/s", rate >= 1000)
+        self.add(
+            "delivery_rate",
+            "Delivery (deliveries/s)",
+            rate,
+            "/s",
+            direct.rate,
+            f"subscriber direct req/s ({self.plan.worker_concurrency} clients)",
+            ">= 1000/s",
+            rate >= 1000,
+        )
 
     def deliveries_settled(self) -> None:
         from routing.models import Delivery, DeliveryState
@@ -311,8 +360,12 @@ class Bench:
         def steady(port: int, path: str, headers: dict[str, str]) -> load.LoadResult:
             return asyncio.run(
                 load.open_loop(
-                    host=HOST, port=port, make=lambda n: (path, self.envelope(f"{key}-base", n)), headers=headers,
-                    rate=rate, seconds=max(1.0, seconds / 2),
+                    host=HOST,
+                    port=port,
+                    make=lambda n: (path, self.envelope(f"{key}-base", n)),
+                    headers=headers,
+                    rate=rate,
+                    seconds=max(1.0, seconds / 2),
                 )
             )
 
@@ -328,19 +381,32 @@ class Bench:
 
         asyncio.run(
             load.open_loop(
-                host=HOST, port=self.web_port, make=self.single(key), headers=self.headers, rate=rate,
-                seconds=seconds, on_sent=on_sent,
+                host=HOST,
+                port=self.web_port,
+                make=self.single(key),
+                headers=self.headers,
+                rate=rate,
+                seconds=seconds,
+                on_sent=on_sent,
             )
         )
         wait_for(lambda: set(sent) <= set(self.subscriber_stats()["received"]), 120, "every e2e event delivered", 0.2)
         received = self.subscriber_stats()["received"]
         result = load.LoadResult(latencies=[received[k] - wall for k, wall in sent.items()])
         p50, p99 = result.percentile(50), result.percentile(99)
-        self.add(f"{key}_p50", f"End-to-end p50 at {rate:g} ev/s (ms)", p50, "ms", baseline_p50,
-                 "bare p50 + subscriber p50", f"<= {target_ms:g} ms" if target_ms else "",
-                 p50 <= target_ms if target_ms else None)
-        self.add(f"{key}_p99", f"End-to-end p99 at {rate:g} ev/s (ms)", p99, "ms", baseline_p99,
-                 "bare p99 + subscriber p99")
+        self.add(
+            f"{key}_p50",
+            f"End-to-end p50 at {rate:g} ev/s (ms)",
+            p50,
+            "ms",
+            baseline_p50,
+            "bare p50 + subscriber p50",
+            f"<= {target_ms:g} ms" if target_ms else "",
+            p50 <= target_ms if target_ms else None,
+        )
+        self.add(
+            f"{key}_p99", f"End-to-end p99 at {rate:g} ev/s (ms)", p99, "ms", baseline_p99, "bare p99 + subscriber p99"
+        )
 
     def fanout(self) -> None:
         from routing.models import Subscription
@@ -368,8 +434,14 @@ class Bench:
             times.append(max(self.subscriber_stats()["received"].values()) - wall)
         hub_ms = load.LoadResult(latencies=times).percentile(50)
         base_ms = load.LoadResult(latencies=baseline_times).percentile(50)
-        self.add("fanout_ms", f"Fan-out 1 event to {count} subscriptions, p50 (ms to last)", hub_ms, "ms", base_ms,
-                 f"{count} direct sends")
+        self.add(
+            "fanout_ms",
+            f"Fan-out 1 event to {count} subscriptions, p50 (ms to last)",
+            hub_ms,
+            "ms",
+            base_ms,
+            f"{count} direct sends",
+        )
         self.deliveries_settled()
         Subscription.objects.update(is_enabled=False)
 
@@ -405,17 +477,39 @@ class Bench:
         # comparison is of the hub's share, not of the neighbours' mood. Baseline = the 10k rate
         # scaled by how much faster or slower the bare view ran during the 1M measurement.
         expected = at_small.rate * bare_large.rate / bare_small.rate
-        self.add("stored_small", f"Ingest with {small:,} stored (events/s)", at_small.rate, "/s", bare_small.rate,
-                 "bare DRF req/s, same slices")
-        self.add("stored_large", f"Ingest with {large:,} stored (events/s)", at_large.rate, "/s", expected,
-                 f"{small:,}-stored rate, load-adjusted", ">= 0.9x", at_large.rate >= 0.9 * expected)
+        self.add(
+            "stored_small",
+            f"Ingest with {small:,} stored (events/s)",
+            at_small.rate,
+            "/s",
+            bare_small.rate,
+            "bare DRF req/s, same slices",
+        )
+        self.add(
+            "stored_large",
+            f"Ingest with {large:,} stored (events/s)",
+            at_large.rate,
+            "/s",
+            expected,
+            f"{small:,}-stored rate, load-adjusted",
+            ">= 0.9x",
+            at_large.rate >= 0.9 * expected,
+        )
 
     def memory(self) -> None:
         self.rss.sample()
         for role, name in (("web", "Web (gunicorn worker)"), ("worker", "Celery worker process")):
             peak = self.rss.peak.get(role, 0.0)
-            self.add(f"rss_{role}", f"{name} peak RSS (MB)", peak, "MB", self.rss.idle.get(role, 0.0),
-                     "same, idle after start", "<= 200 MB", peak <= 200)
+            self.add(
+                f"rss_{role}",
+                f"{name} peak RSS (MB)",
+                peak,
+                "MB",
+                self.rss.idle.get(role, 0.0),
+                "same, idle after start",
+                "<= 200 MB",
+                peak <= 200,
+            )
 
     def run(self, only: set[str]) -> list[Row]:
         phases = {

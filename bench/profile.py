@@ -44,8 +44,19 @@ def profile_load(paths: list[Path]) -> tuple[Counter[str], int]:
 
 
 INTERESTING = (
-    "events/", "routing/", "integrator/", "psycopg", "redis/", "kombu/", "requests/", "orjson", "json/",
-    "rest_framework/views.py", "django/db/transaction.py", "commit", "execute",
+    "events/",
+    "routing/",
+    "integrator/",
+    "psycopg",
+    "redis/",
+    "kombu/",
+    "requests/",
+    "orjson",
+    "json/",
+    "rest_framework/views.py",
+    "django/db/transaction.py",
+    "commit",
+    "execute",
 )
 
 
@@ -66,8 +77,10 @@ def main() -> None:
             continue
         inclusive, total = profile_load(paths)
         root = inclusive.get(ROOTS[role], 0) or total
-        print(f"\n## {role}: {len(paths)} processes, {total} samples (wall clock, idle included); "
-              f"{root} in `{ROOTS[role]}`\n")
+        print(
+            f"\n## {role}: {len(paths)} processes, {total} samples (wall clock, idle included); "
+            f"{root} in `{ROOTS[role]}`\n"
+        )
         print(f"| of all | of {ROOTS[role].split(' ')[0]} | frame |\n|---:|---:|---|")
         shown = 0
         for name, samples in inclusive.most_common():

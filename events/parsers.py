@@ -108,6 +108,4 @@ class HubJSONParser(BaseParser):
         raw = raw.removeprefix(b"\xef\xbb\xbf")
         if not raw.strip():
             raise MalformedJson("The body is empty; send a JSON envelope.", field="body")
-        return json_parse_body(
-            raw, max_depth=settings.HUB_MAX_JSON_DEPTH, max_keys=settings.HUB_MAX_JSON_KEYS
-        )
+        return json_parse_body(raw, max_depth=settings.HUB_MAX_JSON_DEPTH, max_keys=settings.HUB_MAX_JSON_KEYS)

@@ -128,9 +128,7 @@ if DATABASE_URL:
     if DATABASES["default"]["ENGINE"].endswith("postgresql"):
         # libpq waits forever for a server that accepted the TCP connection but never answers
         # (a blackholed or hung database): a request, a worker and /readyz must give up instead.
-        DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
-            "connect_timeout", _env_int("DB_CONNECT_TIMEOUT", 5)
-        )
+        DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", _env_int("DB_CONNECT_TIMEOUT", 5))
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
@@ -217,7 +215,13 @@ HUB_RETRY_JITTER = _env_float("HUB_RETRY_JITTER", 0.2)
 HUB_RETRY_AFTER_MAX_SECONDS = _env_float("HUB_RETRY_AFTER_MAX_SECONDS", 86400)
 # Retries due sooner than this are handed to the broker with a countdown; later ones wait in the database.
 HUB_RETRY_COUNTDOWN_MAX_SECONDS = _env_float("HUB_RETRY_COUNTDOWN_MAX_SECONDS", 60)
-# A claimed delivery belongs to its worker for the endpoint's timeout plus this margin.
+# A worker sends an endpoint's due deliveries in batches of this many, one after another on one
+# connection, and records each batch in one transaction (routing.pump).
+HUB_DELIVERY_BATCH_SIZE = _env_int("HUB_DELIVERY_BATCH_SIZE", 20)
+# How long a worker keeps sending to one endpoint before a fresh message takes over, so that other
+# endpoints' messages are not kept waiting behind a long backlog.
+HUB_DELIVERY_PUMP_SECONDS = _env_float("HUB_DELIVERY_PUMP_SECONDS", 5)
+# A claimed delivery belongs to its worker for the pump's time, the endpoint's timeout and this margin.
 HUB_DELIVERY_LEASE_MARGIN_SECONDS = _env_float("HUB_DELIVERY_LEASE_MARGIN_SECONDS", 60)
 HUB_RESPONSE_BODY_MAX_CHARS = _env_int("HUB_RESPONSE_BODY_MAX_CHARS", 4096)
 HUB_RESPONSE_READ_MAX_BYTES = _env_int("HUB_RESPONSE_READ_MAX_BYTES", 1024 * 1024)
@@ -226,8 +230,9 @@ HUB_MAX_EVENT_DEPTH = _env_int("HUB_MAX_EVENT_DEPTH", 5)
 # An endpoint that has failed without a single success for this long is disabled.
 HUB_SUBSCRIPTION_DISABLE_AFTER_SECONDS = _env_float("HUB_SUBSCRIPTION_DISABLE_AFTER_SECONDS", 5 * 86400)
 HUB_SWEEP_INTERVAL_SECONDS = _env_float("HUB_SWEEP_INTERVAL_SECONDS", 30)
-# A due delivery enqueued longer ago than this without being taken is assumed lost by the broker.
-HUB_SWEEP_LOST_AFTER_SECONDS = _env_float("HUB_SWEEP_LOST_AFTER_SECONDS", 300)
+# A delivery due for longer than this without being sent has lost its broker message (or never had
+# one: a broker outage, a retry hours away); the sweeper wakes its endpoint.
+HUB_SWEEP_LOST_AFTER_SECONDS = _env_float("HUB_SWEEP_LOST_AFTER_SECONDS", 30)
 HUB_SWEEP_BATCH_SIZE = _env_int("HUB_SWEEP_BATCH_SIZE", 1000)
 
 # --- Reliability (docs/reliability.md) ------------------------------------------------------

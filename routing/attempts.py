@@ -1,28 +1,24 @@
-"""Sending one delivery: claim it, make one HTTP exchange, record the attempt, decide what comes
-next, take in what the endpoint replied (PROTOCOL §3), and keep the event's status in step."""
+"""What follows an attempt: the endpoint's standing (failing, disabled), what it replied (PROTOCOL
+§3), and the event's status; and the rules that say which delivery may go (order, in-flight limit).
+Sending itself, a batch at a time, is routing.pump."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from contextlib import nullcontext
-from datetime import datetime, timedelta
+from collections.abc import Collection, Mapping
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Exists, OuterRef
-from django.utils import timezone
 
 from events.errors import HubError
 from events.models import Event, EventStatus
 from events.services import envelope_validate
-from integrator import metrics
-from routing import retry, transport
+from routing import transport
 from routing.models import (
-    DELIVERY_OPEN_STATES,
     DELIVERY_ORDER_HOLDING_STATES,
-    Attempt,
     Delivery,
     DeliveryState,
     Notification,
@@ -41,59 +37,6 @@ _LEVELS = {
     "warning": NotificationLevel.WARN,
     "error": NotificationLevel.ERROR,
 }
-
-
-def delivery_attempt(*, delivery_id: int) -> str | None:
-    """Try one delivery once, if it is due and nobody else holds it. Returns the verdict, or None
-    when there was nothing to do (already sent, not due yet, held by another worker, endpoint off)."""
-    # One round trip for everything the attempt needs, the order check included.
-    delivery = (
-        Delivery.objects.select_related("event", "event__store", "subscription", "subscription__store")
-        .annotate(held_back=earlier_of_same_resource_open())
-        .filter(pk=delivery_id)
-        .first()
-    )
-    if delivery is None:
-        return None
-    sub = delivery.subscription
-    now = timezone.now()
-    number = delivery.attempt_count + 1
-    lease = timedelta(seconds=sub.timeout_seconds + settings.HUB_DELIVERY_LEASE_MARGIN_SECONDS)
-    if not sub.is_enabled:
-        return None
-    if delivery.state not in DELIVERY_OPEN_STATES or delivery.next_attempt_at > now:
-        return None
-    if delivery.held_back:
-        # An earlier delivery of the same resource is still owed to this endpoint: this one waits,
-        # without spending an attempt, until that one ends (deliveries_release wakes it).
-        _delivery_park(delivery_id=delivery_id)
-        return None
-    if not _delivery_claim(delivery=delivery, number=number, now=now, lease=lease):
-        return None
-
-    event = delivery.event
-    request = transport.request_build(
-        url=sub.url,
-        message=event.message,
-        message_id=event.message_id,
-        payload=event.payload,
-        parameters=sub.parameters or [],
-        webhook_id=str(event.uid),
-        signing_secret=sub.signing_secret,
-        previous_signing_secret=sub.previous_signing_secret_active(now),
-        token=sub.token,
-        store_name=_store_name(delivery),
-        method_override=sub.http_method,
-    )
-    started_at = timezone.now()
-    result = transport.request_send(
-        request,
-        timeout=sub.timeout_seconds,
-        body_max_chars=settings.HUB_RESPONSE_BODY_MAX_CHARS,
-        read_max_bytes=settings.HUB_RESPONSE_READ_MAX_BYTES,
-    )
-    metrics.attempt_observe(attempt_outcome(result), result.latency_ms / 1000)
-    return _attempt_conclude(delivery=delivery, number=number, result=result, started_at=started_at)
 
 
 def earlier_of_same_resource_open() -> Exists:
@@ -131,46 +74,6 @@ def subscription_max_in_flight(subscription: Subscription) -> int:
     return settings.HUB_SUBSCRIPTION_MAX_IN_FLIGHT
 
 
-def _delivery_claim(*, delivery: Delivery, number: int, now: datetime, lease: timedelta) -> bool:
-    """Take the delivery for this worker: one conditional UPDATE, so two workers holding the same
-    message cannot both send, and within the endpoint's in-flight limit."""
-    limit = subscription_max_in_flight(delivery.subscription)
-    # Without a limit the claim is a single statement and needs no transaction of its own (a
-    # BEGIN and a COMMIT are two more round trips); with one, the count and the claim must hold
-    # the endpoint's row together.
-    with transaction.atomic() if limit else nullcontext():
-        if limit:
-            # Claims for one endpoint queue up on its row, so that a limit of N means N, not N plus
-            # whatever raced past the count.
-            list(Subscription.objects.select_for_update().filter(pk=delivery.subscription_id).values_list("pk"))
-            busy = Delivery.objects.filter(
-                subscription_id=delivery.subscription_id, state=DeliveryState.DELIVERING, lease_expires_at__gt=now
-            ).count()
-            if busy >= limit:
-                _delivery_park(delivery_id=delivery.pk)
-                return False
-        # The WHERE names only this row's own columns: a join would make Django compare inside a
-        # subquery, which PostgreSQL does not re-check against a row a concurrent claim just changed.
-        claimed = Delivery.objects.filter(
-            pk=delivery.pk,
-            state__in=DELIVERY_OPEN_STATES,
-            next_attempt_at__lte=now,
-            attempt_count=delivery.attempt_count,
-        ).update(state=DeliveryState.DELIVERING, attempt_count=number, lease_expires_at=now + lease, enqueued_at=None)
-        # The first attempt of any delivery moves a queued event to delivering. The event was read
-        # with the delivery: once it is past queued (the other deliveries of a fan-out) there is
-        # nothing to move, and the statement is skipped.
-        if claimed and delivery.event.status == EventStatus.QUEUED:
-            event_status_touch(event_id=delivery.event_id)
-    return bool(claimed)
-
-
-def _delivery_park(*, delivery_id: int) -> None:
-    """A delivery that must wait for its turn is no longer 'in the broker': whoever frees the turn
-    (deliveries_release) or the sweeper enqueues it again."""
-    Delivery.objects.filter(pk=delivery_id, state__in=DELIVERY_OPEN_STATES).update(enqueued_at=None)
-
-
 def attempt_outcome(result: transport.ExchangeResult) -> str:
     """A small, fixed vocabulary for the metrics label: what kind of thing happened on the wire."""
     if result.succeeded:
@@ -182,116 +85,7 @@ def attempt_outcome(result: transport.ExchangeResult) -> str:
     return "http_error"
 
 
-def _store_name(delivery: Delivery) -> str:
-    """X-Hub-Store names the store the endpoint is configured for, else the store that pushed the event."""
-    if delivery.subscription.store is not None:
-        return delivery.subscription.store.name
-    if delivery.event.store is not None:
-        return delivery.event.store.name
-    return ""
-
-
-def _attempt_conclude(
-    *, delivery: Delivery, number: int, result: transport.ExchangeResult, started_at: datetime
-) -> str | None:
-    sub = delivery.subscription
-    now = timezone.now()
-    is_test = delivery.event.origin.startswith("test:")
-    decision = retry.decide(
-        succeeded=result.succeeded,
-        status_code=result.status_code,
-        attempt_number=number,
-        schedule=sub.retry_schedule if sub.retry_schedule is not None else settings.HUB_RETRY_SCHEDULE,
-        retries_enabled=sub.retry_enabled and not is_test,
-        retry_after=retry.retry_after_seconds(result.retry_after, now=now),
-        retry_after_max=settings.HUB_RETRY_AFTER_MAX_SECONDS,
-        jitter=settings.HUB_RETRY_JITTER,
-    )
-    changes: dict[str, Any] = {
-        "lease_expires_at": None,
-        "last_status_code": result.status_code,
-        "last_error": result.error,
-    }
-    if decision.verdict == retry.Verdict.DELIVERED:
-        changes.update(state=DeliveryState.DELIVERED, delivered_at=now)
-    elif decision.verdict == retry.Verdict.RETRY:
-        changes.update(state=DeliveryState.RETRYING, next_attempt_at=now + timedelta(seconds=decision.delay_seconds))
-    else:
-        changes.update(state=DeliveryState.FAILED)
-
-    with transaction.atomic():
-        # The attempt row shares the outcome's transaction (one commit, not two). It is written
-        # whatever the fence below decides; should this transaction fail altogether, the lease
-        # runs out and the sweeper records the attempt as unanswered, so no attempt goes unrecorded.
-        Attempt.objects.create(
-            delivery_id=delivery.pk,
-            number=number,
-            started_at=started_at,
-            request_method=result.method,
-            request_url=result.url[:500],
-            status_code=result.status_code,
-            latency_ms=result.latency_ms,
-            response_headers=dict(result.response_headers),
-            response_body=result.response_body,
-            error=result.error,
-            succeeded=result.succeeded,
-        )
-        # Fenced on the attempt number: if our lease ran out and the sweeper handed the delivery to
-        # someone else, their outcome stands and ours is only the attempt row (committed all the same).
-        owned = Delivery.objects.filter(pk=delivery.pk, state=DeliveryState.DELIVERING, attempt_count=number).update(
-            **changes
-        )
-        if not owned:
-            logger.warning("delivery changed hands during the attempt", extra={"delivery_id": delivery.pk})
-            return None
-        if decision.verdict == retry.Verdict.DELIVERED:
-            if sub.failing_since is not None:
-                # Read with the delivery: an endpoint that was not failing then has nothing to clear
-                # (one that started failing since keeps its mark until its next success).
-                Subscription.objects.filter(pk=sub.pk, failing_since__isnull=False).update(failing_since=None)
-            if isinstance(result.reply, Mapping):
-                reply_process(delivery=delivery, reply=result.reply)
-        elif decision.verdict == retry.Verdict.GONE:
-            subscription_disable(
-                subscription_id=sub.pk, reason="the endpoint answered 410 Gone", event=delivery.event, delivery=delivery
-            )
-        else:
-            _subscription_failing(subscription=sub, now=now, delivery=delivery)
-        if decision.verdict != retry.Verdict.RETRY:
-            # A retry moves the delivery from delivering to retrying, which event_status_derive
-            # counts alike (open, started): only an ending can change the event's status.
-            event_status_refresh(event_id=delivery.event_id)
-        from routing.services import deliveries_enqueue, deliveries_release
-
-        if (
-            decision.verdict == retry.Verdict.RETRY
-            and decision.delay_seconds <= settings.HUB_RETRY_COUNTDOWN_MAX_SECONDS
-        ):
-            delay = decision.delay_seconds
-            transaction.on_commit(lambda: deliveries_enqueue([delivery.pk], countdown=delay))
-        # This attempt freed a slot of the endpoint and, if it ended, the turn of the next delivery
-        # of the same resource.
-        limited = bool(subscription_max_in_flight(sub))
-        # A delivery that will be retried still holds its resource's turn: nothing to hand on.
-        turn_key = delivery.resource_key if decision.verdict != retry.Verdict.RETRY else None
-        if turn_key or limited:
-            transaction.on_commit(
-                lambda: deliveries_release(subscription_id=sub.pk, resource_key=turn_key, limited=limited)
-            )
-    metrics.delivery_outcome_count(str(decision.verdict))
-    logger.info(
-        "delivery attempt",
-        extra={
-            "delivery_id": delivery.pk,
-            "attempt": number,
-            "status_code": result.status_code,
-            "verdict": decision.verdict,
-        },
-    )
-    return str(decision.verdict)
-
-
-def _subscription_failing(*, subscription: Subscription, now: Any, delivery: Delivery) -> None:
+def subscription_failing(*, subscription: Subscription, now: Any, delivery: Delivery) -> None:
     Subscription.objects.filter(pk=subscription.pk, failing_since__isnull=True).update(failing_since=now)
     since = Subscription.objects.filter(pk=subscription.pk).values_list("failing_since", flat=True).get()
     limit = timedelta(seconds=settings.HUB_SUBSCRIPTION_DISABLE_AFTER_SECONDS)
@@ -416,21 +210,43 @@ def event_status_derive(states: list[tuple[int, int, str, int]]) -> str:
 
 def event_status_refresh(*, event_id: int) -> str:
     """Recompute an event's status under a row lock, so deliveries finishing together agree."""
+    return events_status_refresh(event_ids=[event_id]).get(event_id, "")
+
+
+def events_status_refresh(*, event_ids: Collection[int]) -> dict[int, str]:
+    """event_status_refresh for several events with one lock, one read and one UPDATE per new
+    status; locked in id order, so two batches ending events of one fan-out cannot deadlock."""
+    ids = sorted(set(event_ids))
+    if not ids:
+        return {}
     # No savepoint inside a caller's transaction (two round trips fewer): nothing here is caught
     # and retried, so a failure rolls back the caller's transaction as a whole anyway.
     with transaction.atomic(savepoint=False):
-        current = Event.objects.select_for_update().filter(pk=event_id).values_list("status", flat=True).first()
-        if current is None:
-            return ""
-        rows = list(
-            Delivery.objects.filter(event_id=event_id).values_list("subscription_id", "id", "state", "attempt_count")
-        )
-        status = event_status_derive(rows)
-        if status != current:
-            Event.objects.filter(pk=event_id).update(status=status)
-    return status
-
-
-def event_status_touch(*, event_id: int) -> None:
-    """The first attempt of any delivery moves a queued event to delivering."""
-    Event.objects.filter(pk=event_id, status=EventStatus.QUEUED).update(status=EventStatus.DELIVERING)
+        # The lock and the read in one statement: each event with its deliveries (or none).
+        current: dict[int, str] = {}
+        rows: dict[int, list[tuple[int, int, str, int]]] = {}
+        for pk, status, *delivery in (
+            Event.objects.select_for_update(of=("self",))
+            .filter(pk__in=ids)
+            .order_by("pk")
+            .values_list(
+                "pk",
+                "status",
+                "deliveries__subscription_id",
+                "deliveries__id",
+                "deliveries__state",
+                "deliveries__attempt_count",
+            )
+        ):
+            current[pk] = status
+            rows.setdefault(pk, [])
+            if delivery[1] is not None:
+                rows[pk].append(tuple(delivery))
+        statuses = {pk: event_status_derive(rows[pk]) for pk in current}
+        changed: dict[str, list[int]] = {}
+        for pk, status in statuses.items():
+            if status != current[pk]:
+                changed.setdefault(status, []).append(pk)
+        for status, pks in changed.items():
+            Event.objects.filter(pk__in=pks).update(status=status)
+    return statuses

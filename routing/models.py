@@ -163,7 +163,9 @@ class Delivery(models.Model):
     attempt_count = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(default=timezone.now)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
-    enqueued_at = models.DateTimeField(null=True, blank=True)
+    # Which batch holds the delivery while it is delivering (routing.pump): a worker's outcome counts
+    # only for its own claim, and an endpoint's in-flight limit counts distinct claims.
+    claim = models.BigIntegerField(null=True, blank=True, editable=False)
     last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
     last_error = models.TextField(blank=True, default="")
     delivered_at = models.DateTimeField(null=True, blank=True)
@@ -190,14 +192,12 @@ class Delivery(models.Model):
             models.Index(fields=["subscription", "resource_key", "id"], name="delivery_resource_order"),
             # The admin's "failed in the last hour/day": a failed delivery last changed when it failed.
             models.Index(fields=["state", "updated_at"], name="delivery_state_changed"),
-            # Due deliveries nobody has enqueued (parked for a free slot, or missed by the broker):
-            # deliveries_release looks for one after every attempt. Without it that look-up reads
-            # every open delivery of the endpoint, so it cost more the longer the backlog. Only
-            # unqueued rows are in it, so it stays small.
+            # An endpoint's due deliveries in the order a batch claims them (routing.pump): only open
+            # ones are in it, so it stays as small as the backlog.
             models.Index(
                 fields=["subscription", "next_attempt_at", "id"],
-                name="delivery_unqueued",
-                condition=models.Q(enqueued_at__isnull=True, state__in=("pending", "retrying")),
+                name="delivery_open_due",
+                condition=models.Q(state__in=("pending", "retrying")),
             ),
         ]
         verbose_name_plural = "deliveries"

@@ -1,55 +1,51 @@
 """Routing services: who gets an event, accepting an event with its deliveries, and the
 bookkeeping around deliveries (sweeping, retrying now, cancelling, replaying, test sends).
 
-Sending one delivery lives in routing.attempts; it is re-exported here so callers have one place.
+Sending lives in routing.pump and waking the workers in routing.dispatch; what callers need of
+them is re-exported here so they have one place.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Exists, Q, QuerySet
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from events.models import Event, EventStatus, Store
 from events.services import Envelope, IngestResult, event_build, event_ingest, event_insert, events_insert
 from routing import matching
-from routing.attempts import (
-    delivery_attempt,
-    earlier_of_same_resource_open,
-    event_status_refresh,
-    subscription_max_in_flight,
-)
+from routing.attempts import event_status_refresh
+from routing.dispatch import pumps_enqueue
 from routing.models import (
     DELIVERY_OPEN_STATES,
-    DELIVERY_ORDER_HOLDING_STATES,
     Attempt,
     Delivery,
     DeliveryState,
     Subscription,
     signing_secret_new,
 )
+from routing.pump import deliveries_pump, delivery_attempt, delivery_subscription_id
 
 __all__ = [
     "TEST_MESSAGE",
     "SweepResult",
     "deliveries_create_for_event",
-    "deliveries_enqueue",
-    "deliveries_release",
+    "deliveries_pump",
     "deliveries_sweep",
     "delivery_attempt",
     "delivery_cancel",
+    "delivery_subscription_id",
     "delivery_replay",
     "delivery_retry_now",
     "event_accept",
     "events_accept",
     "event_status_refresh",
+    "pumps_enqueue",
     "subscription_enable",
     "subscription_secret_rotate",
     "subscription_secrets_reencrypt",
@@ -99,91 +95,6 @@ def deliveries_create_for_event(*, event: Event) -> list[Delivery]:
         Event.objects.filter(pk=event.pk).update(status=EventStatus.UNROUTED)
         event.status = EventStatus.UNROUTED
     return deliveries
-
-
-# Until when (time.monotonic) this process leaves publishing to the sweeper after a broker failure.
-_broker_down_until = [0.0]
-
-
-def deliveries_enqueue(delivery_ids: Iterable[int], *, countdown: float | None = None) -> list[int]:
-    """Tell the broker 'look at delivery N' and note when; returns the ids actually published.
-
-    A broker outage is not the store's problem: the deliveries are durable and the sweeper
-    enqueues them once the broker is back."""
-    from routing.tasks import delivery_attempt_task
-
-    ids = list(delivery_ids)
-    if not ids:
-        return []
-    if time.monotonic() < _broker_down_until[0]:
-        # The broker failed moments ago: trying again would make every push wait out the broker
-        # client's connection attempts. The deliveries stay unmarked, for the sweeper.
-        return []
-    # Noted before publishing: a worker that takes the message at once and finds the delivery must
-    # wait its turn clears the mark (routing.attempts._delivery_park), and must not find it set after.
-    marked_at = timezone.now()
-    Delivery.objects.filter(pk__in=ids, state__in=DELIVERY_OPEN_STATES).update(enqueued_at=marked_at)
-    published: list[int] = []
-    for delivery_id in ids:
-        try:
-            if countdown:
-                delivery_attempt_task.apply_async(args=[delivery_id], countdown=countdown)
-            else:
-                delivery_attempt_task.delay(delivery_id)
-        except Exception:  # noqa: BLE001 - any broker failure; the database still holds the delivery
-            logger.warning("broker unavailable; delivery left for the sweeper", extra={"delivery_id": delivery_id})
-            _broker_down_until[0] = time.monotonic() + settings.HUB_BROKER_BACKOFF_SECONDS
-            break
-        published.append(delivery_id)
-    unpublished = ids[len(published) :]
-    if unpublished:
-        Delivery.objects.filter(pk__in=unpublished, enqueued_at=marked_at).update(enqueued_at=None)
-    return published
-
-
-def _earlier_of_same_resource_open() -> Exists:
-    """For a Delivery queryset: an earlier delivery of the same resource to the same endpoint is
-    still open, so this one must wait (routing.attempts.delivery_held_back, in SQL)."""
-    return earlier_of_same_resource_open()
-
-
-def deliveries_release(*, subscription_id: int, resource_key: str | None, limited: bool = True) -> list[int]:
-    """After an attempt or a cancel: enqueue the delivery whose turn has come (the next one of the
-    same resource) and, for an endpoint with an in-flight limit, the oldest one waiting for a
-    slot. Enqueuing one that must still wait is harmless; the sweeper covers anything missed."""
-    now = timezone.now()
-    wake: list[int] = []
-    if resource_key:
-        head = (
-            Delivery.objects.filter(
-                subscription_id=subscription_id, resource_key=resource_key, state__in=DELIVERY_ORDER_HOLDING_STATES
-            )
-            .order_by("id")
-            .values_list("id", "state", "next_attempt_at")
-            .first()
-        )
-        if head is not None and head[1] in DELIVERY_OPEN_STATES and head[2] <= now:
-            wake.append(head[0])
-    if not limited:
-        # Without an in-flight limit nothing waits for a slot.
-        return deliveries_enqueue(wake) if wake else []
-    waiting = (
-        Delivery.objects.filter(
-            subscription_id=subscription_id,
-            state__in=DELIVERY_OPEN_STATES,
-            next_attempt_at__lte=now,
-            enqueued_at__isnull=True,
-            subscription__is_enabled=True,
-        )
-        .exclude(pk__in=wake)
-        .filter(~_earlier_of_same_resource_open())
-        .order_by("next_attempt_at", "id")
-        .values_list("id", flat=True)
-        .first()
-    )
-    if waiting is not None:
-        wake.append(waiting)
-    return deliveries_enqueue(wake) if wake else []
 
 
 def event_accept(
@@ -239,8 +150,10 @@ def events_accept_built(*, store: Store | None, events: list[Event], savepoint: 
         ]
         if deliveries:
             Delivery.objects.bulk_create(deliveries)
-            ids = [d.pk for d in deliveries]
-            transaction.on_commit(lambda: deliveries_enqueue(ids))
+            # One message per endpoint, not per delivery: the worker that takes it sends all of
+            # that endpoint's due deliveries (routing.pump).
+            endpoints = [d.subscription_id for d in deliveries]
+            transaction.on_commit(lambda: pumps_enqueue(endpoints))
     return results
 
 
@@ -253,20 +166,26 @@ class SweepResult:
 def deliveries_sweep() -> SweepResult:
     """Make the database, not the broker, the memory of what is owed.
 
-    Deliveries whose worker vanished (lease expired) become retryable again, and due deliveries
-    that were never enqueued, or enqueued long enough ago that the message must be lost, are
-    enqueued again. Sending twice is harmless: a delivery is claimed before it is sent."""
+    Deliveries whose worker vanished (lease expired) become retryable again, with their attempt
+    recorded as unanswered, and every enabled endpoint with a delivery due for longer than
+    HUB_SWEEP_LOST_AFTER_SECONDS gets a message: one whose message was lost, or that waited in the
+    database (a retry hours away, a broker outage), is sent. A message too many only costs a look."""
     now = timezone.now()
     reclaimed = 0
+    # Endpoints of reclaimed deliveries, due again at once and with no message on the way.
+    woken: list[int] = []
     expired = Delivery.objects.filter(state=DeliveryState.DELIVERING, lease_expires_at__lt=now)
-    for delivery_id, number in expired.values_list("id", "attempt_count")[: settings.HUB_SWEEP_BATCH_SIZE]:
+    for delivery_id, number, subscription_id in expired.values_list("id", "attempt_count", "subscription_id")[
+        : settings.HUB_SWEEP_BATCH_SIZE
+    ]:
         with transaction.atomic():
             taken = Delivery.objects.filter(
                 pk=delivery_id, state=DeliveryState.DELIVERING, attempt_count=number, lease_expires_at__lt=now
-            ).update(state=DeliveryState.RETRYING, next_attempt_at=now, lease_expires_at=None, enqueued_at=None)
+            ).update(state=DeliveryState.RETRYING, next_attempt_at=now, lease_expires_at=None, claim=None)
             if not taken:
                 continue
             reclaimed += 1
+            woken.append(subscription_id)
             error = "the worker sending this attempt stopped before recording an answer (lease expired)"
             if not Attempt.objects.filter(delivery_id=delivery_id, number=number).exists():
                 delivery = Delivery.objects.select_related("subscription").get(pk=delivery_id)
@@ -277,53 +196,26 @@ def deliveries_sweep() -> SweepResult:
                     request_url=delivery.subscription.url,
                     error=error,
                 )
-            Delivery.objects.filter(pk=delivery_id).update(last_error=error, last_status_code=None)
+            Delivery.objects.filter(pk=delivery_id).update(last_error=error, last_status_code=None, updated_at=now)
         logger.warning("reclaimed a delivery whose lease expired", extra={"delivery_id": delivery_id})
 
-    lost_before = now - timedelta(seconds=settings.HUB_SWEEP_LOST_AFTER_SECONDS)
-    # Deliveries waiting for an earlier one of the same resource are left out: that one's end
-    # enqueues them (deliveries_release), and enqueuing them now would only bounce.
-    due = (
-        Delivery.objects.filter(state__in=DELIVERY_OPEN_STATES, next_attempt_at__lte=now, subscription__is_enabled=True)
-        .filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=lost_before))
-        .filter(~_earlier_of_same_resource_open())
-    )
-    published = deliveries_enqueue(_due_within_limits(due, now=now))
+    published = pumps_enqueue([*woken, *endpoints_lost(now=now)])
     if reclaimed or published:
         logger.info("sweep", extra={"reclaimed": reclaimed, "enqueued": len(published)})
     return SweepResult(reclaimed=reclaimed, enqueued=len(published))
 
 
-def _due_within_limits(due: QuerySet[Delivery], *, now: datetime) -> list[int]:
-    """The due deliveries to enqueue, endpoint by endpoint: an endpoint with an in-flight limit gets
-    only as many as it has free slots, so that one dead endpoint's backlog neither bounces off its
-    limit at every sweep nor fills the batch ahead of every other endpoint's deliveries."""
-    batch = settings.HUB_SWEEP_BATCH_SIZE
-    subscription_ids = list(due.order_by().values_list("subscription_id", flat=True).distinct())
-    if not subscription_ids:
-        return []
-    limits = {
-        sub.pk: subscription_max_in_flight(sub)
-        for sub in Subscription.objects.filter(pk__in=subscription_ids).only("id", "max_in_flight")
-    }
-    busy = dict(
-        Delivery.objects.filter(
-            subscription_id__in=[pk for pk, limit in limits.items() if limit],
-            state=DeliveryState.DELIVERING,
-            lease_expires_at__gt=now,
-        )
-        .values_list("subscription_id")
-        .annotate(n=Count("id"))
-        .values_list("subscription_id", "n")
+def endpoints_lost(*, now: datetime) -> list[int]:
+    """Enabled endpoints with a delivery due for longer than HUB_SWEEP_LOST_AFTER_SECONDS. One that
+    fell due just now has its message on the way (the push's, or a retry's countdown); one due for
+    longer has lost it, or never had one."""
+    lost_before = now - timedelta(seconds=settings.HUB_SWEEP_LOST_AFTER_SECONDS)
+    due = Delivery.objects.filter(
+        subscription_id=OuterRef("pk"), state__in=DELIVERY_OPEN_STATES, next_attempt_at__lte=lost_before
     )
-    picked: list[tuple[datetime, int]] = []
-    for subscription_id in subscription_ids:
-        limit = limits.get(subscription_id, 0)
-        room = max(limit - busy.get(subscription_id, 0), 0) if limit else batch
-        if room:
-            rows = due.filter(subscription_id=subscription_id).order_by("next_attempt_at", "id")
-            picked += [(at, pk) for pk, at in rows.values_list("id", "next_attempt_at")[: min(room, batch)]]
-    return [pk for _, pk in sorted(picked)[:batch]]
+    return list(
+        Subscription.objects.filter(is_enabled=True).filter(Exists(due)).order_by("id").values_list("id", flat=True)
+    )
 
 
 def delivery_retry_now(*, delivery_id: int) -> bool:
@@ -334,15 +226,15 @@ def delivery_retry_now(*, delivery_id: int) -> bool:
         if not Subscription.objects.filter(deliveries__pk=delivery_id, is_enabled=True).exists():
             return False
         base = Delivery.objects.filter(pk=delivery_id)
-        changed = base.filter(state__in=DELIVERY_OPEN_STATES).update(next_attempt_at=now, enqueued_at=None)
+        changed = base.filter(state__in=DELIVERY_OPEN_STATES).update(next_attempt_at=now, updated_at=now)
         changed += base.filter(state=DeliveryState.FAILED).update(
-            state=DeliveryState.RETRYING, next_attempt_at=now, enqueued_at=None
+            state=DeliveryState.RETRYING, next_attempt_at=now, updated_at=now
         )
         if not changed:
             return False
-        event_id = Delivery.objects.filter(pk=delivery_id).values_list("event_id", flat=True).get()
+        event_id, subscription_id = base.values_list("event_id", "subscription_id").get()
         event_status_refresh(event_id=event_id)
-        transaction.on_commit(lambda: deliveries_enqueue([delivery_id]))
+        transaction.on_commit(lambda: pumps_enqueue([subscription_id]))
     return True
 
 
@@ -351,15 +243,15 @@ def delivery_cancel(*, delivery_id: int) -> bool:
     with transaction.atomic():
         changed = Delivery.objects.filter(
             pk=delivery_id, state__in=(*DELIVERY_OPEN_STATES, DeliveryState.FAILED)
-        ).update(state=DeliveryState.CANCELLED, lease_expires_at=None)
+        ).update(state=DeliveryState.CANCELLED, lease_expires_at=None, updated_at=timezone.now())
         if not changed:
             return False
-        event_id, subscription_id, resource_key = (
-            Delivery.objects.filter(pk=delivery_id).values_list("event_id", "subscription_id", "resource_key").get()
+        event_id, subscription_id = (
+            Delivery.objects.filter(pk=delivery_id).values_list("event_id", "subscription_id").get()
         )
         event_status_refresh(event_id=event_id)
-        # A cancelled delivery no longer holds back later ones of its resource.
-        transaction.on_commit(lambda: deliveries_release(subscription_id=subscription_id, resource_key=resource_key))
+        # A cancelled delivery no longer holds back later ones of its resource: their turn has come.
+        transaction.on_commit(lambda: pumps_enqueue([subscription_id]))
     return True
 
 
@@ -385,16 +277,18 @@ def delivery_replay(*, delivery_id: int) -> Delivery:
             replay_of_id=root_id,
         )
         event_status_refresh(event_id=original.event_id)
-        transaction.on_commit(lambda: deliveries_enqueue([replay.pk]))
+        transaction.on_commit(lambda: pumps_enqueue([replay.subscription_id]))
     return replay
 
 
 def subscription_enable(*, subscription_id: int) -> bool:
-    """Turn an endpoint back on; the failure streak that disabled it starts over. Deliveries it
-    missed while disabled are still due, and the sweeper sends them. False when it was already on."""
+    """Turn an endpoint back on; the failure streak that disabled it starts over, and the deliveries
+    it missed while disabled, still due, are sent. False when it was already on."""
     changed = Subscription.objects.filter(pk=subscription_id, is_enabled=False).update(
         is_enabled=True, disabled_reason="", failing_since=None
     )
+    if changed:
+        pumps_enqueue([subscription_id])
     return bool(changed)
 
 
@@ -423,7 +317,7 @@ def subscription_send_test(*, subscription_id: int) -> Delivery:
         )
         event = event_ingest(store=None, envelope=envelope, origin=origin).event
         delivery = Delivery.objects.create(event=event, subscription=subscription, next_attempt_at=now)
-        transaction.on_commit(lambda: deliveries_enqueue([delivery.pk]))
+        transaction.on_commit(lambda: pumps_enqueue([subscription.pk]))
     return delivery
 
 

@@ -20,10 +20,22 @@ def database_retry_countdown(retries: int) -> float:
     return float(min(2**retries, settings.HUB_DATABASE_RETRY_MAX_SECONDS))
 
 
+@shared_task(bind=True, name="routing.deliveries_pump", ignore_result=True, max_retries=None)
+def deliveries_pump_task(self: Any, subscription_id: int) -> None:
+    try:
+        services.deliveries_pump(subscription_id=subscription_id)
+    except DATABASE_UNAVAILABLE as exc:
+        raise self.retry(exc=exc, countdown=database_retry_countdown(self.request.retries)) from exc
+
+
 @shared_task(bind=True, name="routing.delivery_attempt", ignore_result=True, max_retries=None)
 def delivery_attempt_task(self: Any, delivery_id: int) -> None:
+    """A message of one delivery, as hubs before batched sending published them: still in a broker
+    after an upgrade, it wakes that delivery's endpoint."""
     try:
-        services.delivery_attempt(delivery_id=delivery_id)
+        subscription_id = services.delivery_subscription_id(delivery_id=delivery_id)
+        if subscription_id is not None:
+            services.deliveries_pump(subscription_id=subscription_id)
     except DATABASE_UNAVAILABLE as exc:
         raise self.retry(exc=exc, countdown=database_retry_countdown(self.request.retries)) from exc
 

@@ -88,7 +88,7 @@ def _worker_env(database: dict) -> dict[str, str]:
         # Said here as well as in pytest_configure: the worker delivers to the 127.0.0.1 subscriber.
         HUB_ALLOW_PRIVATE_DESTINATIONS="1",
         HUB_SWEEP_INTERVAL_SECONDS="1",
-        HUB_SWEEP_LOST_AFTER_SECONDS="30",
+        HUB_SWEEP_LOST_AFTER_SECONDS="3",
         LOG_JSON="false",
         PYTHONUNBUFFERED="1",
     )

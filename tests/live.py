@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -285,10 +285,10 @@ class Worker:
 
 
 @contextmanager
-def workers_paused() -> Iterator[list[Worker]]:
-    """Stop every running test worker for the duration, then start them again: for a test whose
-    own workers must be the only ones sweeping the shared test database."""
-    paused = [w for w in Worker.alive if w.process is not None and w.process.poll() is None]
+def workers_paused(keep: Sequence[Worker] = ()) -> Iterator[list[Worker]]:
+    """Stop every running test worker but `keep` for the duration, then start them again: for a
+    test whose own workers must be the only ones sweeping the shared test database."""
+    paused = [w for w in Worker.alive if w.process is not None and w.process.poll() is None and w not in keep]
     for worker in paused:
         worker.stop()
     try:

@@ -127,7 +127,6 @@ class DeliveryAdmin(ReadOnlyRecords, admin.ModelAdmin):
         "last_error",
         "delivered_at",
         "replay_of_link",
-        "enqueued_at",
         "lease_expires_at",
         "created_at",
         "updated_at",

@@ -4,9 +4,11 @@ to a local subscriber -> attempts, retries, replies. No mocks; every wait has a 
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
 from events.models import Event
@@ -172,8 +174,8 @@ def test_filter_that_does_not_match_sends_nothing(worker, subscriber, api):
 
 
 def test_delivery_never_enqueued_is_delivered_by_the_sweeper(worker, subscriber, store):
-    """The broker never hears of this delivery (created as if the publish after commit was lost):
-    the beat-driven sweeper finds it in the database and it is delivered anyway."""
+    """The broker never hears of this delivery (created as if the publish after commit was lost a
+    minute ago): the beat-driven sweeper finds it in the database and it is delivered anyway."""
     from events.services import envelope_validate, event_ingest
 
     sub = SubscriptionFactory(url=subscriber.url("/swept"))
@@ -181,7 +183,7 @@ def test_delivery_never_enqueued_is_delivered_by_the_sweeper(worker, subscriber,
         store=store, envelope=envelope_validate({"message": "order:new", "payload": {"order": {"number": "R6"}}})
     ).event
     [delivery] = services.deliveries_create_for_event(event=event)
-    assert delivery.enqueued_at is None
+    Delivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now() - timedelta(minutes=1))
 
     delivery = wait_state(delivery, "delivered")
     assert len(subscriber.received("/swept")) == 1

@@ -23,7 +23,7 @@ def reliability_env(**overrides: str) -> dict[str, str]:
     env = _worker_env(settings.DATABASES["default"])
     env.update(
         HUB_SWEEP_INTERVAL_SECONDS="1",
-        HUB_SWEEP_LOST_AFTER_SECONDS="20",
+        HUB_SWEEP_LOST_AFTER_SECONDS="3",
         HUB_DELIVERY_LEASE_MARGIN_SECONDS="1",
         HUB_DATABASE_RETRY_MAX_SECONDS="1",
     )

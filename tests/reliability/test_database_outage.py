@@ -116,7 +116,7 @@ def test_database_down_api_answers_503_json_and_workers_resume(proxied_hub, subs
     # The worker meets the outage when the retry comes due, and keeps trying instead of dropping it.
     def retried_on_the_outage() -> bool:
         return any(
-            "routing.delivery_attempt" in line and "Retry in" in line and "OperationalError" in line
+            "routing.deliveries_pump" in line and "Retry in" in line and "OperationalError" in line
             for line in hub.worker.log().splitlines()
         )
 

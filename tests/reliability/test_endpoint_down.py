@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 
 from routing.models import Delivery, Notification
 from routing.services import deliveries_sweep, delivery_attempt
@@ -47,13 +50,15 @@ def test_endpoint_disabled_after_failing_too_long_keeps_its_deliveries_resendabl
     sub.refresh_from_db()
     assert not sub.is_enabled and "failed every attempt" in sub.disabled_reason
     assert Notification.objects.filter(subscription=sub, subject="Subscription disabled").exists()
-    # Nothing is dropped: the deliveries wait, and are neither sent nor swept while it is off.
+    # Nothing is dropped: the deliveries wait, and are neither sent nor swept while it is off,
+    # however long they have been due.
     assert set(Delivery.objects.filter(subscription=sub).values_list("state", flat=True)) <= {"pending", "retrying"}
+    Delivery.objects.filter(subscription=sub).update(next_attempt_at=timezone.now() - timedelta(hours=1))
     assert delivery_attempt(delivery_id=deliveries[1].pk) is None
     assert deliveries_sweep().enqueued == 0
 
-    # Fixed and enabled again: the sweeper takes them all up.
+    # Fixed and enabled again: the sweeper wakes the endpoint (once), and they all go.
     sub.is_enabled = True
     sub.save(update_fields=["is_enabled"])
-    assert deliveries_sweep().enqueued == 3
+    assert deliveries_sweep().enqueued == 1
     assert [delivery_attempt(delivery_id=d.pk) for d in deliveries] == ["delivered"] * 3

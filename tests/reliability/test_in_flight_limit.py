@@ -1,5 +1,6 @@
 """A slow or dead endpoint never starves the others: at most `max_in_flight` of its deliveries
-are on the wire at once, each cut off at its timeout; the rest wait without spending attempts."""
+are on the wire at once (a worker sends a batch one request at a time, so a batch is one), each
+cut off at its timeout; the rest wait without spending attempts."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from django.utils import timezone
 
 from routing.models import Attempt, Delivery
-from routing.services import deliveries_release, deliveries_sweep, delivery_attempt
+from routing.services import delivery_attempt
 from tests.conftest import deliveries_settle
 from tests.factories import DeliveryFactory, EventFactory, SubscriptionFactory
 from tests.live import wait_until
@@ -33,12 +34,11 @@ def test_a_full_endpoint_leaves_the_delivery_waiting_without_an_attempt(subscrib
     )
     assert delivery_attempt(delivery_id=waiting.pk) is None
     waiting.refresh_from_db()
-    assert (waiting.state, waiting.attempt_count, waiting.enqueued_at) == ("pending", 0, None)
+    assert (waiting.state, waiting.attempt_count) == ("pending", 0)
     assert subscriber.received("/slow") == []
 
-    # A slot freed: the waiting one is enqueued (deliveries_release runs on the attempt's commit).
+    # A slot freed (the worker holding it goes on with whatever is due, this one included).
     Delivery.objects.filter(pk=on_the_wire.pk).update(state="delivered", lease_expires_at=None)
-    assert deliveries_release(subscription_id=sub.pk, resource_key=None) == [waiting.pk]
     assert delivery_attempt(delivery_id=waiting.pk) == "delivered"
 
 
@@ -67,24 +67,21 @@ def test_the_hub_default_applies_and_zero_means_no_limit(subscriber, settings):
 
 
 @pytest.mark.django_db
-def test_the_sweeper_gives_a_limited_endpoint_only_its_free_slots_and_the_others_their_turn(settings):
-    settings.HUB_SWEEP_BATCH_SIZE = 3
-    dead = SubscriptionFactory(max_in_flight=2)
-    healthy = SubscriptionFactory(max_in_flight=0)
-    earlier = timezone.now() - timedelta(minutes=5)
-    busy = unordered_delivery(dead, 0)
-    Delivery.objects.filter(pk=busy.pk).update(
-        state="delivering", attempt_count=1, lease_expires_at=timezone.now() + timedelta(minutes=1)
+def test_a_batch_being_sent_holds_one_slot_whatever_its_size(subscriber):
+    sub = SubscriptionFactory(url=subscriber.url("/batched"), max_in_flight=2)
+    lease = timezone.now() + timedelta(minutes=1)
+    batch = [unordered_delivery(sub, n) for n in range(3)]
+    Delivery.objects.filter(pk__in=[d.pk for d in batch]).update(
+        state="delivering", attempt_count=1, lease_expires_at=lease, claim=7
     )
-    backlog = [unordered_delivery(dead, n) for n in range(1, 6)]
-    Delivery.objects.filter(pk__in=[d.pk for d in backlog]).update(next_attempt_at=earlier)  # oldest first
-    others = [unordered_delivery(healthy, n) for n in range(2)]
-
-    result = deliveries_sweep()
-    enqueued = set(Delivery.objects.filter(enqueued_at__isnull=False).values_list("id", flat=True))
-    # One free slot on the dead endpoint: its oldest; the batch's rest goes to the healthy endpoint.
-    assert result.enqueued == 3
-    assert enqueued == {backlog[0].pk, others[0].pk, others[1].pk}
+    assert delivery_attempt(delivery_id=unordered_delivery(sub, 3).pk) == "delivered"  # 1 of 2 taken
+    other_batch = unordered_delivery(sub, 4)
+    Delivery.objects.filter(pk=other_batch.pk).update(
+        state="delivering", attempt_count=1, lease_expires_at=lease, claim=8
+    )
+    waiting = unordered_delivery(sub, 5)
+    assert delivery_attempt(delivery_id=waiting.pk) is None  # 2 of 2
+    assert len(subscriber.received("/batched")) == 1
 
 
 class DeadEndpoint:
@@ -129,6 +126,7 @@ def test_a_dead_endpoint_never_starves_the_others(hub_worker, subscriber, api, d
         assert len(subscriber.received("/fast")) == 30
         # The dead endpoint got its attempts, each cut at its timeout, never two at once.
         assert Delivery.objects.filter(subscription=slow, state="delivered").count() == 0
+
         def dead_attempts() -> list[tuple]:
             return list(
                 Attempt.objects.filter(delivery__subscription=slow)

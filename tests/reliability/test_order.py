@@ -9,8 +9,7 @@ from django.utils import timezone
 from events.messages import resource_key
 from routing.models import Delivery
 from routing.services import (
-    deliveries_release,
-    deliveries_sweep,
+    deliveries_pump,
     delivery_attempt,
     delivery_cancel,
 )
@@ -48,15 +47,14 @@ def test_a_retrying_delivery_holds_back_only_its_own_resource_on_its_own_endpoin
     # R1's next one waits for the first, spending no attempt; R2 and the other endpoint go ahead.
     assert delivery_attempt(delivery_id=r1_second.pk) is None
     assert refreshed(r1_second).state == "pending" and r1_second.attempt_count == 0
-    assert r1_second.enqueued_at is None  # left for whoever frees its turn, not lost in the broker
     assert delivery_attempt(delivery_id=r2_first.pk) == "delivered"
     assert [delivery_attempt(delivery_id=d.pk) for d in crm_r1] == ["delivered", "delivered"]
     assert seqs(subscriber, "/erp") == [1, 3]
     assert seqs(subscriber, "/crm") == [4, 5]
 
-    # The sweeper does not keep enqueueing a delivery that must wait.
-    Delivery.objects.filter(pk=r1_first.pk).update(enqueued_at=timezone.now())
-    assert r1_second.pk not in _swept()
+    # A worker sent to the endpoint (a push's message, the sweeper's) finds nothing it may send.
+    assert deliveries_pump(subscription_id=erp.pk).verdicts == {}
+    assert refreshed(r1_second).attempt_count == 0
 
     # Once the first is delivered, the second's turn has come.
     Delivery.objects.filter(pk=r1_first.pk).update(next_attempt_at=timezone.now())
@@ -65,22 +63,19 @@ def test_a_retrying_delivery_holds_back_only_its_own_resource_on_its_own_endpoin
     assert seqs(subscriber, "/erp") == [1, 3, 1, 2]
 
 
-def _swept() -> list[int]:
-    before = set(Delivery.objects.filter(enqueued_at__isnull=False).values_list("id", flat=True))
-    deliveries_sweep()
-    after = set(Delivery.objects.filter(enqueued_at__isnull=False).values_list("id", flat=True))
-    return sorted(after - before)
-
-
-def test_the_end_of_an_attempt_enqueues_the_next_delivery_of_the_resource(subscriber):
+def test_one_worker_sends_a_resource_chain_in_order_without_a_broker_round(subscriber):
+    """Each delivery of an order is claimed only once its predecessor has ended; the worker that
+    sent the predecessor claims it next, in the same task."""
     sub = SubscriptionFactory(url=subscriber.url("/erp"))
     first, second, third = (order_delivery(sub, "R7", n) for n in (1, 2, 3))
-    assert delivery_attempt(delivery_id=second.pk) is None
-    assert delivery_attempt(delivery_id=first.pk) == "delivered"
-    # deliveries_release runs on commit after the attempt; here it is called as the commit would.
-    assert deliveries_release(subscription_id=sub.pk, resource_key="order:R7") == [second.pk]
-    assert refreshed(second).enqueued_at is not None
-    assert refreshed(third).enqueued_at is None
+    other = order_delivery(sub, "R8", 4)
+    assert delivery_attempt(delivery_id=second.pk) is None  # not its turn
+    result = deliveries_pump(subscription_id=sub.pk)
+    assert result.verdicts == {d.pk: "delivered" for d in (first, second, third, other)}
+    # R7's three in order; R8, claimed in the first batch beside R7's first, went in between.
+    assert [s for s in seqs(subscriber, "/erp") if s != 4] == [1, 2, 3]
+    assert seqs(subscriber, "/erp").index(4) == 1
+    assert [refreshed(d).attempt_count for d in (first, second, third)] == [1, 1, 1]
 
 
 def test_payloads_without_a_key_are_unordered(subscriber):

@@ -2,7 +2,6 @@
 their deliveries) with the answers, deliveries and statuses that accepting each envelope on its
 own gives."""
 
-
 import pytest
 
 from events.models import Event, EventStatus

@@ -18,6 +18,7 @@ from routing.services import (
     delivery_cancel,
     delivery_replay,
     delivery_retry_now,
+    endpoints_lost,
     subscription_send_test,
 )
 from tests.factories import DeliveryFactory, SubscriptionFactory
@@ -33,10 +34,8 @@ def refreshed(delivery: Delivery) -> Delivery:
 def test_two_workers_racing_for_one_delivery_send_it_once(subscriber):
     """Real threads on their own database connections call delivery_attempt at the same moment."""
     subscriber.program("/race", Reply.slow(0.3))
-    # Marked as just enqueued so that a test worker's sweeper, if one runs, does not join the race.
-    delivery = DeliveryFactory(
-        subscription=SubscriptionFactory(url=subscriber.url("/race")), enqueued_at=timezone.now()
-    )
+    # Due just now, so that a test worker's sweeper, if one runs, does not join the race.
+    delivery = DeliveryFactory(subscription=SubscriptionFactory(url=subscriber.url("/race")))
     barrier = threading.Barrier(4)
     verdicts: list[str | None] = []
 
@@ -58,22 +57,20 @@ def test_two_workers_racing_for_one_delivery_send_it_once(subscriber):
 
 
 @pytest.mark.django_db
-def test_sweep_enqueues_due_deliveries_never_enqueued_or_lost():
-    never = DeliveryFactory()
-    lost = DeliveryFactory()
-    recent = DeliveryFactory()
-    future = DeliveryFactory()
+def test_sweep_wakes_each_endpoint_with_a_delivery_due_too_long(settings):
+    settings.HUB_SWEEP_LOST_AFTER_SECONDS = 30
     now = timezone.now()
-    Delivery.objects.filter(pk=lost.pk).update(enqueued_at=now - timedelta(hours=1))
-    Delivery.objects.filter(pk=recent.pk).update(enqueued_at=now)
-    Delivery.objects.filter(pk=future.pk).update(next_attempt_at=now + timedelta(hours=1))
-    result = deliveries_sweep()
-    assert result.enqueued == 2
-    assert refreshed(never).enqueued_at is not None
-    assert refreshed(lost).enqueued_at > now - timedelta(minutes=1)
-    assert refreshed(recent).enqueued_at == now
-    assert refreshed(future).enqueued_at is None
-    assert deliveries_sweep().enqueued == 0  # just enqueued: not lost yet
+    lost = DeliveryFactory(next_attempt_at=now - timedelta(minutes=5))
+    DeliveryFactory(subscription=lost.subscription, next_attempt_at=now - timedelta(minutes=4))
+    just_due = DeliveryFactory(next_attempt_at=now)  # its push's message is on its way
+    future = DeliveryFactory(next_attempt_at=now + timedelta(hours=1))
+    off = DeliveryFactory(next_attempt_at=now - timedelta(minutes=5), subscription__is_enabled=False)
+    done = DeliveryFactory(next_attempt_at=now - timedelta(minutes=5), state="delivered")
+    woken = endpoints_lost(now=now)
+    assert woken == [lost.subscription_id]  # once, however many of its deliveries are due
+    for untouched in (just_due, future, off, done):
+        assert untouched.subscription_id not in woken
+    assert deliveries_sweep().enqueued == 1  # one message, published to the real broker
 
 
 @pytest.mark.django_db

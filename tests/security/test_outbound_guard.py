@@ -13,13 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from django.utils import timezone
 
 from routing import transport
-from routing.attempts import delivery_attempt
 from routing.models import Delivery, DeliveryState
+from routing.pump import delivery_attempt
 from tests.factories import DeliveryFactory, SubscriptionFactory
-from tests.live import Subscriber, Worker, queue_purge, wait_until
+from tests.live import Subscriber, Worker, queue_purge, wait_until, workers_paused
 
 GUARDED_QUEUE = "hub-test-guarded"
 
@@ -157,23 +156,20 @@ def guarded_worker(django_db_setup, _test_queue) -> Iterator[Worker]:
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_with_default_settings_refuses_loopback_and_metadata_destinations(guarded_worker, subscriber):
-    from routing.tasks import delivery_attempt_task
-
-    deliveries = [
-        # Marked as enqueued, so that no other worker's sweeper takes them while this one works.
-        DeliveryFactory(
-            subscription=SubscriptionFactory(url=url.format(port=subscriber.port), retry_enabled=False),
-            enqueued_at=timezone.now(),
-        )
-        for url, _named, _reason in FORBIDDEN
-    ]
-    for delivery in deliveries:
-        delivery_attempt_task.apply_async(args=[delivery.pk], queue=GUARDED_QUEUE)
+    from routing.tasks import deliveries_pump_task
 
     def all_failed() -> bool:
         return all(d.state == DeliveryState.FAILED for d in Delivery.objects.filter(pk__in=[d.pk for d in deliveries]))
 
-    wait_until(all_failed, timeout=60, message=f"guarded deliveries failed (log: {guarded_worker.log_path})")
+    # The session's worker (private destinations allowed) must not sweep these up meanwhile.
+    with workers_paused([guarded_worker]):
+        deliveries = [
+            DeliveryFactory(subscription=SubscriptionFactory(url=url.format(port=subscriber.port), retry_enabled=False))
+            for url, _named, _reason in FORBIDDEN
+        ]
+        for delivery in deliveries:
+            deliveries_pump_task.apply_async(args=[delivery.subscription_id], queue=GUARDED_QUEUE)
+        wait_until(all_failed, timeout=60, message=f"guarded deliveries failed (log: {guarded_worker.log_path})")
     for delivery, (_url, named, reason) in zip(deliveries, FORBIDDEN, strict=True):
         [attempt] = _failed_once(delivery).attempts.all()
         assert attempt.error.startswith("refused by the SSRF guard: ")
@@ -215,9 +211,7 @@ def https_localhost(tmp_path) -> Iterator[tuple[int, Path]]:
     cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
 
     class Handler(BaseHTTPRequestHandler):

@@ -97,7 +97,7 @@ def test_rotating_and_delivering_log_no_secret_or_token(rotated, subscriber, cap
     integrator/logfilters.py is the second line, tested in tests/ops/test_logging.py)."""
     import logging
 
-    from routing.attempts import delivery_attempt
+    from routing.pump import delivery_attempt
     from routing.services import subscription_secret_rotate
 
     subscription, current, previous = rotated

@@ -1,0 +1,390 @@
+"""Sending an endpoint's deliveries: claim a batch of due ones, send them one after another over
+one keep-alive connection, and record every attempt and outcome of the batch in one transaction.
+
+An endpoint's in-flight limit counts batches, and a batch has one request on the wire at a time,
+so a limit of 2 still means at most two requests to that endpoint at once. A batch takes at most
+one delivery per resource, and only one no earlier delivery of that resource still holds back, so
+one order's events reach an endpoint in the order the hub accepted them. A task goes on claiming
+batches until nothing is due or its time is up, when it hands the endpoint to a fresh task: the
+next delivery of an order follows its predecessor at once, without a round through the broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import time
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Case, Count, Exists, F, OuterRef, QuerySet, Subquery, Value, When
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from events.models import Event, EventStatus
+from integrator import metrics
+from routing import retry, transport
+from routing.attempts import (
+    attempt_outcome,
+    earlier_of_same_resource_open,
+    events_status_refresh,
+    reply_process,
+    subscription_disable,
+    subscription_failing,
+    subscription_max_in_flight,
+)
+from routing.dispatch import pumps_enqueue
+from routing.models import DELIVERY_OPEN_STATES, Attempt, Delivery, DeliveryState, Subscription
+
+logger = logging.getLogger(__name__)
+
+# A reply worth reading past its status: anything else ({} or a bare acknowledgement) needs no writes.
+_REPLY_KEYS = ("notifications", "messages", "parameters")
+
+
+@dataclass
+class PumpResult:
+    # The verdict of each delivery this pump sent and recorded, by delivery id.
+    verdicts: dict[int, str] = field(default_factory=dict)
+    # Stopped at its time budget with deliveries left: another pump for the endpoint was queued.
+    handed_on: bool = False
+
+
+@dataclass
+class _Batch:
+    subscription: Subscription
+    claim: int
+    deliveries: list[Delivery]
+
+
+@dataclass(frozen=True)
+class _Sent:
+    delivery: Delivery
+    result: transport.ExchangeResult
+    started_at: datetime
+
+
+def deliveries_pump(*, subscription_id: int, only: Collection[int] | None = None) -> PumpResult:
+    """Send one endpoint's due deliveries until none is left, within HUB_DELIVERY_PUMP_SECONDS.
+
+    `only` restricts the pump to those deliveries and to a single batch (a synchronous attempt).
+    Nothing is sent for a disabled endpoint, or when its in-flight limit is taken: the tasks that
+    hold it go on until nothing is due, so they also send what this one would have."""
+    budget = settings.HUB_DELIVERY_PUMP_SECONDS
+    deadline = time.monotonic() + budget
+    outcome = PumpResult()
+    while True:
+        batch = _batch_claim(subscription_id=subscription_id, only=only, budget=budget)
+        if batch is None:
+            break
+        sent, unsent = _batch_send(batch, deadline=deadline)
+        outcome.verdicts.update(_batch_record(batch, sent=sent, unsent=unsent))
+        if only is not None:
+            break
+        if unsent or time.monotonic() >= deadline:
+            # Other endpoints' messages wait behind this task: give them the process, and let a
+            # fresh message carry on with this endpoint.
+            outcome.handed_on = bool(pumps_enqueue([subscription_id]))
+            break
+    return outcome
+
+
+def delivery_attempt(*, delivery_id: int) -> str | None:
+    """Try one delivery once, if it is due, its turn has come and the endpoint has a free slot.
+    Returns the verdict, or None when nothing was sent."""
+    subscription_id = delivery_subscription_id(delivery_id=delivery_id)
+    if subscription_id is None:
+        return None
+    return deliveries_pump(subscription_id=subscription_id, only=[delivery_id]).verdicts.get(delivery_id)
+
+
+def delivery_subscription_id(*, delivery_id: int) -> int | None:
+    return Delivery.objects.filter(pk=delivery_id).values_list("subscription_id", flat=True).first()
+
+
+def _in_flight(*, now: datetime, subscription: Any = None) -> QuerySet[Delivery]:
+    """Batches of an endpoint being sent now (each has at most one request on the wire), as a
+    one-value subquery: the endpoint's id, or OuterRef to it."""
+    return (
+        Delivery.objects.filter(subscription_id=subscription, state=DeliveryState.DELIVERING, lease_expires_at__gt=now)
+        .order_by()
+        .values("subscription_id")
+        # A delivering row without a claim (claimed one by one, before batches) is its own request.
+        .annotate(n=Count(Coalesce("claim", -F("id")), distinct=True))
+        .values("n")
+    )
+
+
+def _sendable(*, now: datetime, subscription: Any, only: Collection[int] | None) -> QuerySet[Delivery]:
+    """The endpoint's deliveries a batch may take now: due, and no earlier one of their resource open."""
+    candidates = Delivery.objects.filter(
+        subscription_id=subscription, state__in=DELIVERY_OPEN_STATES, next_attempt_at__lte=now
+    ).filter(~earlier_of_same_resource_open())
+    if only is not None:
+        candidates = candidates.filter(pk__in=list(only))
+    return candidates
+
+
+def _batch_claim(*, subscription_id: int, only: Collection[int] | None, budget: float) -> _Batch | None:
+    """Take up to HUB_DELIVERY_BATCH_SIZE due deliveries of the endpoint for this worker, or None
+    when there is nothing to send (none due, none whose turn has come, endpoint off or at its limit)."""
+    now = timezone.now()
+    # One look, without locks, at the endpoint, its slots in use and whether anything may go: a
+    # busy endpoint gets a message per push, and most find its slots taken or nothing left to send.
+    sub = (
+        Subscription.objects.select_related("store")
+        .filter(pk=subscription_id, is_enabled=True)
+        .annotate(
+            busy=Subquery(_in_flight(now=now, subscription=OuterRef("pk"))),
+            sendable=Exists(_sendable(now=now, subscription=OuterRef("pk"), only=only)),
+        )
+        .first()
+    )
+    if sub is None or not sub.sendable:
+        return None
+    limit = subscription_max_in_flight(sub)
+    if limit and (sub.busy or 0) >= limit:
+        return None
+    with transaction.atomic():
+        if limit:
+            # Claims for one endpoint queue up on its row, so that a limit of N means N, not N
+            # plus whatever raced past the count.
+            list(Subscription.objects.select_for_update().filter(pk=sub.pk).values_list("pk"))
+            if sum(_in_flight(now=now, subscription=sub.pk).values_list("n", flat=True)) >= limit:
+                return None
+        deliveries = list(
+            _sendable(now=now, subscription=sub.pk, only=only)
+            .select_related("event", "event__store")
+            # Rows another worker is claiming are theirs; waiting for them would only find them taken.
+            .select_for_update(skip_locked=True, of=("self",))
+            .order_by("next_attempt_at", "id")[: settings.HUB_DELIVERY_BATCH_SIZE]
+        )
+        if not deliveries:
+            return None
+        claim = secrets.randbits(62) + 1
+        # Every delivery of the batch may wait for the whole budget before it is sent.
+        lease = now + timedelta(seconds=budget + sub.timeout_seconds + settings.HUB_DELIVERY_LEASE_MARGIN_SECONDS)
+        Delivery.objects.filter(pk__in=[d.pk for d in deliveries]).update(
+            state=DeliveryState.DELIVERING,
+            attempt_count=F("attempt_count") + 1,
+            lease_expires_at=lease,
+            claim=claim,
+            updated_at=now,
+        )
+        # The first attempt of any delivery moves a queued event to delivering; events already past
+        # queued (the other deliveries of a fan-out) need no statement.
+        queued = [d.event_id for d in deliveries if d.event.status == EventStatus.QUEUED]
+        if queued:
+            Event.objects.filter(pk__in=queued, status=EventStatus.QUEUED).update(status=EventStatus.DELIVERING)
+    for delivery in deliveries:
+        delivery.state = DeliveryState.DELIVERING
+        delivery.attempt_count += 1
+        delivery.lease_expires_at = lease
+        delivery.claim = claim
+        delivery.subscription = sub
+    return _Batch(subscription=sub, claim=claim, deliveries=deliveries)
+
+
+def _batch_send(batch: _Batch, *, deadline: float) -> tuple[list[_Sent], list[Delivery]]:
+    """One request per delivery, in claim order, until the budget is spent (the rest go back)."""
+    sub = batch.subscription
+    previous_secret = sub.previous_signing_secret_active(timezone.now())
+    sent: list[_Sent] = []
+    for index, delivery in enumerate(batch.deliveries):
+        if index and time.monotonic() >= deadline:
+            return sent, batch.deliveries[index:]
+        event = delivery.event
+        started_at = timezone.now()
+        try:
+            request = transport.request_build(
+                url=sub.url,
+                message=event.message,
+                message_id=event.message_id,
+                payload=event.payload,
+                parameters=sub.parameters or [],
+                webhook_id=str(event.uid),
+                signing_secret=sub.signing_secret,
+                previous_signing_secret=previous_secret,
+                token=sub.token,
+                store_name=_store_name(delivery),
+                method_override=sub.http_method,
+            )
+            result = transport.request_send(
+                request,
+                timeout=sub.timeout_seconds,
+                body_max_chars=settings.HUB_RESPONSE_BODY_MAX_CHARS,
+                read_max_bytes=settings.HUB_RESPONSE_READ_MAX_BYTES,
+            )
+        except Exception as exc:  # noqa: BLE001 - one delivery's fault must not lose the batch's outcomes
+            logger.exception("could not send a delivery", extra={"delivery_id": delivery.pk})
+            result = transport.ExchangeResult(
+                method="", url=sub.url, status_code=None, latency_ms=0, error=f"the hub could not send it: {exc!r}"
+            )
+        metrics.attempt_observe(attempt_outcome(result), result.latency_ms / 1000)
+        sent.append(_Sent(delivery=delivery, result=result, started_at=started_at))
+    return sent, []
+
+
+def _store_name(delivery: Delivery) -> str:
+    """X-Hub-Store names the store the endpoint is configured for, else the store that pushed the event."""
+    if delivery.subscription.store is not None:
+        return delivery.subscription.store.name
+    if delivery.event.store is not None:
+        return delivery.event.store.name
+    return ""
+
+
+def _changes(decision: retry.Decision, result: transport.ExchangeResult, now: datetime) -> dict[str, Any]:
+    changes: dict[str, Any] = {
+        "lease_expires_at": None,
+        "claim": None,
+        "last_status_code": result.status_code,
+        "last_error": result.error,
+        "updated_at": now,
+    }
+    if decision.verdict == retry.Verdict.DELIVERED:
+        changes.update(state=DeliveryState.DELIVERED, delivered_at=now)
+    elif decision.verdict == retry.Verdict.RETRY:
+        changes.update(state=DeliveryState.RETRYING, next_attempt_at=now + timedelta(seconds=decision.delay_seconds))
+    else:
+        changes.update(state=DeliveryState.FAILED)
+    return changes
+
+
+def _batch_record(batch: _Batch, *, sent: list[_Sent], unsent: list[Delivery]) -> dict[int, str]:
+    """Attempts, outcomes, the endpoint's failure streak, replies and event statuses of a batch, in
+    one transaction; unsent deliveries go back as they were. Returns the verdicts it recorded."""
+    sub = batch.subscription
+    now = timezone.now()
+    schedule = sub.retry_schedule if sub.retry_schedule is not None else settings.HUB_RETRY_SCHEDULE
+    decisions = [
+        retry.decide(
+            succeeded=s.result.succeeded,
+            status_code=s.result.status_code,
+            attempt_number=s.delivery.attempt_count,
+            schedule=schedule,
+            retries_enabled=sub.retry_enabled and not s.delivery.event.origin.startswith("test:"),
+            retry_after=retry.retry_after_seconds(s.result.retry_after, now=now),
+            retry_after_max=settings.HUB_RETRY_AFTER_MAX_SECONDS,
+            jitter=settings.HUB_RETRY_JITTER,
+        )
+        for s in sent
+    ]
+    verdicts: dict[int, str] = {}
+    with transaction.atomic():
+        # The attempt rows are written whatever the fence below decides: each request was made.
+        # Should this transaction fail, the leases run out and the sweeper records each attempt as
+        # unanswered, so no attempt goes unrecorded.
+        Attempt.objects.bulk_create([_attempt_row(s) for s in sent])
+        # Fenced on the claim: a delivery whose lease ran out and that the sweeper handed to someone
+        # else is theirs now; ours is only the attempt row.
+        owned = set(
+            Delivery.objects.select_for_update()
+            .filter(pk__in=[s.delivery.pk for s in sent], state=DeliveryState.DELIVERING, claim=batch.claim)
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
+        groups: dict[tuple[tuple[str, Any], ...], list[int]] = {}
+        mine: list[tuple[_Sent, retry.Decision]] = []
+        for s, decision in zip(sent, decisions, strict=True):
+            if s.delivery.pk not in owned:
+                logger.warning("delivery changed hands during the attempt", extra={"delivery_id": s.delivery.pk})
+                continue
+            mine.append((s, decision))
+            verdicts[s.delivery.pk] = str(decision.verdict)
+            key = tuple(_changes(decision, s.result, now).items())
+            groups.setdefault(key, []).append(s.delivery.pk)
+        # A batch mostly ends one way (all delivered): one UPDATE per distinct outcome.
+        for key, ids in groups.items():
+            Delivery.objects.filter(pk__in=ids).update(**dict(key))
+        if unsent:
+            Delivery.objects.filter(
+                pk__in=[d.pk for d in unsent], state=DeliveryState.DELIVERING, claim=batch.claim
+            ).update(
+                state=Case(
+                    When(attempt_count__gt=1, then=Value(DeliveryState.RETRYING)), default=Value(DeliveryState.PENDING)
+                ),
+                attempt_count=F("attempt_count") - 1,
+                lease_expires_at=None,
+                claim=None,
+                updated_at=now,
+            )
+        _endpoint_record(sub=sub, mine=mine, now=now)
+        for s, decision in mine:
+            reply = s.result.reply
+            if decision.verdict == retry.Verdict.DELIVERED and isinstance(reply, Mapping):
+                if any(reply.get(key) for key in _REPLY_KEYS):
+                    reply_process(delivery=s.delivery, reply=reply)
+        # A retry moves a delivery from delivering to retrying, which event_status_derive counts
+        # alike (open, started): only an ending, or a delivery handed back unsent, can change it.
+        events_status_refresh(
+            event_ids=[s.delivery.event_id for s, d in mine if d.verdict != retry.Verdict.RETRY]
+            + [d.event_id for d in unsent]
+        )
+        countdowns = sorted(
+            {
+                math.ceil(d.delay_seconds)
+                for _, d in mine
+                if d.verdict == retry.Verdict.RETRY and d.delay_seconds <= settings.HUB_RETRY_COUNTDOWN_MAX_SECONDS
+            }
+        )
+        for countdown in countdowns:
+            transaction.on_commit(lambda c=countdown: pumps_enqueue([sub.pk], countdown=c))
+    for s, decision in mine:
+        metrics.delivery_outcome_count(str(decision.verdict))
+        logger.info(
+            "delivery attempt",
+            extra={
+                "delivery_id": s.delivery.pk,
+                "attempt": s.delivery.attempt_count,
+                "status_code": s.result.status_code,
+                "verdict": decision.verdict,
+            },
+        )
+    return verdicts
+
+
+def _attempt_row(s: _Sent) -> Attempt:
+    result = s.result
+    return Attempt(
+        delivery_id=s.delivery.pk,
+        number=s.delivery.attempt_count,
+        started_at=s.started_at,
+        request_method=result.method,
+        request_url=result.url[:500],
+        status_code=result.status_code,
+        latency_ms=result.latency_ms,
+        response_headers=dict(result.response_headers),
+        response_body=result.response_body,
+        error=result.error,
+        succeeded=result.succeeded,
+    )
+
+
+def _endpoint_record(*, sub: Subscription, mine: list[tuple[_Sent, retry.Decision]], now: datetime) -> None:
+    """The endpoint's standing after a batch: 410 Gone turns it off; otherwise the batch's last
+    answer decides whether it is failing (a streak that ends with a success is over)."""
+    gone = next((s for s, d in mine if d.verdict == retry.Verdict.GONE), None)
+    if gone is not None:
+        subscription_disable(
+            subscription_id=sub.pk,
+            reason="the endpoint answered 410 Gone",
+            event=gone.delivery.event,
+            delivery=gone.delivery,
+        )
+        return
+    if not mine:
+        return
+    last, decision = mine[-1]
+    if decision.verdict == retry.Verdict.DELIVERED:
+        if sub.failing_since is not None:
+            # Read with the batch: an endpoint that was not failing then has nothing to clear
+            # (one that started failing since keeps its mark until its next success).
+            Subscription.objects.filter(pk=sub.pk, failing_since__isnull=False).update(failing_since=None)
+    else:
+        subscription_failing(subscription=sub, now=now, delivery=last.delivery)

@@ -1,0 +1,87 @@
+"""Batched sending (routing.pump) against the real local subscriber, called directly (no broker):
+one claim for a batch, every attempt and outcome recorded, the time budget handing back what was
+not sent, and what a batch of mixed answers leaves behind."""
+
+from __future__ import annotations
+
+import pytest
+
+from routing.models import Attempt, Delivery
+from routing.services import deliveries_pump
+from routing.tasks import delivery_attempt_task
+from tests.factories import DeliveryFactory, EventFactory, SubscriptionFactory
+from tests.live import Reply
+
+pytestmark = pytest.mark.django_db
+
+
+def backlog(sub, count: int) -> list[Delivery]:
+    return [
+        DeliveryFactory(subscription=sub, event=EventFactory(payload={"n": n}, resource_key=None)) for n in range(count)
+    ]
+
+
+def test_a_backlog_goes_in_batches_each_attempt_recorded_in_claim_order(subscriber, settings):
+    settings.HUB_DELIVERY_BATCH_SIZE = 4
+    sub = SubscriptionFactory(url=subscriber.url("/erp"), max_in_flight=1)
+    deliveries = backlog(sub, 10)
+    result = deliveries_pump(subscription_id=sub.pk)
+    assert result.verdicts == {d.pk: "delivered" for d in deliveries}
+    assert not result.handed_on
+    assert [r.json()["payload"]["n"] for r in subscriber.received("/erp")] == list(range(10))
+    rows = Delivery.objects.filter(subscription=sub)
+    assert set(rows.values_list("state", "attempt_count", "claim", "lease_expires_at")) == {
+        ("delivered", 1, None, None)
+    }
+    assert Attempt.objects.filter(delivery__subscription=sub, number=1, succeeded=True, status_code=200).count() == 10
+    for delivery in deliveries:
+        delivery.event.refresh_from_db()
+        assert delivery.event.status == "delivered"
+
+
+def test_mixed_answers_in_one_batch_each_get_their_own_outcome(subscriber, settings):
+    settings.HUB_RETRY_JITTER = 0
+    sub = SubscriptionFactory(url=subscriber.url("/mixed"), retry_schedule=[600])
+    subscriber.program("/mixed", Reply.ok(), Reply.error(500), Reply.ok(), Reply.error(400))
+    first, second, third, fourth = backlog(sub, 4)
+    second.event.origin = "test:subscription:1"  # an admin's test send is never retried
+    second.event.save(update_fields=["origin"])
+    result = deliveries_pump(subscription_id=sub.pk)
+    assert result.verdicts == {first.pk: "delivered", second.pk: "failed", third.pk: "delivered", fourth.pk: "retry"}
+    states = dict(Delivery.objects.filter(subscription=sub).values_list("pk", "state"))
+    assert states == {first.pk: "delivered", second.pk: "failed", third.pk: "delivered", fourth.pk: "retrying"}
+    assert Delivery.objects.get(pk=fourth.pk).last_status_code == 400
+    # The batch's last answer was a failure: the endpoint is failing since then.
+    sub.refresh_from_db()
+    assert sub.failing_since is not None
+    fourth.event.refresh_from_db()
+    assert fourth.event.status == "delivering"  # a retry is still owed
+
+
+def test_what_the_time_budget_leaves_unsent_goes_back_as_it_was_and_is_handed_on(subscriber, settings):
+    settings.HUB_DELIVERY_PUMP_SECONDS = 0  # spent at once: the first of the batch only
+    sub = SubscriptionFactory(url=subscriber.url("/budget"))
+    first, *rest = backlog(sub, 3)
+    retried = rest[-1]
+    Delivery.objects.filter(pk=retried.pk).update(state="retrying", attempt_count=2)
+    result = deliveries_pump(subscription_id=sub.pk)
+    assert result.verdicts == {first.pk: "delivered"}
+    assert result.handed_on  # a fresh message carries on with this endpoint
+    assert len(subscriber.received("/budget")) == 1
+    back = {
+        d.pk: (d.state, d.attempt_count, d.claim, d.lease_expires_at)
+        for d in Delivery.objects.filter(pk__in=[d.pk for d in rest])
+    }
+    assert back == {rest[0].pk: ("pending", 0, None, None), retried.pk: ("retrying", 2, None, None)}
+    assert not Attempt.objects.filter(delivery__in=rest).exists()
+    rest[0].event.refresh_from_db()
+    assert rest[0].event.status == "queued"  # nothing of it has started
+
+
+def test_a_message_published_before_batches_wakes_its_delivery_endpoint(subscriber):
+    """A hub upgraded with `routing.delivery_attempt` messages still in its broker sends them."""
+    sub = SubscriptionFactory(url=subscriber.url("/upgraded"))
+    old, other = backlog(sub, 2)
+    delivery_attempt_task(old.pk)  # the task's own code, in this process
+    assert set(Delivery.objects.filter(pk__in=[old.pk, other.pk]).values_list("state", flat=True)) == {"delivered"}
+    delivery_attempt_task(999999)  # a delivery since purged: nothing to do
