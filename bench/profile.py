@@ -64,7 +64,7 @@ INTERESTING = (
 # time, whatever the idle threads and processes around it did.
 ROOTS = {
     "web": "APIView.dispatch (rest_framework/views.py)",
-    "worker": "delivery_attempt_task (routing/tasks.py)",
+    "worker": "deliveries_pump_task (routing/tasks.py)",
 }
 
 

@@ -26,7 +26,6 @@ from django.db.models import Case, Count, Exists, F, OuterRef, QuerySet, Subquer
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from events.models import Event, EventStatus
 from integrator import metrics
 from routing import retry, transport
 from routing.attempts import (
@@ -176,11 +175,6 @@ def _batch_claim(*, subscription_id: int, only: Collection[int] | None, budget: 
             claim=claim,
             updated_at=now,
         )
-        # The first attempt of any delivery moves a queued event to delivering; events already past
-        # queued (the other deliveries of a fan-out) need no statement.
-        queued = [d.event_id for d in deliveries if d.event.status == EventStatus.QUEUED]
-        if queued:
-            Event.objects.filter(pk__in=queued, status=EventStatus.QUEUED).update(status=EventStatus.DELIVERING)
     for delivery in deliveries:
         delivery.state = DeliveryState.DELIVERING
         delivery.attempt_count += 1
@@ -275,33 +269,36 @@ def _batch_record(batch: _Batch, *, sent: list[_Sent], unsent: list[Delivery]) -
         )
         for s in sent
     ]
-    verdicts: dict[int, str] = {}
     with transaction.atomic():
         # The attempt rows are written whatever the fence below decides: each request was made.
         # Should this transaction fail, the leases run out and the sweeper records each attempt as
         # unanswered, so no attempt goes unrecorded.
         Attempt.objects.bulk_create([_attempt_row(s) for s in sent])
         # Fenced on the claim: a delivery whose lease ran out and that the sweeper handed to someone
-        # else is theirs now; ours is only the attempt row.
-        owned = set(
-            Delivery.objects.select_for_update()
-            .filter(pk__in=[s.delivery.pk for s in sent], state=DeliveryState.DELIVERING, claim=batch.claim)
-            .order_by("pk")
-            .values_list("pk", flat=True)
-        )
-        groups: dict[tuple[tuple[str, Any], ...], list[int]] = {}
-        mine: list[tuple[_Sent, retry.Decision]] = []
+        # else is theirs now; ours is only the attempt row. A batch mostly ends one way (all
+        # delivered): one UPDATE per distinct outcome.
+        groups: dict[tuple[tuple[str, Any], ...], list[tuple[_Sent, retry.Decision]]] = {}
         for s, decision in zip(sent, decisions, strict=True):
-            if s.delivery.pk not in owned:
-                logger.warning("delivery changed hands during the attempt", extra={"delivery_id": s.delivery.pk})
+            groups.setdefault(tuple(_changes(decision, s.result, now).items()), []).append((s, decision))
+        mine: list[tuple[_Sent, retry.Decision]] = []
+        for key, members in groups.items():
+            ids = [s.delivery.pk for s, _ in members]
+            fenced = Delivery.objects.filter(pk__in=ids, state=DeliveryState.DELIVERING, claim=batch.claim)
+            if fenced.update(**dict(key)) == len(ids):
+                mine += members
                 continue
-            mine.append((s, decision))
-            verdicts[s.delivery.pk] = str(decision.verdict)
-            key = tuple(_changes(decision, s.result, now).items())
-            groups.setdefault(key, []).append(s.delivery.pk)
-        # A batch mostly ends one way (all delivered): one UPDATE per distinct outcome.
-        for key, ids in groups.items():
-            Delivery.objects.filter(pk__in=ids).update(**dict(key))
+            # Some changed hands (rare: only a lease that ran out). Ours are those this UPDATE just
+            # stamped: no claim any more, and this very updated_at.
+            owned = set(Delivery.objects.filter(pk__in=ids, claim=None, updated_at=now).values_list("pk", flat=True))
+            for s, decision in members:
+                if s.delivery.pk in owned:
+                    mine.append((s, decision))
+                else:
+                    logger.warning("delivery changed hands during the attempt", extra={"delivery_id": s.delivery.pk})
+        # Claim order, whatever the grouping: the endpoint's standing follows its last answer.
+        order = {s.delivery.pk: index for index, s in enumerate(sent)}
+        mine.sort(key=lambda pair: order[pair[0].delivery.pk])
+        verdicts = {s.delivery.pk: str(decision.verdict) for s, decision in mine}
         if unsent:
             Delivery.objects.filter(
                 pk__in=[d.pk for d in unsent], state=DeliveryState.DELIVERING, claim=batch.claim
@@ -320,12 +317,9 @@ def _batch_record(batch: _Batch, *, sent: list[_Sent], unsent: list[Delivery]) -
             if decision.verdict == retry.Verdict.DELIVERED and isinstance(reply, Mapping):
                 if any(reply.get(key) for key in _REPLY_KEYS):
                     reply_process(delivery=s.delivery, reply=reply)
-        # A retry moves a delivery from delivering to retrying, which event_status_derive counts
-        # alike (open, started): only an ending, or a delivery handed back unsent, can change it.
-        events_status_refresh(
-            event_ids=[s.delivery.event_id for s, d in mine if d.verdict != retry.Verdict.RETRY]
-            + [d.event_id for d in unsent]
-        )
+        # Claiming leaves an event's status alone (one statement fewer per batch): it changes here,
+        # when an attempt has ended, queued -> delivering on a retry, -> delivered or failed at the end.
+        events_status_refresh(event_ids=[s.delivery.event_id for s, _ in mine])
         countdowns = sorted(
             {
                 math.ceil(d.delay_seconds)

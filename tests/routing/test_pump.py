@@ -4,9 +4,15 @@ not sent, and what a batch of mixed answers leaves behind."""
 
 from __future__ import annotations
 
+import threading
+from datetime import timedelta
+
 import pytest
+from django.db import connection
+from django.utils import timezone
 
 from routing.models import Attempt, Delivery
+from routing.pump import PumpResult
 from routing.services import deliveries_pump
 from routing.tasks import delivery_attempt_task
 from tests.factories import DeliveryFactory, EventFactory, SubscriptionFactory
@@ -85,3 +91,33 @@ def test_a_message_published_before_batches_wakes_its_delivery_endpoint(subscrib
     delivery_attempt_task(old.pk)  # the task's own code, in this process
     assert set(Delivery.objects.filter(pk__in=[old.pk, other.pk]).values_list("state", flat=True)) == {"delivered"}
     delivery_attempt_task(999999)  # a delivery since purged: nothing to do
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_outcome_counts_only_while_the_batch_still_holds_its_delivery(subscriber):
+    """The first delivery's lease is taken back while its request is on the wire (as the sweeper
+    does once a lease runs out): its attempt is recorded, its new state stands; the rest of the
+    batch is recorded as usual."""
+    subscriber.program("/fence", Reply.slow(1.0), Reply.ok())
+    sub = SubscriptionFactory(url=subscriber.url("/fence"))
+    taken, kept = backlog(sub, 2)
+    outcome: list[PumpResult] = []
+
+    def pump() -> None:
+        try:
+            outcome.append(deliveries_pump(subscription_id=sub.pk))
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=pump)
+    thread.start()
+    subscriber.wait_for("/fence", 1)
+    later = timezone.now() + timedelta(hours=1)  # out of every worker's way from now on
+    Delivery.objects.filter(pk=taken.pk).update(
+        state="retrying", claim=None, lease_expires_at=None, next_attempt_at=later
+    )
+    thread.join(timeout=30)
+    assert outcome and outcome[0].verdicts == {kept.pk: "delivered"}
+    assert Delivery.objects.get(pk=taken.pk).state == "retrying"
+    assert Delivery.objects.get(pk=kept.pk).state == "delivered"
+    assert Attempt.objects.filter(delivery__in=[taken, kept], succeeded=True).count() == 2
