@@ -11,14 +11,12 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, OuterRef
 
 from events.errors import HubError
 from events.models import Event, EventStatus
 from events.services import envelope_validate
 from routing import transport
 from routing.models import (
-    DELIVERY_ORDER_HOLDING_STATES,
     Delivery,
     DeliveryState,
     Notification,
@@ -37,34 +35,6 @@ _LEVELS = {
     "warning": NotificationLevel.WARN,
     "error": NotificationLevel.ERROR,
 }
-
-
-def earlier_of_same_resource_open() -> Exists:
-    """For a Delivery queryset: an earlier delivery of the same resource to the same endpoint is
-    still open, so this one must wait (delivery_held_back, in SQL). A delivery without a resource
-    key never matches (NULL equals nothing)."""
-    return Exists(
-        Delivery.objects.filter(
-            subscription_id=OuterRef("subscription_id"),
-            resource_key=OuterRef("resource_key"),
-            id__lt=OuterRef("id"),
-            state__in=DELIVERY_ORDER_HOLDING_STATES,
-        )
-    )
-
-
-def delivery_held_back(*, delivery: Delivery) -> bool:
-    """True while an earlier delivery of the same resource to the same endpoint is still open:
-    deliveries of one order reach an endpoint in the order the hub accepted them. Deliveries
-    without a resource key are unordered; a failed or cancelled earlier one no longer holds."""
-    if not delivery.resource_key:
-        return False
-    return Delivery.objects.filter(
-        subscription_id=delivery.subscription_id,
-        resource_key=delivery.resource_key,
-        id__lt=delivery.pk,
-        state__in=DELIVERY_ORDER_HOLDING_STATES,
-    ).exists()
 
 
 def subscription_max_in_flight(subscription: Subscription) -> int:

@@ -21,16 +21,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Case, Count, Exists, F, OuterRef, QuerySet, Subquery, Value, When
-from django.db.models.functions import Coalesce
+from django.db import connection, transaction
+from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
 from integrator import metrics
 from routing import retry, transport
 from routing.attempts import (
     attempt_outcome,
-    earlier_of_same_resource_open,
     events_status_refresh,
     reply_process,
     subscription_disable,
@@ -38,7 +36,14 @@ from routing.attempts import (
     subscription_max_in_flight,
 )
 from routing.dispatch import pumps_enqueue
-from routing.models import DELIVERY_OPEN_STATES, Attempt, Delivery, DeliveryState, Subscription
+from routing.models import (
+    DELIVERY_OPEN_STATES,
+    DELIVERY_ORDER_HOLDING_STATES,
+    Attempt,
+    Delivery,
+    DeliveryState,
+    Subscription,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +82,10 @@ def deliveries_pump(*, subscription_id: int, only: Collection[int] | None = None
     budget = settings.HUB_DELIVERY_PUMP_SECONDS
     deadline = time.monotonic() + budget
     outcome = PumpResult()
-    while True:
-        batch = _batch_claim(subscription_id=subscription_id, only=only, budget=budget)
+    # Read once for the pump's few seconds; every round's look checks that it is still enabled.
+    sub = Subscription.objects.select_related("store").filter(pk=subscription_id).first()
+    while sub is not None:
+        batch = _batch_claim(sub=sub, only=only, budget=budget)
         if batch is None:
             break
         sent, unsent = _batch_send(batch, deadline=deadline)
@@ -106,80 +113,91 @@ def delivery_subscription_id(*, delivery_id: int) -> int | None:
     return Delivery.objects.filter(pk=delivery_id).values_list("subscription_id", flat=True).first()
 
 
-def _in_flight(*, now: datetime, subscription: Any = None) -> QuerySet[Delivery]:
-    """Batches of an endpoint being sent now (each has at most one request on the wire), as a
-    one-value subquery: the endpoint's id, or OuterRef to it."""
-    return (
-        Delivery.objects.filter(subscription_id=subscription, state=DeliveryState.DELIVERING, lease_expires_at__gt=now)
-        .order_by()
-        .values("subscription_id")
-        # A delivering row without a claim (claimed one by one, before batches) is its own request.
-        .annotate(n=Count(Coalesce("claim", -F("id")), distinct=True))
-        .values("n")
-    )
+_DELIVERY = Delivery._meta.db_table
+_OPEN = ", ".join(f"'{state}'" for state in DELIVERY_OPEN_STATES)
+_HOLDING = ", ".join(f"'{state}'" for state in DELIVERY_ORDER_HOLDING_STATES)
+# The three statements a pump runs every round, in SQL rather than built by the ORM each time:
+# building them cost as much as running them. Plain SQL that PostgreSQL and SQLite both speak.
+#
+# Batches of an endpoint being sent now, each with at most one request on the wire (a delivering
+# row without a claim, claimed one by one before batches existed, is its own request).
+_IN_FLIGHT = f"""
+    SELECT COUNT(DISTINCT COALESCE(f.claim, -f.id)) FROM {_DELIVERY} f
+    WHERE f.subscription_id = %s AND f.state = '{DeliveryState.DELIVERING}' AND f.lease_expires_at > %s"""
+# The endpoint's deliveries a batch may take now: due, and no earlier delivery of the same resource
+# to the same endpoint still open (a delivery without a resource key is never held: NULL = NULL is
+# not true).
+_SENDABLE = f"""
+    d.subscription_id = %s AND d.state IN ({_OPEN}) AND d.next_attempt_at <= %s
+    AND NOT EXISTS (
+        SELECT 1 FROM {_DELIVERY} e
+        WHERE e.subscription_id = d.subscription_id AND e.resource_key = d.resource_key AND e.id < d.id
+        AND e.state IN ({_HOLDING}))"""
 
 
-def _sendable(*, now: datetime, subscription: Any, only: Collection[int] | None) -> QuerySet[Delivery]:
-    """The endpoint's deliveries a batch may take now: due, and no earlier one of their resource open."""
-    candidates = Delivery.objects.filter(
-        subscription_id=subscription, state__in=DELIVERY_OPEN_STATES, next_attempt_at__lte=now
-    ).filter(~earlier_of_same_resource_open())
-    if only is not None:
-        candidates = candidates.filter(pk__in=list(only))
-    return candidates
+def _only(only: Collection[int] | None) -> tuple[str, list[int]]:
+    ids = list(only or [])
+    if only is None:
+        return "", []
+    return f" AND d.id IN ({', '.join(['%s'] * len(ids)) or 'NULL'})", ids
 
 
-def _batch_claim(*, subscription_id: int, only: Collection[int] | None, budget: float) -> _Batch | None:
+def _look(*, sub: Subscription, now: datetime, only: Collection[int] | None) -> tuple[bool, int]:
+    """One look, without locks: is the endpoint on and may anything go, and how many of its slots
+    are taken. A busy endpoint gets a message per push; most find nothing left to take."""
+    at = connection.ops.adapt_datetimefield_value(now)
+    only_sql, only_ids = _only(only)
+    sql = f"""
+        SELECT ({_IN_FLIGHT.replace("%s", "s.id", 1)}),
+               EXISTS (SELECT 1 FROM {_DELIVERY} d WHERE {_SENDABLE.replace("%s", "s.id", 1)}{only_sql})
+        FROM {Subscription._meta.db_table} s WHERE s.id = %s AND s.is_enabled"""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [at, at, *only_ids, sub.pk])
+        row = cursor.fetchone()
+    if row is None:
+        return False, 0
+    return bool(row[1]), int(row[0] or 0)
+
+
+def _batch_claim(*, sub: Subscription, only: Collection[int] | None, budget: float) -> _Batch | None:
     """Take up to HUB_DELIVERY_BATCH_SIZE due deliveries of the endpoint for this worker, or None
     when there is nothing to send (none due, none whose turn has come, endpoint off or at its limit)."""
     now = timezone.now()
-    # One look, without locks, at the endpoint, its slots in use and whether anything may go: a
-    # busy endpoint gets a message per push, and most find its slots taken or nothing left to send.
-    sub = (
-        Subscription.objects.select_related("store")
-        .filter(pk=subscription_id, is_enabled=True)
-        .annotate(
-            busy=Subquery(_in_flight(now=now, subscription=OuterRef("pk"))),
-            sendable=Exists(_sendable(now=now, subscription=OuterRef("pk"), only=only)),
-        )
-        .first()
-    )
-    if sub is None or not sub.sendable:
-        return None
+    sendable, busy = _look(sub=sub, now=now, only=only)
     limit = subscription_max_in_flight(sub)
-    if limit and (sub.busy or 0) >= limit:
+    if not sendable or (limit and busy >= limit):
         return None
-    with transaction.atomic():
+    claim = secrets.randbits(62) + 1
+    # Every delivery of the batch may wait for the whole budget before it is sent.
+    lease = now + timedelta(seconds=budget + sub.timeout_seconds + settings.HUB_DELIVERY_LEASE_MARGIN_SECONDS)
+    adapt = connection.ops.adapt_datetimefield_value
+    only_sql, only_ids = _only(only)
+    # Rows another worker is claiming are theirs; waiting for them would only find them taken.
+    lock = " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
+    with transaction.atomic(), connection.cursor() as cursor:
         if limit:
             # Claims for one endpoint queue up on its row, so that a limit of N means N, not N
-            # plus whatever raced past the count.
+            # plus whatever raced past the count (which must be a statement of its own, after the lock).
             list(Subscription.objects.select_for_update().filter(pk=sub.pk).values_list("pk"))
-            if sum(_in_flight(now=now, subscription=sub.pk).values_list("n", flat=True)) >= limit:
+            cursor.execute(_IN_FLIGHT, [sub.pk, adapt(now)])
+            if cursor.fetchone()[0] >= limit:
                 return None
-        deliveries = list(
-            _sendable(now=now, subscription=sub.pk, only=only)
-            .select_related("event", "event__store")
-            # Rows another worker is claiming are theirs; waiting for them would only find them taken.
-            .select_for_update(skip_locked=True, of=("self",))
-            .order_by("next_attempt_at", "id")[: settings.HUB_DELIVERY_BATCH_SIZE]
+        cursor.execute(
+            f"""UPDATE {_DELIVERY} SET state = '{DeliveryState.DELIVERING}', attempt_count = attempt_count + 1,
+                    lease_expires_at = %s, claim = %s, updated_at = %s
+                WHERE id IN (
+                    SELECT d.id FROM {_DELIVERY} d WHERE {_SENDABLE}{only_sql}
+                    ORDER BY d.next_attempt_at, d.id LIMIT %s{lock})
+                RETURNING id""",
+            [adapt(lease), claim, adapt(now), sub.pk, adapt(now), *only_ids, settings.HUB_DELIVERY_BATCH_SIZE],
         )
-        if not deliveries:
-            return None
-        claim = secrets.randbits(62) + 1
-        # Every delivery of the batch may wait for the whole budget before it is sent.
-        lease = now + timedelta(seconds=budget + sub.timeout_seconds + settings.HUB_DELIVERY_LEASE_MARGIN_SECONDS)
-        Delivery.objects.filter(pk__in=[d.pk for d in deliveries]).update(
-            state=DeliveryState.DELIVERING,
-            attempt_count=F("attempt_count") + 1,
-            lease_expires_at=lease,
-            claim=claim,
-            updated_at=now,
-        )
+        ids = [row[0] for row in cursor.fetchall()]
+    if not ids:
+        return None
+    deliveries = list(
+        Delivery.objects.select_related("event", "event__store").filter(pk__in=ids).order_by("next_attempt_at", "id")
+    )
     for delivery in deliveries:
-        delivery.state = DeliveryState.DELIVERING
-        delivery.attempt_count += 1
-        delivery.lease_expires_at = lease
-        delivery.claim = claim
         delivery.subscription = sub
     return _Batch(subscription=sub, claim=claim, deliveries=deliveries)
 
@@ -380,5 +398,8 @@ def _endpoint_record(*, sub: Subscription, mine: list[tuple[_Sent, retry.Decisio
             # Read with the batch: an endpoint that was not failing then has nothing to clear
             # (one that started failing since keeps its mark until its next success).
             Subscription.objects.filter(pk=sub.pk, failing_since__isnull=False).update(failing_since=None)
+            sub.failing_since = None
     else:
         subscription_failing(subscription=sub, now=now, delivery=last.delivery)
+        # The pump's next batch reads it from here: a success must know there is a streak to end.
+        sub.failing_since = sub.failing_since or now
