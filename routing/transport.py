@@ -21,6 +21,7 @@ from email.message import Message
 from typing import Any
 from urllib.parse import quote
 
+import orjson
 import requests
 from standardwebhooks.webhooks import Webhook
 
@@ -100,11 +101,7 @@ def request_build(
     body_payload["parameters"] = [
         {"name": p.get("name"), "value": p.get("value")} for p in parameters if isinstance(p, Mapping)
     ]
-    body = json.dumps(
-        {"message": message, "message_id": message_id, "payload": body_payload},
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
+    body = json_compact({"message": message, "message_id": message_id, "payload": body_payload})
     when = (timestamp or datetime.now(UTC)).astimezone(UTC)
     signature = " ".join(
         Webhook(secret).sign(msg_id=webhook_id, timestamp=when, data=body)
@@ -123,6 +120,44 @@ def request_build(
         "webhook-signature": signature,
     }
     return OutboundRequest(method=method_for(message, method_override), url=url, body=body, headers=headers)
+
+
+# Where orjson and json.dumps spell the same number differently: only floats that Python writes in
+# exponent form (below 1e-4 or from 1e16 on: `1e-07`, `1e+16`), which orjson writes as `1e-7`,
+# `1e16` or `0.00001`. Each pattern starts with a literal, which `re` finds fast; a match is then
+# checked to be a number, not part of a string.
+_FLOAT_SPELLING_CANDIDATES = (re.compile(rb"e(?<=[0-9]e)[-0-9]"), re.compile(rb"0\.0000"))
+_NUMBER_CHARS = frozenset(b"0123456789.")
+
+
+def json_compact(value: Any) -> str:
+    """`json.dumps(value, separators=(",", ":"), ensure_ascii=False)`, the same text, in a tenth of
+    the time: orjson writes it (keys in insertion order, non-ASCII as UTF-8, the same escapes), and
+    json.dumps takes over for what orjson would write differently or refuses (an integer beyond 64
+    bits, a non-string key, a lone surrogate, another type). NaN and Infinity, which orjson writes
+    as null, never get here: payloads and parameters come from validated, stored JSON."""
+    try:
+        data = orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        data = None
+    if data is None or _float_spelled_differently(data):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return data.decode("utf-8")
+
+
+def _float_spelled_differently(data: bytes) -> bool:
+    for match in (m for pattern in _FLOAT_SPELLING_CANDIDATES for m in pattern.finditer(data)):
+        # Back over the number's digits to what precedes it: a number in the document follows
+        # `:`, `[` or `,` (orjson writes no spaces) or starts it; `5e3` in a UUID string follows a
+        # letter or `"`.
+        i = match.start() - 1
+        while i >= 0 and data[i] in _NUMBER_CHARS:
+            i -= 1
+        if i >= 0 and data[i] == 0x2D:  # "-"
+            i -= 1
+        if i < 0 or data[i] in b":[,":
+            return True
+    return False
 
 
 # Printable ASCII: what every HTTP stack carries unchanged in a header value.
