@@ -8,6 +8,7 @@ so it can be tested against a local server with no database.
 from __future__ import annotations
 
 import codecs
+import functools
 import json
 import math
 import os
@@ -23,6 +24,9 @@ from urllib.parse import quote
 
 import orjson
 import requests
+from requests.cookies import extract_cookies_to_jar
+from requests.structures import CaseInsensitiveDict
+from requests.utils import check_header_validity, get_auth_from_url
 from standardwebhooks.webhooks import Webhook
 
 from routing.netguard import DestinationBlocked, HostUnresolvable, session_guard
@@ -230,15 +234,7 @@ def request_send(
         return ExchangeResult(method=request.method, url=request.url, latency_ms=latency(), error=error, **kwargs)
 
     try:
-        response = session.request(
-            request.method,
-            request.url,
-            data=request.body.encode("utf-8"),
-            headers=dict(request.headers),
-            timeout=timeout,
-            allow_redirects=False,
-            stream=True,
-        )
+        response = _response_get(session, request, request.body.encode("utf-8"), timeout)
     except requests.Timeout:
         return failed(f"timed out after {timeout:g}s", status_code=None)
     except HostUnresolvable as exc:
@@ -287,6 +283,74 @@ def request_send(
     return ExchangeResult(
         method=request.method, url=request.url, latency_ms=latency(), reply=reply, succeeded=True, **common
     )
+
+
+def _response_get(
+    session: requests.Session, request: OutboundRequest, body: bytes, timeout: float
+) -> requests.Response:
+    """What `session.request(..., allow_redirects=False, stream=True)` does, without the parts of
+    requests' per-request work that a delivery session never needs: merging cookies, hooks, auth,
+    params and environment settings it does not have, and preparing the same endpoint URL again.
+
+    Same bytes on the wire (the session's default headers merged with the request's, checked as
+    requests checks them, Content-Length), sent through the same adapter: the SSRF guard still
+    resolves and checks every new connection, and refuses a proxy; TLS settings, timeouts and
+    requests' exceptions are those of the adapter. A session with anything the shortcut leaves
+    out (cookies an endpoint set, hooks, auth, proxies, a subclass) takes requests' whole path.
+    """
+    url = _url_prepared(request.url) if _session_plain(session) and body else None
+    if url is None:
+        return session.request(
+            request.method,
+            request.url,
+            data=body,
+            headers=dict(request.headers),
+            timeout=timeout,
+            allow_redirects=False,
+            stream=True,
+        )
+    headers: CaseInsensitiveDict[str] = CaseInsensitiveDict(session.headers)
+    headers.update(request.headers)
+    for item in headers.items():
+        check_header_validity(item)
+    headers["Content-Length"] = str(len(body))
+    prepared = requests.PreparedRequest()
+    prepared.method = request.method.upper()
+    prepared.url = url
+    prepared.headers = headers
+    prepared.body = body
+    response = session.get_adapter(url).send(
+        prepared, stream=True, timeout=timeout, verify=session.verify, cert=session.cert, proxies={}
+    )
+    if "set-cookie" in response.raw.headers:
+        # As requests keeps them: the session sends them back next time (and takes the whole path).
+        extract_cookies_to_jar(session.cookies, prepared, response.raw)
+    return response
+
+
+def _session_plain(session: requests.Session) -> bool:
+    return (
+        type(session) is requests.Session
+        and not session.trust_env
+        and not session.cookies
+        and not session.auth
+        and not session.params
+        and not session.proxies
+        and not any(session.hooks.values())
+        and None not in session.headers.values()
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _url_prepared(url: str) -> str | None:
+    """requests' preparation of a URL (IDNA host, requoted path), once per endpoint URL: it depends
+    on nothing else. None for a URL with credentials in it, which requests turns into an
+    Authorization header (the shortcut leaves that to requests). Errors are not cached."""
+    prepared = requests.PreparedRequest()
+    prepared.prepare_url(url, None)
+    if any(get_auth_from_url(prepared.url or "")):
+        return None
+    return prepared.url
 
 
 _NOT_JSON = object()

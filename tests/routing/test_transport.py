@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook
 
 from routing.models import signing_secret_new
-from routing.transport import json_compact, method_for, request_build, request_send, session_get
+from routing.transport import json_compact, method_for, request_build, request_send, session_get, session_new
 from tests.live import Reply, free_port
 
 SECRET = signing_secret_new()
@@ -131,3 +131,29 @@ _json_values = st.recursive(
 @hypothesis_settings(max_examples=400, deadline=None)
 def test_the_body_is_the_text_json_dumps_writes(value):
     assert json_compact(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def test_a_request_goes_out_byte_for_byte_as_through_requests_own_path(subscriber):
+    """request_send skips parts of requests' per-request work; what the endpoint receives (method,
+    path, every header in order, body) is what requests' whole path sends, which a session with a
+    response hook takes."""
+    url = subscriber.url("/wire") + "?shop=Müller&x=1 2"
+    request = build(url, method_override="patch")
+    whole = session_new()
+    whole.hooks["response"].append(lambda response, **kwargs: response)
+    assert request_send(request, timeout=5, session=whole).succeeded
+    assert request_send(request, timeout=5, session=session_new()).succeeded
+    through_requests, shortcut = subscriber.received("/wire")
+    assert through_requests.method == shortcut.method == "PATCH"
+    assert list(shortcut.headers.items()) == list(through_requests.headers.items())
+    assert shortcut.body == through_requests.body == request.body.encode()
+
+
+def test_cookies_an_endpoint_sets_are_sent_back_as_requests_does(subscriber):
+    subscriber.program("/cookie", Reply(200, json={}, headers={"Set-Cookie": "lb=node-2; Path=/"}), Reply.ok())
+    session = session_new()
+    request = build(subscriber.url("/cookie"))
+    assert request_send(request, timeout=5, session=session).succeeded
+    assert request_send(request, timeout=5, session=session).succeeded
+    first, second = subscriber.received("/cookie")
+    assert "Cookie" not in first.headers and second.headers["Cookie"] == "lb=node-2"
