@@ -294,9 +294,10 @@ def _response_get(
 
     Same bytes on the wire (the session's default headers merged with the request's, checked as
     requests checks them, Content-Length), sent through the same adapter: the SSRF guard still
-    resolves and checks every new connection, and refuses a proxy; TLS settings, timeouts and
-    requests' exceptions are those of the adapter. A session with anything the shortcut leaves
-    out (cookies an endpoint set, hooks, auth, proxies, a subclass) takes requests' whole path.
+    resolves and checks every new connection; TLS settings, timeouts and requests' exceptions (so
+    every error text) are the adapter's. A session with anything the shortcut leaves out (cookies
+    an endpoint set, hooks, auth, proxies, which the guard then refuses, environment settings, a
+    subclass) takes requests' whole path.
     """
     url = _url_prepared(request.url) if _session_plain(session) and body else None
     if url is None:
@@ -329,6 +330,7 @@ def _response_get(
 
 
 def _session_plain(session: requests.Session) -> bool:
+    """Nothing in the session that requests' whole path would add to a request."""
     return (
         type(session) is requests.Session
         and not session.trust_env
