@@ -1,12 +1,16 @@
 """One HTTP exchange against the real local subscriber; no database."""
 
+import json
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook
 
 from routing.models import signing_secret_new
-from routing.transport import method_for, request_build, request_send, session_get
+from routing.transport import json_compact, method_for, request_build, request_send, session_get, session_new
 from tests.live import Reply, free_port
 
 SECRET = signing_secret_new()
@@ -103,3 +107,53 @@ def test_timeout_and_refused_connection_are_failed_results_not_exceptions(subscr
 def test_the_session_is_reused_and_ignores_environment_proxies():
     assert session_get() is session_get()
     assert session_get().trust_env is False
+
+
+# JSON values as they come out of jsonb, plus the floats that Python and orjson spell differently
+# (below 1e-4, from 1e16 on), integers beyond 64 bits, and strings that look like numbers.
+_json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.sampled_from([1e-7, 0.00001, 1.5e-5, 1e16, 1.2345678901234567e20, -0.0, 99.95])
+    | st.text()
+    | st.sampled_from(["5e3", "1e-7", "0.00001", ":1e5", "[0.0000", "ab5e-9cd"])
+)
+_json_values = st.recursive(
+    _json_scalars,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5),
+    max_leaves=30,
+)
+
+
+@given(_json_values)
+@hypothesis_settings(max_examples=400, deadline=None)
+def test_the_body_is_the_text_json_dumps_writes(value):
+    assert json_compact(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def test_a_request_goes_out_byte_for_byte_as_through_requests_own_path(subscriber):
+    """request_send skips parts of requests' per-request work; what the endpoint receives (method,
+    path, every header in order, body) is what requests' whole path sends, which a session with a
+    response hook takes."""
+    url = subscriber.url("/wire") + "?shop=Müller&x=1 2"
+    request = build(url, method_override="patch")
+    whole = session_new()
+    whole.hooks["response"].append(lambda response, **kwargs: response)
+    assert request_send(request, timeout=5, session=whole).succeeded
+    assert request_send(request, timeout=5, session=session_new()).succeeded
+    through_requests, shortcut = subscriber.received("/wire")
+    assert through_requests.method == shortcut.method == "PATCH"
+    assert list(shortcut.headers.items()) == list(through_requests.headers.items())
+    assert shortcut.body == through_requests.body == request.body.encode()
+
+
+def test_cookies_an_endpoint_sets_are_sent_back_as_requests_does(subscriber):
+    subscriber.program("/cookie", Reply(200, json={}, headers={"Set-Cookie": "lb=node-2; Path=/"}), Reply.ok())
+    session = session_new()
+    request = build(subscriber.url("/cookie"))
+    assert request_send(request, timeout=5, session=session).succeeded
+    assert request_send(request, timeout=5, session=session).succeeded
+    first, second = subscriber.received("/cookie")
+    assert "Cookie" not in first.headers and second.headers["Cookie"] == "lb=node-2"
