@@ -221,6 +221,10 @@ HUB_DELIVERY_BATCH_SIZE = _env_int("HUB_DELIVERY_BATCH_SIZE", 20)
 # How long a worker keeps sending to one endpoint before a fresh message takes over, so that other
 # endpoints' messages are not kept waiting behind a long backlog.
 HUB_DELIVERY_PUMP_SECONDS = _env_float("HUB_DELIVERY_PUMP_SECONDS", 5)
+# A push publishes no message for an endpoint whose last one is still waiting for a worker (that
+# worker's look will see the push's deliveries); the mark of a waiting message lasts this long at
+# most. 0 = a message for every push.
+HUB_PUMP_COALESCE_SECONDS = _env_float("HUB_PUMP_COALESCE_SECONDS", 2)
 # A claimed delivery belongs to its worker for the pump's time, the endpoint's timeout and this margin.
 HUB_DELIVERY_LEASE_MARGIN_SECONDS = _env_float("HUB_DELIVERY_LEASE_MARGIN_SECONDS", 60)
 HUB_RESPONSE_BODY_MAX_CHARS = _env_int("HUB_RESPONSE_BODY_MAX_CHARS", 4096)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable
 
 from django.conf import settings
+from django.core.cache import cache
 
 logger = logging.getLogger(__name__)
 
@@ -20,11 +21,43 @@ logger = logging.getLogger(__name__)
 _broker_down_until = [0.0]
 
 
-def pumps_enqueue(subscription_ids: Iterable[int], *, countdown: float | None = None) -> list[int]:
+def _pending_key(subscription_id: int) -> str:
+    from integrator.celery import app
+
+    # Per queue: two hubs (or a hub and its benchmark) may share one Redis.
+    return f"pump-pending:{app.conf.task_default_queue}:{subscription_id}"
+
+
+def pump_started(subscription_id: int) -> None:
+    """A worker is about to look at the endpoint: whatever is committed from now on, it may miss,
+    so the next push must publish again (see pumps_enqueue's `coalesce`)."""
+    if settings.HUB_PUMP_COALESCE_SECONDS > 0:
+        try:
+            cache.delete(_pending_key(subscription_id))
+        except Exception:  # noqa: BLE001 - the mark only saves messages; its expiry ends it anyway
+            logger.warning("could not clear an endpoint's pending mark", extra={"subscription_id": subscription_id})
+
+
+def _already_pending(subscription_id: int) -> bool:
+    """True when a message for the endpoint is on its way and its worker has not looked yet: that
+    look will see what was just committed, so another message would only cost a look. The mark
+    (Redis SET NX, or the file cache of the embedded default) expires after
+    HUB_PUMP_COALESCE_SECONDS, so a lost message costs no more than that before pushes publish again."""
+    try:
+        return not cache.add(_pending_key(subscription_id), 1, timeout=settings.HUB_PUMP_COALESCE_SECONDS)
+    except Exception:  # noqa: BLE001 - no cache, no saving: publish
+        return False
+
+
+def pumps_enqueue(
+    subscription_ids: Iterable[int], *, countdown: float | None = None, coalesce: bool = False
+) -> list[int]:
     """Ask the workers to send these endpoints' due deliveries; returns the ids actually published.
 
-    A broker outage is not the store's problem: the deliveries are durable and the sweeper wakes
-    their endpoints once the broker is back."""
+    With `coalesce` (new deliveries, at once) an endpoint whose message is still waiting for a
+    worker gets none: at 100 pushes a second to one endpoint that is most of them. A broker outage
+    is not the store's problem: the deliveries are durable and the sweeper wakes their endpoints
+    once the broker is back."""
     from routing.tasks import deliveries_pump_task
 
     ids = list(dict.fromkeys(subscription_ids))
@@ -32,6 +65,8 @@ def pumps_enqueue(subscription_ids: Iterable[int], *, countdown: float | None = 
         # Right after a broker failure, trying again would make every push wait out the broker
         # client's connection attempts; the sweeper publishes for these endpoints later.
         return []
+    if coalesce and not countdown and settings.HUB_PUMP_COALESCE_SECONDS > 0:
+        ids = [subscription_id for subscription_id in ids if not _already_pending(subscription_id)]
     published: list[int] = []
     for subscription_id in ids:
         try:
@@ -44,6 +79,10 @@ def pumps_enqueue(subscription_ids: Iterable[int], *, countdown: float | None = 
                 "broker unavailable; deliveries left for the sweeper", extra={"subscription_id": subscription_id}
             )
             _broker_down_until[0] = time.monotonic() + settings.HUB_BROKER_BACKOFF_SECONDS
+            if coalesce:
+                # Marked pending but never published: let the next push try again.
+                for unpublished in ids[len(published) :]:
+                    pump_started(unpublished)
             break
         published.append(subscription_id)
     return published

@@ -153,7 +153,7 @@ def events_accept_built(*, store: Store | None, events: list[Event], savepoint: 
             # One message per endpoint, not per delivery: the worker that takes it sends all of
             # that endpoint's due deliveries (routing.pump).
             endpoints = [d.subscription_id for d in deliveries]
-            transaction.on_commit(lambda: pumps_enqueue(endpoints))
+            transaction.on_commit(lambda: pumps_enqueue(endpoints, coalesce=True))
     return results
 
 

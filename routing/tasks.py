@@ -8,7 +8,7 @@ from celery import shared_task
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from routing import services
+from routing import dispatch, services
 
 # The database went away (restart, failover, network): the task waits and tries again rather than
 # being acked as failed, which would leave its delivery to the sweeper's much slower lost-message check.
@@ -23,6 +23,7 @@ def database_retry_countdown(retries: int) -> float:
 @shared_task(bind=True, name="routing.deliveries_pump", ignore_result=True, max_retries=None)
 def deliveries_pump_task(self: Any, subscription_id: int) -> None:
     try:
+        dispatch.pump_started(subscription_id)
         services.deliveries_pump(subscription_id=subscription_id)
     except DATABASE_UNAVAILABLE as exc:
         raise self.retry(exc=exc, countdown=database_retry_countdown(self.request.retries)) from exc

@@ -1,0 +1,49 @@
+"""Waking endpoints (routing.dispatch) through the real broker and the real cache: a push does not
+publish a second message for an endpoint whose message still waits for a worker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from routing.dispatch import pump_started, pumps_enqueue
+from tests.live import queue_purge
+
+UNCONSUMED = "hub-test-dispatch"
+
+
+@pytest.fixture
+def unconsumed_queue() -> Iterator[str]:
+    """Messages go to a queue no worker reads, so that none takes them (and clears their mark)."""
+    from integrator.celery import app
+
+    saved = app.conf.task_default_queue
+    app.conf.task_default_queue = UNCONSUMED
+    queue_purge(UNCONSUMED)
+    try:
+        yield UNCONSUMED
+    finally:
+        queue_purge(UNCONSUMED)
+        app.conf.task_default_queue = saved
+
+
+def test_a_waiting_message_absorbs_the_next_pushes_until_a_worker_looks(unconsumed_queue, settings):
+    settings.HUB_PUMP_COALESCE_SECONDS = 60
+    endpoint, other = 10**9, 10**9 + 1
+    assert pumps_enqueue([endpoint], coalesce=True) == [endpoint]
+    assert pumps_enqueue([endpoint, other], coalesce=True) == [other]  # endpoint's is still waiting
+    pump_started(endpoint)  # its worker looks: what is committed after this needs a new message
+    assert pumps_enqueue([endpoint], coalesce=True) == [endpoint]
+    # Retries and hand-overs are never absorbed: they must come at their own time.
+    assert pumps_enqueue([endpoint]) == [endpoint]
+    assert pumps_enqueue([endpoint], countdown=5, coalesce=True) == [endpoint]
+    pump_started(endpoint)
+    pump_started(other)
+
+
+def test_coalescing_off_publishes_for_every_push(unconsumed_queue, settings):
+    settings.HUB_PUMP_COALESCE_SECONDS = 0
+    endpoint = 10**9 + 2
+    assert pumps_enqueue([endpoint], coalesce=True) == [endpoint]
+    assert pumps_enqueue([endpoint], coalesce=True) == [endpoint]
