@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import orjson
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -75,6 +76,8 @@ def envelope_validate(data: Any) -> Envelope:
 
 def _nul_path(payload: Mapping[str, Any]) -> str | None:
     """The dotted path of the first key or string holding a NUL character, or None."""
+    if _nul_free(payload):
+        return None
     stack: list[tuple[Any, str]] = [(payload, "payload")]
     while stack:
         value, path = stack.pop()
@@ -89,6 +92,23 @@ def _nul_path(payload: Mapping[str, Any]) -> str | None:
         elif isinstance(value, list):
             stack.extend((child, f"{path}.{index}") for index, child in enumerate(value))
     return None
+
+
+# How orjson writes a NUL character, in a key or a string: JSON has no other way to carry one.
+_NUL_ESCAPE = b"\\u0000"
+# Types orjson would write where json (and so the payload's jsonb) could not: walk those instead.
+_ORJSON_STRICT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
+
+
+def _nul_free(payload: Mapping[str, Any]) -> bool:
+    """Whether no key or string of the payload holds a NUL, found in C: orjson writes the payload
+    (8.5 KB, 425 keys for an order) in microseconds, where walking it in Python took about a
+    millisecond per event. False means "walk it": a NUL, or a literal backslash-u0000 text, or
+    something orjson does not write (an integer beyond 64 bits)."""
+    try:
+        return _NUL_ESCAPE not in orjson.dumps(payload, option=_ORJSON_STRICT)
+    except orjson.JSONEncodeError:
+        return False
 
 
 def _json_type(value: Any) -> str:
