@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models.constants import OnConflict
 from django.utils import timezone
 
 from events.errors import InvalidEnvelope
@@ -187,32 +188,70 @@ def event_ingest(
 
 
 def events_insert(*, store: Store, events: list[Event]) -> list[IngestResult]:
-    """Save a store's batch of built events with one look-up and one multi-row INSERT; one result
-    per event, in order, exactly as event_insert one by one would give (a message_id already
-    stored, or repeated within the batch, answers with the first event).
+    """Save a store's batch of built events with one multi-row INSERT; one result per event, in
+    order, exactly as event_insert one by one would give (a message_id already stored, or repeated
+    within the batch, answers with the first event).
 
-    Must run inside the caller's transaction. Should a concurrent push store one of these
-    message_ids between the look-up and the insert, the insert is undone (savepoint) and the
-    events go in one by one, which sorts that out as event_insert does.
+    Must run inside the caller's transaction. The INSERT skips a message_id that is already stored
+    (ON CONFLICT DO NOTHING) and returns the ids of the rows it wrote, so the common batch, all
+    new, is one statement: no look-up before it and no savepoint around it. Only the skipped ones
+    are looked up after it; should one of them not be found (the conflict was not a stored
+    message_id), it goes in on its own through event_insert, which raises what it raises.
+    A concurrent push of the same message_id is waited for by PostgreSQL: skipped and found if it
+    commits, written here if it rolls back.
     """
-    stored = {e.message_id: e for e in Event.objects.filter(store=store, message_id__in={e.message_id for e in events})}
     first: dict[str, Event] = {}
-    fresh: list[Event] = []
     for event in events:
-        if event.message_id not in stored and event.message_id not in first:
-            first[event.message_id] = event
-            fresh.append(event)
-    try:
-        with transaction.atomic():
-            Event.objects.bulk_create(fresh)
-    except IntegrityError:
-        return [event_insert(_event_unsaved(event)) for event in events]
+        first.setdefault(event.message_id, event)
+    written = _events_insert_new(list(first.values()))
+    skipped = [message_id for message_id in first if message_id not in written]
+    stored = {e.message_id: e for e in Event.objects.filter(store=store, message_id__in=skipped)} if skipped else {}
+    for message_id in skipped:
+        if message_id not in stored:
+            result = event_insert(_event_unsaved(first[message_id]))
+            if result.created:
+                written.add(message_id)
+            else:
+                stored[message_id] = result.event
     return [
         IngestResult(stored[e.message_id], created=False)
         if e.message_id in stored
         else IngestResult(first[e.message_id], created=first[e.message_id] is e)
         for e in events
     ]
+
+
+def _events_insert_new(events: list[Event]) -> set[str]:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING id, message_id: the message_ids written, each
+    event written given its id as bulk_create would."""
+    if len(events) == 1:
+        # One row: Django reads a single RETURNING row with fetchone(), which has nothing to read
+        # when the row was skipped. The savepoint path answers it the same way.
+        event = events[0]
+        try:
+            with transaction.atomic():
+                event.save(force_insert=True)
+        except IntegrityError:
+            _event_unsaved(event)
+            return set()
+        return {event.message_id}
+    meta = Event._meta
+    fields = [f for f in meta.concrete_fields if not f.primary_key and not f.generated]
+    message_id_field = meta.get_field("message_id")
+    for event in events:
+        event._prepare_related_fields_for_save(operation_name="bulk_create")
+    rows = Event.objects._insert(
+        events, fields=fields, returning_fields=[meta.pk, message_id_field], on_conflict=OnConflict.IGNORE
+    )
+    ids = {message_id: pk for pk, message_id in rows}
+    db = Event.objects.db
+    for event in events:
+        pk = ids.get(event.message_id)
+        if pk is not None:
+            event.pk = pk
+            event._state.adding = False
+            event._state.db = db
+    return set(ids)
 
 
 def _event_unsaved(event: Event) -> Event:
