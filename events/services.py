@@ -16,6 +16,7 @@ from django.utils import timezone
 from events.errors import InvalidEnvelope
 from events.messages import InvalidMessageName, message_canonical, resource_key
 from events.models import Event, EventSource, Store
+from events.selectors import store_cache_clear
 
 MESSAGE_ID_MAX_LENGTH = 255
 
@@ -283,9 +284,14 @@ def store_token_rotate(*, store: Store, grace_seconds: int | None = None) -> str
         locked.save(update_fields=["token_hash", "token_hint", "previous_token_hash", "previous_token_expires_at"])
     for name in ("token_hash", "token_hint", "previous_token_hash", "previous_token_expires_at"):
         setattr(store, name, getattr(locked, name))
+    # This process stops taking a revoked token at once; the others within HUB_STORE_AUTH_CACHE_SECONDS.
+    store_cache_clear()
     return token
 
 
 def store_set_active(*, store_id: int, active: bool) -> bool:
     """Enable or disable a store; a disabled store's pushes are refused. False when nothing changed."""
-    return bool(Store.objects.filter(pk=store_id).exclude(is_active=active).update(is_active=active))
+    changed = bool(Store.objects.filter(pk=store_id).exclude(is_active=active).update(is_active=active))
+    # This process sees the change at once; the others within HUB_STORE_AUTH_CACHE_SECONDS.
+    store_cache_clear()
+    return changed

@@ -128,9 +128,7 @@ if DATABASE_URL:
     if DATABASES["default"]["ENGINE"].endswith("postgresql"):
         # libpq waits forever for a server that accepted the TCP connection but never answers
         # (a blackholed or hung database): a request, a worker and /readyz must give up instead.
-        DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
-            "connect_timeout", _env_int("DB_CONNECT_TIMEOUT", 5)
-        )
+        DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", _env_int("DB_CONNECT_TIMEOUT", 5))
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
@@ -285,6 +283,11 @@ HUB_RATE_LIMITS = {
 # After a token rotation the old token keeps working this long, so a store can be reconfigured
 # without dropping events.
 HUB_TOKEN_ROTATION_GRACE_SECONDS = _env_int("HUB_TOKEN_ROTATION_GRACE_SECONDS", 24 * 3600)
+# Each web process remembers a token's store this long instead of reading it on every request. It
+# is how long another process may still take a disabled store's or a revoked token's pushes (the
+# process that disables or rotates forgets at once); a grace period's end is checked exactly.
+# 0 reads the store on every request.
+HUB_STORE_AUTH_CACHE_SECONDS = _env_float("HUB_STORE_AUTH_CACHE_SECONDS", 2.0)
 # Same idea for a subscription's signing secret: both signatures are sent until it ends.
 HUB_SECRET_ROTATION_GRACE_SECONDS = _env_int("HUB_SECRET_ROTATION_GRACE_SECONDS", 24 * 3600)
 # Deliveries never reach loopback, private, link-local or metadata addresses unless this is on
