@@ -288,6 +288,10 @@ HUB_TOKEN_ROTATION_GRACE_SECONDS = _env_int("HUB_TOKEN_ROTATION_GRACE_SECONDS", 
 # process that disables or rotates forgets at once); a grace period's end is checked exactly.
 # 0 reads the store on every request.
 HUB_STORE_AUTH_CACHE_SECONDS = _env_float("HUB_STORE_AUTH_CACHE_SECONDS", 2.0)
+# Each web process reads the enabled subscriptions at most this often to route pushes: a change made
+# by another process (or by a queryset update) reaches its routing within this time (see
+# routing.selectors.subscriptions_enabled_for_routing). 0 reads them on every push.
+HUB_SUBSCRIPTIONS_CACHE_SECONDS = _env_float("HUB_SUBSCRIPTIONS_CACHE_SECONDS", 1.0)
 # Same idea for a subscription's signing secret: both signatures are sent until it ends.
 HUB_SECRET_ROTATION_GRACE_SECONDS = _env_int("HUB_SECRET_ROTATION_GRACE_SECONDS", 24 * 3600)
 # Deliveries never reach loopback, private, link-local or metadata addresses unless this is on

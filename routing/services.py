@@ -35,6 +35,7 @@ from routing.models import (
     Subscription,
     signing_secret_new,
 )
+from routing.selectors import subscriptions_enabled, subscriptions_enabled_for_routing
 
 __all__ = [
     "TEST_MESSAGE",
@@ -61,10 +62,6 @@ logger = logging.getLogger(__name__)
 
 # The message of the ping an admin sends to check an endpoint; it is never routed to anyone else.
 TEST_MESSAGE = "hub:test"
-
-
-def subscriptions_enabled() -> list[Subscription]:
-    return list(Subscription.objects.filter(is_enabled=True).order_by("id"))
 
 
 def subscriptions_for_event(*, event: Event, subscriptions: list[Subscription] | None = None) -> list[Subscription]:
@@ -222,7 +219,9 @@ def events_accept_built(*, store: Store | None, events: list[Event], savepoint: 
     a push answered 202 is as durable as with BEGIN/COMMIT, two round trips fewer. A batch inside
     its caller's transaction (POST /events/batch) needs no savepoint either: the caller's
     transaction already makes it all or nothing."""
-    subscriptions = subscriptions_enabled()
+    # A store's push (the web's hot path) routes by the list each process remembers for a moment;
+    # a message an endpoint returned (store None, accepted by a worker, seldom) reads it fresh.
+    subscriptions = subscriptions_enabled_for_routing() if store is not None else subscriptions_enabled()
     wanted = [subscriptions_for_event(event=event, subscriptions=subscriptions) for event in events]
     for event, subs in zip(events, wanted, strict=True):
         if not subs:

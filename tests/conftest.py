@@ -26,12 +26,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(autouse=True)
 def _store_cache_clear() -> Iterator[None]:
-    """Each test starts with no store remembered by authentication (events.selectors)."""
+    """Each test starts with no store remembered by authentication (events.selectors) and no
+    subscriptions remembered by routing (routing.selectors)."""
     from events.selectors import store_cache_clear
+    from routing.selectors import subscriptions_cache_clear
 
     store_cache_clear()
+    subscriptions_cache_clear()
     yield
     store_cache_clear()
+    subscriptions_cache_clear()
 
 
 @pytest.fixture
