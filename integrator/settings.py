@@ -129,6 +129,9 @@ if DATABASE_URL:
         # libpq waits forever for a server that accepted the TCP connection but never answers
         # (a blackholed or hung database): a request, a worker and /readyz must give up instead.
         DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", _env_int("DB_CONNECT_TIMEOUT", 5))
+        # The same backend, with a health check that polls the socket instead of a SELECT 1 round
+        # trip per request (integrator/postgresql/base.py).
+        DATABASES["default"]["ENGINE"] = "integrator.postgresql"
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
