@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, router, transaction
 from django.db.models.constants import OnConflict
 from django.utils import timezone
 
@@ -151,6 +151,62 @@ def event_build(
     return event
 
 
+def event_row_insert(event: Event) -> None:
+    """INSERT one built event and give it its id: what event.save(force_insert=True) does, without
+    the model save machinery around the statement (signals, the SQL compiler building the same
+    INSERT again for every push: a quarter of the insert's Python time). Event has no signal
+    receivers, and every column's value goes through its field as save() would send it."""
+    connection = connections[router.db_for_write(Event)]
+    if not connection.features.can_return_columns_from_insert:
+        event.save(force_insert=True)
+        return
+    sql, fields = _event_insert_statement(connection, rows=1, skip_conflicts=False)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, _event_insert_params([event], fields, connection, "save"))
+        event.pk = cursor.fetchone()[0]
+    event._state.adding = False
+    event._state.db = connection.alias
+
+
+def _event_insert_params(events: list[Event], fields: list[Any], connection: Any, operation: str) -> list[Any]:
+    params: list[Any] = []
+    for event in events:
+        event._prepare_related_fields_for_save(operation_name=operation)
+        params.extend(field.get_db_prep_save(field.pre_save(event, True), connection) for field in fields)
+    return params
+
+
+# Statements for up to this many rows are kept once made; longer batches are rare and made each time.
+_STATEMENTS_KEPT_UP_TO_ROWS = 50
+_event_insert_statements: dict[tuple[str, int, bool], tuple[str, list[Any]]] = {}
+
+
+def _event_insert_statement(connection: Any, *, rows: int, skip_conflicts: bool) -> tuple[str, list[Any]]:
+    """INSERT INTO events_event (every column but id) VALUES (...) x rows, optionally skipping
+    rows whose (store, message_id) or uid is taken, RETURNING id, message_id."""
+    key = (connection.alias, rows, skip_conflicts)
+    made = _event_insert_statements.get(key)
+    if made is None:
+        meta = Event._meta
+        fields = [f for f in meta.concrete_fields if not f.primary_key and not f.generated]
+        quote = connection.ops.quote_name
+        row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+        made = (
+            "INSERT INTO {} ({}) VALUES {}{} RETURNING {}, {}".format(
+                quote(meta.db_table),
+                ", ".join(quote(f.column) for f in fields),
+                ", ".join([row] * rows),
+                " ON CONFLICT DO NOTHING" if skip_conflicts else "",
+                quote(meta.pk.column),
+                quote(meta.get_field("message_id").column),
+            ),
+            fields,
+        )
+        if rows <= _STATEMENTS_KEPT_UP_TO_ROWS:
+            _event_insert_statements[key] = made
+    return made
+
+
 def event_insert(event: Event, *, savepoint: bool = True) -> IngestResult:
     """Save a built event; a repeated (store, message_id) returns the first event, created=False.
 
@@ -159,14 +215,14 @@ def event_insert(event: Event, *, savepoint: bool = True) -> IngestResult:
     savepoint a repeat raises IntegrityError, and the caller rolls back and looks the first one up.
     """
     if not savepoint:
-        event.save(force_insert=True)
+        event_row_insert(event)
         return IngestResult(event, created=True)
     # No look-up first: the insert itself finds a repeated (store, message_id) through the unique
     # constraint, which saves a round trip on every new event (the common case) and is the only
     # check that holds under concurrent pushes anyway.
     try:
         with transaction.atomic():
-            event.save(force_insert=True)
+            event_row_insert(event)
     except IntegrityError:
         # A repeated message_id (pushed earlier, or concurrently by a push that won the race):
         # answer with the first event.
@@ -231,21 +287,30 @@ def _events_insert_new(events: list[Event]) -> set[str]:
         event = events[0]
         try:
             with transaction.atomic():
-                event.save(force_insert=True)
+                event_row_insert(event)
         except IntegrityError:
             _event_unsaved(event)
             return set()
         return {event.message_id}
-    meta = Event._meta
-    fields = [f for f in meta.concrete_fields if not f.primary_key and not f.generated]
-    message_id_field = meta.get_field("message_id")
-    for event in events:
-        event._prepare_related_fields_for_save(operation_name="bulk_create")
-    rows = Event.objects._insert(
-        events, fields=fields, returning_fields=[meta.pk, message_id_field], on_conflict=OnConflict.IGNORE
-    )
+    connection = connections[router.db_for_write(Event)]
+    if connection.features.can_return_rows_from_bulk_insert:
+        sql, fields = _event_insert_statement(connection, rows=len(events), skip_conflicts=True)
+        with connection.cursor() as cursor:
+            cursor.execute(sql, _event_insert_params(events, fields, connection, "bulk_create"))
+            rows = cursor.fetchall()
+    else:
+        meta = Event._meta
+        fields = [f for f in meta.concrete_fields if not f.primary_key and not f.generated]
+        for event in events:
+            event._prepare_related_fields_for_save(operation_name="bulk_create")
+        rows = Event.objects._insert(
+            events,
+            fields=fields,
+            returning_fields=[meta.pk, meta.get_field("message_id")],
+            on_conflict=OnConflict.IGNORE,
+        )
     ids = {message_id: pk for pk, message_id in rows}
-    db = Event.objects.db
+    db = connection.alias
     for event in events:
         pk = ids.get(event.message_id)
         if pk is not None:
