@@ -31,8 +31,10 @@ def test_an_idle_healthy_connection_is_usable_without_a_query(monkeypatch):
     def no_query(*args, **kwargs):
         raise AssertionError("the health check ran a query on a healthy connection")
 
-    monkeypatch.setattr(connection.connection, "cursor", no_query)
-    assert connection.is_usable()
+    # Undone before the test's own teardown, which queries the database.
+    with monkeypatch.context() as patch:
+        patch.setattr(connection.connection, "cursor", no_query)
+        assert connection.is_usable()
 
 
 def test_a_connection_the_server_terminated_is_found_and_replaced():
