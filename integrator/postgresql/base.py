@@ -22,9 +22,10 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if connection is None or connection.closed:
             return False
         try:
-            readable, _, _ = select.select([connection.fileno()], [], [], 0)
+            # poll, not select: select() refuses descriptors above 1023, which a busy process has.
+            poller = select.poll()
+            poller.register(connection.fileno(), select.POLLIN)
+            quiet = not poller.poll(0)
         except (OSError, ValueError):
-            return False
-        if not readable:
-            return True
-        return super().is_usable()
+            quiet = False  # the real check decides
+        return quiet or super().is_usable()

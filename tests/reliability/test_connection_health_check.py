@@ -43,7 +43,9 @@ def test_a_connection_the_server_terminated_is_found_and_replaced():
     with psycopg.connect(_admin_conninfo(), autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", [old.info.backend_pid])
     # The server's goodbye reaches the socket a moment later.
-    wait_until(lambda: bool(select.select([old.fileno()], [], [], 0)[0]), 10, message="the server closing it")
+    poller = select.poll()
+    poller.register(old.fileno(), select.POLLIN)
+    wait_until(lambda: bool(poller.poll(0)), 10, message="the server closing it")
     assert not connection.is_usable()
 
     # What Django does before a request's first query: the dead connection is closed, and the
