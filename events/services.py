@@ -10,7 +10,6 @@ from typing import Any
 import orjson
 from django.conf import settings
 from django.db import IntegrityError, connections, router, transaction
-from django.db.models.constants import OnConflict
 from django.utils import timezone
 
 from events.errors import InvalidEnvelope
@@ -281,42 +280,29 @@ def events_insert(*, store: Store, events: list[Event]) -> list[IngestResult]:
 def _events_insert_new(events: list[Event]) -> set[str]:
     """INSERT ... ON CONFLICT DO NOTHING RETURNING id, message_id: the message_ids written, each
     event written given its id as bulk_create would."""
-    if len(events) == 1:
-        # One row: Django reads a single RETURNING row with fetchone(), which has nothing to read
-        # when the row was skipped. The savepoint path answers it the same way.
-        event = events[0]
-        try:
-            with transaction.atomic():
-                event_row_insert(event)
-        except IntegrityError:
-            _event_unsaved(event)
-            return set()
-        return {event.message_id}
     connection = connections[router.db_for_write(Event)]
-    if connection.features.can_return_rows_from_bulk_insert:
-        sql, fields = _event_insert_statement(connection, rows=len(events), skip_conflicts=True)
-        with connection.cursor() as cursor:
-            cursor.execute(sql, _event_insert_params(events, fields, connection, "bulk_create"))
-            rows = cursor.fetchall()
-    else:
-        meta = Event._meta
-        fields = [f for f in meta.concrete_fields if not f.primary_key and not f.generated]
+    if not connection.features.can_return_rows_from_bulk_insert:
+        # A database that cannot return a multi-row INSERT's rows: one by one, each in a savepoint.
+        written: set[str] = set()
         for event in events:
-            event._prepare_related_fields_for_save(operation_name="bulk_create")
-        rows = Event.objects._insert(
-            events,
-            fields=fields,
-            returning_fields=[meta.pk, meta.get_field("message_id")],
-            on_conflict=OnConflict.IGNORE,
-        )
-    ids = {message_id: pk for pk, message_id in rows}
-    db = connection.alias
+            try:
+                with transaction.atomic():
+                    event_row_insert(event)
+            except IntegrityError:
+                _event_unsaved(event)
+            else:
+                written.add(event.message_id)
+        return written
+    sql, fields = _event_insert_statement(connection, rows=len(events), skip_conflicts=True)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, _event_insert_params(events, fields, connection, "bulk_create"))
+        ids = {message_id: pk for pk, message_id in cursor.fetchall()}
     for event in events:
         pk = ids.get(event.message_id)
         if pk is not None:
             event.pk = pk
             event._state.adding = False
-            event._state.db = db
+            event._state.db = connection.alias
     return set(ids)
 
 
