@@ -15,6 +15,7 @@ from django.template.response import TemplateResponse
 from django.urls import path
 
 from events.models import Store
+from events.selectors import store_cache_clear
 from events.services import store_set_active, store_token_rotate
 
 
@@ -45,6 +46,10 @@ class StoreAdmin(admin.ModelAdmin):
         if not change:
             obj._token_shown_once = obj.token_set_new()
         super().save_model(request, obj, form, change)
+        if change:
+            # A store unticked as active is refused at once here, in the other web processes
+            # within HUB_STORE_AUTH_CACHE_SECONDS.
+            store_cache_clear()
 
     def response_add(self, request: HttpRequest, obj: Store, post_url_continue: str | None = None) -> Any:
         token = getattr(obj, "_token_shown_once", None)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from urllib.parse import unquote
 
-from django.db.models import Q
 from django.utils import timezone
 from rest_framework import permissions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
@@ -12,6 +11,7 @@ from rest_framework.exceptions import AuthenticationFailed, PermissionDenied
 from rest_framework.request import Request
 
 from events.models import Store, token_hash
+from events.selectors import store_for_token_digest, store_last_used_noted
 
 # Touching last_used_at on every push would add a write per request; once a minute is plenty.
 LAST_USED_RESOLUTION_SECONDS = 60
@@ -54,13 +54,7 @@ class StoreTokenAuthentication(BaseAuthentication):
             return None
         digest = token_hash(token)
         now = timezone.now()
-        store = (
-            Store.objects.filter(
-                Q(token_hash=digest) | Q(previous_token_hash=digest, previous_token_expires_at__gt=now)
-            )
-            .order_by("pk")
-            .first()
-        )
+        store = store_for_token_digest(digest, now=now)
         # The lookup is by hash, and the comparison is constant-time, so response timing says
         # nothing about how close a guess came.
         if store is None or not store.token_matches(token, now=now):
@@ -70,6 +64,7 @@ class StoreTokenAuthentication(BaseAuthentication):
         if store.last_used_at is None or (now - store.last_used_at).total_seconds() > LAST_USED_RESOLUTION_SECONDS:
             Store.objects.filter(pk=store.pk).update(last_used_at=now)
             store.last_used_at = now
+            store_last_used_noted(digest, at=now)
         return store, token
 
     def authenticate_header(self, request: Request) -> str:

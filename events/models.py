@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
 import uuid
 from datetime import datetime
+from typing import Any
 
+import orjson
 from django.db import models
 from django.utils import timezone
 
@@ -75,6 +78,19 @@ class EventSource(models.TextChoices):
     REPLY = "reply", "Returned by an endpoint"
 
 
+# What payload_dumps leaves to json.dumps: types json would refuse (so they still fail as before).
+_ORJSON_STRICT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
+
+
+def payload_dumps(value: Any) -> bytes | str:
+    """A payload as JSON text for its jsonb column: orjson, or json.dumps for what orjson does not
+    write (an integer beyond 64 bits, a lone surrogate), so nothing is stored differently."""
+    try:
+        return orjson.dumps(value, option=_ORJSON_STRICT)
+    except orjson.JSONEncodeError:
+        return json.dumps(value)
+
+
 class PayloadField(models.JSONField):
     """A JSONField that a multi-row INSERT sends as one parameter per row.
 
@@ -86,6 +102,14 @@ class PayloadField(models.JSONField):
 
     def get_placeholder(self, value: object, compiler: object, connection: object) -> str:
         return "%s"
+
+    def get_db_prep_value(self, value: object, connection: Any, prepared: bool = False) -> object:
+        adapted = super().get_db_prep_value(value, connection, prepared)
+        if connection.vendor == "postgresql" and getattr(adapted, "dumps", None) is json.dumps:
+            # psycopg's Jsonb wrapper: written by orjson, 5-10x faster than json.dumps on an 8.5 KB
+            # order; that was a tenth of a batch request. Same jsonb in the column.
+            adapted.dumps = payload_dumps
+        return adapted
 
     def deconstruct(self) -> tuple:
         name, _, args, kwargs = super().deconstruct()

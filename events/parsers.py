@@ -47,13 +47,16 @@ def json_shape_check(data: Any, *, max_depth: int, max_keys: int) -> bool:
 
     One iterative pass, so that a hostile document cannot exhaust the stack of the checker itself.
     (NUL characters are refused by the envelope validation, which can name where they are.)
+    Only containers go on the stack, and exact type() tests stand in for isinstance(): orjson and
+    json make plain dicts, lists and floats, and this walk runs over every value of every body
+    (a batch of 20 order events is 8,500 keys), where it was a tenth of the request.
     """
     keys = 0
-    big_number = False
+    big_number = type(data) is float and abs(data) >= _LOSSLESS_INT_LIMIT and data.is_integer()
     stack: list[tuple[Any, int]] = [(data, 1)]
     while stack:
         value, depth = stack.pop()
-        if isinstance(value, dict):
+        if type(value) is dict:
             keys += len(value)
             if keys > max_keys:
                 raise JsonTooLarge(
@@ -62,11 +65,9 @@ def json_shape_check(data: Any, *, max_depth: int, max_keys: int) -> bool:
                     limit=max_keys,
                 )
             children: Any = value.values()
-        elif isinstance(value, list):
+        elif type(value) is list:
             children = value
         else:
-            if isinstance(value, float) and abs(value) >= _LOSSLESS_INT_LIMIT and value.is_integer():
-                big_number = True
             continue
         if depth > max_depth:
             raise JsonTooDeep(
@@ -74,7 +75,13 @@ def json_shape_check(data: Any, *, max_depth: int, max_keys: int) -> bool:
                 field="body",
                 limit=max_depth,
             )
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list, float)))
+        depth += 1
+        for child in children:
+            kind = type(child)
+            if kind is dict or kind is list:
+                stack.append((child, depth))
+            elif kind is float and not big_number and abs(child) >= _LOSSLESS_INT_LIMIT and child.is_integer():
+                big_number = True
     return big_number
 
 

@@ -1,11 +1,14 @@
-"""Reading events for the API and the admin."""
+"""Reading events for the API and the admin, and stores for authentication."""
 
 from __future__ import annotations
 
+import copy
+import time
 import uuid
 from datetime import datetime
 
-from django.db.models import QuerySet
+from django.conf import settings
+from django.db.models import Q, QuerySet
 
 from events.models import Event, Store
 
@@ -40,3 +43,47 @@ def event_list(
     if resource_key:
         qs = qs.filter(resource_key=resource_key)
     return qs.order_by("-id")
+
+
+# token digest -> (until when, by time.monotonic(), the store it authenticated). Only tokens that
+# matched a store are kept, so the size is bounded by the stores' tokens; the cap is a backstop.
+_stores_by_digest: dict[str, tuple[float, Store]] = {}
+_STORES_BY_DIGEST_CAP = 10_000
+
+
+def store_for_token_digest(digest: str, *, now: datetime) -> Store | None:
+    """The store whose current token, or previous token still in its grace, has this digest.
+
+    Remembered for settings.HUB_STORE_AUTH_CACHE_SECONDS, which bounds how stale a store's
+    is_active and token hashes can be in this process; the caller still checks the token against
+    the store (Store.token_matches), so a previous token's grace ends on time. Each caller gets
+    its own copy: one request's changes (last_used_at) do not leak into another's through it.
+    """
+    ttl = settings.HUB_STORE_AUTH_CACHE_SECONDS
+    clock = time.monotonic()
+    hit = _stores_by_digest.get(digest)
+    if hit is not None and hit[0] > clock:
+        return copy.copy(hit[1])
+    store = (
+        Store.objects.filter(Q(token_hash=digest) | Q(previous_token_hash=digest, previous_token_expires_at__gt=now))
+        .order_by("pk")
+        .first()
+    )
+    if store is not None and ttl > 0:
+        if len(_stores_by_digest) >= _STORES_BY_DIGEST_CAP:
+            _stores_by_digest.clear()
+        _stores_by_digest[digest] = (clock + ttl, copy.copy(store))
+    return store
+
+
+def store_last_used_noted(digest: str, *, at: datetime) -> None:
+    """The remembered store was just marked as used: keep its copy in step, so that this process
+    writes last_used_at once a resolution period, not on every request until the entry expires."""
+    hit = _stores_by_digest.get(digest)
+    if hit is not None:
+        hit[1].last_used_at = at
+
+
+def store_cache_clear() -> None:
+    """Forget every remembered store (after a change to a store in this process, and in tests)."""
+    _stores_by_digest.clear()

@@ -129,6 +129,9 @@ if DATABASE_URL:
         # libpq waits forever for a server that accepted the TCP connection but never answers
         # (a blackholed or hung database): a request, a worker and /readyz must give up instead.
         DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", _env_int("DB_CONNECT_TIMEOUT", 5))
+        # The same backend, with a health check that polls the socket instead of a SELECT 1 round
+        # trip per request (integrator/postgresql/base.py).
+        DATABASES["default"]["ENGINE"] = "integrator.postgresql"
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
@@ -294,6 +297,15 @@ HUB_RATE_LIMITS = {
 # After a token rotation the old token keeps working this long, so a store can be reconfigured
 # without dropping events.
 HUB_TOKEN_ROTATION_GRACE_SECONDS = _env_int("HUB_TOKEN_ROTATION_GRACE_SECONDS", 24 * 3600)
+# Each web process remembers a token's store this long instead of reading it on every request. It
+# is how long another process may still take a disabled store's or a revoked token's pushes (the
+# process that disables or rotates forgets at once); a grace period's end is checked exactly.
+# 0 reads the store on every request.
+HUB_STORE_AUTH_CACHE_SECONDS = _env_float("HUB_STORE_AUTH_CACHE_SECONDS", 2.0)
+# Each web process reads the enabled subscriptions at most this often to route pushes: a change made
+# by another process (or by a queryset update) reaches its routing within this time (see
+# routing.selectors.subscriptions_enabled_for_routing). 0 reads them on every push.
+HUB_SUBSCRIPTIONS_CACHE_SECONDS = _env_float("HUB_SUBSCRIPTIONS_CACHE_SECONDS", 1.0)
 # Same idea for a subscription's signing secret: both signatures are sent until it ends.
 HUB_SECRET_ROTATION_GRACE_SECONDS = _env_int("HUB_SECRET_ROTATION_GRACE_SECONDS", 24 * 3600)
 # Deliveries never reach loopback, private, link-local or metadata addresses unless this is on

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import secrets
 from datetime import datetime
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import models
@@ -97,6 +98,20 @@ class Subscription(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        super().save(*args, **kwargs)
+        # Routing in this process reads the subscriptions again (routing.selectors).
+        from routing.selectors import subscriptions_cache_clear
+
+        subscriptions_cache_clear()
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        from routing.selectors import subscriptions_cache_clear
+
+        result = super().delete(*args, **kwargs)
+        subscriptions_cache_clear()
+        return result
 
     def previous_signing_secret_active(self, now: datetime | None = None) -> str:
         """The previous secret while its grace lasts, else ""."""

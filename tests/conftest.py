@@ -24,6 +24,20 @@ def pytest_configure(config: pytest.Config) -> None:
     settings.HUB_ALLOW_PRIVATE_DESTINATIONS = True
 
 
+@pytest.fixture(autouse=True)
+def _store_cache_clear() -> Iterator[None]:
+    """Each test starts with no store remembered by authentication (events.selectors) and no
+    subscriptions remembered by routing (routing.selectors)."""
+    from events.selectors import store_cache_clear
+    from routing.selectors import subscriptions_cache_clear
+
+    store_cache_clear()
+    subscriptions_cache_clear()
+    yield
+    store_cache_clear()
+    subscriptions_cache_clear()
+
+
 @pytest.fixture
 def store(db) -> Store:
     return StoreFactory()

@@ -58,6 +58,25 @@ def test_nul_character_in_payload_key_is_422(api):
     assert response.json()["field"] == "payload"
 
 
+def test_backslash_u0000_as_text_is_not_a_nul_and_is_stored(api):
+    # The JSON text "\\u0000" is a backslash followed by "u0000", which jsonb holds fine; the fast
+    # NUL check sees the same six characters and must leave the verdict to the walk.
+    response = push_raw(api, '{"message": "order:new", "payload": {"note": "C:\\\\u0000 path"}}')
+    assert response.status_code == 202
+    event = Event.objects.get()
+    event.refresh_from_db()
+    assert event.payload == {"note": "C:\\u0000 path"}
+
+
+def test_nul_beside_an_integer_beyond_64_bits_is_422_naming_where(api):
+    # orjson cannot write the big integer, so the NUL is found by the walk.
+    raw = '{"message": "order:new", "payload": {"id": 123456789012345678901234567890, "lines": ["ok", "a\\u0000"]}}'
+    response = push_raw(api, raw)
+    assert response.status_code == 422
+    assert "payload.lines.1" in response.json()["detail"]
+    assert Event.objects.count() == 0
+
+
 def test_nul_character_in_message_id_is_422(api):
     response = push_raw(api, '{"message": "order:new", "message_id": "a\\u0000b", "payload": {}}')
     assert response.status_code == 422

@@ -1,10 +1,13 @@
+import time
 from datetime import timedelta
 
 import pytest
+from django.conf import settings as django_settings
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from events.models import Store
+from events.selectors import store_cache_clear
 from events.services import store_token_rotate
 
 pytestmark = pytest.mark.django_db
@@ -41,6 +44,35 @@ def test_old_token_is_refused_once_the_grace_period_is_over(store, client):
     assert response.status_code == 401
     assert response.json()["error"] == "unauthorized"
     assert _push(client, new).status_code == 202
+
+
+def test_zero_grace_revokes_a_token_in_use_at_once(store, client):
+    # The old token was just used, so this process remembers its store: the rotation forgets it.
+    old = store.token
+    assert _push(client, old).status_code == 202
+    new = store_token_rotate(store=store, grace_seconds=0)
+    assert _push(client, old).status_code == 401
+    assert _push(client, new).status_code == 202
+
+
+def test_a_token_revoked_by_another_process_is_refused_once_the_cache_expires(store, client, monkeypatch):
+    # Another web process (simulated: the database changed behind this one's back) revokes the
+    # token; this process keeps taking it only until its memory of the store runs out.
+    from events import selectors
+
+    assert _push(client, store.token).status_code == 202
+    Store.objects.filter(pk=store.pk).update(token_hash="0" * 64)
+    assert _push(client, store.token).status_code == 202  # within HUB_STORE_AUTH_CACHE_SECONDS
+    later = time.monotonic() + django_settings.HUB_STORE_AUTH_CACHE_SECONDS + 0.1
+    monkeypatch.setattr(selectors.time, "monotonic", lambda: later)
+    assert _push(client, store.token).status_code == 401
+
+
+def test_with_no_cache_lifetime_every_request_reads_the_store(store, client, settings):
+    settings.HUB_STORE_AUTH_CACHE_SECONDS = 0
+    assert _push(client, store.token).status_code == 202
+    Store.objects.filter(pk=store.pk).update(token_hash="0" * 64)
+    assert _push(client, store.token).status_code == 401
 
 
 def test_zero_grace_revokes_the_old_token_at_once(store, client):
@@ -95,9 +127,11 @@ def test_last_used_at_is_written_at_most_once_a_minute(store, client):
     first = Store.objects.get(pk=store.pk).last_used_at
     assert _push(client, store.token).status_code == 202
     assert Store.objects.get(pk=store.pk).last_used_at == first
-    # Once the resolution has passed, the next request writes it again.
+    # Once the resolution has passed, the next request writes it again (the store is read again
+    # once authentication's cache of it has expired: cleared here).
     long_ago = timezone.now() - timedelta(seconds=LAST_USED_RESOLUTION_SECONDS + 1)
     Store.objects.filter(pk=store.pk).update(last_used_at=long_ago)
+    store_cache_clear()
     assert _push(client, store.token).status_code == 202
     assert Store.objects.get(pk=store.pk).last_used_at > first
 

@@ -59,8 +59,31 @@ def test_unauthenticated_requests_get_401_not_a_rate_count(tight_rates, client):
 
 def test_counts_live_in_the_shared_cache(tight_rates, client_for, store):
     expected = "RedisCache" if django_settings.REDIS_URL else "FileBasedCache"
-    assert type(caches["default"]).__name__ == expected
+    cache = caches["default"]
+    assert type(cache).__name__ == expected
     client_for(store).post("/events", ENVELOPE, format="json")
     ident = f"{store.pk}-{int(store.created_at.timestamp() * 1_000_000)}"
-    history = caches["default"].get(f"throttle_store_write_{ident}")
-    assert isinstance(history, list) and len(history) == 1
+    if expected == "RedisCache":
+        # One sorted-set entry per request, in Redis where every web process counts.
+        key = cache.make_and_validate_key(f"throttle_log_store_write_{ident}")
+        assert cache._cache.get_client(key).zcard(key) == 1
+    else:
+        history = cache.get(f"throttle_store_write_{ident}")
+        assert isinstance(history, list) and len(history) == 1
+
+
+def test_a_request_refused_is_not_counted_and_the_window_slides(settings, client_for, store):
+    # 2 per second: the third push in the same second is refused and does not extend the wait;
+    # once the first two are a second old, pushes go through again.
+    import time
+
+    settings.HUB_RATE_LIMITS = {"store_write": "2/second", "store_read": "2/second"}
+    client = client_for(store)
+    started = time.monotonic()
+    assert [client.post("/events", ENVELOPE, format="json").status_code for _ in range(2)] == [202, 202]
+    refused = client.post("/events", ENVELOPE, format="json")
+    if time.monotonic() - started < 1:  # on a machine too slow for that, the window has moved on
+        assert refused.status_code == 429
+        assert 1 <= int(refused["Retry-After"]) <= 2
+    time.sleep(1.05)
+    assert client.post("/events", ENVELOPE, format="json").status_code == 202

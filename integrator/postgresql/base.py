@@ -1,0 +1,31 @@
+"""Django's PostgreSQL backend, with a cheaper connection health check.
+
+With CONN_HEALTH_CHECKS Django runs `SELECT 1` on a reused connection before the first query of
+every request: one round trip of the two a push makes (docs/performance.md, third round). A
+connection the server has closed (restart, failover, pg_terminate_backend, idle timeout, a proxy
+cut) has something to read while it should be idle: the server's last error message, or the end
+of the stream. So the socket is polled first, without waiting; only when something is there does
+the real `SELECT 1` decide. What neither check catches without a timeout is a peer that vanished
+without a word (a blackholed network): `SELECT 1` would hang on it as the request's own query does.
+"""
+
+from __future__ import annotations
+
+import select
+
+from django.db.backends.postgresql import base
+
+
+class DatabaseWrapper(base.DatabaseWrapper):
+    def is_usable(self) -> bool:
+        connection = self.connection
+        if connection is None or connection.closed:
+            return False
+        try:
+            # poll, not select: select() refuses descriptors above 1023, which a busy process has.
+            poller = select.poll()
+            poller.register(connection.fileno(), select.POLLIN)
+            quiet = not poller.poll(0)
+        except (OSError, ValueError):
+            quiet = False  # the real check decides
+        return quiet or super().is_usable()
