@@ -220,7 +220,7 @@ HUB_RETRY_AFTER_MAX_SECONDS = _env_float("HUB_RETRY_AFTER_MAX_SECONDS", 86400)
 HUB_RETRY_COUNTDOWN_MAX_SECONDS = _env_float("HUB_RETRY_COUNTDOWN_MAX_SECONDS", 60)
 # A worker sends an endpoint's due deliveries in batches of this many, one after another on one
 # connection, and records each batch in one transaction (routing.pump).
-HUB_DELIVERY_BATCH_SIZE = _env_int("HUB_DELIVERY_BATCH_SIZE", 20)
+HUB_DELIVERY_BATCH_SIZE = _env_int("HUB_DELIVERY_BATCH_SIZE", 50)
 # How long a worker keeps sending to one endpoint before a fresh message takes over, so that other
 # endpoints' messages are not kept waiting behind a long backlog.
 HUB_DELIVERY_PUMP_SECONDS = _env_float("HUB_DELIVERY_PUMP_SECONDS", 5)
