@@ -114,10 +114,11 @@ def delivery_subscription_id(*, delivery_id: int) -> int | None:
 
 
 _DELIVERY = Delivery._meta.db_table
+_SUBSCRIPTION = Subscription._meta.db_table
 _OPEN = ", ".join(f"'{state}'" for state in DELIVERY_OPEN_STATES)
 _HOLDING = ", ".join(f"'{state}'" for state in DELIVERY_ORDER_HOLDING_STATES)
-# The three statements a pump runs every round, in SQL rather than built by the ORM each time:
-# building them cost as much as running them. Plain SQL that PostgreSQL and SQLite both speak.
+# The claim a pump makes every round, in SQL rather than built by the ORM each time: building it
+# cost as much as running it. Plain SQL that PostgreSQL and SQLite both speak.
 #
 # Batches of an endpoint being sent now, each with at most one request on the wire (a delivering
 # row without a claim, claimed one by one before batches existed, is its own request).
@@ -142,56 +143,49 @@ def _only(only: Collection[int] | None) -> tuple[str, list[int]]:
     return f" AND d.id IN ({', '.join(['%s'] * len(ids)) or 'NULL'})", ids
 
 
-def _look(*, sub: Subscription, now: datetime, only: Collection[int] | None) -> tuple[bool, int]:
-    """One look, without locks: is the endpoint on and may anything go, and how many of its slots
-    are taken. A busy endpoint gets a message per push; most find nothing left to take."""
-    at = connection.ops.adapt_datetimefield_value(now)
-    only_sql, only_ids = _only(only)
-    sql = f"""
-        SELECT ({_IN_FLIGHT.replace("%s", "s.id", 1)}),
-               EXISTS (SELECT 1 FROM {_DELIVERY} d WHERE {_SENDABLE.replace("%s", "s.id", 1)}{only_sql})
-        FROM {Subscription._meta.db_table} s WHERE s.id = %s AND s.is_enabled"""
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [at, at, *only_ids, sub.pk])
-        row = cursor.fetchone()
-    if row is None:
-        return False, 0
-    return bool(row[1]), int(row[0] or 0)
-
-
 def _batch_claim(*, sub: Subscription, only: Collection[int] | None, budget: float) -> _Batch | None:
     """Take up to HUB_DELIVERY_BATCH_SIZE due deliveries of the endpoint for this worker, or None
-    when there is nothing to send (none due, none whose turn has come, endpoint off or at its limit)."""
+    when there is nothing to send (none due, none whose turn has come, endpoint off or at its limit).
+
+    On PostgreSQL it is one round trip: the endpoint's row lock and the claiming UPDATE as two
+    statements of one query, which PostgreSQL runs as one transaction, each statement with a
+    snapshot of its own. The UPDATE's in-flight count therefore sees every claim committed before
+    the lock was granted, so a limit of N means N, not N plus whatever raced past the count."""
     now = timezone.now()
-    sendable, busy = _look(sub=sub, now=now, only=only)
     limit = subscription_max_in_flight(sub)
-    if not sendable or (limit and busy >= limit):
-        return None
     claim = secrets.randbits(62) + 1
     # Every delivery of the batch may wait for the whole budget before it is sent.
     lease = now + timedelta(seconds=budget + sub.timeout_seconds + settings.HUB_DELIVERY_LEASE_MARGIN_SECONDS)
-    adapt = connection.ops.adapt_datetimefield_value
+    at = connection.ops.adapt_datetimefield_value(now)
     only_sql, only_ids = _only(only)
+    postgresql = connection.vendor == "postgresql"
     # Rows another worker is claiming are theirs; waiting for them would only find them taken.
-    lock = " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
-    with transaction.atomic(), connection.cursor() as cursor:
-        if limit:
-            # Claims for one endpoint queue up on its row, so that a limit of N means N, not N
-            # plus whatever raced past the count (which must be a statement of its own, after the lock).
-            list(Subscription.objects.select_for_update().filter(pk=sub.pk).values_list("pk"))
-            cursor.execute(_IN_FLIGHT, [sub.pk, adapt(now)])
-            if cursor.fetchone()[0] >= limit:
-                return None
-        cursor.execute(
-            f"""UPDATE {_DELIVERY} SET state = '{DeliveryState.DELIVERING}', attempt_count = attempt_count + 1,
-                    lease_expires_at = %s, claim = %s, updated_at = %s
-                WHERE id IN (
-                    SELECT d.id FROM {_DELIVERY} d WHERE {_SENDABLE}{only_sql}
-                    ORDER BY d.next_attempt_at, d.id LIMIT %s{lock})
-                RETURNING id""",
-            [adapt(lease), claim, adapt(now), sub.pk, adapt(now), *only_ids, settings.HUB_DELIVERY_BATCH_SIZE],
-        )
-        ids = [row[0] for row in cursor.fetchall()]
+    skip_locked = " FOR UPDATE SKIP LOCKED" if postgresql else ""
+    within_limit = f" AND ({_IN_FLIGHT}) < %s" if limit else ""
+    update = f"""
+        UPDATE {_DELIVERY} SET state = '{DeliveryState.DELIVERING}', attempt_count = attempt_count + 1,
+            lease_expires_at = %s, claim = %s, updated_at = %s
+        WHERE id IN (
+            SELECT d.id FROM {_DELIVERY} d WHERE {_SENDABLE}{only_sql}
+            ORDER BY d.next_attempt_at, d.id LIMIT %s{skip_locked})
+        AND EXISTS (SELECT 1 FROM {_SUBSCRIPTION} s WHERE s.id = %s AND s.is_enabled){within_limit}
+        RETURNING id"""
+    params: list[Any] = [connection.ops.adapt_datetimefield_value(lease), claim, at, sub.pk, at, *only_ids]
+    params += [settings.HUB_DELIVERY_BATCH_SIZE, sub.pk] + ([sub.pk, at, limit] if limit else [])
+    with connection.cursor() as cursor:
+        if postgresql:
+            if limit:
+                update = f"SELECT 1 FROM {_SUBSCRIPTION} WHERE id = %s FOR UPDATE;{update}"
+                params.insert(0, sub.pk)
+            cursor.execute(update, params)
+            if limit:
+                cursor.nextset()
+            ids = [row[0] for row in cursor.fetchall()]
+        else:
+            # SQLite: the atomic block's BEGIN IMMEDIATE makes claims one at a time.
+            with transaction.atomic():
+                cursor.execute(update, params)
+                ids = [row[0] for row in cursor.fetchall()]
     if not ids:
         return None
     deliveries = list(
