@@ -196,7 +196,7 @@ def events_status_refresh(*, event_ids: Collection[int]) -> dict[int, str]:
         current: dict[int, str] = {}
         rows: dict[int, list[tuple[int, int, str, int]]] = {}
         for pk, status, *delivery in (
-            Event.objects.select_for_update(of=("self",))
+            Event.objects.select_for_update(of=("self",), no_key=True)
             .filter(pk__in=ids)
             .order_by("pk")
             .values_list(

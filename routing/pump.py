@@ -175,7 +175,10 @@ def _batch_claim(*, sub: Subscription, only: Collection[int] | None, budget: flo
     with connection.cursor() as cursor:
         if postgresql:
             if limit:
-                update = f"SELECT 1 FROM {_SUBSCRIPTION} WHERE id = %s FOR UPDATE;{update}"
+                # NO KEY: claims queue up on each other, but not on the pushes inserting this
+                # endpoint's deliveries (their foreign key takes a KEY SHARE lock on the row until
+                # their commit, which waits for the disk).
+                update = f"SELECT 1 FROM {_SUBSCRIPTION} WHERE id = %s FOR NO KEY UPDATE;{update}"
                 params.insert(0, sub.pk)
             cursor.execute(update, params)
             if limit:
