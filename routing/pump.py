@@ -82,7 +82,7 @@ def deliveries_pump(*, subscription_id: int, only: Collection[int] | None = None
     budget = settings.HUB_DELIVERY_PUMP_SECONDS
     deadline = time.monotonic() + budget
     outcome = PumpResult()
-    # Read once for the pump's few seconds; every round's look checks that it is still enabled.
+    # Read once for the pump's few seconds; every round's claim checks that it is still enabled.
     sub = Subscription.objects.select_related("store").filter(pk=subscription_id).first()
     while sub is not None:
         batch = _batch_claim(sub=sub, only=only, budget=budget)
