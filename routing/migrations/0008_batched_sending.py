@@ -4,6 +4,8 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+    # enqueued_at stays in this release, unused: workers of the previous release still write it
+    # while an upgrade runs (migrate first, then restart); a later release drops it.
 
     dependencies = [
         ('events', '0004_fewer_event_indexes'),
@@ -14,10 +16,6 @@ class Migration(migrations.Migration):
         migrations.RemoveIndex(
             model_name='delivery',
             name='delivery_unqueued',
-        ),
-        migrations.RemoveField(
-            model_name='delivery',
-            name='enqueued_at',
         ),
         migrations.AddField(
             model_name='delivery',
