@@ -283,6 +283,14 @@ class Bench:
             max_in_flight=self.plan.worker_concurrency,
         )
 
+    def routing_settle(self) -> None:
+        """Wait until every web process routes by the subscriptions as they are now: each keeps
+        the enabled ones for HUB_SUBSCRIPTIONS_CACHE_SECONDS (routing.selectors), and the bench
+        changes them behind the web's back."""
+        from django.conf import settings
+
+        time.sleep(max(settings.HUB_SUBSCRIPTIONS_CACHE_SECONDS, 0) + 0.1)
+
     def push_backlog(self, count: int) -> None:
         size = self.plan.batch_size
         make = self.batch("backlog")
@@ -315,6 +323,7 @@ class Bench:
         )
         self.direct = direct
         self.delivery_subscription = self.subscription("bench-delivery", "/d")
+        self.routing_settle()
         log(f"delivery: {self.plan.delivery_count} deliveries queued before the worker starts")
         self.push_backlog(self.plan.delivery_count)
         self.subscriber_reset()
@@ -416,6 +425,7 @@ class Bench:
         Subscription.objects.update(is_enabled=False)
         for index in range(count):
             self.subscription(f"bench-fanout-{index}", f"/f/{index}")
+        self.routing_settle()
         # Baseline: the same number of requests straight to the subscriber, as many at a time as
         # the worker has processes.
         signed_like = self.envelope("direct", 0)
