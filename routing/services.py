@@ -182,28 +182,29 @@ def deliveries_sweep() -> SweepResult:
     # Endpoints of reclaimed deliveries, due again at once and with no message on the way.
     woken: list[int] = []
     expired = Delivery.objects.filter(state=DeliveryState.DELIVERING, lease_expires_at__lt=now)
-    for delivery_id, number, subscription_id in expired.values_list("id", "attempt_count", "subscription_id")[
-        : settings.HUB_SWEEP_BATCH_SIZE
-    ]:
+    error = "the worker sending this attempt stopped before recording an answer (lease expired)"
+    rows = expired.values_list("id", "attempt_count", "subscription_id", "subscription__url")
+    for delivery_id, number, subscription_id, url in rows[: settings.HUB_SWEEP_BATCH_SIZE]:
         with transaction.atomic():
             taken = Delivery.objects.filter(
                 pk=delivery_id, state=DeliveryState.DELIVERING, attempt_count=number, lease_expires_at__lt=now
-            ).update(state=DeliveryState.RETRYING, next_attempt_at=now, lease_expires_at=None, claim=None)
+            ).update(
+                state=DeliveryState.RETRYING,
+                next_attempt_at=now,
+                lease_expires_at=None,
+                claim=None,
+                last_error=error,
+                last_status_code=None,
+                updated_at=now,
+            )
             if not taken:
                 continue
             reclaimed += 1
             woken.append(subscription_id)
-            error = "the worker sending this attempt stopped before recording an answer (lease expired)"
             if not Attempt.objects.filter(delivery_id=delivery_id, number=number).exists():
-                delivery = Delivery.objects.select_related("subscription").get(pk=delivery_id)
                 Attempt.objects.create(
-                    delivery_id=delivery_id,
-                    number=number,
-                    request_method="",
-                    request_url=delivery.subscription.url,
-                    error=error,
+                    delivery_id=delivery_id, number=number, request_method="", request_url=url, error=error
                 )
-            Delivery.objects.filter(pk=delivery_id).update(last_error=error, last_status_code=None, updated_at=now)
         logger.warning("reclaimed a delivery whose lease expired", extra={"delivery_id": delivery_id})
 
     published = pumps_enqueue([*woken, *endpoints_lost(now=now)])
