@@ -160,7 +160,7 @@ def event_row_insert(event: Event) -> None:
         event.save(force_insert=True)
         return
     sql, fields = _event_insert_statement(connection, rows=1, skip_conflicts=False)
-    with connection.cursor() as cursor:
+    with _insert_cursor(connection) as cursor:
         cursor.execute(sql, _event_insert_params([event], fields, connection, "save"))
         event.pk = cursor.fetchone()[0]
     event._state.adding = False
@@ -180,21 +180,34 @@ _STATEMENTS_KEPT_UP_TO_ROWS = 50
 _event_insert_statements: dict[tuple[str, int, bool], tuple[str, list[Any]]] = {}
 
 
+def _insert_cursor(connection: Any) -> Any:
+    """The PostgreSQL backend's server-bound cursor ($n placeholders, parameters sent apart from
+    the statement: integrator/postgresql), or the connection's own cursor (%s) elsewhere."""
+    server_bound = getattr(connection, "cursor_server_bound", None)
+    return server_bound() if server_bound is not None else connection.cursor()
+
+
 def _event_insert_statement(connection: Any, *, rows: int, skip_conflicts: bool) -> tuple[str, list[Any]]:
     """INSERT INTO events_event (every column but id) VALUES (...) x rows, optionally skipping
-    rows whose (store, message_id) or uid is taken, RETURNING id, message_id."""
+    rows whose (store, message_id) or uid is taken, RETURNING id, message_id; written for the
+    cursor _insert_cursor gives."""
     key = (connection.alias, rows, skip_conflicts)
     made = _event_insert_statements.get(key)
     if made is None:
         meta = Event._meta
         fields = [f for f in meta.concrete_fields if not f.primary_key and not f.generated]
         quote = connection.ops.quote_name
-        row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+        width = len(fields)
+        if hasattr(connection, "cursor_server_bound"):
+            numbers = iter(range(1, rows * width + 1))
+            values = ", ".join("(" + ", ".join(f"${next(numbers)}" for _ in fields) + ")" for _ in range(rows))
+        else:
+            values = ", ".join(["(" + ", ".join(["%s"] * width) + ")"] * rows)
         made = (
             "INSERT INTO {} ({}) VALUES {}{} RETURNING {}, {}".format(
                 quote(meta.db_table),
                 ", ".join(quote(f.column) for f in fields),
-                ", ".join([row] * rows),
+                values,
                 " ON CONFLICT DO NOTHING" if skip_conflicts else "",
                 quote(meta.pk.column),
                 quote(meta.get_field("message_id").column),
@@ -294,7 +307,7 @@ def _events_insert_new(events: list[Event]) -> set[str]:
                 written.add(event.message_id)
         return written
     sql, fields = _event_insert_statement(connection, rows=len(events), skip_conflicts=True)
-    with connection.cursor() as cursor:
+    with _insert_cursor(connection) as cursor:
         cursor.execute(sql, _event_insert_params(events, fields, connection, "bulk_create"))
         ids = {message_id: pk for pk, message_id in cursor.fetchall()}
     for event in events:

@@ -1,0 +1,74 @@
+"""How events are written to PostgreSQL: payloads travel apart from the INSERT statement and are
+compressed by lz4 (docs/performance.md, fourth round); what is stored and read back is unchanged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from events.models import Event
+
+pytestmark = pytest.mark.django_db
+
+SEED = json.loads((Path(__file__).parent.parent / "fixtures" / "seeds" / "001_order_new.json").read_text())
+
+
+@pytest.fixture
+def postgresql() -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("TOAST compression and server-side parameters are PostgreSQL's")
+
+
+def _envelope(number: int) -> dict:
+    return {**SEED, "message_id": f"st-{number}"}
+
+
+def _event_inserts(queries: CaptureQueriesContext) -> list[str]:
+    return [q["sql"] for q in queries.captured_queries if q["sql"].startswith('INSERT INTO "events_event"')]
+
+
+def test_payload_column_is_compressed_by_lz4(postgresql):
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT attcompression FROM pg_attribute WHERE attrelid = 'events_event'::regclass AND attname = 'payload'"
+        )
+        assert cursor.fetchone()[0] == "l"
+
+
+@pytest.mark.parametrize(("path", "count"), [("/events", 1), ("/events/batch", 3)])
+def test_payloads_are_sent_apart_from_the_insert_and_read_back_as_pushed(postgresql, api, path, count):
+    body = _envelope(0) if count == 1 else [_envelope(i) for i in range(count)]
+    with CaptureQueriesContext(connection) as queries:
+        response = api.post(path, body, format="json")
+    assert response.status_code in (200, 202), response.content
+
+    inserts = _event_inserts(queries)
+    assert len(inserts) == 1
+    # $n placeholders, not the payload quoted into the statement's text.
+    assert "$1" in inserts[0] and SEED["payload"]["order"]["number"] not in inserts[0]
+    stored = list(Event.objects.order_by("id"))
+    assert [e.message_id for e in stored] == [f"st-{i}" for i in range(count)]
+    assert all(e.payload == SEED["payload"] for e in stored)
+
+
+def test_stored_payload_is_lz4_compressed_and_reads_back_whole(postgresql, api):
+    response = api.post("/events", _envelope(1), format="json")
+    assert response.status_code == 202
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_column_compression(payload), payload::text FROM events_event")
+        method, text = cursor.fetchone()
+    assert method == "lz4"
+    assert json.loads(text) == SEED["payload"]
+
+
+def test_a_repeated_batch_is_answered_with_the_first_events(postgresql, api):
+    batch = [_envelope(i) for i in range(3)]
+    first = api.post("/events/batch", batch, format="json").json()
+    again = api.post("/events/batch", batch, format="json").json()
+    assert (again["accepted"], again["duplicates"]) == (0, 3)
+    assert [r["event_id"] for r in again["results"]] == [r["event_id"] for r in first["results"]]
+    assert Event.objects.count() == 3
