@@ -54,8 +54,8 @@ ATTEMPT_SECONDS = Histogram(
 UNKNOWN = "-"
 
 
-def event_accepted_count(*, store: str, message: str, duplicate: bool = False) -> None:
-    (EVENTS_DUPLICATE if duplicate else EVENTS_ACCEPTED).labels(store=store or UNKNOWN, message=message).inc()
+def event_accepted_count(*, store: str, message: str, duplicate: bool = False, count: int = 1) -> None:
+    (EVENTS_DUPLICATE if duplicate else EVENTS_ACCEPTED).labels(store=store or UNKNOWN, message=message).inc(count)
 
 
 def event_rejected_count(*, store: str, message: str, reason: str) -> None:
@@ -168,8 +168,8 @@ def _message_label(item: Any) -> str:
 
 class IngestMetricsMiddleware:
     """Counts what POST /events and /events/batch did with each pushed event, from the reply the
-    API already built, and logs each stored event with its id. Lives here, not in the views, so
-    the API stays free of metrics."""
+    API already built, and logs the ids of the events it stored (a line per push, one per batch).
+    Lives here, not in the views, so the API stays free of metrics."""
 
     URL_NAMES = frozenset({"events", "events-batch"})
 
@@ -191,14 +191,39 @@ class IngestMetricsMiddleware:
         store = _store_name(request)
         sent = self.request_data(response)
         if isinstance(data, dict) and isinstance(data.get("results"), list):
-            items = sent if isinstance(sent, list) else (sent or {}).get("events") if isinstance(sent, dict) else None
-            for result in data["results"]:
-                index = result.get("index")
-                known = isinstance(items, list) and isinstance(index, int) and 0 <= index < len(items)
-                item = items[index] if known else None
-                self.record_one(store, result, result.get("status_code", 0), item)
+            self.record_batch(store, data["results"], sent)
             return
         self.record_one(store, data if isinstance(data, dict) else {}, response.status_code, sent)
+
+    @staticmethod
+    def record_batch(store: str, results: list[dict[str, Any]], sent: Any) -> None:
+        """A batch's counts, and one log line for the batch with the ids it stored: a line per
+        event cost a batch of 20 orders as much CPU as its INSERT's parameters."""
+        items = sent if isinstance(sent, list) else (sent or {}).get("events") if isinstance(sent, dict) else None
+        stored: dict[tuple[str, bool], int] = {}
+        ids: dict[bool, list[str]] = {False: [], True: []}
+        for result in results:
+            if result.get("status_code") in (200, 202) and result.get("event_id"):
+                key = (result.get("message", UNKNOWN), bool(result.get("duplicate")))
+                stored[key] = stored.get(key, 0) + 1
+                ids[key[1]].append(result["event_id"])
+                continue
+            index = result.get("index")
+            known = isinstance(items, list) and isinstance(index, int) and 0 <= index < len(items)
+            reason = result.get("error") or f"http_{result.get('status_code', 0)}"
+            event_rejected_count(store=store, message=_message_label(items[index] if known else None), reason=reason)
+        for (message, duplicate), count in stored.items():
+            event_accepted_count(store=store, message=message, duplicate=duplicate, count=count)
+        if stored:
+            logger.info(
+                "events accepted",
+                extra={
+                    "store": store,
+                    "event_ids": ids[False],
+                    "duplicate_event_ids": ids[True],
+                    "rejected": len(results) - len(ids[False]) - len(ids[True]),
+                },
+            )
 
     @staticmethod
     def request_data(response: HttpResponse) -> Any:

@@ -84,6 +84,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost: frees a request's parsed body once everything else is done with it (memory.py).
+    "integrator.memory.ParsedBodyReleaseMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Serves collected static files (admin, API docs) from gunicorn: no separate web server needed.
     "whitenoise.middleware.WhiteNoiseMiddleware",

@@ -1,3 +1,4 @@
+import logging
 import subprocess
 import time
 import urllib.request
@@ -225,3 +226,22 @@ def test_a_celery_worker_serves_its_metrics_when_asked(tmp_path, python):
         worker.terminate()
         _, err = worker.communicate(timeout=60)
     assert worker.returncode == 0, err.decode()[-2000:]
+
+
+@pytest.mark.django_db
+def test_a_push_logs_its_event_and_a_batch_logs_one_line_with_every_stored_id(api, caplog):
+    caplog.set_level(logging.INFO, logger="integrator.metrics")
+    single = api.post("/events", {"message": "order:new", "message_id": "log-1", "payload": {}}, format="json")
+    batch = [
+        {"message": "order:new", "message_id": "log-2", "payload": {}},
+        {"message": "order:new", "message_id": "log-1", "payload": {}},
+        {"message": "Not a message!", "payload": {}},
+    ]
+    results = api.post("/events/batch", batch, format="json").json()["results"]
+
+    lines = [r for r in caplog.records if r.name == "integrator.metrics"]
+    assert [r.getMessage() for r in lines] == ["event accepted", "events accepted"]
+    assert lines[0].event_id == single.json()["event_id"]
+    assert lines[1].event_ids == [results[0]["event_id"]]
+    assert lines[1].duplicate_event_ids == [single.json()["event_id"]]
+    assert lines[1].rejected == 1
