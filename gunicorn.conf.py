@@ -14,6 +14,20 @@ def on_starting(server):
         multiproc_dir_reset(_multiproc_dir)
 
 
+def post_worker_init(worker):
+    # The application is loaded by now; its URLs import the views, DRF and the rest, which would
+    # otherwise wait for the first request. All that (~90,000 objects) is what the cyclic
+    # collector walked at every full collection, 30-50 ms each and several a second under load
+    # (docs/performance.md, fourth round). Frozen, it is left out of collections for good.
+    import gc
+
+    from django.urls import get_resolver
+
+    get_resolver().check()  # imports the URL conf, and with it every view
+    gc.collect()
+    gc.freeze()
+
+
 def child_exit(server, worker):
     if _multiproc_dir:
         from prometheus_client import multiprocess

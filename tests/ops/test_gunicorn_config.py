@@ -1,0 +1,28 @@
+"""What gunicorn.conf.py does to each web worker once the application is loaded."""
+
+from __future__ import annotations
+
+import gc
+import runpy
+
+import pytest
+
+from tests.ops.conftest import ROOT
+
+
+@pytest.fixture
+def config() -> dict:
+    return runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+
+
+def test_worker_freezes_what_is_loaded_once_the_application_is(config):
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    try:
+        config["post_worker_init"](None)
+        # Everything loaded so far (here: the test process, Django and the hub) is left out of
+        # the cyclic collector's walks.
+        assert gc.get_freeze_count() > 10_000
+        assert gc.get_count()[0] < 100  # collected just before, so no garbage is frozen for good
+    finally:
+        gc.unfreeze()
