@@ -289,7 +289,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = max(HUB_MAX_BODY_BYTES * 2, 2_621_440)
 
 # --- Security -------------------------------------------------------------------------------
 # A JSON document within the size cap can still be hostile: deep nesting and huge objects cost far
-# more to walk (and to store in a JSONField) than their bytes suggest.
+# more to walk (and to store in a JSONField) than their bytes suggest. The key cap counts each
+# envelope on its own (every item of a batch); HUB_MAX_BODY_BYTES bounds a whole request.
 HUB_MAX_JSON_KEYS = _env_int("HUB_MAX_JSON_KEYS", 10_000)
 # Per-store request rates ("<n>/<second|minute|hour|day>"), one bucket for pushes and one for reads.
 HUB_RATE_LIMITS = {

@@ -84,6 +84,27 @@ def test_keys_are_counted_across_the_whole_document(small_limits, api):
     assert response.status_code == 413
 
 
+@pytest.mark.parametrize("wrap", [list, lambda items: {"events": items}])
+def test_a_batch_counts_keys_per_envelope(small_limits, settings, api, wrap):
+    settings.HUB_MAX_BODY_BYTES = 20_000
+    # 3 x (2 envelope keys + 1 + 30) = 99 keys in the body, 33 in each envelope: under the cap of 50.
+    items = [{"message": "order:new", "payload": {"order": {f"k{j}": j for j in range(30)}}} for _ in range(3)]
+    response = api.post("/events/batch", wrap(items), format="json")
+    assert response.status_code == 200, response.content
+    assert response.json()["accepted"] == 3
+
+
+def test_a_batch_with_one_envelope_over_the_key_cap_is_413_naming_it(small_limits, settings, api):
+    settings.HUB_MAX_BODY_BYTES = 20_000
+    items = [{"message": "order:new", "payload": {f"k{j}": j for j in range(n)}} for n in (10, 60, 10)]
+    response = api.post("/events/batch", items, format="json")
+    assert response.status_code == 413
+    body = response.json()
+    assert body["error"] == "too_many_keys" and body["limit"] == 50
+    assert body["field"] == "events[1]" and "index 1" in body["detail"]
+    assert Event.objects.count() == 0
+
+
 def test_batch_envelopes_are_checked_as_one_document(small_limits, api):
     response = api.post("/events/batch", [_nested(8)], format="json")
     assert response.status_code == 400
