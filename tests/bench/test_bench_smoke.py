@@ -18,6 +18,7 @@ FIGURES = {
     "ingest_p50",
     "ingest_p99",
     "batch_rate",
+    "batch_large_rate",
     "delivery_rate",
     "e2e_p50",
     "e2e_p99",
