@@ -10,6 +10,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from events import models
 from events.models import Event
 
 pytestmark = pytest.mark.django_db
@@ -72,3 +73,20 @@ def test_a_repeated_batch_is_answered_with_the_first_events(postgresql, api):
     assert (again["accepted"], again["duplicates"]) == (0, 3)
     assert [r["event_id"] for r in again["results"]] == [r["event_id"] for r in first["results"]]
     assert Event.objects.count() == 3
+
+
+def test_the_insert_sends_the_json_validation_wrote(postgresql, api, monkeypatch):
+    written_again: list[object] = []
+    dumps = models.payload_dumps
+    monkeypatch.setattr(models, "payload_dumps", lambda value: written_again.append(value) or dumps(value))
+
+    response = api.post("/events/batch", [_envelope(i) for i in range(3)], format="json")
+    assert response.json()["accepted"] == 3
+    assert written_again == []  # each payload was written once, by the validation's NUL check
+    assert [e.payload for e in Event.objects.all()] == [SEED["payload"]] * 3
+
+    # What orjson does not write (an integer beyond 64 bits) is still written at the insert.
+    big = {**_envelope(9), "payload": {"order": {"number": "R9", "id": 2**70}}}
+    assert api.post("/events", big, format="json").status_code == 202
+    assert len(written_again) == 1
+    assert Event.objects.get(message_id="st-9").payload["order"]["id"] == 2**70
