@@ -7,7 +7,6 @@ import hmac
 import json
 import re
 import secrets
-import uuid
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +14,8 @@ import orjson
 from django.db import models
 from django.db.models.fields.json import KeyTransform
 from django.utils import timezone
+
+from events.ids import uuid7
 
 TOKEN_PREFIX = "hub_"
 
@@ -140,7 +141,7 @@ class PayloadField(models.JSONField):
 
 
 class Event(models.Model):
-    uid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    uid = models.UUIDField(default=uuid7, unique=True, editable=False)
     store = models.ForeignKey(
         Store,
         null=True,
