@@ -36,8 +36,9 @@ class DatabaseWrapper(base.DatabaseWrapper):
         """A cursor (wrapped as connection.cursor() wraps one) whose statements take $1, $2, ...
         placeholders and send the parameters apart from the text: for the hub's own INSERT of
         events, whose 8.5 KB payloads the default client-side binding would quote into the
-        statement, and PostgreSQL then lex back out of it. psycopg also prepares a statement
-        run often enough on the connection, so PostgreSQL stops parsing and planning it."""
+        statement, and PostgreSQL then lex back out of it. Nothing is prepared: Django turns
+        psycopg's automatic preparing off (prepare_threshold None), which a PgBouncer in
+        transaction mode needs (docs/operations.md)."""
         self.close_if_health_check_failed()
         self.ensure_connection()
         with self.wrap_database_errors:

@@ -169,3 +169,10 @@ def test_docker_compose_refuses_to_start_without_a_secret_key():
     )
     assert done.returncode != 0
     assert "SECRET_KEY" in done.stderr
+
+
+def test_postgres_is_set_up_for_write_heavy_ingest(services):
+    command = services["postgres"]["command"]
+    assert command[0] == "postgres"
+    settings = dict(item.split("=", 1) for item in command[1:] if item != "-c")
+    assert settings == {"max_wal_size": "4GB", "wal_compression": "lz4"}
