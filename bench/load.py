@@ -133,7 +133,12 @@ async def closed_loop(
     keep_bodies: bool = False,
 ) -> LoadResult:
     """`concurrency` clients, each sending its next request as soon as the previous one is
-    answered, for `seconds` after `warmup` seconds that are not counted."""
+    answered, for `seconds` after `warmup` seconds that are not counted.
+
+    A request counts when its answer arrives within the measured seconds, whenever it was sent:
+    completions per second of a steady closed loop. (Counting only requests both sent and
+    answered inside the window left each client one request short per slice, ~5% of a 2 s
+    slice of 100-event batches.)"""
     result = LoadResult()
     counter = 0
     loop_started = time.perf_counter()
@@ -147,14 +152,13 @@ async def closed_loop(
             while time.perf_counter() < stop_at:
                 counter += 1
                 path, body = make(counter)
-                sent = time.perf_counter()
                 try:
                     response = await conn.request("POST", path, body, headers)
                 except OSError:
                     result.errors += 1
                     await conn.close()
                     continue
-                if sent >= measure_from and time.perf_counter() <= stop_at:
+                if measure_from <= time.perf_counter() <= stop_at:
                     result.record(response)
                     if keep_bodies:
                         result.bodies.append(response.body)
