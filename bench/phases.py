@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import load
-from bench.data import events_fill, events_truncate
+from bench.data import database_settle, events_fill, events_truncate
 from bench.plan import HOST, SEED, Plan, Row
 from bench.stack import Processes, RssSampler, children, free_port, log, wait_for
 
@@ -547,6 +547,7 @@ class Bench:
             self.start()
             for name, phase in phases.items():
                 if not only or name in only:
+                    database_settle()
                     phase()
         finally:
             self.rss.stopping.set()
