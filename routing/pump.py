@@ -57,6 +57,8 @@ class PumpResult:
     verdicts: dict[int, str] = field(default_factory=dict)
     # Stopped at its time budget with deliveries left: another pump for the endpoint was queued.
     handed_on: bool = False
+    # Wake-ups it published for more pumps of the same endpoint (a backlog, see deliveries_pump).
+    helpers: int = 0
 
 
 @dataclass
@@ -88,6 +90,8 @@ def deliveries_pump(*, subscription_id: int, only: Collection[int] | None = None
         batch = _batch_claim(sub=sub, only=only, budget=budget)
         if batch is None:
             break
+        if only is None and len(batch.deliveries) >= settings.HUB_DELIVERY_BATCH_SIZE:
+            outcome.helpers += _helper_wake(sub)
         sent, unsent = _batch_send(batch, deadline=deadline)
         outcome.verdicts.update(_batch_record(batch, sent=sent, unsent=unsent))
         if only is not None:
@@ -98,6 +102,18 @@ def deliveries_pump(*, subscription_id: int, only: Collection[int] | None = None
             outcome.handed_on = bool(pumps_enqueue([subscription_id]))
             break
     return outcome
+
+
+def _helper_wake(sub: Subscription) -> int:
+    """A full batch means more is likely due: ask for another pump of this endpoint, so that a
+    backlog (after an outage, or pushed while no worker ran) is sent by as many processes as the
+    endpoint's in-flight limit allows instead of one. All the broker had for such a backlog was
+    one coalesced message, and one process sent 3,000 deliveries alone at ~950/s while three
+    others idled. The helper's own claim checks the limit and the per-resource order (a message
+    too many costs it one look), and the pending mark keeps one such message waiting at a time."""
+    if subscription_max_in_flight(sub) == 1:
+        return 0
+    return len(pumps_enqueue([sub.pk], coalesce=True))
 
 
 def delivery_attempt(*, delivery_id: int) -> str | None:

@@ -121,3 +121,23 @@ def test_an_outcome_counts_only_while_the_batch_still_holds_its_delivery(subscri
     assert Delivery.objects.get(pk=taken.pk).state == "retrying"
     assert Delivery.objects.get(pk=kept.pk).state == "delivered"
     assert Attempt.objects.filter(delivery__in=[taken, kept], succeeded=True).count() == 2
+
+
+@pytest.mark.parametrize(("max_in_flight", "backlog_size", "helpers"), [(3, 10, 2), (1, 10, 0), (3, 3, 0)])
+def test_a_full_batch_wakes_another_pump_of_the_endpoint(
+    subscriber, settings, monkeypatch, max_in_flight, backlog_size, helpers
+):
+    """A backlog is sent by up to max_in_flight pumps, not by the one its coalesced message woke."""
+    settings.HUB_DELIVERY_BATCH_SIZE = 4
+    woken: list[list[int]] = []
+    monkeypatch.setattr("routing.pump.pumps_enqueue", lambda ids, **kw: woken.append(list(ids)) or list(ids))
+    sub = SubscriptionFactory(url=subscriber.url("/backlog"), max_in_flight=max_in_flight)
+    deliveries = backlog(sub, backlog_size)
+
+    result = deliveries_pump(subscription_id=sub.pk)
+
+    # 10 due in batches of 4: the first two batches are full, each asks for a helper; the last
+    # (2) is not. Three due fit one batch that is not full. A limit of 1 leaves no room for one.
+    assert result.helpers == helpers
+    assert woken == [[sub.pk]] * helpers
+    assert result.verdicts == {d.pk: "delivered" for d in deliveries}
