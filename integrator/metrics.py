@@ -203,15 +203,15 @@ class IngestMetricsMiddleware:
         stored: dict[tuple[str, bool], int] = {}
         ids: dict[bool, list[str]] = {False: [], True: []}
         for result in results:
-            if result.get("status_code") in (200, 202) and result.get("event_id"):
+            status_code = result.get("status_code", 0)
+            if _stored(result, status_code):
                 key = (result.get("message", UNKNOWN), bool(result.get("duplicate")))
                 stored[key] = stored.get(key, 0) + 1
                 ids[key[1]].append(result["event_id"])
                 continue
             index = result.get("index")
             known = isinstance(items, list) and isinstance(index, int) and 0 <= index < len(items)
-            reason = result.get("error") or f"http_{result.get('status_code', 0)}"
-            event_rejected_count(store=store, message=_message_label(items[index] if known else None), reason=reason)
+            _rejected_count(store, result, status_code, items[index] if known else None)
         for (message, duplicate), count in stored.items():
             event_accepted_count(store=store, message=message, duplicate=duplicate, count=count)
         if stored:
@@ -236,7 +236,7 @@ class IngestMetricsMiddleware:
 
     @staticmethod
     def record_one(store: str, body: dict[str, Any], status_code: int, item: Any) -> None:
-        if status_code in (200, 202) and body.get("event_id"):
+        if _stored(body, status_code):
             duplicate = bool(body.get("duplicate"))
             event_accepted_count(store=store, message=body.get("message", UNKNOWN), duplicate=duplicate)
             logger.info(
@@ -244,5 +244,14 @@ class IngestMetricsMiddleware:
                 extra={"event_id": body["event_id"], "store": store, "event_message": body.get("message")},
             )
             return
-        reason = body.get("error") or f"http_{status_code}"
-        event_rejected_count(store=store, message=_message_label(item), reason=reason)
+        _rejected_count(store, body, status_code, item)
+
+
+def _stored(body: dict[str, Any], status_code: int) -> bool:
+    """Whether a push's (or a batch item's) answer says the event is stored, new or a repeat."""
+    return status_code in (200, 202) and bool(body.get("event_id"))
+
+
+def _rejected_count(store: str, body: dict[str, Any], status_code: int, item: Any) -> None:
+    reason = body.get("error") or f"http_{status_code}"
+    event_rejected_count(store=store, message=_message_label(item), reason=reason)
