@@ -150,7 +150,8 @@ def event_build(
         depth=0 if parent is None else parent.depth + 1,
     )
     event.message_id = envelope.message_id or event.uid.hex
-    # Not a field: the payload's JSON text as validation wrote it, taken by the INSERT.
+    # Not a field: the payload's JSON text as validation wrote it, taken by the INSERT. Nothing may
+    # change event.payload in between, or the INSERT would store the text as it was validated.
     event.payload_json = envelope.payload_json
     return event
 
