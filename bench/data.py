@@ -32,7 +32,7 @@ def events_fill(have: int, want: int) -> None:
                     INSERT INTO events_event (uid, store_id, message, message_id, payload, resource_key, source,
                                               origin, depth, status, created_at)
                     SELECT gen_random_uuid(), %s, 'order:new', 'fill-' || g,
-                           jsonb_build_object('order', jsonb_build_object('number', 'R' || g,
+                           json_build_object('order', json_build_object('number', 'R' || g,
                                'email', 'customer' || g || '@example.com', 'total', '99.90', 'state', 'complete')),
                            'order:R' || g, 'store', '', 0, 'unrouted', now() - make_interval(secs => %s - g)
                     FROM generate_series(%s, %s) AS g

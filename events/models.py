@@ -14,6 +14,7 @@ import orjson
 from django.db import models
 from django.db.models.fields.json import KeyTransform
 from django.utils import timezone
+from psycopg.types.json import Json, Jsonb
 
 from events.ids import uuid7
 
@@ -99,30 +100,46 @@ _LONG_DIGITS = re.compile(r"\d{19}")
 
 
 class PayloadField(models.JSONField):
-    """A JSONField that a multi-row INSERT sends as one parameter per row.
+    """A JSONField kept in a PostgreSQL `json` column, which a multi-row INSERT sends as one
+    parameter per row.
+
+    `json`, not Django's `jsonb`: the hub stores a payload and hands it back whole, and never asks
+    the database inside one. jsonb parses every payload into its binary form on the way in and
+    writes it back out as text on every read; for an 8.5 KB order that parse was about a third of
+    PostgreSQL's time per stored event (docs/performance.md, fifth round). `json` checks the text
+    and keeps it as it came, key order included. What that gives up: jsonb's operators and
+    indexes, so a payload lookup (`payload__order__id=...`) is not available on this column.
 
     Django's PostgreSQL bulk_create sends each column as one array (INSERT ... SELECT * FROM
-    UNNEST), and psycopg escapes a jsonb[] array's text element by element with a regular
-    expression: for a batch of 8.5 KB payloads that escaping was a third of the batch's time. A
-    placeholder per value opts out of UNNEST (Django checks for get_placeholder). It is the same
-    column to the database and to migrations."""
+    UNNEST), and psycopg escapes an array's text element by element with a regular expression:
+    for a batch of 8.5 KB payloads that escaping was a third of the batch's time. A placeholder
+    per value opts out of UNNEST (Django checks for get_placeholder)."""
+
+    def db_type(self, connection: Any) -> str | None:
+        if connection.vendor == "postgresql":
+            return "json"
+        return super().db_type(connection)
 
     def get_placeholder(self, value: object, compiler: object, connection: object) -> str:
         return "%s"
 
     def get_db_prep_value(self, value: object, connection: Any, prepared: bool = False) -> object:
         adapted = super().get_db_prep_value(value, connection, prepared)
-        if connection.vendor == "postgresql" and getattr(adapted, "dumps", None) is json.dumps:
-            # psycopg's Jsonb wrapper: written by orjson, 5-10x faster than json.dumps on an 8.5 KB
-            # order; that was a tenth of a batch request. Same jsonb in the column.
-            adapted.dumps = payload_dumps
+        if connection.vendor == "postgresql" and isinstance(adapted, Jsonb):
+            # Sent as json, the column's type: a jsonb parameter would be parsed into jsonb and
+            # written back out as text. Written by orjson, 5-10x faster than json.dumps on an
+            # 8.5 KB order; that was a tenth of a batch request.
+            dumps = payload_dumps if adapted.dumps is json.dumps else adapted.dumps
+            return Json(adapted.obj, dumps=dumps)
         return adapted
 
     def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
         # Read by orjson: every delivery reads its event's payload, and json.loads of an 8.5 KB
         # order was 7% of a worker's time. orjson reads an integer beyond 64 bits as a float
         # (silently), so text with a run of 19 digits anywhere (a string's too: harmless) is read
-        # by Django's json.loads as before, and so is what orjson refuses (NaN).
+        # by Django's json.loads as before, and so is what orjson refuses (NaN). The column's
+        # text arrives as text (integrator/postgresql registers the loader, as Django does for
+        # jsonb).
         if (
             isinstance(value, str)
             and self.decoder is None
@@ -134,10 +151,6 @@ class PayloadField(models.JSONField):
             except orjson.JSONDecodeError:
                 pass
         return super().from_db_value(value, expression, connection)
-
-    def deconstruct(self) -> tuple:
-        name, _, args, kwargs = super().deconstruct()
-        return name, "django.db.models.JSONField", args, kwargs
 
 
 class Event(models.Model):

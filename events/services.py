@@ -181,7 +181,7 @@ def _event_insert_params(events: list[Event], fields: list[Any], connection: Any
         values = [field.get_db_prep_save(field.pre_save(event, True), connection) for field in fields]
         written = event.__dict__.pop("payload_json", None)
         if written is not None and hasattr(values[payload_at], "dumps"):
-            # psycopg's Jsonb wrapper (PostgreSQL): send the text validation already wrote
+            # psycopg's Json wrapper (PostgreSQL): send the text validation already wrote
             # instead of writing the same 8.5 KB again (a sixth of a batch request's web time).
             values[payload_at].dumps = lambda _payload, text=written: text
         params.extend(values)

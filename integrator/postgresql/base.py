@@ -16,9 +16,18 @@ from typing import Any
 
 import psycopg
 from django.db.backends.postgresql import base
+from psycopg.types.string import TextLoader
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
+    def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
+        connection = super().get_new_connection(conn_params)
+        # A `json` column (event payloads: events.models.PayloadField) read as its text, which the
+        # field parses, as Django has psycopg do for jsonb; psycopg's own json loader would hand
+        # the field a dict already parsed by the slower json.loads.
+        connection.adapters.register_loader("json", TextLoader)
+        return connection
+
     def is_usable(self) -> bool:
         connection = self.connection
         if connection is None or connection.closed:

@@ -71,7 +71,7 @@ def test_detail_shows_payload_deliveries_attempts_notifications_and_family(admin
     page = admin_client.get(f"{LIST}{event.pk}/change/")
     assert page.status_code == 200
     text = page.content.decode()
-    # The payload, pretty-printed (indented, one key a line), escaped; as stored (jsonb orders keys).
+    # The payload, pretty-printed (indented, one key a line), escaped; as stored.
     stored = Event.objects.get(pk=event.pk).payload
     assert html.escape(json.dumps(stored, indent=2)) in text
     # Both deliveries, their states, every attempt with its code, latency, body and error.

@@ -1,5 +1,6 @@
-"""How events are written to PostgreSQL: payloads travel apart from the INSERT statement and are
-compressed by lz4 (docs/performance.md, fourth round); what is stored and read back is unchanged."""
+"""How events are written to PostgreSQL: payloads travel apart from the INSERT statement, are
+compressed by lz4 (docs/performance.md, fourth round) and kept in a json column (fifth round);
+what is stored and read back is unchanged."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
 from django.test.utils import CaptureQueriesContext
 
 from events import models
@@ -32,12 +34,9 @@ def _event_inserts(queries: CaptureQueriesContext) -> list[str]:
     return [q["sql"] for q in queries.captured_queries if q["sql"].startswith('INSERT INTO "events_event"')]
 
 
-def test_payload_column_is_compressed_by_lz4(postgresql):
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT attcompression FROM pg_attribute WHERE attrelid = 'events_event'::regclass AND attname = 'payload'"
-        )
-        assert cursor.fetchone()[0] == "l"
+def test_payload_column_is_json_compressed_by_lz4(postgresql):
+    # json, not jsonb (events.0007), and the change of type kept events.0005's compression.
+    assert _payload_column() == ("json", "l")
 
 
 @pytest.mark.parametrize(("path", "count"), [("/events", 1), ("/events/batch", 3)])
@@ -100,3 +99,31 @@ def test_the_insert_is_never_a_prepared_statement(postgresql, api):
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_prepared_statements")
         assert cursor.fetchone()[0] == 0
+
+
+def _payload_column() -> tuple[str, str]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT format_type(atttypid, atttypmod), attcompression FROM pg_attribute"
+            " WHERE attrelid = 'events_event'::regclass AND attname = 'payload'"
+        )
+        return cursor.fetchone()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_json_migration_keeps_stored_payloads_both_ways(postgresql, api):
+    sent = {**_envelope(2), "payload": {"order": {"number": "R2", "total": "9.90", "id": 7}}}
+    assert api.post("/events", sent, format="json").status_code == 202
+    executor = MigrationExecutor(connection)
+    try:
+        executor.migrate([("events", "0006_event_uid_uuid7")])
+        assert _payload_column() == ("jsonb", "l")
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT payload FROM events_event")
+            # jsonb reorders keys (shorter first); the payload itself is unchanged.
+            assert json.loads(cursor.fetchone()[0]) == sent["payload"]
+    finally:
+        executor.loader.build_graph()
+        executor.migrate(executor.loader.graph.leaf_nodes("events"))
+    assert _payload_column() == ("json", "l")
+    assert Event.objects.get(message_id="st-2").payload == sent["payload"]

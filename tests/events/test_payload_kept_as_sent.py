@@ -103,5 +103,5 @@ def test_payloads_read_back_exactly_whichever_json_reader_reads_them(api):
         assert push_raw(api, raw).status_code == 202
         event = Event.objects.get(message_id=f"exact-{n}")
         assert event.payload == payload
-        # ints stay ints, floats floats (jsonb keeps its own key order, hence sort_keys)
-        assert json.dumps(event.payload, sort_keys=True) == json.dumps(payload, sort_keys=True)
+        # ints stay ints, floats floats, and the keys keep the order they were sent in
+        assert json.dumps(event.payload) == json.dumps(payload)
