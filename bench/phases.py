@@ -175,6 +175,8 @@ class Bench:
     def closed(self, port: int, make: load.RequestFn, *, seconds: float | None = None, **kw: Any) -> load.LoadResult:
         kw.setdefault("concurrency", self.plan.concurrency)
         kw.setdefault("headers", self.headers)
+        if port == self.web_port:
+            kw.setdefault("spread_over", self.plan.web_workers)
         # One numbering for the whole run, so that no two requests ever carry the same message_id
         # (a repeat would be answered as a duplicate, which is cheaper and not what is measured).
         numbers = self.numbers

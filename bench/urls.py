@@ -8,8 +8,10 @@ no database, no broker. The hub's POST /events divided by it is the price of bei
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+from django.http import HttpRequest, JsonResponse
 from django.urls import path
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -31,4 +33,14 @@ class BareIngestApi(APIView):
         return Response({"accepted": count}, status=202)
 
 
-urlpatterns = [path("bench/bare", BareIngestApi.as_view(), name="bench-bare"), *hub_urlpatterns]
+def bench_worker(request: HttpRequest) -> JsonResponse:
+    """Which gunicorn process holds this connection: the load generator spreads its connections
+    evenly over the processes with it (bench/load.py, connections_spread)."""
+    return JsonResponse({"pid": os.getpid()})
+
+
+urlpatterns = [
+    path("bench/bare", BareIngestApi.as_view(), name="bench-bare"),
+    path("bench/worker", bench_worker, name="bench-worker"),
+    *hub_urlpatterns,
+]
