@@ -87,7 +87,7 @@ _ORJSON_STRICT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACL
 
 
 def payload_dumps(value: Any) -> bytes | str:
-    """A payload as JSON text for its jsonb column: orjson, or json.dumps for what orjson does not
+    """A payload as JSON text for its json column: orjson, or json.dumps for what orjson does not
     write (an integer beyond 64 bits, a lone surrogate), so nothing is stored differently."""
     try:
         return orjson.dumps(value, option=_ORJSON_STRICT)

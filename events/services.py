@@ -71,7 +71,9 @@ def envelope_validate(data: Any) -> Envelope:
     payload_json = _payload_json(payload)
     nul_at = _nul_path(payload) if payload_json is None or _NUL_ESCAPE in payload_json else None
     if nul_at is not None:
-        # PostgreSQL's jsonb cannot hold \u0000; refusing it everywhere keeps SQLite and PostgreSQL alike.
+        # PostgreSQL cannot hold NUL as text or jsonb (the json column keeps the escape, but a payload
+        # with it could not go back to jsonb, events.0007); refusing it everywhere keeps SQLite and
+        # PostgreSQL alike.
         raise InvalidEnvelope(
             f"'payload' contains the NUL character (\\u0000) at '{nul_at}', which the hub cannot store.",
             field="payload",
@@ -99,7 +101,7 @@ def _nul_path(payload: Mapping[str, Any]) -> str | None:
 
 # How orjson writes a NUL character, in a key or a string: JSON has no other way to carry one.
 _NUL_ESCAPE = b"\\u0000"
-# Types orjson would write where json (and so the payload's jsonb) could not: walk those instead.
+# Types orjson would write where json (and so the payload's column) could not: walk those instead.
 _ORJSON_STRICT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
 
 
