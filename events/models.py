@@ -82,17 +82,25 @@ class EventSource(models.TextChoices):
     REPLY = "reply", "Returned by an endpoint"
 
 
-# What payload_dumps leaves to json.dumps: types json would refuse (so they still fail as before).
+# What payload_orjson leaves to json.dumps: types json would refuse (so they still fail as before).
 _ORJSON_STRICT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
+
+
+def payload_orjson(value: Any) -> bytes | None:
+    """A payload as orjson writes it for its column, or None for what orjson does not write (an
+    integer beyond 64 bits, a lone surrogate). Validation writes a payload with it once and the
+    INSERT sends that text (events.services), so both must write it the same way."""
+    try:
+        return orjson.dumps(value, option=_ORJSON_STRICT)
+    except orjson.JSONEncodeError:
+        return None
 
 
 def payload_dumps(value: Any) -> bytes | str:
     """A payload as JSON text for its json column: orjson, or json.dumps for what orjson does not
-    write (an integer beyond 64 bits, a lone surrogate), so nothing is stored differently."""
-    try:
-        return orjson.dumps(value, option=_ORJSON_STRICT)
-    except orjson.JSONEncodeError:
-        return json.dumps(value)
+    write, so nothing is stored differently."""
+    written = payload_orjson(value)
+    return written if written is not None else json.dumps(value)
 
 
 # 19 digits or more: an integer that may not fit 64 bits (the longest that always does has 18).

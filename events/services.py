@@ -7,14 +7,13 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-import orjson
 from django.conf import settings
 from django.db import IntegrityError, connections, router, transaction
 from django.utils import timezone
 
 from events.errors import InvalidEnvelope
 from events.messages import InvalidMessageName, message_canonical, resource_key
-from events.models import Event, EventSource, Store
+from events.models import Event, EventSource, Store, payload_orjson
 from events.selectors import store_cache_clear
 
 MESSAGE_ID_MAX_LENGTH = 255
@@ -68,7 +67,11 @@ def envelope_validate(data: Any) -> Envelope:
     payload = data["payload"]
     if not isinstance(payload, Mapping):
         raise InvalidEnvelope(f"'payload' must be a JSON object, not {_json_type(payload)}.", field="payload")
-    payload_json = _payload_json(payload)
+    # The payload's text as the INSERT will send it; a NUL character, in a key or a string, is
+    # found in it in C: orjson writes one as backslash-u0000, and only text holding that (a NUL, or
+    # those six characters themselves) or what orjson does not write (None) needs the walk in
+    # Python that names where it is; walking every payload took about a millisecond per event.
+    payload_json = payload_orjson(payload)
     nul_at = _nul_path(payload) if payload_json is None or _NUL_ESCAPE in payload_json else None
     if nul_at is not None:
         # PostgreSQL cannot hold NUL as text or jsonb (the json column keeps the escape, but a payload
@@ -101,20 +104,6 @@ def _nul_path(payload: Mapping[str, Any]) -> str | None:
 
 # How orjson writes a NUL character, in a key or a string: JSON has no other way to carry one.
 _NUL_ESCAPE = b"\\u0000"
-# Types orjson would write where json (and so the payload's column) could not: walk those instead.
-_ORJSON_STRICT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
-
-
-def _payload_json(payload: Mapping[str, Any]) -> bytes | None:
-    """The payload written by orjson, or None for what orjson does not write (an integer beyond
-    64 bits). A NUL character, in a key or a string, is then found in C: orjson writes it as
-    backslash-u0000, and only text holding that (a NUL, or those six characters themselves) needs
-    the walk in Python that names where it is; walking every payload took about a millisecond
-    per event."""
-    try:
-        return orjson.dumps(payload, option=_ORJSON_STRICT)
-    except orjson.JSONEncodeError:
-        return None
 
 
 def _json_type(value: Any) -> str:
