@@ -58,7 +58,7 @@ def events_fill(have: int, want: int) -> None:
         # checkpoint and autovacuum would otherwise run during the measurement.
         with connection.cursor() as cursor:
             cursor.execute("VACUUM ANALYZE events_event")
-            cursor.execute("CHECKPOINT")
+        database_settle()
 
 
 def database_settle() -> None:

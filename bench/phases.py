@@ -254,10 +254,10 @@ class Bench:
     def batch_ingest(self) -> None:
         # The target is for the larger batch, what a store catching up sends; the 20-event row
         # keeps the earlier rounds' figure comparable.
-        self.batch_ingest_at(self.plan.batch_size, None)
-        self.batch_ingest_at(self.plan.batch_large, 5000)
+        self.batch_ingest_at("batch_rate", self.plan.batch_size, None)
+        self.batch_ingest_at("batch_large_rate", self.plan.batch_large, 5000)
 
-    def batch_ingest_at(self, size: int, target: float | None) -> None:
+    def batch_ingest_at(self, key: str, size: int, target: float | None) -> None:
         log(f"batch: bare DRF with the same {size}-event body, then POST /events/batch")
         tag = f"batch{size}"
         bare_batch, hub_batch = self.interleaved(
@@ -268,7 +268,7 @@ class Bench:
             raise SystemExit(f"bench: batch accepted {accepted} of {hub_batch.requests * size} events")
         rate = hub_batch.rate * size
         self.add(
-            "batch_rate" if size == self.plan.batch_size else "batch_large_rate",
+            key,
             f"Batch ingest, {size}/request (events/s)",
             rate,
             "/s",
