@@ -184,11 +184,15 @@ _STATEMENTS_KEPT_UP_TO_ROWS = 50
 _event_insert_statements: dict[tuple[str, int, bool], tuple[str, list[Any]]] = {}
 
 
+def _server_bound(connection: Any) -> bool:
+    """Whether the backend has the server-bound cursor ($n placeholders, parameters sent apart
+    from the statement: integrator/postgresql); the INSERT's text and its cursor both ask."""
+    return hasattr(connection, "cursor_server_bound")
+
+
 def _insert_cursor(connection: Any) -> Any:
-    """The PostgreSQL backend's server-bound cursor ($n placeholders, parameters sent apart from
-    the statement: integrator/postgresql), or the connection's own cursor (%s) elsewhere."""
-    server_bound = getattr(connection, "cursor_server_bound", None)
-    return server_bound() if server_bound is not None else connection.cursor()
+    """The server-bound cursor where the backend has one, or the connection's own cursor (%s)."""
+    return connection.cursor_server_bound() if _server_bound(connection) else connection.cursor()
 
 
 def _event_insert_statement(connection: Any, *, rows: int, skip_conflicts: bool) -> tuple[str, list[Any]]:
@@ -202,7 +206,7 @@ def _event_insert_statement(connection: Any, *, rows: int, skip_conflicts: bool)
         fields = [f for f in meta.concrete_fields if not f.primary_key and not f.generated]
         quote = connection.ops.quote_name
         width = len(fields)
-        if hasattr(connection, "cursor_server_bound"):
+        if _server_bound(connection):
             numbers = iter(range(1, rows * width + 1))
             values = ", ".join("(" + ", ".join(f"${next(numbers)}" for _ in fields) + ")" for _ in range(rows))
         else:
