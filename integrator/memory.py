@@ -13,11 +13,19 @@ small request/view/response skeleton to the collector.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 
 # What rest_framework.request.Request holds the parsed body in (_full_data is _data plus files).
 _PARSED_BODY_ATTRIBUTES = ("_full_data", "_data", "_files")
+
+
+def drf_request_of(response: HttpResponse) -> Any:
+    """The DRF Request a response was rendered for (DRF keeps it in renderer_context), or None
+    for a response that did not come from a DRF view."""
+    context = getattr(response, "renderer_context", None)
+    return context.get("request") if isinstance(context, dict) else None
 
 
 class ParsedBodyReleaseMiddleware:
@@ -29,8 +37,7 @@ class ParsedBodyReleaseMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         response = self.get_response(request)
-        context = getattr(response, "renderer_context", None)
-        drf_request = context.get("request") if isinstance(context, dict) else None
+        drf_request = drf_request_of(response)
         if drf_request is not None:
             # Deleted, not set to None: a late reader gets DRF's error about a consumed body
             # instead of a silent empty one.

@@ -31,6 +31,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from integrator.memory import drf_request_of
+
 logger = logging.getLogger(__name__)
 
 EVENTS_ACCEPTED = Counter("hub_events_accepted", "Events stored, by store and message.", ["store", "message"])
@@ -228,7 +230,7 @@ class IngestMetricsMiddleware:
     @staticmethod
     def request_data(response: HttpResponse) -> Any:
         # DRF keeps the parsed body on its Request; a body that failed to parse reads as empty.
-        drf_request = (getattr(response, "renderer_context", None) or {}).get("request")
+        drf_request = drf_request_of(response)
         try:
             return drf_request.data if drf_request is not None else None
         except Exception:  # noqa: BLE001
