@@ -26,16 +26,18 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(autouse=True)
 def _store_cache_clear() -> Iterator[None]:
-    """Each test starts with no store remembered by authentication (events.selectors) and no
-    subscriptions remembered by routing (routing.selectors)."""
+    """Each test starts with no store remembered by authentication (events.selectors), no
+    subscriptions remembered by routing (routing.selectors) and no rate-limit leases
+    (events.throttling)."""
     from events.selectors import store_cache_clear
+    from events.throttling import leases
     from routing.selectors import subscriptions_cache_clear
 
-    store_cache_clear()
-    subscriptions_cache_clear()
+    for clear in (store_cache_clear, subscriptions_cache_clear, leases.clear):
+        clear()
     yield
-    store_cache_clear()
-    subscriptions_cache_clear()
+    for clear in (store_cache_clear, subscriptions_cache_clear, leases.clear):
+        clear()
 
 
 @pytest.fixture
