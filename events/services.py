@@ -157,7 +157,7 @@ def event_row_insert(event: Event) -> None:
         event.save(force_insert=True)
         return
     sql, fields = _event_insert_statement(connection, rows=1, skip_conflicts=False)
-    with _insert_cursor(connection) as cursor:
+    with _insert_cursor(connection, prepared=settings.DB_PREPARED_STATEMENTS) as cursor:
         cursor.execute(sql, _event_insert_params([event], fields, connection, "save"))
         event.pk = cursor.fetchone()[0]
     event._state.adding = False
@@ -190,9 +190,10 @@ def _server_bound(connection: Any) -> bool:
     return hasattr(connection, "cursor_server_bound")
 
 
-def _insert_cursor(connection: Any) -> Any:
-    """The server-bound cursor where the backend has one, or the connection's own cursor (%s)."""
-    return connection.cursor_server_bound() if _server_bound(connection) else connection.cursor()
+def _insert_cursor(connection: Any, *, prepared: bool = False) -> Any:
+    """The server-bound cursor where the backend has one (prepared when asked: the single-event
+    INSERT, one statement every push runs), or the connection's own cursor (%s)."""
+    return connection.cursor_server_bound(prepared=prepared) if _server_bound(connection) else connection.cursor()
 
 
 def _event_insert_statement(connection: Any, *, rows: int, skip_conflicts: bool) -> tuple[str, list[Any]]:

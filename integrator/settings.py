@@ -152,6 +152,9 @@ else:
             "TEST": {"NAME": str(VAR_DIR / "test-hub.sqlite3")},
         }
     }
+# The single-event INSERT as a prepared statement (integrator/postgresql/base.py). Off for a
+# PgBouncer in transaction mode older than 1.21 or without max_prepared_statements.
+DB_PREPARED_STATEMENTS = _env_bool("DB_PREPARED_STATEMENTS", True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Broker (Celery) ------------------------------------------------------------------------

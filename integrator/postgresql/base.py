@@ -15,8 +15,12 @@ import select
 from typing import Any
 
 import psycopg
+from django.conf import settings
 from django.db.backends.postgresql import base
 from psycopg.types.string import TextLoader
+
+# A prepare_threshold (executions before psycopg prepares a statement by itself) never reached.
+PREPARE_ONLY_WHEN_ASKED = 2**62
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
@@ -26,6 +30,10 @@ class DatabaseWrapper(base.DatabaseWrapper):
         # field parses, as Django has psycopg do for jsonb; psycopg's own json loader would hand
         # the field a dict already parsed by the slower json.loads.
         connection.adapters.register_loader("json", TextLoader)
+        if settings.DB_PREPARED_STATEMENTS and connection.prepare_threshold is None:
+            # psycopg prepares nothing while the threshold is None, not even what a cursor asks
+            # for; a threshold no statement reaches leaves the rest unprepared, as Django wants.
+            connection.prepare_threshold = PREPARE_ONLY_WHEN_ASKED
         return connection
 
     def is_usable(self) -> bool:
@@ -41,14 +49,34 @@ class DatabaseWrapper(base.DatabaseWrapper):
             quiet = False  # the real check decides
         return quiet or super().is_usable()
 
-    def cursor_server_bound(self) -> Any:
+    def cursor_server_bound(self, *, prepared: bool = False) -> Any:
         """A cursor (wrapped as connection.cursor() wraps one) whose statements take $1, $2, ...
         placeholders and send the parameters apart from the text: for the hub's own INSERT of
         events, whose 8.5 KB payloads the default client-side binding would quote into the
-        statement, and PostgreSQL then lex back out of it. Nothing is prepared: Django turns
-        psycopg's automatic preparing off (prepare_threshold None), which a PgBouncer in
-        transaction mode needs (docs/operations.md)."""
+        statement, and PostgreSQL then lex back out of it.
+
+        Django turns psycopg's automatic preparing off (prepare_threshold None) for every other
+        statement. `prepared` prepares this cursor's statements once per connection: PostgreSQL
+        then neither parses nor plans the single-event INSERT again (a seventh of its time per
+        push, docs/performance.md). A PgBouncer in transaction mode needs 1.21 or later with
+        max_prepared_statements for that, or DB_PREPARED_STATEMENTS=0 (docs/operations.md)."""
         self.close_if_health_check_failed()
         self.ensure_connection()
         with self.wrap_database_errors:
-            return self._prepare_cursor(psycopg.RawCursor(self.connection))
+            return self._prepare_cursor((PreparedRawCursor if prepared else psycopg.RawCursor)(self.connection))
+
+
+class PreparedRawCursor(psycopg.RawCursor):
+    """A server-bound cursor that prepares what it executes (psycopg keeps the prepared statement
+    per connection, by its text), whatever the connection's prepare_threshold says."""
+
+    def execute(
+        self, query: Any, params: Any = None, *, prepare: bool | None = None, binary: bool | None = None
+    ) -> Any:
+        return super().execute(query, params, prepare=True if prepare is None else prepare, binary=binary)
+
+    def _send_query_prepared(self, name: bytes, pgq: Any, *, binary: bool | None = None) -> None:
+        # psycopg records the statement it ran (cursor._query, what Django's query log and
+        # CaptureQueriesContext read) only when it is not prepared; a prepared one would log as None.
+        self._query = pgq
+        super()._send_query_prepared(name, pgq, binary=binary)
