@@ -141,3 +141,36 @@ def test_a_full_batch_wakes_another_pump_of_the_endpoint(
     assert result.helpers == helpers
     assert woken == [[sub.pk]] * helpers
     assert result.verdicts == {d.pk: "delivered" for d in deliveries}
+
+
+@pytest.mark.parametrize("max_in_flight", [2, 0])
+def test_a_claim_brings_its_deliveries_events_and_stores_in_one_round_trip(settings, max_in_flight):
+    from django.test.utils import CaptureQueriesContext
+
+    from routing.pump import _batch_claim
+
+    sub = SubscriptionFactory(max_in_flight=max_in_flight)
+    big = {"order": {"number": "R9", "id": 2**70, "total": "9.90"}}
+    pushed = DeliveryFactory(subscription=sub, event=EventFactory(payload=big, resource_key=None))
+    reply = DeliveryFactory(subscription=sub, event=EventFactory(store=None, resource_key=None))
+    with CaptureQueriesContext(connection) as queries:
+        batch = _batch_claim(sub=sub, only=None, budget=5)
+        # Everything a send reads is loaded: the event, its payload parsed, the store (or none).
+        assert [d.pk for d in batch.deliveries] == [pushed.pk, reply.pk]
+        first, second = batch.deliveries
+        assert first.event.payload == big and first.event.payload["order"]["id"] == 2**70
+        assert first.event.store.name == pushed.event.store.name
+        assert second.event.store is None
+    statements = [q["sql"] for q in queries.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))]
+    assert len(statements) == (1 if connection.vendor == "postgresql" else 2)  # SQLite reads them after it
+    # The rows as the claim left them, the same as read back.
+    for delivery in batch.deliveries:
+        stored = Delivery.objects.get(pk=delivery.pk)
+        assert (delivery.state, delivery.attempt_count, delivery.claim) == ("delivering", 1, batch.claim)
+        assert (stored.state, stored.attempt_count, stored.claim, stored.lease_expires_at) == (
+            delivery.state,
+            delivery.attempt_count,
+            delivery.claim,
+            delivery.lease_expires_at,
+        )
+        assert delivery.event == stored.event and delivery.event.uid == stored.event.uid
