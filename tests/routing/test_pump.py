@@ -174,3 +174,44 @@ def test_a_claim_brings_its_deliveries_events_and_stores_in_one_round_trip(setti
             delivery.lease_expires_at,
         )
         assert delivery.event == stored.event and delivery.event.uid == stored.event.uid
+
+
+def _values(instance) -> dict:
+    return {f.attname: getattr(instance, f.attname) for f in type(instance)._meta.concrete_fields}
+
+
+@pytest.mark.parametrize("with_store", [True, False])
+def test_the_pump_reads_its_endpoint_as_the_orm_does(with_store):
+    from routing.models import Subscription
+    from routing.pump import _subscription_read
+    from tests.factories import StoreFactory
+
+    sub = SubscriptionFactory(
+        store=StoreFactory() if with_store else None,
+        parameters=[{"name": "erp_key", "value": "k-1"}],
+        previous_signing_secret="whsec_b2xkc2VjcmV0b2xkc2VjcmV0",
+        previous_signing_secret_expires_at=timezone.now() + timedelta(hours=1),
+    )
+    orm = Subscription.objects.select_related("store").get(pk=sub.pk)
+    read = _subscription_read(sub.pk)
+    # Every column the same: secrets decrypted, JSON parsed, datetimes aware.
+    assert _values(read) == _values(orm)
+    assert read.signing_secret == sub.signing_secret and read.signing_secret.startswith("whsec_")
+    assert read.parameters == [{"name": "erp_key", "value": "k-1"}]
+    if with_store:
+        assert _values(read.store) == _values(orm.store)
+    else:
+        assert read.store is None
+    assert _subscription_read(sub.pk + 1000) is None
+
+
+def test_claimed_rows_are_the_orms_rows():
+    from routing.pump import _batch_claim
+
+    sub = SubscriptionFactory()
+    delivery = DeliveryFactory(subscription=sub, event=EventFactory(resource_key=None))
+    (claimed,) = _batch_claim(sub=sub, only=None, budget=5).deliveries
+    orm = Delivery.objects.select_related("event", "event__store").get(pk=delivery.pk)
+    assert _values(claimed) == _values(orm)
+    assert _values(claimed.event) == _values(orm.event)
+    assert _values(claimed.event.store) == _values(orm.event.store)
