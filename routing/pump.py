@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import secrets
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -21,11 +20,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
-from events.models import Event, Store
 from integrator import metrics
 from routing import retry, transport
 from routing.attempts import (
@@ -36,16 +34,14 @@ from routing.attempts import (
     subscription_failing,
     subscription_max_in_flight,
 )
+from routing.claims import Batch, batch_claim, subscription_read
 from routing.dispatch import pumps_enqueue
 from routing.models import (
-    DELIVERY_OPEN_STATES,
-    DELIVERY_ORDER_HOLDING_STATES,
     Attempt,
     Delivery,
     DeliveryState,
     Subscription,
 )
-from routing.rows import model_columns, row_instance
 
 logger = logging.getLogger(__name__)
 
@@ -61,13 +57,6 @@ class PumpResult:
     handed_on: bool = False
     # Wake-ups it published for more pumps of the same endpoint (a backlog, see deliveries_pump).
     helpers: int = 0
-
-
-@dataclass
-class _Batch:
-    subscription: Subscription
-    claim: int
-    deliveries: list[Delivery]
 
 
 @dataclass(frozen=True)
@@ -87,9 +76,9 @@ def deliveries_pump(*, subscription_id: int, only: Collection[int] | None = None
     deadline = time.monotonic() + budget
     outcome = PumpResult()
     # Read once for the pump's few seconds; every round's claim checks that it is still enabled.
-    sub = _subscription_read(subscription_id)
+    sub = subscription_read(subscription_id)
     while sub is not None:
-        batch = _batch_claim(sub=sub, only=only, budget=budget)
+        batch = batch_claim(sub=sub, only=only, budget=budget)
         if batch is None:
             break
         if only is None and len(batch.deliveries) >= settings.HUB_DELIVERY_BATCH_SIZE:
@@ -104,26 +93,6 @@ def deliveries_pump(*, subscription_id: int, only: Collection[int] | None = None
             outcome.handed_on = bool(pumps_enqueue([subscription_id]))
             break
     return outcome
-
-
-_SUBSCRIPTION_READ = f"""
-    SELECT {model_columns(Subscription, "sub")}, {model_columns(Store, "st")}
-    FROM {Subscription._meta.db_table} sub LEFT JOIN {Store._meta.db_table} st ON st.id = sub.store_id
-    WHERE sub.id = %s"""
-
-
-def _subscription_read(subscription_id: int) -> Subscription | None:
-    """The endpoint with its store, as select_related("store") reads it, by written-out SQL: the
-    ORM compiling the same query took more CPU than PostgreSQL running it, on every pump."""
-    with connection.cursor() as cursor:
-        cursor.execute(_SUBSCRIPTION_READ, [subscription_id])
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    sub, at = row_instance(Subscription, row, 0)
-    store = row_instance(Store, row, at)[0] if row[at] is not None else None
-    Subscription._meta.get_field("store").set_cached_value(sub, store)
-    return sub
 
 
 def _helper_wake(sub: Subscription) -> int:
@@ -151,124 +120,7 @@ def delivery_subscription_id(*, delivery_id: int) -> int | None:
     return Delivery.objects.filter(pk=delivery_id).values_list("subscription_id", flat=True).first()
 
 
-_DELIVERY = Delivery._meta.db_table
-_SUBSCRIPTION = Subscription._meta.db_table
-_OPEN = ", ".join(f"'{state}'" for state in DELIVERY_OPEN_STATES)
-_HOLDING = ", ".join(f"'{state}'" for state in DELIVERY_ORDER_HOLDING_STATES)
-# The claim a pump makes every round, in SQL rather than built by the ORM each time: building it
-# cost as much as running it. Plain SQL that PostgreSQL and SQLite both speak.
-#
-# Batches of an endpoint being sent now, each with at most one request on the wire (a delivering
-# row without a claim, claimed one by one before batches existed, is its own request).
-_IN_FLIGHT = f"""
-    SELECT COUNT(DISTINCT COALESCE(f.claim, -f.id)) FROM {_DELIVERY} f
-    WHERE f.subscription_id = %s AND f.state = '{DeliveryState.DELIVERING}' AND f.lease_expires_at > %s"""
-# The endpoint's deliveries a batch may take now: due, and no earlier delivery of the same resource
-# to the same endpoint still open (a delivery without a resource key is never held: NULL = NULL is
-# not true).
-_SENDABLE = f"""
-    d.subscription_id = %s AND d.state IN ({_OPEN}) AND d.next_attempt_at <= %s
-    AND NOT EXISTS (
-        SELECT 1 FROM {_DELIVERY} e
-        WHERE e.subscription_id = d.subscription_id AND e.resource_key = d.resource_key AND e.id < d.id
-        AND e.state IN ({_HOLDING}))"""
-
-
-def _only(only: Collection[int] | None) -> tuple[str, list[int]]:
-    ids = list(only or [])
-    if only is None:
-        return "", []
-    return f" AND d.id IN ({', '.join(['%s'] * len(ids)) or 'NULL'})", ids
-
-
-def _batch_claim(*, sub: Subscription, only: Collection[int] | None, budget: float) -> _Batch | None:
-    """Take up to HUB_DELIVERY_BATCH_SIZE due deliveries of the endpoint for this worker, or None
-    when there is nothing to send (none due, none whose turn has come, endpoint off or at its limit).
-
-    On PostgreSQL it is one round trip: the endpoint's row lock and the claiming UPDATE as two
-    statements of one query, which PostgreSQL runs as one transaction, each statement with a
-    snapshot of its own. The UPDATE's in-flight count therefore sees every claim committed before
-    the lock was granted, so a limit of N means N, not N plus whatever raced past the count."""
-    now = timezone.now()
-    limit = subscription_max_in_flight(sub)
-    claim = secrets.randbits(62) + 1
-    # Every delivery of the batch may wait for the whole budget before it is sent.
-    lease = now + timedelta(seconds=budget + sub.timeout_seconds + settings.HUB_DELIVERY_LEASE_MARGIN_SECONDS)
-    at = connection.ops.adapt_datetimefield_value(now)
-    only_sql, only_ids = _only(only)
-    postgresql = connection.vendor == "postgresql"
-    # Rows another worker is claiming are theirs; waiting for them would only find them taken.
-    skip_locked = " FOR UPDATE SKIP LOCKED" if postgresql else ""
-    within_limit = f" AND ({_IN_FLIGHT}) < %s" if limit else ""
-    update = f"""
-        UPDATE {_DELIVERY} SET state = '{DeliveryState.DELIVERING}', attempt_count = attempt_count + 1,
-            lease_expires_at = %s, claim = %s, updated_at = %s
-        WHERE id IN (
-            SELECT d.id FROM {_DELIVERY} d WHERE {_SENDABLE}{only_sql}
-            ORDER BY d.next_attempt_at, d.id LIMIT %s{skip_locked})
-        AND EXISTS (SELECT 1 FROM {_SUBSCRIPTION} s WHERE s.id = %s AND s.is_enabled){within_limit}
-        RETURNING id"""
-    params: list[Any] = [connection.ops.adapt_datetimefield_value(lease), claim, at, sub.pk, at, *only_ids]
-    params += [settings.HUB_DELIVERY_BATCH_SIZE, sub.pk] + ([sub.pk, at, limit] if limit else [])
-    with connection.cursor() as cursor:
-        if postgresql:
-            # The claimed rows come back with their events and stores in the same round trip: the
-            # ORM read after the claim was a second one, and compiling it cost more CPU than
-            # running it (docs/performance.md, sixth round).
-            update = _claimed_with_events(update.replace("RETURNING id", f"RETURNING {_CLAIMED_RETURNING}"))
-            if limit:
-                # NO KEY: claims queue up on each other, but not on the pushes inserting this
-                # endpoint's deliveries (their foreign key takes a KEY SHARE lock on the row until
-                # their commit, which waits for the disk).
-                update = f"SELECT 1 FROM {_SUBSCRIPTION} WHERE id = %s FOR NO KEY UPDATE;{update}"
-                params.insert(0, sub.pk)
-            cursor.execute(update, params)
-            if limit:
-                cursor.nextset()
-            deliveries = [_claimed_delivery(row) for row in cursor.fetchall()]
-        else:
-            # SQLite: the atomic block's BEGIN IMMEDIATE makes claims one at a time.
-            with transaction.atomic():
-                cursor.execute(update, params)
-                ids = [row[0] for row in cursor.fetchall()]
-            deliveries = list(
-                Delivery.objects.select_related("event", "event__store")
-                .filter(pk__in=ids)
-                .order_by("next_attempt_at", "id")
-            )
-    if not deliveries:
-        return None
-    for delivery in deliveries:
-        delivery.subscription = sub
-    return _Batch(subscription=sub, claim=claim, deliveries=deliveries)
-
-
-_CLAIMED_RETURNING = model_columns(Delivery, _DELIVERY)
-
-
-def _claimed_with_events(update: str) -> str:
-    """The claiming UPDATE (RETURNING every column of the deliveries it took) with each delivery's
-    event and the event's store, as select_related("event", "event__store") would read them, in
-    claim order. The rows are the UPDATE's own: in a data-modifying CTE the rest of the query sees
-    the table as it was before it."""
-    return f"""
-        WITH claimed AS ({update})
-        SELECT {model_columns(Delivery, "claimed")}, {model_columns(Event, "e")}, {model_columns(Store, "s")}
-        FROM claimed JOIN {Event._meta.db_table} e ON e.id = claimed.event_id
-        LEFT JOIN {Store._meta.db_table} s ON s.id = e.store_id
-        ORDER BY claimed.next_attempt_at, claimed.id"""
-
-
-def _claimed_delivery(row: tuple[Any, ...]) -> Delivery:
-    delivery, at = row_instance(Delivery, row, 0)
-    event, at = row_instance(Event, row, at)
-    store = row_instance(Store, row, at)[0] if row[at] is not None else None
-    Event._meta.get_field("store").set_cached_value(event, store)
-    Delivery._meta.get_field("event").set_cached_value(delivery, event)
-    return delivery
-
-
-def _batch_send(batch: _Batch, *, deadline: float) -> tuple[list[_Sent], list[Delivery]]:
+def _batch_send(batch: Batch, *, deadline: float) -> tuple[list[_Sent], list[Delivery]]:
     """One request per delivery, in claim order, until the budget is spent (the rest go back)."""
     sub = batch.subscription
     previous_secret = sub.previous_signing_secret_active(timezone.now())
@@ -334,7 +186,7 @@ def _changes(decision: retry.Decision, result: transport.ExchangeResult, now: da
     return changes
 
 
-def _batch_record(batch: _Batch, *, sent: list[_Sent], unsent: list[Delivery]) -> dict[int, str]:
+def _batch_record(batch: Batch, *, sent: list[_Sent], unsent: list[Delivery]) -> dict[int, str]:
     """Attempts, outcomes, the endpoint's failure streak, replies and event statuses of a batch, in
     one transaction; unsent deliveries go back as they were. Returns the verdicts it recorded."""
     sub = batch.subscription

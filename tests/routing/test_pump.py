@@ -147,14 +147,14 @@ def test_a_full_batch_wakes_another_pump_of_the_endpoint(
 def test_a_claim_brings_its_deliveries_events_and_stores_in_one_round_trip(settings, max_in_flight):
     from django.test.utils import CaptureQueriesContext
 
-    from routing.pump import _batch_claim
+    from routing.claims import batch_claim
 
     sub = SubscriptionFactory(max_in_flight=max_in_flight)
     big = {"order": {"number": "R9", "id": 2**70, "total": "9.90"}}
     pushed = DeliveryFactory(subscription=sub, event=EventFactory(payload=big, resource_key=None))
     reply = DeliveryFactory(subscription=sub, event=EventFactory(store=None, resource_key=None))
     with CaptureQueriesContext(connection) as queries:
-        batch = _batch_claim(sub=sub, only=None, budget=5)
+        batch = batch_claim(sub=sub, only=None, budget=5)
         # Everything a send reads is loaded: the event, its payload parsed, the store (or none).
         assert [d.pk for d in batch.deliveries] == [pushed.pk, reply.pk]
         first, second = batch.deliveries
@@ -182,8 +182,8 @@ def _values(instance) -> dict:
 
 @pytest.mark.parametrize("with_store", [True, False])
 def test_the_pump_reads_its_endpoint_as_the_orm_does(with_store):
+    from routing.claims import subscription_read
     from routing.models import Subscription
-    from routing.pump import _subscription_read
     from tests.factories import StoreFactory
 
     sub = SubscriptionFactory(
@@ -193,7 +193,7 @@ def test_the_pump_reads_its_endpoint_as_the_orm_does(with_store):
         previous_signing_secret_expires_at=timezone.now() + timedelta(hours=1),
     )
     orm = Subscription.objects.select_related("store").get(pk=sub.pk)
-    read = _subscription_read(sub.pk)
+    read = subscription_read(sub.pk)
     # Every column the same: secrets decrypted, JSON parsed, datetimes aware.
     assert _values(read) == _values(orm)
     assert read.signing_secret == sub.signing_secret and read.signing_secret.startswith("whsec_")
@@ -202,15 +202,15 @@ def test_the_pump_reads_its_endpoint_as_the_orm_does(with_store):
         assert _values(read.store) == _values(orm.store)
     else:
         assert read.store is None
-    assert _subscription_read(sub.pk + 1000) is None
+    assert subscription_read(sub.pk + 1000) is None
 
 
 def test_claimed_rows_are_the_orms_rows():
-    from routing.pump import _batch_claim
+    from routing.claims import batch_claim
 
     sub = SubscriptionFactory()
     delivery = DeliveryFactory(subscription=sub, event=EventFactory(resource_key=None))
-    (claimed,) = _batch_claim(sub=sub, only=None, budget=5).deliveries
+    (claimed,) = batch_claim(sub=sub, only=None, budget=5).deliveries
     orm = Delivery.objects.select_related("event", "event__store").get(pk=delivery.pk)
     assert _values(claimed) == _values(orm)
     assert _values(claimed.event) == _values(orm.event)
