@@ -84,6 +84,18 @@ def _only(only: Collection[int] | None) -> tuple[str, list[int]]:
     return f" AND d.id IN ({', '.join(['%s'] * len(ids)) or 'NULL'})", ids
 
 
+_CLAIMED_RETURNING = model_columns(Delivery, _DELIVERY)
+# What follows the claiming UPDATE in a CTE named `claimed` on PostgreSQL: each delivery it took
+# with its event and the event's store, as select_related("event", "event__store") reads them, in
+# claim order. The rows are the UPDATE's own (RETURNING every column): in a data-modifying CTE the
+# rest of the query sees the table as it was before it.
+_CLAIMED_WITH_EVENTS = f"""
+    SELECT {model_columns(Delivery, "claimed")}, {model_columns(Event, "e")}, {model_columns(Store, "s")}
+    FROM claimed JOIN {Event._meta.db_table} e ON e.id = claimed.event_id
+    LEFT JOIN {Store._meta.db_table} s ON s.id = e.store_id
+    ORDER BY claimed.next_attempt_at, claimed.id"""
+
+
 def batch_claim(*, sub: Subscription, only: Collection[int] | None, budget: float) -> Batch | None:
     """Take up to HUB_DELIVERY_BATCH_SIZE due deliveries of the endpoint for this worker, or None
     when there is nothing to send (none due, none whose turn has come, endpoint off or at its limit).
@@ -103,6 +115,8 @@ def batch_claim(*, sub: Subscription, only: Collection[int] | None, budget: floa
     # Rows another worker is claiming are theirs; waiting for them would only find them taken.
     skip_locked = " FOR UPDATE SKIP LOCKED" if postgresql else ""
     within_limit = f" AND ({_IN_FLIGHT}) < %s" if limit else ""
+    # PostgreSQL: every column of the rows taken, for the events' join below; SQLite: their ids.
+    returning = _CLAIMED_RETURNING if postgresql else "id"
     update = f"""
         UPDATE {_DELIVERY} SET state = '{DeliveryState.DELIVERING}', attempt_count = attempt_count + 1,
             lease_expires_at = %s, claim = %s, updated_at = %s
@@ -110,7 +124,7 @@ def batch_claim(*, sub: Subscription, only: Collection[int] | None, budget: floa
             SELECT d.id FROM {_DELIVERY} d WHERE {_SENDABLE}{only_sql}
             ORDER BY d.next_attempt_at, d.id LIMIT %s{skip_locked})
         AND EXISTS (SELECT 1 FROM {_SUBSCRIPTION} s WHERE s.id = %s AND s.is_enabled){within_limit}
-        RETURNING id"""
+        RETURNING {returning}"""
     params: list[Any] = [connection.ops.adapt_datetimefield_value(lease), claim, at, sub.pk, at, *only_ids]
     params += [settings.HUB_DELIVERY_BATCH_SIZE, sub.pk] + ([sub.pk, at, limit] if limit else [])
     with connection.cursor() as cursor:
@@ -118,7 +132,7 @@ def batch_claim(*, sub: Subscription, only: Collection[int] | None, budget: floa
             # The claimed rows come back with their events and stores in the same round trip: the
             # ORM read after the claim was a second one, and compiling it cost more CPU than
             # running it (docs/performance.md, sixth round).
-            update = _claimed_with_events(update.replace("RETURNING id", f"RETURNING {_CLAIMED_RETURNING}"))
+            update = f"WITH claimed AS ({update}){_CLAIMED_WITH_EVENTS}"
             if limit:
                 # NO KEY: claims queue up on each other, but not on the pushes inserting this
                 # endpoint's deliveries (their foreign key takes a KEY SHARE lock on the row until
@@ -144,22 +158,6 @@ def batch_claim(*, sub: Subscription, only: Collection[int] | None, budget: floa
     for delivery in deliveries:
         delivery.subscription = sub
     return Batch(subscription=sub, claim=claim, deliveries=deliveries)
-
-
-_CLAIMED_RETURNING = model_columns(Delivery, _DELIVERY)
-
-
-def _claimed_with_events(update: str) -> str:
-    """The claiming UPDATE (RETURNING every column of the deliveries it took) with each delivery's
-    event and the event's store, as select_related("event", "event__store") would read them, in
-    claim order. The rows are the UPDATE's own: in a data-modifying CTE the rest of the query sees
-    the table as it was before it."""
-    return f"""
-        WITH claimed AS ({update})
-        SELECT {model_columns(Delivery, "claimed")}, {model_columns(Event, "e")}, {model_columns(Store, "s")}
-        FROM claimed JOIN {Event._meta.db_table} e ON e.id = claimed.event_id
-        LEFT JOIN {Store._meta.db_table} s ON s.id = e.store_id
-        ORDER BY claimed.next_attempt_at, claimed.id"""
 
 
 def _claimed_delivery(row: tuple[Any, ...]) -> Delivery:
