@@ -24,7 +24,7 @@ from routing.models import (
     DeliveryState,
     Subscription,
 )
-from routing.rows import model_columns, row_instance
+from routing.rows import model_columns, row_instance, row_related
 
 
 @dataclass
@@ -49,8 +49,7 @@ def subscription_read(subscription_id: int) -> Subscription | None:
     if row is None:
         return None
     sub, at = row_instance(Subscription, row, 0)
-    store = row_instance(Store, row, at)[0] if row[at] is not None else None
-    Subscription._meta.get_field("store").set_cached_value(sub, store)
+    row_related(sub, "store", row, at)
     return sub
 
 
@@ -162,8 +161,6 @@ def batch_claim(*, sub: Subscription, only: Collection[int] | None, budget: floa
 
 def _claimed_delivery(row: tuple[Any, ...]) -> Delivery:
     delivery, at = row_instance(Delivery, row, 0)
-    event, at = row_instance(Event, row, at)
-    store = row_instance(Store, row, at)[0] if row[at] is not None else None
-    Event._meta.get_field("store").set_cached_value(event, store)
-    Delivery._meta.get_field("event").set_cached_value(delivery, event)
+    event, at = row_related(delivery, "event", row, at)
+    row_related(event, "store", row, at)
     return delivery

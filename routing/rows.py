@@ -27,6 +27,21 @@ def row_instance(model: type[Model], row: tuple[Any, ...], at: int) -> tuple[Any
     return model.from_db(connection.alias, names, values), at + len(names)
 
 
+def row_related(instance: Model, name: str, row: tuple[Any, ...], at: int) -> tuple[Any, int]:
+    """The object of `instance`'s foreign key `name` that the columns of `row` from `at` on make,
+    None when they are all NULL (a LEFT JOIN that found none: the first column is the primary
+    key), cached on `instance` as select_related caches it; and where the next model's columns
+    start."""
+    field = instance._meta.get_field(name)
+    model = field.related_model
+    if row[at] is None:
+        related, end = None, at + len(_layout(model)[0])
+    else:
+        related, end = row_instance(model, row, at)
+    field.set_cached_value(instance, related)
+    return related, end
+
+
 @functools.cache
 def _layout(model: type[Model]) -> tuple[list[str], list[tuple[int, Any, list[Any]]]]:
     fields = model._meta.concrete_fields
