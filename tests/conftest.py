@@ -33,10 +33,11 @@ def _store_cache_clear() -> Iterator[None]:
     from events.throttling import leases
     from routing.selectors import subscriptions_cache_clear
 
-    for clear in (store_cache_clear, subscriptions_cache_clear, leases.clear):
+    clears = (store_cache_clear, subscriptions_cache_clear, leases.clear)
+    for clear in clears:
         clear()
     yield
-    for clear in (store_cache_clear, subscriptions_cache_clear, leases.clear):
+    for clear in clears:
         clear()
 
 
