@@ -223,6 +223,14 @@ class Delivery(models.Model):
     def __str__(self) -> str:
         return f"delivery {self.pk} of event {self.event_id} to {self.subscription_id}"
 
+    @classmethod
+    def routed(cls, *, event: Event, subscription: Subscription) -> Delivery:
+        """The new delivery routing makes of an event for a subscription (not saved): due when the
+        event was made, and with the event's resource key, which keeps a resource's order."""
+        return cls(
+            event=event, subscription=subscription, resource_key=event.resource_key, next_attempt_at=event.created_at
+        )
+
 
 class Attempt(models.Model):
     delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempts")

@@ -82,10 +82,7 @@ def subscriptions_for_event(*, event: Event, subscriptions: list[Subscription] |
 
 def deliveries_create_for_event(*, event: Event) -> list[Delivery]:
     """One pending delivery per matching subscription; the event becomes unrouted when none match."""
-    deliveries = [
-        Delivery(event=event, subscription=sub, resource_key=event.resource_key, next_attempt_at=event.created_at)
-        for sub in subscriptions_for_event(event=event)
-    ]
+    deliveries = [Delivery.routed(event=event, subscription=sub) for sub in subscriptions_for_event(event=event)]
     if deliveries:
         Delivery.objects.bulk_create(deliveries)
     else:
@@ -121,13 +118,13 @@ def events_accept(*, store: Store, envelopes: list[Envelope]) -> list[IngestResu
 
 def events_accept_built(*, store: Store | None, events: list[Event], savepoint: bool = True) -> list[IngestResult]:
     """Route built events before they are stored (an event nobody wants is stored as unrouted,
-    not updated to it afterwards), store them and their deliveries in one transaction, and
-    enqueue the deliveries once committed. Deliveries are created in the events' order, so their
-    ids keep each resource's order.
+    not updated to it afterwards), store them and their deliveries all or nothing, and enqueue
+    the deliveries once committed. Deliveries are created in the events' order, so their ids keep
+    each resource's order.
 
-    One event that no subscription wants is one INSERT and needs no transaction of its own: the
+    One event is one INSERT statement with its deliveries and needs no transaction of its own: the
     statement is atomic, and in autocommit it is committed (synchronously) before it returns, so
-    a push answered 202 is as durable as with BEGIN/COMMIT, two round trips fewer. A batch inside
+    a push answered 202 is as durable as with BEGIN/COMMIT, three round trips fewer. A batch inside
     its caller's transaction (POST /events/batch) needs no savepoint either: the caller's
     transaction already makes it all or nothing."""
     # A store's push (the web's hot path) routes by the list each process remembers for a moment;
@@ -137,28 +134,31 @@ def events_accept_built(*, store: Store | None, events: list[Event], savepoint: 
     for event, subs in zip(events, wanted, strict=True):
         if not subs:
             event.status = EventStatus.UNROUTED
-    if len(events) == 1 and not wanted[0]:
-        return [event_insert(events[0], savepoint=savepoint)]
-    with transaction.atomic(savepoint=len(events) == 1):
-        if store is not None and len(events) > 1:
+    if len(events) == 1:
+        # The event and its deliveries are one atomic write (events.services.event_row_insert: on
+        # PostgreSQL one statement). A push on its own (no caller's transaction, savepoint False)
+        # thus opens no transaction: the statement is committed when it returns, and on_commit
+        # wakes the workers at once; inside a caller's transaction they are woken at its commit.
+        deliveries = [Delivery.routed(event=events[0], subscription=sub) for sub in wanted[0]]
+        result = event_insert(events[0], savepoint=savepoint, dependents=deliveries)
+        if deliveries and result.created:
+            # One message per endpoint, not per delivery: the worker that takes it sends all of
+            # that endpoint's due deliveries (routing.pump).
+            transaction.on_commit(lambda: pumps_enqueue([d.subscription_id for d in deliveries], coalesce=True))
+        return [result]
+    with transaction.atomic():
+        if store is not None:
             results = events_insert(store=store, events=events)
         else:
             results = [event_insert(event, savepoint=savepoint) for event in events]
         deliveries = [
-            Delivery(
-                event=result.event,
-                subscription=sub,
-                resource_key=result.event.resource_key,
-                next_attempt_at=result.event.created_at,
-            )
+            Delivery.routed(event=result.event, subscription=sub)
             for result, subs in zip(results, wanted, strict=True)
             if result.created
             for sub in subs
         ]
         if deliveries:
             Delivery.objects.bulk_create(deliveries)
-            # One message per endpoint, not per delivery: the worker that takes it sends all of
-            # that endpoint's due deliveries (routing.pump).
             endpoints = [d.subscription_id for d in deliveries]
             transaction.on_commit(lambda: pumps_enqueue(endpoints, coalesce=True))
     return results
