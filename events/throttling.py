@@ -64,8 +64,9 @@ _local = threading.local()
 
 
 def _sliding_log(cache: RedisCache) -> Any:
-    """The registered script, made once per thread and cache: Django's RedisCache builds a new
-    redis client object on every call (a fifth of a millisecond here), the script keeps one."""
+    """The registered script (its client and SHA), made once per thread and cache: Django's own
+    RedisCache builds a new redis client object on every call (a fifth of a millisecond here;
+    integrator/cache.py keeps them), and this works with either."""
     if getattr(_local, "cache", None) is not cache:
         client = cache._cache.get_client(write=True)
         _local.script = client.register_script(SLIDING_LOG_SCRIPT)

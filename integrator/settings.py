@@ -343,7 +343,8 @@ SILENCED_SYSTEM_CHECKS = _env_list("SILENCED_SYSTEM_CHECKS", [])
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            # Django's, keeping its redis clients (integrator/cache.py).
+            "BACKEND": "integrator.cache.RedisCache",
             "LOCATION": os.environ.get("CACHE_REDIS_URL", REDIS_URL),
             "KEY_PREFIX": "hub",
         }
