@@ -4,13 +4,14 @@ Sending itself, a batch at a time, is routing.pump."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Collection, Mapping
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 
 from events.errors import HubError
 from events.models import Event, EventStatus
@@ -185,29 +186,22 @@ def event_status_refresh(*, event_id: int) -> str:
 
 def events_status_refresh(*, event_ids: Collection[int]) -> dict[int, str]:
     """event_status_refresh for several events with one lock, one read and one UPDATE per new
-    status; locked in id order, so two batches ending events of one fan-out cannot deadlock."""
+    status; locked in id order, so two batches ending events of one fan-out cannot deadlock.
+
+    Written-out SQL: every batch a pump records ends here, and the ORM took three times as long
+    to compile the locking join and the UPDATE as PostgreSQL to run them (2.2 ms of CPU for one
+    event on a slow day)."""
     ids = sorted(set(event_ids))
     if not ids:
         return {}
     # No savepoint inside a caller's transaction (two round trips fewer): nothing here is caught
     # and retried, so a failure rolls back the caller's transaction as a whole anyway.
-    with transaction.atomic(savepoint=False):
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
         # The lock and the read in one statement: each event with its deliveries (or none).
+        cursor.execute(_events_locked_sql(len(ids)), ids)
         current: dict[int, str] = {}
         rows: dict[int, list[tuple[int, int, str, int]]] = {}
-        for pk, status, *delivery in (
-            Event.objects.select_for_update(of=("self",), no_key=True)
-            .filter(pk__in=ids)
-            .order_by("pk")
-            .values_list(
-                "pk",
-                "status",
-                "deliveries__subscription_id",
-                "deliveries__id",
-                "deliveries__state",
-                "deliveries__attempt_count",
-            )
-        ):
+        for pk, status, *delivery in cursor.fetchall():
             current[pk] = status
             rows.setdefault(pk, [])
             if delivery[1] is not None:
@@ -218,5 +212,33 @@ def events_status_refresh(*, event_ids: Collection[int]) -> dict[int, str]:
             if status != current[pk]:
                 changed.setdefault(status, []).append(pk)
         for status, pks in changed.items():
-            Event.objects.filter(pk__in=pks).update(status=status)
+            cursor.execute(_events_status_set_sql(len(pks)), [status, *pks])
     return statuses
+
+
+def _placeholders(count: int) -> str:
+    return ", ".join(["%s"] * count)
+
+
+@functools.lru_cache(maxsize=64)
+def _events_locked_sql(count: int) -> str:
+    quote = connection.ops.quote_name
+    # FOR NO KEY UPDATE: deliveries reference events, and a plain FOR UPDATE would also block
+    # their inserts and updates (the foreign key's share lock); SQLite locks the whole database.
+    lock = " FOR NO KEY UPDATE OF e" if connection.features.has_select_for_no_key_update else ""
+    return (
+        f"SELECT e.{quote('id')}, e.{quote('status')}, d.{quote('subscription_id')}, d.{quote('id')},"
+        f" d.{quote('state')}, d.{quote('attempt_count')}"
+        f" FROM {quote(Event._meta.db_table)} e LEFT JOIN {quote(Delivery._meta.db_table)} d"
+        f" ON d.{quote('event_id')} = e.{quote('id')}"
+        f" WHERE e.{quote('id')} IN ({_placeholders(count)}) ORDER BY e.{quote('id')}{lock}"
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _events_status_set_sql(count: int) -> str:
+    quote = connection.ops.quote_name
+    return (
+        f"UPDATE {quote(Event._meta.db_table)} SET {quote('status')} = %s"
+        f" WHERE {quote('id')} IN ({_placeholders(count)})"
+    )
