@@ -1,10 +1,12 @@
 """Claiming an endpoint's due deliveries for one pump: a batch taken in one statement, within the
 endpoint's in-flight limit and each resource's order, read back with the events and stores the
-send needs; and the pump's read of its endpoint. Written-out SQL throughout: the ORM took longer
-to build these statements than the database to run them (docs/performance.md)."""
+send needs, and finished under its claim; and the pump's read of its endpoint. Written-out SQL
+throughout: the ORM took longer to build these statements than the database to run them
+(docs/performance.md)."""
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -164,3 +166,28 @@ def _claimed_delivery(row: tuple[Any, ...]) -> Delivery:
     event, at = row_related(delivery, "event", row, at)
     row_related(event, "store", row, at)
     return delivery
+
+
+def batch_finish(ids: list[int], *, claim: int, changes: dict[str, Any]) -> int:
+    """UPDATE the deliveries of `ids` still delivering under `claim` (the fence: one whose lease ran
+    out and that the sweeper handed on is no longer this batch's) with `changes`, values through
+    their fields, as Delivery.objects.filter(...).update(**changes) would; how many it changed."""
+    fields = [Delivery._meta.get_field(name) for name in changes]
+    params = [f.get_db_prep_save(changes[f.name], connection) for f in fields]
+    params += [*ids, DeliveryState.DELIVERING, claim]
+    with connection.cursor() as cursor:
+        cursor.execute(_batch_finish_sql(tuple(f.column for f in fields), len(ids)), params)
+        return cursor.rowcount
+
+
+@functools.lru_cache(maxsize=64)
+def _batch_finish_sql(columns: tuple[str, ...], count: int) -> str:
+    quote = connection.ops.quote_name
+    return "UPDATE {} SET {} WHERE {} IN ({}) AND {} = %s AND {} = %s".format(
+        quote(Delivery._meta.db_table),
+        ", ".join(f"{quote(column)} = %s" for column in columns),
+        quote("id"),
+        ", ".join(["%s"] * count),
+        quote("state"),
+        quote("claim"),
+    )

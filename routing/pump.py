@@ -34,7 +34,7 @@ from routing.attempts import (
     subscription_failing,
     subscription_max_in_flight,
 )
-from routing.claims import Batch, batch_claim, subscription_read
+from routing.claims import Batch, batch_claim, batch_finish, subscription_read
 from routing.dispatch import pumps_enqueue
 from routing.models import (
     Attempt,
@@ -219,8 +219,7 @@ def _batch_record(batch: Batch, *, sent: list[_Sent], unsent: list[Delivery]) ->
         mine: list[tuple[_Sent, retry.Decision]] = []
         for key, members in groups.items():
             ids = [s.delivery.pk for s, _ in members]
-            fenced = Delivery.objects.filter(pk__in=ids, state=DeliveryState.DELIVERING, claim=batch.claim)
-            if fenced.update(**dict(key)) == len(ids):
+            if batch_finish(ids, claim=batch.claim, changes=dict(key)) == len(ids):
                 mine += members
                 continue
             # Some changed hands (rare: only a lease that ran out). Ours are those this UPDATE just
