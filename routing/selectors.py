@@ -29,8 +29,10 @@ def subscriptions_enabled_for_routing() -> list[Subscription]:
     once by this process, which forgets the list (Subscription.save/delete); any other change
     (another process, a queryset update such as the automatic disable) within the lifetime. That
     staleness is what a push racing the change had anyway, only longer: a delivery made for a
-    subscription disabled meanwhile waits like any delivery of a disabled subscription, and an
-    event routed without one created meanwhile is one the subscription did not exist for yet.
+    subscription disabled meanwhile waits like any delivery of a disabled subscription, an
+    event routed without one created meanwhile is one the subscription did not exist for yet,
+    and one routed to a subscription deleted meanwhile is routed again by the list read anew
+    (routing.services: the deleted one's delivery would fail the write).
     The objects are shared by every push of the lifetime: routing only reads them."""
     ttl = settings.HUB_SUBSCRIPTIONS_CACHE_SECONDS
     if ttl <= 0:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
@@ -30,7 +30,7 @@ from routing.models import (
     signing_secret_new,
 )
 from routing.pump import deliveries_pump, delivery_attempt, delivery_subscription_id
-from routing.selectors import subscriptions_enabled, subscriptions_enabled_for_routing
+from routing.selectors import subscriptions_cache_clear, subscriptions_enabled, subscriptions_enabled_for_routing
 
 __all__ = [
     "TEST_MESSAGE",
@@ -100,13 +100,21 @@ def event_accept(
         # A push on its own (no caller's transaction): the insert needs no savepoint (two round
         # trips), because a repeated message_id can roll the whole transaction back and be
         # looked up after it. Nothing was stored or enqueued by the rolled-back attempt.
-        try:
-            return events_accept_built(store=store, events=[event], savepoint=False)[0]
-        except IntegrityError:
-            existing = Event.objects.filter(store=store, message_id=event.message_id).first()
-            if existing is None:
-                raise
-            return IngestResult(existing, created=False)
+        for last_try in (False, True):
+            try:
+                return events_accept_built(store=store, events=[event], savepoint=False)[0]
+            except IntegrityError:
+                existing = Event.objects.filter(store=store, message_id=event.message_id).first()
+                if existing is not None:
+                    return IngestResult(existing, created=False)
+                if last_try:
+                    raise
+                # Not a repeat: a subscription this process routes by was deleted (by another
+                # process: the list is remembered for HUB_SUBSCRIPTIONS_CACHE_SECONDS), and its
+                # delivery failed the statement. Route again by the list as it is now.
+                subscriptions_cache_clear()
+                event.pk = None
+                event._state.adding = True
     return events_accept_built(store=store, events=[event])[0]
 
 
@@ -130,10 +138,7 @@ def events_accept_built(*, store: Store | None, events: list[Event], savepoint: 
     # A store's push (the web's hot path) routes by the list each process remembers for a moment;
     # a message an endpoint returned (store None, accepted by a worker, seldom) reads it fresh.
     subscriptions = subscriptions_enabled_for_routing() if store is not None else subscriptions_enabled()
-    wanted = [subscriptions_for_event(event=event, subscriptions=subscriptions) for event in events]
-    for event, subs in zip(events, wanted, strict=True):
-        if not subs:
-            event.status = EventStatus.UNROUTED
+    wanted = _route(events, subscriptions)
     if len(events) == 1:
         # The event and its deliveries are one atomic write (events.services.event_row_insert: on
         # PostgreSQL one statement). A push on its own (no caller's transaction, savepoint False)
@@ -147,6 +152,11 @@ def events_accept_built(*, store: Store | None, events: list[Event], savepoint: 
             transaction.on_commit(lambda: pumps_enqueue([d.subscription_id for d in deliveries], coalesce=True))
         return [result]
     with transaction.atomic():
+        if store is not None and not _subscriptions_kept([s.pk for subs in wanted for s in subs]):
+            # One of them was deleted by another process since this one read the list: route the
+            # batch again by the list as it is now (its deliveries would fail the commit).
+            subscriptions_cache_clear()
+            wanted = _route(events, subscriptions_enabled_for_routing())
         if store is not None:
             results = events_insert(store=store, events=events)
         else:
@@ -162,6 +172,29 @@ def events_accept_built(*, store: Store | None, events: list[Event], savepoint: 
             endpoints = [d.subscription_id for d in deliveries]
             transaction.on_commit(lambda: pumps_enqueue(endpoints, coalesce=True))
     return results
+
+
+def _route(events: list[Event], subscriptions: list[Subscription]) -> list[list[Subscription]]:
+    """Who wants each event; an event nobody wants is unrouted (and one routed again, queued)."""
+    wanted = [subscriptions_for_event(event=event, subscriptions=subscriptions) for event in events]
+    for event, subs in zip(events, wanted, strict=True):
+        event.status = EventStatus.QUEUED if subs else EventStatus.UNROUTED
+    return wanted
+
+
+def _subscriptions_kept(ids: list[int]) -> bool:
+    """Whether every one of these subscriptions still exists, locked against deletion until the
+    transaction ends (FOR KEY SHARE: the claim's FOR NO KEY UPDATE does not wait for it)."""
+    wanted = set(ids)
+    if not wanted:
+        return True
+    lock = " FOR KEY SHARE" if connection.features.has_select_for_update else ""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id FROM {Subscription._meta.db_table} WHERE id IN ({', '.join(['%s'] * len(wanted))}){lock}",
+            sorted(wanted),
+        )
+        return {row[0] for row in cursor.fetchall()} == wanted
 
 
 @dataclass(frozen=True)
