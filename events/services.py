@@ -171,7 +171,9 @@ def event_row_insert(event: Event, *, dependents: Sequence[Model] = ()) -> None:
         return
     if dependents:
         model = type(dependents[0])
-        sql, fields, dependent_fields = _event_with_rows_statement(connection.alias, model._meta.label, len(dependents))
+        sql, fields, dependent_fields, link = _event_with_rows_statement(
+            connection.alias, model._meta.label, len(dependents)
+        )
     else:
         sql, fields = _event_insert_statement(connection, rows=1, skip_conflicts=False)
     params = _event_insert_params([event], fields, connection, "save")
@@ -184,7 +186,6 @@ def event_row_insert(event: Event, *, dependents: Sequence[Model] = ()) -> None:
     event.pk = written[0][0]
     _row_saved(event, connection.alias)
     if dependents:
-        link = _event_foreign_key(model).attname
         for row, (event_id, pk) in zip(dependents, written, strict=True):
             row.pk = pk
             setattr(row, link, event_id)
@@ -196,22 +197,18 @@ def _row_saved(row: Model, alias: str) -> None:
     row._state.db = alias
 
 
-def _event_foreign_key(model: type[Model]) -> Any:
-    (link,) = [f for f in model._meta.concrete_fields if f.is_relation and f.related_model is Event]
-    return link
-
-
 @functools.lru_cache(maxsize=64)
-def _event_with_rows_statement(alias: str, label: str, count: int) -> tuple[str, list[Any], list[Any]]:
+def _event_with_rows_statement(alias: str, label: str, count: int) -> tuple[str, list[Any], list[Any], str]:
     """WITH event AS (the single-event INSERT) INSERT INTO <model> (its foreign key to the event,
     every other column but id) VALUES ((SELECT id FROM event), $n, ...) x count RETURNING the
     event's id and each row's; for the server-bound cursor. VALUES straight into the table, so
-    that PostgreSQL takes every parameter's type from its column."""
+    that PostgreSQL takes every parameter's type from its column. Also the event fields, the
+    rows' fields, and the attribute of the rows' foreign key to the event."""
     from django.apps import apps
 
     model = apps.get_model(label)
     event_sql, event_fields = _event_insert_statement_made(alias, 1, False, True)
-    link = _event_foreign_key(model)
+    (link,) = [f for f in model._meta.concrete_fields if f.is_relation and f.related_model is Event]
     fields = [f for f in model._meta.concrete_fields if not f.primary_key and not f.generated and f is not link]
     quote = connections[alias].ops.quote_name
     numbers = iter(range(len(event_fields) + 1, len(event_fields) + count * len(fields) + 1))
@@ -225,7 +222,7 @@ def _event_with_rows_statement(alias: str, label: str, count: int) -> tuple[str,
         quote(link.column),
         quote(model._meta.pk.column),
     )
-    return sql, event_fields, fields
+    return sql, event_fields, fields, link.attname
 
 
 def _event_insert_params(events: list[Event], fields: list[Any], connection: Any, operation: str) -> list[Any]:
@@ -348,7 +345,7 @@ def events_insert(*, store: Store, events: list[Event]) -> list[IngestResult]:
     stored = {e.message_id: e for e in Event.objects.filter(store=store, message_id__in=skipped)} if skipped else {}
     for message_id in skipped:
         if message_id not in stored:
-            result = event_insert(_event_unsaved(first[message_id]))
+            result = event_insert(event_unsaved(first[message_id]))
             if result.created:
                 written.add(message_id)
             else:
@@ -373,7 +370,7 @@ def _events_insert_new(events: list[Event]) -> set[str]:
                 with transaction.atomic():
                     event_row_insert(event)
             except IntegrityError:
-                _event_unsaved(event)
+                event_unsaved(event)
             else:
                 written.add(event.message_id)
         return written
@@ -389,8 +386,8 @@ def _events_insert_new(events: list[Event]) -> set[str]:
     return set(ids)
 
 
-def _event_unsaved(event: Event) -> Event:
-    """The event as built, whatever a failed bulk insert left on it."""
+def event_unsaved(event: Event) -> Event:
+    """The event as built, whatever a failed insert left on it (to be inserted again)."""
     event.pk = None
     event._state.adding = True
     return event

@@ -24,6 +24,7 @@ from routing.models import (
     NotificationLevel,
     Subscription,
 )
+from routing.rows import placeholders
 
 logger = logging.getLogger(__name__)
 
@@ -216,10 +217,6 @@ def events_status_refresh(*, event_ids: Collection[int]) -> dict[int, str]:
     return statuses
 
 
-def _placeholders(count: int) -> str:
-    return ", ".join(["%s"] * count)
-
-
 @functools.lru_cache(maxsize=64)
 def _events_locked_sql(count: int) -> str:
     quote = connection.ops.quote_name
@@ -231,7 +228,7 @@ def _events_locked_sql(count: int) -> str:
         f" d.{quote('state')}, d.{quote('attempt_count')}"
         f" FROM {quote(Event._meta.db_table)} e LEFT JOIN {quote(Delivery._meta.db_table)} d"
         f" ON d.{quote('event_id')} = e.{quote('id')}"
-        f" WHERE e.{quote('id')} IN ({_placeholders(count)}) ORDER BY e.{quote('id')}{lock}"
+        f" WHERE e.{quote('id')} IN ({placeholders(count)}) ORDER BY e.{quote('id')}{lock}"
     )
 
 
@@ -240,5 +237,5 @@ def _events_status_set_sql(count: int) -> str:
     quote = connection.ops.quote_name
     return (
         f"UPDATE {quote(Event._meta.db_table)} SET {quote('status')} = %s"
-        f" WHERE {quote('id')} IN ({_placeholders(count)})"
+        f" WHERE {quote('id')} IN ({placeholders(count)})"
     )

@@ -26,7 +26,7 @@ from routing.models import (
     DeliveryState,
     Subscription,
 )
-from routing.rows import model_columns, row_instance, row_related
+from routing.rows import model_columns, placeholders, row_instance, row_related
 
 
 @dataclass
@@ -187,7 +187,7 @@ def _batch_finish_sql(columns: tuple[str, ...], count: int) -> str:
         quote(Delivery._meta.db_table),
         ", ".join(f"{quote(column)} = %s" for column in columns),
         quote("id"),
-        ", ".join(["%s"] * count),
+        placeholders(count),
         quote("state"),
         quote("claim"),
     )

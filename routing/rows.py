@@ -10,6 +10,11 @@ from django.db import connection
 from django.db.models import Model
 
 
+def placeholders(count: int) -> str:
+    """`%s, %s, ...`: the parameters of an IN list of `count` values."""
+    return ", ".join(["%s"] * count)
+
+
 def model_columns(model: type[Model], table: str) -> str:
     """Every concrete column of `model`, in field order, qualified by `table` (an alias)."""
     return ", ".join(f"{table}.{connection.ops.quote_name(f.column)}" for f in model._meta.concrete_fields)

@@ -17,7 +17,15 @@ from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from events.models import Event, EventStatus, Store
-from events.services import Envelope, IngestResult, event_build, event_ingest, event_insert, events_insert
+from events.services import (
+    Envelope,
+    IngestResult,
+    event_build,
+    event_ingest,
+    event_insert,
+    event_unsaved,
+    events_insert,
+)
 from routing import matching
 from routing.attempts import event_status_refresh
 from routing.dispatch import pumps_enqueue
@@ -30,6 +38,7 @@ from routing.models import (
     signing_secret_new,
 )
 from routing.pump import deliveries_pump, delivery_attempt, delivery_subscription_id
+from routing.rows import placeholders
 from routing.selectors import subscriptions_cache_clear, subscriptions_enabled, subscriptions_enabled_for_routing
 
 __all__ = [
@@ -113,8 +122,7 @@ def event_accept(
                 # process: the list is remembered for HUB_SUBSCRIPTIONS_CACHE_SECONDS), and its
                 # delivery failed the statement. Route again by the list as it is now.
                 subscriptions_cache_clear()
-                event.pk = None
-                event._state.adding = True
+                event_unsaved(event)
     return events_accept_built(store=store, events=[event])[0]
 
 
@@ -191,7 +199,7 @@ def _subscriptions_kept(ids: list[int]) -> bool:
     lock = " FOR KEY SHARE" if connection.features.has_select_for_update else ""
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT id FROM {Subscription._meta.db_table} WHERE id IN ({', '.join(['%s'] * len(wanted))}){lock}",
+            f"SELECT id FROM {Subscription._meta.db_table} WHERE id IN ({placeholders(len(wanted))}){lock}",
             sorted(wanted),
         )
         return {row[0] for row in cursor.fetchall()} == wanted
