@@ -126,6 +126,25 @@ def worker(django_db_setup, _test_queue) -> Iterator[Worker]:
     live.stop()
 
 
+UNCONSUMED_QUEUE = "hub-test-unconsumed"
+
+
+@pytest.fixture
+def unconsumed_queue() -> Iterator[str]:
+    """Messages go to a queue no worker reads, so that none takes them (and clears their mark): for
+    a transactional test whose deliveries the session's worker, once it runs, would otherwise send."""
+    from integrator.celery import app
+
+    saved = app.conf.task_default_queue
+    app.conf.task_default_queue = UNCONSUMED_QUEUE
+    queue_purge(UNCONSUMED_QUEUE)
+    try:
+        yield UNCONSUMED_QUEUE
+    finally:
+        queue_purge(UNCONSUMED_QUEUE)
+        app.conf.task_default_queue = saved
+
+
 def deliveries_settle(timeout: float = 30) -> None:
     """End of a live test: cancel what is still owed and wait for attempts on the wire to end, so
     the worker is idle when the test database is flushed (a flush racing a worker's transaction

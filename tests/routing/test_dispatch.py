@@ -3,29 +3,7 @@ publish a second message for an endpoint whose message still waits for a worker.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from routing.dispatch import pump_started, pumps_enqueue
-from tests.live import queue_purge
-
-UNCONSUMED = "hub-test-dispatch"
-
-
-@pytest.fixture
-def unconsumed_queue() -> Iterator[str]:
-    """Messages go to a queue no worker reads, so that none takes them (and clears their mark)."""
-    from integrator.celery import app
-
-    saved = app.conf.task_default_queue
-    app.conf.task_default_queue = UNCONSUMED
-    queue_purge(UNCONSUMED)
-    try:
-        yield UNCONSUMED
-    finally:
-        queue_purge(UNCONSUMED)
-        app.conf.task_default_queue = saved
 
 
 def test_a_waiting_message_absorbs_the_next_pushes_until_a_worker_looks(unconsumed_queue, settings):

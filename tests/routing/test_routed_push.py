@@ -1,6 +1,7 @@
 """A routed push writes its event and deliveries in one atomic step (events.services.event_row_insert
 with dependents): on PostgreSQL one statement, committed when it returns, with the same rows the
-ORM writes; a repeat writes nothing, and a failure leaves nothing half-written."""
+ORM writes; a repeat writes nothing, and a failure leaves nothing half-written. The pushes wake
+no worker (unconsumed_queue): the session's worker would send what they write."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def _columns(delivery: Delivery) -> dict:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_routed_push_on_its_own_is_one_statement_on_postgresql(client_for):
+def test_a_routed_push_on_its_own_is_one_statement_on_postgresql(client_for, unconsumed_queue):
     if connection.vendor != "postgresql":
         pytest.skip("an INSERT inside WITH is PostgreSQL's; elsewhere a transaction holds the two")
     store = StoreFactory()
@@ -51,7 +52,7 @@ def test_a_routed_push_on_its_own_is_one_statement_on_postgresql(client_for):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_statement_writes_the_deliveries_the_orm_writes(client_for):
+def test_the_statement_writes_the_deliveries_the_orm_writes(client_for, unconsumed_queue):
     store = StoreFactory()
     sub = SubscriptionFactory(message_types=["order:new"])
     assert client_for(store).post("/events", _envelope("pushed", "R7"), format="json").status_code == 202
@@ -66,7 +67,7 @@ def test_the_statement_writes_the_deliveries_the_orm_writes(client_for):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_repeated_routed_push_writes_no_delivery(client_for):
+def test_a_repeated_routed_push_writes_no_delivery(client_for, unconsumed_queue):
     store = StoreFactory()
     SubscriptionFactory(message_types=["order:new"])
     api = client_for(store)
