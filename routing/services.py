@@ -140,7 +140,8 @@ def events_accept_built(*, store: Store | None, events: list[Event], savepoint: 
 
     One event is one INSERT statement with its deliveries and needs no transaction of its own: the
     statement is atomic, and in autocommit it is committed (synchronously) before it returns, so
-    a push answered 202 is as durable as with BEGIN/COMMIT, three round trips fewer. A batch inside
+    a push answered 202 is as durable as with BEGIN/COMMIT, with two round trips fewer (three
+    when it is routed: the deliveries' INSERT is the same statement). A batch inside
     its caller's transaction (POST /events/batch) needs no savepoint either: the caller's
     transaction already makes it all or nothing."""
     # A store's push (the web's hot path) routes by the list each process remembers for a moment;
