@@ -40,11 +40,11 @@ class IngestResult:
 def envelope_validate(data: Any) -> Envelope:
     """Check the shape of one envelope and return it with the canonical message name."""
     if not isinstance(data, Mapping):
-        raise InvalidEnvelope(f"An event must be a JSON object with 'message' and 'payload', not {_json_type(data)}.")
+        raise InvalidEnvelope(f"An event must be a JSON object with 'message' and 'payload', not {json_type(data)}.")
     if "message" not in data or data["message"] in (None, ""):
         raise InvalidEnvelope("'message' is required, e.g. \"order:new\".", field="message")
     if not isinstance(data["message"], str):
-        raise InvalidEnvelope(f"'message' must be a string, not {_json_type(data['message'])}.", field="message")
+        raise InvalidEnvelope(f"'message' must be a string, not {json_type(data['message'])}.", field="message")
     try:
         message = message_canonical(data["message"])
     except InvalidMessageName as exc:
@@ -53,7 +53,7 @@ def envelope_validate(data: Any) -> Envelope:
     message_id = data.get("message_id")
     if message_id is not None:
         if isinstance(message_id, bool) or not isinstance(message_id, (str, int)):
-            raise InvalidEnvelope(f"'message_id' must be a string, not {_json_type(message_id)}.", field="message_id")
+            raise InvalidEnvelope(f"'message_id' must be a string, not {json_type(message_id)}.", field="message_id")
         message_id = str(message_id).strip()
         if not message_id:
             raise InvalidEnvelope("'message_id' must not be empty; leave it out to have one made.", field="message_id")
@@ -68,7 +68,7 @@ def envelope_validate(data: Any) -> Envelope:
         raise InvalidEnvelope("'payload' is required and must be a JSON object.", field="payload")
     payload = data["payload"]
     if not isinstance(payload, Mapping):
-        raise InvalidEnvelope(f"'payload' must be a JSON object, not {_json_type(payload)}.", field="payload")
+        raise InvalidEnvelope(f"'payload' must be a JSON object, not {json_type(payload)}.", field="payload")
     # The payload's text as the INSERT will send it; a NUL character, in a key or a string, is
     # found in it in C: orjson writes one as backslash-u0000, and only text holding that (a NUL, or
     # those six characters themselves) or what orjson does not write (None) needs the walk in
@@ -108,7 +108,8 @@ def _nul_path(payload: Mapping[str, Any]) -> str | None:
 _NUL_ESCAPE = b"\\u0000"
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """What a parsed JSON value is, as an error message names it: "an object", "null", ..."""
     if value is None:
         return "null"
     if isinstance(value, bool):

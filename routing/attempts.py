@@ -15,7 +15,7 @@ from django.db import connection, transaction
 
 from events.errors import HubError
 from events.models import Event, EventStatus
-from events.services import envelope_validate
+from events.services import envelope_validate, json_type
 from routing import transport
 from routing.models import (
     Delivery,
@@ -106,6 +106,16 @@ def reply_process(*, delivery: Delivery, reply: Mapping[str, Any]) -> None:
             description=description,
             resource_key=event.resource_key,
         )
+
+    for key in ("notifications", "messages", "parameters"):
+        value = reply.get(key)
+        if value not in (None, [], {}, "") and not isinstance(value, list):
+            # Read past, it would be lost without a word: say so where the event's notes are shown.
+            note(
+                NotificationLevel.WARN,
+                f"The reply's '{key}' was not read",
+                f"'{key}' must be a JSON array (PROTOCOL §3), not {json_type(value)}.",
+            )
 
     notifications = reply.get("notifications")
     if isinstance(notifications, list):

@@ -249,3 +249,24 @@ def test_routing_skips_a_stores_own_subscription_unless_it_asks(store):
 )
 def test_event_status_derivation(rows, status):
     assert event_status_derive(rows) == status
+
+
+def test_reply_fields_that_are_not_arrays_are_noted_not_dropped_silently(subscriber):
+    subscriber.program(
+        "/hook",
+        Reply.ok(
+            notifications={"level": "error", "subject": "Customer unknown"},
+            messages="shipment:confirm",
+            parameters={"name": "cursor", "value": "2"},
+        ),
+    )
+    delivery = make(subscriber, parameters=[{"name": "cursor", "value": "1"}])
+    assert delivery_attempt(delivery_id=delivery.pk) == "delivered"
+    notes = {n.subject: (n.level, n.description) for n in Notification.objects.filter(event=delivery.event)}
+    assert notes == {
+        f"The reply's '{key}' was not read": ("warn", f"'{key}' must be a JSON array (PROTOCOL §3), not {kind}.")
+        for key, kind in (("notifications", "an object"), ("messages", "a string"), ("parameters", "an object"))
+    }
+    assert not Event.objects.filter(parent=delivery.event).exists()
+    delivery.subscription.refresh_from_db()
+    assert delivery.subscription.parameters == [{"name": "cursor", "value": "1"}]
