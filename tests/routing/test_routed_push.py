@@ -19,6 +19,12 @@ def _envelope(message_id: str, number: str = "R1") -> dict:
     return {"message": "order:new", "message_id": message_id, "payload": {"order": {"number": number}}}
 
 
+def _prepared() -> list[str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        return [row[0] for row in cursor.fetchall()]
+
+
 def _columns(delivery: Delivery) -> dict:
     """Every column the ORM reads back, but the ones that name the row or its time of writing."""
     row = Delivery.objects.filter(pk=delivery.pk).values().get()
@@ -28,12 +34,15 @@ def _columns(delivery: Delivery) -> dict:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_routed_push_on_its_own_is_one_statement_on_postgresql(client_for, unconsumed_queue):
+@pytest.mark.parametrize("prepared", [True, False])
+def test_a_routed_push_on_its_own_is_one_statement_on_postgresql(client_for, unconsumed_queue, settings, prepared):
     if connection.vendor != "postgresql":
         pytest.skip("an INSERT inside WITH is PostgreSQL's; elsewhere a transaction holds the two")
+    settings.DB_PREPARED_STATEMENTS = prepared  # off for a PgBouncer that cannot keep them
     store = StoreFactory()
     subs = [SubscriptionFactory(message_types=["order:new"]), SubscriptionFactory(message_types=["order:*"])]
     api = client_for(store)
+    before = set(_prepared())
     assert api.post("/events", _envelope("warm", "R0"), format="json").status_code == 202  # reads, caches
 
     with CaptureQueriesContext(connection) as queries:
@@ -43,6 +52,8 @@ def test_a_routed_push_on_its_own_is_one_statement_on_postgresql(client_for, unc
     statements = [q["sql"] for q in queries.captured_queries]
     assert len(statements) == 1, statements  # no BEGIN, no second INSERT, no COMMIT
     assert statements[0].startswith('WITH event AS (INSERT INTO "events_event"')
+    made = [text for text in _prepared() if text not in before]
+    assert [text.startswith("WITH event AS") for text in made] == ([True] if prepared else [])
     event = Event.objects.get(message_id="one")
     assert str(event.uid) == response.json()["event_id"]
     assert event.status == EventStatus.QUEUED
