@@ -82,7 +82,7 @@ def _only(only: Collection[int] | None) -> tuple[str, list[int]]:
     ids = list(only or [])
     if only is None:
         return "", []
-    return f" AND d.id IN ({', '.join(['%s'] * len(ids)) or 'NULL'})", ids
+    return f" AND d.id IN ({placeholders(len(ids)) or 'NULL'})", ids
 
 
 _CLAIMED_RETURNING = model_columns(Delivery, _DELIVERY)

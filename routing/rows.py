@@ -1,5 +1,6 @@
-"""Model instances from rows of written-out SQL, made as the ORM makes them from its own queries:
-for the delivery pump's reads, whose SQL the ORM took longer to compile than the database to run."""
+"""Model instances from rows of written-out SQL, made as the ORM makes them from its own queries,
+and the placeholders such SQL takes: for routing's hot statements (the pump's reads and writes),
+whose SQL the ORM took longer to compile than the database to run."""
 
 from __future__ import annotations
 
