@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import functools
+import http.cookiejar
 import json
 import math
 import os
@@ -177,15 +178,24 @@ def header_value(value: str) -> str:
 
 
 _local = threading.local()
+# A policy that allows no domain: an endpoint's Set-Cookie is never stored, so never sent back.
+_NO_COOKIES = http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
 
 
 def session_new() -> requests.Session:
     """A pooled session behind the SSRF guard (routing.netguard): every new connection resolves the
     host, refuses loopback/private/link-local/metadata addresses unless HUB_ALLOW_PRIVATE_DESTINATIONS
     is on (read at each connection), and dials the address it checked. It ignores proxy settings
-    from the environment (an endpoint is reached directly or not at all) and follows no redirects."""
+    from the environment (an endpoint is reached directly or not at all), follows no redirects
+    and keeps no cookies.
+
+    No cookies, because one session serves every subscription of the process: a cookie one
+    tenant's endpoint set would go to every other endpoint on that host (two stores' hooks on one
+    integration SaaS), and a delivery would depend on which deliveries that process sent before.
+    Svix, Convoy and Hook0 keep none either; each attempt is what its subscription says."""
     session = requests.Session()
     session.trust_env = False
+    session.cookies.set_policy(_NO_COOKIES)
     return session_guard(session, pool_connections=20, pool_maxsize=20, max_retries=0)
 
 
@@ -324,7 +334,8 @@ def _response_get(
         prepared, stream=True, timeout=timeout, verify=session.verify, cert=session.cert, proxies={}
     )
     if "set-cookie" in response.raw.headers:
-        # As requests keeps them: the session sends them back next time (and takes the whole path).
+        # As requests would: the session's policy decides (session_new's keeps none; a session a
+        # caller made with cookies sends them back next time, through requests' whole path).
         extract_cookies_to_jar(session.cookies, prepared, response.raw)
     return response
 

@@ -1,5 +1,6 @@
 """One HTTP exchange against the real local subscriber; no database."""
 
+import http.cookiejar
 import json
 from datetime import UTC, datetime
 
@@ -149,9 +150,25 @@ def test_a_request_goes_out_byte_for_byte_as_through_requests_own_path(subscribe
     assert shortcut.body == through_requests.body == request.body.encode()
 
 
-def test_cookies_an_endpoint_sets_are_sent_back_as_requests_does(subscriber):
+def test_the_delivery_session_keeps_no_cookie_an_endpoint_sets(subscriber):
+    # One session serves every subscription of a process: a kept cookie would reach the other
+    # tenants' endpoints on the same host.
+    subscriber.program("/cookie", Reply(200, json={}, headers={"Set-Cookie": "lb=node-2; Path=/"}), Reply.ok())
+    subscriber.program("/other-tenant", Reply.ok())
+    session = session_new()
+    assert request_send(build(subscriber.url("/cookie")), timeout=5, session=session).succeeded
+    assert request_send(build(subscriber.url("/other-tenant")), timeout=5, session=session).succeeded
+    assert request_send(build(subscriber.url("/cookie")), timeout=5, session=session).succeeded
+    assert not session.cookies
+    received = [*subscriber.received("/cookie"), *subscriber.received("/other-tenant")]
+    assert len(received) == 3 and all("Cookie" not in r.headers for r in received)
+
+
+def test_a_session_a_caller_made_with_cookies_still_sends_them_back(subscriber):
+    # The shortcut defers to the session's own cookie policy, as requests' whole path does.
     subscriber.program("/cookie", Reply(200, json={}, headers={"Set-Cookie": "lb=node-2; Path=/"}), Reply.ok())
     session = session_new()
+    session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy())
     request = build(subscriber.url("/cookie"))
     assert request_send(request, timeout=5, session=session).succeeded
     assert request_send(request, timeout=5, session=session).succeeded
