@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import models
 
-from routing.encryption import secret_decrypt, secret_encrypt, secret_is_encrypted
+from routing.encryption import SecretUndecryptable, secret_decrypt, secret_encrypt, secret_is_encrypted
 
 
 class EncryptedTextField(models.TextField):
@@ -16,6 +17,10 @@ class EncryptedTextField(models.TextField):
     Encryption is not deterministic, so the column cannot be filtered on; nothing needs to.
     A value that is not a Fernet token is read as is: that is a row the encrypting migration has
     not reached yet, and it is encrypted on its next save.
+
+    Serialized (`dumpdata`, fixtures) it is written as a Fernet token too, so a dump holds no
+    secret in clear, and read back (`loaddata`) by decrypting it: a dump loads where the same
+    HUB_ENCRYPTION_KEYS are configured, and elsewhere fails naming the field.
     """
 
     description = "Text encrypted with HUB_ENCRYPTION_KEYS"
@@ -30,6 +35,23 @@ class EncryptedTextField(models.TextField):
         if value is None or value == "":
             return value
         return secret_encrypt(value)
+
+    def value_to_string(self, obj: models.Model) -> str:
+        value = self.value_from_object(obj)
+        return secret_encrypt(value) if value else (value or "")
+
+    def to_python(self, value: Any) -> Any:
+        value = super().to_python(value)
+        if not isinstance(value, str) or not secret_is_encrypted(value):
+            return value
+        try:
+            return secret_decrypt(value)
+        except SecretUndecryptable:
+            raise ValidationError(
+                f"'{self.name}' holds an encrypted secret that none of HUB_ENCRYPTION_KEYS can "
+                "decrypt (a dump from a hub with other keys?).",
+                code="undecryptable",
+            ) from None
 
 
 def column_encrypt_existing(model: type[models.Model], field_name: str, *, using: str = "default") -> int:

@@ -205,3 +205,50 @@ def test_reencrypting_secrets_rewrites_the_token_under_the_newest_key(settings):
     settings.HUB_ENCRYPTION_KEYS = [new_key]
     assert _stored_token(subscription) != before
     assert Subscription.objects.get(pk=subscription.pk).token == subscription.token
+
+
+def _dump(tmp_path, *labels: str):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("dumpdata", *labels, stdout=out)
+    path = tmp_path / "dump.json"
+    path.write_text(out.getvalue())
+    return path, out.getvalue()
+
+
+def test_dumpdata_writes_no_secret_in_clear_and_loaddata_reads_them_back(rotated, tmp_path):
+    from django.core.management import call_command
+
+    subscription, current, previous = rotated
+    token = subscription.token
+    path, text = _dump(tmp_path, "routing.subscription")
+    assert subscription.name in text
+    for secret in (current, previous, token):
+        assert secret not in text and secret.removeprefix("whsec_")[:16] not in text
+
+    Subscription.objects.filter(pk=subscription.pk).delete()
+    call_command("loaddata", str(path), verbosity=0)
+    loaded = Subscription.objects.get(pk=subscription.pk)
+    assert (loaded.signing_secret, loaded.previous_signing_secret, loaded.token) == (current, previous, token)
+    from routing.encryption import secret_is_encrypted
+
+    assert all(secret_is_encrypted(stored) for stored in _secrets_of(loaded)[1:])  # encrypted again
+
+
+def test_a_dump_from_a_hub_with_other_keys_is_refused_naming_the_field(settings, tmp_path):
+    from cryptography.fernet import Fernet
+    from django.core.management import call_command
+    from django.core.serializers.base import DeserializationError
+
+    settings.HUB_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
+    subscription = SubscriptionFactory()
+    path, _ = _dump(tmp_path, "routing.subscription")
+    Subscription.objects.filter(pk=subscription.pk).delete()
+
+    settings.HUB_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
+    with pytest.raises(DeserializationError, match="'token' holds an encrypted secret that none of"):
+        call_command("loaddata", str(path), verbosity=0)
+    assert not Subscription.objects.filter(pk=subscription.pk).exists()
