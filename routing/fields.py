@@ -38,7 +38,7 @@ class EncryptedTextField(models.TextField):
 
     def value_to_string(self, obj: models.Model) -> str:
         value = self.value_from_object(obj)
-        return secret_encrypt(value) if value else (value or "")
+        return secret_encrypt(value) if value else ""
 
     def to_python(self, value: Any) -> Any:
         value = super().to_python(value)

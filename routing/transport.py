@@ -333,9 +333,10 @@ def _response_get(
     response = session.get_adapter(url).send(
         prepared, stream=True, timeout=timeout, verify=session.verify, cert=session.cert, proxies={}
     )
-    if "set-cookie" in response.raw.headers:
-        # As requests would: the session's policy decides (session_new's keeps none; a session a
-        # caller made with cookies sends them back next time, through requests' whole path).
+    if "set-cookie" in response.raw.headers and session.cookies.get_policy() is not _NO_COOKIES:
+        # As requests would for a session a caller made with a cookie policy of its own: the
+        # session sends them back next time, through requests' whole path. session_new's keeps
+        # none, so a load balancer's cookie on every reply costs nothing to read.
         extract_cookies_to_jar(session.cookies, prepared, response.raw)
     return response
 
