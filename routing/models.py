@@ -13,7 +13,7 @@ from django.db import models
 from django.utils import timezone
 
 from events.models import Event, Store
-from routing.fields import EncryptedTextField
+from routing.fields import EncryptedJSONField, EncryptedTextField
 
 
 def signing_secret_new() -> str:
@@ -49,7 +49,9 @@ class Subscription(models.Model):
         help_text='Content filters: [{"path": "order.channel", "op": "eq", "value": "spree"}].',
     )
     filter_mode = models.CharField(max_length=3, choices=FilterMode.choices, default=FilterMode.ALL)
-    parameters = models.JSONField(
+    # Endpoints take their credentials here (netguard refuses them in the URL), so encrypted at
+    # rest like the token and secrets; Python sees the list.
+    parameters = EncryptedJSONField(
         default=list, blank=True, help_text='Sent as payload.parameters: [{"name": ..., "value": ...}].'
     )
     # Sent as X-Hub-Token / X-Augury-Token: as good as a password to the endpoint, so encrypted at

@@ -403,12 +403,12 @@ def subscription_secret_rotate(*, subscription_id: int) -> str:
 
 
 def subscription_secrets_reencrypt() -> int:
-    """Re-encrypt every stored signing secret and endpoint token with the first HUB_ENCRYPTION_KEYS
-    key (after putting a new key first); the old key can be removed once this has run. Previous
-    secrets whose grace is over are dropped rather than carried over. Returns the subscriptions
-    rewritten."""
+    """Re-encrypt every stored signing secret, endpoint token and parameter list with the first
+    HUB_ENCRYPTION_KEYS key (after putting a new key first); the old key can be removed once this
+    has run. Previous secrets whose grace is over are dropped rather than carried over. Returns
+    the subscriptions rewritten."""
     now = timezone.now()
-    fields = ["signing_secret", "previous_signing_secret", "previous_signing_secret_expires_at", "token"]
+    fields = ["signing_secret", "previous_signing_secret", "previous_signing_secret_expires_at", "token", "parameters"]
     count = 0
     for subscription in Subscription.objects.only("pk", *fields).iterator():
         if not subscription.previous_signing_secret_active(now):

@@ -1,6 +1,11 @@
 """Tokens and signing secrets (the endpoint token included) never appear in API responses, logs,
 admin lists or, in clear, the database."""
 
+import contextlib
+import json
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
 from django.db import connection
 
@@ -131,9 +136,7 @@ def test_subscription_admin_list_and_form_show_no_secret_during_a_rotation(admin
 
 
 def _stored_token(subscription: Subscription) -> str:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT token FROM routing_subscription WHERE id = %s", [subscription.pk])
-        return cursor.fetchone()[0]
+    return _stored(subscription, "token")
 
 
 def test_the_endpoint_token_is_encrypted_at_rest_and_read_back_in_clear():
@@ -151,42 +154,54 @@ def test_the_endpoint_token_is_encrypted_at_rest_and_read_back_in_clear():
     assert Subscription.objects.get(pk=subscription.pk).token == "endpoint-chosen-token"
 
 
-@pytest.mark.django_db(transaction=True)
-def test_migrating_encrypts_the_tokens_of_existing_subscriptions():
-    """Migrate back to before the encrypted token, store one in clear, migrate forward: the row is
-    encrypted and the token reads back unchanged."""
+@contextlib.contextmanager
+def migrated_back_before(encrypting: str) -> Iterator[Any]:
+    """The database migrated back to just before the routing migration whose RunPython is
+    `encrypting` (its reverse run on the rows there), and forward again afterwards; yields the
+    apps of that earlier state."""
     from django.db.migrations.executor import MigrationExecutor
     from django.db.migrations.operations import RunPython
-
-    from routing.encryption import secret_is_encrypted
 
     executor = MigrationExecutor(connection)
     [target] = [
         key
         for key, migration in executor.loader.disk_migrations.items()
         if key[0] == "routing"
-        and any(
-            isinstance(op, RunPython) and op.code.__name__ == "subscription_tokens_encrypt"
-            for op in migration.operations
-        )
+        and any(isinstance(op, RunPython) and op.code.__name__ == encrypting for op in migration.operations)
     ]
     [before] = [p for p in executor.loader.graph.node_map[target].parents if p.key[0] == "routing"]
     latest = executor.loader.graph.leaf_nodes()
     try:
         executor.migrate([before.key])
-        OldSubscription = executor.loader.project_state([before.key]).apps.get_model("routing", "Subscription")
-        row = OldSubscription.objects.create(
-            name="legacy-token", url="https://example.com/hook", message_types=["*"], token="legacy-clear-token"
-        )
-        assert _stored_token(row) == "legacy-clear-token"
+        yield executor.loader.project_state([before.key]).apps
     finally:
         executor = MigrationExecutor(connection)
         executor.loader.build_graph()
         executor.migrate(latest)
 
-    raw = _stored_token(row)
-    assert secret_is_encrypted(raw) and "legacy-clear-token" not in raw
-    assert Subscription.objects.get(pk=row.pk).token == "legacy-clear-token"
+
+def _stored(subscription: Subscription, column: str) -> str:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {column} FROM routing_subscription WHERE id = %s", [subscription.pk])  # noqa: S608
+        value = cursor.fetchone()[0]
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_migrating_encrypts_the_tokens_of_existing_subscriptions():
+    """A token stored in clear before the encrypted field is encrypted by the migration and reads
+    back unchanged."""
+    from routing.encryption import secret_is_encrypted
+
+    with migrated_back_before("subscription_tokens_encrypt") as apps:
+        row = apps.get_model("routing", "Subscription").objects.create(
+            name="legacy-token", url="https://example.com/hook", message_types=["*"], token="legacy-clear-token"
+        )
+        assert _stored(row, "token") == "legacy-clear-token"
+    after = _stored(row, "token")
+    assert secret_is_encrypted(after) and "legacy-clear-token" not in after
+    row = Subscription.objects.get(pk=row.pk)
+    assert row.token == "legacy-clear-token"
 
 
 def test_reencrypting_secrets_rewrites_the_token_under_the_newest_key(settings):
@@ -223,16 +238,19 @@ def test_dumpdata_writes_no_secret_in_clear_and_loaddata_reads_them_back(rotated
     from django.core.management import call_command
 
     subscription, current, previous = rotated
+    Subscription.objects.filter(pk=subscription.pk).update(parameters=PARAMETERS)
     token = subscription.token
     path, text = _dump(tmp_path, "routing.subscription")
     assert subscription.name in text
-    for secret in (current, previous, token):
+    for secret in (current, previous, token, PARAMETER_SECRET):
         assert secret not in text and secret.removeprefix("whsec_")[:16] not in text
 
     Subscription.objects.filter(pk=subscription.pk).delete()
     call_command("loaddata", str(path), verbosity=0)
     loaded = Subscription.objects.get(pk=subscription.pk)
     assert (loaded.signing_secret, loaded.previous_signing_secret, loaded.token) == (current, previous, token)
+    assert loaded.parameters == PARAMETERS
+    assert PARAMETER_SECRET not in _stored(loaded, "parameters")
     from routing.encryption import secret_is_encrypted
 
     assert all(secret_is_encrypted(stored) for stored in _secrets_of(loaded)[1:])  # encrypted again
@@ -249,6 +267,69 @@ def test_a_dump_from_a_hub_with_other_keys_is_refused_naming_the_field(settings,
     Subscription.objects.filter(pk=subscription.pk).delete()
 
     settings.HUB_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
-    with pytest.raises(DeserializationError, match="'token' holds an encrypted secret that none of"):
+    with pytest.raises(DeserializationError, match=r"'(parameters|token)' holds an encrypted secret that none of"):
         call_command("loaddata", str(path), verbosity=0)
     assert not Subscription.objects.filter(pk=subscription.pk).exists()
+
+
+PARAMETER_SECRET = "shipstation-api-key-0123456789"
+PARAMETERS = [{"name": "shipstation.api_key", "value": PARAMETER_SECRET}, {"name": "warehouse", "value": 3}]
+
+
+def test_parameters_are_encrypted_at_rest_and_read_back_as_they_were():
+    from routing.attempts import subscription_parameters_merge
+    from routing.encryption import secret_is_encrypted
+
+    subscription = SubscriptionFactory(parameters=PARAMETERS)
+    stored = _stored(subscription, "parameters")
+    assert PARAMETER_SECRET not in stored and "shipstation" not in stored
+    assert secret_is_encrypted(json.loads(stored))
+    assert Subscription.objects.get(pk=subscription.pk).parameters == PARAMETERS
+    # What an endpoint's reply sets (PROTOCOL §3) goes through a queryset update: encrypted too.
+    merged = subscription_parameters_merge(
+        subscription_id=subscription.pk, parameters=[{"name": "last_sync", "value": "2026-12-01T10:00:00Z"}]
+    )
+    assert "2026-12-01T10" not in _stored(subscription, "parameters")
+    assert (
+        Subscription.objects.get(pk=subscription.pk).parameters
+        == merged
+        == [
+            *PARAMETERS,
+            {"name": "last_sync", "value": "2026-12-01T10:00:00Z"},
+        ]
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_migrating_encrypts_the_parameters_of_existing_subscriptions():
+    from routing.encryption import secret_is_encrypted
+
+    current = SubscriptionFactory(parameters=PARAMETERS)
+    with migrated_back_before("subscription_parameters_encrypt") as apps:
+        # Migrating back put the current row's parameters back in clear, as the old field reads them.
+        assert json.loads(_stored(current, "parameters")) == PARAMETERS
+        row = apps.get_model("routing", "Subscription").objects.create(
+            name="legacy-parameters", url="https://example.com/hook", message_types=["*"], parameters=PARAMETERS
+        )
+        assert PARAMETER_SECRET in _stored(row, "parameters")
+    for subscription in (row, current):
+        after = _stored(subscription, "parameters")
+        assert PARAMETER_SECRET not in after and secret_is_encrypted(json.loads(after))
+        assert Subscription.objects.get(pk=subscription.pk).parameters == PARAMETERS
+    row = Subscription.objects.get(pk=row.pk)
+    assert row.parameters == PARAMETERS
+
+
+def test_reencrypting_secrets_rewrites_the_parameters_under_the_newest_key(settings):
+    from io import StringIO
+
+    from cryptography.fernet import Fernet
+    from django.core.management import call_command
+
+    old_key, new_key = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    settings.HUB_ENCRYPTION_KEYS = [old_key]
+    subscription = SubscriptionFactory(parameters=PARAMETERS)
+    settings.HUB_ENCRYPTION_KEYS = [new_key, old_key]
+    call_command("reencryptsecrets", stdout=StringIO())
+    settings.HUB_ENCRYPTION_KEYS = [new_key]
+    assert Subscription.objects.get(pk=subscription.pk).parameters == PARAMETERS

@@ -11,7 +11,7 @@ from routing.services import subscription_secrets_reencrypt
 
 
 class Command(BaseCommand):
-    help = "Re-encrypt subscription signing secrets with the first key of HUB_ENCRYPTION_KEYS."
+    help = "Re-encrypt subscription signing secrets, tokens and parameters with the first HUB_ENCRYPTION_KEYS key."
 
     def handle(self, *args: Any, **options: Any) -> None:
         count = subscription_secrets_reencrypt()
