@@ -55,3 +55,22 @@ def test_with_no_lifetime_every_push_reads_the_subscriptions(api, settings):
     assert Delivery.objects.filter(event=_push(api, "one")).count() == 1
     Subscription.objects.filter(pk=sub.pk).update(is_enabled=False)
     assert _push(api, "two").status == "unrouted"
+
+
+def test_routing_reads_and_keeps_no_secret_of_the_subscriptions(api):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from routing.selectors import subscriptions_cache_clear, subscriptions_enabled_for_routing
+
+    SubscriptionFactory(parameters=[{"name": "api_key", "value": "k1"}], filters=[])
+    subscriptions_cache_clear()
+    [kept] = subscriptions_enabled_for_routing()
+    # A web process routes but never signs: the secrets stay encrypted in the database.
+    assert {"token", "signing_secret", "previous_signing_secret", "parameters"} <= kept.get_deferred_fields()
+    assert "k1" not in repr(vars(kept))
+    # And a push routes by what was read: no query loads what was left out.
+    with CaptureQueriesContext(connection) as queries:
+        event = _push(api, "routed")
+    assert Delivery.objects.filter(event=event).count() == 1
+    assert not [q["sql"] for q in queries if 'FROM "routing_subscription"' in q["sql"]]
