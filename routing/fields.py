@@ -87,6 +87,12 @@ class EncryptedJSONField(models.JSONField):
         return value
 
 
+def encrypted_fields(model: type[models.Model]) -> tuple[str, ...]:
+    """The names of `model`'s fields kept encrypted: what key rotation must rewrite, and what a
+    read that needs none of them (routing) leaves out rather than decrypt."""
+    return tuple(f.name for f in model._meta.concrete_fields if isinstance(f, (EncryptedTextField, EncryptedJSONField)))
+
+
 def _serialized_decrypt(name: str, value: str) -> str:
     """A Fernet token from a dump (loaddata) or a form, decrypted; refused with a sentence when
     none of the keys opens it, instead of being stored encrypted twice."""

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.db.models import Prefetch
 
 from events.models import Event
+from routing.fields import encrypted_fields
 from routing.models import Attempt, Delivery, Notification, Subscription
 
 # (until when, by time.monotonic(), the enabled subscriptions): one read shared by every push of
@@ -18,15 +19,12 @@ from routing.models import Attempt, Delivery, Notification, Subscription
 _enabled: list[tuple[float, tuple[Subscription, ...]]] = [(0.0, ())]
 
 
-# What routing never reads, and what would otherwise be decrypted for every subscription on every
-# read of the list (once a second in each web process), and then kept in clear in its memory.
-_NOT_FOR_ROUTING = ("token", "signing_secret", "previous_signing_secret", "parameters")
-
-
 def subscriptions_enabled() -> list[Subscription]:
-    """The enabled subscriptions for routing: everything but the encrypted fields, which a
-    delivery reads when it is sent (and would read here, with a query each, if asked for)."""
-    return list(Subscription.objects.filter(is_enabled=True).defer(*_NOT_FOR_ROUTING).order_by("id"))
+    """The enabled subscriptions for routing: everything but the encrypted fields, which routing
+    never reads. Read, they would be decrypted for every subscription on every read of the list
+    (once a second in each web process) and kept in clear in its memory; a delivery reads them
+    when it is sent (and one asked for here would cost a query)."""
+    return list(Subscription.objects.filter(is_enabled=True).defer(*encrypted_fields(Subscription)).order_by("id"))
 
 
 def subscriptions_enabled_for_routing() -> list[Subscription]:

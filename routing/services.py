@@ -29,6 +29,7 @@ from events.services import (
 from routing import matching
 from routing.attempts import event_status_refresh
 from routing.dispatch import pumps_enqueue
+from routing.fields import encrypted_fields
 from routing.models import (
     DELIVERY_OPEN_STATES,
     Attempt,
@@ -408,7 +409,8 @@ def subscription_secrets_reencrypt() -> int:
     has run. Previous secrets whose grace is over are dropped rather than carried over. Returns
     the subscriptions rewritten."""
     now = timezone.now()
-    fields = ["signing_secret", "previous_signing_secret", "previous_signing_secret_expires_at", "token", "parameters"]
+    # Every encrypted field, so that none is left under a key about to be dropped.
+    fields = [*encrypted_fields(Subscription), "previous_signing_secret_expires_at"]
     count = 0
     for subscription in Subscription.objects.only("pk", *fields).iterator():
         if not subscription.previous_signing_secret_active(now):
