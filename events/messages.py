@@ -41,14 +41,22 @@ MESSAGE_ALIASES: dict[str, str] = {
 MESSAGE_MAX_LENGTH = 100
 _MESSAGE_RE = re.compile(r"^[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*:[a-z][a-z0-9_]*$")
 
-# Where a message's resource key (the order number, say) is found, tried in order. The Spree
-# guides put it at order.number (seeds/001) or order.actual.number (seeds/004).
+# Where a message's resource key (the order number, say) is found, tried in order. The Spree guides
+# put an order's number at order.number (seeds/001) or order.actual.number (seeds/004).
 DEFAULT_RESOURCE_KEY_PATHS: tuple[str, ...] = (
     "{resource}.number",
     "{resource}.actual.number",
     "{resource}.id",
     "number",
     "id",
+)
+# A shipment or a payment that names its order is keyed to that order first, so it shares the
+# order's FIFO and timeline.
+ORDER_OF_RESOURCE_PATHS: tuple[str, ...] = ("{resource}.order_number", "{resource}.order.number", "order_number")
+
+# A path whose last segments are one of these names the order the message belongs to.
+_ORDER_KEY_ENDINGS: frozenset[tuple[str, ...]] = frozenset(
+    {("order_number",), ("order_id",), ("order", "number"), ("order", "id")}
 )
 
 
@@ -97,9 +105,21 @@ def resource_key(message: str, payload: Mapping[str, Any]) -> str | None:
     configured: Mapping[str, Sequence[str]] = getattr(settings, "HUB_RESOURCE_KEY_PATHS", {})
     paths = configured.get(message) or configured.get(f"{message_resource(message)}:*")
     resource = message_resource(message)
-    candidates = paths if paths else [p.format(resource=resource) for p in DEFAULT_RESOURCE_KEY_PATHS]
-    for path in candidates:
+    if not paths:
+        defaults = DEFAULT_RESOURCE_KEY_PATHS
+        if resource != "order":
+            defaults = ORDER_OF_RESOURCE_PATHS + defaults
+        paths = [path.format(resource=resource) for path in defaults]
+    for path in paths:
         found, value = payload_get(payload, path)
         if found and isinstance(value, (str, int)) and not isinstance(value, bool) and str(value) != "":
-            return f"{resource}:{value}"[:200]
+            return f"{resource_key_owner(resource, path)}:{value}"[:200]
     return None
+
+
+def resource_key_owner(resource: str, path: str) -> str:
+    """Whose key a path holds: the order's when the path names an order number, else the message's."""
+    parts = tuple(path.split("."))
+    if resource != "order" and (parts[-1:] in _ORDER_KEY_ENDINGS or parts[-2:] in _ORDER_KEY_ENDINGS):
+        return "order"
+    return resource

@@ -111,3 +111,19 @@ def test_dashboard_names_the_oldest_waiting_delivery(admin_client):
     text = admin_client.get("/admin/").content.decode()
     assert f'<a href="/admin/routing/delivery/{old.pk}/change/">delivery {old.pk}</a>' in text
     assert "(retrying), made 2\xa0hours ago" in text
+
+
+def test_a_pushed_shipment_is_on_its_orders_timeline(admin_client, api, settings):
+    settings.HUB_RESOURCE_KEY_PATHS = {}
+    order = {"message": "order:new", "message_id": "o-1", "payload": {"order": {"number": "R104702249"}}}
+    shipment = {
+        "message": "shipment:confirm",
+        "message_id": "s-1",
+        "payload": {"shipment": {"number": "H9", "order_number": "R104702249", "tracking": "1Z"}},
+    }
+    assert api.post("/events", order, format="json").status_code == 202
+    assert api.post("/events", shipment, format="json").status_code == 202
+
+    timeline = admin_client.get("/admin/events/event/timeline/", {"order": "R104702249"}).context["timeline"]
+    messages = [entry.event.message for entry in timeline.entries if entry.kind == "event"]
+    assert messages == ["order:new", "shipment:confirm"]

@@ -108,10 +108,27 @@ def test_resource_key_paths_are_configurable_per_message_type(settings):
         "order:*": ["order.reference"],
     }
     shipment = {"shipment": {"number": "H1", "order_number": "R5"}}
-    assert resource_key("shipment:confirm", shipment) == "shipment:R5"
-    assert resource_key("shipment:ready", shipment) == "shipment:H1"  # unlisted: the default paths
+    assert resource_key("shipment:confirm", shipment) == "order:R5"  # a path to an order number keys the order
+    assert resource_key("shipment:ready", {"shipment": {"number": "H1"}}) == "shipment:H1"  # unlisted: defaults
     assert resource_key("order:new", {"order": {"number": "R1", "reference": "X9"}}) == "order:X9"
     assert resource_key("order:new", {"order": {"number": "R1"}}) is None  # configured path absent
+
+
+@pytest.mark.parametrize(
+    ("message", "payload", "key"),
+    [
+        ("shipment:confirm", {"shipment": {"number": "H9", "order_number": "R104702249"}}, "order:R104702249"),
+        ("shipment:ready", {"shipment": {"number": "H9", "order": {"number": "R7"}}}, "order:R7"),
+        ("payment:ready", {"payment": {"id": 12, "order_number": "R8"}}, "order:R8"),
+        ("payment:ready", {"order_number": "R9", "payment": {"id": 12}}, "order:R9"),
+        ("shipment:confirm", {"shipment": {"number": "H9"}}, "shipment:H9"),
+        ("product:updated", {"product": {"id": "SKU-1"}}, "product:SKU-1"),
+        ("order:new", {"order": {"number": "R1", "order_number": "X"}}, "order:R1"),
+    ],
+)
+def test_shipments_and_payments_are_keyed_to_their_order_by_default(settings, message, payload, key):
+    settings.HUB_RESOURCE_KEY_PATHS = {}
+    assert resource_key(message, payload) == key
 
 
 def test_resource_key_paths_are_read_from_the_environment(monkeypatch):
