@@ -223,7 +223,7 @@ class Delivery(models.Model):
         verbose_name_plural = "deliveries"
 
     def __str__(self) -> str:
-        return f"delivery {self.pk} of event {self.event_id} to {self.subscription_id}"
+        return f"{self.event.message} {self.event.message_id} to {self.subscription.name}"
 
     @classmethod
     def routed(cls, *, event: Event, subscription: Subscription) -> Delivery:

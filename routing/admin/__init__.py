@@ -8,4 +8,6 @@ from routing.admin import deliveries, events, subscriptions  # noqa: F401 - impo
 admin.site.site_header = "Hub admin"
 admin.site.site_title = "Hub admin"
 admin.site.index_title = "Dashboard"
+# The hub has no public site: "View site" led to the API's JSON 404.
+admin.site.site_url = None
 admin.site.index_template = "admin/hub_index.html"

@@ -4,7 +4,7 @@ with every attempt, and the actions retry now, cancel and replay (each safe to c
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib import admin, messages
@@ -22,7 +22,7 @@ from routing import services
 from routing.admin.display import badge
 from routing.admin.records import ReadOnlyRecords
 from routing.admin.selectors import event_search_q
-from routing.models import Attempt, Delivery
+from routing.models import DELIVERY_OPEN_STATES, Attempt, Delivery
 
 
 class ChangedWithinFilter(admin.SimpleListFilter):
@@ -107,7 +107,7 @@ class DeliveryAdmin(ReadOnlyRecords, admin.ModelAdmin):
         "state_badge",
         "attempt_count",
         "last_status_code",
-        "next_attempt_at",
+        "next_attempt",
         "updated_at",
     )
     list_filter = ("state", ChangedWithinFilter, "subscription")
@@ -122,7 +122,7 @@ class DeliveryAdmin(ReadOnlyRecords, admin.ModelAdmin):
         "subscription_link",
         "state_badge",
         "attempt_count",
-        "next_attempt_at",
+        "next_attempt",
         "last_status_code",
         "last_error",
         "delivered_at",
@@ -160,6 +160,11 @@ class DeliveryAdmin(ReadOnlyRecords, admin.ModelAdmin):
     @admin.display(description="state", ordering="state")
     def state_badge(self, obj: Delivery) -> str:
         return badge(obj.state, obj.get_state_display())
+
+    @admin.display(description="next attempt at", ordering="next_attempt_at")
+    def next_attempt(self, obj: Delivery) -> datetime | None:
+        # Only a waiting delivery has a next attempt; the column keeps its last value otherwise.
+        return obj.next_attempt_at if obj.state in DELIVERY_OPEN_STATES else None
 
     @admin.display(description="event", ordering="event_id")
     def event_link(self, obj: Delivery) -> str:

@@ -156,3 +156,21 @@ def test_action_urls_refuse_get(admin_client, failed_delivery):
 def test_next_pointing_elsewhere_is_ignored(admin_client, failed_delivery):
     response = admin_client.post(f"{LIST}{failed_delivery.pk}/cancel/", {"next": "https://evil.example/"})
     assert response["Location"] == f"{LIST}{failed_delivery.pk}/change/"
+
+
+def test_a_delivery_page_is_titled_by_its_event_and_endpoint_and_shows_no_next_attempt_once_done(admin_client):
+    erp = SubscriptionFactory(name="erp")
+    done = DeliveryFactory(subscription=erp, state="delivered", event__message="order:new", event__message_id="m-7")
+    waiting = DeliveryFactory(subscription=erp, state="retrying")
+
+    page = admin_client.get(f"{LIST}{done.pk}/change/")
+    assert str(page.context["original"]) == "order:new m-7 to erp"
+    assert "order:new m-7 to erp" in page.content.decode()
+    listed = admin_client.get(LIST).context["cl"]
+    next_attempt = listed.model_admin.next_attempt
+    assert next_attempt(done) is None
+    assert next_attempt(waiting) == waiting.next_attempt_at
+
+
+def test_the_admin_has_no_view_site_link(admin_client):
+    assert "View site" not in admin_client.get("/admin/").content.decode()
