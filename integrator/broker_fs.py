@@ -36,3 +36,8 @@ class Channel(filesystem.Channel):
 
 class Transport(filesystem.Transport):
     Channel = Channel
+
+    @property
+    def default_connection_params(self) -> dict:
+        # A directory has no host: without this, kombu warns "No hostname was supplied" on every connect.
+        return {"port": self.default_port}

@@ -15,6 +15,16 @@ def test_filesystem_urls_use_the_atomic_transport():
     assert isinstance(Connection("filesystem://", transport_options={"data_folder_in": "/tmp"}).transport, Transport)
 
 
+def test_publishing_to_the_embedded_broker_gives_no_missing_hostname_warning(tmp_path, caplog):
+    import integrator.celery  # noqa: F401 - registers the transport
+
+    options = {"data_folder_in": str(tmp_path), "data_folder_out": str(tmp_path)}
+    with caplog.at_level("WARNING", logger="kombu"), Connection("filesystem://", transport_options=options) as conn:
+        conn.SimpleQueue("q").put({"n": 1})
+        assert conn.info()["hostname"] is None
+    assert not [r for r in caplog.records if "hostname" in r.getMessage()]
+
+
 def test_a_consumer_never_takes_a_half_written_message(tmp_path):
     """Real writers and a real reader on one folder, as web and worker processes share it: every
     message read is whole, and every message written is read once."""
