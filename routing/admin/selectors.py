@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from events.models import Event, EventStatus
 from ops.selectors import OldestWaiting, delivery_oldest_open, delivery_state_counts
-from routing.models import Attempt, Delivery, DeliveryState, Notification
+from routing.models import Attempt, Delivery, DeliveryState, Notification, Subscription
 
 # A page lists at most this many of one kind of row; the rest is a click away in a filtered list.
 DETAIL_ROWS_MAX = 200
@@ -26,12 +26,13 @@ class DashboardCounts:
     failed_last_day: int
     events: dict[str, int]
     oldest_waiting: OldestWaiting | None
+    subscriptions_disabled: int
 
 
 def dashboard_counts(*, now: datetime | None = None) -> DashboardCounts:
     """Deliveries per state (the same count `hubstatus` and /metrics report), deliveries failed in
-    the last hour and day, events per status, the oldest delivery still waiting: four queries,
-    each on an index."""
+    the last hour and day, events per status, the oldest delivery still waiting, the subscriptions
+    disabled: five queries, each on an index."""
     now = now or timezone.now()
     # A failed delivery's last change is when it failed: updated_at dates the failure.
     recent = Delivery.objects.filter(state=DeliveryState.FAILED, updated_at__gte=now - timedelta(days=1)).aggregate(
@@ -46,6 +47,7 @@ def dashboard_counts(*, now: datetime | None = None) -> DashboardCounts:
         failed_last_day=recent["day"],
         events=events,
         oldest_waiting=delivery_oldest_open(now=now),
+        subscriptions_disabled=Subscription.objects.filter(is_enabled=False).count(),
     )
 
 

@@ -45,6 +45,15 @@ def test_dashboard_counts_each_state_and_links_to_the_filtered_list(admin_client
         assert len(admin_client.get(url).context["cl"].result_list) == count, url
 
 
+def test_dashboard_counts_the_disabled_subscriptions_and_links_to_them(admin_client):
+    SubscriptionFactory.create_batch(2, is_enabled=False)
+    SubscriptionFactory(is_enabled=True)
+
+    url, shown = count_link(admin_client.get("/admin/").content.decode(), "count-subscriptions-disabled")
+    assert shown == 2
+    assert len(admin_client.get(url).context["cl"].result_list) == 2
+
+
 def test_dashboard_counts_events_per_status(admin_client):
     EventFactory.create_batch(2, status="failed")
     EventFactory(status="delivered")
