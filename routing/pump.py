@@ -18,6 +18,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import transaction
@@ -269,10 +270,16 @@ def _batch_record(batch: Batch, *, sent: list[_Sent], unsent: list[Delivery]) ->
         logger.info(
             "delivery attempt",
             extra={
+                "event_id": str(s.delivery.event.uid),
                 "delivery_id": s.delivery.pk,
+                "subscription": sub.name,
+                "subscription_id": sub.pk,
                 "attempt": s.delivery.attempt_count,
                 "status_code": s.result.status_code,
-                "verdict": decision.verdict,
+                "latency_ms": s.result.latency_ms,
+                "destination_host": urlsplit(s.result.url).hostname,
+                "verdict": str(decision.verdict),
+                "error": s.result.error[:200] or None,
             },
         )
     return verdicts

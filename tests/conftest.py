@@ -106,7 +106,7 @@ def _worker_env(database: dict) -> dict[str, str]:
         HUB_ALLOW_PRIVATE_DESTINATIONS="1",
         HUB_SWEEP_INTERVAL_SECONDS="1",
         HUB_SWEEP_LOST_AFTER_SECONDS="3",
-        LOG_JSON="false",
+        LOG_JSON="true",  # as production logs: tests read the worker's JSON lines
         PYTHONUNBUFFERED="1",
     )
     return env

@@ -214,3 +214,28 @@ def test_replay_and_send_test_go_out_through_the_worker(worker, subscriber, api)
     test_delivery = services.subscription_send_test(subscription_id=sub.pk)
     wait_state(test_delivery, "delivered")
     assert subscriber.received("/replay")[-1].json()["message"] == "hub:test"
+
+
+def test_the_workers_log_says_what_was_delivered_in_json_with_secrets_masked(worker, subscriber, api):
+    token = "tok-" + "s3cr3t" * 4
+    sub = SubscriptionFactory(url=subscriber.url("/logged"), message_types=["order:*"], token=token)
+    event = push(api, {**ORDER_NEW, "message_id": "logged-1"})
+    delivery = wait_state(delivery_of(event, sub), "delivered")
+
+    def attempt_line() -> dict | None:
+        for line in worker.log().splitlines():
+            if line.startswith("{") and f'"delivery_id": {delivery.pk},' in line and "delivery attempt" in line:
+                return json.loads(line)
+        return None
+
+    line = wait_until(attempt_line, 10, message="the worker logged the attempt")
+    assert line["event_id"] == str(event.uid)
+    assert (line["subscription"], line["subscription_id"]) == (sub.name, sub.pk)
+    assert (line["attempt"], line["status_code"], line["verdict"]) == (1, 200, "delivered")
+    assert line["destination_host"] == "127.0.0.1" and line["latency_ms"] >= 0
+    assert line["levelname"] == "INFO" and line["name"] == "routing.pump"
+    # Celery's own lines go through the same JSON handler, and no line carries the endpoint's token.
+    assert any(
+        json.loads(raw).get("name", "").startswith("celery") for raw in worker.log().splitlines() if raw[:1] == "{"
+    )
+    assert token not in worker.log()
