@@ -92,26 +92,26 @@ class EventPageSerializer(serializers.Serializer):
 class AttemptSerializer(serializers.Serializer):
     number = serializers.IntegerField()
     started_at = serializers.DateTimeField()
-    method = serializers.CharField()
-    url = serializers.URLField()
-    status_code = serializers.IntegerField(allow_null=True)
+    status_code = serializers.IntegerField(allow_null=True, help_text="The endpoint's HTTP status; null if none came.")
     latency_ms = serializers.IntegerField()
-    response_headers = serializers.DictField(
-        child=serializers.CharField(),
-        help_text="The reply's headers of note (content-type, retry-after, x-request-id, ...), lower-cased.",
-    )
     succeeded = serializers.BooleanField()
-    response_body = serializers.CharField(help_text="The endpoint's reply, truncated.")
-    error = serializers.CharField()
+    outcome = serializers.ChoiceField(
+        choices=["success", "http_error", "invalid_reply", "timeout", "connection_error"],
+        help_text="What kind of thing happened. The endpoint's URL, reply and error text are for admins only.",
+    )
 
 
 class DeliverySerializer(serializers.Serializer):
     delivery_id = serializers.IntegerField()
-    subscription = serializers.CharField()
+    subscription = serializers.CharField(help_text="The subscription's name.")
     state = serializers.ChoiceField(choices=["pending", "delivering", "delivered", "retrying", "failed", "cancelled"])
     attempt_count = serializers.IntegerField()
-    next_attempt_at = serializers.DateTimeField(allow_null=True)
+    replay_of = serializers.IntegerField(allow_null=True, help_text="The delivery an admin's replay repeats.")
+    created_at = serializers.DateTimeField()
+    next_attempt_at = serializers.DateTimeField(allow_null=True, help_text="Set while pending or retrying.")
+    last_attempt_at = serializers.DateTimeField(allow_null=True)
     delivered_at = serializers.DateTimeField(allow_null=True)
+    last_status_code = serializers.IntegerField(allow_null=True)
     attempts = AttemptSerializer(many=True)
 
 
@@ -188,7 +188,8 @@ EVENT_LIST = extend_schema(
 
 EVENT_DETAIL = extend_schema(
     operation_id="events_retrieve",
-    description="Another store's event is not found (404). Secrets and tokens are never included.",
+    description="Another store's event is not found (404). How each delivery fared, never an endpoint's URL, "
+    "reply or error text (those are for admins); secrets and tokens are never included.",
     summary="One event with its payload, deliveries, attempts and the endpoints' notifications",
     parameters=[OpenApiParameter("event_id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
     responses={200: EventDetailSerializer, **_errors(401, 403, 404, 429, 503)},

@@ -8,7 +8,7 @@ import functools
 import logging
 from collections.abc import Collection, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -16,7 +16,6 @@ from django.db import connection, transaction
 from events.errors import HubError
 from events.models import Event, EventStatus
 from events.services import envelope_validate, json_type
-from routing import transport
 from routing.models import (
     Delivery,
     DeliveryState,
@@ -46,8 +45,16 @@ def subscription_max_in_flight(subscription: Subscription) -> int:
     return settings.HUB_SUBSCRIPTION_MAX_IN_FLIGHT
 
 
-def attempt_outcome(result: transport.ExchangeResult) -> str:
-    """A small, fixed vocabulary for the metrics label: what kind of thing happened on the wire."""
+class _AttemptLike(Protocol):
+    succeeded: bool
+    status_code: int | None
+    error: str
+
+
+def attempt_outcome(result: _AttemptLike) -> str:
+    """A small, fixed vocabulary for what kind of thing happened on the wire, of an exchange or a
+    recorded Attempt: the metrics label, and what a store is told instead of the error text (which
+    can name the endpoint's host, port and path)."""
     if result.succeeded:
         return "success"
     if result.status_code is None:

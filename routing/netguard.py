@@ -9,7 +9,9 @@ time (not only when the URL is saved) is what defeats DNS rebinding: a name that
 public address yesterday and to 127.0.0.1 now is refused now.
 
 HUB_ALLOW_PRIVATE_DESTINATIONS lets deliveries reach private addresses (subscribers on the hub's
-own private network, the tests' local subscriber); cloud metadata addresses stay refused even then.
+own private network, the tests' local subscriber); link-local and cloud metadata addresses stay
+refused even then, and so do credentials written in a URL, which requests would send as an
+Authorization header to whoever answers.
 """
 
 from __future__ import annotations
@@ -29,13 +31,29 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-# Cloud metadata services: AWS/GCP/Azure/OpenStack (IPv4 and AWS's IPv6), AWS ECS task metadata,
-# Alibaba Cloud. Most are link-local anyway; naming them gives a clearer error.
+# Cloud metadata and credential services: AWS/GCP/Azure/OpenStack (IPv4 and AWS's IPv6), AWS ECS
+# task metadata, EKS Pod Identity (IPv4 and IPv6), Alibaba Cloud. Most are link-local, which is
+# refused whole anyway; naming them gives a clearer error, and catches the two that are not.
 METADATA_ADDRESSES = frozenset(
-    ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "169.254.170.2", "100.100.100.200")
+    ipaddress.ip_address(a)
+    for a in (
+        "169.254.169.254",
+        "fd00:ec2::254",
+        "169.254.170.2",
+        "169.254.170.23",
+        "fd00:ec2::23",
+        "100.100.100.200",
+    )
 )
 CGNAT_NETWORK = ipaddress.ip_network("100.64.0.0/10")
-NAT64_NETWORK = ipaddress.ip_network("64:ff9b::/96")
+# Deprecated (RFC 3879) but still routed by some stacks; Python counts it as global.
+SITE_LOCAL_NETWORK = ipaddress.ip_network("fec0::/10")
+# IPv6 forms that reach an IPv4 host given in their last 32 bits: NAT64 (well-known and local-use
+# prefixes, RFC 6052 / RFC 8215), IPv4-translated (SIIT, RFC 2765) and IPv4-compatible (deprecated;
+# :: and ::1 excepted, which are themselves).
+EMBEDDING_NETWORKS = tuple(
+    ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "::ffff:0:0:0/96", "::/96")
+)
 
 ALLOW_SETTING = "HUB_ALLOW_PRIVATE_DESTINATIONS"
 
@@ -46,39 +64,54 @@ class DestinationBlocked(requests.exceptions.ConnectionError):
     A ConnectionError, so that code handling failed connections records it as a failed attempt.
     """
 
+    # A refusal that trying again cannot change: the delivery fails at once instead of retrying.
+    permanent: bool = False
+
 
 class HostUnresolvable(DestinationBlocked):
     """The host has no address to check (and so none to connect to)."""
 
 
+class CredentialsInUrl(DestinationBlocked):
+    """user:password in a URL: requests would send it as an Authorization header. Only an admin's
+    edit of the URL changes that, so the delivery is not retried."""
+
+    permanent = True
+
+
+def url_has_credentials(url: str) -> bool:
+    """Any userinfo (`user:pw@`, `user@`, `:pw@`, even an empty `@`) before the host."""
+    return "@" in urlsplit(url).netloc
+
+
 def address_block_reason(address: IPAddress, *, allow_private: bool = False) -> str | None:
     """Why an address is off limits for deliveries, or None when it is a public address.
 
-    With allow_private, only cloud metadata addresses are off limits: a hub allowed to reach
-    subscribers on its own network still has no business reading its instance's credentials.
+    With allow_private, only link-local and cloud metadata addresses are off limits: a hub allowed
+    to reach subscribers on its own network still has no business reading its instance's
+    credentials, which cloud agents serve on link-local addresses (not only the named ones).
     """
     if isinstance(address, ipaddress.IPv6Address):
-        # Addresses that carry an IPv4 address inside reach that IPv4 host.
-        embedded = address.ipv4_mapped or address.sixtofour or (address.teredo[1] if address.teredo else None)
-        if embedded is None and address in NAT64_NETWORK:
-            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        embedded = ipv4_embedded(address)
         if embedded is not None:
             reason = address_block_reason(embedded, allow_private=allow_private)
             return f"{reason} (embedded {embedded})" if reason else None
     if address in METADATA_ADDRESSES:
         return "a cloud metadata address"
+    if address.is_link_local:
+        return "a link-local address"
     if allow_private:
         return None
     if address.is_unspecified:
         return "an unspecified address"
     if address.is_loopback:
         return "a loopback address"
-    if address.is_link_local:
-        return "a link-local address"
     if address.version == 4 and address in CGNAT_NETWORK:
         return "a carrier-grade NAT (shared) address"
     if address.is_multicast:
         return "a multicast address"
+    if address.version == 6 and address in SITE_LOCAL_NETWORK:
+        return "a deprecated site-local address"
     if address.is_private:
         return "a private address"
     if address.is_reserved:
@@ -86,6 +119,14 @@ def address_block_reason(address: IPAddress, *, allow_private: bool = False) -> 
     if not address.is_global:
         return "not a globally routable address"
     return None
+
+
+def ipv4_embedded(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 host an IPv6 address reaches through a translator or tunnel, if it names one."""
+    embedded = address.ipv4_mapped or address.sixtofour or (address.teredo[1] if address.teredo else None)
+    if embedded is None and int(address) > 1 and any(address in network for network in EMBEDDING_NETWORKS):
+        embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return embedded
 
 
 def host_addresses(host: str, port: int) -> list[str]:
@@ -121,6 +162,8 @@ def host_addresses_checked(host: str, port: int, *, allow_private: bool = False)
 def _hint(reason: str) -> str:
     if "metadata" in reason:
         return f"Cloud metadata addresses are never allowed, not even with {ALLOW_SETTING}."
+    if "link-local" in reason:
+        return f"Link-local addresses (cloud credential services) are never allowed, not even with {ALLOW_SETTING}."
     return f"Set {ALLOW_SETTING} to allow private destinations."
 
 
@@ -131,8 +174,8 @@ def url_destination_check(url: str, *, allow_private: bool) -> None:
         raise DestinationBlocked(f"Only http and https URLs can receive deliveries, not '{parts.scheme}'.")
     if not parts.hostname:
         raise DestinationBlocked("The URL has no host.")
-    if parts.username or parts.password:
-        raise DestinationBlocked("Credentials in the URL are not allowed; use the subscription's parameters.")
+    if url_has_credentials(url):
+        raise CredentialsInUrl("Credentials in the URL are not allowed; use the subscription's parameters.")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
@@ -225,6 +268,13 @@ class GuardedAdapter(HTTPAdapter):
         return {**super().__getstate__(), "allow_private": self.allow_private}
 
     def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        if url_has_credentials(request.url or ""):
+            # A URL stored past the form's check (a migration, a fixture, a queryset update).
+            raise CredentialsInUrl(
+                "Credentials in the URL are not allowed: nothing was sent, and the delivery is not retried. "
+                "Remove them from the subscription's URL (an endpoint takes them as parameters).",
+                request=request,
+            )
         proxies = kwargs.get("proxies") or {}
         if proxies and select_proxy(request.url or "", proxies) and not self.guard_allow_private():
             # Through a proxy the proxy resolves the name, so the guard could not see the address.

@@ -203,6 +203,7 @@ def _batch_record(batch: Batch, *, sent: list[_Sent], unsent: list[Delivery]) ->
             retry_after=retry.retry_after_seconds(s.result.retry_after, now=now),
             retry_after_max=settings.HUB_RETRY_AFTER_MAX_SECONDS,
             jitter=settings.HUB_RETRY_JITTER,
+            permanent=s.result.permanent,
         )
         for s in sent
     ]

@@ -79,13 +79,15 @@ def decide(
     retry_after_max: float = 86400,
     jitter: float = 0.0,
     rng: random.Random | None = None,
+    permanent: bool = False,
 ) -> Decision:
-    """What happens after attempt number `attempt_number` (1-based) of a delivery."""
+    """What happens after attempt number `attempt_number` (1-based) of a delivery; a `permanent`
+    failure (one the next attempt would meet again) ends it at once."""
     if succeeded:
         return Decision(Verdict.DELIVERED)
     if status_code == 410:
         return Decision(Verdict.GONE)
-    if not retries_enabled or attempt_number > len(schedule):
+    if permanent or not retries_enabled or attempt_number > len(schedule):
         return Decision(Verdict.FAILED)
     delay = jittered(float(schedule[attempt_number - 1]), jitter, rng)
     if retry_after is not None and status_code in RETRY_AFTER_STATUSES:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import time
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
 from django.db.models import Prefetch
 
 from events.models import Event
+from routing.attempts import attempt_outcome
 from routing.fields import encrypted_fields
-from routing.models import Attempt, Delivery, Notification, Subscription
+from routing.models import DELIVERY_OPEN_STATES, Attempt, Delivery, Notification, Subscription
 
 # (until when, by time.monotonic(), the enabled subscriptions): one read shared by every push of
 # this process for HUB_SUBSCRIPTIONS_CACHE_SECONDS. One tuple, replaced whole, so a thread never
@@ -55,16 +55,12 @@ def subscriptions_cache_clear() -> None:
     _enabled[0] = (0.0, ())
 
 
-def url_without_query(url: str) -> str:
-    """An endpoint's URL as a store may see it: endpoints often take their key in the query string
-    (`?api_key=...`), which is theirs, not the store's."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", "")) if parts.query else url
-
-
 def event_deliveries_describe(event: Event) -> dict[str, Any]:
-    """The routing side of an event for GET /events/<id>: each delivery with its attempts, and
-    the notifications endpoints sent back. Secrets and tokens are never included."""
+    """The routing side of an event for GET /events/<id>, as its store may see it: how each
+    delivery fared (subscription name, state, attempts with their times and status codes) and the
+    notifications endpoints addressed to the store. Never an endpoint's URL (its host, its
+    credentials, a key in its query string), reply headers, reply body or error text: an endpoint
+    that echoes its request shows its X-Hub-Token there. Those are the admin's."""
     deliveries = (
         Delivery.objects.filter(event=event)
         .select_related("subscription")
@@ -73,33 +69,7 @@ def event_deliveries_describe(event: Event) -> dict[str, Any]:
     )
     notifications = Notification.objects.filter(event=event).order_by("id")
     return {
-        "deliveries": [
-            {
-                "delivery_id": d.pk,
-                "subscription": d.subscription.name,
-                "state": d.state,
-                "attempt_count": d.attempt_count,
-                "replay_of": d.replay_of_id,
-                "next_attempt_at": d.next_attempt_at.isoformat() if d.state in ("pending", "retrying") else None,
-                "delivered_at": d.delivered_at.isoformat() if d.delivered_at else None,
-                "attempts": [
-                    {
-                        "number": a.number,
-                        "started_at": a.started_at.isoformat(),
-                        "method": a.request_method,
-                        "url": url_without_query(a.request_url),
-                        "status_code": a.status_code,
-                        "latency_ms": a.latency_ms,
-                        "response_headers": a.response_headers,
-                        "succeeded": a.succeeded,
-                        "response_body": a.response_body,
-                        "error": a.error,
-                    }
-                    for a in d.attempts.all()
-                ],
-            }
-            for d in deliveries
-        ],
+        "deliveries": [_delivery_public(d) for d in deliveries],
         "notifications": [
             {
                 "level": n.level,
@@ -108,5 +78,32 @@ def event_deliveries_describe(event: Event) -> dict[str, Any]:
                 "created_at": n.created_at.isoformat(),
             }
             for n in notifications
+        ],
+    }
+
+
+def _delivery_public(d: Delivery) -> dict[str, Any]:
+    attempts = list(d.attempts.all())
+    return {
+        "delivery_id": d.pk,
+        "subscription": d.subscription.name,
+        "state": d.state,
+        "attempt_count": d.attempt_count,
+        "replay_of": d.replay_of_id,
+        "created_at": d.created_at.isoformat(),
+        "next_attempt_at": d.next_attempt_at.isoformat() if d.state in DELIVERY_OPEN_STATES else None,
+        "last_attempt_at": attempts[-1].started_at.isoformat() if attempts else None,
+        "delivered_at": d.delivered_at.isoformat() if d.delivered_at else None,
+        "last_status_code": d.last_status_code,
+        "attempts": [
+            {
+                "number": a.number,
+                "started_at": a.started_at.isoformat(),
+                "status_code": a.status_code,
+                "latency_ms": a.latency_ms,
+                "succeeded": a.succeeded,
+                "outcome": attempt_outcome(a),
+            }
+            for a in attempts
         ],
     }

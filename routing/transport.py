@@ -66,6 +66,8 @@ class ExchangeResult:
     error: str = ""
     succeeded: bool = False
     retry_after: str | None = None
+    # A failure no retry can change (the guard refused the URL itself): the delivery fails now.
+    permanent: bool = False
 
 
 # `*:updated` and `*:canceled`, and the other spellings of those two actions that the aliases of
@@ -250,7 +252,7 @@ def request_send(
     except HostUnresolvable as exc:
         return failed(f"connection failed: {_reason(exc)}", status_code=None)
     except DestinationBlocked as exc:
-        return failed(f"refused by the SSRF guard: {_reason(exc)}", status_code=None)
+        return failed(f"refused by the SSRF guard: {_reason(exc)}", status_code=None, permanent=exc.permanent)
     except requests.ConnectionError as exc:
         return failed(f"connection failed: {_reason(exc)}", status_code=None)
     except requests.RequestException as exc:

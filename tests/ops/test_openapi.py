@@ -110,3 +110,19 @@ def test_docs_page_loads_swagger_ui_from_our_own_static_files(client):
     for url in scripts:
         assert url.startswith("/static/"), url
         assert finders.find(url.removeprefix("/static/")), f"{url} is not a static file of ours"
+
+
+def test_the_detail_schema_describes_exactly_what_a_store_is_shown(schema, api):
+    """The documented delivery and attempt shapes are the ones the API answers, and neither has a
+    place for an endpoint's URL, reply or error text (tests/security/test_store_view.py)."""
+    from routing.models import Attempt, Delivery
+    from tests.factories import SubscriptionFactory
+
+    SubscriptionFactory(message_types=["order:new"])
+    event_id = api.post("/events", {"message": "order:new", "payload": {}}, format="json").json()["event_id"]
+    Attempt.objects.create(delivery=Delivery.objects.get(event__uid=event_id), number=1, status_code=503)
+    [delivery] = api.get(f"/events/{event_id}").json()["deliveries"]
+    components = schema["components"]["schemas"]
+    assert set(components["Delivery"]["properties"]) == set(delivery)
+    assert set(components["Attempt"]["properties"]) == set(delivery["attempts"][0])
+    assert not {"url", "response_body", "response_headers", "error"} & set(components["Attempt"]["properties"])

@@ -73,9 +73,10 @@ def test_only_http_urls_with_a_host_are_accepted(url):
         url_destination_check(url, allow_private=True)
 
 
-def test_credentials_in_a_url_are_refused():
+@pytest.mark.parametrize("userinfo", ["user:pw@", "user@", ":pw@", "@", "93.184.215.14@"])
+def test_credentials_in_a_url_are_refused(userinfo):
     with pytest.raises(DestinationBlocked, match="Credentials"):
-        url_destination_check("https://user:pw@93.184.215.14/", allow_private=False)
+        url_destination_check(f"https://{userinfo}93.184.215.14/", allow_private=False)
 
 
 def test_a_public_ip_url_passes_and_allow_private_lets_loopback_pass():
@@ -213,3 +214,89 @@ def test_metadata_addresses_stay_refused_when_private_destinations_are_allowed(u
 def test_allowing_private_destinations_skips_dns_when_a_url_is_saved():
     # A name that only resolves on the hub's own network (or not yet) can be saved.
     url_destination_check("http://erp.internal.invalid/hook", allow_private=True)
+
+
+# Never reachable, whatever HUB_ALLOW_PRIVATE_DESTINATIONS says: link-local, where instance metadata
+# and credential agents live (169.254.170.23 and fd00:ec2::23: EKS Pod Identity), and the named
+# metadata addresses, also written inside an IPv6 address that reaches the IPv4 one.
+NEVER_ALLOWED = [
+    ("169.254.169.254", "metadata"),
+    ("169.254.170.2", "metadata"),
+    ("169.254.170.23", "metadata"),
+    ("100.100.100.200", "metadata"),
+    ("fd00:ec2::254", "metadata"),
+    ("fd00:ec2::23", "metadata"),
+    ("169.254.0.1", "link-local"),
+    ("169.254.1.1", "link-local"),
+    ("169.254.255.254", "link-local"),
+    ("fe80::1", "link-local"),
+    ("fe80::a9fe:a9fe", "link-local"),
+    ("febf:ffff::1", "link-local"),
+    ("::ffff:169.254.169.254", "metadata"),  # IPv4-mapped
+    ("::ffff:169.254.170.23", "metadata"),
+    ("::ffff:169.254.1.1", "link-local"),
+    ("::169.254.169.254", "metadata"),  # IPv4-compatible (deprecated)
+    ("::169.254.1.1", "link-local"),
+    ("::ffff:0:169.254.169.254", "metadata"),  # IPv4-translated (SIIT)
+    ("::ffff:0:169.254.1.1", "link-local"),
+    ("64:ff9b::169.254.169.254", "metadata"),  # NAT64, well-known prefix
+    ("64:ff9b::169.254.170.23", "metadata"),
+    ("64:ff9b::169.254.1.1", "link-local"),
+    ("64:ff9b:1::169.254.169.254", "metadata"),  # NAT64, local-use prefix
+    ("64:ff9b:1::169.254.1.1", "link-local"),
+    ("2002:a9fe:a9fe::", "metadata"),  # 6to4
+    ("2002:a9fe:101::", "link-local"),
+    ("2001:0:4136:e378:8000:0:5601:5601", "metadata"),  # Teredo, client 169.254.169.254
+]
+
+
+@pytest.mark.parametrize("allow_private", [False, True], ids=["guard-on", "private-allowed"])
+@pytest.mark.parametrize(("address", "reason"), NEVER_ALLOWED)
+def test_link_local_and_metadata_addresses_are_refused_whatever_the_setting(address, reason, allow_private):
+    got = address_block_reason(ipaddress.ip_address(address), allow_private=allow_private)
+    assert got is not None and reason in got
+
+
+@pytest.mark.parametrize("allow_private", [False, True], ids=["guard-on", "private-allowed"])
+@pytest.mark.parametrize(
+    "host",
+    ["169.254.170.23", "169.254.1.1", "[fd00:ec2::23]", "[fe80::1]", "[::ffff:169.254.170.23]", "[::169.254.1.1]"],
+)
+def test_link_local_and_metadata_urls_are_refused_when_saved_and_when_sent(host, allow_private):
+    url = f"http://{host}/v1/credentials"
+    with pytest.raises(DestinationBlocked, match="never allowed"):
+        url_destination_check(url, allow_private=allow_private)
+    # Refused before any connection is dialled: nothing reaches the network.
+    session = session_guard(requests.Session(), allow_private=allow_private)
+    with pytest.raises(DestinationBlocked, match="never allowed"):
+        session.get(url, timeout=5)
+
+
+@pytest.mark.parametrize("address", ["fec0::1", "fec0::a9fe:a9fe", "feff:ffff:ffff:ffff::1"])
+def test_deprecated_site_local_addresses_are_refused_while_the_guard_is_on(address):
+    ip = ipaddress.ip_address(address)
+    assert "site-local" in (address_block_reason(ip, allow_private=False) or "")
+    with pytest.raises(DestinationBlocked, match="site-local"):
+        url_destination_check(f"http://[{address}]/hook", allow_private=False)
+    # A private address like any other once private destinations are allowed.
+    assert address_block_reason(ip, allow_private=True) is None
+
+
+@pytest.mark.parametrize(
+    "address", ["10.1.2.3", "fc00::1", "fd00:ec2::1", "100.64.0.1", "127.0.0.1", "::ffff:10.0.0.1"]
+)
+def test_private_addresses_pass_when_allowed(address):
+    assert address_block_reason(ipaddress.ip_address(address), allow_private=True) is None
+
+
+@pytest.mark.parametrize("allow_private", [False, True], ids=["guard-on", "private-allowed"])
+@pytest.mark.parametrize("userinfo", ["user:pw-s3cret@", "user@", ":pw-s3cret@"])
+def test_the_guarded_session_refuses_credentials_in_the_url_before_connecting(local_server, allow_private, userinfo):
+    """A URL stored without the form's check still has its credentials refused at send time:
+    requests would turn them into an Authorization header for whoever answers."""
+    session = session_guard(requests.Session(), allow_private=allow_private)
+    with pytest.raises(DestinationBlocked, match="Credentials in the URL") as caught:
+        session.get(f"http://{userinfo}127.0.0.1:{local_server.server_address[1]}/hook", timeout=5)
+    assert caught.value.permanent is True
+    assert "s3cret" not in str(caught.value) and "user" not in str(caught.value)
+    assert local_server.hits == []

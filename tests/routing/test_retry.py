@@ -32,6 +32,12 @@ def test_retries_turned_off_fail_at_once():
     assert decision.verdict == Verdict.FAILED
 
 
+def test_a_permanent_failure_fails_at_once_whatever_the_schedule():
+    """The guard refused the URL itself (credentials in it): the next attempt would meet the same."""
+    decision = decide(succeeded=False, status_code=None, attempt_number=1, schedule=STANDARD_SCHEDULE, permanent=True)
+    assert decision.verdict == Verdict.FAILED
+
+
 def test_jitter_stays_within_its_band():
     rng = random.Random(7)
     values = [jittered(100, 0.2, rng) for _ in range(200)]

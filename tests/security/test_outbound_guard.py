@@ -254,3 +254,71 @@ def test_tls_verifies_the_host_name_while_the_dial_is_pinned_to_the_checked_addr
     # The same server by its address: the certificate does not name 127.0.0.1, and TLS says so.
     with pytest.raises(requests.exceptions.SSLError, match="(?i)mismatch"):
         session.post(f"https://127.0.0.1:{port}/hook", data=b"{}", timeout=5)
+
+
+# --- Credentials in a stored URL, and the link-local / metadata range, at send time ---------------
+
+
+@pytest.fixture(params=[False, True], ids=["guard-on", "private-allowed"])
+def either_setting(request, settings) -> Iterator[bool]:
+    settings.HUB_ALLOW_PRIVATE_DESTINATIONS = request.param
+    _pools_drop()
+    yield request.param
+    _pools_drop()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("userinfo", ["hub-user:pw-s3cret@", "hub-user@", ":pw-s3cret@"])
+def test_a_stored_url_with_credentials_is_refused_at_send_time_and_not_retried(
+    either_setting, subscriber: Subscriber, userinfo: str
+):
+    """Written past the form (a migration, a fixture, a queryset update), the URL's credentials
+    would go out as an Authorization header. The attempt fails, is not retried (the same URL can
+    only be refused again), and the endpoint receives nothing."""
+    from routing.models import Subscription
+
+    subscription = SubscriptionFactory(url=subscriber.url("/basic"), retry_enabled=True)
+    Subscription.objects.filter(pk=subscription.pk).update(url=f"http://{userinfo}127.0.0.1:{subscriber.port}/basic")
+    delivery = DeliveryFactory(subscription=subscription)
+
+    assert delivery_attempt(delivery_id=delivery.pk) == "failed"
+
+    delivery = _failed_once(delivery)
+    assert delivery.attempt_count == 1
+    [attempt] = delivery.attempts.all()
+    assert attempt.error.startswith("refused by the SSRF guard: Credentials in the URL")
+    assert "not retried" in attempt.error and "s3cret" not in attempt.error
+    assert subscriber.received() == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://169.254.170.23/v1/credentials", "metadata"),
+        ("http://[fd00:ec2::23]/v1/credentials", "metadata"),
+        ("http://[::ffff:169.254.170.23]/v1/credentials", "metadata"),
+        ("http://[64:ff9b::169.254.169.254]/latest/meta-data/", "metadata"),
+        ("http://169.254.10.10/", "link-local"),
+        ("http://[fe80::1]/", "link-local"),
+        ("http://[::ffff:169.254.10.10]/", "link-local"),
+    ],
+)
+def test_a_delivery_to_link_local_or_metadata_fails_whatever_the_setting(either_setting, url: str, reason: str):
+    subscription = SubscriptionFactory(url=url, retry_enabled=False)
+    delivery = DeliveryFactory(subscription=subscription)
+    assert delivery_attempt(delivery_id=delivery.pk) == "failed"
+    [attempt] = _failed_once(delivery).attempts.all()
+    assert attempt.error.startswith("refused by the SSRF guard: Delivery to ")
+    assert reason in attempt.error and "never allowed" in attempt.error
+
+
+@pytest.mark.django_db
+def test_a_delivery_to_a_deprecated_site_local_address_fails_while_the_guard_is_on(guard_on):
+    subscription = SubscriptionFactory(url="http://[fec0::1]/hook", retry_enabled=False)
+    delivery = DeliveryFactory(subscription=subscription)
+    assert delivery_attempt(delivery_id=delivery.pk) == "failed"
+    [attempt] = _failed_once(delivery).attempts.all()
+    assert attempt.error.startswith(
+        "refused by the SSRF guard: Delivery to fec0::1 is blocked: it is a deprecated site-local address."
+    )
