@@ -205,7 +205,8 @@ def _reply_take_in(r: _Reply) -> None:
                 budget = settings.HUB_MAX_DESCENDANTS
                 note(
                     NotificationLevel.ERROR,
-                    f"{over} onward messages dropped: the root event's budget of {budget} descendants is spent",
+                    f"{over} onward message{'s' if over > 1 else ''} dropped: the root event's budget of {budget} "
+                    "descendants is spent",
                     f"{over} of the {len(r.envelopes)} valid messages this reply returned were not made into "
                     f"events. Replies may make at most {budget} events under one event a store pushed, at any "
                     "depth (HUB_MAX_DESCENDANTS); two endpoints answering each other's messages reach it soon.",

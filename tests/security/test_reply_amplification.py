@@ -68,7 +68,7 @@ def test_onward_messages_past_the_root_events_budget_are_dropped_and_said_so(sub
 
     [note] = Notification.objects.filter(event=children[0])
     assert note.level == "error"
-    assert note.subject == "1 onward messages dropped: the root event's budget of 5 descendants is spent"
+    assert note.subject == "1 onward message dropped: the root event's budget of 5 descendants is spent"
     assert "HUB_MAX_DESCENDANTS" in note.description
     [note] = Notification.objects.filter(event=children[1])
     assert note.subject.startswith("3 onward messages dropped")
