@@ -20,7 +20,7 @@ from django.db.models import Q
 
 from events.models import Event
 from routing.models import Delivery, Notification
-from routing.services import delivery_attempt
+from routing.services import deliveries_pump, delivery_attempt
 from tests.conftest import TEST_QUEUE, _worker_env, deliveries_settle
 from tests.factories import DeliveryFactory, EventFactory, SubscriptionFactory
 from tests.live import Received, Reply, Worker, queue_purge, wait_until, workers_paused
@@ -72,6 +72,25 @@ def test_onward_messages_past_the_root_events_budget_are_dropped_and_said_so(sub
     assert "HUB_MAX_DESCENDANTS" in note.description
     [note] = Notification.objects.filter(event=children[1])
     assert note.subject.startswith("3 onward messages dropped")
+
+
+@pytest.mark.django_db
+def test_replies_recorded_in_one_batch_share_their_roots_budget_in_claim_order(subscriber, settings):
+    """One batch, three replies under one root, 9 messages for a budget of 5: 3, 2 and 0 of them."""
+    settings.HUB_MAX_DESCENDANTS = 5
+    subscriber.program("/erp", onward(3))
+    sub = SubscriptionFactory(url=subscriber.url("/erp"))
+    root = EventFactory()
+    children = [
+        EventFactory(parent=root, depth=1, store=None, resource_key=f"order:R{n}", payload={"order": {"number": n}})
+        for n in range(3)
+    ]
+    deliveries = [DeliveryFactory(subscription=sub, event=child, resource_key=child.resource_key) for child in children]
+    result = deliveries_pump(subscription_id=sub.pk)
+    assert set(result.verdicts) == {d.pk for d in deliveries}
+    assert len(subscriber.received("/erp")) == 3
+    assert [Event.objects.filter(parent=child).count() for child in children] == [3, 2, 0]
+    assert [Notification.objects.filter(event=child).count() for child in children] == [0, 1, 1]
 
 
 @pytest.mark.django_db
