@@ -207,3 +207,16 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"{self.message} {self.message_id}"
+
+
+class EventDescendants(models.Model):
+    """How many events the endpoints' replies made under one root event (one with no parent), at
+    any depth: what HUB_MAX_DESCENDANTS bounds. A row of its own, made at the first reply that
+    returns messages, rather than a column on the event: the event's row is locked by every
+    status change, and a counter there would make two batches wait on each other's events."""
+
+    root = models.OneToOneField(Event, primary_key=True, on_delete=models.CASCADE, related_name="+")
+    count = models.PositiveIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.count} descendants of event {self.root_id}"

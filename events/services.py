@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connections, router, transaction
-from django.db.models import Model
+from django.db.models import F, Model
 from django.utils import timezone
 
 from events.errors import InvalidEnvelope
 from events.messages import InvalidMessageName, message_canonical, resource_key
-from events.models import Event, EventSource, Store, payload_orjson
+from events.models import Event, EventDescendants, EventSource, Store, payload_orjson
 from events.selectors import store_cache_clear
 
 MESSAGE_ID_MAX_LENGTH = 255
@@ -392,6 +392,51 @@ def event_unsaved(event: Event) -> Event:
     event.pk = None
     event._state.adding = True
     return event
+
+
+def event_roots(events: Iterable[Event]) -> dict[int, int]:
+    """The root (the ancestor with no parent) of each event, by event id; a root is its own.
+    One look-up per generation, so at most HUB_MAX_EVENT_DEPTH of them."""
+    roots: dict[int, int] = {}
+    # Each event's highest ancestor found so far.
+    climbing: dict[int, int] = {}
+    for event in events:
+        if event.parent_id is None:
+            roots[event.pk] = event.pk
+        else:
+            climbing[event.pk] = event.parent_id
+    while climbing:
+        parents = dict(Event.objects.filter(pk__in=set(climbing.values())).values_list("pk", "parent_id"))
+        higher: dict[int, int] = {}
+        for event_id, ancestor in climbing.items():
+            above = parents.get(ancestor)
+            if above is None:
+                roots[event_id] = ancestor
+            else:
+                higher[event_id] = above
+        climbing = higher
+    return roots
+
+
+def descendants_reserve(wanted: Mapping[int, int], *, budget: int) -> dict[int, int]:
+    """Take up to `wanted[root]` events from each root event's budget of descendants and return
+    how many each got: what is left when that is less, 0 once it is spent.
+
+    Counted in the caller's transaction, so a rollback gives them back. The counters are locked in
+    root order and held to its end: workers recording replies under one root at once take turns,
+    and none can grant what another already took, on any database (SQLite locks it whole)."""
+    roots = sorted(root for root, count in wanted.items() if count > 0)
+    if not roots:
+        return {}
+    granted: dict[int, int] = {}
+    with transaction.atomic():
+        EventDescendants.objects.bulk_create([EventDescendants(root_id=root) for root in roots], ignore_conflicts=True)
+        counters = EventDescendants.objects.select_for_update().filter(root_id__in=roots).order_by("root_id")
+        for root, spent in counters.values_list("root_id", "count"):
+            granted[root] = max(0, min(wanted[root], budget - spent))
+            if granted[root]:
+                EventDescendants.objects.filter(root_id=root).update(count=F("count") + granted[root])
+    return granted
 
 
 def store_token_rotate(*, store: Store, grace_seconds: int | None = None) -> str:

@@ -242,6 +242,12 @@ HUB_RESPONSE_BODY_MAX_CHARS = _env_int("HUB_RESPONSE_BODY_MAX_CHARS", 4096)
 HUB_RESPONSE_READ_MAX_BYTES = _env_int("HUB_RESPONSE_READ_MAX_BYTES", 1024 * 1024)
 # How many generations of events endpoints may return in reply to events (an event pushed by a store is 0).
 HUB_MAX_EVENT_DEPTH = _env_int("HUB_MAX_EVENT_DEPTH", 5)
+# How many events endpoints' replies may make under one root event, all generations together:
+# two endpoints answering each other's messages would otherwise multiply them at every generation.
+HUB_MAX_DESCENDANTS = _env_int("HUB_MAX_DESCENDANTS", 1000)
+# What a subscription's parameters may grow to through replies (every delivery carries them all).
+HUB_MAX_PARAMETERS = _env_int("HUB_MAX_PARAMETERS", 50)
+HUB_MAX_PARAMETERS_BYTES = _env_int("HUB_MAX_PARAMETERS_BYTES", 64 * 1024)
 # An endpoint that has failed without a single success for this long is disabled.
 HUB_SUBSCRIPTION_DISABLE_AFTER_SECONDS = _env_float("HUB_SUBSCRIPTION_DISABLE_AFTER_SECONDS", 5 * 86400)
 HUB_SWEEP_INTERVAL_SECONDS = _env_float("HUB_SWEEP_INTERVAL_SECONDS", 30)

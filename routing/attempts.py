@@ -5,8 +5,10 @@ Sending itself, a batch at a time, is routing.pump."""
 from __future__ import annotations
 
 import functools
+import json
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
 
@@ -15,7 +17,7 @@ from django.db import connection, transaction
 
 from events.errors import HubError
 from events.models import Event, EventStatus
-from events.services import envelope_validate, json_type
+from events.services import Envelope, descendants_reserve, envelope_validate, event_roots, json_type
 from routing.models import (
     Delivery,
     DeliveryState,
@@ -98,15 +100,71 @@ def subscription_disable(
     return bool(changed)
 
 
-def reply_process(*, delivery: Delivery, reply: Mapping[str, Any]) -> None:
-    """PROTOCOL §3: store notifications, route returned messages onward, keep returned parameters."""
-    event = delivery.event
-    sub = delivery.subscription
+class ParametersRefused(ValueError):
+    """The parameters a reply returned would make the subscription's too many or too large."""
+
+
+@dataclass
+class _Reply:
+    """One reply to take in, with its onward messages read before any of them is stored."""
+
+    delivery: Delivery
+    body: Mapping[str, Any]
+    # The valid onward messages within the per-reply cap and the depth limit, in order.
+    envelopes: list[Envelope] = field(default_factory=list)
+    # (position in the reply, why) for each onward message that is not valid.
+    invalid: list[tuple[int, str]] = field(default_factory=list)
+    # How many of the envelopes the root event's budget of descendants let through.
+    granted: int = 0
+
+
+def replies_process(replies: Sequence[tuple[Delivery, Mapping[str, Any]]]) -> None:
+    """PROTOCOL §3: store notifications, route returned messages onward, keep returned parameters.
+
+    The onward messages of all the replies are taken from their root events' budgets of
+    descendants (HUB_MAX_DESCENDANTS) at once, before anything else is locked: a batch locks the
+    budgets, then subscriptions, then events, and two batches cannot wait on each other."""
+    taken = [_reply_read(delivery, body) for delivery, body in replies]
+    wanted = [r for r in taken if r.envelopes]
+    if wanted:
+        roots = event_roots(r.delivery.event for r in wanted)
+        demand: dict[int, int] = {}
+        for r in wanted:
+            root = roots[r.delivery.event_id]
+            demand[root] = demand.get(root, 0) + len(r.envelopes)
+        left = descendants_reserve(demand, budget=settings.HUB_MAX_DESCENDANTS)
+        # What a root was granted goes to its replies in the order they came.
+        for r in wanted:
+            root = roots[r.delivery.event_id]
+            r.granted = min(len(r.envelopes), left.get(root, 0))
+            left[root] = left.get(root, 0) - r.granted
+    for r in taken:
+        _reply_take_in(r)
+
+
+def _reply_read(delivery: Delivery, body: Mapping[str, Any]) -> _Reply:
+    reply = _Reply(delivery=delivery, body=body)
+    messages = body.get("messages")
+    if isinstance(messages, list) and delivery.event.depth + 1 <= settings.HUB_MAX_EVENT_DEPTH:
+        for index, item in enumerate(messages[:REPLY_MAX_MESSAGES]):
+            try:
+                reply.envelopes.append(envelope_validate(item))
+            except HubError as exc:
+                reply.invalid.append((index, exc.detail))
+    return reply
+
+
+def _reply_take_in(r: _Reply) -> None:
+    from routing.services import event_accept
+
+    event = r.delivery.event
+    sub = r.delivery.subscription
+    reply = r.body
 
     def note(level: str, subject: str, description: str = "") -> None:
         Notification.objects.create(
             event=event,
-            delivery=delivery,
+            delivery=r.delivery,
             subscription=sub,
             level=level,
             subject=subject[:200],
@@ -137,8 +195,6 @@ def reply_process(*, delivery: Delivery, reply: Mapping[str, Any]) -> None:
 
     messages = reply.get("messages")
     if isinstance(messages, list) and messages:
-        from routing.services import event_accept
-
         if event.depth + 1 > settings.HUB_MAX_EVENT_DEPTH:
             note(
                 NotificationLevel.WARN,
@@ -147,32 +203,67 @@ def reply_process(*, delivery: Delivery, reply: Mapping[str, Any]) -> None:
                 f"depth {event.depth}.",
             )
         else:
-            for index, item in enumerate(messages[:REPLY_MAX_MESSAGES]):
-                try:
-                    envelope = envelope_validate(item)
-                except HubError as exc:
-                    note(NotificationLevel.WARN, f"Returned message {index + 1} ignored", exc.detail)
-                    continue
+            for index, detail in r.invalid:
+                note(NotificationLevel.WARN, f"Returned message {index + 1} ignored", detail)
+            for envelope in r.envelopes[: r.granted]:
                 event_accept(store=None, envelope=envelope, parent=event, origin=f"subscription:{sub.pk}")
+            over = len(r.envelopes) - r.granted
+            if over:
+                budget = settings.HUB_MAX_DESCENDANTS
+                note(
+                    NotificationLevel.ERROR,
+                    f"{over} onward message{'s' if over > 1 else ''} dropped: the root event's budget of {budget} "
+                    "descendants is spent",
+                    f"{over} of the {len(r.envelopes)} valid messages this reply returned were not made into "
+                    f"events. Replies may make at most {budget} events under one event a store pushed, at any "
+                    "depth (HUB_MAX_DESCENDANTS); two endpoints answering each other's messages reach it soon.",
+                )
             if len(messages) > REPLY_MAX_MESSAGES:
                 note(NotificationLevel.WARN, f"{len(messages) - REPLY_MAX_MESSAGES} returned messages dropped")
 
     parameters = reply.get("parameters")
     if isinstance(parameters, list) and parameters:
-        subscription_parameters_merge(subscription_id=sub.pk, parameters=parameters)
+        try:
+            subscription_parameters_merge(subscription_id=sub.pk, parameters=parameters)
+        except ParametersRefused as exc:
+            note(NotificationLevel.ERROR, "The reply's parameters were not stored", str(exc))
 
 
 def subscription_parameters_merge(*, subscription_id: int, parameters: list[Any]) -> list[dict[str, Any]]:
-    """Returned parameters replace those of the same name and add new ones; the rest stay."""
-    sub = Subscription.objects.select_for_update().get(pk=subscription_id)
+    """Returned parameters replace those of the same name and add new ones; the rest stay.
+
+    Every later delivery to the endpoint carries them all, so a merge that would leave more than
+    HUB_MAX_PARAMETERS of them, or more than HUB_MAX_PARAMETERS_BYTES of JSON, is refused whole
+    (ParametersRefused, saying which): nothing of it is stored."""
+    # FOR NO KEY UPDATE: a plain FOR UPDATE would also wait for, and block, the deliveries being
+    # made to this subscription (their foreign key's share lock), by another reply's events too.
+    sub = Subscription.objects.select_for_update(no_key=True).get(pk=subscription_id)
     merged: dict[str, Any] = {}
     for item in list(sub.parameters or []) + parameters:
         if isinstance(item, Mapping) and isinstance(item.get("name"), str) and item["name"]:
             merged[item["name"]] = item.get("value")
     result = [{"name": name, "value": value} for name, value in merged.items()]
     if result != sub.parameters:
+        _parameters_check(result, returned=len(parameters))
         Subscription.objects.filter(pk=subscription_id).update(parameters=result)
     return result
+
+
+def _parameters_check(parameters: list[dict[str, Any]], *, returned: int) -> None:
+    limit = settings.HUB_MAX_PARAMETERS
+    if len(parameters) > limit:
+        raise ParametersRefused(
+            f"With the {returned} parameters this reply returned the subscription would hold {len(parameters)}; "
+            f"at most {limit} are kept (HUB_MAX_PARAMETERS). Nothing of the reply's parameters was stored."
+        )
+    size = len(json.dumps(parameters, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace"))
+    limit = settings.HUB_MAX_PARAMETERS_BYTES
+    if size > limit:
+        raise ParametersRefused(
+            f"With the {returned} parameters this reply returned the subscription's parameters would take "
+            f"{size} bytes of JSON; at most {limit} are kept (HUB_MAX_PARAMETERS_BYTES), and every delivery "
+            "carries them. Nothing of the reply's parameters was stored."
+        )
 
 
 def event_status_derive(states: list[tuple[int, int, str, int]]) -> str:

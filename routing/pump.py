@@ -30,7 +30,7 @@ from routing import retry, transport
 from routing.attempts import (
     attempt_outcome,
     events_status_refresh,
-    reply_process,
+    replies_process,
     subscription_disable,
     subscription_failing,
     subscription_max_in_flight,
@@ -248,12 +248,18 @@ def _batch_record(batch: Batch, *, sent: list[_Sent], unsent: list[Delivery]) ->
                 claim=None,
                 updated_at=now,
             )
+        # The replies before the endpoint's standing: they lock the root events' budgets of
+        # descendants, which must come before the subscription's row in every batch.
+        replies_process(
+            [
+                (s.delivery, s.result.reply)
+                for s, decision in mine
+                if decision.verdict == retry.Verdict.DELIVERED
+                and isinstance(s.result.reply, Mapping)
+                and any(s.result.reply.get(key) for key in _REPLY_KEYS)
+            ]
+        )
         _endpoint_record(sub=sub, mine=mine, now=now)
-        for s, decision in mine:
-            reply = s.result.reply
-            if decision.verdict == retry.Verdict.DELIVERED and isinstance(reply, Mapping):
-                if any(reply.get(key) for key in _REPLY_KEYS):
-                    reply_process(delivery=s.delivery, reply=reply)
         # Claiming leaves an event's status alone (one statement fewer per batch): it changes here,
         # when an attempt has ended, queued -> delivering on a retry, -> delivered or failed at the end.
         events_status_refresh(event_ids=[s.delivery.event_id for s, _ in mine])
