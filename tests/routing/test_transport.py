@@ -2,6 +2,8 @@
 
 import http.cookiejar
 import json
+import socket
+import threading
 from datetime import UTC, datetime
 
 import pytest
@@ -122,6 +124,36 @@ def test_a_reply_that_drips_is_cut_at_the_deadline_and_the_session_goes_on(subsc
     # The hub hung up: the endpoint's next byte found the connection gone.
     wait_until(lambda: subscriber.drips("/drip") == ["cut"], timeout=DRIP_SECONDS / 4)
     assert request_send(build(subscriber.url("/ok")), timeout=5, session=session).succeeded
+
+
+def test_a_tls_handshake_that_drips_is_cut_at_the_deadline_too():
+    """Connecting is inside the deadline, TLS handshake included: a server that starts a handshake
+    record and then sends one byte of it at a time fails the attempt at the deadline, as such."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            try:
+                conn.sendall(b"\x16\x03\x03\x40\x00")  # a handshake record of 16 KB, announced
+                while not stop.wait(0.2):
+                    conn.sendall(b"\x00")
+            except OSError:
+                pass
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        url = f"https://127.0.0.1:{listener.getsockname()[1]}/"
+        result = request_send(build(url), timeout=1, session=session_new())
+        assert not result.succeeded and result.status_code is None
+        assert result.error.startswith("timed out: no complete reply within 1s"), result.error
+        assert result.latency_ms < DRIP_SECONDS * 1000 / 4
+    finally:
+        stop.set()
+        listener.close()
+        server.join(timeout=5)
 
 
 def test_a_reply_within_the_deadline_reuses_the_connection(subscriber):
