@@ -8,6 +8,7 @@ Production sets DATABASE_URL (PostgreSQL) and REDIS_URL or CELERY_BROKER_URL.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -197,8 +198,6 @@ CELERY_DB_REUSE_MAX = _env_int("CELERY_DB_REUSE_MAX", 1000)
 # Worker transactions commit without waiting for the disk (integrator/celery.py says why that keeps
 # at-least-once delivery); ingest in the web process always waits. "false" makes the worker wait too.
 HUB_WORKER_ASYNC_COMMIT = _env_bool("HUB_WORKER_ASYNC_COMMIT", True)
-CELERY_TASK_TIME_LIMIT = 300
-CELERY_TASK_SOFT_TIME_LIMIT = 240
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Publishing happens after the event is committed: a broker outage must not hang the request,
 # the sweeper re-enqueues whatever could not be published.
@@ -238,6 +237,11 @@ HUB_DELIVERY_PUMP_SECONDS = _env_float("HUB_DELIVERY_PUMP_SECONDS", 5)
 HUB_PUMP_COALESCE_SECONDS = _env_float("HUB_PUMP_COALESCE_SECONDS", 2)
 # A claimed delivery belongs to its worker for the pump's time, the endpoint's timeout and this margin.
 HUB_DELIVERY_LEASE_MARGIN_SECONDS = _env_float("HUB_DELIVERY_LEASE_MARGIN_SECONDS", 60)
+# A pump runs for its budget, then finishes the request it started last (cut at the endpoint's
+# timeout, at most routing.transport.TIMEOUT_MAX_SECONDS = 120) and records the batch (within the
+# lease margin): Celery's limits stay above that, so they never stop a pump mid-attempt.
+CELERY_TASK_SOFT_TIME_LIMIT = max(240, math.ceil(HUB_DELIVERY_PUMP_SECONDS + 120 + HUB_DELIVERY_LEASE_MARGIN_SECONDS))
+CELERY_TASK_TIME_LIMIT = CELERY_TASK_SOFT_TIME_LIMIT + 60
 HUB_RESPONSE_BODY_MAX_CHARS = _env_int("HUB_RESPONSE_BODY_MAX_CHARS", 4096)
 HUB_RESPONSE_READ_MAX_BYTES = _env_int("HUB_RESPONSE_READ_MAX_BYTES", 1024 * 1024)
 # How many generations of events endpoints may return in reply to events (an event pushed by a store is 0).

@@ -43,3 +43,29 @@ def deploy_security_check(app_configs: Any = None, **kwargs: Any) -> list[Error 
             Warning("HUB_ENV is not 'production': production-only requirements are not enforced.", id="hub.W002")
         )
     return problems
+
+
+@register()
+def delivery_time_limits_check(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """A lease shorter than an attempt lets the sweeper start a second attempt while the first is
+    still on the wire; a Celery limit shorter than a pump stops it mid-attempt, unrecorded."""
+    from routing.transport import TIMEOUT_MAX_SECONDS
+
+    problems: list[Error] = []
+    if not settings.HUB_DELIVERY_LEASE_MARGIN_SECONDS > 0:
+        problems.append(
+            Error(
+                "HUB_DELIVERY_LEASE_MARGIN_SECONDS must be more than 0: a lease must outlive the attempt.",
+                id="hub.E003",
+            )
+        )
+    longest = settings.HUB_DELIVERY_PUMP_SECONDS + TIMEOUT_MAX_SECONDS + settings.HUB_DELIVERY_LEASE_MARGIN_SECONDS
+    if settings.CELERY_TASK_SOFT_TIME_LIMIT < longest:
+        problems.append(
+            Error(
+                f"CELERY_TASK_SOFT_TIME_LIMIT ({settings.CELERY_TASK_SOFT_TIME_LIMIT}) is below the longest pump"
+                f" ({longest:g} s): Celery would stop a pump in the middle of an attempt.",
+                id="hub.E004",
+            )
+        )
+    return problems

@@ -18,6 +18,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from events.models import Event, Store
+from routing import transport
 from routing.attempts import subscription_max_in_flight
 from routing.models import (
     DELIVERY_OPEN_STATES,
@@ -97,6 +98,17 @@ _CLAIMED_WITH_EVENTS = f"""
     ORDER BY claimed.next_attempt_at, claimed.id"""
 
 
+def lease_seconds(sub: Subscription, *, budget: float) -> float:
+    """How long a batch's claim lasts: longer than the batch can keep any of its deliveries on the
+    wire, so that the sweeper never hands one on (and no second attempt starts) while it is.
+
+    A batch sends until the pump's budget is spent, so its last request may start `budget` after
+    the claim, and the exchange's deadline (routing.deadline) ends that request at most the
+    endpoint's timeout later, connect and reply included. The margin covers resolving the host
+    (before the deadline can cut anything) and recording the batch."""
+    return budget + transport.timeout_bounded(sub.timeout_seconds) + settings.HUB_DELIVERY_LEASE_MARGIN_SECONDS
+
+
 def batch_claim(*, sub: Subscription, only: Collection[int] | None, budget: float) -> Batch | None:
     """Take up to HUB_DELIVERY_BATCH_SIZE due deliveries of the endpoint for this worker, or None
     when there is nothing to send (none due, none whose turn has come, endpoint off or at its limit).
@@ -108,8 +120,7 @@ def batch_claim(*, sub: Subscription, only: Collection[int] | None, budget: floa
     now = timezone.now()
     limit = subscription_max_in_flight(sub)
     claim = secrets.randbits(62) + 1
-    # Every delivery of the batch may wait for the whole budget before it is sent.
-    lease = now + timedelta(seconds=budget + sub.timeout_seconds + settings.HUB_DELIVERY_LEASE_MARGIN_SECONDS)
+    lease = now + timedelta(seconds=lease_seconds(sub, budget=budget))
     at = connection.ops.adapt_datetimefield_value(now)
     only_sql, only_ids = _only(only)
     postgresql = connection.vendor == "postgresql"

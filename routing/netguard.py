@@ -29,6 +29,8 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
+from routing.deadline import DeadlineConnectionMixin
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Cloud metadata and credential services: AWS/GCP/Azure/OpenStack (IPv4 and AWS's IPv6), AWS ECS
@@ -257,8 +259,11 @@ class GuardedAdapter(HTTPAdapter):
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         attrs = {"guard_allow_private": staticmethod(self.guard_allow_private)}
-        http_conn = type("GuardedHTTPConnection", (_GuardedConnectionMixin, HTTPConnection), attrs)
-        https_conn = type("GuardedHTTPSConnection", (_GuardedConnectionMixin, HTTPSConnection), attrs)
+        # The guard picks each address to dial; the deadline (routing.deadline) bounds each dial
+        # by the time left and cuts the exchange when it is up.
+        bases = (_GuardedConnectionMixin, DeadlineConnectionMixin)
+        http_conn = type("GuardedHTTPConnection", (*bases, HTTPConnection), attrs)
+        https_conn = type("GuardedHTTPSConnection", (*bases, HTTPSConnection), attrs)
         self.poolmanager.pool_classes_by_scheme = {
             "http": type("GuardedHTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": http_conn}),
             "https": type("GuardedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": https_conn}),

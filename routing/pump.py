@@ -208,13 +208,10 @@ def _batch_record(batch: Batch, *, sent: list[_Sent], unsent: list[Delivery]) ->
         for s in sent
     ]
     with transaction.atomic():
-        # The attempt rows are written whatever the fence below decides: each request was made.
-        # Should this transaction fail, the leases run out and the sweeper records each attempt as
-        # unanswered, so no attempt goes unrecorded.
-        Attempt.objects.bulk_create([_attempt_row(s) for s in sent])
         # Fenced on the claim: a delivery whose lease ran out and that the sweeper handed to someone
         # else is theirs now; ours is only the attempt row. A batch mostly ends one way (all
-        # delivered): one UPDATE per distinct outcome.
+        # delivered): one UPDATE per distinct outcome. The outcomes go first, locking the rows in
+        # the order the sweeper does (delivery, then attempt), so the two never deadlock.
         groups: dict[tuple[tuple[str, Any], ...], list[tuple[_Sent, retry.Decision]]] = {}
         for s, decision in zip(sent, decisions, strict=True):
             groups.setdefault(tuple(_changes(decision, s.result, now).items()), []).append((s, decision))
@@ -231,10 +228,14 @@ def _batch_record(batch: Batch, *, sent: list[_Sent], unsent: list[Delivery]) ->
                 if s.delivery.pk in owned:
                     mine.append((s, decision))
                 else:
-                    logger.warning("delivery changed hands during the attempt", extra={"delivery_id": s.delivery.pk})
+                    logger.warning(
+                        "delivery changed hands during the attempt; its outcome is the new holder's",
+                        extra={"delivery_id": s.delivery.pk, "attempt": s.delivery.attempt_count},
+                    )
         # Claim order, whatever the grouping: the endpoint's standing follows its last answer.
         order = {s.delivery.pk: index for index, s in enumerate(sent)}
         mine.sort(key=lambda pair: order[pair[0].delivery.pk])
+        _attempts_record(sent, mine=[s for s, _ in mine])
         verdicts = {s.delivery.pk: str(decision.verdict) for s, decision in mine}
         if unsent:
             Delivery.objects.filter(
@@ -290,6 +291,36 @@ def _batch_record(batch: Batch, *, sent: list[_Sent], unsent: list[Delivery]) ->
             },
         )
     return verdicts
+
+
+_ATTEMPT_FIELDS = (
+    "started_at",
+    "request_method",
+    "request_url",
+    "status_code",
+    "latency_ms",
+    "response_headers",
+    "response_body",
+    "error",
+    "succeeded",
+)
+
+
+def _attempts_record(sent: list[_Sent], *, mine: list[_Sent]) -> None:
+    """One row per request made, whatever the fence decided: each was made. Should the batch's
+    transaction fail, the leases run out and the sweeper records each attempt as unanswered, so
+    no attempt goes unrecorded.
+
+    A delivery that changed hands was reclaimed by the sweeper, which recorded this very attempt
+    number as unanswered; the answer it did get replaces that guess (an INSERT would collide with
+    it). Deliveries still ours cannot collide: their number is theirs since the claim."""
+    kept = {s.delivery.pk for s in mine}
+    Attempt.objects.bulk_create([_attempt_row(s) for s in sent if s.delivery.pk in kept])
+    stale = [_attempt_row(s) for s in sent if s.delivery.pk not in kept]
+    if stale:
+        Attempt.objects.bulk_create(
+            stale, update_conflicts=True, unique_fields=["delivery", "number"], update_fields=_ATTEMPT_FIELDS
+        )
 
 
 def _attempt_row(s: _Sent) -> Attempt:

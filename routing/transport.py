@@ -30,6 +30,7 @@ from requests.structures import CaseInsensitiveDict
 from requests.utils import check_header_validity, get_auth_from_url
 from standardwebhooks.webhooks import Webhook
 
+from routing.deadline import deadline_watch
 from routing.netguard import DestinationBlocked, HostUnresolvable, session_guard
 
 USER_AGENT = "integrator-hub/1"
@@ -234,7 +235,11 @@ def request_send(
     read_max_bytes: int = 1024 * 1024,
     session: requests.Session | None = None,
 ) -> ExchangeResult:
-    """Send one request and read the reply; never raises for anything the network or endpoint does."""
+    """Send one request and read the reply; never raises for anything the network or endpoint does.
+
+    `timeout` is a wall-clock deadline over the whole exchange (connect, send, status line,
+    headers, body; routing.deadline), not only a bound on each socket operation: an endpoint that
+    trickles its reply a byte at a time fails at the deadline like one that says nothing."""
     session = session or session_get()
     timeout = timeout_bounded(timeout)
     started = time.monotonic()
@@ -242,59 +247,83 @@ def request_send(
     def latency() -> int:
         return int((time.monotonic() - started) * 1000)
 
-    def failed(error: str, **kwargs: Any) -> ExchangeResult:
-        return ExchangeResult(method=request.method, url=request.url, latency_ms=latency(), error=error, **kwargs)
+    with deadline_watch(timeout) as watch:
 
-    try:
-        response = _response_get(session, request, request.body.encode("utf-8"), timeout)
-    except requests.Timeout:
-        return failed(f"timed out after {timeout:g}s", status_code=None)
-    except HostUnresolvable as exc:
-        return failed(f"connection failed: {_reason(exc)}", status_code=None)
-    except DestinationBlocked as exc:
-        return failed(f"refused by the SSRF guard: {_reason(exc)}", status_code=None, permanent=exc.permanent)
-    except requests.ConnectionError as exc:
-        return failed(f"connection failed: {_reason(exc)}", status_code=None)
-    except requests.RequestException as exc:
-        return failed(f"request failed: {_reason(exc)}", status_code=None)
-    except (UnicodeError, ValueError) as exc:
-        # A request http.client refuses to write is a failed attempt on record, not a crash that
-        # leaves the delivery claimed with no answer until its lease runs out, again and again.
-        return failed(f"request could not be sent: {_reason(exc)}", status_code=None)
+        def failed(error: str, **kwargs: Any) -> ExchangeResult:
+            if watch.end():
+                # Whatever the cut made the exchange raise, the cause is the deadline: a timeout.
+                error = deadline_error(timeout, kwargs.pop("status_code", None))
+                kwargs["status_code"] = None
+            return ExchangeResult(method=request.method, url=request.url, latency_ms=latency(), error=error, **kwargs)
 
-    with response:
-        headers = {k.lower(): v for k, v in response.headers.items() if k.lower() in NOTABLE_RESPONSE_HEADERS}
-        status = response.status_code
         try:
-            raw, complete = _read_capped(response, read_max_bytes, deadline=started + timeout)
-        except (requests.RequestException, OSError) as exc:
-            return failed(f"reading the response failed: {_reason(exc)}", status_code=status, response_headers=headers)
-        text = storable(reply_text(raw, response.headers.get("content-type", "")))
-        common = {"status_code": status, "response_headers": headers, "response_body": text[:body_max_chars]}
-        common["retry_after"] = headers.get("retry-after")
-        if not complete:
-            return failed(f"response larger than {read_max_bytes} bytes or slower than {timeout:g}s", **common)
-        if not 200 <= status < 300:
-            return failed(f"HTTP {status}", **common)
-        try:
-            # Any JSON document is a JSON reply, `null` included; only an object carries §3's fields.
-            parsed = (
-                json.loads(text, parse_constant=_json_constant_refuse, parse_float=_json_float)
-                if text.strip()
-                else _NOT_JSON
-            )
-            reply = _json_storable(parsed)
-        except ValueError:
-            reply = _NOT_JSON
-        except RecursionError:
-            # A reply nested a thousand deep: an answer nobody can use, and one that must not crash
-            # the attempt (the delivery would stay claimed with nothing recorded).
-            return failed(f"HTTP {status} but the JSON body is nested too deep to read", **common)
-        if reply is _NOT_JSON:
-            return failed(f"HTTP {status} but the body is not JSON", **common)
+            response = _response_get(session, request, request.body.encode("utf-8"), timeout)
+        except requests.Timeout:
+            return failed(f"timed out after {timeout:g}s", status_code=None)
+        except HostUnresolvable as exc:
+            return failed(f"connection failed: {_reason(exc)}", status_code=None)
+        except DestinationBlocked as exc:
+            return failed(f"refused by the SSRF guard: {_reason(exc)}", status_code=None, permanent=exc.permanent)
+        except requests.ConnectionError as exc:
+            return failed(f"connection failed: {_reason(exc)}", status_code=None)
+        except requests.RequestException as exc:
+            return failed(f"request failed: {_reason(exc)}", status_code=None)
+        except (UnicodeError, ValueError) as exc:
+            # A request http.client refuses to write is a failed attempt on record, not a crash that
+            # leaves the delivery claimed with no answer until its lease runs out, again and again.
+            return failed(f"request could not be sent: {_reason(exc)}", status_code=None)
+
+        with response:
+            headers = {k.lower(): v for k, v in response.headers.items() if k.lower() in NOTABLE_RESPONSE_HEADERS}
+            status = response.status_code
+            try:
+                raw, complete = _read_capped(response, read_max_bytes)
+            except (requests.RequestException, OSError) as exc:
+                return failed(
+                    f"reading the response failed: {_reason(exc)}", status_code=status, response_headers=headers
+                )
+            finally:
+                # Before `with response` hands the connection back to the pool for another request;
+                # one the deadline cut is closed instead.
+                if watch.end():
+                    response.raw.close()
+            text = storable(reply_text(raw, response.headers.get("content-type", "")))
+            common = {"status_code": status, "response_headers": headers, "response_body": text[:body_max_chars]}
+            common["retry_after"] = headers.get("retry-after")
+            if watch.expired:
+                # Cut at the deadline: what arrived until then may look complete (a reply that ends
+                # with the connection) but is not.
+                return failed(deadline_error(timeout, status), **common)
+            if not complete:
+                return failed(f"response larger than {read_max_bytes} bytes", **common)
+            if not 200 <= status < 300:
+                return failed(f"HTTP {status}", **common)
+            try:
+                # Any JSON document is a JSON reply, `null` included; only an object carries §3's fields.
+                parsed = (
+                    json.loads(text, parse_constant=_json_constant_refuse, parse_float=_json_float)
+                    if text.strip()
+                    else _NOT_JSON
+                )
+                reply = _json_storable(parsed)
+            except ValueError:
+                reply = _NOT_JSON
+            except RecursionError:
+                # A reply nested a thousand deep: an answer nobody can use, and one that must not crash
+                # the attempt (the delivery would stay claimed with nothing recorded).
+                return failed(f"HTTP {status} but the JSON body is nested too deep to read", **common)
+            if reply is _NOT_JSON:
+                return failed(f"HTTP {status} but the body is not JSON", **common)
     return ExchangeResult(
         method=request.method, url=request.url, latency_ms=latency(), reply=reply, succeeded=True, **common
     )
+
+
+def deadline_error(timeout: float, status: int | None = None) -> str:
+    """The error of an exchange cut at its deadline; says "timed out" as a socket timeout does,
+    since it is one (retried alike, counted alike)."""
+    seen = f" (HTTP {status} began, the rest did not follow)" if status is not None else ""
+    return f"timed out: no complete reply within {timeout:g}s{seen}"
 
 
 def _response_get(
@@ -422,15 +451,15 @@ def _json_storable(value: Any) -> Any:
     return value
 
 
-def _read_capped(response: requests.Response, limit: int, *, deadline: float) -> tuple[bytes, bool]:
-    """Read at most `limit` bytes, and stop at the deadline: requests' timeout is per socket read,
-    so an endpoint that drips bytes would otherwise hold the worker forever."""
+def _read_capped(response: requests.Response, limit: int) -> tuple[bytes, bool]:
+    """Read at most `limit` bytes. Time is the deadline's (request_send): a reply that trickles is
+    cut there, however small each piece."""
     chunks: list[bytes] = []
     size = 0
     for chunk in response.iter_content(chunk_size=16384):
         chunks.append(chunk)
         size += len(chunk)
-        if size > limit or time.monotonic() > deadline:
+        if size > limit:
             return b"".join(chunks)[:limit], False
     return b"".join(chunks), True
 

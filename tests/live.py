@@ -63,6 +63,11 @@ class Reply:
     body: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    # A trickle: one byte every `drip_every` seconds for `drip_seconds`, in the body (after the
+    # status and headers) or in the headers (after the status line), then the rest at once.
+    drip_every: float = 0.0
+    drip_seconds: float = 0.0
+    drip_in: str = "body"
 
     @classmethod
     def ok(cls, **reply: Any) -> Reply:
@@ -79,6 +84,12 @@ class Reply:
     @classmethod
     def slow(cls, seconds: float) -> Reply:
         return cls(200, json={"ok": True}, delay=seconds)
+
+    @classmethod
+    def drip(cls, *, every: float = 0.25, seconds: float = 60.0, during: str = "body") -> Reply:
+        """200, then one byte every `every` seconds for `seconds` (during "body" or "headers"):
+        each read gets something long before any socket timeout, the whole takes `seconds`."""
+        return cls(200, json={"ok": True}, drip_every=every, drip_seconds=seconds, drip_in=during)
 
     @classmethod
     def gone(cls) -> Reply:
@@ -110,6 +121,11 @@ class Subscriber:
         self._programs: dict[str, list[Reply]] = {}
         self._responders: dict[str, Callable[[Received], Reply]] = {}
         self._received: list[Received] = []
+        # Requests being answered now, and the most at once, per path.
+        self._active: dict[str, int] = {}
+        self._peak: dict[str, int] = {}
+        # How each drip to a path ended: "cut" (the hub hung up) or "finished".
+        self._drips: dict[str, list[str]] = {}
         self._stopping = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
         self._server.daemon_threads = True
@@ -146,10 +162,22 @@ class Subscriber:
             self._programs.clear()
             self._responders.clear()
             self._received.clear()
+            self._peak.clear()
+            self._drips.clear()
 
     def received(self, path: str | None = None) -> list[Received]:
         with self._lock:
             return [r for r in self._received if path is None or r.path == path]
+
+    def peak(self, path: str) -> int:
+        """The most requests to `path` the subscriber was answering at one time."""
+        with self._lock:
+            return self._peak.get(path, 0)
+
+    def drips(self, path: str) -> list[str]:
+        """How each drip to `path` that has ended ended: "cut" or "finished"."""
+        with self._lock:
+            return list(self._drips.get(path, []))
 
     def wait_for(self, path: str, count: int = 1, timeout: float = 20.0) -> list[Received]:
         wait_until(lambda: len(self.received(path)) >= count, timeout, message=f"{count} request(s) to {path}")
@@ -181,11 +209,22 @@ class Subscriber:
                 received = Received(self.command, path, dict(self.headers.items()), body)
                 with subscriber._lock:
                     subscriber._received.append(received)
-                reply = subscriber._next_reply(path, received)
+                    subscriber._active[path] = active = subscriber._active.get(path, 0) + 1
+                    subscriber._peak[path] = max(subscriber._peak.get(path, 0), active)
+                try:
+                    self._answer(path, subscriber._next_reply(path, received))
+                finally:
+                    with subscriber._lock:
+                        subscriber._active[path] -= 1
+
+            def _answer(self, path: str, reply: Reply) -> None:
                 if reply.delay and subscriber._stopping.wait(reply.delay):
                     return
                 data = reply.body if reply.body is not None else json.dumps(reply.json).encode()
                 try:
+                    if reply.drip_every:
+                        self._drip(path, reply, data)
+                        return
                     self.send_response(reply.status)
                     headers = {"Content-Type": "application/json", **reply.headers}
                     for name, value in headers.items():
@@ -195,6 +234,33 @@ class Subscriber:
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the hub gave up waiting (a timeout test): nothing left to say
+
+            def _drip(self, path: str, reply: Reply, data: bytes) -> None:
+                count = max(1, int(reply.drip_seconds / reply.drip_every))
+                status = f"HTTP/1.1 {reply.status} OK\r\n".encode()
+                if reply.drip_in == "headers":
+                    head, trickle = status + b"X-Drip: ", b"a" * count
+                    tail = f"\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data
+                else:
+                    # The body is the JSON after `count` spaces of leading whitespace.
+                    length = count + len(data)
+                    head = status + f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n".encode()
+                    trickle, tail = b" " * count, data
+                outcome = "cut"
+                try:
+                    self.wfile.write(head)
+                    for index in range(count):
+                        if subscriber._stopping.wait(reply.drip_every):
+                            return
+                        self.wfile.write(trickle[index : index + 1])
+                    self.wfile.write(tail)
+                    outcome = "finished"
+                except OSError:
+                    pass  # the hub hung up
+                finally:
+                    self.close_connection = True
+                    with subscriber._lock:
+                        subscriber._drips.setdefault(path, []).append(outcome)
 
             do_POST = do_PUT = do_PATCH = do_GET = do_DELETE = _handle
 
@@ -209,10 +275,11 @@ class Worker:
     # the only one doing so pauses the others (workers_paused).
     alive: ClassVar[list[Worker]] = []
 
-    def __init__(self, *, env: dict[str, str], log_path: Path, queue: str) -> None:
+    def __init__(self, *, env: dict[str, str], log_path: Path, queue: str, concurrency: int = 4) -> None:
         self.env = env
         self.log_path = log_path
         self.queue = queue
+        self.concurrency = concurrency
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Worker:
@@ -233,7 +300,7 @@ class Worker:
                 "-Q",
                 self.queue,
                 "--pool=threads",
-                "--concurrency=4",
+                f"--concurrency={self.concurrency}",
                 "--loglevel=INFO",
                 "--without-gossip",
                 "--without-mingle",

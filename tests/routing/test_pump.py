@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from routing.models import Attempt, Delivery
 from routing.pump import PumpResult
-from routing.services import deliveries_pump
+from routing.services import deliveries_pump, deliveries_sweep
 from routing.tasks import delivery_attempt_task
 from tests.factories import DeliveryFactory, EventFactory, SubscriptionFactory
 from tests.live import Reply
@@ -121,6 +121,45 @@ def test_an_outcome_counts_only_while_the_batch_still_holds_its_delivery(subscri
     assert Delivery.objects.get(pk=taken.pk).state == "retrying"
     assert Delivery.objects.get(pk=kept.pk).state == "delivered"
     assert Attempt.objects.filter(delivery__in=[taken, kept], succeeded=True).count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stale_claim_records_its_attempt_over_the_sweepers_without_a_collision(subscriber, unconsumed_queue):
+    """The sweeper reclaims a delivery whose lease ran out while its request is on the wire, and
+    records that attempt number as unanswered; the stale batch then records the answer it got. That
+    INSERT collided on (delivery, number) and the whole batch's recording was lost. Now the answer
+    replaces the sweeper's guess, the sweeper's outcome stands, and the rest of the batch counts."""
+    subscriber.program("/stale", Reply.slow(1.0), Reply.ok())
+    sub = SubscriptionFactory(url=subscriber.url("/stale"))
+    taken, kept = backlog(sub, 2)
+    outcome: list[PumpResult] = []
+    errors: list[BaseException] = []
+
+    def pump() -> None:
+        try:
+            outcome.append(deliveries_pump(subscription_id=sub.pk))
+        except BaseException as exc:  # noqa: BLE001 - reported to the test thread
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=pump)
+    thread.start()
+    subscriber.wait_for("/stale", 1)
+    # The lease runs out (as a stalled recording or a clock jump would make it) and the sweeper runs.
+    Delivery.objects.filter(pk=taken.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert deliveries_sweep().reclaimed == 1
+    assert "lease expired" in Attempt.objects.get(delivery=taken, number=1).error
+    # Out of this pump's next claim: what it left behind is all this test looks at.
+    Delivery.objects.filter(pk=taken.pk).update(next_attempt_at=timezone.now() + timedelta(hours=1))
+    thread.join(timeout=30)
+    assert not errors, errors
+    assert outcome and outcome[0].verdicts == {kept.pk: "delivered"}
+    attempt = Attempt.objects.get(delivery=taken, number=1)
+    assert (attempt.succeeded, attempt.status_code, attempt.request_method) == (True, 200, "POST")
+    taken.refresh_from_db()
+    assert (taken.state, taken.attempt_count, taken.claim) == ("retrying", 1, None)
+    assert Delivery.objects.get(pk=kept.pk).state == "delivered"
 
 
 @pytest.mark.parametrize(("max_in_flight", "backlog_size", "helpers"), [(3, 10, 2), (1, 10, 0), (3, 3, 0)])

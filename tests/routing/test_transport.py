@@ -2,6 +2,8 @@
 
 import http.cookiejar
 import json
+import socket
+import threading
 from datetime import UTC, datetime
 
 import pytest
@@ -12,7 +14,7 @@ from standardwebhooks.webhooks import Webhook
 
 from routing.models import signing_secret_new
 from routing.transport import json_compact, method_for, request_build, request_send, session_get, session_new
-from tests.live import Reply, free_port
+from tests.live import Reply, free_port, wait_until
 
 SECRET = signing_secret_new()
 
@@ -103,6 +105,64 @@ def test_timeout_and_refused_connection_are_failed_results_not_exceptions(subscr
     assert not slow.succeeded and slow.status_code is None and "timed out" in slow.error
     refused = request_send(build(f"http://127.0.0.1:{free_port()}/"), timeout=2)
     assert not refused.succeeded and refused.status_code is None and "connection failed" in refused.error
+
+
+# A drip far longer than the timeout: the margin between them is what the assertions rest on.
+DRIP_SECONDS = 60.0
+
+
+@pytest.mark.parametrize("during", ["body", "headers"])
+def test_a_reply_that_drips_is_cut_at_the_deadline_and_the_session_goes_on(subscriber, during):
+    """Every read gets a byte long before the socket timeout; the exchange still ends at the
+    deadline, as a timeout, and the next request on the same session is answered."""
+    subscriber.program("/drip", Reply.drip(every=0.2, seconds=DRIP_SECONDS, during=during))
+    session = session_new()
+    result = request_send(build(subscriber.url("/drip")), timeout=1, session=session)
+    assert not result.succeeded and result.status_code is None
+    assert result.error.startswith("timed out: no complete reply within 1s"), result.error
+    assert result.latency_ms < DRIP_SECONDS * 1000 / 4
+    # The hub hung up: the endpoint's next byte found the connection gone.
+    wait_until(lambda: subscriber.drips("/drip") == ["cut"], timeout=DRIP_SECONDS / 4)
+    assert request_send(build(subscriber.url("/ok")), timeout=5, session=session).succeeded
+
+
+def test_a_tls_handshake_that_drips_is_cut_at_the_deadline_too():
+    """Connecting is inside the deadline, TLS handshake included: a server that starts a handshake
+    record and then sends one byte of it at a time fails the attempt at the deadline, as such."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            try:
+                conn.sendall(b"\x16\x03\x03\x40\x00")  # a handshake record of 16 KB, announced
+                while not stop.wait(0.2):
+                    conn.sendall(b"\x00")
+            except OSError:
+                pass
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        url = f"https://127.0.0.1:{listener.getsockname()[1]}/"
+        result = request_send(build(url), timeout=1, session=session_new())
+        assert not result.succeeded and result.status_code is None
+        assert result.error.startswith("timed out: no complete reply within 1s"), result.error
+        assert result.latency_ms < DRIP_SECONDS * 1000 / 4
+    finally:
+        stop.set()
+        listener.close()
+        server.join(timeout=5)
+
+
+def test_a_reply_within_the_deadline_reuses_the_connection(subscriber):
+    """The deadline costs the happy path nothing it relies on: keep-alive still keeps the connection."""
+    session = session_new()
+    results = [request_send(build(subscriber.url("/ok")), timeout=5, session=session) for _ in range(5)]
+    assert all(r.succeeded for r in results)
+    pools = [p for p in session.get_adapter("http://").poolmanager.pools._container.values()]
+    assert sum(p.num_connections for p in pools) == 1
 
 
 def test_the_session_is_reused_and_ignores_environment_proxies():
