@@ -1,7 +1,6 @@
 import http.client
 import io
 import json
-import os
 import socket
 import subprocess
 import sys
