@@ -48,6 +48,9 @@ def _reply(status: str, code: str, detail: str) -> bytes:
 
 
 _TIMEOUT_REPLY = _reply("408 Request Timeout", "request_timeout", "The request did not arrive in time.")
+_BUSY_REPLY = _reply(
+    "503 Service Unavailable", "server_busy", "The server holds too many unfinished requests; try again."
+)
 _HEAD_TOO_LARGE_REPLY = _reply(
     "431 Request Header Fields Too Large", "headers_too_large", "The request's headers are too large."
 )
@@ -199,11 +202,17 @@ class HubConn(TConn):
         super().close()
 
 
+# What a worker may hold of unfinished requests, in largest bodies: the memory that clients
+# sending slowly can take, however many connect. Past it, a request that needs more is refused (503).
+BUFFER_BUDGET_BODIES = 64
+
+
 class BufferingThreadWorker(ThreadWorker):
     """gthread, with every request received by the event loop first (module docstring)."""
 
     def init_process(self) -> None:
         self.gatherings: dict[HubConn, None] = {}  # in deadline order: each gets the same allowance
+        self.gathered_bytes = 0  # held by unfinished requests, against BUFFER_BUDGET_BODIES bodies
         super().init_process()
 
     def run(self) -> None:
@@ -212,6 +221,7 @@ class BufferingThreadWorker(ThreadWorker):
 
         self.read_seconds = float(settings.HUB_REQUEST_READ_SECONDS)
         self.max_body = int(settings.HUB_MAX_BODY_BYTES)
+        self.budget = BUFFER_BUDGET_BODIES * self.max_body
         cfg = self.cfg
         # As large as gunicorn itself accepts (a request line, then its fields); larger is refused.
         self.max_head = cfg.limit_request_line + cfg.limit_request_fields * (cfg.limit_request_field_size + 2) + 4
@@ -249,6 +259,7 @@ class BufferingThreadWorker(ThreadWorker):
             max_body=self.max_body,
             max_head=self.max_head,
         )
+        self.gathered_bytes += len(ahead)
         conn.sock.setblocking(False)
         self._gather(conn)
 
@@ -270,6 +281,10 @@ class BufferingThreadWorker(ThreadWorker):
                 closed = True
                 break
             gathering.feed(data)
+            self.gathered_bytes += len(data)
+            if self.gathered_bytes > self.budget and not gathering.ready:
+                self._refuse(conn, _BUSY_REPLY)
+                return
         if gathering.head_too_large:
             self._refuse(conn, _HEAD_TOO_LARGE_REPLY)
             return
@@ -292,6 +307,8 @@ class BufferingThreadWorker(ThreadWorker):
         self._gather(conn)
 
     def _gathering_end(self, conn: HubConn) -> None:
+        if conn.gathering is not None:
+            self.gathered_bytes -= len(conn.gathering.buf)
         if self.gatherings.pop(conn, False) is None:
             try:
                 self.poller.unregister(conn.sock)

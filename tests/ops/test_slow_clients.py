@@ -8,6 +8,7 @@ here is a generous timeout on something that must happen; nothing is timed."""
 from __future__ import annotations
 
 import json
+import select
 import socket
 import time
 import urllib.request
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from integrator.gunicorn_worker import RequestGathering
+from integrator.gunicorn_worker import BUFFER_BUDGET_BODIES, RequestGathering
 from tests.factories import StoreFactory
 from tests.ops.conftest import gunicorn_start, http_get, hub_env
 
@@ -36,13 +37,13 @@ def hub(python) -> Iterator[int]:
         assert server.returncode == 0, err.decode()[-2000:]
 
 
-def _slow_push(port: int, *, token: str | None, sent: int = 1) -> socket.socket:
-    """Headers of a 1000-byte push, and only `sent` bytes of its body."""
+def _slow_push(port: int, *, token: str | None, sent: int = 1, length: int = 1000) -> socket.socket:
+    """Headers of a `length`-byte push, and only `sent` bytes of its body."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=GENEROUS)
     auth = f"Authorization: Bearer {token}\r\n" if token else ""
     head = (
         f"POST /events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{auth}"
-        "Content-Length: 1000\r\n\r\n"
+        f"Content-Length: {length}\r\n\r\n"
     )
     sock.sendall(head.encode() + b" " * sent)  # JSON may start with white space
     return sock
@@ -183,6 +184,31 @@ def test_a_request_that_trickles_past_the_deadline_gets_408(python):
         assert sent < len(request) // 2  # cut off long before the request was complete
         sock.close()
     finally:
+        server.terminate()
+        server.communicate(timeout=30)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_what_slow_bodies_may_hold_in_memory_is_bounded(python):
+    """A worker holds at most BUFFER_BUDGET_BODIES bodies' worth of unfinished requests: past it a
+    request that needs more is refused (503) and closed, and the server still answers."""
+    store = StoreFactory()
+    env = hub_env(LOG_LEVEL="WARNING", HUB_REQUEST_READ_SECONDS="300", HUB_MAX_BODY_BYTES="2000")
+    server, port = gunicorn_start(python, env, "--workers=1")
+    clients = []
+    try:
+        http_get(f"http://127.0.0.1:{port}/healthz", time.monotonic() + GENEROUS)
+        for _ in range(BUFFER_BUDGET_BODIES + 8):
+            # Nearly all of a body as large as allowed: more than the budget in all.
+            clients.append(_slow_push(port, token=store.token, sent=1999, length=2000))
+        answered, _, _ = select.select(clients, [], [], GENEROUS)
+        assert answered, "no slow client was refused"
+        status, _, body = _reply(answered[0])
+        assert (status, json.loads(body)["error"]) == (503, "server_busy")
+        assert _healthz(port) == 200
+    finally:
+        for sock in clients:
+            sock.close()
         server.terminate()
         server.communicate(timeout=30)
 
