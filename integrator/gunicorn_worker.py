@@ -288,9 +288,14 @@ class BufferingThreadWorker(ThreadWorker):
         if gathering.head_too_large:
             self._refuse(conn, _HEAD_TOO_LARGE_REPLY)
             return
-        if gathering.ready or closed:
-            # A client that closed mid-request: gunicorn finds the request incomplete and drops it.
+        if gathering.ready:
             self._hand_over(conn)
+            return
+        if closed:
+            # The client left before its request was complete: there is no one to answer.
+            self._gathering_end(conn)
+            self.nr_conns -= 1
+            conn.close()
             return
         if gathering.wants_continue and not gathering.continue_sent:
             # The client waits for this before it sends the body (gunicorn would send it only later).
