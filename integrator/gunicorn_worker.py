@@ -346,10 +346,13 @@ class BufferingThreadWorker(ThreadWorker):
         now = time.monotonic()
         while self.gatherings:
             conn = next(iter(self.gatherings))
-            if conn.gathering is None or conn.gathering.deadline > now:
+            gathering = conn.gathering
+            if gathering is None or (gathering.deadline > now and self.alive):
                 break
-            # A connection that never started a request (an idle keep-alive) is closed quietly.
-            self._refuse(conn, _TIMEOUT_REPLY if conn.gathering.buf else b"")
+            # A stopping worker does not wait out its deadlines: the request was not started yet.
+            reply = _TIMEOUT_REPLY if self.alive else _BUSY_REPLY
+            # A connection that never started a request is closed quietly.
+            self._refuse(conn, reply if gathering.buf else b"")
 
     def handle(self, conn: TConn) -> Any:
         """In a thread: the request is in memory; gunicorn parses it from there."""

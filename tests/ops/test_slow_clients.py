@@ -213,6 +213,27 @@ def test_what_slow_bodies_may_hold_in_memory_is_bounded(python):
         server.communicate(timeout=30)
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_stopping_server_does_not_wait_for_slow_clients(python):
+    """On TERM, requests still arriving are refused (503) rather than waited for until the graceful
+    timeout (here far longer than the wait below)."""
+    store = StoreFactory()
+    env = hub_env(LOG_LEVEL="WARNING", HUB_REQUEST_READ_SECONDS="300")
+    server, port = gunicorn_start(python, env, "--workers=1", "--graceful-timeout=300")
+    try:
+        http_get(f"http://127.0.0.1:{port}/healthz", time.monotonic() + GENEROUS)
+        sock = _slow_push(port, token=store.token)
+        assert _healthz(port) == 200  # accepted after the slow client: that one is being received
+        server.terminate()
+        status, _, body = _reply(sock)
+        assert (status, json.loads(body)["error"]) == (503, "server_busy")
+        server.wait(timeout=GENEROUS)
+        sock.close()
+    finally:
+        server.kill()
+        server.communicate(timeout=30)
+
+
 # The worker's framing: when a request's bytes are enough to hand it to a thread ------------------
 
 HEAD = b"POST /events HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer t\r\n"
