@@ -39,8 +39,10 @@ def child_exit(server, worker):
 # that makes an event durable) and Redis, and a thread lets the process serve another request
 # meanwhile. Measured in docs/performance.md: about 1.15x the events/s of sync workers, lower p99.
 # Each thread keeps its own database connection (DB_CONN_MAX_AGE): workers x threads in all.
-# Override on the command line (--threads N, --worker-class sync) or with GUNICORN_CMD_ARGS.
-worker_class = "gthread"
+# The class is gthread with each request received by the worker's event loop before a thread takes
+# it, so clients that send slowly never hold a thread (integrator/gunicorn_worker.py); keep it when
+# overriding --threads. Override on the command line or with GUNICORN_CMD_ARGS.
+worker_class = "integrator.gunicorn_worker.BufferingThreadWorker"
 threads = 4
 
 # gunicorn's access and error lines in the hub's JSON shape, under the same switch as Django's

@@ -34,6 +34,7 @@ from events.errors import (
 )
 from events.messages import InvalidMessageName, message_canonical
 from events.models import Event, EventStatus
+from events.parsers import unsized_body_receive
 from events.schema import EVENT_BATCH, EVENT_DETAIL, EVENT_LIST, EVENT_PUSH
 from events.selectors import event_get, event_list
 from events.services import IngestResult, envelope_validate, event_ingest
@@ -157,6 +158,8 @@ class StoreApi(APIView):
     content_negotiation_class = JsonAlwaysNegotiation
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        # Authentication, permissions and rate limits, from the headers alone: a refused request's
+        # body is never read (the metrics middleware, too, counts it without its body).
         super().initial(request, *args, **kwargs)
         if request.method in ("POST", "PUT", "PATCH"):
             content_type = request.content_type.split(";")[0].strip().lower()
@@ -165,6 +168,7 @@ class StoreApi(APIView):
                     f"Content-Type must be application/json, not '{content_type or 'missing'}'.",
                     field="Content-Type",
                 )
+            unsized_body_receive(request)
             # DRF hands an empty body (or a chunked one, which carries no Content-Length) to the view
             # as {} without calling the parser; say what is wrong instead of "'message' is required".
             if request.META.get("CONTENT_LENGTH") in (None, "", "0"):

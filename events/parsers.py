@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
 import orjson
 from django.conf import settings
+from django.core.handlers.wsgi import LimitedStream
 from rest_framework.parsers import BaseParser
+from rest_framework.request import Request
 
 from events.errors import BodyTooLarge, JsonTooDeep, JsonTooLarge, MalformedJson
 
@@ -148,3 +151,31 @@ class HubJSONParser(BaseParser):
         if not raw.strip():
             raise MalformedJson("The body is empty; send a JSON envelope.", field="body")
         return json_parse_body(raw, max_depth=settings.HUB_MAX_JSON_DEPTH, max_keys=settings.HUB_MAX_JSON_KEYS)
+
+
+# Set by integrator.chunked on a request whose de-chunked body has not been read yet.
+UNSIZED_BODY = "hub.unsized_body"
+
+
+def unsized_body_receive(request: Request) -> None:
+    """Read a chunked body now that its sender is authenticated, at most the cap plus one byte,
+    and hand it to Django as a sized one. Nothing to do for a body with a Content-Length."""
+    meta = request.META
+    if not meta.pop(UNSIZED_BODY, False):
+        return
+    limit = settings.HUB_MAX_BODY_BYTES
+    stream = meta["wsgi.input"]
+    parts: list[bytes] = []
+    remaining = limit + 1
+    while remaining > 0:
+        chunk = stream.read(min(remaining, 64 * 1024))
+        if not chunk:
+            break
+        parts.append(chunk)
+        remaining -= len(chunk)
+    raw = b"".join(parts)
+    if len(raw) > limit:
+        raise BodyTooLarge(f"The body is larger than the limit of {limit} bytes.", field="body")
+    meta["CONTENT_LENGTH"] = str(len(raw))
+    # Django sized its body stream from CONTENT_LENGTH when the request was made (empty, then).
+    request._request._stream = LimitedStream(io.BytesIO(raw), len(raw))

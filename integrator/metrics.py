@@ -30,6 +30,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from rest_framework.request import Empty
 
 from integrator.memory import drf_request_of
 
@@ -229,12 +230,11 @@ class IngestMetricsMiddleware:
 
     @staticmethod
     def request_data(response: HttpResponse) -> Any:
-        # DRF keeps the parsed body on its Request; a body that failed to parse reads as empty.
+        """The body as the view parsed it, or None when it did not: a refused push (no token, a
+        disabled store, over its rate) is counted without its body ever being read or parsed."""
         drf_request = drf_request_of(response)
-        try:
-            return drf_request.data if drf_request is not None else None
-        except Exception:  # noqa: BLE001
-            return None
+        data = getattr(drf_request, "_full_data", Empty)
+        return None if data is Empty else data
 
     @staticmethod
     def record_one(store: str, body: dict[str, Any], status_code: int, item: Any) -> None:

@@ -211,6 +211,9 @@ CELERY_BEAT_SCHEDULE_FILENAME = os.environ.get("CELERY_BEAT_SCHEDULE_FILENAME", 
 
 # --- Hub knobs ------------------------------------------------------------------------------
 HUB_MAX_BODY_BYTES = _env_int("HUB_MAX_BODY_BYTES", 1024 * 1024)
+# The web worker (integrator/gunicorn_worker.py) must receive a whole request, head and body, within
+# this wall-clock time, however slowly it trickles in; later it answers 408 and closes.
+HUB_REQUEST_READ_SECONDS = _env_float("HUB_REQUEST_READ_SECONDS", 30.0)
 HUB_MAX_BATCH_SIZE = _env_int("HUB_MAX_BATCH_SIZE", 500)
 HUB_MAX_JSON_DEPTH = _env_int("HUB_MAX_JSON_DEPTH", 64)
 HUB_EVENTS_PAGE_SIZE = _env_int("HUB_EVENTS_PAGE_SIZE", 50)

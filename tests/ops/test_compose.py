@@ -62,6 +62,8 @@ def test_every_service_is_there_with_an_image_or_a_build(services):
 def test_commands_run_gunicorn_on_the_wsgi_app_and_celery_on_the_integrator_app(services):
     web = _command(services["web"])
     assert web.startswith("gunicorn ") and "integrator.wsgi:application" in web and "--bind=0.0.0.0:8000" in web
+    # The worker class and threads come from gunicorn.conf.py (slow clients: docs/operations.md).
+    assert "--worker-class" not in web and " -k" not in web and "--threads" not in web
     worker = _command(services["worker"]).split()
     assert worker[:3] == ["celery", "--app=integrator", "worker"]
     beat = _command(services["beat"]).split()

@@ -26,3 +26,14 @@ def test_worker_freezes_what_is_loaded_once_the_application_is(config):
         assert gc.get_count()[0] < 100  # collected just before, so no garbage is frozen for good
     finally:
         gc.unfreeze()
+
+
+def test_workers_receive_requests_before_a_thread_takes_them(config):
+    """The shipped worker class (scripts/serve, compose, the Dockerfile and the benchmark all read
+    this file): slow clients must not hold threads (tests/ops/test_slow_clients.py)."""
+    from gunicorn.util import load_class
+
+    from integrator.gunicorn_worker import BufferingThreadWorker
+
+    assert load_class(config["worker_class"]) is BufferingThreadWorker
+    assert config["threads"] == 4

@@ -1,7 +1,6 @@
 import http.client
 import io
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -13,6 +12,8 @@ from django.core import signals
 from django.db import close_old_connections
 
 from events.models import Event
+from tests.factories import StoreFactory
+from tests.ops.conftest import hub_env
 
 pytestmark = pytest.mark.django_db
 
@@ -120,7 +121,9 @@ def wsgi_call():
     signals.request_started.disconnect(close_old_connections)
     signals.request_finished.disconnect(close_old_connections)
 
-    def call(body: bytes, *, terminated: bool = True, token: str = "") -> tuple[str, dict, bytes]:
+    def call(
+        body: bytes, *, terminated: bool = True, token: str = "", stream: io.BytesIO | None = None, sized: bool = False
+    ) -> tuple[str, dict, bytes]:
         environ = {
             "REQUEST_METHOD": "POST",
             "PATH_INFO": "/events",
@@ -130,12 +133,16 @@ def wsgi_call():
             "SERVER_PORT": "80",
             "SERVER_PROTOCOL": "HTTP/1.1",
             "wsgi.url_scheme": "http",
-            "wsgi.input": io.BytesIO(body),
+            "wsgi.input": stream or io.BytesIO(body),
             "wsgi.errors": sys.stderr,
             "CONTENT_TYPE": "application/json",
-            "HTTP_TRANSFER_ENCODING": "chunked",
-            "HTTP_AUTHORIZATION": f"Bearer {token}",
         }
+        if sized:
+            environ["CONTENT_LENGTH"] = str(len(body))
+        else:
+            environ["HTTP_TRANSFER_ENCODING"] = "chunked"
+        if token:
+            environ["HTTP_AUTHORIZATION"] = f"Bearer {token}"
         if terminated:
             environ["wsgi.input_terminated"] = True
         seen: dict = {}
@@ -178,17 +185,56 @@ def test_chunked_body_from_a_server_that_cannot_dechunk_is_411(small_limits, wsg
     assert json.loads(content)["error"] == "length_required"
 
 
+class UntouchableBody(io.BytesIO):
+    """A request body that records whether anything read it."""
+
+    reads = 0
+
+    def read(self, *args):
+        self.reads += 1
+        return super().read(*args)
+
+    readline = read
+
+
+@pytest.mark.parametrize("sized", [True, False], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("who", ["no token", "wrong token", "disabled store"])
+def test_a_refused_push_never_reads_its_body(small_limits, wsgi_call, store, sized, who):
+    """Authenticated from the headers first: neither the chunked-body cap nor the ingest metrics
+    read (let alone parse) the body of a push that is refused."""
+    body = b'{"message": "order:new", "payload": {}}'
+    token = {"no token": "", "wrong token": "hub_not-a-token", "disabled store": store.token}[who]
+    if who == "disabled store":
+        store.is_active = False
+        store.save()
+    stream = UntouchableBody(body)
+    status, _, content = wsgi_call(body, token=token, stream=stream, sized=sized)
+    assert status.startswith("403" if who == "disabled store" else "401"), content
+    assert stream.reads == 0
+    assert Event.objects.count() == 0
+
+
+def test_an_accepted_push_reads_its_body(small_limits, wsgi_call, store):
+    body = b'{"message": "order:new", "payload": {}}'
+    stream = UntouchableBody(body)
+    status, _, content = wsgi_call(body, token=store.token, stream=stream, sized=True)
+    assert status.startswith("202"), content
+    assert stream.reads >= 1
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-@pytest.mark.django_db(transaction=False)
+@pytest.mark.django_db(transaction=True)
 def test_gunicorn_answers_413_to_an_oversized_chunked_body():
-    """The real server: gunicorn de-chunks, sends no Content-Length, and our cap still holds."""
+    """The real server: gunicorn de-chunks, sends no Content-Length, and our cap still holds
+    (once the sender is known: a wrong token is refused before the body is read)."""
+    store = StoreFactory()
     port = _free_port()
-    env = {**os.environ, "HUB_MAX_BODY_BYTES": "2000", "LOG_LEVEL": "WARNING"}
+    env = hub_env(HUB_MAX_BODY_BYTES="2000", LOG_LEVEL="WARNING")
     server = subprocess.Popen(
         [
             sys.executable,
@@ -215,19 +261,20 @@ def test_gunicorn_answers_413_to_an_oversized_chunked_body():
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise AssertionError(f"gunicorn did not start: {server.stderr.read().decode()[-2000:]}") from None
                 time.sleep(0.1)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        chunks = (b'{"message": "order:new", "payload": {"x": "' + b"y" * 500 for _ in range(10))
-        conn.request(
-            "POST",
-            "/events",
-            body=chunks,
-            headers={"Content-Type": "application/json", "Authorization": "Bearer hub_whatever"},
-            encode_chunked=True,
-        )
-        response = conn.getresponse()
-        assert response.status == 413
-        assert json.loads(response.read())["error"] == "body_too_large"
-        conn.close()
+        for token, status, error in ((store.token, 413, "body_too_large"), ("hub_whatever", 401, "unauthorized")):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            chunks = (b'{"message": "order:new", "payload": {"x": "' + b"y" * 500 for _ in range(10))
+            conn.request(
+                "POST",
+                "/events",
+                body=chunks,
+                headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+                encode_chunked=True,
+            )
+            response = conn.getresponse()
+            assert response.status == status
+            assert json.loads(response.read())["error"] == error
+            conn.close()
     finally:
         server.terminate()
         server.wait(timeout=30)
