@@ -147,7 +147,10 @@ def filter_matches(spec: Mapping[str, Any], payload: Any) -> bool:
         regex = regex_compile(expected)
         # A pattern the engine refuses (stored before it was checked) matches nothing; it is never
         # handed to Python's backtracking `re`.
-        return regex is not None and regex.search(str(actual)) is not None
+        if regex is None:
+            return False
+        # RE2 reads UTF-8; a lone surrogate (possible in an endpoint's reply) must not raise.
+        return regex.search(str(actual).encode("utf-8", "surrogatepass")) is not None
     return False
 
 

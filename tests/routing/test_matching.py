@@ -89,6 +89,12 @@ def test_presence_operators(op, path, expected):
     assert filter_matches({"path": path, "op": op}, PAYLOAD) is expected
 
 
+def test_match_reads_any_text_an_endpoint_may_send():
+    payload = {"order": {"note": "caf\u00e9 \ud800 ok"}}  # a lone surrogate: json.loads lets it through
+    assert filter_matches({"path": "order.note", "op": "match", "value": "^caf\u00e9 .* ok$"}, payload) is True
+    assert filter_matches({"path": "order.note", "op": "match", "value": "^nope"}, payload) is False
+
+
 def test_mode_all_needs_every_filter_and_any_needs_one():
     filters = [
         {"path": "order.channel", "op": "eq", "value": "spree"},
