@@ -337,7 +337,9 @@ AXES_COOLOFF_TIME = timedelta(minutes=_env_float("HUB_ADMIN_LOGIN_COOLOFF_MINUTE
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]] + (
     ["ip_address"] if _env_bool("HUB_ADMIN_LOGIN_LOCK_BY_IP", True) else []
 )
-AXES_RESET_ON_SUCCESS = True
+# A successful login forgets only that username's failures from that address (routing.admin.login):
+# axes' own reset would forget the whole address's, letting one valid account reset a guessing run.
+AXES_RESET_ON_SUCCESS = False
 AXES_HTTP_RESPONSE_CODE = 429
 AXES_LOCKOUT_CALLABLE = "routing.admin.login.lockout_response"
 AXES_CLIENT_IP_CALLABLE = "integrator.clientip.client_ip"

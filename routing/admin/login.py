@@ -1,4 +1,5 @@
-"""What a locked-out admin login sees (django-axes calls lockout_response; settings.AXES_*)."""
+"""The admin login's throttle (django-axes, settings.AXES_*): what a locked-out login sees, and what
+a successful one forgets."""
 
 from __future__ import annotations
 
@@ -6,9 +7,14 @@ import logging
 from typing import Any
 
 from axes.helpers import get_client_username, get_cool_off
+from axes.models import AccessAttempt
 from django.contrib import admin
+from django.contrib.auth.signals import user_logged_in
+from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+
+from integrator.clientip import client_ip
 
 logger = logging.getLogger(__name__)
 
@@ -30,3 +36,12 @@ def lockout_response(
     if cool_off:
         response["Retry-After"] = str(int(cool_off.total_seconds()))
     return response.render()
+
+
+@receiver(user_logged_in, dispatch_uid="hub-login-failures-forget")
+def login_failures_forget(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
+    """The right password forgets that username's failures from that address, and no others: the
+    address's count still holds what was tried against other usernames."""
+    if request is None:
+        return
+    AccessAttempt.objects.filter(username=user.get_username(), ip_address=client_ip(request)).delete()

@@ -82,11 +82,23 @@ def test_the_lock_lifts_after_the_cool_off(admins, settings):
 
 
 def test_a_few_typos_then_the_right_password_work_and_reset_the_count(admins, settings):
-    client = Client()
-    for n in range(settings.AXES_FAILURE_LIMIT - 1):
-        assert _login(client, "boss", f"typo-{n}", OFFICE).status_code == 200
-    assert _login(client, "boss", "pw-long-enough-1", OFFICE).status_code == 302
-    assert not AccessAttempt.objects.filter(username="boss").exists()
+    for _ in range(2):
+        for n in range(settings.AXES_FAILURE_LIMIT - 1):
+            assert _login(Client(), "boss", f"typo-{n}", OFFICE).status_code == 200
+        client = Client()
+        assert _login(client, "boss", "pw-long-enough-1", OFFICE).status_code == 302
+        assert not AccessAttempt.objects.filter(username="boss").exists()
+
+
+def test_a_valid_account_does_not_reset_the_guesses_against_another(admins, settings):
+    # One attacker, one account of their own: logging in with it between guesses at boss's password
+    # must not wipe the address's count.
+    limit = settings.AXES_FAILURE_LIMIT
+    for n in range(limit - 1):
+        assert _login(Client(), "boss", f"guess-{n}", ATTACKER).status_code == 200
+    assert _login(Client(), "clerk", "pw-long-enough-2", ATTACKER).status_code == 302
+    assert _login(Client(), "boss", "guess-last", ATTACKER).status_code == 429
+    assert _login(Client(), "boss", "pw-long-enough-1", ATTACKER).status_code == 429
 
 
 @pytest.mark.parametrize(
