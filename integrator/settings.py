@@ -343,6 +343,7 @@ AXES_RESET_ON_SUCCESS = False
 AXES_HTTP_RESPONSE_CODE = 429
 AXES_LOCKOUT_CALLABLE = "routing.admin.login.lockout_response"
 AXES_CLIENT_IP_CALLABLE = "integrator.clientip.client_ip"
+AXES_USERNAME_CALLABLE = "routing.admin.login.login_username"
 # Log lines name the address and username (never the password) so that an attack can be traced.
 AXES_SENSITIVE_PARAMETERS: list[str] = []
 AXES_VERBOSE = False  # no banner at every process start; log lines still name username and address

@@ -8,6 +8,7 @@ from typing import Any
 
 from axes.helpers import get_client_username, get_cool_off
 from axes.models import AccessAttempt
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth.signals import user_logged_in
 from django.dispatch import receiver
@@ -17,6 +18,22 @@ from django.template.response import TemplateResponse
 from integrator.clientip import client_ip
 
 logger = logging.getLogger(__name__)
+
+# What axes' AccessAttempt.username column holds.
+_USERNAME_MAX_CHARS = 255
+
+
+def login_username(request: HttpRequest, credentials: dict[str, Any] | None = None) -> str | None:
+    """The username a failure is counted under: as typed, but storable. The admin's login form does
+    not enforce the username's length, and a NUL or a lone surrogate cannot be written to PostgreSQL,
+    so axes' record of the failure would be a 500 instead."""
+    field = settings.AXES_USERNAME_FORM_FIELD
+    source = credentials if credentials else getattr(request, "data", request.POST)
+    username = source.get(field)
+    if not isinstance(username, str):
+        return username
+    cleaned = username.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+    return cleaned[:_USERNAME_MAX_CHARS]
 
 
 def lockout_response(

@@ -116,3 +116,25 @@ def test_the_address_counted_is_the_one_the_trusted_proxy_saw(rf, settings, prox
     settings.HUB_TRUSTED_PROXY_COUNT = proxies
     request = rf.post(LOGIN, REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_FOR=forwarded)
     assert client_ip(request) == expected
+
+
+@pytest.mark.parametrize(
+    ("username", "counted"),
+    [
+        ("x" * 1000, True),
+        ("bo%ED%A0%80ss", True),
+        ("%FF%FE", True),
+        ("boss%00", False),  # the form refuses it before any password is checked
+    ],
+)
+def test_odd_usernames_are_a_failed_login_not_a_500(admins, username, counted):
+    # Sent as a browser would, percent-encoded: a NUL, an encoded surrogate, bytes that are not UTF-8.
+    for _ in range(6):
+        response = Client().post(
+            LOGIN,
+            f"username={username}&password=guess",
+            content_type="application/x-www-form-urlencoded",
+            REMOTE_ADDR=ATTACKER,
+        )
+        assert response.status_code in (200, 429)
+    assert response.status_code == (429 if counted else 200)
