@@ -8,6 +8,7 @@ this app never imports routing.
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Callable
 from datetime import UTC, datetime, time
 from typing import Any
@@ -90,13 +91,33 @@ class EventPagination(CursorPagination):
         return int(raw)
 
     def decode_cursor(self, request: Request) -> Any:
+        """DRF's cursor, refused (400 naming it) unless it is one the hub could have written: short,
+        and its position an event id. DRF hands any position to the query, where 'abc' is a 500."""
+        encoded = request.query_params.get(self.cursor_query_param)
+        well_formed = encoded is None or (0 < len(encoded) <= CURSOR_MAX_CHARS and set(encoded) <= _BASE64_CHARS)
         try:
-            return super().decode_cursor(request)
+            # DRF's base64 decoding skips characters outside the alphabet: '%%%' would be a first page.
+            cursor = super().decode_cursor(request) if well_formed else None
         except DrfNotFound:
+            cursor = None
+        if encoded is not None and (cursor is None or not _event_id_valid(cursor.position)):
             # DRF answers 404 for a bad cursor; it is a bad query parameter, not a missing resource.
-            raise InvalidFilter(
-                "'cursor' is not valid; use the 'next' or 'previous' link of a page.", field="cursor"
-            ) from None
+            raise InvalidFilter("'cursor' is not valid; use the 'next' or 'previous' link of a page.", field="cursor")
+        return cursor
+
+
+# The hub's cursors are a few dozen characters (position, offset, direction, in base64).
+CURSOR_MAX_CHARS = 200
+_BIGINT_MAX = 2**63 - 1
+_BASE64_CHARS = frozenset(string.ascii_letters + string.digits + "+/=")
+
+
+def _event_id_valid(position: str | None) -> bool:
+    """No position (a first page) or a row id: ASCII digits (int() also takes '١٢' and ' 1_0 ')
+    within the database's bigint."""
+    if position is None:
+        return True
+    return position.isascii() and position.isdigit() and int(position) <= _BIGINT_MAX
 
 
 def message_filter_parse(raw: str) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -79,6 +80,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "axes",
     "events",
     "routing",
     "ops",
@@ -97,6 +99,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "integrator.metrics.IngestMetricsMiddleware",
+    # Last, as django-axes asks: turns a locked-out admin login into its 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 # The benchmark (bench/run) serves a bare baseline view next to the hub's; never on otherwise.
@@ -338,6 +342,30 @@ HUB_ALLOW_PRIVATE_DESTINATIONS = _env_bool("HUB_ALLOW_PRIVATE_DESTINATIONS", Fal
 HUB_ENCRYPTION_KEYS = _env_list("HUB_ENCRYPTION_KEYS", [])
 if IS_PRODUCTION and not HUB_ENCRYPTION_KEYS:
     raise ImproperlyConfigured("HUB_ENCRYPTION_KEYS must be set when HUB_ENV=production.")
+
+# --- Admin login throttle (django-axes) ---------------------------------------------------------
+# Failed admin logins are counted per (username, address) and per address (HUB_ADMIN_LOGIN_LOCK_BY_IP)
+# in the database; at the limit, that pair or address is refused (429) until the cool-off has passed
+# since its last failure, even with the right password.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = _env_int("HUB_ADMIN_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=_env_float("HUB_ADMIN_LOGIN_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]] + (
+    ["ip_address"] if _env_bool("HUB_ADMIN_LOGIN_LOCK_BY_IP", True) else []
+)
+# A successful login forgets only that username's failures from that address (routing.admin.login):
+# axes' own reset would forget the whole address's, letting one valid account reset a guessing run.
+AXES_RESET_ON_SUCCESS = False
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_LOCKOUT_CALLABLE = "routing.admin.login.lockout_response"
+AXES_CLIENT_IP_CALLABLE = "integrator.clientip.client_ip"
+AXES_USERNAME_CALLABLE = "routing.admin.login.login_username"
+# Log lines name the address and username (never the password) so that an attack can be traced.
+AXES_SENSITIVE_PARAMETERS: list[str] = []
+AXES_VERBOSE = False  # no banner at every process start; log lines still name username and address
+# Proxies in front of the web processes that append to X-Forwarded-For: the client's address is the
+# one the outermost of them saw. 0: REMOTE_ADDR (the hub is reached directly).
+HUB_TRUSTED_PROXY_COUNT = _env_int("HUB_TRUSTED_PROXY_COUNT", 0)
 
 SECURE_PROXY_SSL_HEADER = (
     ("HTTP_X_FORWARDED_PROTO", "https") if _env_bool("HUB_TRUST_X_FORWARDED_PROTO", IS_PRODUCTION) else None

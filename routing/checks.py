@@ -7,6 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError
 
 from routing.encryption import fernet
 
@@ -68,4 +69,35 @@ def delivery_time_limits_check(app_configs: Any = None, **kwargs: Any) -> list[E
                 id="hub.E004",
             )
         )
+    return problems
+
+
+@register(Tags.database)
+def match_filters_check(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[Warning]:
+    """A stored `match` pattern that RE2 refuses (saved before patterns were checked against it)
+    never matches; say which. Runs where Django runs database checks: `check --database default`
+    and `migrate`."""
+    from routing.matching import regex_problem
+    from routing.models import Subscription
+
+    problems: list[Warning] = []
+    for alias in databases or ():
+        try:
+            rows = list(Subscription.objects.using(alias).values_list("pk", "name", "filters"))
+        except DatabaseError:
+            continue  # not migrated yet: nothing stored to check
+        for pk, name, filters in rows:
+            for index, spec in enumerate(filters if isinstance(filters, list) else [], start=1):
+                if not isinstance(spec, dict) or spec.get("op") != "match" or not isinstance(spec.get("value"), str):
+                    continue
+                problem = regex_problem(spec["value"])
+                if problem:
+                    problems.append(
+                        Warning(
+                            f"Subscription {pk} ({name}): filter {index} (match) {problem}; it never matches.",
+                            hint="Edit the subscription in the admin and rewrite the pattern in RE2 syntax.",
+                            obj=f"routing.Subscription:{pk}",
+                            id="hub.W003",
+                        )
+                    )
     return problems

@@ -7,12 +7,17 @@ with mode `all` (every filter matches) or `any` (at least one does).
 
 from __future__ import annotations
 
-import re
+import functools
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import re2
+
 from events.messages import MESSAGE_ALIASES, InvalidMessageName, message_canonical, payload_get
+
+logger = logging.getLogger(__name__)
 
 FILTER_OPS: tuple[str, ...] = ("eq", "neq", "gt", "lt", "begins", "contains", "ends", "present", "empty", "match")
 # Operators that look only at whether there is a value, not at what it is.
@@ -20,7 +25,9 @@ _VALUELESS_OPS = frozenset({"present", "empty"})
 _FILTER_KEYS = frozenset({"path", "op", "value"})
 FILTER_MODES: tuple[str, ...] = ("all", "any")
 REGEX_MAX_LENGTH = 500
-_PATTERN_RE = re.compile(r"^[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*:\*$")
+# The memory RE2 may give one compiled pattern; a pattern whose program needs more is refused.
+REGEX_MAX_MEMORY = 1 << 20
+_PATTERN_RE = re2.compile(r"^[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*:\*$")
 
 
 def message_matches(pattern: str, message: str) -> bool:
@@ -85,12 +92,9 @@ def filters_validate(filters: Any) -> None:
         if op in ("gt", "lt") and (isinstance(value, bool) or not isinstance(value, (int, float, str))):
             raise ValueError(f"Filter {index} ({op}) needs a number or a string 'value' to compare with.")
         if op == "match":
-            if len(value) > REGEX_MAX_LENGTH:
-                raise ValueError(f"Filter {index} (match) has a pattern longer than {REGEX_MAX_LENGTH} characters.")
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"Filter {index} (match) is not a valid regular expression: {exc}.") from None
+            problem = regex_problem(value)
+            if problem:
+                raise ValueError(f"Filter {index} (match) {problem}.")
 
 
 def filter_mode_validate(mode: Any) -> None:
@@ -140,11 +144,77 @@ def filter_matches(spec: Mapping[str, Any], payload: Any) -> bool:
     if op == "match":
         if isinstance(actual, bool) or not isinstance(actual, (str, int, float)) or not isinstance(expected, str):
             return False
-        try:
-            return re.search(expected, str(actual)) is not None
-        except re.error:
+        regex = regex_compile(expected)
+        # A pattern the engine refuses (stored before it was checked) matches nothing; it is never
+        # handed to Python's backtracking `re`.
+        if regex is None:
             return False
+        # RE2 reads UTF-8; a lone surrogate (possible in an endpoint's reply) must not raise.
+        return regex.search(str(actual).encode("utf-8", "surrogatepass")) is not None
     return False
+
+
+def regex_problem(pattern: str) -> str:
+    """Why `pattern` cannot be a `match` filter (a phrase to follow "Filter N (match)"), or "".
+
+    Patterns run on RE2, whose time is linear in the value matched whatever the pattern; it has no
+    backreferences or lookaround, which are what make a backtracking engine take exponential time."""
+    return _regex_compiled(pattern)[1]
+
+
+def regex_compile(pattern: str) -> Any:
+    """The RE2 regex for `pattern`, or None when it is not one RE2 accepts."""
+    return _regex_for_routing(pattern)
+
+
+@functools.lru_cache(maxsize=256)
+def _regex_for_routing(pattern: str) -> Any:
+    # Cached apart from _regex_compiled so that a refused pattern is logged once per process, not
+    # once per event routed.
+    regex, problem = _regex_compiled(pattern)
+    if regex is None:
+        logger.warning("A match filter never matches: its pattern %r %s.", pattern[:100], problem)
+    return regex
+
+
+@functools.lru_cache(maxsize=256)
+def _regex_compiled(pattern: str) -> tuple[Any, str]:
+    if len(pattern) > REGEX_MAX_LENGTH:
+        return None, f"has a pattern longer than {REGEX_MAX_LENGTH} characters"
+    options = re2.Options()
+    options.max_mem = REGEX_MAX_MEMORY
+    options.log_errors = False  # RE2 would print to stderr; the reason is returned instead
+    try:
+        return re2.compile(pattern, options), ""
+    except re2.error as exc:
+        return None, _regex_reason(exc)
+
+
+_REASONS = (
+    ("invalid escape sequence: \\1", "uses a backreference"),
+    ("invalid perl operator: (?P", "uses a backreference"),
+    ("invalid escape sequence: \\Z", "uses \\Z (RE2 spells the end of the text \\z)"),
+    ("invalid perl operator: (?=", "uses a lookahead"),
+    ("invalid perl operator: (?!", "uses a lookahead"),
+    ("invalid perl operator: (?<", "uses a lookbehind"),
+    ("invalid perl operator: (?>", "uses an atomic group"),
+    ("bad repetition operator: *+", "uses a possessive repeat"),
+    ("bad repetition operator: ++", "uses a possessive repeat"),
+    ("bad repetition operator: ?+", "uses a possessive repeat"),
+    ("pattern too large", "is too large"),
+)
+
+
+def _regex_reason(exc: Exception) -> str:
+    raw = exc.args[0] if exc.args else ""
+    reason = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    # \1 to \9 are backreferences; RE2 names the escape it refuses.
+    key = reason[:-1] + "1" if reason.startswith("invalid escape sequence: \\") and reason[-1:].isdigit() else reason
+    what = next((what for prefix, what in _REASONS if key.startswith(prefix)), "is not a valid regular expression")
+    return (
+        f"{what} ({reason}): patterns run on RE2, a linear-time engine without backreferences, "
+        "lookaround or atomic groups (syntax: https://github.com/google/re2/wiki/Syntax)"
+    )
 
 
 def _number(value: Any) -> Decimal | None:

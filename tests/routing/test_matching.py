@@ -62,6 +62,8 @@ def test_message_patterns(pattern, message, expected):
         ("contains", "order.tags", "us", False),
         ("match", "order.number", r"^R\d{9}$", True),
         ("match", "order.email", r"@spree\.com$", False),
+        ("match", "order.totals.order", r"^114\.9", True),  # numbers are matched as their text
+        ("match", "order.number", r"(a)\1", False),  # refused by RE2: never matches
         ("eq", "order.line_items.0.sku", "SPR-00001", True),
         ("eq", "order.missing", "x", False),
         ("gt", "order.missing", 1, False),
@@ -85,6 +87,12 @@ def test_filter_operators(op, path, value, expected):
 )
 def test_presence_operators(op, path, expected):
     assert filter_matches({"path": path, "op": op}, PAYLOAD) is expected
+
+
+def test_match_reads_any_text_an_endpoint_may_send():
+    payload = {"order": {"note": "caf\u00e9 \ud800 ok"}}  # a lone surrogate: json.loads lets it through
+    assert filter_matches({"path": "order.note", "op": "match", "value": "^caf\u00e9 .* ok$"}, payload) is True
+    assert filter_matches({"path": "order.note", "op": "match", "value": "^nope"}, payload) is False
 
 
 def test_mode_all_needs_every_filter_and_any_needs_one():
@@ -124,6 +132,9 @@ def test_valid_filters_pass_validation():
         ([{"path": "a", "op": "begins", "value": 3}], "needs a string 'value'"),
         ([{"path": "a", "op": "gt", "value": [1]}], "needs a number or a string"),
         ([{"path": "a", "op": "present"}, {"path": "b", "op": "match", "value": "(unclosed"}], "Filter 2 (match)"),
+        ([{"path": "a", "op": "match", "value": r"(a)\1"}], "Filter 1 (match) uses a backreference"),
+        ([{"path": "a", "op": "match", "value": r"a(?!b)"}], "Filter 1 (match) uses a lookahead"),
+        ([{"path": "a", "op": "match", "value": "a" * 501}], "longer than 500 characters"),
     ],
 )
 def test_invalid_filters_raise_a_sentence(filters, sentence):
