@@ -193,8 +193,10 @@ def test_a_celery_worker_serves_its_metrics_when_asked(tmp_path, python):
     prom = tmp_path / "prom"
     prom.mkdir()
     (prom / "stale.db").write_bytes(b"left by an earlier run")
-    env = hub_env(HUB_WORKER_METRICS_PORT=str(port), PROMETHEUS_MULTIPROC_DIR=str(prom), LOG_LEVEL="WARNING")
+    env = hub_env(HUB_WORKER_METRICS_PORT=str(port), PROMETHEUS_MULTIPROC_DIR=str(prom), LOG_LEVEL="INFO")
+    # The worker logs through the hub's LOGGING (JSON on stderr), as the web processes do.
     log = tmp_path / "worker.log"
+    log_file = open(log, "wb")  # noqa: SIM115 - handed to the child for its whole life
     worker = subprocess.Popen(
         [
             python,
@@ -206,13 +208,13 @@ def test_a_celery_worker_serves_its_metrics_when_asked(tmp_path, python):
             "--without-gossip",
             "--without-mingle",
             "--loglevel=INFO",
-            f"--logfile={log}",
         ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log_file,
     )
+    log_file.close()
     try:
         http_get(f"http://127.0.0.1:{port}/metrics", time.monotonic() + 90)
         # A SIGTERM that lands before the worker has installed its handlers kills it outright; the
@@ -225,8 +227,8 @@ def test_a_celery_worker_serves_its_metrics_when_asked(tmp_path, python):
         assert not (prom / "stale.db").exists(), "the worker should start from a clean multiprocess directory"
     finally:
         worker.terminate()
-        _, err = worker.communicate(timeout=60)
-    assert worker.returncode == 0, err.decode()[-2000:]
+        worker.wait(timeout=60)
+    assert worker.returncode == 0, log.read_text(errors="replace")[-2000:]
 
 
 @pytest.mark.django_db
