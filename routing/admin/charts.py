@@ -86,10 +86,6 @@ def nice_ceiling(value: float) -> int:
     return int(10 * power)  # pragma: no cover - the loop always returns
 
 
-def _clock(moment: datetime) -> str:
-    return timezone.localtime(moment).strftime("%H:%M")
-
-
 def bar_chart(
     points: Sequence[Point],
     *,
@@ -97,10 +93,11 @@ def bar_chart(
     title: str,
     labels: Sequence[str],
     css: Sequence[str],
-    tick_every: int,
+    tick_minutes: int,
 ) -> BarChart:
     """Bars for `points`, the values of each stacked bottom up with the CSS classes `css`, scaled so
-    the tallest bar reaches a round number; a time under every `tick_every`-th bar."""
+    the tallest bar reaches a round number; the time under each bar that starts on a multiple of
+    `tick_minutes` of the local day (every quarter hour, every four hours)."""
     labels = tuple(labels)
     plot_width = CHART_WIDTH - PLOT_LEFT
     plot_height = CHART_HEIGHT - PLOT_BOTTOM
@@ -108,7 +105,8 @@ def bar_chart(
     step = plot_width / max(len(points), 1)
     bars = []
     ticks = []
-    clocks = [_clock(point.start) for point in points]
+    local = [timezone.localtime(point.start) for point in points]
+    clocks = [moment.strftime("%H:%M") for moment in local]
     for index, point in enumerate(points):
         x = PLOT_LEFT + index * step
         base = float(plot_height)
@@ -128,7 +126,7 @@ def bar_chart(
                 title=f"{clocks[index]}: {numbers}",
             )
         )
-        if index % tick_every == 0:
+        if (local[index].hour * 60 + local[index].minute) % tick_minutes == 0:
             ticks.append(Tick(x=round(x, 2), text=clocks[index]))
     totals = tuple(sum(p.values[i] for p in points) for i in range(len(labels)))
     return BarChart(

@@ -35,14 +35,14 @@ def hub_delivery_buttons(context: dict[str, Any], delivery: Delivery) -> dict[st
     }
 
 
-def _activity_charts(period: str, buckets: list[Bucket], *, tick_every: int) -> tuple[BarChart, BarChart]:
+def _activity_charts(period: str, buckets: list[Bucket], *, tick_minutes: int) -> tuple[BarChart, BarChart]:
     pushed = bar_chart(
         [Point(b.start, (b.pushed,)) for b in buckets],
         chart_id=f"chart-pushed-{period}",
         title="Events pushed",
         labels=["pushed"],
         css=["hub-bar-pushed"],
-        tick_every=tick_every,
+        tick_minutes=tick_minutes,
     )
     attempts = bar_chart(
         [Point(b.start, (b.attempts - b.failed, b.failed)) for b in buckets],
@@ -50,7 +50,7 @@ def _activity_charts(period: str, buckets: list[Bucket], *, tick_every: int) -> 
         title="Delivery attempts",
         labels=["succeeded", "failed"],
         css=["hub-bar-succeeded", "hub-bar-failed"],
-        tick_every=tick_every,
+        tick_minutes=tick_minutes,
     )
     return pushed, attempts
 
@@ -64,8 +64,8 @@ def hub_dashboard() -> dict[str, Any]:
     )
     return {
         "counts": counts,
-        "hour_charts": _activity_charts("hour", activity.last_hour, tick_every=15),
-        "day_charts": _activity_charts("day", activity.last_day, tick_every=16),
+        "hour_charts": _activity_charts("hour", activity.last_hour, tick_minutes=15),
+        "day_charts": _activity_charts("day", activity.last_day, tick_minutes=4 * 60),
         "latency": latency,
         "latency_scale": latency_scale,
         "latency_sampled": activity.latency_sampled,

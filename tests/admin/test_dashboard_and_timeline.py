@@ -258,7 +258,7 @@ def test_nice_ceiling_is_a_round_scale():
 def test_bar_chart_scales_and_stacks_the_series_and_titles_every_bar():
     points = [Point(at(12, 0), (0, 0)), Point(at(12, 1), (3, 2)), Point(at(12, 2), (10, 0))]
     chart = bar_chart(
-        points, chart_id="c", title="Attempts", labels=["succeeded", "failed"], css=["ok", "bad"], tick_every=2
+        points, chart_id="c", title="Attempts", labels=["succeeded", "failed"], css=["ok", "bad"], tick_minutes=2
     )
     plot = chart.plot_bottom
     assert chart.scale_max == 10 and chart.totals == (13, 2) and not chart.empty
