@@ -7,6 +7,7 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from routing.admin.charts import Point, bar_chart, latency_bars, nice_ceiling
@@ -232,7 +233,8 @@ def test_latency_per_endpoint_over_the_last_hour_is_p50_and_p99_of_its_attempts(
     assert rounded(activity.latency) == rounded(expected)
     # PostgreSQL's percentile_cont and the Python path used elsewhere agree on the same rows.
     start, end = at(11, 35), at(12, 35)
-    assert rounded(endpoint_latency_sql(start=start, end=end)) == rounded(expected)
+    if connection.vendor == "postgresql":
+        assert rounded(endpoint_latency_sql(start=start, end=end)) == rounded(expected)
     sample, sampled = endpoint_latency_sample(start=start, end=end)
     assert rounded(sample) == rounded(expected) and not sampled
 
