@@ -121,10 +121,12 @@ def _minute_floor(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(second=0, microsecond=0)
 
 
-def _bucket_counts(queryset: Any, column: str, *, start: datetime, end: datetime, quarters: bool) -> dict:
-    """Rows from `start` to `end` counted per minute, or per quarter hour: {bucket start: (count,
-    failed count)}. One aggregate query on the index of `column`. The buckets are grouped in SQL so
-    that at most one row per bucket comes back (a day per minute would be 1,440 rows to convert)."""
+def _bucket_counts(
+    queryset: Any, column: str, *, start: datetime, end: datetime, quarters: bool, failed: Q | None = None
+) -> dict[datetime, tuple[int, int]]:
+    """Rows from `start` to `end` counted per minute, or per quarter hour: {bucket start: (rows,
+    rows matching `failed`)}. One aggregate query on the index of `column`, grouped in SQL by the
+    bucket itself so that one row per bucket comes back, not one per minute to convert and add up."""
     queryset = queryset.filter(**{f"{column}__gte": start, f"{column}__lt": end}).order_by()
     if quarters:
         queryset = queryset.annotate(
@@ -134,8 +136,8 @@ def _bucket_counts(queryset: Any, column: str, *, start: datetime, end: datetime
     else:
         queryset = queryset.annotate(bucket_minute=TruncMinute(column, tzinfo=UTC)).values("bucket_minute")
     counts = {"n": Count(column)}
-    if queryset.model is Attempt:
-        counts["failed"] = Count(column, filter=Q(succeeded=False))
+    if failed is not None:
+        counts["failed"] = Count(column, filter=failed)
     result = {}
     for row in queryset.annotate(**counts):
         if quarters:
@@ -160,7 +162,9 @@ def dashboard_activity(*, now: datetime | None = None) -> DashboardActivity:
 
     def series(start: datetime, step: timedelta, size: int, quarters: bool) -> list[Bucket]:
         pushed = _bucket_counts(Event.objects, "created_at", start=start, end=end, quarters=quarters)
-        attempts = _bucket_counts(Attempt.objects, "started_at", start=start, end=end, quarters=quarters)
+        attempts = _bucket_counts(
+            Attempt.objects, "started_at", start=start, end=end, quarters=quarters, failed=Q(succeeded=False)
+        )
         buckets = []
         for i in range(size):
             when = start + i * step

@@ -79,7 +79,7 @@ def hub_badge(value: str, label: str) -> str:
     return badge(value, label)
 
 
-# A chart has up to a hundred bars and as many table rows: joined here with the standard library's
+# A chart has a bar and a table row per bucket: joined here with the standard library's
 # escape, where the same loops in a template (or format_html) cost more than the rest of the page.
 @register.simple_tag
 def hub_chart_bars(chart: BarChart) -> SafeString:
