@@ -1,13 +1,17 @@
-"""What the admin reads: the dashboard's counts, an event with everything that happened to it,
-and the timeline of one order. Each is a fixed number of queries however large the hub is."""
+"""What the admin reads: the dashboard's counts and activity, an event with everything that happened
+to it, and the timeline of one order. Each is a fixed number of queries however large the hub is."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, Prefetch, Q
+from django.db import connection
+from django.db.models import Aggregate, Count, FloatField, Prefetch, Q
+from django.db.models.functions import ExtractMinute, Floor, TruncHour, TruncMinute
 from django.utils import timezone
 
 from events.models import Event, EventStatus
@@ -51,11 +55,197 @@ def dashboard_counts(*, now: datetime | None = None) -> DashboardCounts:
     )
 
 
+HOUR_BUCKETS = 60  # of one minute
+DAY_BUCKET_MINUTES = 15
+DAY_BUCKETS = 24 * 60 // DAY_BUCKET_MINUTES
+# The slowest endpoints listed by latency; the rest are on their subscription's deliveries.
+LATENCY_ENDPOINTS_MAX = 20
+# Where percentiles are computed in Python (SQLite), over at most this many of the hour's latest attempts.
+LATENCY_SAMPLE_MAX = 20_000
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """What happened from `start` for the bucket's length: events pushed, attempts made and failed."""
+
+    start: datetime
+    pushed: int = 0
+    attempts: int = 0
+    failed: int = 0
+
+
+@dataclass(frozen=True)
+class EndpointLatency:
+    subscription_id: int
+    name: str
+    attempts: int
+    failed: int
+    p50_ms: float
+    p99_ms: float
+
+
+@dataclass(frozen=True)
+class DashboardActivity:
+    last_hour: list[Bucket]  # one a minute, oldest first, the current minute last
+    last_day: list[Bucket]  # one per DAY_BUCKET_MINUTES
+    latency: list[EndpointLatency]  # over the last hour, slowest p99 first
+    latency_sampled: bool = False  # computed over the hour's latest LATENCY_SAMPLE_MAX attempts only
+
+
+class PercentileCont(Aggregate):
+    """PostgreSQL's percentile_cont: the value at `fraction` of the ordered group, interpolated."""
+
+    function = "PERCENTILE_CONT"
+    name = "PercentileCont"
+    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = FloatField()
+
+    def __init__(self, expression: str, fraction: float, **extra: Any) -> None:
+        # float() keeps anything but a number out of the SQL text.
+        super().__init__(expression, fraction=float(fraction), **extra)
+
+
+def percentile_cont(values: Sequence[float], fraction: float) -> float:
+    """What PostgreSQL's percentile_cont answers for `values`: linear interpolation at
+    fraction * (n - 1) of the sorted values."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("no values")
+    position = fraction * (len(ordered) - 1)
+    lower = math.floor(position)
+    upper = min(lower + 1, len(ordered) - 1)
+    return float(ordered[lower] + (ordered[upper] - ordered[lower]) * (position - lower))
+
+
+def _minute_floor(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(second=0, microsecond=0)
+
+
+def _bucket_counts(
+    queryset: Any, column: str, *, start: datetime, end: datetime, quarters: bool, failed: Q | None = None
+) -> dict[datetime, tuple[int, int]]:
+    """Rows from `start` to `end` counted per minute, or per quarter hour: {bucket start: (rows,
+    rows matching `failed`)}. One aggregate query on the index of `column`, grouped in SQL by the
+    bucket itself so that one row per bucket comes back, not one per minute to convert and add up."""
+    queryset = queryset.filter(**{f"{column}__gte": start, f"{column}__lt": end}).order_by()
+    if quarters:
+        queryset = queryset.annotate(
+            bucket_hour=TruncHour(column, tzinfo=UTC),
+            bucket_quarter=Floor(ExtractMinute(column, tzinfo=UTC) / DAY_BUCKET_MINUTES),
+        ).values("bucket_hour", "bucket_quarter")
+    else:
+        queryset = queryset.annotate(bucket_minute=TruncMinute(column, tzinfo=UTC)).values("bucket_minute")
+    counts = {"n": Count(column)}
+    if failed is not None:
+        counts["failed"] = Count(column, filter=failed)
+    result = {}
+    for row in queryset.annotate(**counts):
+        if quarters:
+            when = row["bucket_hour"] + timedelta(minutes=int(row["bucket_quarter"]) * DAY_BUCKET_MINUTES)
+        else:
+            when = row["bucket_minute"]
+        result[when.astimezone(UTC)] = (row["n"], row.get("failed", 0))
+    return result
+
+
+def dashboard_activity(*, now: datetime | None = None) -> DashboardActivity:
+    """Events pushed and attempts made and failed per minute over the last hour and per quarter hour
+    over the last day, and each endpoint's attempt latency (p50, p99) over the last hour: five
+    queries, each a range scan on the index of its time column. Nothing after the current minute
+    (a clock ahead) is counted."""
+    now = now or timezone.now()
+    current = _minute_floor(now)
+    end = current + timedelta(minutes=1)
+    hour_start = end - timedelta(minutes=HOUR_BUCKETS)
+    quarter = timedelta(minutes=DAY_BUCKET_MINUTES)
+    day_start = current - timedelta(minutes=current.minute % DAY_BUCKET_MINUTES) + quarter - DAY_BUCKETS * quarter
+
+    def series(start: datetime, step: timedelta, size: int, quarters: bool) -> list[Bucket]:
+        pushed = _bucket_counts(Event.objects, "created_at", start=start, end=end, quarters=quarters)
+        attempts = _bucket_counts(
+            Attempt.objects, "started_at", start=start, end=end, quarters=quarters, failed=Q(succeeded=False)
+        )
+        buckets = []
+        for i in range(size):
+            when = start + i * step
+            made, failed = attempts.get(when, (0, 0))
+            buckets.append(Bucket(when, pushed.get(when, (0, 0))[0], made, failed))
+        return buckets
+
+    latency, sampled = endpoint_latency(start=hour_start, end=end)
+    return DashboardActivity(
+        last_hour=series(hour_start, timedelta(minutes=1), HOUR_BUCKETS, quarters=False),
+        last_day=series(day_start, quarter, DAY_BUCKETS, quarters=True),
+        latency=latency,
+        latency_sampled=sampled,
+    )
+
+
+def endpoint_latency(*, start: datetime, end: datetime) -> tuple[list[EndpointLatency], bool]:
+    """Each endpoint's attempts from `start` to `end` with their p50 and p99 latency, slowest p99
+    first, in one query; and whether the figures come from a sample. PostgreSQL computes the
+    percentiles itself; elsewhere they are computed here over the latest LATENCY_SAMPLE_MAX attempts."""
+    if connection.vendor == "postgresql":
+        return endpoint_latency_sql(start=start, end=end), False
+    return endpoint_latency_sample(start=start, end=end)
+
+
+def endpoint_latency_sql(*, start: datetime, end: datetime) -> list[EndpointLatency]:
+    rows = (
+        Attempt.objects.filter(started_at__gte=start, started_at__lt=end)
+        .order_by()
+        .values("delivery__subscription_id", "delivery__subscription__name")
+        .annotate(
+            n=Count("started_at"),
+            failed=Count("started_at", filter=Q(succeeded=False)),
+            p50=PercentileCont("latency_ms", 0.5),
+            p99=PercentileCont("latency_ms", 0.99),
+        )
+        .order_by("-p99", "delivery__subscription__name")[:LATENCY_ENDPOINTS_MAX]
+    )
+    return [
+        EndpointLatency(
+            subscription_id=row["delivery__subscription_id"],
+            name=row["delivery__subscription__name"],
+            attempts=row["n"],
+            failed=row["failed"],
+            p50_ms=float(row["p50"]),
+            p99_ms=float(row["p99"]),
+        )
+        for row in rows
+    ]
+
+
+def endpoint_latency_sample(*, start: datetime, end: datetime) -> tuple[list[EndpointLatency], bool]:
+    rows = list(
+        Attempt.objects.filter(started_at__gte=start, started_at__lt=end)
+        .order_by("-started_at")
+        .values_list("delivery__subscription_id", "delivery__subscription__name", "latency_ms", "succeeded")[
+            : LATENCY_SAMPLE_MAX + 1
+        ]
+    )
+    sampled = len(rows) > LATENCY_SAMPLE_MAX
+    groups: dict[tuple[int, str], list[tuple[int, bool]]] = {}
+    for subscription_id, name, latency_ms, succeeded in rows[:LATENCY_SAMPLE_MAX]:
+        groups.setdefault((subscription_id, name), []).append((latency_ms, succeeded))
+    result = [
+        EndpointLatency(
+            subscription_id=subscription_id,
+            name=name,
+            attempts=len(group),
+            failed=sum(1 for _, succeeded in group if not succeeded),
+            p50_ms=percentile_cont([ms for ms, _ in group], 0.5),
+            p99_ms=percentile_cont([ms for ms, _ in group], 0.99),
+        )
+        for (subscription_id, name), group in groups.items()
+    ]
+    result.sort(key=lambda row: (-row.p99_ms, row.name))
+    return result[:LATENCY_ENDPOINTS_MAX], sampled
+
+
 def event_messages() -> list[str]:
     """The distinct message names stored, for the events list's filter. A loose index scan (one
     index probe per name) instead of SELECT DISTINCT, which reads every row of a large hub."""
-    from django.db import connection
-
     table = connection.ops.quote_name(Event._meta.db_table)
     with connection.cursor() as cursor:
         cursor.execute(

@@ -64,6 +64,12 @@ def test_admin_retries_a_failed_delivery_in_the_browser(live_server, worker, sub
             page.fill("#id_password", "pw-long-enough-1")
             page.click("input[type=submit]")
 
+            # The dashboard charts this hour's failed attempt and the endpoint's latency.
+            expect(page.locator("#chart-attempts-hour .hub-bar-failed")).to_have_count(1)
+            expect(page.locator("#chart-attempts-hour figcaption")).to_contain_text("0 succeeded, 1 failed")
+            expect(page.locator("#chart-pushed-hour figcaption")).to_contain_text("1 pushed")
+            expect(page.locator("#hub-latency tbody th")).to_have_text(["erp"])
+
             # The dashboard counts the failure and links to the failed deliveries.
             failed_count = page.locator("#count-failed")
             expect(failed_count.locator("strong")).to_have_text("1")

@@ -22,7 +22,7 @@ def pages() -> dict[str, tuple[str, int]]:
     store = Store.objects.order_by("id").first()
     number = event.payload["order"]["number"]
     return {
-        "dashboard": ("/admin/", 8),
+        "dashboard": ("/admin/", 13),
         "events": ("/admin/events/event/", 6),
         "events filtered": (
             f"/admin/events/event/?status__exact=failed&message=order%3Anew&store__id__exact={store.pk}",
