@@ -36,7 +36,7 @@ import yaml
 from django.db import transaction
 from rest_framework import serializers
 
-from events.errors import _first_validation_error
+from events.errors import HubError, _first_validation_error
 from events.models import Event, Store
 from ops.manage import services
 from ops.manage.serializers import StoreInput, SubscriptionInput
@@ -214,7 +214,8 @@ def hub_apply(document: Any, *, actor: str, dry_run: bool = False, prune: bool =
         for change in plan.changes:
             try:
                 _change_write(change, plan, actor, result)
-            except services.InvalidField as exc:
+            except HubError as exc:
+                # Valid when planned, refused when written: changed meanwhile by someone else.
                 raise DocumentInvalid(f"{change.kind} '{change.name}'", exc.detail, exc.field) from None
     return result
 

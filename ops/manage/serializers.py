@@ -9,7 +9,7 @@ from typing import Any
 from rest_framework import serializers
 
 from events.models import Store
-from ops.manage.services import DELIVERIES_MAX_PER_CALL
+from ops.manage.services import DELIVERIES_DEFAULT_PER_CALL, DELIVERIES_MAX_PER_CALL
 from routing.models import DeliveryState, FilterMode, HttpMethod, Subscription
 
 
@@ -84,8 +84,9 @@ class DeliveryFilterInput(StrictSerializer):
         required=False,
         min_value=1,
         max_value=DELIVERIES_MAX_PER_CALL,
-        default=DELIVERIES_MAX_PER_CALL,
-        help_text="At most this many (oldest first); the rest is counted as `remaining`.",
+        default=DELIVERIES_DEFAULT_PER_CALL,
+        help_text=f"At most this many, oldest first (default {DELIVERIES_DEFAULT_PER_CALL}, at most "
+        f"{DELIVERIES_MAX_PER_CALL}); the rest is counted as `remaining`.",
     )
     dry_run = serializers.BooleanField(required=False, default=False, help_text="Count only; change nothing.")
 

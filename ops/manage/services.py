@@ -7,14 +7,16 @@ logged as JSON with who did it."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
-from django.db.models import QuerySet
+from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models.functions import Coalesce
 
 from events.errors import HubError
 from events.messages import InvalidMessageName, message_canonical
@@ -23,7 +25,6 @@ from events.selectors import store_cache_clear
 from events.services import store_set_active, store_token_rotate
 from routing import services as routing_services
 from routing.attempts import subscription_disable
-from routing.dispatch import pumps_enqueue
 from routing.models import DELIVERY_OPEN_STATES, Delivery, DeliveryState, Subscription
 
 logger = logging.getLogger("ops.manage")
@@ -48,8 +49,11 @@ SUBSCRIPTION_FIELDS = (
 )
 STORE_FIELDS = ("name", "is_active")
 
-# Most deliveries one call acts on; what is left is reported as `remaining` for the next call.
+# Most deliveries one call acts on, and how many when the caller does not say: each is the admin's
+# own action in its own transaction (some milliseconds each), so a call stays well inside an HTTP
+# timeout by default. What is left is reported as `remaining` for the next call.
 DELIVERIES_MAX_PER_CALL = 10_000
+DELIVERIES_DEFAULT_PER_CALL = 1_000
 
 
 class InvalidField(HubError):
@@ -62,6 +66,16 @@ class InvalidField(HubError):
 class Conflict(HubError):
     status_code = 409
     code = "conflict"
+
+
+@contextmanager
+def _unique_or_conflict(kind: str, name: str) -> Iterator[None]:
+    """Validation checked the name; a concurrent writer may still take it first."""
+    try:
+        with transaction.atomic():
+            yield
+    except IntegrityError:
+        raise Conflict(f"A {kind} named '{name}' was written meanwhile; try again.", field="name") from None
 
 
 def write_logged(actor: str, action: str, target: str, **details: Any) -> None:
@@ -101,7 +115,8 @@ def store_create(*, values: Mapping[str, Any], actor: str) -> tuple[Store, str]:
     """A new store and its token in clear (the only time it is seen)."""
     store = store_check(values)
     token = store.token_set_new()
-    store.save()
+    with _unique_or_conflict("store", store.name):
+        store.save()
     write_logged(actor, "store.create", store.name)
     return store, token
 
@@ -115,7 +130,8 @@ def store_update(*, store: Store, values: Mapping[str, Any], actor: str) -> list
         store.is_active = values["is_active"]
     if "name" in changed:
         store.name = values["name"]
-        store.save(update_fields=["name"])
+        with _unique_or_conflict("store", store.name):
+            store.save(update_fields=["name"])
         store_cache_clear()
     if changed:
         write_logged(actor, "store.update", store.name, changed=changed)
@@ -200,9 +216,8 @@ def subscription_create(
     subscription = subscription_check(values, store_lookup=store_lookup)
     if subscription.parameters is None:
         subscription.parameters = []
-    subscription.save()
-    if subscription.is_enabled:
-        transaction.on_commit(lambda: pumps_enqueue([subscription.pk]))
+    with _unique_or_conflict("subscription", subscription.name):
+        subscription.save()
     write_logged(actor, "subscription.create", subscription.name)
     return subscription
 
@@ -246,7 +261,8 @@ def subscription_update(
         for field in fields:
             setattr(fresh, field, getattr(checked, field))
         if fields:
-            fresh.save(update_fields=[*fields, "updated_at"])
+            with _unique_or_conflict("subscription", fresh.name):
+                fresh.save(update_fields=[*fields, "updated_at"])
     for field in (*SUBSCRIPTION_FIELDS, "failing_since", "updated_at"):
         setattr(subscription, field, getattr(fresh, field))
     write_logged(actor, "subscription.update", subscription.name, changed=changed)
@@ -286,7 +302,7 @@ class DeliveryFilter:
     since: datetime | None = None
     until: datetime | None = None
     message: str | None = None
-    limit: int = DELIVERIES_MAX_PER_CALL
+    limit: int = DELIVERIES_DEFAULT_PER_CALL
 
 
 # Which states each action may touch, and which it picks when the filter names none.
@@ -322,6 +338,14 @@ def deliveries_matching(*, action: str, flt: DeliveryFilter) -> QuerySet[Deliver
         qs = qs.filter(created_at__lt=flt.until)
     if flt.message:
         qs = qs.filter(**message_lookup(flt.message))
+    if action == "replay":
+        # One with a replay still on its way is done (replaying it again returns that replay), so
+        # the next call moves on to the ones left, and a repeated call sends nothing twice.
+        on_its_way = Delivery.objects.filter(
+            replay_of_id=Coalesce(OuterRef("replay_of_id"), OuterRef("pk")),
+            state__in=(*DELIVERY_OPEN_STATES, DeliveryState.DELIVERING),
+        )
+        qs = qs.exclude(Exists(on_its_way))
     return qs.order_by("id")
 
 

@@ -356,9 +356,20 @@ def test_cancel_by_message_with_a_limit_reports_the_remaining(manage, failures):
 def test_replay_makes_one_new_delivery_each_even_when_asked_twice(manage, failures):
     body = {"subscription": "crm"}
     assert manage.post(M + "/deliveries/replay", body, format="json").json()["changed"] == 1
-    manage.post(M + "/deliveries/replay", body, format="json")
+    # The one replayed has its replay on the way: asking again selects nothing and sends nothing.
+    assert manage.post(M + "/deliveries/replay", body, format="json").json()["matched"] == 0
     replays = Delivery.objects.filter(replay_of=failures["crm"])
     assert replays.count() == 1 and replays.get().state == DeliveryState.PENDING
+
+
+def test_replay_with_a_limit_moves_on_to_the_rest(manage, failures):
+    body = {"subscription": "erp", "limit": 2}
+    first = manage.post(M + "/deliveries/replay", body, format="json").json()
+    assert (first["matched"], first["changed"], first["remaining"]) == (3, 2, 1)
+    second = manage.post(M + "/deliveries/replay", body, format="json").json()
+    assert (second["matched"], second["changed"], second["remaining"]) == (1, 1, 0)
+    originals = [failures[n].pk for n in ("erp_old", "erp_1", "erp_2")]
+    assert sorted(Delivery.objects.filter(replay_of__isnull=False).values_list("replay_of_id", flat=True)) == originals
 
 
 @pytest.mark.parametrize(
