@@ -18,7 +18,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef, QuerySet
 from django.db.models.functions import Coalesce
 
-from events.errors import HubError
+from events.errors import HubError, NotFound
 from events.messages import InvalidMessageName, message_canonical
 from events.models import Store
 from events.selectors import store_cache_clear
@@ -94,7 +94,7 @@ def _first_error(exc: ValidationError) -> InvalidField:
 def store_by_name(name: str) -> Store:
     store = Store.objects.filter(name=name).first()
     if store is None:
-        raise HubError(f"No store named '{name}'.", field="name", code="not_found").with_status(404)
+        raise NotFound(f"No store named '{name}'.", field="name")
     return store
 
 
@@ -125,13 +125,15 @@ def store_update(*, store: Store, values: Mapping[str, Any], actor: str) -> list
     """Change what `values` names; the fields that changed (none: nothing was written)."""
     store_check(values, instance=store)
     changed = [name for name, value in values.items() if getattr(store, name) != value]
-    if "is_active" in changed:
-        store_set_active(store_id=store.pk, active=values["is_active"])
-        store.is_active = values["is_active"]
+    with transaction.atomic():
+        if "is_active" in changed:
+            store_set_active(store_id=store.pk, active=values["is_active"])
+            store.is_active = values["is_active"]
+        if "name" in changed:
+            store.name = values["name"]
+            with _unique_or_conflict("store", store.name):
+                store.save(update_fields=["name"])
     if "name" in changed:
-        store.name = values["name"]
-        with _unique_or_conflict("store", store.name):
-            store.save(update_fields=["name"])
         store_cache_clear()
     if changed:
         write_logged(actor, "store.update", store.name, changed=changed)
@@ -148,7 +150,7 @@ def store_rotate(*, store: Store, actor: str, grace_seconds: int | None = None) 
 def subscription_by_name(name: str) -> Subscription:
     subscription = Subscription.objects.select_related("store").filter(name=name).first()
     if subscription is None:
-        raise HubError(f"No subscription named '{name}'.", field="name", code="not_found").with_status(404)
+        raise NotFound(f"No subscription named '{name}'.", field="name")
     return subscription
 
 
@@ -198,7 +200,7 @@ def subscription_check(
         except ValidationError as exc:
             errors.update(exc.message_dict)
     if errors:
-        # The field the client wrote first, so that the error points where they look.
+        # The first bad field in the order the admin's form shows them.
         field = next((f for f in SUBSCRIPTION_FIELDS if f in errors), next(iter(errors)))
         raise InvalidField(errors[field][0], field=None if field == "__all__" else field)
     return subscription
