@@ -81,6 +81,15 @@ def test_apply_creates_what_the_file_says_and_prints_the_secrets_once(tmp_path):
     assert (warehouse.is_enabled, warehouse.disabled_reason) == (False, "waiting for go-live")
 
 
+def test_secrets_can_go_to_a_file_only_its_owner_reads(tmp_path):
+    secrets = tmp_path / "secrets.txt"
+    out = apply(tmp_path, HUB, "--secrets-file", str(secrets))
+    erp = Subscription.objects.get(name="acme-erp")
+    assert erp.signing_secret not in out and "6 secrets written to" in out
+    assert erp.signing_secret in secrets.read_text() and erp.token in secrets.read_text()
+    assert secrets.stat().st_mode & 0o777 == 0o600
+
+
 def test_apply_twice_changes_nothing(tmp_path):
     apply(tmp_path, HUB)
     before = snapshot()

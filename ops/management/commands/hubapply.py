@@ -1,3 +1,4 @@
+import os
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
@@ -22,7 +23,13 @@ class Command(BaseCommand):
             help="Delete subscriptions and stores the file does not name (a store with events is disabled instead).",
         )
 
-    def handle(self, *args, file: str, dry_run: bool, prune: bool, **options):
+        parser.add_argument(
+            "--secrets-file",
+            help="Write the secrets of what is created (tokens, signing secrets) to this file, readable by its "
+            "owner only, instead of printing them: keeps them out of CI logs.",
+        )
+
+    def handle(self, *args, file: str, dry_run: bool, prune: bool, secrets_file: str | None, **options):
         try:
             document = document_load(file, sys.stdin.read() if file == "-" else None)
             result = hub_apply(document, actor=command_actor("hubapply"), dry_run=dry_run, prune=prune)
@@ -32,7 +39,14 @@ class Command(BaseCommand):
             raise CommandError(f"{file}: {exc.strerror}") from None
         for change in result.changes:
             self.stdout.write(("would " if dry_run else "") + str(change))
-        for what, name, secret in result.secrets:
-            self.stdout.write(f"{what} of '{name}' (shown only now): {secret}")
+        lines = [f"{what} of '{name}' (shown only now): {secret}" for what, name, secret in result.secrets]
+        if secrets_file and lines:
+            descriptor = os.open(secrets_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+                out.write("\n".join(lines) + "\n")
+            self.stdout.write(f"{len(lines)} secrets written to {secrets_file}.")
+        else:
+            for line in lines:
+                self.stdout.write(line)
         count = len(result.changes)
         self.stdout.write(f"{'Dry run: ' if dry_run else ''}{count} change{'' if count == 1 else 's'}.")
