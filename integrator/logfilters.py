@@ -20,6 +20,8 @@ REDACTED = "[redacted]"
 _SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"whsec_[A-Za-z0-9+/=]{8,}"), "whsec_" + REDACTED),
     (re.compile(r"\bhub_[A-Za-z0-9_-]{24,}"), "hub_" + REDACTED),
+    # Management keys (ops.models): "hubm_" + 43 url-safe characters.
+    (re.compile(r"\bhubm_[A-Za-z0-9_-]{24,}"), "hubm_" + REDACTED),
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 " + REDACTED),
     (
         re.compile(
@@ -33,9 +35,9 @@ _SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 # What every pattern above needs somewhere in the text: one search for these decides whether the
-# five substitutions can change anything. Most log values (ids, names, counts) hold none of them,
+# substitutions can change anything. Most log values (ids, names, counts) hold none of them,
 # and a batch logs one line per event.
-_SECRET_HINT = re.compile(r"(?i)whsec_|hub_|bearer|basic|authorization|token|://")
+_SECRET_HINT = re.compile(r"(?i)whsec_|hubm?_|bearer|basic|authorization|token|://")
 
 _SECRET_KEY_NAMES = re.compile(
     r"(?i)(authorization|token|secret|password|passwd|api[-_]?key|signature|cookie|x[-_]augury)"

@@ -319,6 +319,8 @@ HUB_MAX_JSON_KEYS = _env_int("HUB_MAX_JSON_KEYS", 10_000)
 HUB_RATE_LIMITS = {
     "store_write": os.environ.get("HUB_RATE_LIMIT_WRITE", "600/minute"),
     "store_read": os.environ.get("HUB_RATE_LIMIT_READ", "1200/minute"),
+    # Per management key, every call of /manage/v1 (ops/manage).
+    "manage": os.environ.get("HUB_RATE_LIMIT_MANAGE", "600/minute"),
 }
 # After a token rotation the old token keeps working this long, so a store can be reconfigured
 # without dropping events.
@@ -417,11 +419,12 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Event hub API",
-    "DESCRIPTION": "What stores push to the hub: events, one at a time or in batches, and what became of them.",
+    "DESCRIPTION": "What stores push to the hub: events, one at a time or in batches, and what became of them; "
+    "and, under /manage/v1 with a management key, how staff manage stores, subscriptions and deliveries.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
-    # The schema documents the store-facing API only, not the admin.
-    "SCHEMA_PATH_PREFIX": r"/events",
+    # The schema documents the store-facing API and the management API, not the admin.
+    "SCHEMA_PATH_PREFIX": r"/(events|manage/v1)",
     "COMPONENT_SPLIT_REQUEST": True,
     # Swagger UI from our own static files: the docs page works offline and loads nothing from a CDN.
     "SWAGGER_UI_DIST": "SIDECAR",

@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
@@ -16,6 +16,8 @@ urlpatterns = [
     path("events/batch", EventBatchApi.as_view(accept=event_accept, accept_many=events_accept), name="events-batch"),
     path("events/<str:event_id>", EventDetailApi.as_view(describe=event_deliveries_describe), name="event-detail"),
     path("admin/", admin.site.urls),
+    # Staff scripting the hub: management keys, not store tokens (ops/manage, docs/operations.md).
+    path("manage/v1/", include("ops.manage.urls")),
     # Operations: no store token; keep /metrics off the public internet (docs/operations.md).
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),

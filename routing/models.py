@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +24,29 @@ def signing_secret_new() -> str:
 
 def subscription_token_new() -> str:
     return secrets.token_urlsafe(24)
+
+
+def parameters_validate(parameters: Any) -> None:
+    """Raise ValueError with a sentence when `parameters` is not a list of {"name", "value"} objects."""
+    if parameters in (None, ""):
+        return
+    if not isinstance(parameters, list):
+        raise ValueError('Parameters must be a list, e.g. [{"name": "api_key", "value": "..."}].')
+    seen: set[str] = set()
+    for index, item in enumerate(parameters, start=1):
+        if not isinstance(item, Mapping):
+            raise ValueError(f"Parameter {index} must be an object with 'name' and 'value'.")
+        unknown = sorted(set(item) - {"name", "value"})
+        if unknown:
+            raise ValueError(f"Parameter {index} has unknown key(s) {', '.join(unknown)}; use name and value.")
+        name = item.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"Parameter {index} needs a 'name' (a non-empty string).")
+        if "value" not in item:
+            raise ValueError(f"Parameter {index} ('{name}') needs a 'value'.")
+        if name in seen:
+            raise ValueError(f"Parameter {index} repeats the name '{name}'; each name may appear once.")
+        seen.add(name)
 
 
 class HttpMethod(models.TextChoices):
@@ -132,6 +156,7 @@ class Subscription(models.Model):
             ("filters", filters_validate, self.filters),
             ("filter_mode", filter_mode_validate, self.filter_mode),
             ("retry_schedule", schedule_validate, self.retry_schedule),
+            ("parameters", parameters_validate, self.parameters),
         )
         errors: dict[str, str] = {}
         for field, check, value in checks:

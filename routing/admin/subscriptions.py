@@ -5,7 +5,6 @@ disable, rotate the signing secret, and send a test event whose delivery the adm
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from typing import Any
 
 from django import forms
@@ -22,7 +21,7 @@ from routing import services
 from routing.admin.display import badge, secret_mask
 from routing.attempts import subscription_disable
 from routing.matching import message_types_validate
-from routing.models import Subscription
+from routing.models import Subscription, parameters_validate
 from routing.netguard import subscription_url_validate
 
 
@@ -33,29 +32,6 @@ class PrettyJSONField(forms.JSONField):
         if isinstance(value, forms.fields.InvalidJSONInput):
             return value
         return json.dumps(value, indent=2, ensure_ascii=False, cls=self.encoder)
-
-
-def parameters_validate(parameters: Any) -> None:
-    """Raise ValueError with a sentence when `parameters` is not a list of {"name", "value"} objects."""
-    if parameters in (None, ""):
-        return
-    if not isinstance(parameters, list):
-        raise ValueError('Parameters must be a list, e.g. [{"name": "api_key", "value": "..."}].')
-    seen: set[str] = set()
-    for index, item in enumerate(parameters, start=1):
-        if not isinstance(item, Mapping):
-            raise ValueError(f"Parameter {index} must be an object with 'name' and 'value'.")
-        unknown = sorted(set(item) - {"name", "value"})
-        if unknown:
-            raise ValueError(f"Parameter {index} has unknown key(s) {', '.join(unknown)}; use name and value.")
-        name = item.get("name")
-        if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"Parameter {index} needs a 'name' (a non-empty string).")
-        if "value" not in item:
-            raise ValueError(f"Parameter {index} ('{name}') needs a 'value'.")
-        if name in seen:
-            raise ValueError(f"Parameter {index} repeats the name '{name}'; each name may appear once.")
-        seen.add(name)
 
 
 class SubscriptionForm(forms.ModelForm):

@@ -54,6 +54,12 @@ def test_secrets_in_the_message_and_its_arguments_are_masked():
     assert line["message"] == f"signing with whsec_{REDACTED} for store token hub_{REDACTED}"
 
 
+def test_management_keys_are_masked():
+    key = "hubm_" + "Xy9" * 15
+    (line,) = log_lines(lambda log: log.warning("key %s used", key))
+    assert key not in json.dumps(line) and line["message"] == f"key hubm_{REDACTED} used"
+
+
 def test_authorization_headers_and_secret_fields_in_extra_are_masked():
     headers = {
         "Authorization": f"Bearer {TOKEN}",

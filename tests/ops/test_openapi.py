@@ -22,22 +22,87 @@ def test_schema_is_public_and_valid_openapi(schema):
     assert schema["openapi"].startswith("3.")
 
 
-def test_schema_lists_the_store_api_and_nothing_else(schema):
-    assert set(schema["paths"]) == {"/events", "/events/batch", "/events/{event_id}"}
+MANAGE_PATHS = {
+    "/manage/v1/stores": {"get", "post"},
+    "/manage/v1/stores/{name}": {"get", "patch"},
+    "/manage/v1/stores/{name}/enable": {"post"},
+    "/manage/v1/stores/{name}/disable": {"post"},
+    "/manage/v1/stores/{name}/rotate": {"post"},
+    "/manage/v1/subscriptions": {"get", "post"},
+    "/manage/v1/subscriptions/{name}": {"get", "patch"},
+    "/manage/v1/subscriptions/{name}/enable": {"post"},
+    "/manage/v1/subscriptions/{name}/disable": {"post"},
+    "/manage/v1/subscriptions/{name}/rotate": {"post"},
+    "/manage/v1/subscriptions/{name}/test": {"post"},
+    "/manage/v1/deliveries/retry": {"post"},
+    "/manage/v1/deliveries/cancel": {"post"},
+    "/manage/v1/deliveries/replay": {"post"},
+}
+
+
+def test_schema_lists_the_store_api_the_management_api_and_nothing_else(schema):
+    assert set(schema["paths"]) == {"/events", "/events/batch", "/events/{event_id}", *MANAGE_PATHS}
+    for path, methods in MANAGE_PATHS.items():
+        assert set(schema["paths"][path]) == methods, path
     assert set(schema["paths"]["/events"]) == {"get", "post"}
     assert set(schema["paths"]["/events/batch"]) == {"post"}
     assert set(schema["paths"]["/events/{event_id}"]) == {"get"}
 
 
-def test_every_operation_uses_the_store_bearer_token(schema):
+def test_every_operation_uses_the_store_token_or_a_management_key(schema):
     assert schema["components"]["securitySchemes"]["storeToken"] == {
         "type": "http",
         "scheme": "bearer",
         "description": schema["components"]["securitySchemes"]["storeToken"]["description"],
     }
+    assert schema["components"]["securitySchemes"]["managementKey"]["scheme"] == "bearer"
     for path, operations in schema["paths"].items():
+        scheme = "managementKey" if path.startswith("/manage/") else "storeToken"
         for method, operation in operations.items():
-            assert operation["security"] == [{"storeToken": []}], (path, method)
+            assert operation["security"] == [{scheme: []}], (path, method)
+
+
+def test_management_operations_document_their_errors_and_secrets_only_where_shown_once(schema):
+    for path, operations in MANAGE_PATHS.items():
+        for method in operations:
+            assert {"401", "403", "429"} <= set(schema["paths"][path][method]["responses"]), (path, method)
+    created = _ref(
+        schema, schema["paths"]["/manage/v1/subscriptions"]["post"]["responses"]["201"]["content"]["application/json"]
+    )
+    assert {"signing_secret", "token"} <= set(created["properties"])
+    read = _ref(
+        schema,
+        schema["paths"]["/manage/v1/subscriptions/{name}"]["get"]["responses"]["200"]["content"]["application/json"],
+    )
+    assert not {"signing_secret", "token", "parameters"} & set(read["properties"])
+    assert "parameter_names" in read["properties"]
+    filter_body = _ref(
+        schema, schema["paths"]["/manage/v1/deliveries/retry"]["post"]["requestBody"]["content"]["application/json"]
+    )
+    assert set(filter_body["properties"]) == {"subscription", "state", "since", "until", "message", "limit", "dry_run"}
+
+
+def test_documented_management_replies_match_real_ones(schema):
+    from rest_framework.test import APIClient
+
+    from ops.models import ManagementKey
+
+    key = ManagementKey(name="docs", scopes=["subscriptions:read", "subscriptions:write"])
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {key.key_set_new()}")
+    key.save()
+    body = {"name": "erp", "url": "https://erp.example.com/hub", "message_types": ["*"]}
+    created = client.post("/manage/v1/subscriptions", body, format="json")
+    paths = schema["paths"]
+    documented = _ref(
+        schema, paths["/manage/v1/subscriptions"]["post"]["responses"]["201"]["content"]["application/json"]
+    )
+    assert set(created.json()) == set(documented["properties"])
+    read = client.get("/manage/v1/subscriptions/erp")
+    documented = _ref(
+        schema, paths["/manage/v1/subscriptions/{name}"]["get"]["responses"]["200"]["content"]["application/json"]
+    )
+    assert set(read.json()) == set(documented["properties"])
 
 
 def _ref(schema: dict, holder: dict) -> dict:
