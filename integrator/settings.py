@@ -200,6 +200,12 @@ HUB_WORKER_ASYNC_COMMIT = _env_bool("HUB_WORKER_ASYNC_COMMIT", True)
 CELERY_TASK_TIME_LIMIT = 300
 CELERY_TASK_SOFT_TIME_LIMIT = 240
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A worker waits for its broker however long it is away (Celery's default gives up after 100 tries
+# and exits): the deliveries are in the database, and nothing is gained by a worker that is gone.
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+# Tasks running when the broker goes away finish: a delivery on the wire is recorded, and its
+# late ack, lost with the connection, only costs a repeated wake-up (the pump claims rows first).
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # Publishing happens after the event is committed: a broker outage must not hang the request,
 # the sweeper re-enqueues whatever could not be published.
 CELERY_TASK_PUBLISH_RETRY = False
