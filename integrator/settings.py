@@ -269,6 +269,9 @@ HUB_RESOURCE_KEY_PATHS: dict[str, list[str]] = {
 # After failing to publish to the broker, a process stops trying for this long: pushes are not
 # slowed by a dead broker, and the sweeper enqueues what they stored once it is back.
 HUB_BROKER_BACKOFF_SECONDS = _env_float("HUB_BROKER_BACKOFF_SECONDS", 5)
+# After a failure of the cache (Redis), a process leaves it alone this long: rate limits are not
+# enforced and pushes publish without coalescing meanwhile, so that no push waits on a dead Redis.
+HUB_CACHE_BACKOFF_SECONDS = _env_float("HUB_CACHE_BACKOFF_SECONDS", 5)
 # A task that finds the database down waits and tries again (doubling up to this), never drops.
 HUB_DATABASE_RETRY_MAX_SECONDS = _env_float("HUB_DATABASE_RETRY_MAX_SECONDS", 30)
 # Retention: events whose every delivery ended delivered (or cancelled) are purged once older than
@@ -353,6 +356,12 @@ if REDIS_URL:
             "BACKEND": "integrator.cache.RedisCache",
             "LOCATION": os.environ.get("CACHE_REDIS_URL", REDIS_URL),
             "KEY_PREFIX": "hub",
+            # A Redis that stops answering (not only one that refuses) fails a cache use after this
+            # long instead of hanging the push; the use then fails open (integrator/cache.py).
+            "OPTIONS": {
+                "socket_connect_timeout": _env_float("CACHE_REDIS_TIMEOUT_SECONDS", 1.0),
+                "socket_timeout": _env_float("CACHE_REDIS_TIMEOUT_SECONDS", 1.0),
+            },
         }
     }
 else:
