@@ -7,9 +7,9 @@ endpoint's pending mark (routing.dispatch) on every push, and every pump clears 
 is safe to share between threads, and its pool reconnects after a fork, so each pool's client
 is made once. (Django's cache backends are per thread, and so are these clients.)
 
-The cache is never what refuses a push: every use of it on the push path fails open (a rate
-limit not enforced, a pending mark not kept) when Redis fails, through `cache_available` and
-`cache_failed` below.
+The cache is never what refuses a push: every use of it on the push path fails open or falls
+back (a rate limit not enforced, a pending mark kept in the process only) when Redis fails,
+through `cache_available` and `cache_failed` below.
 """
 
 from __future__ import annotations

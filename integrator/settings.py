@@ -270,7 +270,7 @@ HUB_RESOURCE_KEY_PATHS: dict[str, list[str]] = {
 # slowed by a dead broker, and the sweeper enqueues what they stored once it is back.
 HUB_BROKER_BACKOFF_SECONDS = _env_float("HUB_BROKER_BACKOFF_SECONDS", 5)
 # After a failure of the cache (Redis), a process leaves it alone this long: rate limits are not
-# enforced and pushes publish without coalescing meanwhile, so that no push waits on a dead Redis.
+# enforced and pending marks are the process's own meanwhile, so that no push waits on a dead Redis.
 HUB_CACHE_BACKOFF_SECONDS = _env_float("HUB_CACHE_BACKOFF_SECONDS", 5)
 # A task that finds the database down waits and tries again (doubling up to this), never drops.
 HUB_DATABASE_RETRY_MAX_SECONDS = _env_float("HUB_DATABASE_RETRY_MAX_SECONDS", 30)
