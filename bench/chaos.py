@@ -1,9 +1,10 @@
 """Chaos run: push a flood of events through a real hub while killing its workers and its broker,
 then count what arrived. Bounded in time; runs on a database and a broker of its own.
 
-    python bench/chaos.py [--seconds 30] [--orders 40] [--workers 2] [--drain 300]
+    python bench/chaos.py [--seconds 30] [--orders 40] [--workers 2] [--drain 300] [--redis-down 10]
 
-Needs `redis-server` on PATH (a private one is started on a free port and killed repeatedly) and
+Needs `redis-server` on PATH (a private one, the hub's broker and cache as in production, is started
+on a free port and killed repeatedly, for up to --redis-down seconds each time) and
 uses PostgreSQL when DATABASE_URL is set (a throwaway database `<name>_chaos_<pid>` on the same
 server, dropped at the end), else a temporary SQLite file. The shared services are never touched.
 
@@ -11,8 +12,10 @@ It prints: pushed (POSTs tried), accepted (events the hub acknowledged), deliver
 events the subscriber acknowledged), lost (accepted, never delivered: must be 0), duplicates
 (deliveries the subscriber saw again after acknowledging them: allowed by at-least-once, they
 happen when a worker dies between the endpoint's answer and the hub's record of it) and order
-violations (an order's event arriving before an earlier one was acknowledged: must be 0).
-Exit status 0 only when nothing was lost and no order was broken.
+violations (an order's event arriving before an earlier one was acknowledged: must be 0), the
+pushes the hub refused (by status: a Redis outage must refuse none) and the workers that died on
+their own (restarted, as a supervisor would; must be 0).
+Exit status 0 only when nothing was lost, no order was broken and every push was accepted.
 """
 
 from __future__ import annotations
@@ -109,18 +112,24 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="Celery worker processes to kill and restart")
     parser.add_argument("--pushers", type=int, default=4, help="concurrent pushing threads")
     parser.add_argument("--failure-rate", type=float, default=0.1, help="share of requests the endpoint fails")
+    parser.add_argument("--redis-down", type=float, default=10, help="longest Redis outage, seconds (default 10)")
     args = parser.parse_args()
 
     base_url = os.environ.get("DATABASE_URL", "")
     database_url, dropped = database_create(base_url)
     redis = RedisServer().start()
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "SQLITE_PATH", "DATABASE_URL")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("REDIS_URL", "CACHE_REDIS_URL", "CELERY_BROKER_URL", "SQLITE_PATH", "DATABASE_URL")
+    }
     if database_url.startswith("sqlite:"):
         env["SQLITE_PATH"] = database_url.removeprefix("sqlite:///")
     else:
         env["DATABASE_URL"] = database_url
     env.update(
-        CELERY_BROKER_URL=redis.url,
+        # Broker and cache (rate limits, pending marks) in the one Redis that gets killed.
+        REDIS_URL=redis.url,
         CELERY_QUEUE=QUEUE,
         HUB_ALLOW_PRIVATE_DESTINATIONS="1",
         HUB_SWEEP_INTERVAL_SECONDS="1",
@@ -134,13 +143,14 @@ def main() -> int:
         PYTHONUNBUFFERED="1",
     )
     os.environ.update(env)
-    for name in ("REDIS_URL", "DATABASE_URL", "SQLITE_PATH"):
+    for name in ("REDIS_URL", "CACHE_REDIS_URL", "CELERY_BROKER_URL", "DATABASE_URL", "SQLITE_PATH"):
         if name not in env:
             os.environ.pop(name, None)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "integrator.settings")
     logs = Path(env["HUB_VAR_DIR"])
     processes: list[subprocess.Popen[bytes]] = []
     workers: list[Worker] = []
+    clean = False
     subscriber = Subscriber().start()
     try:
         subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
@@ -190,6 +200,7 @@ def main() -> int:
         url = f"http://127.0.0.1:{port}/events"
 
         pushed = Counter[str]()
+        refused = Counter[int]()
         accepted: set[str] = set()
         given_up: list[str] = []
         lock = threading.Lock()
@@ -218,6 +229,9 @@ def main() -> int:
                             with lock:
                                 accepted.add(message_id)
                             return
+                except urllib.error.HTTPError as exc:
+                    with lock:
+                        refused[exc.code] += 1
                 except (urllib.error.URLError, OSError):
                     pass
                 time.sleep(0.5)
@@ -237,10 +251,14 @@ def main() -> int:
             rng = random.Random(11)
             while time.monotonic() < stop_at:
                 time.sleep(rng.uniform(2, 4))
-                if rng.random() < 0.35:
+                for worker in workers:
+                    if worker.process is not None and worker.process.poll() is not None:
+                        kills["died"] += 1
+                        worker.start()
+                if not kills["broker"] or rng.random() < 0.35:  # Redis goes first, so that every run has it
                     redis.kill()
                     kills["broker"] += 1
-                    time.sleep(rng.uniform(1, 3))
+                    time.sleep(rng.uniform(args.redis_down / 3, args.redis_down))
                     redis.start()
                 else:
                     victim = rng.choice(workers)
@@ -281,13 +299,18 @@ def main() -> int:
         print(f"duplicates:       {duplicates}")
         print(f"order violations: {len(endpoint.order_violations)}")
         print(f"not accepted:     {len(given_up)} (the store gave up after 30 tries)")
-        print(f"chaos:            {kills['worker']} worker SIGKILLs, {kills['broker']} broker kills")
+        print(f"refused:          {sum(refused.values())} answers {dict(refused)}")
+        print(f"chaos:            {kills['worker']} worker SIGKILLs, {kills['broker']} Redis kills")
+        print(f"workers died:     {kills['died']} on their own (restarted)")
         print(f"endpoint:         {endpoint.requests} requests, failure rate {args.failure_rate:.0%}")
         print(f"hub deliveries:   {states}")
         print(f"time:             pushing {push_seconds:.1f}s, draining {drain_seconds:.1f}s")
         for violation in endpoint.order_violations[:5]:
             print(f"  order violation: {violation}")
-        return 0 if lost == 0 and not endpoint.order_violations and not given_up else 1
+        clean = not (lost or endpoint.order_violations or given_up or refused or kills["died"])
+        if not clean:
+            print(f"logs kept in {logs}")
+        return 0 if clean else 1
     finally:
         for worker in workers:
             worker.kill()
@@ -304,7 +327,8 @@ def main() -> int:
 
         connections.close_all()
         database_drop(base_url, dropped)
-        shutil.rmtree(env["HUB_VAR_DIR"], ignore_errors=True)
+        if clean:
+            shutil.rmtree(env["HUB_VAR_DIR"], ignore_errors=True)
         if database_url.startswith("sqlite:"):
             shutil.rmtree(Path(database_url.removeprefix("sqlite:///")).parent, ignore_errors=True)
 

@@ -12,10 +12,12 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache
+from redis.exceptions import RedisError
 from rest_framework.request import Request
 from rest_framework.throttling import SimpleRateThrottle
 
 from events.models import Store
+from integrator.cache import cache_available, cache_failed
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
@@ -163,7 +165,8 @@ class StoreRateThrottle(SimpleRateThrottle):
     default does, so that a changed setting takes effect without a restart of the class.
     With Redis as the cache the count is one script (SLIDING_LOG_SCRIPT) admitting requests in
     leases (Leases); with any other cache (the embedded file cache) it is DRF's own
-    implementation, with the same rule.
+    implementation, with the same rule. When Redis fails, requests are admitted uncounted
+    (integrator.cache: counted in hub_redis_errors_total, logged, and Redis left alone a while).
     """
 
     cache_format = "throttle_%(scope)s_%(ident)s"
@@ -185,8 +188,15 @@ class StoreRateThrottle(SimpleRateThrottle):
         ident = self.store_ident(request)
         if ident is None:
             return True
+        if not cache_available():
+            return True
         key = backend.make_and_validate_key(self.log_format % {"scope": self.scope, "ident": ident})
-        self._wait = leases.admit(backend, key, self.num_requests, self.duration)
+        try:
+            self._wait = leases.admit(backend, key, self.num_requests, self.duration)
+        except (RedisError, OSError) as exc:
+            # Fail open: a push the database can store is never refused for want of a count.
+            cache_failed("rate_limit", exc)
+            return True
         return self._wait is None
 
     def wait(self) -> float | None:

@@ -9,6 +9,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "integrator.settings")
 
 # The embedded broker (filesystem://) writes its messages atomically: integrator/broker_fs.py.
 TRANSPORT_ALIASES["filesystem"] = "integrator.broker_fs:Transport"
+# Redis as the broker: a worker that loses it while busy reconnects instead of exiting (integrator/broker_redis.py).
+TRANSPORT_ALIASES["redis"] = TRANSPORT_ALIASES["rediss"] = "integrator.broker_redis:Transport"
 
 app = Celery("integrator", task_cls="celery.contrib.django.task:DjangoTask")
 app.config_from_object("django.conf:settings", namespace="CELERY")

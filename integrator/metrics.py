@@ -53,6 +53,12 @@ ATTEMPT_SECONDS = Histogram(
     ["outcome"],
     buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
 )
+REDIS_ERRORS = Counter(
+    "hub_redis_errors",
+    "Redis failures worked around, by use: rate_limit and pending_mark (the cache, failing open), "
+    "publish (the broker, when it is Redis: the sweeper publishes later).",
+    ["use"],
+)
 
 UNKNOWN = "-"
 
@@ -69,6 +75,10 @@ def attempt_observe(outcome: str, seconds: float) -> None:
     """One delivery attempt: `outcome` such as 'success', 'http_error', 'timeout', 'connection_error'."""
     DELIVERY_ATTEMPTS.labels(outcome=outcome).inc()
     ATTEMPT_SECONDS.labels(outcome=outcome).observe(max(0.0, seconds))
+
+
+def redis_error_count(use: str) -> None:
+    REDIS_ERRORS.labels(use=use).inc()
 
 
 def delivery_outcome_count(outcome: str) -> None:

@@ -203,6 +203,12 @@ CELERY_DB_REUSE_MAX = _env_int("CELERY_DB_REUSE_MAX", 1000)
 # at-least-once delivery); ingest in the web process always waits. "false" makes the worker wait too.
 HUB_WORKER_ASYNC_COMMIT = _env_bool("HUB_WORKER_ASYNC_COMMIT", True)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A worker waits for its broker however long it is away (Celery's default gives up after 100 tries
+# and exits): the deliveries are in the database, and nothing is gained by a worker that is gone.
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+# Tasks running when the broker goes away finish: a delivery on the wire is recorded, and its
+# late ack, lost with the connection, only costs a repeated wake-up (the pump claims rows first).
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # Publishing happens after the event is committed: a broker outage must not hang the request,
 # the sweeper re-enqueues whatever could not be published.
 CELERY_TASK_PUBLISH_RETRY = False
@@ -283,6 +289,9 @@ HUB_RESOURCE_KEY_PATHS: dict[str, list[str]] = {
 # After failing to publish to the broker, a process stops trying for this long: pushes are not
 # slowed by a dead broker, and the sweeper enqueues what they stored once it is back.
 HUB_BROKER_BACKOFF_SECONDS = _env_float("HUB_BROKER_BACKOFF_SECONDS", 5)
+# After a failure of the cache (Redis), a process leaves it alone this long: rate limits are not
+# enforced and pending marks are the process's own meanwhile, so that no push waits on a dead Redis.
+HUB_CACHE_BACKOFF_SECONDS = _env_float("HUB_CACHE_BACKOFF_SECONDS", 5)
 # A task that finds the database down waits and tries again (doubling up to this), never drops.
 HUB_DATABASE_RETRY_MAX_SECONDS = _env_float("HUB_DATABASE_RETRY_MAX_SECONDS", 30)
 # Retention: events whose every delivery ended delivered (or cancelled) are purged once older than
@@ -393,6 +402,12 @@ if REDIS_URL:
             "BACKEND": "integrator.cache.RedisCache",
             "LOCATION": os.environ.get("CACHE_REDIS_URL", REDIS_URL),
             "KEY_PREFIX": "hub",
+            # A Redis that stops answering (not only one that refuses) fails a cache use after this
+            # long instead of hanging the push; the use then fails open (integrator/cache.py).
+            "OPTIONS": {
+                "socket_connect_timeout": _env_float("CACHE_REDIS_TIMEOUT_SECONDS", 1.0),
+                "socket_timeout": _env_float("CACHE_REDIS_TIMEOUT_SECONDS", 1.0),
+            },
         }
     }
 else:

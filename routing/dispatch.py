@@ -15,10 +15,17 @@ from collections.abc import Iterable
 from django.conf import settings
 from django.core.cache import cache
 
+from integrator.cache import cache_available, cache_failed
+from integrator.metrics import redis_error_count
+
 logger = logging.getLogger(__name__)
 
 # Until when (time.monotonic) this process leaves publishing to the sweeper after a broker failure.
 _broker_down_until = [0.0]
+# While the cache is away, this process's own pending marks (endpoint -> until when, monotonic):
+# coalescing falls back to a message per endpoint per process and HUB_PUMP_COALESCE_SECONDS, not
+# one per push, which after an outage buried the workers in messages that each cost a look.
+_local_pending: dict[int, float] = {}
 
 
 def _pending_key(subscription_id: int) -> str:
@@ -31,11 +38,12 @@ def _pending_key(subscription_id: int) -> str:
 def pump_started(subscription_id: int) -> None:
     """A worker is about to look at the endpoint: whatever is committed from now on, it may miss,
     so the next push must publish again (see pumps_enqueue's `coalesce`)."""
-    if settings.HUB_PUMP_COALESCE_SECONDS > 0:
+    _local_pending.pop(subscription_id, None)
+    if settings.HUB_PUMP_COALESCE_SECONDS > 0 and cache_available():
         try:
             cache.delete(_pending_key(subscription_id))
-        except Exception:  # noqa: BLE001 - the mark only saves messages; its expiry ends it anyway
-            logger.warning("could not clear an endpoint's pending mark", extra={"subscription_id": subscription_id})
+        except Exception as exc:  # noqa: BLE001 - the mark only saves messages; its expiry ends it anyway
+            cache_failed("pending_mark", exc)
 
 
 def _already_pending(subscription_id: int) -> bool:
@@ -43,10 +51,25 @@ def _already_pending(subscription_id: int) -> bool:
     look will see what was just committed, so another message would only cost a look. The mark
     (Redis SET NX, or the file cache of the embedded default) expires after
     HUB_PUMP_COALESCE_SECONDS, so a lost message costs no more than that before pushes publish again."""
+    if not cache_available():
+        return _already_pending_locally(subscription_id)
     try:
         return not cache.add(_pending_key(subscription_id), 1, timeout=settings.HUB_PUMP_COALESCE_SECONDS)
-    except Exception:  # noqa: BLE001 - no cache, no saving: publish
-        return False
+    except Exception as exc:  # noqa: BLE001 - no cache: this process's own marks instead
+        cache_failed("pending_mark", exc)
+        return _already_pending_locally(subscription_id)
+
+
+def _already_pending_locally(subscription_id: int) -> bool:
+    """The mark kept in this process only. No worker clears it, so a push in its last moments may
+    wait for the next push's message (or the sweeper) instead of its own: the price of no cache."""
+    now = time.monotonic()
+    if _local_pending.get(subscription_id, 0.0) > now:
+        return True
+    if len(_local_pending) >= 10_000:
+        _local_pending.clear()
+    _local_pending[subscription_id] = now + settings.HUB_PUMP_COALESCE_SECONDS
+    return False
 
 
 def pumps_enqueue(
@@ -78,6 +101,8 @@ def pumps_enqueue(
             logger.warning(
                 "broker unavailable; deliveries left for the sweeper", extra={"subscription_id": subscription_id}
             )
+            if str(deliveries_pump_task.app.conf.broker_url or "").startswith(("redis://", "rediss://")):
+                redis_error_count("publish")
             _broker_down_until[0] = time.monotonic() + settings.HUB_BROKER_BACKOFF_SECONDS
             if coalesce:
                 # Marked pending but never published: let the next push try again.

@@ -275,10 +275,13 @@ class Worker:
     # the only one doing so pauses the others (workers_paused).
     alive: ClassVar[list[Worker]] = []
 
-    def __init__(self, *, env: dict[str, str], log_path: Path, queue: str, concurrency: int = 4) -> None:
+    def __init__(
+        self, *, env: dict[str, str], log_path: Path, queue: str, pool: str = "threads", concurrency: int = 4
+    ) -> None:
         self.env = env
         self.log_path = log_path
         self.queue = queue
+        self.pool = pool
         self.concurrency = concurrency
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -299,7 +302,7 @@ class Worker:
                 str(schedule),
                 "-Q",
                 self.queue,
-                "--pool=threads",
+                f"--pool={self.pool}",
                 f"--concurrency={self.concurrency}",
                 "--loglevel=INFO",
                 "--without-gossip",

@@ -31,9 +31,9 @@ def reliability_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-def worker_new(name: str, *, concurrency: int = 4, **env: str) -> Worker:
+def worker_new(name: str, *, pool: str = "threads", concurrency: int = 4, **env: str) -> Worker:
     log_path = Path(settings.VAR_DIR) / "test-worker" / f"reliability-{name}.log"
-    return Worker(env=reliability_env(**env), log_path=log_path, queue=TEST_QUEUE, concurrency=concurrency)
+    return Worker(env=reliability_env(**env), log_path=log_path, queue=TEST_QUEUE, pool=pool, concurrency=concurrency)
 
 
 @pytest.fixture(scope="package")

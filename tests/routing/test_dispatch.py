@@ -3,6 +3,7 @@ publish a second message for an endpoint whose message still waits for a worker.
 
 from __future__ import annotations
 
+from integrator import cache as hub_cache
 from routing.dispatch import pump_started, pumps_enqueue
 
 
@@ -25,3 +26,16 @@ def test_coalescing_off_publishes_for_every_push(unconsumed_queue, settings):
     endpoint = 10**9 + 2
     assert pumps_enqueue([endpoint], coalesce=True) == [endpoint]
     assert pumps_enqueue([endpoint], coalesce=True) == [endpoint]
+
+
+def test_without_the_cache_each_process_still_coalesces(unconsumed_queue, settings, monkeypatch):
+    """The cache is away (its backoff after a failure): pushes fall back to this process's own
+    marks instead of publishing a message each, which buried workers after a Redis outage."""
+    settings.HUB_PUMP_COALESCE_SECONDS = 60
+    monkeypatch.setattr(hub_cache, "cache_down_until", [float("inf")])
+    endpoint = 10**9 + 3
+    assert pumps_enqueue([endpoint], coalesce=True) == [endpoint]
+    assert pumps_enqueue([endpoint], coalesce=True) == []
+    pump_started(endpoint)
+    assert pumps_enqueue([endpoint], coalesce=True) == [endpoint]
+    pump_started(endpoint)
