@@ -42,6 +42,23 @@ class ChangedWithinFilter(admin.SimpleListFilter):
         return queryset.filter(updated_at__gte=timezone.now() - window)
 
 
+class OriginFilter(admin.SimpleListFilter):
+    """Test sends are the admin's probes of an endpoint: the dashboard's failure counts leave them out."""
+
+    title = "origin"
+    parameter_name = "origin"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("events", "Events"), ("tests", "Test sends")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() == "events":
+            return queryset.exclude(event__message=services.TEST_MESSAGE)
+        if self.value() == "tests":
+            return queryset.filter(event__message=services.TEST_MESSAGE)
+        return queryset
+
+
 class AttemptInline(ReadOnlyRecords, admin.TabularInline):
     model = Attempt
     extra = 0
@@ -110,7 +127,7 @@ class DeliveryAdmin(ReadOnlyRecords, admin.ModelAdmin):
         "next_attempt",
         "updated_at",
     )
-    list_filter = ("state", ChangedWithinFilter, "subscription")
+    list_filter = ("state", ChangedWithinFilter, OriginFilter, "subscription")
     list_select_related = ("event", "subscription")
     # Counting the whole table for "N total" is a second full count on every page.
     show_full_result_count = False

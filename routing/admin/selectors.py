@@ -17,6 +17,7 @@ from django.utils import timezone
 from events.models import Event, EventStatus
 from ops.selectors import OldestWaiting, delivery_oldest_open, delivery_state_counts
 from routing.models import Attempt, Delivery, DeliveryState, Notification, Subscription
+from routing.services import TEST_MESSAGE
 
 # A page lists at most this many of one kind of row; the rest is a click away in a filtered list.
 DETAIL_ROWS_MAX = 200
@@ -39,8 +40,11 @@ def dashboard_counts(*, now: datetime | None = None) -> DashboardCounts:
     disabled: five queries, each on an index."""
     now = now or timezone.now()
     # A failed delivery's last change is when it failed: updated_at dates the failure.
-    recent = Delivery.objects.filter(state=DeliveryState.FAILED, updated_at__gte=now - timedelta(days=1)).aggregate(
-        hour=Count("id", filter=Q(updated_at__gte=now - timedelta(hours=1))), day=Count("id")
+    # Failed test sends are the admin's probes, not lost deliveries of the stores' events.
+    recent = (
+        Delivery.objects.filter(state=DeliveryState.FAILED, updated_at__gte=now - timedelta(days=1))
+        .exclude(event__message=TEST_MESSAGE)
+        .aggregate(hour=Count("id", filter=Q(updated_at__gte=now - timedelta(hours=1))), day=Count("id"))
     )
     events = {status: 0 for status in EventStatus.values}
     for row in Event.objects.order_by().values("status").annotate(n=Count("id")):

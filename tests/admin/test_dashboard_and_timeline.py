@@ -55,6 +55,19 @@ def test_dashboard_counts_each_state_and_links_to_the_filtered_list(admin_client
         assert len(admin_client.get(url).context["cl"].result_list) == count, url
 
 
+def test_failed_test_sends_are_not_counted_among_the_failed_deliveries(admin_client):
+    from routing.services import TEST_MESSAGE
+
+    DeliveryFactory(state="failed")
+    DeliveryFactory(state="failed", event__message=TEST_MESSAGE, event__store=None)
+
+    text = admin_client.get("/admin/").content.decode()
+    for element_id in ("count-failed-hour", "count-failed-day"):
+        url, shown = count_link(text, element_id)
+        assert shown == 1, element_id
+        assert len(admin_client.get(url).context["cl"].result_list) == 1, url
+
+
 def test_dashboard_counts_the_disabled_subscriptions_and_links_to_them(admin_client):
     SubscriptionFactory.create_batch(2, is_enabled=False)
     SubscriptionFactory(is_enabled=True)
