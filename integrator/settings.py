@@ -433,6 +433,10 @@ SPECTACULAR_SETTINGS = {
 # prometheus-client reads PROMETHEUS_MULTIPROC_DIR itself; when set, /metrics aggregates every
 # gunicorn (or Celery pool) process through the files they write there.
 PROMETHEUS_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+# Whether gunicorn (at start) and a worker serving its own metrics empty that directory first. False
+# when several process groups share it and whoever launches them empties it once (scripts/serve):
+# one must not wipe the files the other has already written.
+HUB_METRICS_DIR_RESET = _env_bool("HUB_METRICS_DIR_RESET", True)
 # A Celery worker serves its own /metrics on this port when set (0 = off): see docs/operations.md.
 HUB_WORKER_METRICS_PORT = _env_int("HUB_WORKER_METRICS_PORT", 0)
 # /readyz gives each dependency this long before calling it unreachable.
