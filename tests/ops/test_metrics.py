@@ -193,7 +193,7 @@ def test_a_celery_worker_serves_its_metrics_when_asked(tmp_path, python):
     prom = tmp_path / "prom"
     prom.mkdir()
     (prom / "stale.db").write_bytes(b"left by an earlier run")
-    env = hub_env(HUB_WORKER_METRICS_PORT=str(port), PROMETHEUS_MULTIPROC_DIR=str(prom), LOG_LEVEL="WARNING")
+    env = hub_env(HUB_WORKER_METRICS_PORT=str(port), PROMETHEUS_MULTIPROC_DIR=str(prom), LOG_LEVEL="INFO")
     log = tmp_path / "worker.log"
     worker = subprocess.Popen(
         [
@@ -206,12 +206,12 @@ def test_a_celery_worker_serves_its_metrics_when_asked(tmp_path, python):
             "--without-gossip",
             "--without-mingle",
             "--loglevel=INFO",
-            f"--logfile={log}",
         ],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        # The hub's LOGGING writes the worker's lines to stderr (Celery's --logfile is not used).
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
     )
     try:
         http_get(f"http://127.0.0.1:{port}/metrics", time.monotonic() + 90)
@@ -225,8 +225,8 @@ def test_a_celery_worker_serves_its_metrics_when_asked(tmp_path, python):
         assert not (prom / "stale.db").exists(), "the worker should start from a clean multiprocess directory"
     finally:
         worker.terminate()
-        _, err = worker.communicate(timeout=60)
-    assert worker.returncode == 0, err.decode()[-2000:]
+        worker.wait(timeout=60)
+    assert worker.returncode == 0, log.read_text(errors="replace")[-2000:]
 
 
 @pytest.mark.django_db
@@ -308,3 +308,13 @@ def test_under_serve_every_scrape_adds_up_every_web_process_and_the_worker(tmp_p
         _, err = serve.communicate(timeout=60)
         queue_purge(queue)
     assert serve.returncode == 0, err.decode()[-3000:]
+
+
+def test_a_worker_leaves_a_shared_metrics_directory_alone(tmp_path, settings):
+    """Under scripts/serve gunicorn may already have counted pushes there when the worker starts."""
+    left = tmp_path / "counter_1.db"
+    left.write_bytes(b"")
+    settings.PROMETHEUS_MULTIPROC_DIR = str(tmp_path)
+    settings.HUB_METRICS_DIR_RESET = False
+    worker_metrics_serve(port=free_port())
+    assert left.exists()
