@@ -212,6 +212,10 @@ CELERY_TIMEZONE = "UTC"
 # Celery's own plain-text handler.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE_FILENAME = os.environ.get("CELERY_BEAT_SCHEDULE_FILENAME", str(VAR_DIR / "celerybeat-schedule"))
+# Beat touches this file at every tick (integrator/beat.py); `python -m integrator.healthcheck beat`
+# fails once it is older than HUB_BEAT_STALE_SECONDS (set below, from the sweep interval).
+CELERY_BEAT_SCHEDULER = "integrator.beat:HeartbeatScheduler"
+HUB_BEAT_HEARTBEAT_FILE = os.environ.get("HUB_BEAT_HEARTBEAT_FILE", str(VAR_DIR / "beat-heartbeat"))
 
 # --- Hub knobs ------------------------------------------------------------------------------
 HUB_MAX_BODY_BYTES = _env_int("HUB_MAX_BODY_BYTES", 1024 * 1024)
@@ -266,6 +270,8 @@ HUB_SWEEP_INTERVAL_SECONDS = _env_float("HUB_SWEEP_INTERVAL_SECONDS", 30)
 # one: a broker outage, a retry hours away); the sweeper wakes its endpoint.
 HUB_SWEEP_LOST_AFTER_SECONDS = _env_float("HUB_SWEEP_LOST_AFTER_SECONDS", 30)
 HUB_SWEEP_BATCH_SIZE = _env_int("HUB_SWEEP_BATCH_SIZE", 1000)
+# Beat ticks at least once per sweep interval; a heartbeat older than a few of them means it stopped.
+HUB_BEAT_STALE_SECONDS = _env_float("HUB_BEAT_STALE_SECONDS", max(60.0, 4 * HUB_SWEEP_INTERVAL_SECONDS))
 
 # --- Reliability (docs/reliability.md) ------------------------------------------------------
 # Deliveries on the wire to one endpoint at once (a subscription may set its own; 0 = no limit).
