@@ -445,6 +445,15 @@ PROMETHEUS_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
 HUB_METRICS_DIR_RESET = _env_bool("HUB_METRICS_DIR_RESET", True)
 # A Celery worker serves its own /metrics on this port when set (0 = off): see docs/operations.md.
 HUB_WORKER_METRICS_PORT = _env_int("HUB_WORKER_METRICS_PORT", 0)
+# OpenTelemetry tracing (integrator/tracing.py), off by default: one trace per event, from the push
+# through each attempt. Spans go to OTLP when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set (the
+# exporter reads the standard OTEL_* variables itself), else to the console, for local debugging.
+HUB_OTEL_ENABLED = _env_bool("HUB_OTEL_ENABLED", False)
+HUB_OTEL_EXPORTER = (
+    "otlp"
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    else "console"
+)
 # /readyz gives each dependency this long before calling it unreachable.
 HUB_READY_TIMEOUT_SECONDS = _env_float("HUB_READY_TIMEOUT_SECONDS", 2.0)
 

@@ -96,8 +96,9 @@ def test_web_healthcheck_passes_in_production_mode(python):
             done = healthcheck(env, "web", url, f"--path={path}")
             assert done.returncode == 0, done.stderr
         # A plain request to 127.0.0.1, as the healthcheck used to make, fails there.
+        old_command = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/readyz', timeout=4)"
         plain = subprocess.run(
-            [python, "-c", f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/readyz', timeout=4)"],
+            [python, "-c", old_command],
             env=env,
             capture_output=True,
             timeout=60,
