@@ -454,6 +454,8 @@ HUB_OTEL_EXPORTER = (
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     else "console"
 )
+# Requests not worth a trace (probes and scrapes): comma-separated regexes on the URL.
+OTEL_PYTHON_DJANGO_EXCLUDED_URLS = os.environ.get("OTEL_PYTHON_DJANGO_EXCLUDED_URLS", "/healthz,/readyz,/metrics")
 # /readyz gives each dependency this long before calling it unreachable.
 HUB_READY_TIMEOUT_SECONDS = _env_float("HUB_READY_TIMEOUT_SECONDS", 2.0)
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
 
     from events.models import Event
-    from routing.models import Delivery
+    from routing.models import Delivery, Subscription
     from routing.transport import ExchangeResult
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,10 @@ def tracing_setup(*, span_processor: SpanProcessor | None = None) -> bool:
         trace.set_tracer_provider(provider)
     else:
         provider.add_span_processor(span_processor)
-    for instrumentor in (DjangoInstrumentor(), CeleryInstrumentor(), RequestsInstrumentor()):
+    django_instrumentor = DjangoInstrumentor()
+    django_instrumentor.instrument(tracer_provider=provider, excluded_urls=settings.OTEL_PYTHON_DJANGO_EXCLUDED_URLS)
+    _instrumentors.append(django_instrumentor)
+    for instrumentor in (CeleryInstrumentor(), RequestsInstrumentor()):
         instrumentor.instrument(tracer_provider=provider)
         _instrumentors.append(instrumentor)
     _provider = provider
@@ -107,7 +110,7 @@ def event_traceparent(event: Event) -> str:
     return carrier.get("traceparent", "")
 
 
-def attempt_start(delivery: Delivery) -> tuple[Span, object] | None:
+def attempt_start(delivery: Delivery, subscription: Subscription) -> tuple[Span, object] | None:
     """The span of one delivery attempt, made current so the outbound request's span is its child.
     A child of the event's span (from Event.traceparent), linked to the task that sends it. End it
     with attempt_end. None when tracing is off."""
@@ -127,8 +130,8 @@ def attempt_start(delivery: Delivery) -> tuple[Span, object] | None:
         attributes={
             "hub.event.id": str(event.uid),
             "hub.delivery.id": delivery.pk,
-            "hub.subscription.id": delivery.subscription_id,
-            "hub.subscription.name": delivery.subscription.name,
+            "hub.subscription.id": subscription.pk,
+            "hub.subscription.name": subscription.name,
             "hub.attempt.number": delivery.attempt_count,
         },
     )

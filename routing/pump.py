@@ -131,7 +131,7 @@ def _batch_send(batch: Batch, *, deadline: float) -> tuple[list[_Sent], list[Del
             return sent, batch.deliveries[index:]
         event = delivery.event
         started_at = timezone.now()
-        span = tracing.attempt_start(delivery)
+        span = tracing.attempt_start(delivery, sub)
         try:
             request = transport.request_build(
                 url=sub.url,

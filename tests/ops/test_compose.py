@@ -135,6 +135,9 @@ def test_dockerfile_builds_a_slim_non_root_image_from_the_requirements():
     assert "collectstatic --noinput" in text
     cmd = next(line for line in reversed(instructions) if line.startswith("CMD "))
     assert "gunicorn" in cmd and "integrator.wsgi:application" in cmd
+    # The image's own healthcheck must pass in production mode (allowed Host, the proxy's header).
+    healthcheck = next(line for line in instructions if line.startswith("CMD [") and "healthcheck" in line)
+    assert '"integrator.healthcheck", "web"' in healthcheck
     # Requirements are installed before the code is copied, so code changes keep the pip layer cached.
     assert text.index("pip install -r requirements.txt") < text.index("COPY --chown=hub:hub . .")
 

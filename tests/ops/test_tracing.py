@@ -94,3 +94,14 @@ def test_with_tracing_off_the_web_and_worker_never_import_opentelemetry():
         [sys.executable, "-c", check], cwd=ROOT, env=hub_env(HUB_OTEL_ENABLED=""), capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_probes_and_scrapes_make_no_trace(exporter):
+    from django.test import Client
+
+    client = Client()  # made after tracing is on
+    for path in ("/healthz", "/metrics"):
+        assert client.get(path).status_code == 200
+    assert exporter.get_finished_spans() == ()
+    client.get("/events")  # a store's request (here refused: no token) is traced
+    assert [s.kind for s in exporter.get_finished_spans()] == [SpanKind.SERVER]
