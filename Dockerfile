@@ -29,6 +29,6 @@ USER hub
 EXPOSE 8000
 # Liveness only: /healthz answers without the database (readiness is /readyz).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status != 200)"]
+    CMD ["python", "-m", "integrator.healthcheck", "web", "--path=/healthz"]
 
 CMD ["gunicorn", "integrator.wsgi:application", "--bind", "0.0.0.0:8000", "--access-logfile", "-", "--graceful-timeout", "10"]

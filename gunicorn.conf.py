@@ -5,10 +5,13 @@ dropped."""
 import os
 
 _multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+# As HUB_METRICS_DIR_RESET in integrator/settings.py (not loaded in gunicorn's master): false when the
+# directory is shared with a Celery worker that may already have written to it (scripts/serve).
+_multiproc_dir_reset = os.environ.get("HUB_METRICS_DIR_RESET", "").strip().lower() not in {"0", "false", "no", "off"}
 
 
 def on_starting(server):
-    if _multiproc_dir:
+    if _multiproc_dir and _multiproc_dir_reset:
         from integrator.metrics import multiproc_dir_reset
 
         multiproc_dir_reset(_multiproc_dir)

@@ -191,6 +191,9 @@ class Event(models.Model):
     # Looked up through event_status_created, which starts with it.
     status = models.CharField(max_length=20, choices=EventStatus.choices, default=EventStatus.QUEUED)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # The W3C trace context of the push that stored it, so that delivery attempts, whenever and
+    # wherever they run, join the push's trace (integrator/tracing.py). Empty with tracing off.
+    traceparent = models.CharField(max_length=55, blank=True, default="", editable=False)
 
     class Meta:
         ordering = ["-id"]

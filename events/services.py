@@ -17,6 +17,7 @@ from events.errors import InvalidEnvelope
 from events.messages import InvalidMessageName, message_canonical, resource_key
 from events.models import Event, EventDescendants, EventSource, Store, payload_orjson
 from events.selectors import store_cache_clear
+from integrator import tracing
 
 MESSAGE_ID_MAX_LENGTH = 255
 
@@ -147,6 +148,7 @@ def event_build(
     # Not a field: the payload's JSON text as validation wrote it, taken by the INSERT. Nothing may
     # change event.payload in between, or the INSERT would store the text as it was validated.
     event.payload_json = envelope.payload_json
+    event.traceparent = tracing.event_traceparent(event)
     return event
 
 

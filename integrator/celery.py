@@ -29,6 +29,14 @@ def _worker_metrics_serve(**kwargs: object) -> None:
 
 
 @signals.worker_init.connect
+def _worker_tracing(**kwargs: object) -> None:
+    # Before the pool forks: the span exporter's thread is started again in each child.
+    from integrator.tracing import tracing_setup
+
+    tracing_setup()
+
+
+@signals.worker_init.connect
 def _worker_async_commit(**kwargs: object) -> None:
     # Runs in the worker's main process before the pool forks, so pool processes and threads
     # inherit it; web processes never run it and keep synchronous commits.

@@ -153,7 +153,8 @@ def worker_metrics_serve(*, port: int) -> None:
     from prometheus_client import start_http_server
 
     if settings.PROMETHEUS_MULTIPROC_DIR:
-        multiproc_dir_reset(settings.PROMETHEUS_MULTIPROC_DIR)
+        if settings.HUB_METRICS_DIR_RESET:
+            multiproc_dir_reset(settings.PROMETHEUS_MULTIPROC_DIR)
     else:
         logger.warning("worker metrics: PROMETHEUS_MULTIPROC_DIR is not set, so only this process is counted")
     start_http_server(port, registry=process_registry())

@@ -218,6 +218,10 @@ CELERY_TIMEZONE = "UTC"
 # Celery's own plain-text handler.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE_FILENAME = os.environ.get("CELERY_BEAT_SCHEDULE_FILENAME", str(VAR_DIR / "celerybeat-schedule"))
+# Beat touches this file at every tick (integrator/beat.py); `python -m integrator.healthcheck beat`
+# fails once it is older than HUB_BEAT_STALE_SECONDS (set below, from the sweep interval).
+CELERY_BEAT_SCHEDULER = "integrator.beat:HeartbeatScheduler"
+HUB_BEAT_HEARTBEAT_FILE = os.environ.get("HUB_BEAT_HEARTBEAT_FILE", str(VAR_DIR / "beat-heartbeat"))
 
 # --- Hub knobs ------------------------------------------------------------------------------
 HUB_MAX_BODY_BYTES = _env_int("HUB_MAX_BODY_BYTES", 1024 * 1024)
@@ -272,6 +276,8 @@ HUB_SWEEP_INTERVAL_SECONDS = _env_float("HUB_SWEEP_INTERVAL_SECONDS", 30)
 # one: a broker outage, a retry hours away); the sweeper wakes its endpoint.
 HUB_SWEEP_LOST_AFTER_SECONDS = _env_float("HUB_SWEEP_LOST_AFTER_SECONDS", 30)
 HUB_SWEEP_BATCH_SIZE = _env_int("HUB_SWEEP_BATCH_SIZE", 1000)
+# Beat ticks at least once per sweep interval; a heartbeat older than a few of them means it stopped.
+HUB_BEAT_STALE_SECONDS = _env_float("HUB_BEAT_STALE_SECONDS", max(60.0, 4 * HUB_SWEEP_INTERVAL_SECONDS))
 
 # --- Reliability (docs/reliability.md) ------------------------------------------------------
 # Deliveries on the wire to one endpoint at once (a subscription may set its own; 0 = no limit).
@@ -451,8 +457,23 @@ SPECTACULAR_SETTINGS = {
 # prometheus-client reads PROMETHEUS_MULTIPROC_DIR itself; when set, /metrics aggregates every
 # gunicorn (or Celery pool) process through the files they write there.
 PROMETHEUS_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+# Whether gunicorn (at start) and a worker serving its own metrics empty that directory first. False
+# when several process groups share it and whoever launches them empties it once (scripts/serve):
+# one must not wipe the files the other has already written.
+HUB_METRICS_DIR_RESET = _env_bool("HUB_METRICS_DIR_RESET", True)
 # A Celery worker serves its own /metrics on this port when set (0 = off): see docs/operations.md.
 HUB_WORKER_METRICS_PORT = _env_int("HUB_WORKER_METRICS_PORT", 0)
+# OpenTelemetry tracing (integrator/tracing.py), off by default: one trace per event, from the push
+# through each attempt. Spans go to OTLP when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set (the
+# exporter reads the standard OTEL_* variables itself), else to the console, for local debugging.
+HUB_OTEL_ENABLED = _env_bool("HUB_OTEL_ENABLED", False)
+HUB_OTEL_EXPORTER = (
+    "otlp"
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    else "console"
+)
+# Requests not worth a trace (probes and scrapes): comma-separated regexes on the URL.
+OTEL_PYTHON_DJANGO_EXCLUDED_URLS = os.environ.get("OTEL_PYTHON_DJANGO_EXCLUDED_URLS", "/healthz,/readyz,/metrics")
 # /readyz gives each dependency this long before calling it unreachable.
 HUB_READY_TIMEOUT_SECONDS = _env_float("HUB_READY_TIMEOUT_SECONDS", 2.0)
 

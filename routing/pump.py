@@ -25,7 +25,7 @@ from django.db import transaction
 from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
-from integrator import metrics
+from integrator import metrics, tracing
 from routing import retry, transport
 from routing.attempts import (
     attempt_outcome,
@@ -131,6 +131,7 @@ def _batch_send(batch: Batch, *, deadline: float) -> tuple[list[_Sent], list[Del
             return sent, batch.deliveries[index:]
         event = delivery.event
         started_at = timezone.now()
+        span = tracing.attempt_start(delivery, sub)
         try:
             request = transport.request_build(
                 url=sub.url,
@@ -156,6 +157,7 @@ def _batch_send(batch: Batch, *, deadline: float) -> tuple[list[_Sent], list[Del
             result = transport.ExchangeResult(
                 method="", url=sub.url, status_code=None, latency_ms=0, error=f"the hub could not send it: {exc!r}"
             )
+        tracing.attempt_end(span, result)
         metrics.attempt_observe(attempt_outcome(result), result.latency_ms / 1000)
         sent.append(_Sent(delivery=delivery, result=result, started_at=started_at))
     return sent, []

@@ -30,6 +30,7 @@ from requests.structures import CaseInsensitiveDict
 from requests.utils import check_header_validity, get_auth_from_url
 from standardwebhooks.webhooks import Webhook
 
+from integrator import tracing
 from routing.deadline import deadline_watch
 from routing.netguard import DestinationBlocked, HostUnresolvable, session_guard
 
@@ -340,7 +341,9 @@ def _response_get(
     an endpoint set, hooks, auth, proxies, which the guard then refuses, environment settings, a
     subclass) takes requests' whole path.
     """
-    url = _url_prepared(request.url) if _session_plain(session) and body else None
+    # Traced, requests' own path: its instrumentation wraps Session.send, which the shortcut skips.
+    shortcut = _session_plain(session) and body and not tracing.tracing_enabled()
+    url = _url_prepared(request.url) if shortcut else None
     if url is None:
         return session.request(
             request.method,

@@ -135,6 +135,9 @@ def test_dockerfile_builds_a_slim_non_root_image_from_the_requirements():
     assert "collectstatic --noinput" in text
     cmd = next(line for line in reversed(instructions) if line.startswith("CMD "))
     assert "gunicorn" in cmd and "integrator.wsgi:application" in cmd
+    # The image's own healthcheck must pass in production mode (allowed Host, the proxy's header).
+    healthcheck = next(line for line in instructions if line.startswith("CMD [") and "healthcheck" in line)
+    assert '"integrator.healthcheck", "web"' in healthcheck
     # Requirements are installed before the code is copied, so code changes keep the pip layer cached.
     assert text.index("pip install -r requirements.txt") < text.index("COPY --chown=hub:hub . .")
 
@@ -147,30 +150,82 @@ def _compose_client() -> list[str] | None:
     return [legacy] if legacy else None
 
 
-def test_docker_compose_config_accepts_the_file():
+PRODUCTION_DOTENV = {
+    "SECRET_KEY": "test-only",
+    "POSTGRES_PASSWORD": "pg1secret",
+    "HUB_ENV": "production",
+    "HUB_ENCRYPTION_KEYS": "a2V5LWZvci10ZXN0cy1vbmx5LTMyLWJ5dGVzLWxvbmchIQ==",
+    "ALLOWED_HOSTS": "hub.example.com",
+    "HUB_RETENTION_DAYS": "7",
+    "HUB_RATE_LIMIT_WRITE": "100/minute",
+    "HUB_OTEL_ENABLED": "true",
+}
+
+
+def _compose_config(tmp_path: Path, dotenv: dict[str, str]) -> subprocess.CompletedProcess:
+    """`docker compose config` on a copy of the compose file beside a .env with `dotenv`, from an
+    empty environment: what an operator's directory holds is all compose sees."""
     client = _compose_client()
     if client is None:
         pytest.skip("neither `docker compose` nor `docker-compose` is installed")
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "SECRET_KEY": "test-only", "HOME": "/tmp"}
-    done = subprocess.run(
-        [*client, "-f", str(COMPOSE), "config"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120
+    shutil.copy(COMPOSE, tmp_path / "docker-compose.yml")
+    (tmp_path / ".env").write_text("".join(f"{k}={v}\n" for k, v in dotenv.items()))
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path)}
+    return subprocess.run(
+        [*client, "-f", str(tmp_path / "docker-compose.yml"), "config"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
     )
+
+
+def test_docker_compose_config_accepts_the_file(tmp_path):
+    done = _compose_config(tmp_path, PRODUCTION_DOTENV)
     assert done.returncode == 0, done.stderr
     resolved = yaml.safe_load(done.stdout)
     assert resolved["services"]["web"]["environment"]["SECRET_KEY"] == "test-only"
     assert resolved["services"]["worker"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
 
 
-def test_docker_compose_refuses_to_start_without_a_secret_key():
-    client = _compose_client()
-    if client is None:
-        pytest.skip("neither `docker compose` nor `docker-compose` is installed")
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp"}
-    done = subprocess.run(
-        [*client, "-f", str(COMPOSE), "config"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120
-    )
+def test_every_setting_in_dotenv_reaches_every_hub_service_in_production_mode(tmp_path):
+    done = _compose_config(tmp_path, PRODUCTION_DOTENV)
+    assert done.returncode == 0, done.stderr
+    services = yaml.safe_load(done.stdout)["services"]
+    for name in HUB_SERVICES:
+        env = services[name]["environment"]
+        for key in ("HUB_ENV", "HUB_ENCRYPTION_KEYS", "HUB_RETENTION_DAYS", "HUB_RATE_LIMIT_WRITE", "HUB_OTEL_ENABLED"):
+            assert env.get(key) == PRODUCTION_DOTENV[key], f"{name}: {key}={env.get(key)!r}"
+        assert env["DATABASE_URL"] == "postgres://hub:pg1secret@postgres:5432/hub", name
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == "pg1secret"
+
+
+def test_compose_runs_the_hub_in_production_mode_unless_told_otherwise(services):
+    for name in HUB_SERVICES:
+        assert services[name]["environment"]["HUB_ENV"] == "${HUB_ENV:-production}", name
+        assert services[name]["env_file"] == ".env", name
+
+
+@pytest.mark.parametrize("missing", ["SECRET_KEY", "POSTGRES_PASSWORD", "HUB_ENCRYPTION_KEYS"])
+def test_docker_compose_refuses_to_start_without_a_secret(tmp_path, missing):
+    """No default database password, key or encryption key: config fails and names what is missing."""
+    done = _compose_config(tmp_path, {k: v for k, v in PRODUCTION_DOTENV.items() if k != missing})
     assert done.returncode != 0
-    assert "SECRET_KEY" in done.stderr
+    assert missing in done.stderr and "set " in done.stderr, done.stderr
+
+
+def test_beat_is_healthy_only_while_it_ticks(services):
+    # tests/ops/test_healthcheck.py runs this command against a real beat.
+    assert services["beat"]["healthcheck"]["test"] == ["CMD", "python", "-m", "integrator.healthcheck", "beat"]
+    assert services["web"]["healthcheck"]["test"][:5] == ["CMD", "python", "-m", "integrator.healthcheck", "web"]
+
+
+def test_the_example_production_env_names_what_compose_requires():
+    example = (ROOT / "deploy" / "production.env.example").read_text()
+    names = set(re.findall(r"^([A-Z][A-Z0-9_]*)=", example, flags=re.M))
+    assert {"HUB_ENV", "SECRET_KEY", "POSTGRES_PASSWORD", "HUB_ENCRYPTION_KEYS", "ALLOWED_HOSTS"} <= names
+    assert names - {"POSTGRES_PASSWORD"} <= _settings_env_names(), "every other name is a hub setting"
 
 
 def test_postgres_is_set_up_for_write_heavy_ingest(services):

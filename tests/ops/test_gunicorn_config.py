@@ -37,3 +37,15 @@ def test_workers_receive_requests_before_a_thread_takes_them(config):
 
     assert load_class(config["worker_class"]) is BufferingThreadWorker
     assert config["threads"] == 4
+
+
+@pytest.mark.parametrize(("reset", "kept"), [("", False), ("1", False), ("0", True), ("false", True)])
+def test_gunicorn_empties_the_metrics_directory_unless_told_another_owns_it(tmp_path, monkeypatch, reset, kept):
+    """scripts/serve shares the directory with the Celery worker and empties it itself: gunicorn
+    starting after the worker must not wipe what the worker already counted."""
+    left = tmp_path / "counter_1.db"
+    left.write_bytes(b"written by the worker")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setenv("HUB_METRICS_DIR_RESET", reset)
+    runpy.run_path(str(ROOT / "gunicorn.conf.py"))["on_starting"](None)
+    assert left.exists() is kept

@@ -248,3 +248,75 @@ def test_a_push_logs_its_event_and_a_batch_logs_one_line_with_every_stored_id(ap
     assert lines[1].event_ids == [results[0]["event_id"]]
     assert lines[1].duplicate_event_ids == [single.json()["event_id"]]
     assert lines[1].rejected == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_under_serve_every_scrape_adds_up_every_web_process_and_the_worker(tmp_path, subscriber):
+    """scripts/serve itself: two gunicorn workers and a Celery worker on one host. Pushes land on
+    either gunicorn worker and the worker delivers them; every scrape of /metrics shows the same
+    total, all of it, and the worker's delivery outcomes."""
+    from tests.live import queue_purge
+
+    store = StoreFactory()
+    SubscriptionFactory(url=subscriber.url("/serve"), message_types=["order:new"])
+    queue = "hub-test-serve"
+    queue_purge(queue)
+    port = free_port()
+    var = tmp_path / "var"
+    (var / "prometheus").mkdir(parents=True)
+    (var / "prometheus" / "counter_1.db").write_bytes(b"left by an earlier run")
+    env = hub_env(
+        HUB_VAR_DIR=str(var),
+        PORT=str(port),
+        CELERY_QUEUE=queue,
+        WEB_CONCURRENCY="2",
+        WORKER_CONCURRENCY="1",
+        LOG_LEVEL="WARNING",
+        HUB_ALLOW_PRIVATE_DESTINATIONS="1",
+    )
+    serve = subprocess.Popen(
+        ["bash", str(ROOT / "scripts" / "serve")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        http_get(f"{base}/healthz", deadline)
+        pushes = 16
+        for n in range(pushes):
+            request = urllib.request.Request(
+                f"{base}/events",
+                data=b'{"message": "order:new", "message_id": "s%d", "payload": {}}' % n,
+                headers={"Authorization": f"Bearer {store.token}", "Content-Type": "application/json"},
+                method="POST",
+            )
+            assert urllib.request.urlopen(request, timeout=30).status == 202
+        subscriber.wait_for("/serve", pushes, timeout=90)
+
+        def scraped() -> dict:
+            return scrape(http_get(f"{base}/metrics", deadline).decode())
+
+        wait_until(
+            lambda: value(scraped(), "hub_delivery_outcomes_total", outcome="delivered") == pushes,
+            timeout=60,
+            message="the worker's deliveries counted in the web's /metrics",
+        )
+        accepted = [
+            value(scraped(), "hub_events_accepted_total", store=store.name, message="order:new") for _ in range(8)
+        ]
+        assert accepted == [pushes] * 8
+        assert not (var / "prometheus" / "counter_1.db").exists(), "serve should start from a clean directory"
+    finally:
+        serve.terminate()
+        _, err = serve.communicate(timeout=60)
+        queue_purge(queue)
+    assert serve.returncode == 0, err.decode()[-3000:]
+
+
+def test_a_worker_leaves_a_shared_metrics_directory_alone(tmp_path, settings):
+    """Under scripts/serve gunicorn may already have counted pushes there when the worker starts."""
+    left = tmp_path / "counter_1.db"
+    left.write_bytes(b"")
+    settings.PROMETHEUS_MULTIPROC_DIR = str(tmp_path)
+    settings.HUB_METRICS_DIR_RESET = False
+    worker_metrics_serve(port=free_port())
+    assert left.exists()
