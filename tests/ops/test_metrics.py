@@ -2,6 +2,7 @@ import logging
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -11,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from integrator.metrics import attempt_observe, delivery_outcome_count, worker_metrics_serve
 from routing.models import Delivery, DeliveryState
 from tests.factories import StoreFactory, SubscriptionFactory
-from tests.live import wait_until
+from tests.live import wait_until, workers_paused
 from tests.ops.conftest import ROOT, free_port, gunicorn_start, http_get, hub_env
 
 
@@ -250,8 +251,16 @@ def test_a_push_logs_its_event_and_a_batch_logs_one_line_with_every_stored_id(ap
     assert lines[1].rejected == 1
 
 
+@pytest.fixture
+def serves_worker_alone() -> Iterator[None]:
+    # A session test worker sweeps the same database and would deliver some of serve's events,
+    # counting them in its own process instead of serve's.
+    with workers_paused():
+        yield
+
+
 @pytest.mark.django_db(transaction=True)
-def test_under_serve_every_scrape_adds_up_every_web_process_and_the_worker(tmp_path, subscriber):
+def test_under_serve_every_scrape_adds_up_every_web_process_and_the_worker(tmp_path, subscriber, serves_worker_alone):
     """scripts/serve itself: two gunicorn workers and a Celery worker on one host. Pushes land on
     either gunicorn worker and the worker delivers them; every scrape of /metrics shows the same
     total, all of it, and the worker's delivery outcomes."""
