@@ -78,12 +78,15 @@ _HELD_BACK = f"""EXISTS (
         SELECT 1 FROM {_DELIVERY} e
         WHERE e.subscription_id = %s AND e.resource_key = {{alias}}.resource_key AND e.id < {{alias}}.id
         AND e.state IN ({_HOLDING}))"""
-# The oldest open delivery of the resource of `alias` to the endpoint: the one whose turn it is.
-# A subquery evaluated once per resource (one look each in delivery_holding), where the planner would
-# otherwise hash every open delivery of the endpoint to answer NOT EXISTS for a few.
+# The oldest open delivery to the endpoint of the resource `alias`.`key` (which has one): the one
+# whose turn it is. Asked as "the first open delivery in (resource, id) order from this resource
+# on", an order only delivery_holding has: asked as MIN(id), PostgreSQL may walk the primary key
+# from the table's first row. A subquery evaluated once per resource, where NOT EXISTS let the
+# planner hash all of the endpoint's open deliveries to answer for a few.
 _HEAD = f"""
-        SELECT MIN(e.id) FROM {_DELIVERY} e
-        WHERE e.subscription_id = %s AND e.resource_key = {{alias}}.resource_key AND e.state IN ({_HOLDING})"""
+        SELECT e.id FROM {_DELIVERY} e
+        WHERE e.subscription_id = %s AND e.state IN ({_HOLDING}) AND e.resource_key >= {{alias}}.{{key}}
+        ORDER BY e.resource_key, e.id LIMIT 1"""
 # The deliveries a batch may take now, found without walking an order's queue: the first due ones
 # in claim order (a window of two batches), those of them nothing holds back; and only when that
 # window is taken up by deliveries held back (one order's long chain, say), the oldest open
@@ -98,7 +101,7 @@ _CANDIDATES = f"""
         ORDER BY w.next_attempt_at, w.id LIMIT %s),
     ready AS (
         SELECT w.id FROM win w WHERE w.resource_key IS NULL OR w.id IN (
-            SELECT ({_HEAD.format(alias="r")}) FROM (SELECT DISTINCT resource_key FROM win) r)),
+            SELECT ({_HEAD.format(alias="r", key="resource_key")}) FROM (SELECT DISTINCT resource_key FROM win) r)),
     clogged AS (SELECT (SELECT COUNT(*) FROM win) >= %s AND (SELECT COUNT(*) FROM ready) < %s AS yes),
     resources(k) AS (
         SELECT MIN(h.resource_key) FROM {_DELIVERY} h
@@ -110,11 +113,7 @@ _CANDIDATES = f"""
         FROM resources WHERE resources.k IS NOT NULL)
     SELECT id FROM ready
     UNION
-    SELECT (
-        SELECT h.id FROM {_DELIVERY} h
-        WHERE h.subscription_id = %s AND h.state IN ({_HOLDING}) AND h.resource_key = resources.k
-        ORDER BY h.id LIMIT 1)
-    FROM resources WHERE resources.k IS NOT NULL
+    SELECT ({_HEAD.format(alias="resources", key="k")}) FROM resources WHERE resources.k IS NOT NULL
     UNION
     SELECT id FROM (
         SELECT u.id FROM {_DELIVERY} u
@@ -206,12 +205,14 @@ def batch_claim(*, sub: Subscription, only: Collection[int] | None, budget: floa
     # Rows another worker is claiming are theirs; waiting for them would only find them taken.
     skip_locked = " FOR UPDATE OF d SKIP LOCKED" if postgresql else ""
     within_limit = f" AND ({_IN_FLIGHT}) < %s" if limit else ""
+    # PostgreSQL: the rows taken looked up by their keys (joined as IN, it could scan the table).
+    taken = "= ANY(ARRAY" if postgresql else "IN ("
     # PostgreSQL: every column of the rows taken, for the events' join below; SQLite: their ids.
     returning = _CLAIMED_RETURNING if postgresql else "id"
     update = f"""
         UPDATE {_DELIVERY} SET state = '{DeliveryState.DELIVERING}', attempt_count = attempt_count + 1,
             lease_expires_at = %s, claim = %s, updated_at = %s
-        WHERE id IN ({sendable}{skip_locked})
+        WHERE id {taken}({sendable}{skip_locked}))
         AND EXISTS (SELECT 1 FROM {_SUBSCRIPTION} s WHERE s.id = %s AND s.is_enabled){within_limit}
         RETURNING {returning}"""
     params: list[Any] = [connection.ops.adapt_datetimefield_value(lease), claim, at, *sendable_params]
