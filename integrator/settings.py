@@ -238,7 +238,7 @@ HUB_PUMP_COALESCE_SECONDS = _env_float("HUB_PUMP_COALESCE_SECONDS", 2)
 # A claimed delivery's lease: a live worker renews it every quarter of it while it sends the
 # batch (routing.leases), so a worker that dies frees its deliveries and the endpoint's in-flight
 # slots this long after its last renewal, and the sweeper hands them on at its next run.
-HUB_LEASE_SECONDS = _env_float("HUB_LEASE_SECONDS", 8)
+HUB_LEASE_SECONDS = _env_float("HUB_LEASE_SECONDS", 6)
 # The renewals never hold a batch longer than the pump's time, the endpoint's timeout and this margin.
 HUB_DELIVERY_LEASE_MARGIN_SECONDS = _env_float("HUB_DELIVERY_LEASE_MARGIN_SECONDS", 60)
 # A pump runs for its budget, then finishes the request it started last (cut at the endpoint's
