@@ -70,10 +70,10 @@ _HOLDING = ", ".join(f"'{state}'" for state in DELIVERY_ORDER_HOLDING_STATES)
 _IN_FLIGHT = f"""
     SELECT COUNT(DISTINCT COALESCE(f.claim, -f.id)) FROM {_DELIVERY} f
     WHERE f.subscription_id = %s AND f.state = '{DeliveryState.DELIVERING}' AND f.lease_expires_at > %s"""
-# An earlier delivery of the same resource to the same endpoint still open holds `the delivery` back (a
-# delivery without a resource key is never held: NULL = NULL is not true). The probe reads the
-# partial index of open deliveries (delivery_holding), so it costs one look however many of the
-# resource's deliveries were sent before.
+# An earlier delivery of the same resource to the same endpoint, still open, holds a delivery back
+# (one without a resource key is never held: NULL = NULL is not true). The probe reads the partial
+# index of open deliveries (delivery_holding): one look, however many of the resource's deliveries
+# were sent before.
 _HELD_BACK = f"""EXISTS (
         SELECT 1 FROM {_DELIVERY} e
         WHERE e.subscription_id = %s AND e.resource_key = {{alias}}.resource_key AND e.id < {{alias}}.id
