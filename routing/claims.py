@@ -202,17 +202,16 @@ def batch_claim(*, sub: Subscription, only: Collection[int] | None, budget: floa
     sendable, sendable_params = _sendable(
         sub_id=sub.pk, at=at, batch=settings.HUB_DELIVERY_BATCH_SIZE, only=only, postgresql=postgresql
     )
-    # Rows another worker is claiming are theirs; waiting for them would only find them taken.
-    skip_locked = " FOR UPDATE OF d SKIP LOCKED" if postgresql else ""
     within_limit = f" AND ({_IN_FLIGHT}) < %s" if limit else ""
-    # PostgreSQL: the rows taken looked up by their keys (joined as IN, it could scan the table).
-    taken = "= ANY(ARRAY" if postgresql else "IN ("
+    # PostgreSQL: the rows taken looked up by their keys (joined as IN, it could scan the table);
+    # rows another worker is claiming are theirs: waiting for them would only find them taken.
+    taken = f"id = ANY(ARRAY({sendable} FOR UPDATE OF d SKIP LOCKED))" if postgresql else f"id IN ({sendable})"
     # PostgreSQL: every column of the rows taken, for the events' join below; SQLite: their ids.
     returning = _CLAIMED_RETURNING if postgresql else "id"
     update = f"""
         UPDATE {_DELIVERY} SET state = '{DeliveryState.DELIVERING}', attempt_count = attempt_count + 1,
             lease_expires_at = %s, claim = %s, updated_at = %s
-        WHERE id {taken}({sendable}{skip_locked}))
+        WHERE {taken}
         AND EXISTS (SELECT 1 FROM {_SUBSCRIPTION} s WHERE s.id = %s AND s.is_enabled){within_limit}
         RETURNING {returning}"""
     params: list[Any] = [connection.ops.adapt_datetimefield_value(lease), claim, at, *sendable_params]
