@@ -42,7 +42,8 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated phases, for working on one: ingest, batch, delivery, e2e, fanout, stored, memory",
+        help="comma-separated phases, for working on one: ingest, batch, delivery, e2e, fanout, chain, stall,"
+        " stored, memory",
     )
     parser.add_argument(
         "--profile",

@@ -1,7 +1,13 @@
 """Chaos run: push a flood of events through a real hub while killing its workers and its broker,
 then count what arrived. Bounded in time; runs on a database and a broker of its own.
 
-    python bench/chaos.py [--seconds 30] [--orders 40] [--workers 2] [--drain 300] [--redis-down 10]
+    python bench/chaos.py [--scenario flood|slots|hot] [--seconds 30] [--orders 40] [--workers 2] [--drain 300]
+                          [--redis-down 10]
+
+Scenarios: `flood` (the default) pushes many orders while workers and the broker are killed at
+random. `slots`: two orders' deliveries are held by the endpoint (each takes one of its two
+in-flight slots), every worker is SIGKILLed and started again, then the other orders are pushed;
+nothing else is killed. `hot`: a single order's events, one after the other, under `flood`'s kills.
 
 Needs `redis-server` on PATH (a private one, the hub's broker and cache as in production, is started
 on a free port and killed repeatedly, for up to --redis-down seconds each time) and
@@ -13,6 +19,8 @@ events the subscriber acknowledged), lost (accepted, never delivered: must be 0)
 (deliveries the subscriber saw again after acknowledging them: allowed by at-least-once, they
 happen when a worker dies between the endpoint's answer and the hub's record of it) and order
 violations (an order's event arriving before an earlier one was acknowledged: must be 0), the
+stall: the longest the endpoint went without a new acknowledgement while events were owed
+(`slots`: from the SIGKILL to the other orders' first delivery, and to the held ones' second), the
 pushes the hub refused (by status: a Redis outage must refuse none) and the workers that died on
 their own (restarted, as a supervisor would; must be 0).
 Exit status 0 only when nothing was lost, no order was broken and every push was accepted.
@@ -34,6 +42,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -44,6 +53,8 @@ sys.path.insert(0, str(ROOT))
 from tests.live import Received, RedisServer, Reply, Subscriber, Worker, free_port, port_accepts, wait_until  # noqa: E402
 
 QUEUE = "hub-chaos"
+# Longer than any lease a worker renews: only the hub's giving up on a dead worker frees the slot.
+HELD_SECONDS = 120.0
 
 
 def database_create(base_url: str) -> tuple[str, str | None]:
@@ -75,13 +86,18 @@ class Endpoint:
     """The subscriber's side: fails a share of requests at random, acknowledges the rest, and
     checks each order's events arrive in sequence."""
 
-    def __init__(self, failure_rate: float) -> None:
+    def __init__(self, failure_rate: float, held: Collection[str] = ()) -> None:
         self.failure_rate = failure_rate
         self.random = random.Random(7)
         self.acked: Counter[str] = Counter()
         self.requests = 0
         self.next_seq: dict[str, int] = defaultdict(int)
         self.order_violations: list[str] = []
+        # When each message was first acknowledged (monotonic), by message_id.
+        self.acked_at: dict[str, float] = {}
+        # Orders whose first request the endpoint sits on (HELD_SECONDS), keeping a slot taken.
+        self.held = set(held)
+        self.holding: set[str] = set()
 
     def __call__(self, request: Received) -> Reply:
         self.requests += 1
@@ -94,15 +110,20 @@ class Endpoint:
             return Reply.ok(message_id=message_id)
         if seq != self.next_seq[number]:
             self.order_violations.append(f"{number}: got {seq}, owed {self.next_seq[number]}")
-        if self.random.random() < self.failure_rate:
+        if number in self.held and number not in self.holding:
+            self.holding.add(number)
+            return Reply.slow(HELD_SECONDS)
+        if number not in self.held and self.random.random() < self.failure_rate:
             return Reply.error(503)
         self.acked[message_id] += 1
+        self.acked_at[message_id] = time.monotonic()
         self.next_seq[number] = max(self.next_seq[number], seq + 1)
         return Reply.ok(message_id=message_id)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenario", choices=("flood", "slots", "hot"), default="flood")
     parser.add_argument("--seconds", type=float, default=30, help="how long to push (default 30)")
     # A worker killed late in the push leaves its batch claimed until the lease runs out (pump
     # budget + timeout + HUB_DELIVERY_LEASE_MARGIN_SECONDS, ~75 s) and the next sweep (30 s); the
@@ -114,6 +135,10 @@ def main() -> int:
     parser.add_argument("--failure-rate", type=float, default=0.1, help="share of requests the endpoint fails")
     parser.add_argument("--redis-down", type=float, default=10, help="longest Redis outage, seconds (default 10)")
     args = parser.parse_args()
+    if args.scenario == "hot":
+        # One order: one pusher owns it, as a store sends an order's updates one after the other.
+        args.orders, args.pushers = 1, 1
+    held = ("H0", "H1") if args.scenario == "slots" else ()
 
     base_url = os.environ.get("DATABASE_URL", "")
     database_url, dropped = database_create(base_url)
@@ -163,7 +188,7 @@ def main() -> int:
         store = Store(name="chaos")
         token = store.token_set_new()
         store.save()
-        endpoint = Endpoint(args.failure_rate)
+        endpoint = Endpoint(args.failure_rate, held)
         subscriber.respond_with("/chaos", endpoint)
         Subscription.objects.create(
             name="chaos",
@@ -171,7 +196,8 @@ def main() -> int:
             message_types=["order:*"],
             timeout_seconds=5,
             retry_schedule=[0.5, 1, 1, 2, 2, 3, 3, 5, 5, 5, 5, 5, 5, 5, 5],
-            max_in_flight=4,
+            # Two for `slots`: the held orders take both.
+            max_in_flight=2 if held else 4,
         )
 
         port = free_port()
@@ -204,8 +230,7 @@ def main() -> int:
         accepted: set[str] = set()
         given_up: list[str] = []
         lock = threading.Lock()
-        stop_at = time.monotonic() + args.seconds
-        seqs = {f"C{n}": 0 for n in range(args.orders)}
+        seqs = {f"C{n}": 0 for n in range(args.orders)} | {number: 0 for number in held}
 
         def push_one(number: str) -> None:
             seq = seqs[number]
@@ -241,13 +266,32 @@ def main() -> int:
         # Each order belongs to one pusher, as a store sends an order's updates one after the other:
         # the order the hub accepts them in is then the order of their sequence numbers.
         def pusher(orders: list[str]) -> None:
+            orders = [number for number in orders if number not in held]
             rng = random.Random(len(orders))
             while time.monotonic() < stop_at:
                 push_one(rng.choice(orders))
 
         kills = Counter[str]()
+        killed_at = None
+        if held:
+            # Each held order's first delivery on the wire, in a batch of its own (one slot each);
+            # a fresh worker joins, then every worker that could hold them is SIGKILLed (and
+            # started again in the background, as a supervisor would).
+            for number in held:
+                push_one(number)
+                wait_until(lambda n=number: n in endpoint.holding, 60, message=f"{number} held by the endpoint")
+            victims = list(workers)
+            workers.append(Worker(env=env, log_path=logs / "worker-fresh.log", queue=QUEUE).start())
+            killed_at = time.monotonic()
+            for worker in victims:
+                worker.kill()
+                kills["worker"] += 1
+            threading.Thread(target=lambda: [worker.start() for worker in victims], daemon=True).start()
+        stop_at = time.monotonic() + args.seconds
 
         def chaos() -> None:
+            if held:
+                return
             rng = random.Random(11)
             while time.monotonic() < stop_at:
                 time.sleep(rng.uniform(2, 4))
@@ -270,7 +314,7 @@ def main() -> int:
         chaos_thread = threading.Thread(target=chaos, daemon=True)
         chaos_thread.start()
         with ThreadPoolExecutor(args.pushers) as pool:
-            names = list(seqs)
+            names = [number for number in seqs if number not in held]
             futures = [pool.submit(pusher, names[n :: args.pushers]) for n in range(args.pushers)]
         for future in futures:
             future.result()
@@ -298,6 +342,14 @@ def main() -> int:
         print(f"lost:             {lost}")
         print(f"duplicates:       {duplicates}")
         print(f"order violations: {len(endpoint.order_violations)}")
+        times = sorted(endpoint.acked_at.values())
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        print(f"stall:            {max(gaps, default=0.0):.1f}s (longest without a new acknowledgement)")
+        if killed_at is not None:
+            others = [at for m, at in endpoint.acked_at.items() if m.split("-")[0] not in held]
+            again = [at for m, at in endpoint.acked_at.items() if m.split("-")[0] in held]
+            print(f"after SIGKILL:    other orders delivered after {min(others, default=killed_at) - killed_at:.1f}s,")
+            print(f"                  held ones again after {max(again, default=killed_at) - killed_at:.1f}s")
         print(f"not accepted:     {len(given_up)} (the store gave up after 30 tries)")
         print(f"refused:          {sum(refused.values())} answers {dict(refused)}")
         print(f"chaos:            {kills['worker']} worker SIGKILLs, {kills['broker']} Redis kills")

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from typing import Any
 from bench import load
 from bench.data import database_settle, events_fill, events_truncate
 from bench.plan import HOST, SEED, Plan, Row
-from bench.stack import Processes, RssSampler, children, free_port, log, wait_for
+from bench.stack import Processes, RssSampler, children, connected_to, free_port, log, wait_for
 
 
 class Bench:
@@ -476,6 +477,137 @@ class Bench:
 
         await asyncio.gather(*(client() for _ in range(self.plan.worker_concurrency)))
 
+    def order_envelope(self, number: str, n: int, *, hold: bool = False) -> bytes:
+        """An event of the order `number` (its own message_id); `hold`: the subscriber sits on
+        its first delivery (bench/subscriber.py)."""
+        payload = {"order": {"number": number, "seq": n, **({"hold": True} if hold else {})}}
+        body = {"message": "order:new", "message_id": f"{number}-{n}", "payload": payload}
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    def push_one(self, body: bytes) -> str:
+        response = asyncio.run(self._post(self.web_port, "/events", body, self.headers))
+        if response.status != 202:
+            raise SystemExit(f"bench: push answered {response.status}: {response.body[:300]!r}")
+        return json.loads(response.body)["event_id"]
+
+    def only_subscription(self, name: str, path: str, **fields: Any) -> Any:
+        from routing.models import Subscription
+
+        Subscription.objects.update(is_enabled=False)
+        sub = self.subscription(name, path)
+        if fields:
+            Subscription.objects.filter(pk=sub.pk).update(**fields)
+        self.routing_settle()
+        self.subscriber_reset()
+        return sub
+
+    def chain(self) -> None:
+        """One order's events to one instant endpoint: the hub sends them one at a time, each
+        after the one before was acknowledged. Baseline: the subscriber hit directly by one
+        client, one request after the other (a chain's ceiling)."""
+        count, part = self.plan.chain_events, self.plan.chain_slice
+        log(f"chain: one order's {count:,} events, pushed in batches while the worker sends them")
+        body = self.order_envelope("bench-chain", 0)
+        direct = self.closed(
+            self.sub_port, lambda n: ("/direct", body), concurrency=1, headers={"Content-Type": "application/json"}
+        )
+        self.only_subscription("bench-chain", "/c")
+        size = self.plan.batch_large
+
+        async def push() -> None:
+            conn = load.Connection(HOST, self.web_port)
+            for start in range(0, count, size):
+                items = b",".join(self.order_envelope("bench-chain", n) for n in range(start, min(start + size, count)))
+                response = await conn.request("POST", "/events/batch", b"[" + items + b"]", self.headers)
+                if response.status != 200:
+                    raise SystemExit(f"bench: chain push answered {response.status}: {response.body[:300]!r}")
+            await conn.close()
+
+        asyncio.run(push())
+        wait_for(lambda: self.subscriber_stats()["count"] >= count, 1800, f"the chain's {count:,} deliveries", 0.5)
+        times = sorted(self.subscriber_stats()["received"].values())
+        first = (part - 1) / (times[part - 1] - times[0])
+        last = (part - 1) / (times[-1] - times[-part])
+        self.deliveries_settled()
+        self.add(
+            "chain_first",
+            f"One order's {count:,}-event chain, first {part:,} (events/s)",
+            first,
+            "/s",
+            direct.rate,
+            "subscriber direct req/s (1 client)",
+            ">= 300/s",
+            first >= 300,
+        )
+        self.add(
+            "chain_last",
+            f"One order's {count:,}-event chain, last {part:,} (events/s)",
+            last,
+            "/s",
+            first,
+            f"same chain, first {part:,}",
+            ">= 300/s, flat",
+            last >= 300 and last >= 0.8 * first,
+        )
+
+    def stall(self) -> None:
+        """Both in-flight slots of an endpoint held by deliveries on the wire (the subscriber sits
+        on them), then the Celery pool processes sending them SIGKILLed (the master starts new
+        ones; its beat goes on sweeping): seconds
+        until another order's event pushed at that moment is delivered, and until the held ones
+        are sent again. Baseline: that event's delivery when nothing is wrong."""
+        from routing.models import Delivery
+
+        log("stall: both slots held, the worker's pool SIGKILLed, another order pushed")
+        self.only_subscription("bench-stall", "/s", max_in_flight=2)
+        started = time.time()
+        calm = self.push_one(self.order_envelope("bench-calm", 0))
+        wait_for(lambda: calm + "|/s" in self.subscriber_stats()["received"], 60, "an undisturbed delivery", 0.01)
+        undisturbed = self.subscriber_stats()["received"][calm + "|/s"] - started
+        held = []
+        for number in ("bench-held-a", "bench-held-b"):
+            held.append(self.push_one(self.order_envelope(number, 0, hold=True)))
+            wait_for(lambda: held[-1] + "|/s" in self.subscriber_stats()["received"], 60, "a held delivery", 0.01)
+        wait_for(
+            lambda: Delivery.objects.filter(state="delivering").values("claim").distinct().count() == 2,
+            30,
+            "two batches holding both slots",
+            0.05,
+        )
+        # The pool processes with a connection to the subscriber: those sending the held ones,
+        # and any other keeping one alive. Not the embedded beat, whose sweeper must go on.
+        victims = connected_to(children(self.rss.roles["worker"]), self.sub_port)
+        killed = time.time()
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        log(f"stall: SIGKILLed {len(victims)} pool processes")
+        other = self.push_one(self.order_envelope("bench-other", 0))
+        wait_for(lambda: other + "|/s" in self.subscriber_stats()["received"], 600, "the other order's delivery", 0.05)
+        other_after = self.subscriber_stats()["received"][other + "|/s"] - killed
+        # The held deliveries' second requests (same webhook-id): the subscriber counts every one.
+        wait_for(lambda: self.subscriber_stats()["count"] >= 6, 600, "the held deliveries sent again", 0.05)
+        held_after = time.time() - killed
+        self.deliveries_settled()
+        self.add(
+            "stall_other",
+            "Stall after a worker SIGKILL, other orders (s)",
+            other_after,
+            "s",
+            undisturbed,
+            "the same push undisturbed",
+            "<= 10 s",
+            other_after <= 10,
+        )
+        self.add(
+            "stall_held",
+            "Stall after a worker SIGKILL, deliveries it held (s)",
+            held_after,
+            "s",
+            undisturbed,
+            "the same push undisturbed",
+            "~10 s",
+        )
+
     def stored(self) -> None:
         from events.models import Event
 
@@ -536,12 +668,14 @@ class Bench:
             "delivery": self.delivery,
             "e2e": self.e2e,
             "fanout": self.fanout,
+            "chain": self.chain,
+            "stall": self.stall,
             "stored": self.stored,
             "memory": self.memory,
         }
-        # e2e and fan-out need the worker and subscription the delivery phase starts; stored
+        # e2e, fan-out, chain and stall need the worker and subscription the delivery phase starts; stored
         # compares with the bare baseline of the ingest phase.
-        if only & {"e2e", "fanout"}:
+        if only & {"e2e", "fanout", "chain", "stall"}:
             only.add("delivery")
         if "stored" in only:
             only.add("ingest")

@@ -25,6 +25,9 @@ class Plan:
     e2e_seconds: float
     fanout_events: int
     fanout_subscriptions: int
+    # One order's chain: its length, and how many of its first and last deliveries are timed.
+    chain_events: int
+    chain_slice: int
     stored_small: int
     stored_large: int
     stored_seconds: float
@@ -49,6 +52,9 @@ FULL = Plan(
     e2e_seconds=10,
     fanout_events=10,
     fanout_subscriptions=20,
+    # BENCH_CHAIN_EVENTS: a shorter chain, for a hub whose claims slow down as it grows.
+    chain_events=int(os.environ.get("BENCH_CHAIN_EVENTS") or 5000),
+    chain_slice=1000,
     stored_small=10_000,
     stored_large=1_000_000,
     stored_seconds=8,
@@ -69,6 +75,8 @@ SMOKE = Plan(
     e2e_seconds=1,
     fanout_events=2,
     fanout_subscriptions=20,
+    chain_events=200,
+    chain_slice=50,
     stored_small=100,
     stored_large=1000,
     stored_seconds=0.5,

@@ -158,6 +158,28 @@ def children(pid: int) -> list[int]:
         return []
 
 
+def connected_to(pids: list[int], port: int) -> list[int]:
+    """Those of `pids` with a TCP connection established to `port` on this host (a Celery pool
+    process with a request on the wire to the subscriber, say; never the embedded beat)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = [line.split() for line in f.readlines()[1:]]
+        except FileNotFoundError:
+            continue
+        inodes |= {row[9] for row in rows if int(row[2].rsplit(":", 1)[1], 16) == port and row[3] == "01"}
+    found = []
+    for pid in pids:
+        try:
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except (FileNotFoundError, PermissionError):
+            continue
+        if any(link.startswith("socket:[") and link[8:-1] in inodes for link in links):
+            found.append(pid)
+    return found
+
+
 class RssSampler(threading.Thread):
     """Largest RSS seen per role ('web', 'worker'), and the first (idle) sample as the baseline."""
 

@@ -1,5 +1,7 @@
 """A cheap local subscriber: an asyncio HTTP/1.1 server (keep-alive) that answers every request at
-once with 200 `{}` and notes when each webhook-id arrived.
+once with 200 `{}` and notes when each webhook-id arrived. A delivery whose body carries
+`"hold":true` is answered only after HOLD_SECONDS the first time it comes (its in-flight slot stays
+taken meanwhile, for the stall phase); again, at once.
 
 `GET /stats` returns {"count": n, "received": {webhook_id: unix_time, ...}} and `POST /reset`
 forgets them, so the benchmark can time deliveries and end-to-end latency without a database.
@@ -14,12 +16,14 @@ import json
 import time
 
 REPLY = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+HOLD_SECONDS = 120.0
 
 
 class SubscriberState:
     def __init__(self) -> None:
         self.count = 0
         self.received: dict[str, float] = {}
+        self.held: set[bytes] = set()
 
     def note(self, headers: dict[bytes, bytes]) -> None:
         self.count += 1
@@ -52,6 +56,7 @@ class SubscriberProtocol(asyncio.Protocol):
             length = int(headers.get(b"content-length", b"0"))
             if len(self.buffer) < end + 4 + length:
                 return
+            body = self.buffer[end + 4 : end + 4 + length]
             self.buffer = self.buffer[end + 4 + length :]
             method, path = head[0].split(b" ")[:2]
             assert self.transport is not None
@@ -64,11 +69,21 @@ class SubscriberProtocol(asyncio.Protocol):
             elif path == b"/reset":
                 self.state.count = 0
                 self.state.received.clear()
+                self.state.held.clear()
                 self.transport.write(REPLY)
             else:
                 headers[b":path"] = path
                 self.state.note(headers)
-                self.transport.write(REPLY)
+                webhook_id = headers.get(b"webhook-id", b"")
+                if b'"hold":true' in body and webhook_id not in self.state.held:
+                    self.state.held.add(webhook_id)
+                    asyncio.get_running_loop().call_later(HOLD_SECONDS, self.reply_late)
+                else:
+                    self.transport.write(REPLY)
+
+    def reply_late(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(REPLY)
 
 
 async def subscriber_serve(port: int) -> None:

@@ -252,7 +252,11 @@ HUB_DELIVERY_PUMP_SECONDS = _env_float("HUB_DELIVERY_PUMP_SECONDS", 5)
 # worker's look will see the push's deliveries); the mark of a waiting message lasts this long at
 # most. 0 = a message for every push.
 HUB_PUMP_COALESCE_SECONDS = _env_float("HUB_PUMP_COALESCE_SECONDS", 2)
-# A claimed delivery belongs to its worker for the pump's time, the endpoint's timeout and this margin.
+# A claimed delivery's lease: a live worker renews it every quarter of it while it sends the
+# batch (routing.leases), so a worker that dies frees its deliveries and the endpoint's in-flight
+# slots this long after its last renewal, and the sweeper hands them on at its next run.
+HUB_LEASE_SECONDS = _env_float("HUB_LEASE_SECONDS", 6)
+# The renewals never hold a batch longer than the pump's time, the endpoint's timeout and this margin.
 HUB_DELIVERY_LEASE_MARGIN_SECONDS = _env_float("HUB_DELIVERY_LEASE_MARGIN_SECONDS", 60)
 # A pump runs for its budget, then finishes the request it started last (cut at the endpoint's
 # timeout, at most routing.transport.TIMEOUT_MAX_SECONDS = 120) and records the batch (within the
@@ -271,7 +275,9 @@ HUB_MAX_PARAMETERS = _env_int("HUB_MAX_PARAMETERS", 50)
 HUB_MAX_PARAMETERS_BYTES = _env_int("HUB_MAX_PARAMETERS_BYTES", 64 * 1024)
 # An endpoint that has failed without a single success for this long is disabled.
 HUB_SUBSCRIPTION_DISABLE_AFTER_SECONDS = _env_float("HUB_SUBSCRIPTION_DISABLE_AFTER_SECONDS", 5 * 86400)
-HUB_SWEEP_INTERVAL_SECONDS = _env_float("HUB_SWEEP_INTERVAL_SECONDS", 30)
+# Short, so that the deliveries of a worker that died go out again soon after their lease ran out
+# (one sweep is two indexed reads when there is nothing to do).
+HUB_SWEEP_INTERVAL_SECONDS = _env_float("HUB_SWEEP_INTERVAL_SECONDS", 2)
 # A delivery due for longer than this without being sent has lost its broker message (or never had
 # one: a broker outage, a retry hours away); the sweeper wakes its endpoint.
 HUB_SWEEP_LOST_AFTER_SECONDS = _env_float("HUB_SWEEP_LOST_AFTER_SECONDS", 30)

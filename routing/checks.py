@@ -48,8 +48,9 @@ def deploy_security_check(app_configs: Any = None, **kwargs: Any) -> list[Error 
 
 @register()
 def delivery_time_limits_check(app_configs: Any = None, **kwargs: Any) -> list[Error]:
-    """A lease shorter than an attempt lets the sweeper start a second attempt while the first is
-    still on the wire; a Celery limit shorter than a pump stops it mid-attempt, unrecorded."""
+    """A hold limit shorter than an attempt lets the sweeper start a second attempt while the first
+    is still on the wire (the heartbeat renews a lease up to it, routing.leases); a Celery limit
+    shorter than a pump stops it mid-attempt, unrecorded."""
     from routing.transport import TIMEOUT_MAX_SECONDS
 
     problems: list[Error] = []
@@ -58,6 +59,13 @@ def delivery_time_limits_check(app_configs: Any = None, **kwargs: Any) -> list[E
             Error(
                 "HUB_DELIVERY_LEASE_MARGIN_SECONDS must be more than 0: a lease must outlive the attempt.",
                 id="hub.E003",
+            )
+        )
+    if not settings.HUB_LEASE_SECONDS > 0:
+        problems.append(
+            Error(
+                "HUB_LEASE_SECONDS must be more than 0: a batch's lease is renewed every quarter of it.",
+                id="hub.E005",
             )
         )
     longest = settings.HUB_DELIVERY_PUMP_SECONDS + TIMEOUT_MAX_SECONDS + settings.HUB_DELIVERY_LEASE_MARGIN_SECONDS

@@ -234,7 +234,21 @@ class Delivery(models.Model):
         indexes = [
             models.Index(fields=["state", "next_attempt_at"], name="delivery_due"),
             models.Index(fields=["subscription", "state"], name="delivery_subscription_state"),
-            models.Index(fields=["subscription", "resource_key", "id"], name="delivery_resource_order"),
+            # Each resource's open deliveries to an endpoint in the order they were accepted: the
+            # claim's look for an earlier one still open (routing.claims) reads only open ones, so
+            # it costs the same however many of the resource's deliveries were sent before.
+            models.Index(
+                fields=["subscription", "resource_key", "id"],
+                name="delivery_holding",
+                condition=models.Q(state__in=("pending", "retrying", "delivering")),
+            ),
+            # The due deliveries without a resource key, which nothing holds back: a claim reads
+            # them here when a long chain of one order fills its first look.
+            models.Index(
+                fields=["subscription", "next_attempt_at", "id"],
+                name="delivery_open_unkeyed",
+                condition=models.Q(state__in=("pending", "retrying"), resource_key__isnull=True),
+            ),
             # The admin's "failed in the last hour/day": a failed delivery last changed when it failed.
             models.Index(fields=["state", "updated_at"], name="delivery_state_changed"),
             # An endpoint's due deliveries in the order a batch claims them (routing.pump): only open

@@ -37,6 +37,7 @@ from routing.attempts import (
 )
 from routing.claims import Batch, batch_claim, batch_finish, subscription_read
 from routing.dispatch import pumps_enqueue
+from routing.leases import lease_held
 from routing.models import (
     Attempt,
     Delivery,
@@ -84,8 +85,10 @@ def deliveries_pump(*, subscription_id: int, only: Collection[int] | None = None
             break
         if only is None and len(batch.deliveries) >= settings.HUB_DELIVERY_BATCH_SIZE:
             outcome.helpers += _helper_wake(sub)
-        sent, unsent = _batch_send(batch, deadline=deadline)
-        outcome.verdicts.update(_batch_record(batch, sent=sent, unsent=unsent))
+        # The lease is short: the process's heartbeat keeps it alive until the batch is recorded.
+        with lease_held(subscription_id=sub.pk, claim=batch.claim, hold_until=batch.hold_until):
+            sent, unsent = _batch_send(batch, deadline=deadline)
+            outcome.verdicts.update(_batch_record(batch, sent=sent, unsent=unsent))
         if only is not None:
             break
         if unsent or time.monotonic() >= deadline:
