@@ -55,6 +55,16 @@ class LoadResult:
     def median_ms(self) -> float:
         return statistics.median(self.latencies) * 1000 if self.latencies else 0.0
 
+    def merge(self, part: LoadResult) -> None:
+        """Add one slice's result to this total: requests, errors, seconds, latencies, statuses, bodies."""
+        self.requests += part.requests
+        self.errors += part.errors
+        self.seconds += part.seconds
+        self.latencies += part.latencies
+        self.bodies += part.bodies
+        for status, count in part.statuses.items():
+            self.statuses[status] = self.statuses.get(status, 0) + count
+
 
 class Connection:
     def __init__(self, host: str, port: int) -> None:
@@ -120,6 +130,24 @@ class Connection:
 RequestFn = Callable[[int], tuple[str, bytes]]
 """Given a running request number, the (path, body) to send."""
 
+
+@dataclass(frozen=True)
+class Side:
+    """One of the servers measured side by side in alternating slices: a name for the table, the
+    port it listens on, and what to send it."""
+
+    name: str
+    port: int
+    make: RequestFn
+
+
+def alternation(sides: list[Side], rounds: int) -> list[Side]:
+    """The order of the slices: every side once per round, each round starting one side later, so
+    that no side always follows the same one (a phase's aftermath, a commit's flush, a garbage
+    collection started by the side before) or always comes first after a pause."""
+    return [sides[(start + i) % len(sides)] for start in range(rounds) for i in range(len(sides))]
+
+
 # Answers with the pid of the server process that holds the connection (bench/urls.py).
 WORKER_PATH = "/bench/worker"
 
@@ -162,9 +190,10 @@ async def closed_loop(
     spread_over: int = 0,
 ) -> LoadResult:
     """`concurrency` clients, each sending its next request as soon as the previous one is
-    answered, for `seconds` after `warmup` seconds that are not counted. With `spread_over` (the
-    server's process count) the clients' connections are placed evenly over its processes
-    first (connections_spread).
+    answered, for `seconds` after `warmup` seconds that are not counted. Each client holds one
+    plain keep-alive connection to the server's port, opened at its first request and left where
+    the server's kernel puts it, as a store's would be. With `spread_over` (the server's process
+    count) the connections are placed evenly over its processes first instead (connections_spread).
 
     A request counts when its answer arrives within the measured seconds, whenever it was sent:
     completions per second of a steady closed loop. (Counting only requests both sent and
