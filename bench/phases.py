@@ -476,8 +476,8 @@ class Bench:
             "/s",
             direct.rate,
             f"subscriber direct req/s ({self.plan.worker_concurrency} clients)",
-            ">= 1000/s",
-            rate >= 1000,
+            ">= 3000/s",
+            rate >= 3000,
         )
 
     def deliveries_settled(self) -> None:
@@ -584,6 +584,8 @@ class Bench:
             "ms",
             base_ms,
             f"{count} direct sends",
+            "<= 20 ms",
+            hub_ms <= 20,
         )
         self.deliveries_settled()
         Subscription.objects.update(is_enabled=False)
