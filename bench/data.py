@@ -30,11 +30,11 @@ def events_fill(have: int, want: int) -> None:
                 cursor.execute(
                     """
                     INSERT INTO events_event (uid, store_id, message, message_id, payload, resource_key, source,
-                                              origin, depth, status, created_at)
+                                              origin, depth, status, created_at, traceparent)
                     SELECT gen_random_uuid(), %s, 'order:new', 'fill-' || g,
                            json_build_object('order', json_build_object('number', 'R' || g,
                                'email', 'customer' || g || '@example.com', 'total', '99.90', 'state', 'complete')),
-                           'order:R' || g, 'store', '', 0, 'unrouted', now() - make_interval(secs => %s - g)
+                           'order:R' || g, 'store', '', 0, 'unrouted', now() - make_interval(secs => %s - g), ''
                     FROM generate_series(%s, %s) AS g
                     """,
                     [store_id, want, first, last],
@@ -44,11 +44,11 @@ def events_fill(have: int, want: int) -> None:
                     """
                     WITH RECURSIVE g(n) AS (SELECT %s UNION ALL SELECT n + 1 FROM g WHERE n < %s)
                     INSERT INTO events_event (uid, store_id, message, message_id, payload, resource_key, source,
-                                              origin, depth, status, created_at)
+                                              origin, depth, status, created_at, traceparent)
                     SELECT lower(hex(randomblob(16))), %s, 'order:new', 'fill-' || n,
                            json_object('order', json_object('number', 'R' || n, 'email', 'customer' || n
                                || '@example.com', 'total', '99.90', 'state', 'complete')),
-                           'order:R' || n, 'store', '', 0, 'unrouted', datetime('now', '-' || (%s - n) || ' seconds')
+                           'order:R' || n, 'store', '', 0, 'unrouted', datetime('now', '-' || (%s - n) || ' seconds'), ''
                     FROM g
                     """,
                     [first, last, store_id, want],

@@ -142,10 +142,16 @@ class Side:
 
 
 def alternation(sides: list[Side], rounds: int) -> list[Side]:
-    """The order of the slices: every side once per round, each round starting one side later, so
-    that no side always follows the same one (a phase's aftermath, a commit's flush, a garbage
-    collection started by the side before) or always comes first after a pause."""
-    return [sides[(start + i) % len(sides)] for start in range(rounds) for i in range(len(sides))]
+    """The order of the slices: every side once per round, rounds forwards and backwards in turn,
+    each pair starting one side later. So each side comes first after a pause in some rounds, and
+    follows a different side in forward and backward rounds (a commit's flush, a checkpoint or a
+    garbage collection a side sets off lands on the next)."""
+    order: list[Side] = []
+    for number in range(rounds):
+        turn = sides if number % 2 == 0 else sides[::-1]
+        shift = (number // 2) % len(sides)
+        order += turn[shift:] + turn[:shift]
+    return order
 
 
 # Answers with the pid of the server process that holds the connection (bench/urls.py).

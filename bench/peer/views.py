@@ -1,5 +1,9 @@
 """The peer's two ingest views, DRF like the hub's and the bare baseline, so the three differ only
-in what they do with the parsed body."""
+in what they do with the parsed body.
+
+Each INSERT runs in Django's autocommit, as a view without ATOMIC_REQUESTS does: the statement is
+its own transaction, committed (synchronously) before the 202, as durable as BEGIN/INSERT/COMMIT
+and two round trips shorter, as the hub's own push is."""
 
 from __future__ import annotations
 
@@ -19,20 +23,19 @@ def _fields(data: Any) -> dict[str, Any]:
 
 
 class PeerIngestApi(APIView):
-    """A durable insert in a transaction; django-webhook's post_save handler serialises the row and
-    publishes its fire_webhook task for each subscribed webhook."""
+    """A durable insert; django-webhook's post_save handler serialises the row and publishes its
+    fire_webhook task for each subscribed webhook."""
 
     def post(self, request: Request) -> Response:
-        with transaction.atomic():
-            event = PeerEvent.objects.create(**_fields(request.data))
+        event = PeerEvent.objects.create(**_fields(request.data))
         return Response({"id": event.pk}, status=202)
 
 
 class NaiveIngestApi(APIView):
-    """The same insert, and one Celery message with the row's id once it is committed."""
+    """The same insert, and one Celery message with the row's id once it is committed (in
+    autocommit on_commit runs at once: the INSERT has committed)."""
 
     def post(self, request: Request) -> Response:
-        with transaction.atomic():
-            event = NaiveEvent.objects.create(**_fields(request.data))
-            transaction.on_commit(lambda: naive_deliver.delay(event.pk))
+        event = NaiveEvent.objects.create(**_fields(request.data))
+        transaction.on_commit(lambda: naive_deliver.delay(event.pk))
         return Response({"id": event.pk}, status=202)
