@@ -48,7 +48,8 @@ def events_fill(have: int, want: int) -> None:
                     SELECT lower(hex(randomblob(16))), %s, 'order:new', 'fill-' || n,
                            json_object('order', json_object('number', 'R' || n, 'email', 'customer' || n
                                || '@example.com', 'total', '99.90', 'state', 'complete')),
-                           'order:R' || n, 'store', '', 0, 'unrouted', datetime('now', '-' || (%s - n) || ' seconds'), ''
+                           'order:R' || n, 'store', '', 0, 'unrouted',
+                           datetime('now', '-' || (%s - n) || ' seconds'), ''
                     FROM g
                     """,
                     [first, last, store_id, want],

@@ -61,9 +61,8 @@ def test_bench_smoke_run_prints_every_figure_with_a_baseline(tmp_path: Path) -> 
     assert [line.split(" | ")[0].lstrip("| ") for line in table] == [row["figure"] for row in rows.values()]
     assert all(line.split(" | ")[3].endswith("x") for line in table)
     # And single ingest's sides, the peer among them, each measured (a rate above zero).
-    sides = {
-        line.split(" | ")[0].lstrip("| "): line.split(" | ")[1]
-        for line in done.stdout.split("\n\n")[-1].splitlines()[2:]
-    }
+    blocks = done.stdout.split("\n\n")
+    heading = next(i for i, block in enumerate(blocks) if block.startswith("Single ingest side by side"))
+    sides = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1] for line in blocks[heading + 1].splitlines()[2:]}
     assert set(sides) == {"bare DRF", "naive insert + enqueue", "django-webhook", "hub", "hub, no subscription"}
     assert all(float(rate.replace(",", "")) > 0 for rate in sides.values()), sides
