@@ -132,8 +132,8 @@ def peer_start(procs: Processes, env: dict[str, str], *, port: int, workers: int
 
 
 def queue_purge(env: dict[str, str]) -> None:
-    """Drop what the measured views published to a queue no worker consumes: the peer's runs to
-    ~100 MB of webhook payloads in a 10 s phase."""
+    """Drop what the measured views published to a queue no worker consumes: the peer's messages
+    each carry an event's whole payload, thousands of them a phase."""
     queue = env["CELERY_QUEUE"]
     if env.get("REDIS_URL"):
         import redis
