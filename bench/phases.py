@@ -681,4 +681,5 @@ class Bench:
         finally:
             self.rss.stopping.set()
             self.procs.stop_all()
+            queue_purge(self.env)
         return self.rows

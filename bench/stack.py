@@ -132,8 +132,9 @@ def peer_start(procs: Processes, env: dict[str, str], *, port: int, workers: int
 
 
 def queue_purge(env: dict[str, str]) -> None:
-    """Drop what the measured views published to a queue no worker consumes: the peer's messages
-    each carry an event's whole payload, thousands of them a phase."""
+    """Drop a private queue the bench is done with, and Kombu's keys for it: the peer's is never
+    consumed (its messages each carry an event's whole payload, thousands a phase), and the hub's
+    keeps what the routed single-ingest pushes woke when no phase starts the worker."""
     queue = env["CELERY_QUEUE"]
     if env.get("REDIS_URL"):
         import redis
