@@ -55,6 +55,16 @@ class LoadResult:
     def median_ms(self) -> float:
         return statistics.median(self.latencies) * 1000 if self.latencies else 0.0
 
+    def merge(self, part: LoadResult) -> None:
+        """Add one slice's result to this total: requests, errors, seconds, latencies, statuses, bodies."""
+        self.requests += part.requests
+        self.errors += part.errors
+        self.seconds += part.seconds
+        self.latencies += part.latencies
+        self.bodies += part.bodies
+        for status, count in part.statuses.items():
+            self.statuses[status] = self.statuses.get(status, 0) + count
+
 
 class Connection:
     def __init__(self, host: str, port: int) -> None:
@@ -120,6 +130,30 @@ class Connection:
 RequestFn = Callable[[int], tuple[str, bytes]]
 """Given a running request number, the (path, body) to send."""
 
+
+@dataclass(frozen=True)
+class Side:
+    """One of the servers measured side by side in alternating slices: a name for the table, the
+    port it listens on, and what to send it."""
+
+    name: str
+    port: int
+    make: RequestFn
+
+
+def alternation(sides: list[Side], rounds: int) -> list[Side]:
+    """The order of the slices: every side once per round, rounds forwards and backwards in turn,
+    each pair starting one side later. So each side comes first after a pause in some rounds, and
+    follows a different side in forward and backward rounds (a commit's flush, a checkpoint or a
+    garbage collection a side sets off lands on the next)."""
+    order: list[Side] = []
+    for number in range(rounds):
+        turn = sides if number % 2 == 0 else sides[::-1]
+        shift = (number // 2) % len(sides)
+        order += turn[shift:] + turn[:shift]
+    return order
+
+
 # Answers with the pid of the server process that holds the connection (bench/urls.py).
 WORKER_PATH = "/bench/worker"
 
@@ -162,9 +196,10 @@ async def closed_loop(
     spread_over: int = 0,
 ) -> LoadResult:
     """`concurrency` clients, each sending its next request as soon as the previous one is
-    answered, for `seconds` after `warmup` seconds that are not counted. With `spread_over` (the
-    server's process count) the clients' connections are placed evenly over its processes
-    first (connections_spread).
+    answered, for `seconds` after `warmup` seconds that are not counted. Each client holds one
+    plain keep-alive connection to the server's port, opened at its first request and left where
+    the server's kernel puts it, as a store's would be. With `spread_over` (the server's process
+    count) the connections are placed evenly over its processes first instead (connections_spread).
 
     A request counts when its answer arrives within the measured seconds, whenever it was sent:
     completions per second of a steady closed loop. (Counting only requests both sent and

@@ -17,6 +17,7 @@ class Plan:
     seconds: float
     rounds: int
     concurrency: int
+    connections: int
     batch_size: int
     batch_large: int
     delivery_count: int
@@ -42,6 +43,9 @@ FULL = Plan(
     # four land on one worker, whose GIL then caps the rate. Ten slices average that out.
     rounds=10,
     concurrency=4,
+    # Single ingest: plain keep-alive connections where the kernel puts them, more clients than the
+    # web's 2 x 4 threads, as many stores load it (`python -m bench --connections N` changes it).
+    connections=16,
     # 20 per request, as earlier rounds measured (when HUB_MAX_JSON_KEYS counted a whole body);
     # 100 orders (850 KB) is a store pushing a backlog within HUB_MAX_BODY_BYTES (1 MiB).
     batch_size=20,
@@ -67,6 +71,7 @@ SMOKE = Plan(
     seconds=1,
     rounds=1,
     concurrency=2,
+    connections=16,
     batch_size=5,
     batch_large=10,
     delivery_count=30,

@@ -87,6 +87,63 @@ def django_setup(env: dict[str, str]) -> None:
     call_command("migrate", verbosity=0, interactive=False)
 
 
+# --- The peer: django-webhook in its own project (bench/peer) ----------------------------------
+
+
+def peer_environment(env: dict[str, str]) -> dict[str, str]:
+    """The peer's processes' environment: its settings, a fresh `<bench database>_peer` beside the
+    bench's (or SQLite under the var directory), the same Redis with a private queue."""
+    peer = dict(env, DJANGO_SETTINGS_MODULE="bench.peer.settings", CELERY_QUEUE=f"bench-peer-{os.getpid()}")
+    if env.get("DATABASE_URL"):
+        parts = urlsplit(env["DATABASE_URL"])
+        peer["DATABASE_URL"] = urlunsplit(parts._replace(path=parts.path + "_peer"))
+        database_recreate(peer["DATABASE_URL"])
+    return peer
+
+
+def peer_start(procs: Processes, env: dict[str, str], *, port: int, workers: int, webhook_url: str) -> None:
+    """Tables and one webhook subscribed to the peer's events (python -m bench.peer), then gunicorn
+    in the hub's shape: the same workers, 4 threads each, access log on."""
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore", "-m", "bench.peer", webhook_url], cwd=ROOT, env=env, capture_output=True
+    )
+    if done.returncode:
+        raise SystemExit(
+            f"bench: the peer's setup failed:\n{done.stdout.decode()[-2000:]}{done.stderr.decode()[-3000:]}"
+        )
+    procs.start(
+        "peer",
+        [
+            str(Path(sys.executable).parent / "gunicorn"),
+            "bench.peer.wsgi:application",
+            "--config",
+            "bench/peer/gunicorn.conf.py",
+            "--bind",
+            f"{HOST}:{port}",
+            "--workers",
+            str(workers),
+            "--access-logfile",
+            "-",
+            "--graceful-timeout",
+            "10",
+        ],
+        env=env,
+    )
+
+
+def queue_purge(env: dict[str, str]) -> None:
+    """Drop a private queue the bench is done with, and Kombu's keys for it: the peer's is never
+    consumed (its messages each carry an event's whole payload, thousands a phase), and the hub's
+    keeps what the routed single-ingest pushes woke when no phase starts the worker."""
+    queue = env["CELERY_QUEUE"]
+    if env.get("REDIS_URL"):
+        import redis
+
+        client = redis.Redis.from_url(env["REDIS_URL"])
+        client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+        client.close()
+
+
 # --- Processes ------------------------------------------------------------------------------
 
 
@@ -96,10 +153,10 @@ class Processes:
         self.var = var
         self.running: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         logfile = open(self.var / f"{name}.log", "wb")  # noqa: SIM115 - the child keeps it
         process = subprocess.Popen(
-            argv, cwd=ROOT, env=self.env, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True
+            argv, cwd=ROOT, env=env or self.env, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True
         )
         logfile.close()
         self.running[name] = process
@@ -115,6 +172,16 @@ class Processes:
         process = self.running[name]
         if process.poll() is not None:
             raise SystemExit(f"bench: {name} exited ({process.returncode}):\n{self.log_text(name)[-3000:]}")
+
+    def stop(self, name: str) -> None:
+        process = self.running.pop(name)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
 
     def stop_all(self) -> None:
         for process in self.running.values():

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,12 @@ from tests.live import ROOT
 
 FIGURES = {
     "ingest_rate",
+    "ingest_vs_peer",
+    "ingest_vs_naive",
     "ingest_p50",
     "ingest_p99",
+    "ingest_unrouted",
+    "ingest_even",
     "batch_rate",
     "batch_large_rate",
     "delivery_rate",
@@ -40,8 +43,9 @@ FIGURES = {
 def test_bench_smoke_run_prints_every_figure_with_a_baseline(tmp_path: Path) -> None:
     out = tmp_path / "rows.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HUB_", "CELERY_"))}
+    # Through bench/run, as a user runs it: it installs bench/requirements.txt (the peer, django-webhook).
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--json", str(out)],
+        ["bash", "bench/run", "--smoke", "--json", str(out)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -57,6 +61,12 @@ def test_bench_smoke_run_prints_every_figure_with_a_baseline(tmp_path: Path) -> 
         assert row["baseline"] > 0, row
         assert row["ratio"] == pytest.approx(row["value"] / row["baseline"]), row
     # The table printed on stdout carries the same rows, each with its ratio.
-    table = [line for line in done.stdout.splitlines() if line.startswith("| ")][1:]
+    table = [line for line in done.stdout.split("\n\n")[0].splitlines() if line.startswith("| ")][1:]
     assert [line.split(" | ")[0].lstrip("| ") for line in table] == [row["figure"] for row in rows.values()]
     assert all(line.split(" | ")[3].endswith("x") for line in table)
+    # And single ingest's sides, the peer among them, each measured (a rate above zero).
+    blocks = done.stdout.split("\n\n")
+    heading = next(i for i, block in enumerate(blocks) if block.startswith("Single ingest side by side"))
+    sides = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1] for line in blocks[heading + 1].splitlines()[2:]}
+    assert set(sides) == {"bare DRF", "naive insert + enqueue", "django-webhook", "hub", "hub, no subscription"}
+    assert all(float(rate.replace(",", "")) > 0 for rate in sides.values()), sides
