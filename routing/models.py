@@ -61,6 +61,27 @@ class FilterMode(models.TextChoices):
     ANY = "any", "Any filter may match"
 
 
+# What an admin, the management API or an applied file sets on a subscription; the hub makes and
+# rotates its secrets, and its standing (failing_since, ...) is the hub's to change.
+SUBSCRIPTION_EDITABLE_FIELDS: tuple[str, ...] = (
+    "name",
+    "url",
+    "store",
+    "receive_own_events",
+    "message_types",
+    "filters",
+    "filter_mode",
+    "parameters",
+    "http_method",
+    "timeout_seconds",
+    "max_in_flight",
+    "retry_enabled",
+    "retry_schedule",
+    "is_enabled",
+    "disabled_reason",
+)
+
+
 class Subscription(models.Model):
     name = models.CharField(max_length=100, unique=True)
     url = models.URLField(max_length=500)

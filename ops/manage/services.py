@@ -25,28 +25,11 @@ from events.selectors import store_cache_clear
 from events.services import store_set_active, store_token_rotate
 from routing import services as routing_services
 from routing.attempts import subscription_disable
-from routing.models import DELIVERY_OPEN_STATES, Delivery, DeliveryState, Subscription
+from routing.models import DELIVERY_OPEN_STATES, SUBSCRIPTION_EDITABLE_FIELDS, Delivery, DeliveryState, Subscription
 
 logger = logging.getLogger("ops.manage")
 
-# The fields of a subscription a client (or a file) sets; secrets are made by the hub and rotated.
-SUBSCRIPTION_FIELDS = (
-    "name",
-    "url",
-    "store",
-    "receive_own_events",
-    "message_types",
-    "filters",
-    "filter_mode",
-    "parameters",
-    "http_method",
-    "timeout_seconds",
-    "max_in_flight",
-    "retry_enabled",
-    "retry_schedule",
-    "is_enabled",
-    "disabled_reason",
-)
+SUBSCRIPTION_FIELDS = SUBSCRIPTION_EDITABLE_FIELDS
 STORE_FIELDS = ("name", "is_active")
 
 # Most deliveries one call acts on, and how many when the caller does not say: each is the admin's

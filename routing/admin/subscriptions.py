@@ -21,7 +21,7 @@ from routing import services
 from routing.admin.display import badge, secret_mask
 from routing.attempts import subscription_disable
 from routing.matching import message_types_validate
-from routing.models import Subscription, parameters_validate
+from routing.models import SUBSCRIPTION_EDITABLE_FIELDS, Subscription, parameters_validate
 from routing.netguard import subscription_url_validate
 
 
@@ -39,23 +39,7 @@ class SubscriptionForm(forms.ModelForm):
 
     class Meta:
         model = Subscription
-        fields = (
-            "name",
-            "url",
-            "store",
-            "receive_own_events",
-            "message_types",
-            "filters",
-            "filter_mode",
-            "parameters",
-            "http_method",
-            "timeout_seconds",
-            "max_in_flight",
-            "retry_enabled",
-            "retry_schedule",
-            "is_enabled",
-            "disabled_reason",
-        )
+        fields = SUBSCRIPTION_EDITABLE_FIELDS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
