@@ -14,7 +14,6 @@ dials with no more time than is left. Outside a watch they behave as plain urlli
 from __future__ import annotations
 
 import math
-import os
 import socket
 import threading
 import time
@@ -23,6 +22,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from urllib3.exceptions import ConnectTimeoutError
+
+from routing.perprocess import PerProcess
 
 _local = threading.local()
 
@@ -94,7 +95,6 @@ class _Watchdog:
         self._watches: set[Watch] = set()
         # When the thread will look next; a deadline earlier than this wakes it.
         self._wake_at = math.inf
-        self.pid = os.getpid()
         threading.Thread(target=self._run, name="hub-deadline-watchdog", daemon=True).start()
 
     def watch(self, watch: Watch) -> None:
@@ -121,21 +121,7 @@ class _Watchdog:
                 self._wakeup.wait(None if self._wake_at == math.inf else self._wake_at - now)
 
 
-_started = threading.Lock()
-_dog: _Watchdog | None = None
-
-
-def _watchdog() -> _Watchdog:
-    """The process's watchdog, started on first use and again in a forked child (which has the
-    parent's object but not its thread)."""
-    global _dog
-    dog = _dog
-    if dog is None or dog.pid != os.getpid():
-        with _started:
-            if _dog is None or _dog.pid != os.getpid():
-                _dog = _Watchdog()
-            dog = _dog
-    return dog
+_watchdog = PerProcess(lambda: _Watchdog()).get
 
 
 @contextmanager

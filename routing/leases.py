@@ -15,7 +15,6 @@ a process whose sending thread hangs outside any exchange still lets its deliver
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from django.db import connection
 from django.utils import timezone
 
 from routing.models import Delivery, DeliveryState
+from routing.perprocess import PerProcess
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,6 @@ class _Heartbeat:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.held: dict[int, Held] = {}
-        self.pid = os.getpid()
         self._wakeup = threading.Event()
         threading.Thread(target=self._run, name="hub-lease-heartbeat", daemon=True).start()
 
@@ -104,21 +103,7 @@ class _Heartbeat:
                     pass
 
 
-_started = threading.Lock()
-_beat: _Heartbeat | None = None
-
-
-def _heartbeat() -> _Heartbeat:
-    """The process's heartbeat, started on first use and again in a forked child (which has the
-    parent's object but not its thread)."""
-    global _beat
-    beat = _beat
-    if beat is None or beat.pid != os.getpid():
-        with _started:
-            if _beat is None or _beat.pid != os.getpid():
-                _beat = _Heartbeat()
-            beat = _beat
-    return beat
+_heartbeat = PerProcess(lambda: _Heartbeat()).get
 
 
 @contextmanager
