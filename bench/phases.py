@@ -53,7 +53,7 @@ class Bench:
         number = seed["payload"]["order"]["number"]
         at = self.seed_body.index(b'"number":"%s"' % number.encode()) + len(b'"number":"')
         self.seed_head, self.seed_tail = self.seed_body[1:at], self.seed_body[at + len(number) :]
-        # Single ingest sends the seed as its file has it, JSON's default separators: 9.3 KB.
+        # Single ingest sends the seed as its file has it, with JSON's default separators.
         spaced = json.dumps(seed).encode()
         at = spaced.index(b'"number": "%s"' % number.encode()) + len(b'"number": "')
         self.spaced_head, self.spaced_tail = spaced[1:at], spaced[at + len(number) :]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
+
+from events.models import token_hash
 
 KEY_PREFIX = "hubm_"
 
@@ -22,9 +23,8 @@ SCOPES = (
 )
 
 
-def key_hash(key: str) -> str:
-    """Keys carry 256 random bits, so a plain SHA-256 is enough to store them safely."""
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+# Management keys are hashed as store tokens are: 256 random bits, a plain SHA-256.
+key_hash = token_hash
 
 
 def scopes_validate(scopes: object) -> None:
