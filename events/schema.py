@@ -9,6 +9,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers
 
+from events.conformance import openapi_components
 from events.models import EventStatus
 
 
@@ -39,7 +40,11 @@ class EnvelopeSerializer(serializers.Serializer):
     message_id = serializers.CharField(
         required=False, max_length=255, help_text="Idempotency key per store; made by the hub when left out."
     )
-    payload = serializers.DictField(help_text="Any JSON object; stored and delivered as sent.")
+    payload = serializers.DictField(
+        help_text="Any JSON object; stored and delivered as sent. The canonical messages' payloads are described "
+        "by the Message* components (MessageOrder, ...) and at GET /schemas/<message>; one that departs from its "
+        "schema is accepted too, with a warn notification naming where."
+    )
 
 
 class EventAcceptedSerializer(serializers.Serializer):
@@ -194,3 +199,9 @@ EVENT_DETAIL = extend_schema(
     parameters=[OpenApiParameter("event_id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
     responses={200: EventDetailSerializer, **_errors(401, 403, 404, 429, 503)},
 )
+
+
+def message_schemas_hook(result: dict, generator: object, request: object, public: bool) -> dict:
+    """drf-spectacular postprocessing: the standard description's schemas as components."""
+    result.setdefault("components", {}).setdefault("schemas", {}).update(openapi_components())
+    return result

@@ -158,41 +158,60 @@ def event_row_insert(event: Event, *, dependents: Sequence[Model] = ()) -> None:
     INSERT again for every push: a quarter of the insert's Python time). Event has no signal
     receivers, and every column's value goes through its field as save() would send it.
 
-    `dependents` are unsaved rows of one model that point at the event by their foreign key to it
-    (routing's deliveries); they are written with it, all or nothing, and given their ids. On
-    PostgreSQL one statement writes both (the event's INSERT in a WITH, the rows taking its id),
-    atomic in autocommit: a routed push is one round trip instead of BEGIN, two INSERTs and
-    COMMIT. Elsewhere a transaction holds the event's INSERT and the rows' bulk_create."""
+    `dependents` are unsaved rows that point at the event by their foreign key to it (routing's
+    deliveries, a warning about the payload), of one model or several; they are written with it,
+    all or nothing, and given their ids. On PostgreSQL one statement writes them all (the event's
+    INSERT in a WITH, the rows taking its id), atomic in autocommit: a routed push is one round
+    trip instead of BEGIN, two INSERTs and COMMIT. Elsewhere a transaction holds the event's
+    INSERT and a bulk_create per model."""
     connection = connections[router.db_for_write(Event)]
+    groups: dict[type[Model], list[Model]] = {}
+    for row in dependents:
+        groups.setdefault(type(row), []).append(row)
     if dependents and not _server_bound(connection):
         with transaction.atomic(using=connection.alias):
             event_row_insert(event)
-            type(dependents[0])._default_manager.bulk_create(dependents)
+            for model, rows in groups.items():
+                model._default_manager.bulk_create(rows)
         return
     if not connection.features.can_return_columns_from_insert:
         event.save(force_insert=True)
         return
-    if dependents:
-        model = type(dependents[0])
-        sql, fields, dependent_fields, link = _event_with_rows_statement(
-            connection.alias, model._meta.label, len(dependents)
+    if groups:
+        sql, fields, dependent_fields = _event_with_rows_statement(
+            connection.alias, tuple((model._meta.label, len(rows)) for model, rows in groups.items())
         )
     else:
         sql, fields = _event_insert_statement(connection, rows=1, skip_conflicts=False)
+        dependent_fields = []
     params = _event_insert_params([event], fields, connection, "save")
-    for row in dependents:
-        # Not _prepare_related_fields_for_save: it refuses the event, unsaved until this statement.
-        params.extend(field.get_db_prep_save(field.pre_save(row, True), connection) for field in dependent_fields)
+    for rows, (columns, _) in zip(groups.values(), dependent_fields, strict=True):
+        for row in rows:
+            # Not _prepare_related_fields_for_save: it refuses the event, unsaved until this statement.
+            params.extend(field.get_db_prep_save(field.pre_save(row, True), connection) for field in columns)
     with _insert_cursor(connection, prepared=settings.DB_PREPARED_STATEMENTS) as cursor:
         cursor.execute(sql, params)
         written = cursor.fetchall()
+    if len(groups) > 1:
+        # Each row tagged with its group: (group, event id, row id).
+        event.pk = written[0][1]
+        for index, (rows, (_, link)) in enumerate(zip(groups.values(), dependent_fields, strict=True)):
+            ids = [(event_id, pk) for group, event_id, pk in written if group == index]
+            _rows_saved(rows, ids, link, connection.alias)
+        _row_saved(event, connection.alias)
+        return
     event.pk = written[0][0]
     _row_saved(event, connection.alias)
-    if dependents:
-        for row, (event_id, pk) in zip(dependents, written, strict=True):
-            row.pk = pk
-            setattr(row, link, event_id)
-            _row_saved(row, connection.alias)
+    if groups:
+        (rows,) = groups.values()
+        _rows_saved(rows, written, dependent_fields[0][1], connection.alias)
+
+
+def _rows_saved(rows: list[Model], written: Sequence[Sequence[Any]], link: str, alias: str) -> None:
+    for row, (event_id, pk) in zip(rows, written, strict=True):
+        row.pk = pk
+        setattr(row, link, event_id)
+        _row_saved(row, alias)
 
 
 def _row_saved(row: Model, alias: str) -> None:
@@ -201,31 +220,48 @@ def _row_saved(row: Model, alias: str) -> None:
 
 
 @functools.lru_cache(maxsize=64)
-def _event_with_rows_statement(alias: str, label: str, count: int) -> tuple[str, list[Any], list[Any], str]:
+def _event_with_rows_statement(
+    alias: str, groups: tuple[tuple[str, int], ...]
+) -> tuple[str, list[Any], list[tuple[list[Any], str]]]:
     """WITH event AS (the single-event INSERT) INSERT INTO <model> (its foreign key to the event,
     every other column but id) VALUES ((SELECT id FROM event), $n, ...) x count RETURNING the
     event's id and each row's; for the server-bound cursor. VALUES straight into the table, so
-    that PostgreSQL takes every parameter's type from its column. Also the event fields, the
-    rows' fields, and the attribute of the rows' foreign key to the event."""
+    that PostgreSQL takes every parameter's type from its column. `groups` names each model and
+    its number of rows; with more than one model each INSERT is a WITH of its own, and each row
+    returned leads with its group's position. Also the event fields, and for each group the
+    rows' fields and the attribute of their foreign key to the event."""
     from django.apps import apps
 
-    model = apps.get_model(label)
     event_sql, event_fields = _event_insert_statement_made(alias, 1, False, True)
-    (link,) = [f for f in model._meta.concrete_fields if f.is_relation and f.related_model is Event]
-    fields = [f for f in model._meta.concrete_fields if not f.primary_key and not f.generated and f is not link]
     quote = connections[alias].ops.quote_name
-    numbers = iter(range(len(event_fields) + 1, len(event_fields) + count * len(fields) + 1))
     event_id = f"(SELECT {quote(Event._meta.pk.column)} FROM event)"
-    values = ", ".join("(" + ", ".join([event_id, *(f"${next(numbers)}" for _ in fields)]) + ")" for _ in range(count))
-    sql = "WITH event AS ({}) INSERT INTO {} ({}) VALUES {} RETURNING {}, {}".format(
-        event_sql,
-        quote(model._meta.db_table),
-        ", ".join(quote(f.column) for f in [link, *fields]),
-        values,
-        quote(link.column),
-        quote(model._meta.pk.column),
-    )
-    return sql, event_fields, fields, link.attname
+    numbers = iter(range(len(event_fields) + 1, 1_000_000))
+    inserts: list[str] = []
+    group_fields: list[tuple[list[Any], str]] = []
+    for label, count in groups:
+        model = apps.get_model(label)
+        (link,) = [f for f in model._meta.concrete_fields if f.is_relation and f.related_model is Event]
+        fields = [f for f in model._meta.concrete_fields if not f.primary_key and not f.generated and f is not link]
+        values = ", ".join(
+            "(" + ", ".join([event_id, *(f"${next(numbers)}" for _ in fields)]) + ")" for _ in range(count)
+        )
+        inserts.append(
+            "INSERT INTO {} ({}) VALUES {} RETURNING {}, {}".format(
+                quote(model._meta.db_table),
+                ", ".join(quote(f.column) for f in [link, *fields]),
+                values,
+                quote(link.column),
+                quote(model._meta.pk.column),
+            )
+        )
+        group_fields.append((fields, link.attname))
+    if len(inserts) == 1:
+        sql = f"WITH event AS ({event_sql}) {inserts[0]}"
+    else:
+        withs = ", ".join(f"rows{index} AS ({insert})" for index, insert in enumerate(inserts))
+        selects = " UNION ALL ".join(f"SELECT {index}, * FROM rows{index}" for index in range(len(inserts)))
+        sql = f"WITH event AS ({event_sql}), {withs} {selects}"
+    return sql, event_fields, group_fields
 
 
 def _event_insert_params(events: list[Event], fields: list[Any], connection: Any, operation: str) -> list[Any]:

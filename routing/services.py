@@ -28,6 +28,7 @@ from events.services import (
 )
 from routing import matching
 from routing.attempts import event_status_refresh
+from routing.departures import departures_notes
 from routing.dispatch import pumps_enqueue
 from routing.fields import encrypted_fields
 from routing.models import (
@@ -35,6 +36,7 @@ from routing.models import (
     Attempt,
     Delivery,
     DeliveryState,
+    Notification,
     Subscription,
     signing_secret_new,
 )
@@ -155,12 +157,15 @@ def events_accept_built(*, store: Store | None, events: list[Event], savepoint: 
         # thus opens no transaction: the statement is committed when it returns, and on_commit
         # wakes the workers at once; inside a caller's transaction they are woken at its commit.
         deliveries = [Delivery.routed(event=events[0], subscription=sub) for sub in wanted[0]]
-        result = event_insert(events[0], savepoint=savepoint, dependents=deliveries)
+        notes = departures_notes(events)
+        result = event_insert(events[0], savepoint=savepoint, dependents=[*deliveries, *notes])
         if deliveries and result.created:
             # One message per endpoint, not per delivery: the worker that takes it sends all of
             # that endpoint's due deliveries (routing.pump).
             transaction.on_commit(lambda: pumps_enqueue([d.subscription_id for d in deliveries], coalesce=True))
         return [result]
+    # Checked before the transaction: the rows' locks are not held while the payloads are walked.
+    notes = departures_notes(events)
     with transaction.atomic():
         if store is not None and not _subscriptions_kept([s.pk for subs in wanted for s in subs]):
             # One of them was deleted by another process since this one read the list: route the
@@ -181,6 +186,8 @@ def events_accept_built(*, store: Store | None, events: list[Event], savepoint: 
             Delivery.objects.bulk_create(deliveries)
             endpoints = [d.subscription_id for d in deliveries]
             transaction.on_commit(lambda: pumps_enqueue(endpoints, coalesce=True))
+        stored = {id(result.event) for result in results if result.created}
+        Notification.objects.bulk_create([note for note in notes if id(note.event) in stored])
     return results
 
 
