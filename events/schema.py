@@ -104,6 +104,10 @@ class AttemptSerializer(serializers.Serializer):
         choices=["success", "http_error", "invalid_reply", "timeout", "connection_error"],
         help_text="What kind of thing happened. The endpoint's URL, reply and error text are for admins only.",
     )
+    summary = serializers.CharField(
+        allow_blank=True,
+        help_text="The sentence the endpoint's reply gave as its `summary` (newer Spree hub endpoints); empty if none.",
+    )
 
 
 class DeliverySerializer(serializers.Serializer):
@@ -121,6 +125,9 @@ class DeliverySerializer(serializers.Serializer):
 
 
 class NotificationSerializer(serializers.Serializer):
+    """What the endpoints said about the event (and the hub: a payload that departs from its
+    schema), with each attempt's summary among them, oldest first."""
+
     level = serializers.ChoiceField(choices=["info", "warn", "error"])
     subject = serializers.CharField()
     description = serializers.CharField()

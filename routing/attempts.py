@@ -5,7 +5,6 @@ Sending itself, a batch at a time, is routing.pump."""
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from routing.models import (
     NotificationLevel,
     Subscription,
 )
+from routing.reply_forms import ParametersRefused, parameters_merged, parameters_returned
 from routing.rows import placeholders
 
 logger = logging.getLogger(__name__)
@@ -100,10 +100,6 @@ def subscription_disable(
     return bool(changed)
 
 
-class ParametersRefused(ValueError):
-    """The parameters a reply returned would make the subscription's too many or too large."""
-
-
 @dataclass
 class _Reply:
     """One reply to take in, with its onward messages read before any of them is stored."""
@@ -174,12 +170,16 @@ def _reply_take_in(r: _Reply) -> None:
 
     for key in ("notifications", "messages", "parameters"):
         value = reply.get(key)
+        # The newer generation sends parameters as an object (routing.reply_forms).
+        if key == "parameters" and isinstance(value, Mapping):
+            continue
         if value not in (None, [], {}, "") and not isinstance(value, list):
             # Read past, it would be lost without a word: say so where the event's notes are shown.
+            wanted = "a JSON array or object" if key == "parameters" else "a JSON array"
             note(
                 NotificationLevel.WARN,
                 f"The reply's '{key}' was not read",
-                f"'{key}' must be a JSON array (PROTOCOL §3), not {json_type(value)}.",
+                f"'{key}' must be {wanted} (PROTOCOL §3), not {json_type(value)}.",
             )
 
     notifications = reply.get("notifications")
@@ -221,8 +221,8 @@ def _reply_take_in(r: _Reply) -> None:
             if len(messages) > REPLY_MAX_MESSAGES:
                 note(NotificationLevel.WARN, f"{len(messages) - REPLY_MAX_MESSAGES} returned messages dropped")
 
-    parameters = reply.get("parameters")
-    if isinstance(parameters, list) and parameters:
+    parameters = parameters_returned(reply.get("parameters"))
+    if parameters:
         try:
             subscription_parameters_merge(subscription_id=sub.pk, parameters=parameters)
         except ParametersRefused as exc:
@@ -230,40 +230,15 @@ def _reply_take_in(r: _Reply) -> None:
 
 
 def subscription_parameters_merge(*, subscription_id: int, parameters: list[Any]) -> list[dict[str, Any]]:
-    """Returned parameters replace those of the same name and add new ones; the rest stay.
-
-    Every later delivery to the endpoint carries them all, so a merge that would leave more than
-    HUB_MAX_PARAMETERS of them, or more than HUB_MAX_PARAMETERS_BYTES of JSON, is refused whole
-    (ParametersRefused, saying which): nothing of it is stored."""
+    """Merge returned parameters into the subscription's, under its row lock, by the rule of
+    routing.reply_forms.parameters_merged: a merge it refuses (ParametersRefused) stores nothing."""
     # FOR NO KEY UPDATE: a plain FOR UPDATE would also wait for, and block, the deliveries being
     # made to this subscription (their foreign key's share lock), by another reply's events too.
     sub = Subscription.objects.select_for_update(no_key=True).get(pk=subscription_id)
-    merged: dict[str, Any] = {}
-    for item in list(sub.parameters or []) + parameters:
-        if isinstance(item, Mapping) and isinstance(item.get("name"), str) and item["name"]:
-            merged[item["name"]] = item.get("value")
-    result = [{"name": name, "value": value} for name, value in merged.items()]
+    result = parameters_merged(list(sub.parameters or []), parameters)
     if result != sub.parameters:
-        _parameters_check(result, returned=len(parameters))
         Subscription.objects.filter(pk=subscription_id).update(parameters=result)
     return result
-
-
-def _parameters_check(parameters: list[dict[str, Any]], *, returned: int) -> None:
-    limit = settings.HUB_MAX_PARAMETERS
-    if len(parameters) > limit:
-        raise ParametersRefused(
-            f"With the {returned} parameters this reply returned the subscription would hold {len(parameters)}; "
-            f"at most {limit} are kept (HUB_MAX_PARAMETERS). Nothing of the reply's parameters was stored."
-        )
-    size = len(json.dumps(parameters, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace"))
-    limit = settings.HUB_MAX_PARAMETERS_BYTES
-    if size > limit:
-        raise ParametersRefused(
-            f"With the {returned} parameters this reply returned the subscription's parameters would take "
-            f"{size} bytes of JSON; at most {limit} are kept (HUB_MAX_PARAMETERS_BYTES), and every delivery "
-            "carries them. Nothing of the reply's parameters was stored."
-        )
 
 
 def event_status_derive(states: list[tuple[int, int, str, int]]) -> str:

@@ -44,6 +44,8 @@ from routing.models import (
     DeliveryState,
     Subscription,
 )
+from routing.reply_forms import attempt_summary, parameters_after_reply, reply_returns_parameters
+from routing.selectors import subscription_parameters_read
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +91,9 @@ def deliveries_pump(*, subscription_id: int, only: Collection[int] | None = None
         with lease_held(subscription_id=sub.pk, claim=batch.claim, hold_until=batch.hold_until):
             sent, unsent = _batch_send(batch, deadline=deadline)
             outcome.verdicts.update(_batch_record(batch, sent=sent, unsent=unsent))
+        if any(reply_returns_parameters(succeeded=s.result.succeeded, reply=s.result.reply) for s in sent):
+            # The pump's next batch sends what is stored now: this batch's replies, merged.
+            sub.parameters = subscription_parameters_read(sub.pk)
         if only is not None:
             break
         if unsent or time.monotonic() >= deadline:
@@ -129,6 +134,8 @@ def _batch_send(batch: Batch, *, deadline: float) -> tuple[list[_Sent], list[Del
     sub = batch.subscription
     previous_secret = sub.previous_signing_secret_active(timezone.now())
     sent: list[_Sent] = []
+    # What a reply returns goes out with the next request, this batch's too.
+    parameters = list(sub.parameters or [])
     for index, delivery in enumerate(batch.deliveries):
         if index and time.monotonic() >= deadline:
             return sent, batch.deliveries[index:]
@@ -141,7 +148,7 @@ def _batch_send(batch: Batch, *, deadline: float) -> tuple[list[_Sent], list[Del
                 message=event.message,
                 message_id=event.message_id,
                 payload=event.payload,
-                parameters=sub.parameters or [],
+                parameters=parameters,
                 webhook_id=str(event.uid),
                 signing_secret=sub.signing_secret,
                 previous_signing_secret=previous_secret,
@@ -163,6 +170,7 @@ def _batch_send(batch: Batch, *, deadline: float) -> tuple[list[_Sent], list[Del
         tracing.attempt_end(span, result)
         metrics.attempt_observe(attempt_outcome(result), result.latency_ms / 1000)
         sent.append(_Sent(delivery=delivery, result=result, started_at=started_at))
+        parameters = parameters_after_reply(parameters, succeeded=result.succeeded, reply=result.reply)
     return sent, []
 
 
@@ -308,6 +316,7 @@ _ATTEMPT_FIELDS = (
     "response_body",
     "error",
     "succeeded",
+    "summary",
 )
 
 
@@ -342,6 +351,12 @@ def _attempt_row(s: _Sent) -> Attempt:
         response_body=result.response_body,
         error=result.error,
         succeeded=result.succeeded,
+        summary=attempt_summary(
+            reply=result.reply,
+            succeeded=result.succeeded,
+            status_code=result.status_code,
+            response_body=result.response_body,
+        ),
     )
 
 
