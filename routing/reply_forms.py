@@ -52,10 +52,13 @@ def attempt_summary(*, reply: Any, succeeded: bool, status_code: int | None, res
 
 def parameters_returned(value: Any) -> list[Any] | None:
     """A reply's `parameters` as the list form: a list as sent, an object as one {"name", "value"}
-    per key, in its order; None when there are none or it is neither."""
+    per key, in its order; None when there are none or it is neither. An object of exactly a
+    string `name` and a `value` is one parameter of the list form sent without its brackets."""
     if isinstance(value, list):
         return value or None
     if isinstance(value, Mapping):
+        if set(value) == {"name", "value"} and isinstance(value["name"], str):
+            return [dict(value)]
         return [{"name": name, "value": item} for name, item in value.items()] or None
     return None
 

@@ -58,6 +58,11 @@ def test_a_refusal_s_summary_is_read_from_the_body_kept():
     [
         ([{"name": "a", "value": 1}], [{"name": "a", "value": 1}]),
         ({"a": 1, "b": {"c": 2}}, [{"name": "a", "value": 1}, {"name": "b", "value": {"c": 2}}]),
+        ({"name": "cursor", "value": "2"}, [{"name": "cursor", "value": "2"}]),
+        (
+            {"name": "cursor", "value": "2", "page": 1},
+            [{"name": "name", "value": "cursor"}, {"name": "value", "value": "2"}, {"name": "page", "value": 1}],
+        ),
         ({}, None),
         ([], None),
         ("a=1", None),
