@@ -15,8 +15,11 @@ from routing.models import Notification, NotificationLevel
 
 def departures_note(event: Event) -> Notification | None:
     """The unsaved warning about how the built event's payload departs from its schema, or None
-    when it conforms, has no schema, is too large to check or the check is off."""
+    when it conforms, has no schema, is too large to check or the check is off. Only what a store
+    pushed is checked: an event an endpoint returned is that endpoint's to describe."""
     limit = settings.HUB_SCHEMA_WARNINGS_MAX
+    if event.store_id is None:
+        return None
     # The payload's JSON as validation wrote it (events.services.Envelope), when there is one.
     written = event.__dict__.get("payload_json")
     if limit <= 0 or (written is not None and len(written) > settings.HUB_SCHEMA_CHECK_MAX_BYTES):

@@ -13,6 +13,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from events.models import Event
+from events.services import envelope_validate, event_build
+from routing.departures import departures_note
 from routing.models import Delivery, Notification
 from tests.factories import StoreFactory, SubscriptionFactory
 from tests.live import wait_until
@@ -163,3 +165,10 @@ def test_a_departing_event_is_delivered_as_sent(worker, subscriber, api):
     assert payload == envelope["payload"]
     wait_until(lambda: Delivery.objects.get(subscription=sub).state == "delivered", 30)
     assert Notification.objects.get().level == "warn"
+
+
+@pytest.mark.django_db
+def test_only_what_a_store_pushed_is_checked(store):
+    envelope = envelope_validate(_departing("returned"))
+    assert departures_note(event_build(store=None, envelope=envelope, origin="subscription:1")) is None
+    assert departures_note(event_build(store=store, envelope=envelope)).level == "warn"
