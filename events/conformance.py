@@ -103,7 +103,7 @@ def _defs_used(node: Any, defs: Mapping[str, Any], seen: set[str] | None = None)
 @functools.cache
 def _validator(name: str) -> Draft202012Validator:
     """The document with every $ref replaced by what it names: jsonschema resolves a $ref through
-    its registry on every visit, which made checking the seed order five times slower."""
+    its registry on every visit, which cost several times the check itself (docs/protocol.md)."""
     document = _document(name)
     return Draft202012Validator(_inlined(document, document.get("$defs", {})))
 

@@ -79,7 +79,8 @@ def deliveries_pump(*, subscription_id: int, only: Collection[int] | None = None
     budget = settings.HUB_DELIVERY_PUMP_SECONDS
     deadline = time.monotonic() + budget
     outcome = PumpResult()
-    # Read once for the pump's few seconds; every round's claim checks that it is still enabled.
+    # Read once for the pump's few seconds (its parameters again after a reply returned some);
+    # every round's claim checks that it is still enabled.
     sub = subscription_read(subscription_id)
     while sub is not None:
         batch = batch_claim(sub=sub, only=only, budget=budget)
