@@ -3,7 +3,7 @@ publish a second message for an endpoint whose message still waits for a worker.
 
 from __future__ import annotations
 
-from integrator import cache as hub_cache
+from infra import cache as hub_cache
 from routing.dispatch import pump_started, pumps_enqueue
 
 
