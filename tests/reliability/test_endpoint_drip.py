@@ -1,9 +1,6 @@
-"""An endpoint that answers, then trickles its reply a byte at a time, cannot hold a worker: every
-read gets a byte long before any socket timeout, yet the attempt ends at the subscription's
-timeout, as a wall-clock deadline, and is recorded as a timeout. Its lease outlives it, so the
-sweeper never starts a second attempt while the first is on the wire, and the worker goes on to
-other endpoints' deliveries (a worker of two threads, a one-second lease margin, a sweep every
-second: a drip outliving its lease would get a second attempt on the other thread)."""
+"""An endpoint that trickles its reply a byte at a time, so no socket timeout fires, cannot hold a
+worker: the attempt ends at the subscription's timeout as a wall-clock deadline, no second attempt
+starts while it is on the wire, and the worker goes on to other endpoints' deliveries."""
 
 from __future__ import annotations
 

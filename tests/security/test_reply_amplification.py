@@ -1,8 +1,6 @@
 """What an endpoint's replies may make the hub do (PROTOCOL §3): returned messages are bounded per
-root event (HUB_MAX_DESCENDANTS), whatever the per-reply cap and the depth limit would allow, and
-returned parameters are bounded in count and size (HUB_MAX_PARAMETERS, HUB_MAX_PARAMETERS_BYTES).
-Two endpoints answering each other's messages multiply them at every generation, which the
-per-reply cap and the depth limit alone allow. Real HTTP; the amplification runs through real workers.
+root event (two endpoints answering each other multiply them at every generation), returned
+parameters in count and size. Real HTTP; the amplification runs through real workers.
 """
 
 from __future__ import annotations
