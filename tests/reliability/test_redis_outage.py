@@ -1,11 +1,5 @@
-"""Redis, as both the broker and the cache (rate limits, pending marks), dies: a private redis-server
-on its own port, never the shared one.
-
-Pushes are still answered 202 and stored (the limiter fails open, the pending mark is skipped,
-publishing is left to the sweeper), the Redis errors are counted, and once Redis is back a real
-worker delivers them. A worker busy delivering when its broker goes away survives it and delivers
-what is pushed after Redis is back, without anyone restarting it.
-"""
+"""A private Redis, broker and cache at once, dies: pushes are still stored and answered 202, and
+delivered once it is back; a worker busy when it goes away survives without a restart."""
 
 from __future__ import annotations
 
