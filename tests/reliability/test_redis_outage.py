@@ -70,8 +70,9 @@ def test_redis_down_pushes_are_accepted_stored_counted_and_delivered_when_back(p
             during += push(api, [{"message": "order:new", "payload": {"order": {"number": f"R{n}"}}} for n in (4, 5)])
             response = api.get(f"/events/{during[0].uid}")
             assert response.status_code == 200, response.content
-            # Stored and owed; the limiter's failure was counted, not turned into a 500.
-            assert Delivery.objects.filter(event__in=during, subscription=sub, state="pending").count() == 5
+            # Stored and owed; the limiter's failure was counted, not turned into a 500. The pump that
+            # delivered R0 may still be inside its budget and take some of them without the broker.
+            assert Delivery.objects.filter(event__in=during, subscription=sub).count() == 5
             assert all(redis_errors(use) > before for use, before in errors_before.items())
 
             time.sleep(2)  # the worker meets the outage too, while pushes keep coming
