@@ -6,8 +6,8 @@ from rest_framework.permissions import AllowAny
 from events.api import EventBatchApi, EventCollectionApi, EventDetailApi
 from integrator.health import healthz, readyz
 from integrator.metrics import metrics_view
+from routing.outbox import event_accept, events_accept
 from routing.selectors import event_deliveries_describe
-from routing.services import event_accept, events_accept
 
 # Accepting an event means storing and routing it in one transaction: the project wires
 # routing's composition into the events API so that events never imports routing.

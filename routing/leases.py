@@ -8,7 +8,7 @@ fenced on the token (a claim the sweeper took back is no longer extended). An at
 the wire is thus never handed to a second worker, however long it lasts.
 
 A heartbeat never extends a claim past its hold limit, the longest its batch may take (the pump's
-budget, the endpoint's timeout and HUB_DELIVERY_LEASE_MARGIN_SECONDS: routing.claims.lease_seconds):
+budget, the endpoint's timeout and HUB_DELIVERY_LEASE_MARGIN_SECONDS: routing.claim.lease_seconds):
 a process whose sending thread hangs outside any exchange still lets its deliveries go by then.
 """
 

@@ -17,7 +17,7 @@ from django.utils import timezone
 from events.models import Event, EventStatus
 from ops.selectors import OldestWaiting, delivery_oldest_open, delivery_state_counts
 from routing.models import Attempt, Delivery, DeliveryState, Notification, Subscription
-from routing.services import TEST_MESSAGE
+from routing.operations import TEST_MESSAGE
 
 # A page lists at most this many of one kind of row; the rest is a click away in a filtered list.
 DETAIL_ROWS_MAX = 200

@@ -12,7 +12,7 @@ from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
 from events.models import Event
-from routing import services
+from routing import operations
 from routing.models import Attempt, Delivery, Notification, Subscription
 from tests.factories import SubscriptionFactory
 from tests.live import Reply, free_port, wait_until
@@ -182,8 +182,8 @@ def test_delivery_never_enqueued_is_delivered_by_the_sweeper(worker, subscriber,
     event = event_ingest(
         store=store, envelope=envelope_validate({"message": "order:new", "payload": {"order": {"number": "R6"}}})
     ).event
-    [delivery] = services.deliveries_create_for_event(event=event)
-    Delivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now() - timedelta(minutes=1))
+    due = timezone.now() - timedelta(minutes=1)
+    delivery = Delivery.objects.create(event=event, subscription=sub, next_attempt_at=due)
 
     delivery = wait_state(delivery, "delivered")
     assert len(subscriber.received("/swept")) == 1
@@ -207,11 +207,11 @@ def test_replay_and_send_test_go_out_through_the_worker(worker, subscriber, api)
     event = push(api, {"message": "order:new", "payload": {"order": {"number": "R8"}}})
     original = wait_state(delivery_of(event, sub), "delivered")
 
-    replay = services.delivery_replay(delivery_id=original.pk)
+    replay = operations.delivery_replay(delivery_id=original.pk)
     wait_state(replay, "delivered")
     assert len(subscriber.received("/replay")) == 2
 
-    test_delivery = services.subscription_send_test(subscription_id=sub.pk)
+    test_delivery = operations.subscription_send_test(subscription_id=sub.pk)
     wait_state(test_delivery, "delivered")
     assert subscriber.received("/replay")[-1].json()["message"] == "hub:test"
 

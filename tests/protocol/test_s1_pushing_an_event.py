@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from routing.services import delivery_attempt
+from routing.pump import delivery_attempt
 from tests.factories import SubscriptionFactory
 from tests.live import Reply
 

@@ -16,7 +16,7 @@ import pytest
 
 from events.models import Event
 from routing.models import Delivery, Notification
-from routing.services import delivery_attempt
+from routing.pump import delivery_attempt
 from tests.factories import DeliveryFactory, SubscriptionFactory
 from tests.live import Reply, wait_until
 
@@ -118,7 +118,7 @@ def test_a_returned_message_is_not_sent_back_to_the_endpoint_that_returned_it(wo
 @pytest.mark.django_db
 def test_an_endpoint_that_asks_receives_the_messages_it_returned(subscriber):
     from events.services import Envelope
-    from routing.services import event_accept
+    from routing.outbox import event_accept
 
     erp = SubscriptionFactory(url=subscriber.url("/erp"), message_types=["*"], receive_own_events=True)
     parent = DeliveryFactory(subscription=erp).event

@@ -8,7 +8,8 @@ import pytest
 from django.utils import timezone
 
 from routing.models import Delivery, Notification
-from routing.services import deliveries_sweep, delivery_attempt
+from routing.pump import delivery_attempt
+from routing.sweeper import deliveries_sweep
 from tests.conftest import deliveries_settle
 from tests.factories import DeliveryFactory, EventFactory, SubscriptionFactory
 from tests.live import Reply, Subscriber, free_port, wait_until

@@ -12,7 +12,7 @@ import pytest
 from django.utils import timezone
 
 from routing.models import Attempt, Delivery
-from routing.services import delivery_attempt
+from routing.pump import delivery_attempt
 from tests.conftest import deliveries_settle
 from tests.factories import DeliveryFactory, EventFactory, SubscriptionFactory
 from tests.live import wait_until

@@ -8,11 +8,8 @@ from django.utils import timezone
 
 from events.messages import resource_key
 from routing.models import Delivery
-from routing.services import (
-    deliveries_pump,
-    delivery_attempt,
-    delivery_cancel,
-)
+from routing.operations import delivery_cancel
+from routing.pump import deliveries_pump, delivery_attempt
 from tests.factories import DeliveryFactory, EventFactory, SubscriptionFactory
 from tests.live import Reply
 

@@ -15,7 +15,7 @@ from django.db import connection
 from django.utils import timezone
 
 from events.models import Event
-from routing.claims import batch_claim, subscription_read
+from routing.claim import batch_claim, subscription_read
 from routing.models import Delivery
 from tests.factories import DeliveryFactory, EventFactory, StoreFactory, SubscriptionFactory
 

@@ -8,9 +8,10 @@ import pytest
 from django.utils import timezone
 
 from events.models import Event
-from routing.attempts import event_status_derive
 from routing.models import Delivery, Notification
-from routing.services import deliveries_create_for_event, delivery_attempt
+from routing.pump import delivery_attempt
+from routing.status import event_status_derive
+from routing.subscriptions import subscriptions_enabled, subscriptions_for_event
 from tests.factories import DeliveryFactory, EventFactory, SubscriptionFactory
 from tests.live import Reply
 
@@ -227,7 +228,7 @@ def test_routing_skips_a_stores_own_subscription_unless_it_asks(store):
     other = SubscriptionFactory()
     filtered_out = SubscriptionFactory(filters=[{"path": "order.channel", "op": "eq", "value": "amazon"}])
     event = EventFactory(store=store, payload={"order": {"number": "R1", "channel": "spree"}})
-    routed = {d.subscription_id for d in deliveries_create_for_event(event=event)}
+    routed = {s.pk for s in subscriptions_for_event(event=event, subscriptions=subscriptions_enabled())}
     assert routed == {asks.pk, other.pk}
     assert own.pk not in routed and filtered_out.pk not in routed
 

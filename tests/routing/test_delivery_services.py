@@ -11,16 +11,15 @@ from django.utils import timezone
 
 from events.models import Event
 from routing.models import Attempt, Delivery
-from routing.services import (
+from routing.operations import (
     TEST_MESSAGE,
-    deliveries_sweep,
-    delivery_attempt,
     delivery_cancel,
     delivery_replay,
     delivery_retry_now,
-    endpoints_lost,
     subscription_send_test,
 )
+from routing.pump import delivery_attempt
+from routing.sweeper import deliveries_sweep, endpoints_lost
 from tests.factories import DeliveryFactory, SubscriptionFactory
 from tests.live import Reply
 

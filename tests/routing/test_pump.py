@@ -12,8 +12,8 @@ from django.db import connection
 from django.utils import timezone
 
 from routing.models import Attempt, Delivery
-from routing.pump import PumpResult
-from routing.services import deliveries_pump, deliveries_sweep
+from routing.pump import PumpResult, deliveries_pump
+from routing.sweeper import deliveries_sweep
 from routing.tasks import delivery_attempt_task
 from tests.factories import DeliveryFactory, EventFactory, SubscriptionFactory
 from tests.live import Reply
@@ -186,7 +186,7 @@ def test_a_full_batch_wakes_another_pump_of_the_endpoint(
 def test_a_claim_brings_its_deliveries_events_and_stores_in_its_own_statement(settings, max_in_flight):
     from django.test.utils import CaptureQueriesContext
 
-    from routing.claims import batch_claim
+    from routing.claim import batch_claim
 
     sub = SubscriptionFactory(max_in_flight=max_in_flight)
     big = {"order": {"number": "R9", "id": 2**70, "total": "9.90"}}
@@ -224,7 +224,7 @@ def _values(instance) -> dict:
 
 @pytest.mark.parametrize("with_store", [True, False])
 def test_the_pump_reads_its_endpoint_as_the_orm_does(with_store):
-    from routing.claims import subscription_read
+    from routing.claim import subscription_read
     from routing.models import Subscription
     from tests.factories import StoreFactory
 
@@ -248,7 +248,7 @@ def test_the_pump_reads_its_endpoint_as_the_orm_does(with_store):
 
 
 def test_claimed_rows_are_the_orms_rows():
-    from routing.claims import batch_claim
+    from routing.claim import batch_claim
 
     sub = SubscriptionFactory()
     delivery = DeliveryFactory(subscription=sub, event=EventFactory(resource_key=None))

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from routing import transport
 from routing.models import Delivery, DeliveryState
 from routing.pump import delivery_attempt
+from routing.transport import exchange
+from routing.transport.request import request_build
 from tests.factories import DeliveryFactory, SubscriptionFactory
 from tests.live import Subscriber, Worker, queue_purge, wait_until, workers_paused
 
@@ -34,7 +35,7 @@ FORBIDDEN = [
 def _pools_drop() -> None:
     # Pooled keep-alive connections were checked when they were opened; a test that changes the
     # setting makes the next request dial (and be checked) anew.
-    transport.session_get().close()
+    exchange.session_get().close()
 
 
 @pytest.fixture
@@ -103,9 +104,9 @@ def test_a_host_that_does_not_resolve_is_a_connection_failure_not_a_guard_refusa
 
 
 def test_the_delivery_session_is_guarded_and_follows_no_redirects():
-    from routing.netguard import GuardedAdapter
+    from routing.transport.netguard import GuardedAdapter
 
-    session = transport.session_new()
+    session = exchange.session_new()
     assert isinstance(session.get_adapter("http://example.com/"), GuardedAdapter)
     assert isinstance(session.get_adapter("https://example.com/"), GuardedAdapter)
     assert session.trust_env is False and session.max_redirects == 0
@@ -116,7 +117,7 @@ def test_a_redirect_to_the_metadata_address_is_recorded_not_followed(settings, s
     from tests.live import Reply
 
     subscriber.program("/moved", Reply(302, json={}, headers={"Location": "http://169.254.169.254/latest/"}))
-    request = transport.request_build(
+    request = request_build(
         url=subscriber.url("/moved"),
         message="order:new",
         message_id="m-1",
@@ -126,7 +127,7 @@ def test_a_redirect_to_the_metadata_address_is_recorded_not_followed(settings, s
         signing_secret="whsec_" + "a" * 44,
         token="tok",
     )
-    result = transport.request_send(request, timeout=5)
+    result = exchange.request_send(request, timeout=5)
     assert (result.status_code, result.succeeded, result.error) == (302, False, "HTTP 302")
     assert result.response_headers["location"] == "http://169.254.169.254/latest/"
     assert [r.path for r in subscriber.received()] == ["/moved"]
@@ -243,7 +244,7 @@ def test_tls_verifies_the_host_name_while_the_dial_is_pinned_to_the_checked_addr
     checks it and dials 127.0.0.1 itself; the certificate is still checked against 'localhost'."""
     import requests
 
-    from routing.netguard import session_guard
+    from routing.transport.netguard import session_guard
 
     port, cert_path = https_localhost
     session = session_guard(requests.Session(), allow_private=True)

@@ -20,7 +20,7 @@ from django.db.models import Q
 
 from events.models import Event
 from routing.models import Delivery, Notification
-from routing.services import deliveries_pump, delivery_attempt
+from routing.pump import deliveries_pump, delivery_attempt
 from tests.conftest import TEST_QUEUE, _worker_env, deliveries_settle
 from tests.factories import DeliveryFactory, EventFactory, SubscriptionFactory
 from tests.live import Received, Reply, Worker, queue_purge, wait_until, workers_paused

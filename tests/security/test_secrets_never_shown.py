@@ -11,7 +11,7 @@ from django.db import connection
 
 from events.models import Event, Store
 from routing.models import Attempt, Delivery, Subscription
-from routing.services import subscription_secret_rotate
+from routing.operations import subscription_secret_rotate
 from tests.factories import StoreFactory, SubscriptionFactory
 
 pytestmark = pytest.mark.django_db
@@ -102,8 +102,8 @@ def test_rotating_and_delivering_log_no_secret_or_token(rotated, subscriber, cap
     integrator/logfilters.py is the second line, tested in tests/ops/test_logging.py)."""
     import logging
 
+    from routing.operations import subscription_secret_rotate
     from routing.pump import delivery_attempt
-    from routing.services import subscription_secret_rotate
 
     subscription, current, previous = rotated
     Subscription.objects.filter(pk=subscription.pk).update(url=subscriber.url("/logged"))
@@ -277,8 +277,8 @@ PARAMETERS = [{"name": "shipstation.api_key", "value": PARAMETER_SECRET}, {"name
 
 
 def test_parameters_are_encrypted_at_rest_and_read_back_as_they_were():
-    from routing.attempts import subscription_parameters_merge
     from routing.encryption import secret_is_encrypted
+    from routing.replies import subscription_parameters_merge
 
     subscription = SubscriptionFactory(parameters=PARAMETERS)
     stored = _stored(subscription, "parameters")

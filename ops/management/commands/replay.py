@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from events.messages import InvalidMessageName, message_canonical
 from ops.selectors import deliveries_failed
-from routing import services as routing_services
+from routing import operations
 from routing.models import Subscription
 
 _RELATIVE = re.compile(r"^(\d+)([mhd])$")
@@ -69,14 +69,11 @@ class Command(BaseCommand):
         if dry_run:
             self.stdout.write(f"Dry run: {len(ids)} failed deliveries would be sent again.")
             return
-        retry_now = getattr(routing_services, "delivery_retry_now", None)
-        if retry_now is None:
-            raise CommandError("This hub's routing has no delivery_retry_now yet; replay needs it.")
         retried = skipped = 0
         show = progress if progress is not None else len(ids) > 1 and sys.stderr.isatty()
         for delivery_id in tqdm(ids, unit="delivery", disable=not show, file=sys.stderr):
             # False when it changed meanwhile (delivered, cancelled) or its endpoint is disabled.
-            if retry_now(delivery_id=delivery_id):
+            if operations.delivery_retry_now(delivery_id=delivery_id):
                 retried += 1
             else:
                 skipped += 1

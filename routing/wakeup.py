@@ -1,9 +1,9 @@
-"""Telling the workers which endpoints have deliveries due: one broker message per endpoint.
+"""Waking the workers: one broker message per endpoint with deliveries due.
 
 A message names a subscription, not a delivery: the worker that takes it sends that endpoint's due
-deliveries, a batch at a time, until none is left (routing.pump). The database is the memory of what
-is owed; a message is only a wake-up, so a repeated one costs a look and a lost one is made good by
-the sweeper, which wakes every endpoint that has due deliveries.
+deliveries until none is left (routing.pump). The database is the memory of what is owed; a message
+is only a wake-up, so a repeated one costs a look and a lost one is made good by the sweeper.
+Published by task name, so that nothing on the way to the broker imports the tasks.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Iterable
 
+from celery import current_app
 from django.conf import settings
 from django.core.cache import cache
 
@@ -20,19 +21,20 @@ from integrator.metrics import redis_error_count
 
 logger = logging.getLogger(__name__)
 
+# The task that sends an endpoint's due deliveries (routing.tasks).
+PUMP_TASK = "routing.deliveries_pump"
+
 # Until when (time.monotonic) this process leaves publishing to the sweeper after a broker failure.
 _broker_down_until = [0.0]
 # While the cache is away, this process's own pending marks (endpoint -> until when, monotonic):
 # coalescing falls back to a message per endpoint per process and HUB_PUMP_COALESCE_SECONDS, not
-# one per push, which after an outage buried the workers in messages that each cost a look.
+# one per push, which would bury the workers in messages that each cost a look.
 _local_pending: dict[int, float] = {}
 
 
 def _pending_key(subscription_id: int) -> str:
-    from integrator.celery import app
-
     # Per queue: two hubs (or a hub and its benchmark) may share one Redis.
-    return f"pump-pending:{app.conf.task_default_queue}:{subscription_id}"
+    return f"pump-pending:{current_app.conf.task_default_queue}:{subscription_id}"
 
 
 def pump_started(subscription_id: int) -> None:
@@ -78,11 +80,9 @@ def pumps_enqueue(
     """Ask the workers to send these endpoints' due deliveries; returns the ids actually published.
 
     With `coalesce` (new deliveries, at once) an endpoint whose message is still waiting for a
-    worker gets none: at 100 pushes a second to one endpoint that is most of them. A broker outage
+    worker gets none: under a steady stream of pushes to one endpoint that is most of them. A broker outage
     is not the store's problem: the deliveries are durable and the sweeper wakes their endpoints
     once the broker is back."""
-    from routing.tasks import deliveries_pump_task
-
     ids = list(dict.fromkeys(subscription_ids))
     if not ids or time.monotonic() < _broker_down_until[0]:
         # Right after a broker failure, trying again would make every push wait out the broker
@@ -93,15 +93,12 @@ def pumps_enqueue(
     published: list[int] = []
     for subscription_id in ids:
         try:
-            if countdown:
-                deliveries_pump_task.apply_async(args=[subscription_id], countdown=countdown)
-            else:
-                deliveries_pump_task.delay(subscription_id)
+            current_app.send_task(PUMP_TASK, args=[subscription_id], countdown=countdown or None)
         except Exception:  # noqa: BLE001 - any broker failure; the database still holds the deliveries
             logger.warning(
                 "broker unavailable; deliveries left for the sweeper", extra={"subscription_id": subscription_id}
             )
-            if str(deliveries_pump_task.app.conf.broker_url or "").startswith(("redis://", "rediss://")):
+            if str(current_app.conf.broker_url or "").startswith(("redis://", "rediss://")):
                 redis_error_count("publish")
             _broker_down_until[0] = time.monotonic() + settings.HUB_BROKER_BACKOFF_SECONDS
             if coalesce:

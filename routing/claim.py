@@ -1,8 +1,7 @@
 """Claiming an endpoint's due deliveries for one pump: a batch taken in one statement, within the
 endpoint's in-flight limit and each resource's order, read back with the events and stores the
-send needs, and finished under its claim; and the pump's read of its endpoint. Written-out SQL
-throughout: the ORM took longer to build these statements than the database to run them
-(docs/performance.md)."""
+send needs; and the pump's read of its endpoint. Written-out SQL throughout: the ORM took longer
+to build these statements than the database to run them."""
 
 from __future__ import annotations
 
@@ -18,16 +17,10 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from events.models import Event, Store
-from routing import transport
-from routing.attempts import subscription_max_in_flight
-from routing.models import (
-    DELIVERY_OPEN_STATES,
-    DELIVERY_ORDER_HOLDING_STATES,
-    Delivery,
-    DeliveryState,
-    Subscription,
-)
+from routing.models import DELIVERY_OPEN_STATES, DELIVERY_UNFINISHED_STATES, Delivery, DeliveryState, Subscription
 from routing.rows import model_columns, placeholders, row_instance, row_related
+from routing.standing import subscription_max_in_flight
+from routing.transport.exchange import timeout_bounded
 
 
 @dataclass
@@ -61,7 +54,7 @@ def subscription_read(subscription_id: int) -> Subscription | None:
 _DELIVERY = Delivery._meta.db_table
 _SUBSCRIPTION = Subscription._meta.db_table
 _OPEN = ", ".join(f"'{state}'" for state in DELIVERY_OPEN_STATES)
-_HOLDING = ", ".join(f"'{state}'" for state in DELIVERY_ORDER_HOLDING_STATES)
+_HOLDING = ", ".join(f"'{state}'" for state in DELIVERY_UNFINISHED_STATES)
 # The claim a pump makes every round, in SQL rather than built by the ORM each time: building it
 # cost as much as running it. Plain SQL that PostgreSQL and SQLite both speak.
 #
@@ -173,10 +166,10 @@ def lease_seconds(sub: Subscription, *, budget: float) -> float:
     batch is sent (routing.leases), never past this hold limit.
 
     A batch sends until the pump's budget is spent, so its last request may start `budget` after
-    the claim, and the exchange's deadline (routing.deadline) ends that request at most the
+    the claim, and the exchange's deadline (routing.transport.deadline) ends that request at most the
     endpoint's timeout later, connect and reply included. The margin covers resolving the host
     (before the deadline can cut anything) and recording the batch."""
-    return budget + transport.timeout_bounded(sub.timeout_seconds) + settings.HUB_DELIVERY_LEASE_MARGIN_SECONDS
+    return budget + timeout_bounded(sub.timeout_seconds) + settings.HUB_DELIVERY_LEASE_MARGIN_SECONDS
 
 
 def batch_claim(*, sub: Subscription, only: Collection[int] | None, budget: float) -> Batch | None:
@@ -242,7 +235,7 @@ _LOCK = f"SELECT 1 FROM {_SUBSCRIPTION} WHERE id = %s FOR NO KEY UPDATE"
 def _claim_postgresql(update: str, params: list[Any], *, sub_id: int, lock: bool) -> list[Delivery]:
     """The claim on PostgreSQL: the claimed rows come back with their events and stores in the
     same statement (the ORM read after the claim was a second one, and compiling it cost more CPU
-    than running it: docs/performance.md, sixth round).
+    than running it).
 
     Prepared once per connection (DB_PREPARED_STATEMENTS): planning the claim took longer than
     running it, and a long chain of one order makes one claim per delivery. With an in-flight
@@ -272,28 +265,3 @@ def _claimed_delivery(row: tuple[Any, ...]) -> Delivery:
     event, at = row_related(delivery, "event", row, at)
     row_related(event, "store", row, at)
     return delivery
-
-
-def batch_finish(ids: list[int], *, claim: int, changes: dict[str, Any]) -> int:
-    """UPDATE the deliveries of `ids` still delivering under `claim` (the fence: one whose lease ran
-    out and that the sweeper handed on is no longer this batch's) with `changes`, values through
-    their fields, as Delivery.objects.filter(...).update(**changes) would; how many it changed."""
-    fields = [Delivery._meta.get_field(name) for name in changes]
-    params = [f.get_db_prep_save(changes[f.name], connection) for f in fields]
-    params += [*ids, DeliveryState.DELIVERING, claim]
-    with connection.cursor() as cursor:
-        cursor.execute(_batch_finish_sql(tuple(f.column for f in fields), len(ids)), params)
-        return cursor.rowcount
-
-
-@functools.lru_cache(maxsize=64)
-def _batch_finish_sql(columns: tuple[str, ...], count: int) -> str:
-    quote = connection.ops.quote_name
-    return "UPDATE {} SET {} WHERE {} IN ({}) AND {} = %s AND {} = %s".format(
-        quote(Delivery._meta.db_table),
-        ", ".join(f"{quote(column)} = %s" for column in columns),
-        quote("id"),
-        placeholders(count),
-        quote("state"),
-        quote("claim"),
-    )
