@@ -1,10 +1,11 @@
-"""Writing events: validate an envelope, store it once per (store, message_id)."""
+"""Writing events: an envelope made into an event, stored once per (store, message_id); the
+budget of descendants replies draw on; a store's token and state."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -13,117 +14,17 @@ from django.db import IntegrityError, connections, router, transaction
 from django.db.models import F, Model
 from django.utils import timezone
 
-from events.errors import InvalidEnvelope
-from events.messages import InvalidMessageName, message_canonical, resource_key
-from events.models import Event, EventDescendants, EventSource, Store, payload_orjson
+from events.messages import resource_key
+from events.models import Event, EventDescendants, EventSource, Store
 from events.selectors import store_cache_clear
+from events.validation import Envelope
 from integrator import tracing
-
-MESSAGE_ID_MAX_LENGTH = 255
-
-
-@dataclass(frozen=True)
-class Envelope:
-    message: str
-    message_id: str | None
-    payload: dict[str, Any]
-    # The payload as orjson wrote it for the NUL check, handed on to the INSERT so that it is not
-    # written twice (None when orjson refused it: json.dumps writes it then, as before).
-    payload_json: bytes | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
 class IngestResult:
     event: Event
     created: bool
-
-
-def envelope_validate(data: Any) -> Envelope:
-    """Check the shape of one envelope and return it with the canonical message name."""
-    if not isinstance(data, Mapping):
-        raise InvalidEnvelope(f"An event must be a JSON object with 'message' and 'payload', not {json_type(data)}.")
-    if "message" not in data or data["message"] in (None, ""):
-        raise InvalidEnvelope("'message' is required, e.g. \"order:new\".", field="message")
-    if not isinstance(data["message"], str):
-        raise InvalidEnvelope(f"'message' must be a string, not {json_type(data['message'])}.", field="message")
-    try:
-        message = message_canonical(data["message"])
-    except InvalidMessageName as exc:
-        raise InvalidEnvelope(str(exc), field="message") from None
-
-    message_id = data.get("message_id")
-    if message_id is not None:
-        if isinstance(message_id, bool) or not isinstance(message_id, (str, int)):
-            raise InvalidEnvelope(f"'message_id' must be a string, not {json_type(message_id)}.", field="message_id")
-        message_id = str(message_id).strip()
-        if not message_id:
-            raise InvalidEnvelope("'message_id' must not be empty; leave it out to have one made.", field="message_id")
-        if "\x00" in message_id:
-            raise InvalidEnvelope("'message_id' must not contain the NUL character (\\u0000).", field="message_id")
-        if len(message_id) > MESSAGE_ID_MAX_LENGTH:
-            raise InvalidEnvelope(
-                f"'message_id' is longer than {MESSAGE_ID_MAX_LENGTH} characters.", field="message_id"
-            )
-
-    if "payload" not in data:
-        raise InvalidEnvelope("'payload' is required and must be a JSON object.", field="payload")
-    payload = data["payload"]
-    if not isinstance(payload, Mapping):
-        raise InvalidEnvelope(f"'payload' must be a JSON object, not {json_type(payload)}.", field="payload")
-    # The payload's text as the INSERT will send it; a NUL character, in a key or a string, is
-    # found in it in C: orjson writes one as backslash-u0000, and only text holding that (a NUL, or
-    # those six characters themselves) or what orjson does not write (None) needs the walk in
-    # Python that names where it is; walking every payload took about a millisecond per event.
-    payload_json = payload_orjson(payload)
-    nul_at = _nul_path(payload) if payload_json is None or _NUL_ESCAPE in payload_json else None
-    if nul_at is not None:
-        # PostgreSQL cannot hold NUL as text or jsonb (the json column keeps the escape, but a payload
-        # with it could not go back to jsonb, events.0007); refusing it everywhere keeps SQLite and
-        # PostgreSQL alike.
-        raise InvalidEnvelope(
-            f"'payload' contains the NUL character (\\u0000) at '{nul_at}', which the hub cannot store.",
-            field="payload",
-        )
-    return Envelope(message=message, message_id=message_id, payload=dict(payload), payload_json=payload_json)
-
-
-def _nul_path(payload: Mapping[str, Any]) -> str | None:
-    """The dotted path of the first key or string holding a NUL character, or None."""
-    stack: list[tuple[Any, str]] = [(payload, "payload")]
-    while stack:
-        value, path = stack.pop()
-        if isinstance(value, str):
-            if "\x00" in value:
-                return path
-        elif isinstance(value, Mapping):
-            for key, child in value.items():
-                if "\x00" in key:
-                    return f"{path}.{key!r}"
-                stack.append((child, f"{path}.{key}"))
-        elif isinstance(value, list):
-            stack.extend((child, f"{path}.{index}") for index, child in enumerate(value))
-    return None
-
-
-# How orjson writes a NUL character, in a key or a string: JSON has no other way to carry one.
-_NUL_ESCAPE = b"\\u0000"
-
-
-def json_type(value: Any) -> str:
-    """What a parsed JSON value is, as an error message names it: "an object", "null", ..."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, Mapping):
-        return "an object"
-    return type(value).__name__
 
 
 def event_build(
@@ -152,7 +53,7 @@ def event_build(
     return event
 
 
-def event_row_insert(event: Event, *, dependents: Sequence[Model] = ()) -> None:
+def _event_row_insert(event: Event, *, dependents: Sequence[Model] = ()) -> None:
     """INSERT one built event and give it its id: what event.save(force_insert=True) does, without
     the model save machinery around the statement (signals, the SQL compiler building the same
     INSERT again for every push: a quarter of the insert's Python time). Event has no signal
@@ -166,7 +67,7 @@ def event_row_insert(event: Event, *, dependents: Sequence[Model] = ()) -> None:
     connection = connections[router.db_for_write(Event)]
     if dependents and not _server_bound(connection):
         with transaction.atomic(using=connection.alias):
-            event_row_insert(event)
+            _event_row_insert(event)
             type(dependents[0])._default_manager.bulk_create(dependents)
         return
     if not connection.features.can_return_columns_from_insert:
@@ -290,7 +191,7 @@ def _event_insert_statement_made(
 
 
 def event_insert(event: Event, *, savepoint: bool = True, dependents: Sequence[Model] = ()) -> IngestResult:
-    """Save a built event (with `dependents`: see event_row_insert); a repeated (store,
+    """Save a built event (with `dependents`: see _event_row_insert); a repeated (store,
     message_id) returns the first event, created=False, and writes none of them.
 
     Must run inside the caller's transaction when routing has to be atomic with it; the insert
@@ -298,14 +199,14 @@ def event_insert(event: Event, *, savepoint: bool = True, dependents: Sequence[M
     savepoint a repeat raises IntegrityError, and the caller rolls back and looks the first one up.
     """
     if not savepoint:
-        event_row_insert(event, dependents=dependents)
+        _event_row_insert(event, dependents=dependents)
         return IngestResult(event, created=True)
     # No look-up first: the insert itself finds a repeated (store, message_id) through the unique
     # constraint, which saves a round trip on every new event (the common case) and is the only
     # check that holds under concurrent pushes anyway.
     try:
         with transaction.atomic():
-            event_row_insert(event, dependents=dependents)
+            _event_row_insert(event, dependents=dependents)
     except IntegrityError:
         # A repeated message_id (pushed earlier, or concurrently by a push that won the race):
         # answer with the first event.
@@ -314,17 +215,6 @@ def event_insert(event: Event, *, savepoint: bool = True, dependents: Sequence[M
             raise
         return IngestResult(existing, created=False)
     return IngestResult(event, created=True)
-
-
-def event_ingest(
-    *,
-    store: Store | None,
-    envelope: Envelope,
-    parent: Event | None = None,
-    origin: str = "",
-) -> IngestResult:
-    """Store one event; a repeated (store, message_id) returns the first event, created=False."""
-    return event_insert(event_build(store=store, envelope=envelope, parent=parent, origin=origin))
 
 
 def events_insert(*, store: Store, events: list[Event]) -> list[IngestResult]:
@@ -371,7 +261,7 @@ def _events_insert_new(events: list[Event]) -> set[str]:
         for event in events:
             try:
                 with transaction.atomic():
-                    event_row_insert(event)
+                    _event_row_insert(event)
             except IntegrityError:
                 event_unsaved(event)
             else:

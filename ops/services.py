@@ -15,7 +15,8 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from events.models import Event, Store
-from events.services import IngestResult, envelope_validate
+from events.services import IngestResult
+from events.validation import envelope_validate
 from routing.models import Delivery, DeliveryState
 from routing.outbox import event_accept
 

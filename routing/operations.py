@@ -10,7 +10,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from events.services import Envelope, event_ingest
+from events.services import event_build, event_insert
+from events.validation import Envelope
 from routing.fields import encrypted_fields
 from routing.models import (
     DELIVERY_OPEN_STATES,
@@ -125,7 +126,7 @@ def subscription_send_test(*, subscription_id: int) -> Delivery:
             message_id=None,
             payload={"test": {"subscription": subscription.name, "sent_at": now.isoformat()}},
         )
-        event = event_ingest(store=None, envelope=envelope, origin=origin).event
+        event = event_insert(event_build(store=None, envelope=envelope, origin=origin)).event
         delivery = delivery_add(event_id=event.pk, subscription_id=subscription.pk, at=now)
     return delivery
 

@@ -12,14 +12,8 @@ from datetime import datetime
 from django.db import IntegrityError, connection, transaction
 
 from events.models import Event, EventStatus, Store
-from events.services import (
-    Envelope,
-    IngestResult,
-    event_build,
-    event_insert,
-    event_unsaved,
-    events_insert,
-)
+from events.services import IngestResult, event_build, event_insert, event_unsaved, events_insert
+from events.validation import Envelope
 from routing.models import Delivery, Subscription
 from routing.rows import placeholders
 from routing.subscriptions import (

@@ -11,7 +11,8 @@ from typing import Any
 from django.conf import settings
 
 from events.errors import HubError
-from events.services import Envelope, descendants_reserve, envelope_validate, event_roots, json_type
+from events.services import descendants_reserve, event_roots
+from events.validation import Envelope, envelope_validate, json_type
 from routing.models import Delivery, Notification, NotificationLevel, Subscription
 from routing.outbox import event_accept
 

@@ -176,12 +176,12 @@ def test_filter_that_does_not_match_sends_nothing(worker, subscriber, api):
 def test_delivery_never_enqueued_is_delivered_by_the_sweeper(worker, subscriber, store):
     """The broker never hears of this delivery (created as if the publish after commit was lost a
     minute ago): the beat-driven sweeper finds it in the database and it is delivered anyway."""
-    from events.services import envelope_validate, event_ingest
+    from events.services import event_build, event_insert
+    from events.validation import envelope_validate
 
     sub = SubscriptionFactory(url=subscriber.url("/swept"))
-    event = event_ingest(
-        store=store, envelope=envelope_validate({"message": "order:new", "payload": {"order": {"number": "R6"}}})
-    ).event
+    envelope = envelope_validate({"message": "order:new", "payload": {"order": {"number": "R6"}}})
+    event = event_insert(event_build(store=store, envelope=envelope)).event
     due = timezone.now() - timedelta(minutes=1)
     delivery = Delivery.objects.create(event=event, subscription=sub, next_attempt_at=due)
 

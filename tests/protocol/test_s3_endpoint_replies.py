@@ -117,7 +117,7 @@ def test_a_returned_message_is_not_sent_back_to_the_endpoint_that_returned_it(wo
 
 @pytest.mark.django_db
 def test_an_endpoint_that_asks_receives_the_messages_it_returned(subscriber):
-    from events.services import Envelope
+    from events.validation import Envelope
     from routing.outbox import event_accept
 
     erp = SubscriptionFactory(url=subscriber.url("/erp"), message_types=["*"], receive_own_events=True)

@@ -1,4 +1,4 @@
-"""A routed push writes its event and deliveries in one atomic step (events.services.event_row_insert
+"""A routed push writes its event and deliveries in one atomic step (events.services.event_insert
 with dependents): on PostgreSQL one statement, committed when it returns, with the same rows the
 ORM writes; a repeat writes nothing, and a failure leaves nothing half-written. The pushes wake
 no worker (unconsumed_queue): the session's worker would send what they write."""
@@ -10,7 +10,8 @@ from django.db import IntegrityError, connection
 from django.test.utils import CaptureQueriesContext
 
 from events.models import Event, EventStatus
-from events.services import envelope_validate, event_build, event_row_insert
+from events.services import event_build, event_insert
+from events.validation import envelope_validate
 from routing.models import Delivery, Subscription
 from tests.factories import StoreFactory, SubscriptionFactory
 
@@ -99,6 +100,6 @@ def test_an_event_whose_deliveries_cannot_be_written_is_not_written_either():
     Subscription.objects.filter(pk=gone.pk).delete()  # deleted after routing chose it
 
     with pytest.raises(IntegrityError):
-        event_row_insert(event, dependents=[delivery])
+        event_insert(event, savepoint=False, dependents=[delivery])
 
     assert (Event.objects.count(), Delivery.objects.count()) == (0, 0)
