@@ -213,9 +213,6 @@ class Delivery(models.Model):
     attempt_count = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(default=timezone.now)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
-    # Unused since batched sending (routing.pump): kept for one release so that workers of the
-    # previous one, still running while an upgrade migrates, find the column they write.
-    enqueued_at = models.DateTimeField(null=True, blank=True)
     # Which batch holds the delivery while it is delivering (routing.pump): a worker's outcome counts
     # only for its own claim, and an endpoint's in-flight limit counts distinct claims.
     claim = models.BigIntegerField(null=True, blank=True, editable=False)

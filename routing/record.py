@@ -3,7 +3,6 @@ request made, the unsent deliveries put back, and the endpoint's standing after 
 
 from __future__ import annotations
 
-import functools
 import logging
 from datetime import datetime, timedelta
 from typing import Any
@@ -12,10 +11,9 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import Case, F, Value, When
 
-from routing import retry
+from routing import retry, sql
 from routing.claim import Batch
 from routing.models import Attempt, Delivery, DeliveryState, Subscription
-from routing.rows import placeholders
 from routing.send import Sent
 from routing.standing import subscription_disable, subscription_failing
 from routing.transport.exchange import ExchangeResult
@@ -120,21 +118,8 @@ def batch_finish(ids: list[int], *, claim: int, changes: dict[str, Any]) -> int:
     params = [f.get_db_prep_save(changes[f.name], connection) for f in fields]
     params += [*ids, DeliveryState.DELIVERING, claim]
     with connection.cursor() as cursor:
-        cursor.execute(_batch_finish_sql(tuple(f.column for f in fields), len(ids)), params)
+        cursor.execute(sql.deliveries_finish(tuple(f.column for f in fields), len(ids)), params)
         return cursor.rowcount
-
-
-@functools.lru_cache(maxsize=64)
-def _batch_finish_sql(columns: tuple[str, ...], count: int) -> str:
-    quote = connection.ops.quote_name
-    return "UPDATE {} SET {} WHERE {} IN ({}) AND {} = %s AND {} = %s".format(
-        quote(Delivery._meta.db_table),
-        ", ".join(f"{quote(column)} = %s" for column in columns),
-        quote("id"),
-        placeholders(count),
-        quote("state"),
-        quote("claim"),
-    )
 
 
 _ATTEMPT_FIELDS = (

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Collection
 
 from django.db import connection, transaction
 
-from events.models import Event, EventStatus
-from routing.models import DELIVERY_UNFINISHED_STATES, Delivery, DeliveryState
-from routing.rows import placeholders
+from events.models import EventStatus
+from routing import sql
+from routing.models import DELIVERY_UNFINISHED_STATES, DeliveryState
 
 
 def event_status_derive(states: list[tuple[int, int, str, int]]) -> str:
@@ -51,7 +50,10 @@ def events_status_refresh(*, event_ids: Collection[int]) -> dict[int, str]:
     # and retried, so a failure rolls back the caller's transaction as a whole anyway.
     with transaction.atomic(savepoint=False), connection.cursor() as cursor:
         # The lock and the read in one statement: each event with its deliveries (or none).
-        cursor.execute(_events_locked_sql(len(ids)), ids)
+        cursor.execute(
+            sql.events_with_deliveries_locked(len(ids), postgresql=connection.features.has_select_for_no_key_update),
+            ids,
+        )
         current: dict[int, str] = {}
         rows: dict[int, list[tuple[int, int, str, int]]] = {}
         for pk, status, *delivery in cursor.fetchall():
@@ -65,29 +67,5 @@ def events_status_refresh(*, event_ids: Collection[int]) -> dict[int, str]:
             if status != current[pk]:
                 changed.setdefault(status, []).append(pk)
         for status, pks in changed.items():
-            cursor.execute(_events_status_set_sql(len(pks)), [status, *pks])
+            cursor.execute(sql.events_status_set(len(pks)), [status, *pks])
     return statuses
-
-
-@functools.lru_cache(maxsize=64)
-def _events_locked_sql(count: int) -> str:
-    quote = connection.ops.quote_name
-    # FOR NO KEY UPDATE: deliveries reference events, and a plain FOR UPDATE would also block
-    # their inserts and updates (the foreign key's share lock); SQLite locks the whole database.
-    lock = " FOR NO KEY UPDATE OF e" if connection.features.has_select_for_no_key_update else ""
-    return (
-        f"SELECT e.{quote('id')}, e.{quote('status')}, d.{quote('subscription_id')}, d.{quote('id')},"
-        f" d.{quote('state')}, d.{quote('attempt_count')}"
-        f" FROM {quote(Event._meta.db_table)} e LEFT JOIN {quote(Delivery._meta.db_table)} d"
-        f" ON d.{quote('event_id')} = e.{quote('id')}"
-        f" WHERE e.{quote('id')} IN ({placeholders(count)}) ORDER BY e.{quote('id')}{lock}"
-    )
-
-
-@functools.lru_cache(maxsize=64)
-def _events_status_set_sql(count: int) -> str:
-    quote = connection.ops.quote_name
-    return (
-        f"UPDATE {quote(Event._meta.db_table)} SET {quote('status')} = %s"
-        f" WHERE {quote('id')} IN ({placeholders(count)})"
-    )

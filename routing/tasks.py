@@ -8,7 +8,6 @@ from celery import shared_task
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from routing.models import Delivery
 from routing.pump import deliveries_pump
 from routing.sweeper import deliveries_sweep
 from routing.wakeup import PUMP_TASK, pump_started
@@ -28,18 +27,6 @@ def deliveries_pump_task(self: Any, subscription_id: int) -> None:
     try:
         pump_started(subscription_id)
         deliveries_pump(subscription_id=subscription_id)
-    except DATABASE_UNAVAILABLE as exc:
-        raise self.retry(exc=exc, countdown=database_retry_countdown(self.request.retries)) from exc
-
-
-@shared_task(bind=True, name="routing.delivery_attempt", ignore_result=True, max_retries=None)
-def delivery_attempt_task(self: Any, delivery_id: int) -> None:
-    """A message of one delivery, as hubs before batched sending published them: still in a broker
-    after an upgrade, it wakes that delivery's endpoint."""
-    try:
-        subscription_id = Delivery.objects.filter(pk=delivery_id).values_list("subscription_id", flat=True).first()
-        if subscription_id is not None:
-            deliveries_pump(subscription_id=subscription_id)
     except DATABASE_UNAVAILABLE as exc:
         raise self.retry(exc=exc, countdown=database_retry_countdown(self.request.retries)) from exc
 

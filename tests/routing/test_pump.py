@@ -14,7 +14,6 @@ from django.utils import timezone
 from routing.models import Attempt, Delivery
 from routing.pump import PumpResult, deliveries_pump
 from routing.sweeper import deliveries_sweep
-from routing.tasks import delivery_attempt_task
 from tests.factories import DeliveryFactory, EventFactory, SubscriptionFactory
 from tests.live import Reply
 
@@ -82,15 +81,6 @@ def test_what_the_time_budget_leaves_unsent_goes_back_as_it_was_and_is_handed_on
     assert not Attempt.objects.filter(delivery__in=rest).exists()
     rest[0].event.refresh_from_db()
     assert rest[0].event.status == "queued"  # nothing of it has started
-
-
-def test_a_message_published_before_batches_wakes_its_delivery_endpoint(subscriber):
-    """A hub upgraded with `routing.delivery_attempt` messages still in its broker sends them."""
-    sub = SubscriptionFactory(url=subscriber.url("/upgraded"))
-    old, other = backlog(sub, 2)
-    delivery_attempt_task(old.pk)  # the task's own code, in this process
-    assert set(Delivery.objects.filter(pk__in=[old.pk, other.pk]).values_list("state", flat=True)) == {"delivered"}
-    delivery_attempt_task(999999)  # a delivery since purged: nothing to do
 
 
 @pytest.mark.django_db(transaction=True)
