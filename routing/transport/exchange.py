@@ -68,8 +68,8 @@ def session_new() -> requests.Session:
 
     No cookies, because one session serves every subscription of the process: a cookie one
     tenant's endpoint set would go to every other endpoint on that host (two stores' hooks on one
-    integration SaaS), and a delivery would depend on which deliveries that process sent before.
-    Svix, Convoy and Hook0 keep none either; each attempt is what its subscription says."""
+    integration SaaS), and a delivery would depend on which deliveries that process sent before:
+    each attempt is what its subscription says."""
     session = requests.Session()
     session.trust_env = False
     session.cookies.set_policy(_NO_COOKIES)
