@@ -3,18 +3,15 @@ ones among them that want a given event."""
 
 from __future__ import annotations
 
-import time
-
 from django.conf import settings
 
 from events.models import Event
+from infra.ttl import TtlCache
 from routing import matching
 from routing.fields import encrypted_fields
 from routing.models import Subscription
 
-# (until when, by time.monotonic(), the enabled subscriptions), replaced whole so that a thread
-# never sees a half-updated pair.
-_enabled: list[tuple[float, tuple[Subscription, ...]]] = [(0.0, ())]
+_enabled: TtlCache[None, tuple[Subscription, ...]] = TtlCache()
 
 
 def subscriptions_enabled() -> list[Subscription]:
@@ -35,17 +32,16 @@ def subscriptions_enabled_for_routing() -> list[Subscription]:
     ttl = settings.HUB_SUBSCRIPTIONS_CACHE_SECONDS
     if ttl <= 0:
         return subscriptions_enabled()
-    clock = time.monotonic()
-    until, subscriptions = _enabled[0]
-    if until <= clock:
+    subscriptions = _enabled.get(None)
+    if subscriptions is None:
         subscriptions = tuple(subscriptions_enabled())
-        _enabled[0] = (clock + ttl, subscriptions)
+        _enabled.put(None, subscriptions, ttl)
     return list(subscriptions)
 
 
 def subscriptions_cache_clear() -> None:
     """Forget the enabled subscriptions: the next push reads them again."""
-    _enabled[0] = (0.0, ())
+    _enabled.clear()
 
 
 def subscriptions_for_event(*, event: Event, subscriptions: list[Subscription]) -> list[Subscription]:

@@ -16,6 +16,7 @@ from celery import current_app
 from django.conf import settings
 from django.core.cache import cache
 
+from infra.ttl import TtlCache
 from integrator.cache import cache_available, cache_failed
 from integrator.metrics import redis_error_count
 
@@ -29,7 +30,7 @@ _broker_down_until = [0.0]
 # While the cache is away, this process's own pending marks (endpoint -> until when, monotonic):
 # coalescing falls back to a message per endpoint per process and HUB_PUMP_COALESCE_SECONDS, not
 # one per push, which would bury the workers in messages that each cost a look.
-_local_pending: dict[int, float] = {}
+_local_pending: TtlCache[int, bool] = TtlCache()
 
 
 def _pending_key(subscription_id: int) -> str:
@@ -40,7 +41,7 @@ def _pending_key(subscription_id: int) -> str:
 def pump_started(subscription_id: int) -> None:
     """A worker is about to look at the endpoint: whatever is committed from now on, it may miss,
     so the next push must publish again (see pumps_enqueue's `coalesce`)."""
-    _local_pending.pop(subscription_id, None)
+    _local_pending.discard(subscription_id)
     if settings.HUB_PUMP_COALESCE_SECONDS > 0 and cache_available():
         try:
             cache.delete(_pending_key(subscription_id))
@@ -65,13 +66,7 @@ def _already_pending(subscription_id: int) -> bool:
 def _already_pending_locally(subscription_id: int) -> bool:
     """The mark kept in this process only. No worker clears it, so a push in its last moments may
     wait for the next push's message (or the sweeper) instead of its own: the price of no cache."""
-    now = time.monotonic()
-    if _local_pending.get(subscription_id, 0.0) > now:
-        return True
-    if len(_local_pending) >= 10_000:
-        _local_pending.clear()
-    _local_pending[subscription_id] = now + settings.HUB_PUMP_COALESCE_SECONDS
-    return False
+    return not _local_pending.add(subscription_id, True, settings.HUB_PUMP_COALESCE_SECONDS)
 
 
 def pumps_enqueue(

@@ -8,7 +8,7 @@ import pytest
 from django.conf import settings as django_settings
 
 from events.models import Event
-from routing import subscriptions
+from infra import ttl
 from routing.models import Delivery, Subscription
 from tests.factories import SubscriptionFactory
 
@@ -45,7 +45,7 @@ def test_a_change_behind_the_process_back_reaches_routing_once_the_lifetime_has_
     # Within the lifetime the remembered list still routes to it: the documented staleness.
     assert Delivery.objects.filter(event=_push(api, "two")).count() == 1
     later = time.monotonic() + django_settings.HUB_SUBSCRIPTIONS_CACHE_SECONDS + 0.1
-    monkeypatch.setattr(subscriptions.time, "monotonic", lambda: later)
+    monkeypatch.setattr(ttl.time, "monotonic", lambda: later)
     assert _push(api, "three").status == "unrouted"
 
 
