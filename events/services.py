@@ -20,7 +20,7 @@ from events.messages import resource_key
 from events.models import Event, EventDescendants, EventSource, Store
 from events.selectors import store_cache_clear
 from events.validation import Envelope
-from integrator import tracing
+from infra import tracing
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from integrator import metrics
+from infra import metrics
 from routing import retry
 from routing.claim import Batch, batch_claim, subscription_read
 from routing.leases import lease_held

@@ -11,7 +11,7 @@ from datetime import datetime
 from django.conf import settings
 from django.utils import timezone
 
-from integrator import metrics, tracing
+from infra import metrics, tracing
 from routing.claim import Batch
 from routing.models import Delivery
 from routing.transport.exchange import ExchangeResult, attempt_outcome, request_send

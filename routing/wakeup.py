@@ -16,9 +16,9 @@ from celery import current_app
 from django.conf import settings
 from django.core.cache import cache
 
+from infra.cache import cache_available, cache_failed
+from infra.metrics import redis_error_count
 from infra.ttl import TtlCache
-from integrator.cache import cache_available, cache_failed
-from integrator.metrics import redis_error_count
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from requests.cookies import extract_cookies_to_jar
 from requests.structures import CaseInsensitiveDict
 from requests.utils import check_header_validity, get_auth_from_url
 
-from integrator import tracing
+from infra import tracing
 from routing.transport.deadline import deadline_watch
 from routing.transport.netguard import DestinationBlocked, HostUnresolvable, session_guard
 from routing.transport.reply import NOT_JSON, reply_json, reply_text, storable
