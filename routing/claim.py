@@ -6,7 +6,6 @@ to build these statements than the database to run them."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -56,7 +55,7 @@ def lease_seconds(sub: Subscription, *, budget: float) -> float:
     return budget + timeout_bounded(sub.timeout_seconds) + settings.HUB_DELIVERY_LEASE_MARGIN_SECONDS
 
 
-def batch_claim(*, sub: Subscription, only: Collection[int] | None, budget: float) -> Batch | None:
+def batch_claim(*, sub: Subscription, budget: float) -> Batch | None:
     """Take up to HUB_DELIVERY_BATCH_SIZE due deliveries of the endpoint for this worker, or None
     when there is nothing to send (none due, none whose turn has come, endpoint off or at its limit).
 
@@ -77,16 +76,13 @@ def batch_claim(*, sub: Subscription, only: Collection[int] | None, budget: floa
     at = connection.ops.adapt_datetimefield_value(now)
     postgresql = connection.vendor == "postgresql"
     batch = settings.HUB_DELIVERY_BATCH_SIZE
-    ids = list(only) if only is not None else None
-    if ids is not None:
-        sendable_params: list[Any] = [*ids, sub.pk, sub.pk, at, batch]
-    elif postgresql:
-        sendable_params = [*sql.candidates_params(sub.pk, at, batch), at, batch]
+    if postgresql:
+        sendable_params: list[Any] = [*sql.candidates_params(sub.pk, at, batch), at, batch]
     else:
         sendable_params = [*sql.candidates_params(sub.pk, at, batch), sub.pk, at, batch]
     params: list[Any] = [connection.ops.adapt_datetimefield_value(lease), claim, at, *sendable_params]
     params += [sub.pk] + ([sub.pk, at, limit] if limit else [])
-    statement = sql.claim(postgresql=postgresql, only=None if ids is None else len(ids), limited=bool(limit))
+    statement = sql.claim(postgresql=postgresql, limited=bool(limit))
     if postgresql:
         deliveries = _claim_postgresql(statement, params, sub_id=sub.pk, lock=bool(limit))
     else:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Collection
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -49,10 +48,9 @@ class PumpResult:
     helpers: int = 0
 
 
-def deliveries_pump(*, subscription_id: int, only: Collection[int] | None = None) -> PumpResult:
+def deliveries_pump(*, subscription_id: int) -> PumpResult:
     """Send one endpoint's due deliveries until none is left, within HUB_DELIVERY_PUMP_SECONDS.
 
-    `only` restricts the pump to those deliveries and to a single batch (a synchronous attempt).
     Nothing is sent for a disabled endpoint, or when its in-flight limit is taken: the tasks that
     hold it go on until nothing is due, so they also send what this one would have."""
     budget = settings.HUB_DELIVERY_PUMP_SECONDS
@@ -61,17 +59,15 @@ def deliveries_pump(*, subscription_id: int, only: Collection[int] | None = None
     # Read once for the pump's few seconds; every round's claim checks that it is still enabled.
     sub = subscription_read(subscription_id)
     while sub is not None:
-        batch = batch_claim(sub=sub, only=only, budget=budget)
+        batch = batch_claim(sub=sub, budget=budget)
         if batch is None:
             break
-        if only is None and len(batch.deliveries) >= settings.HUB_DELIVERY_BATCH_SIZE:
+        if len(batch.deliveries) >= settings.HUB_DELIVERY_BATCH_SIZE:
             outcome.helpers += _helper_wake(sub)
         # The lease is short: the process's heartbeat keeps it alive until the batch is recorded.
         with lease_held(subscription_id=sub.pk, claim=batch.claim, hold_until=batch.hold_until):
             sent, unsent = batch_send(batch, deadline=deadline)
             outcome.verdicts.update(_batch_close(batch, sent=sent, unsent=unsent))
-        if only is not None:
-            break
         if unsent or time.monotonic() >= deadline:
             outcome.handed_on = bool(pumps_enqueue([subscription_id]))
             break
@@ -142,12 +138,3 @@ def _outcomes_log(sub: Subscription, mine: list[Outcome]) -> None:
                 "error": s.result.error[:200] or None,
             },
         )
-
-
-def delivery_attempt(*, delivery_id: int) -> str | None:
-    """Try one delivery once, if it is due, its turn has come and the endpoint has a free slot.
-    Returns the verdict, or None when nothing was sent."""
-    subscription_id = Delivery.objects.filter(pk=delivery_id).values_list("subscription_id", flat=True).first()
-    if subscription_id is None:
-        return None
-    return deliveries_pump(subscription_id=subscription_id, only=[delivery_id]).verdicts.get(delivery_id)

@@ -60,14 +60,6 @@ _IN_FLIGHT = """
     SELECT COUNT(DISTINCT COALESCE(f.claim, -f.id)) FROM {delivery} f
     WHERE f.subscription_id = %s AND f.state = {delivering} AND f.lease_expires_at > %s"""
 
-# An earlier unfinished delivery of the same resource to the same endpoint holds a delivery back
-# (one without a resource key is never held: NULL = NULL is not true). One look in the partial
-# index of unfinished deliveries (delivery_holding). Params: subscription.
-_HELD_BACK = """EXISTS (
-        SELECT 1 FROM {delivery} e
-        WHERE e.subscription_id = %s AND e.resource_key = {alias}.resource_key AND e.id < {alias}.id
-        AND e.state IN ({unfinished}))"""
-
 # The oldest unfinished delivery to the endpoint of the resource `alias`.`key`: the one whose turn
 # it is. Asked in (resource, id) order, which only delivery_holding has: asked as MIN(id),
 # PostgreSQL may walk the primary key from the table's first row. Params: subscription.
@@ -128,34 +120,28 @@ def candidates_params(sub_id: int, at: object, batch: int) -> list[object]:
 
 
 @functools.lru_cache(maxsize=64)
-def sendable(*, postgresql: bool, only: int | None) -> str:
+def sendable(*, postgresql: bool) -> str:
     """The SELECT of the ids a batch takes: due, their turn come, in claim order, at most a batch.
-    Params: with `only` (a count of ids: those deliveries alone, each checked against its
-    resource) the ids, subscription; else candidates_params(); then subscription (SQLite and
-    `only`), now, batch size."""
+    Params: candidates_params(), then (SQLite) subscription, now, batch size."""
     names = _names()
     names["head_r"] = _HEAD.format(**_names(alias="r", key="resource_key"))
     names["head_k"] = _HEAD.format(**_names(alias="resources", key="k"))
     candidates = _CANDIDATES.format(**names)
-    if only is not None:
-        where = f"d.id IN ({placeholders(only) or 'NULL'}) AND NOT {_HELD_BACK.format(**_names(alias='d'))}"
-    elif postgresql:
+    if postgresql:
         # The candidates' rows looked up by their keys, one by one: joined as IN (subquery),
         # PostgreSQL scanned every row of the endpoint to match them.
         return f"""
             SELECT d.id FROM unnest(ARRAY({candidates})) AS c(id) JOIN {table(Delivery)} d ON d.id = c.id
             WHERE d.state IN ({_OPEN}) AND d.next_attempt_at <= %s
             ORDER BY d.next_attempt_at, d.id LIMIT %s"""
-    else:
-        where = f"d.id IN ({candidates})"
     return f"""
         SELECT d.id FROM {table(Delivery)} d
-        WHERE {where} AND d.subscription_id = %s AND d.state IN ({_OPEN}) AND d.next_attempt_at <= %s
+        WHERE d.id IN ({candidates}) AND d.subscription_id = %s AND d.state IN ({_OPEN}) AND d.next_attempt_at <= %s
         ORDER BY d.next_attempt_at, d.id LIMIT %s"""
 
 
 @functools.lru_cache(maxsize=64)
-def claim(*, postgresql: bool, only: int | None, limited: bool) -> str:
+def claim(*, postgresql: bool, limited: bool) -> str:
     """The claiming UPDATE: the sendable rows become delivering under a claim token and a lease,
     if the endpoint is enabled and (`limited`) below its in-flight limit.
 
@@ -165,7 +151,7 @@ def claim(*, postgresql: bool, only: int | None, limited: bool) -> str:
     SQLite: the ids taken, read by the ORM after.
     Params: lease until, claim, now, sendable's, subscription, and when `limited` subscription,
     now, limit."""
-    taken = sendable(postgresql=postgresql, only=only)
+    taken = sendable(postgresql=postgresql)
     within_limit = f" AND ({_IN_FLIGHT.format(**_names())}) < %s" if limited else ""
     update = """
         UPDATE {delivery} SET state = {delivering}, attempt_count = attempt_count + 1,

@@ -1,5 +1,5 @@
 """PROTOCOL §3, what an endpoint replies: a JSON body on a 2xx is success, and its notifications,
-messages and parameters are taken in. Real HTTP to the local subscriber; delivery_attempt is called
+messages and parameters are taken in. Real HTTP to the local subscriber; the pump is called
 directly (tests/e2e/ runs the same path through the worker).
 
 Already pinned elsewhere (audited): non-JSON 2xx, non-2xx, timeouts and refused connections are
@@ -16,9 +16,8 @@ import pytest
 
 from events.models import Event
 from routing.models import Delivery, Notification
-from routing.pump import delivery_attempt
 from tests.factories import DeliveryFactory, SubscriptionFactory
-from tests.live import Reply, wait_until
+from tests.live import Reply, pump_for, wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -28,7 +27,7 @@ NOTE = {"level": "error", "subject": "Commande refusée", "description": "Client
 def attempt_with_reply(subscriber, reply: Reply, path: str = "/endpoint") -> Delivery:
     subscriber.program(path, reply)
     delivery = DeliveryFactory(subscription=SubscriptionFactory(url=subscriber.url(path)))
-    delivery_attempt(delivery_id=delivery.pk)
+    pump_for(delivery.pk)
     delivery.refresh_from_db()
     return delivery
 
@@ -81,7 +80,7 @@ def test_an_error_notification_on_a_2xx_is_delivered_and_shown_on_the_event(subs
     SubscriptionFactory(url=subscriber.url("/erp"), message_types=["order:new"])
     pushed = api.post("/events", {"message": "order:new", "payload": {"order": {"number": "R9"}}}, format="json")
     [delivery] = Delivery.objects.filter(event__uid=pushed.json()["event_id"])
-    assert delivery_attempt(delivery_id=delivery.pk) == "delivered"
+    assert pump_for(delivery.pk) == "delivered"
 
     body = api.get(f"/events/{pushed.json()['event_id']}").json()
     assert body["status"] == "delivered"

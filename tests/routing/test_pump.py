@@ -183,7 +183,7 @@ def test_a_claim_brings_its_deliveries_events_and_stores_in_its_own_statement(se
     pushed = DeliveryFactory(subscription=sub, event=EventFactory(payload=big, resource_key=None))
     reply = DeliveryFactory(subscription=sub, event=EventFactory(store=None, resource_key=None))
     with CaptureQueriesContext(connection) as queries:
-        batch = batch_claim(sub=sub, only=None, budget=5)
+        batch = batch_claim(sub=sub, budget=5)
         # Everything a send reads is loaded: the event, its payload parsed, the store (or none).
         assert [d.pk for d in batch.deliveries] == [pushed.pk, reply.pk]
         first, second = batch.deliveries
@@ -242,7 +242,7 @@ def test_claimed_rows_are_the_orms_rows():
 
     sub = SubscriptionFactory()
     delivery = DeliveryFactory(subscription=sub, event=EventFactory(resource_key=None))
-    (claimed,) = batch_claim(sub=sub, only=None, budget=5).deliveries
+    (claimed,) = batch_claim(sub=sub, budget=5).deliveries
     orm = Delivery.objects.select_related("event", "event__store").get(pk=delivery.pk)
     assert _values(claimed) == _values(orm)
     assert _values(claimed.event) == _values(orm.event)

@@ -71,7 +71,7 @@ def test_the_pumps_read_of_its_endpoint_is_select_related():
 def test_the_claim_takes_the_rows_an_orm_update_would_and_reads_them_as_select_related():
     sub = SubscriptionFactory()
     due = [DeliveryFactory(subscription=sub, event=EventFactory(resource_key=None)) for _ in range(2)]
-    batch = batch_claim(sub=subscription_read(sub.pk), only=None, budget=1.0)
+    batch = batch_claim(sub=subscription_read(sub.pk), budget=1.0)
     assert [d.pk for d in batch.deliveries] == [d.pk for d in due]
     for claimed in batch.deliveries:
         by_orm = Delivery.objects.select_related("event", "event__store").get(pk=claimed.pk)

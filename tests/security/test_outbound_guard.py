@@ -15,11 +15,10 @@ from pathlib import Path
 import pytest
 
 from routing.models import Delivery, DeliveryState
-from routing.pump import delivery_attempt
 from routing.transport import exchange
 from routing.transport.request import request_build
 from tests.factories import DeliveryFactory, SubscriptionFactory
-from tests.live import Subscriber, Worker, queue_purge, wait_until, workers_paused
+from tests.live import Subscriber, Worker, pump_for, queue_purge, wait_until, workers_paused
 
 GUARDED_QUEUE = "hub-test-guarded"
 
@@ -61,7 +60,7 @@ def test_a_delivery_to_a_forbidden_destination_fails_and_reaches_nobody(
     subscription = SubscriptionFactory(url=template.format(port=subscriber.port), retry_enabled=False)
     delivery = DeliveryFactory(subscription=subscription)
 
-    assert delivery_attempt(delivery_id=delivery.pk) == "failed"
+    assert pump_for(delivery.pk) == "failed"
 
     delivery = _failed_once(delivery)
     [attempt] = delivery.attempts.all()
@@ -79,7 +78,7 @@ def test_the_same_local_subscriber_is_reached_when_private_destinations_are_allo
     settings.HUB_ALLOW_PRIVATE_DESTINATIONS = True
     subscription = SubscriptionFactory(url=subscriber.url("/guarded"), retry_enabled=False)
     delivery = DeliveryFactory(subscription=subscription)
-    assert delivery_attempt(delivery_id=delivery.pk) == "delivered"
+    assert pump_for(delivery.pk) == "delivered"
     assert len(subscriber.received("/guarded")) == 1
 
 
@@ -88,7 +87,7 @@ def test_the_metadata_address_stays_refused_when_private_destinations_are_allowe
     settings.HUB_ALLOW_PRIVATE_DESTINATIONS = True
     subscription = SubscriptionFactory(url="http://169.254.169.254/latest/meta-data/", retry_enabled=False)
     delivery = DeliveryFactory(subscription=subscription)
-    assert delivery_attempt(delivery_id=delivery.pk) == "failed"
+    assert pump_for(delivery.pk) == "failed"
     [attempt] = _failed_once(delivery).attempts.all()
     assert attempt.error.startswith("refused by the SSRF guard: Delivery to 169.254.169.254 is blocked")
     assert "never allowed" in attempt.error
@@ -98,7 +97,7 @@ def test_the_metadata_address_stays_refused_when_private_destinations_are_allowe
 def test_a_host_that_does_not_resolve_is_a_connection_failure_not_a_guard_refusal(guard_on):
     subscription = SubscriptionFactory(url="http://no-such-host.invalid/hook", retry_enabled=False)
     delivery = DeliveryFactory(subscription=subscription)
-    assert delivery_attempt(delivery_id=delivery.pk) == "failed"
+    assert pump_for(delivery.pk) == "failed"
     [attempt] = _failed_once(delivery).attempts.all()
     assert attempt.error.startswith("connection failed: The host 'no-such-host.invalid' cannot be resolved")
 
@@ -282,7 +281,7 @@ def test_a_stored_url_with_credentials_is_refused_at_send_time_and_not_retried(
     Subscription.objects.filter(pk=subscription.pk).update(url=f"http://{userinfo}127.0.0.1:{subscriber.port}/basic")
     delivery = DeliveryFactory(subscription=subscription)
 
-    assert delivery_attempt(delivery_id=delivery.pk) == "failed"
+    assert pump_for(delivery.pk) == "failed"
 
     delivery = _failed_once(delivery)
     assert delivery.attempt_count == 1
@@ -308,7 +307,7 @@ def test_a_stored_url_with_credentials_is_refused_at_send_time_and_not_retried(
 def test_a_delivery_to_link_local_or_metadata_fails_whatever_the_setting(either_setting, url: str, reason: str):
     subscription = SubscriptionFactory(url=url, retry_enabled=False)
     delivery = DeliveryFactory(subscription=subscription)
-    assert delivery_attempt(delivery_id=delivery.pk) == "failed"
+    assert pump_for(delivery.pk) == "failed"
     [attempt] = _failed_once(delivery).attempts.all()
     assert attempt.error.startswith("refused by the SSRF guard: Delivery to ")
     assert reason in attempt.error and "never allowed" in attempt.error
@@ -318,7 +317,7 @@ def test_a_delivery_to_link_local_or_metadata_fails_whatever_the_setting(either_
 def test_a_delivery_to_a_deprecated_site_local_address_fails_while_the_guard_is_on(guard_on):
     subscription = SubscriptionFactory(url="http://[fec0::1]/hook", retry_enabled=False)
     delivery = DeliveryFactory(subscription=subscription)
-    assert delivery_attempt(delivery_id=delivery.pk) == "failed"
+    assert pump_for(delivery.pk) == "failed"
     [attempt] = _failed_once(delivery).attempts.all()
     assert attempt.error.startswith(
         "refused by the SSRF guard: Delivery to fec0::1 is blocked: it is a deprecated site-local address."

@@ -13,6 +13,7 @@ from events.models import Event, Store
 from routing.models import Attempt, Delivery, Subscription
 from routing.operations import subscription_secret_rotate
 from tests.factories import StoreFactory, SubscriptionFactory
+from tests.live import pump_for
 
 pytestmark = pytest.mark.django_db
 
@@ -103,7 +104,7 @@ def test_rotating_and_delivering_log_no_secret_or_token(rotated, subscriber, cap
     import logging
 
     from routing.operations import subscription_secret_rotate
-    from routing.pump import delivery_attempt
+
 
     subscription, current, previous = rotated
     Subscription.objects.filter(pk=subscription.pk).update(url=subscriber.url("/logged"))
@@ -112,7 +113,7 @@ def test_rotating_and_delivering_log_no_secret_or_token(rotated, subscriber, cap
     delivery = Delivery.objects.create(
         event=Event.objects.create(message="order:new", message_id="m-3", payload={}), subscription=subscription
     )
-    assert delivery_attempt(delivery_id=delivery.pk) == "delivered"
+    assert pump_for(delivery.pk) == "delivered"
     assert len(subscriber.received("/logged")) == 1
     assert caplog.records, "the rotation and the delivery log something"
     logged = " ".join(f"{r.getMessage()} {r.__dict__!r}" for r in caplog.records)
