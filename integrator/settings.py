@@ -259,7 +259,7 @@ HUB_LEASE_SECONDS = _env_float("HUB_LEASE_SECONDS", 6)
 # The renewals never hold a batch longer than the pump's time, the endpoint's timeout and this margin.
 HUB_DELIVERY_LEASE_MARGIN_SECONDS = _env_float("HUB_DELIVERY_LEASE_MARGIN_SECONDS", 60)
 # A pump runs for its budget, then finishes the request it started last (cut at the endpoint's
-# timeout, at most routing.transport.TIMEOUT_MAX_SECONDS = 120) and records the batch (within the
+# timeout, at most routing.transport.exchange.TIMEOUT_MAX_SECONDS = 120) and records the batch (within the
 # lease margin): Celery's limits stay above that, so they never stop a pump mid-attempt.
 CELERY_TASK_SOFT_TIME_LIMIT = max(240, math.ceil(HUB_DELIVERY_PUMP_SECONDS + 120 + HUB_DELIVERY_LEASE_MARGIN_SECONDS))
 CELERY_TASK_TIME_LIMIT = CELERY_TASK_SOFT_TIME_LIMIT + 60
@@ -353,7 +353,7 @@ HUB_TOKEN_ROTATION_GRACE_SECONDS = _env_int("HUB_TOKEN_ROTATION_GRACE_SECONDS", 
 HUB_STORE_AUTH_CACHE_SECONDS = _env_float("HUB_STORE_AUTH_CACHE_SECONDS", 2.0)
 # Each web process reads the enabled subscriptions at most this often to route pushes: a change made
 # by another process (or by a queryset update) reaches its routing within this time (see
-# routing.selectors.subscriptions_enabled_for_routing). 0 reads them on every push.
+# routing.subscriptions.subscriptions_enabled_for_routing). 0 reads them on every push.
 HUB_SUBSCRIPTIONS_CACHE_SECONDS = _env_float("HUB_SUBSCRIPTIONS_CACHE_SECONDS", 1.0)
 # Same idea for a subscription's signing secret: both signatures are sent until it ends.
 HUB_SECRET_ROTATION_GRACE_SECONDS = _env_int("HUB_SECRET_ROTATION_GRACE_SECONDS", 24 * 3600)
