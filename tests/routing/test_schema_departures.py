@@ -13,7 +13,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from events.models import Event
-from events.services import envelope_validate, event_build
+from events.services import event_build
+from events.validation import envelope_validate
 from routing.departures import departures_note
 from routing.models import Delivery, Notification
 from tests.factories import StoreFactory, SubscriptionFactory
