@@ -144,3 +144,38 @@ def test_the_openapi_components_speak_openapi_3_0():
     assert amount["anyOf"] == [{"type": "number"}, {"type": "string", "pattern": amount["anyOf"][1]["pattern"]}]
     timestamp = components["MessageDef_timestamp"]
     assert (timestamp["type"], timestamp["nullable"]) == ("string", True)
+
+
+def _variants() -> list[tuple[str, object]]:
+    """Payloads that conform and payloads that depart in one place each, for every resource."""
+    order = _seed("001_order_new")["payload"]
+    cases: list[tuple[str, object]] = [("order", order), ("order", _seed("003_order_new")["payload"])]
+    for path, value in [
+        (("order", "totals", "order"), "a lot"),
+        (("order", "line_items", 1, "quantity"), "3"),
+        (("order", "line_items"), {}),
+        (("order", "shipping_address"), None),
+        (("order",), []),
+    ]:
+        payload = copy.deepcopy(order)
+        node = payload
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+        cases.append(("order", payload))
+    cases += [
+        ("order", {}),
+        ("shipment", {"shipment": {"number": "H1", "cost": [], "order_number": "R1"}}),
+        ("shipment", {"shipment": {"number": "H1", "cost": "1.00", "order_number": "R1"}}),
+        ("product", {"product": {"id": 1, "name": "Tee", "price": "x"}}),
+        ("user", {"user": {"email": 5}}),
+        ("payment", {"payment": {"amount": {}}}),
+    ]
+    return cases
+
+
+@pytest.mark.parametrize(("name", "payload"), _variants())
+def test_the_compiled_check_and_jsonschema_agree_on_what_conforms(name, payload):
+    from events.conformance import _conforming, _validator
+
+    assert _conforming(name, payload) == (next(_validator(name).iter_errors(payload), None) is None)
