@@ -198,8 +198,8 @@ class Subscriber:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
-            # The head and the body go out as two writes: with Nagle's algorithm the body waits
-            # for the client's delayed ACK of the head, ~40 ms per request on a kept-alive connection.
+            # The head and the body go out as two writes: with Nagle's algorithm the body would wait
+            # for the client's delayed ACK of the head, on every request of a kept-alive connection.
             disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
