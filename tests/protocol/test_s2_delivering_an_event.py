@@ -1,11 +1,6 @@
 """PROTOCOL §2, delivering an event (hub -> endpoint), end to end: a store pushes the seed
 documents over HTTP, the real worker delivers them to a real subscriber, and the endpoint checks
 what it got the way an endpoint author would (a Standard Webhooks verifier, the legacy headers).
-
-Already pinned elsewhere (audited): POST/PUT by message and the per-subscription override
-(tests/routing/test_transport.py), signature + parameters + X-Hub-Token/X-Augury-Token + X-Hub-Store
-on a real delivery and webhook-id stable across retries (tests/e2e/test_delivery.py), a store's own
-events not sent back to it (tests/routing/test_delivery_attempt.py).
 """
 
 from __future__ import annotations
@@ -114,7 +109,7 @@ def test_a_store_named_outside_ascii_is_delivered_with_its_name_percent_encoded(
 def test_any_resources_updates_and_cancellations_are_put_however_spelled(message, method):
     """§2: PUT for `*:updated` and `*:canceled`. The alias table folds order/product/user
     spellings at ingest; other resources keep theirs, and must get the same verb."""
-    from routing.transport import method_for
+    from routing.transport.request import method_for
 
     assert method_for(message) == method
 
@@ -124,6 +119,6 @@ def test_the_timeout_a_request_waits_is_the_subscriptions_capped_at_120_seconds(
     """docs/protocol.md: 'within the subscription's timeout (capped at 120 s)'. The admin form
     refuses more, but a row written otherwise must neither outlast Celery's time limit nor be
     refused by requests (a timeout of 0)."""
-    from routing.transport import timeout_bounded
+    from routing.transport.exchange import timeout_bounded
 
     assert timeout_bounded(stored) == used

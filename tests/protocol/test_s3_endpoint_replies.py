@@ -1,11 +1,6 @@
 """PROTOCOL §3, what an endpoint replies: a JSON body on a 2xx is success, and its notifications,
-messages and parameters are taken in. Real HTTP to the local subscriber; delivery_attempt is called
+messages and parameters are taken in. Real HTTP to the local subscriber; the pump is called
 directly (tests/e2e/ runs the same path through the worker).
-
-Already pinned elsewhere (audited): non-JSON 2xx, non-2xx, timeouts and refused connections are
-failed attempts; notifications stored with the resource key; messages become child events with a
-depth limit; parameters merged and sent next time (tests/routing/test_delivery_attempt.py,
-tests/e2e/test_delivery.py).
 """
 
 from __future__ import annotations
@@ -16,9 +11,8 @@ import pytest
 
 from events.models import Event
 from routing.models import Delivery, Notification
-from routing.services import delivery_attempt
 from tests.factories import DeliveryFactory, SubscriptionFactory
-from tests.live import Reply, wait_until
+from tests.live import Reply, pump_for, wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -28,7 +22,7 @@ NOTE = {"level": "error", "subject": "Commande refusée", "description": "Client
 def attempt_with_reply(subscriber, reply: Reply, path: str = "/endpoint") -> Delivery:
     subscriber.program(path, reply)
     delivery = DeliveryFactory(subscription=SubscriptionFactory(url=subscriber.url(path)))
-    delivery_attempt(delivery_id=delivery.pk)
+    pump_for(delivery.pk)
     delivery.refresh_from_db()
     return delivery
 
@@ -81,7 +75,7 @@ def test_an_error_notification_on_a_2xx_is_delivered_and_shown_on_the_event(subs
     SubscriptionFactory(url=subscriber.url("/erp"), message_types=["order:new"])
     pushed = api.post("/events", {"message": "order:new", "payload": {"order": {"number": "R9"}}}, format="json")
     [delivery] = Delivery.objects.filter(event__uid=pushed.json()["event_id"])
-    assert delivery_attempt(delivery_id=delivery.pk) == "delivered"
+    assert pump_for(delivery.pk) == "delivered"
 
     body = api.get(f"/events/{pushed.json()['event_id']}").json()
     assert body["status"] == "delivered"
@@ -117,8 +111,8 @@ def test_a_returned_message_is_not_sent_back_to_the_endpoint_that_returned_it(wo
 
 @pytest.mark.django_db
 def test_an_endpoint_that_asks_receives_the_messages_it_returned(subscriber):
-    from events.services import Envelope
-    from routing.services import event_accept
+    from events.validation import Envelope
+    from routing.outbox import event_accept
 
     erp = SubscriptionFactory(url=subscriber.url("/erp"), message_types=["*"], receive_own_events=True)
     parent = DeliveryFactory(subscription=erp).event
@@ -140,8 +134,7 @@ def test_an_endpoint_that_asks_receives_the_messages_it_returned(subscriber):
     ],
 )
 def test_every_attempt_is_recorded_even_when_the_reply_body_holds_nul(subscriber, reply, state):
-    """§3: the hub records every attempt's body. PostgreSQL cannot store NUL; the attempt used to
-    crash before it was written, leaving the delivery claimed with no answer."""
+    """§3: the hub records every attempt's body, though PostgreSQL cannot store NUL."""
     delivery = attempt_with_reply(subscriber, reply)
     assert delivery.state == state
     attempt = delivery.attempts.get()
@@ -172,8 +165,7 @@ def test_a_reply_nested_too_deep_to_parse_is_a_recorded_failed_attempt(subscribe
 
 
 def test_a_reply_with_a_lone_surrogate_escape_is_taken_in_with_it_marked(subscriber):
-    """Python's json reads '\\ud800' into a str no database can encode as UTF-8; the attempt
-    crashed before it was recorded."""
+    """Python's json reads '\\ud800' into a str no database can encode as UTF-8."""
     body = b'{"notifications": [{"level": "info", "subject": "half \\ud83d of an emoji"}]}'
     delivery = attempt_with_reply(subscriber, Reply(200, body=body))
     assert delivery.state == "delivered", delivery.last_error
