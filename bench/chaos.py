@@ -1,35 +1,48 @@
-"""Chaos run: push a flood of events through a real hub while killing its workers and its broker,
-then count what arrived. Bounded in time; runs on a database and a broker of its own.
+"""Chaos run: push events through a real hub in the production shape while breaking it, then count
+what arrived. Bounded in time; runs on a database and a Redis of its own.
 
-    python bench/chaos.py [--scenario flood|slots|hot] [--seconds 30] [--orders 40] [--workers 2] [--drain 300]
-                          [--redis-down 10]
+    python bench/chaos.py [--scenario flood|redis|slots|hot] [--seconds S] [--orders 40] [--workers 2]
+                          [--concurrency 2] [--rate R] [--drain 120] [--redis-down S] [--hot-events 3000]
 
-Scenarios: `flood` (the default) pushes many orders while workers and the broker are killed at
-random. `slots`: two orders' deliveries are held by the endpoint (each takes one of its two
-in-flight slots), every worker is SIGKILLed and started again, then the other orders are pushed;
-nothing else is killed. `hot`: a single order's events, one after the other, under `flood`'s kills.
+The stack: gunicorn (2 workers x 4 threads, the repository's gunicorn.conf.py), `--workers` Celery
+workers (prefork, `--concurrency` each, no embedded beat), one `celery beat`, a private
+redis-server that is both the broker and the cache (rate limits, pending marks), and PostgreSQL
+when DATABASE_URL is set (a throwaway database `<name>_chaos_<pid>` on the same server, dropped at
+the end), else a temporary SQLite file. The shared services are never touched. The endpoint
+fails --failure-rate of its requests at random.
 
-Needs `redis-server` on PATH (a private one, the hub's broker and cache as in production, is started
-on a free port and killed repeatedly, for up to --redis-down seconds each time) and
-uses PostgreSQL when DATABASE_URL is set (a throwaway database `<name>_chaos_<pid>` on the same
-server, dropped at the end), else a temporary SQLite file. The shared services are never touched.
+Scenarios:
+- `flood` (the default): orders pushed as fast as the hub answers for --seconds while workers are
+  SIGKILLed and Redis is killed for up to --redis-down seconds (10), at random.
+- `redis`: pushes at --rate (30/s) throughout; once deliveries are on the wire, Redis is killed
+  for --redis-down seconds (60) and started again, empty. Prints the POSTs sent during the outage,
+  the share accepted, and the time from Redis's return until every event accepted by then is
+  delivered.
+- `slots`: two orders' first deliveries are held by the endpoint (each takes one of its two
+  in-flight slots), the pool processes sending them are SIGKILLed, and another order is pushed,
+  then traffic at --rate for --seconds: the stall of the other orders and of the held deliveries
+  (bench/figures.py, as the bench's `stall` row).
+- `hot`: one order's chain of --hot-events events pushed at once, alongside traffic at --rate
+  over the other orders until the chain is delivered; the endpoint never fails the hot order.
+  Prints the chain's rate over its first and last --hot-part events.
 
-It prints: pushed (POSTs tried), accepted (events the hub acknowledged), delivered (accepted
-events the subscriber acknowledged), lost (accepted, never delivered: must be 0), duplicates
-(deliveries the subscriber saw again after acknowledging them: allowed by at-least-once, they
-happen when a worker dies between the endpoint's answer and the hub's record of it) and order
-violations (an order's event arriving before an earlier one was acknowledged: must be 0), the
-stall: the longest the endpoint went without a new acknowledgement while events were owed
-(`slots`: from the SIGKILL to the other orders' first delivery, and to the held ones' second), the
-pushes the hub refused (by status: a Redis outage must refuse none) and the workers that died on
-their own (restarted, as a supervisor would; must be 0).
-Exit status 0 only when nothing was lost, no order was broken and every push was accepted.
+Each prints pushed (events), accepted (events the hub acknowledged), delivered, lost (accepted,
+never delivered: must be 0), duplicates (deliveries the endpoint saw again after acknowledging
+them: at-least-once allows them, when a worker dies between the endpoint's answer and the hub's
+record of it), order violations (an order's event arriving before an earlier one was
+acknowledged: must be 0), the stall (the longest the endpoint went without a new
+acknowledgement), the POSTs the hub refused (by status: an outage must refuse none), and the
+workers that died on their own (restarted, as a supervisor would; must be 0).
+
+The drain after the pushes waits as long as deliveries go on: it gives up only when --drain
+seconds pass without a new one, so a longer or faster push does not run out of drain.
+Exit status 0 only when nothing was lost, no order was broken, every push was accepted and no
+worker died on its own.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -39,22 +52,30 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections import Counter, defaultdict
-from collections.abc import Collection
+from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.live import Received, RedisServer, Reply, Subscriber, Worker, free_port, port_accepts, wait_until  # noqa: E402
+from bench.chaos_sides import PUSH_TRIES, Endpoint, Store, push_for  # noqa: E402
+from bench.figures import Stall, chain_rates, stall_after_sigkill  # noqa: E402
+from tests.live import RedisServer, Subscriber, Worker, free_port, port_accepts, wait_until  # noqa: E402
 
 QUEUE = "hub-chaos"
-# Longer than any lease a worker renews: only the hub's giving up on a dead worker frees the slot.
-HELD_SECONDS = 120.0
+# Per scenario: push seconds, pushes a second (0: as fast as the hub answers), Redis outage seconds.
+DEFAULTS = {
+    "flood": (30.0, 0.0, 10.0),
+    "redis": (90.0, 30.0, 60.0),
+    "slots": (20.0, 30.0, 0.0),
+    "hot": (600.0, 30.0, 0.0),
+}
+HELD = ("H0", "H1")
+HOT = "HOT"
 
 
 def database_create(base_url: str) -> tuple[str, str | None]:
@@ -82,70 +103,297 @@ def database_drop(base_url: str, name: str | None) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-class Endpoint:
-    """The subscriber's side: fails a share of requests at random, acknowledges the rest, and
-    checks each order's events arrive in sequence."""
+@dataclass
+class Supervisor:
+    """Starts again a worker that died on its own (as compose or scripts/serve does), counting it.
+    The chaos thread's own kills go through it, so that they are not counted."""
 
-    def __init__(self, failure_rate: float, held: Collection[str] = ()) -> None:
-        self.failure_rate = failure_rate
-        self.random = random.Random(7)
-        self.acked: Counter[str] = Counter()
-        self.requests = 0
-        self.next_seq: dict[str, int] = defaultdict(int)
-        self.order_violations: list[str] = []
-        # When each message was first acknowledged (monotonic), by message_id.
-        self.acked_at: dict[str, float] = {}
-        # Orders whose first request the endpoint sits on (HELD_SECONDS), keeping a slot taken.
-        self.held = set(held)
-        self.holding: set[str] = set()
+    workers: list[Worker]
+    kills: Counter[str] = field(default_factory=Counter)
 
-    def __call__(self, request: Received) -> Reply:
-        self.requests += 1
-        body = request.json()
-        message_id = body["message_id"]
-        order = body["payload"]["order"]
-        number, seq = order["number"], order["seq"]
-        if self.acked[message_id]:
-            self.acked[message_id] += 1  # a duplicate: acknowledge again, as a deduplicating endpoint would
-            return Reply.ok(message_id=message_id)
-        if seq != self.next_seq[number]:
-            self.order_violations.append(f"{number}: got {seq}, owed {self.next_seq[number]}")
-        if number in self.held and number not in self.holding:
-            self.holding.add(number)
-            return Reply.slow(HELD_SECONDS)
-        if number not in self.held and self.random.random() < self.failure_rate:
-            return Reply.error(503)
-        self.acked[message_id] += 1
-        self.acked_at[message_id] = time.monotonic()
-        self.next_seq[number] = max(self.next_seq[number], seq + 1)
-        return Reply.ok(message_id=message_id)
+    def check(self) -> None:
+        for worker in self.workers:
+            if worker.process is not None and worker.process.poll() is not None:
+                self.kills["died"] += 1
+                self.start(worker)
+
+    def start(self, worker: Worker) -> None:
+        try:
+            worker.start()
+        except AssertionError:
+            # Not ready in time (the broker still down, say): the next check tries again.
+            self.kills["slow starts"] += 1
+
+    def watch(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.check()
+            time.sleep(min(1.0, max(0.0, end - time.monotonic())))
 
 
-def main() -> int:
+@dataclass
+class Outage:
+    # Wall clock: Redis killed, Redis back; deliveries on the wire when it was killed.
+    start: float = 0.0
+    end: float = 0.0
+    on_the_wire: int = 0
+
+
+@dataclass
+class Run:
+    """What a scenario acts on: the started stack and both outer sides."""
+
+    args: argparse.Namespace
+    redis: RedisServer
+    subscriber: Subscriber
+    subscription_id: int
+    endpoint: Endpoint
+    store: Store
+    workers: list[Worker]
+    supervisor: Supervisor
+    outage: Outage = field(default_factory=Outage)
+    stall: Stall | None = None
+    # Ends the traffic before its time.
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def kills(self) -> Counter[str]:
+        return self.supervisor.kills
+
+    def traffic(self, until: float) -> None:
+        """Each pusher's loop over its share of the orders, until `until` (monotonic)."""
+        args = self.args
+        orders = [f"C{n}" for n in range(args.orders)]
+        rate = args.rate / args.pushers
+        with ThreadPoolExecutor(args.pushers) as pool:
+            futures = [
+                pool.submit(
+                    push_for, self.store, orders[n :: args.pushers], until=until, rate=rate, seed=n, stop=self.stop
+                )
+                for n in range(args.pushers)
+            ]
+        for future in futures:
+            future.result()
+
+    def alongside(self, chaos: Callable[[], None], until: float) -> None:
+        """The traffic until `until`, with `chaos` running in a thread beside it."""
+        thread = threading.Thread(target=chaos, daemon=True)
+        thread.start()
+        self.traffic(until)
+        thread.join()
+
+
+def flood(run: Run, until: float) -> None:
+    """Workers SIGKILLed (and started again) and Redis killed, at random, while pushing."""
+
+    def chaos() -> None:
+        rng = random.Random(11)
+        while time.monotonic() < until:
+            run.supervisor.watch(rng.uniform(2, 4))
+            if not run.kills["broker"] or rng.random() < 0.35:  # Redis goes first, so that every run has it
+                run.redis.kill()
+                run.kills["broker"] += 1
+                run.supervisor.watch(rng.uniform(run.args.redis_down / 3, run.args.redis_down))
+                run.redis.start()
+            else:
+                victim = rng.choice(run.workers)
+                victim.kill()
+                run.kills["worker"] += 1
+                run.supervisor.start(victim)
+
+    run.alongside(chaos, until)
+
+
+def redis_outage(run: Run, until: float) -> None:
+    """One long Redis outage, begun while deliveries are on the wire, pushes going on throughout."""
+    from routing.models import Delivery
+
+    def chaos() -> None:
+        run.supervisor.watch(run.args.warmup)
+        sending = Delivery.objects.filter(state="delivering")
+        wait_until(sending.exists, 60, 0.01, "deliveries on the wire")
+        run.outage.on_the_wire = sending.count()
+        run.outage.start = time.time()
+        run.redis.kill()
+        run.kills["broker"] += 1
+        run.supervisor.watch(run.args.redis_down)
+        run.redis.start()
+        run.outage.end = time.time()
+        run.supervisor.watch(until - time.monotonic())
+
+    run.alongside(chaos, until)
+
+
+def slots(run: Run, until: float) -> None:
+    """The held orders take both of the endpoint's slots; the pool processes sending them are
+    SIGKILLed; another order is pushed, then the traffic."""
+    for number in HELD:
+        run.store.push(number)
+        wait_until(lambda n=number: n in run.endpoint.holding, 60, message=f"{number} held by the endpoint")
+    pushing = threading.Thread(target=lambda: run.traffic(time.monotonic() + run.args.seconds), daemon=True)
+
+    def push_other() -> Callable[[], bool]:
+        run.store.push("O")
+        pushing.start()
+        return lambda: "O-0" in run.endpoint.first_seen
+
+    run.stall = stall_after_sigkill(
+        subscription_id=run.subscription_id,
+        workers=[worker.process.pid for worker in run.workers if worker.process is not None],
+        port=run.subscriber.port,
+        push_other=push_other,
+        held_again=lambda: all(run.endpoint.requested[f"{number}-0"] >= 2 for number in HELD),
+    )
+    run.kills["pool process"] += run.stall.killed
+    while pushing.is_alive():
+        run.supervisor.watch(1)
+
+
+def hot(run: Run, until: float) -> None:
+    """One order's long chain pushed at once, in batches, beside the other orders' traffic, which
+    goes on until the chain is delivered (or `until`)."""
+    size = 100
+
+    def chain() -> None:
+        for _ in range(0, run.args.hot_events, size):
+            run.store.push_many(HOT, size)
+        last = f"{HOT}-{run.args.hot_events - 1}"
+        while last not in run.endpoint.acked_at and time.monotonic() < until:
+            time.sleep(0.2)
+        run.stop.set()
+
+    run.alongside(chain, until)
+    run.supervisor.check()
+
+
+SCENARIOS: dict[str, Callable[[Run, float], None]] = {"flood": flood, "redis": redis_outage, "slots": slots, "hot": hot}
+
+
+def drain(run: Run) -> int:
+    """Wait while the accepted events go on arriving; give up after --drain seconds without a new
+    one. How many were delivered."""
+    accepted = list(run.store.accepted)
+    progress, progress_at = -1, time.monotonic()
+    while (delivered := run.endpoint.delivered(accepted)) < len(accepted):
+        if delivered > progress:
+            progress, progress_at = delivered, time.monotonic()
+        elif time.monotonic() - progress_at > run.args.drain:
+            break
+        run.supervisor.check()
+        time.sleep(0.5)
+    return delivered
+
+
+def report(run: Run, delivered: int, push_seconds: float, drain_seconds: float, delivered_then: int) -> bool:
+    """Print the figures; whether the run was clean."""
+    from routing.models import Delivery
+
+    args, store, endpoint, kills = run.args, run.store, run.endpoint, run.kills
+    accepted = dict(store.accepted)
+    lost = len(accepted) - delivered
+    acked_at = endpoint.ack_times()
+    times = sorted(acked_at.values())
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    refused = store.refused()
+    lines = [
+        ("scenario", args.scenario),
+        ("pushed", f"{len(accepted) + len(store.given_up)} events ({len(store.posts)} POSTs)"),
+        ("accepted", len(accepted)),
+        ("delivered", delivered),
+        ("lost", lost),
+        ("duplicates", endpoint.duplicates()),
+        ("order violations", len(endpoint.order_violations)),
+        ("stall", f"{max(gaps, default=0.0):.1f}s (longest without a new acknowledgement)"),
+    ]
+    if run.stall is not None:
+        lines += [
+            ("after SIGKILL", f"{run.stall.killed} pool processes holding both slots killed"),
+            ("  other orders", f"delivered {run.stall.other:.1f}s after"),
+            ("  held ones", f"sent again {run.stall.held:.1f}s after"),
+        ]
+    if run.outage.end:
+        outage = run.outage
+        during = store.posts_between(outage.start, outage.end)
+        ok = sum(1 for status in during if status in (200, 202))
+        owed = [m for m, at in accepted.items() if at <= outage.end]
+        undelivered = sum(1 for m in owed if m not in acked_at)
+        drained = max((acked_at.get(m, 0.0) for m in owed), default=outage.end) - outage.end
+        resumed = min((at for at in times if at >= outage.end), default=outage.end) - outage.end
+        lines += [
+            ("Redis outage", f"{outage.end - outage.start:.1f}s, from {outage.on_the_wire} deliveries on the wire"),
+            ("  POSTs during", f"{len(during)}, accepted {ok} ({ok / max(len(during), 1):.1%})"),
+            ("  resumed", f"first delivery {resumed:.1f}s after Redis's return"),
+            (
+                "  drained",
+                f"{drained:.1f}s after Redis's return (all accepted by then delivered)"
+                if not undelivered
+                else f"never: {undelivered} accepted by Redis's return not delivered",
+            ),
+        ]
+    if args.scenario == "hot":
+        chain = sorted(at for m, at in acked_at.items() if m.startswith(f"{HOT}-"))
+        part = min(args.hot_part, len(chain) // 2)
+        rates = "too few delivered to tell"
+        if part >= 2:
+            first, last = chain_rates(chain, part)
+            rates = f"first {part} {first:.1f}/s, last {part} {last:.1f}/s"
+        lines.append(("hot order", f"{len(chain)} of {args.hot_events} delivered; {rates}"))
+    lines += [
+        ("not accepted", f"{len(store.given_up)} (the store gave up after {PUSH_TRIES} tries)"),
+        ("refused", f"{sum(refused.values())} answers {dict(refused)}"),
+        (
+            "chaos",
+            f"{kills['worker']} worker SIGKILLs, {kills['pool process']} pool process SIGKILLs,"
+            f" {kills['broker']} Redis kills",
+        ),
+        ("workers died", f"{kills['died']} on their own (restarted)"),
+        ("endpoint", f"{endpoint.requests} requests, failure rate {args.failure_rate:.0%}"),
+        ("hub deliveries", dict(Counter(Delivery.objects.values_list("state", flat=True)))),
+        ("time", f"pushing {push_seconds:.1f}s ({delivered_then} delivered by then), draining {drain_seconds:.1f}s"),
+    ]
+    for label, value in lines:
+        print(f"{label + ':':<18}{value}")
+    for violation in endpoint.order_violations[:5]:
+        print(f"  order violation: {violation}")
+    return not (lost or endpoint.order_violations or store.given_up or refused or kills["died"])
+
+
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenario", choices=("flood", "slots", "hot"), default="flood")
-    parser.add_argument("--seconds", type=float, default=30, help="how long to push (default 30)")
-    # Long enough for the ordered chains to drain the backlog a Redis outage leaves.
-    parser.add_argument("--drain", type=float, default=300, help="how long to wait for deliveries after")
+    parser.add_argument("--scenario", choices=tuple(SCENARIOS), default="flood")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        help="how long to push (per scenario: 30, 90, 20; hot: until its chain is in, 600 at most)",
+    )
+    parser.add_argument("--rate", type=float, help="pushes a second, 0 = as fast as answered (0, 30, 30, 30)")
+    parser.add_argument("--redis-down", type=float, help="Redis outage, seconds (flood: the longest, 10; redis: 60)")
+    parser.add_argument("--warmup", type=float, default=10, help="redis: pushing before the outage (default 10)")
+    # Longer than any quiet spell of a working hub: a dead worker's lease, the sweep, the longest
+    # retry delay, Redis coming back.
+    parser.add_argument(
+        "--drain", type=float, default=120, help="give up when no delivery arrives for this long (default 120)"
+    )
     parser.add_argument("--orders", type=int, default=40, help="distinct orders (resource keys)")
-    parser.add_argument("--workers", type=int, default=2, help="Celery worker processes to kill and restart")
+    parser.add_argument("--workers", type=int, default=2, help="Celery workers")
+    parser.add_argument("--concurrency", type=int, default=2, help="pool processes per worker (default 2)")
     parser.add_argument("--pushers", type=int, default=4, help="concurrent pushing threads")
     parser.add_argument("--failure-rate", type=float, default=0.1, help="share of requests the endpoint fails")
-    parser.add_argument("--redis-down", type=float, default=10, help="longest Redis outage, seconds (default 10)")
+    parser.add_argument("--hot-events", type=int, default=3000, help="hot: the hot order's events (default 3000)")
+    parser.add_argument("--hot-part", type=int, default=500, help="hot: events in its first and last part")
     args = parser.parse_args()
-    if args.scenario == "hot":
-        # One order: one pusher owns it, as a store sends an order's updates one after the other.
-        args.orders, args.pushers = 1, 1
-    held = ("H0", "H1") if args.scenario == "slots" else ()
+    seconds, rate, down = DEFAULTS[args.scenario]
+    args.seconds = seconds if args.seconds is None else args.seconds
+    args.rate = rate if args.rate is None else args.rate
+    args.redis_down = down if args.redis_down is None else args.redis_down
+    return args
 
-    base_url = os.environ.get("DATABASE_URL", "")
-    database_url, dropped = database_create(base_url)
-    redis = RedisServer().start()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("REDIS_URL", "CACHE_REDIS_URL", "CELERY_BROKER_URL", "SQLITE_PATH", "DATABASE_URL")
-    }
+
+def hub_environment(database_url: str, redis: RedisServer) -> dict[str, str]:
+    """The environment of every hub process, and of this one (Django set up in it, for the
+    database's figures)."""
+    dropped = ("REDIS_URL", "CACHE_REDIS_URL", "CELERY_BROKER_URL", "SQLITE_PATH", "DATABASE_URL")
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     if database_url.startswith("sqlite:"):
         env["SQLITE_PATH"] = database_url.removeprefix("sqlite:///")
     else:
@@ -166,199 +414,99 @@ def main() -> int:
         PYTHONUNBUFFERED="1",
     )
     os.environ.update(env)
-    for name in ("REDIS_URL", "CACHE_REDIS_URL", "CELERY_BROKER_URL", "DATABASE_URL", "SQLITE_PATH"):
+    for name in dropped:
         if name not in env:
             os.environ.pop(name, None)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "integrator.settings")
+    return env
+
+
+def main() -> int:
+    args = arguments()
+    base_url = os.environ.get("DATABASE_URL", "")
+    database_url, dropped = database_create(base_url)
+    redis = RedisServer().start()
+    env = hub_environment(database_url, redis)
     logs = Path(env["HUB_VAR_DIR"])
     processes: list[subprocess.Popen[bytes]] = []
     workers: list[Worker] = []
-    clean = False
+    clean = keep_logs = False
     subscriber = Subscriber().start()
     try:
         subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
         import django
 
         django.setup()
-        from events.models import Store
+        from events.models import Store as HubStore
         from routing.models import Subscription
 
-        store = Store(name="chaos")
-        token = store.token_set_new()
-        store.save()
-        endpoint = Endpoint(args.failure_rate, held)
+        hub_store = HubStore(name="chaos")
+        token = hub_store.token_set_new()
+        hub_store.save()
+        endpoint = Endpoint(
+            args.failure_rate,
+            held=HELD if args.scenario == "slots" else (),
+            healthy=(HOT,) if args.scenario == "hot" else (),
+        )
         subscriber.respond_with("/chaos", endpoint)
-        Subscription.objects.create(
+        subscription = Subscription.objects.create(
             name="chaos",
             url=subscriber.url("/chaos"),
             message_types=["order:*"],
             timeout_seconds=5,
             retry_schedule=[0.5, 1, 1, 2, 2, 3, 3, 5, 5, 5, 5, 5, 5, 5, 5],
             # Two for `slots`: the held orders take both.
-            max_in_flight=2 if held else 4,
+            max_in_flight=2 if args.scenario == "slots" else 4,
         )
 
         port = free_port()
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "integrator.wsgi:application", f"--bind=127.0.0.1:{port}"]
-                + ["--workers=2", "--threads=4"],
-                cwd=ROOT,
-                env=env,
-                stdout=open(logs / "web.log", "wb"),  # noqa: SIM115 - the child's for its whole life
-                stderr=subprocess.STDOUT,
+        for name, command in (
+            (
+                "web",
+                ["gunicorn", "integrator.wsgi:application", f"--bind=127.0.0.1:{port}", "--workers=2", "--threads=4"],
+            ),
+            ("beat", ["celery", "-A", "integrator", "beat", "-s", str(logs / "beat-schedule")]),
+        ):
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", *command],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=open(logs / f"{name}.log", "wb"),  # noqa: SIM115 - the child's for its whole life
+                    stderr=subprocess.STDOUT,
+                )
             )
-        )
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "integrator", "beat", "-s", str(logs / "beat-schedule")],
-                cwd=ROOT,
-                env=env,
-                stdout=open(logs / "beat.log", "wb"),  # noqa: SIM115
-                stderr=subprocess.STDOUT,
-            )
-        )
         for n in range(args.workers):
-            workers.append(Worker(env=env, log_path=logs / f"worker-{n}.log", queue=QUEUE).start())
+            worker = Worker(
+                env=env,
+                log_path=logs / f"worker-{n}.log",
+                queue=QUEUE,
+                pool="prefork",
+                concurrency=args.concurrency,
+                beat=False,
+            )
+            workers.append(worker.start())
         wait_until(lambda: port_accepts(port), 60, message="gunicorn")
-        url = f"http://127.0.0.1:{port}/events"
 
-        pushed = Counter[str]()
-        refused = Counter[int]()
-        accepted: set[str] = set()
-        given_up: list[str] = []
-        lock = threading.Lock()
-        seqs = {f"C{n}": 0 for n in range(args.orders)} | {number: 0 for number in held}
-
-        def push_one(number: str) -> None:
-            seq = seqs[number]
-            seqs[number] += 1
-            message_id = f"{number}-{seq}"
-            envelope = {
-                "message": "order:updated",
-                "message_id": message_id,
-                "payload": {"order": {"number": number, "seq": seq}},
-            }
-            body = json.dumps(envelope).encode()
-            headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-            # A store retries a push that got no answer, with the same message_id (idempotent).
-            for _ in range(30):
-                with lock:
-                    pushed["posts"] += 1
-                request = urllib.request.Request(url, data=body, method="POST", headers=headers)
-                try:
-                    with urllib.request.urlopen(request, timeout=30) as response:
-                        if response.status in (200, 202):
-                            with lock:
-                                accepted.add(message_id)
-                            return
-                except urllib.error.HTTPError as exc:
-                    with lock:
-                        refused[exc.code] += 1
-                except (urllib.error.URLError, OSError):
-                    pass
-                time.sleep(0.5)
-            with lock:
-                given_up.append(message_id)
-
-        # Each order belongs to one pusher, as a store sends an order's updates one after the other:
-        # the order the hub accepts them in is then the order of their sequence numbers.
-        def pusher(orders: list[str]) -> None:
-            orders = [number for number in orders if number not in held]
-            rng = random.Random(len(orders))
-            while time.monotonic() < stop_at:
-                push_one(rng.choice(orders))
-
-        kills = Counter[str]()
-        killed_at = None
-        if held:
-            # Each held order's first delivery on the wire, in a batch of its own (one slot each);
-            # a fresh worker joins, then every worker that could hold them is SIGKILLed (and
-            # started again in the background, as a supervisor would).
-            for number in held:
-                push_one(number)
-                wait_until(lambda n=number: n in endpoint.holding, 60, message=f"{number} held by the endpoint")
-            victims = list(workers)
-            workers.append(Worker(env=env, log_path=logs / "worker-fresh.log", queue=QUEUE).start())
-            killed_at = time.monotonic()
-            for worker in victims:
-                worker.kill()
-                kills["worker"] += 1
-            threading.Thread(target=lambda: [worker.start() for worker in victims], daemon=True).start()
-        stop_at = time.monotonic() + args.seconds
-
-        def chaos() -> None:
-            if held:
-                return
-            rng = random.Random(11)
-            while time.monotonic() < stop_at:
-                time.sleep(rng.uniform(2, 4))
-                for worker in workers:
-                    if worker.process is not None and worker.process.poll() is not None:
-                        kills["died"] += 1
-                        worker.start()
-                if not kills["broker"] or rng.random() < 0.35:  # Redis goes first, so that every run has it
-                    redis.kill()
-                    kills["broker"] += 1
-                    time.sleep(rng.uniform(args.redis_down / 3, args.redis_down))
-                    redis.start()
-                else:
-                    victim = rng.choice(workers)
-                    victim.kill()
-                    kills["worker"] += 1
-                    victim.start()
-
+        run = Run(
+            args=args,
+            redis=redis,
+            subscriber=subscriber,
+            subscription_id=subscription.pk,
+            endpoint=endpoint,
+            store=Store(f"http://127.0.0.1:{port}", token),
+            workers=workers,
+            supervisor=Supervisor(workers),
+        )
         started = time.monotonic()
-        chaos_thread = threading.Thread(target=chaos, daemon=True)
-        chaos_thread.start()
-        with ThreadPoolExecutor(args.pushers) as pool:
-            names = [number for number in seqs if number not in held]
-            futures = [pool.submit(pusher, names[n :: args.pushers]) for n in range(args.pushers)]
-        for future in futures:
-            future.result()
-        chaos_thread.join()
+        SCENARIOS[args.scenario](run, started + args.seconds)
         push_seconds = time.monotonic() - started
-
-        def drained() -> bool:
-            return all(endpoint.acked[m] for m in accepted)
-
-        try:
-            wait_until(drained, args.drain, interval=0.5, message="every accepted event delivered")
-        except AssertionError:
-            pass
-        drain_seconds = time.monotonic() - started - push_seconds
-
-        from routing.models import Delivery
-
-        delivered = sum(1 for m in accepted if endpoint.acked[m])
-        lost = len(accepted) - delivered
-        duplicates = sum(count - 1 for count in endpoint.acked.values() if count > 1)
-        states = dict(Counter(Delivery.objects.values_list("state", flat=True)))
-        print(f"pushed:           {len(accepted) + len(given_up)} events ({pushed['posts']} POSTs)")
-        print(f"accepted:         {len(accepted)}")
-        print(f"delivered:        {delivered}")
-        print(f"lost:             {lost}")
-        print(f"duplicates:       {duplicates}")
-        print(f"order violations: {len(endpoint.order_violations)}")
-        times = sorted(endpoint.acked_at.values())
-        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-        print(f"stall:            {max(gaps, default=0.0):.1f}s (longest without a new acknowledgement)")
-        if killed_at is not None:
-            others = [at for m, at in endpoint.acked_at.items() if m.split("-")[0] not in held]
-            again = [at for m, at in endpoint.acked_at.items() if m.split("-")[0] in held]
-            print(f"after SIGKILL:    other orders delivered after {min(others, default=killed_at) - killed_at:.1f}s,")
-            print(f"                  held ones again after {max(again, default=killed_at) - killed_at:.1f}s")
-        print(f"not accepted:     {len(given_up)} (the store gave up after 30 tries)")
-        print(f"refused:          {sum(refused.values())} answers {dict(refused)}")
-        print(f"chaos:            {kills['worker']} worker SIGKILLs, {kills['broker']} Redis kills")
-        print(f"workers died:     {kills['died']} on their own (restarted)")
-        print(f"endpoint:         {endpoint.requests} requests, failure rate {args.failure_rate:.0%}")
-        print(f"hub deliveries:   {states}")
-        print(f"time:             pushing {push_seconds:.1f}s, draining {drain_seconds:.1f}s")
-        for violation in endpoint.order_violations[:5]:
-            print(f"  order violation: {violation}")
-        clean = not (lost or endpoint.order_violations or given_up or refused or kills["died"])
-        if not clean:
+        delivered_then = endpoint.delivered(list(run.store.accepted))
+        delivered = drain(run)
+        clean = report(run, delivered, push_seconds, time.monotonic() - started - push_seconds, delivered_then)
+        keep_logs = not clean or bool(endpoint.duplicates())
+        if keep_logs:
+            # Duplicates are allowed, but the logs say which batches' leases ran out.
             print(f"logs kept in {logs}")
         return 0 if clean else 1
     finally:
@@ -377,7 +525,7 @@ def main() -> int:
 
         connections.close_all()
         database_drop(base_url, dropped)
-        if clean:
+        if clean and not keep_logs:
             shutil.rmtree(env["HUB_VAR_DIR"], ignore_errors=True)
         if database_url.startswith("sqlite:"):
             shutil.rmtree(Path(database_url.removeprefix("sqlite:///")).parent, ignore_errors=True)

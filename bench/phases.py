@@ -6,21 +6,21 @@ import asyncio
 import itertools
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench import load
 from bench.data import database_settle, events_fill, events_truncate
+from bench.figures import chain_rates, stall_after_sigkill
 from bench.plan import HOST, SEED, Plan, Row
 from bench.stack import (
     Processes,
     RssSampler,
     children,
-    connected_to,
     free_port,
     log,
     peer_environment,
@@ -614,6 +614,10 @@ class Bench:
             raise SystemExit(f"bench: push answered {response.status}: {response.body[:300]!r}")
         return json.loads(response.body)["event_id"]
 
+    def arrived(self, event_id: str, path: str) -> Callable[[], bool]:
+        """Whether the event has reached the subscriber at `path`."""
+        return lambda: f"{event_id}|{path}" in self.subscriber_stats()["received"]
+
     def only_subscription(self, name: str, path: str, **fields: Any) -> Any:
         from routing.models import Subscription
 
@@ -649,9 +653,7 @@ class Bench:
 
         asyncio.run(push())
         wait_for(lambda: self.subscriber_stats()["count"] >= count, 1800, f"the chain's {count:,} deliveries", 0.5)
-        times = sorted(self.subscriber_stats()["received"].values())
-        first = (part - 1) / (times[part - 1] - times[0])
-        last = (part - 1) / (times[-1] - times[-part])
+        first, last = chain_rates(sorted(self.subscriber_stats()["received"].values()), part)
         self.deliveries_settled()
         self.add(
             "chain_first",
@@ -680,10 +682,8 @@ class Bench:
         ones; its beat goes on sweeping): seconds
         until another order's event pushed at that moment is delivered, and until the held ones
         are sent again. Baseline: that event's delivery when nothing is wrong."""
-        from routing.models import Delivery
-
         log("stall: both slots held, the worker's pool SIGKILLed, another order pushed")
-        self.only_subscription("bench-stall", "/s", max_in_flight=2)
+        sub = self.only_subscription("bench-stall", "/s", max_in_flight=2)
         started = time.time()
         calm = self.push_one(self.order_envelope("bench-calm", 0))
         wait_for(lambda: calm + "|/s" in self.subscriber_stats()["received"], 60, "an undisturbed delivery", 0.01)
@@ -692,25 +692,16 @@ class Bench:
         for number in ("bench-held-a", "bench-held-b"):
             held.append(self.push_one(self.order_envelope(number, 0, hold=True)))
             wait_for(lambda: held[-1] + "|/s" in self.subscriber_stats()["received"], 60, "a held delivery", 0.01)
-        wait_for(
-            lambda: Delivery.objects.filter(state="delivering").values("claim").distinct().count() == 2,
-            30,
-            "two batches holding both slots",
-            0.05,
+        stall = stall_after_sigkill(
+            subscription_id=sub.pk,
+            workers=[self.rss.roles["worker"]],
+            port=self.sub_port,
+            push_other=lambda: self.arrived(self.push_one(self.order_envelope("bench-other", 0)), "/s"),
+            # The held deliveries' second requests (same webhook-id): the subscriber counts every one.
+            held_again=lambda: self.subscriber_stats()["count"] >= 6,
         )
-        # The pool processes with a connection to the subscriber: those sending the held ones,
-        # and any other keeping one alive. Not the embedded beat, whose sweeper must go on.
-        victims = connected_to(children(self.rss.roles["worker"]), self.sub_port)
-        killed = time.time()
-        for pid in victims:
-            os.kill(pid, signal.SIGKILL)
-        log(f"stall: SIGKILLed {len(victims)} pool processes")
-        other = self.push_one(self.order_envelope("bench-other", 0))
-        wait_for(lambda: other + "|/s" in self.subscriber_stats()["received"], 600, "the other order's delivery", 0.05)
-        other_after = self.subscriber_stats()["received"][other + "|/s"] - killed
-        # The held deliveries' second requests (same webhook-id): the subscriber counts every one.
-        wait_for(lambda: self.subscriber_stats()["count"] >= 6, 600, "the held deliveries sent again", 0.05)
-        held_after = time.time() - killed
+        log(f"stall: SIGKILLed {stall.killed} pool processes")
+        other_after, held_after = stall.other, stall.held
         self.deliveries_settled()
         self.add(
             "stall_other",

@@ -198,6 +198,9 @@ class Subscriber:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # The head and the body go out as two writes: with Nagle's algorithm the body would wait
+            # for the client's delayed ACK of the head, on every request of a kept-alive connection.
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
                 pass
@@ -269,20 +272,29 @@ class Subscriber:
 
 class Worker:
     """`celery -A integrator worker -B` in a subprocess, on the given database and broker, with a
-    short sweeper interval. Its output goes to a log file that a failing test can read."""
+    short sweeper interval (`beat=False`: no embedded beat, for a run with a beat of its own, as
+    compose has). Its output goes to a log file that a failing test can read."""
 
     # Workers started and not stopped: they all sweep the same database, so a test that must be
     # the only one doing so pauses the others (workers_paused).
     alive: ClassVar[list[Worker]] = []
 
     def __init__(
-        self, *, env: dict[str, str], log_path: Path, queue: str, pool: str = "threads", concurrency: int = 4
+        self,
+        *,
+        env: dict[str, str],
+        log_path: Path,
+        queue: str,
+        pool: str = "threads",
+        concurrency: int = 4,
+        beat: bool = True,
     ) -> None:
         self.env = env
         self.log_path = log_path
         self.queue = queue
         self.pool = pool
         self.concurrency = concurrency
+        self.beat = beat
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Worker:
@@ -297,9 +309,7 @@ class Worker:
                 "-A",
                 "integrator",
                 "worker",
-                "-B",
-                "-s",
-                str(schedule),
+                *(["-B", "-s", str(schedule)] if self.beat else []),
                 "-Q",
                 self.queue,
                 f"--pool={self.pool}",
