@@ -26,7 +26,7 @@ from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
 from integrator import metrics, tracing
-from routing import retry, transport
+from routing import formats, retry, transport
 from routing.attempts import (
     attempt_outcome,
     events_status_refresh,
@@ -136,18 +136,8 @@ def _batch_send(batch: Batch, *, deadline: float) -> tuple[list[_Sent], list[Del
         started_at = timezone.now()
         span = tracing.attempt_start(delivery, sub)
         try:
-            request = transport.request_build(
-                url=sub.url,
-                message=event.message,
-                message_id=event.message_id,
-                payload=event.payload,
-                parameters=sub.parameters or [],
-                webhook_id=str(event.uid),
-                signing_secret=sub.signing_secret,
-                previous_signing_secret=previous_secret,
-                token=sub.token,
-                store_name=_store_name(delivery),
-                method_override=sub.http_method,
+            request = formats.delivery_request(
+                sub, event, store_name=_store_name(delivery), previous_signing_secret=previous_secret
             )
             result = transport.request_send(
                 request,
@@ -155,6 +145,8 @@ def _batch_send(batch: Batch, *, deadline: float) -> tuple[list[_Sent], list[Del
                 body_max_chars=settings.HUB_RESPONSE_BODY_MAX_CHARS,
                 read_max_bytes=settings.HUB_RESPONSE_READ_MAX_BYTES,
             )
+        except formats.RenderFailed as exc:
+            result = exc.exchange_result()
         except Exception as exc:  # noqa: BLE001 - one delivery's fault must not lose the batch's outcomes
             logger.exception("could not send a delivery", extra={"delivery_id": delivery.pk})
             result = transport.ExchangeResult(
