@@ -50,7 +50,12 @@ def _problem(stage: str, exc: BaseException) -> dict[str, Any]:
     """Where (the expression's character position, when JSONata knows it) and why."""
     code = getattr(exc, "error", None)
     position = getattr(exc, "location", None)
-    reason = str(exc) or type(exc).__name__
+    if isinstance(exc, MemoryError):
+        reason = "the mapping ran out of memory (HUB_TRANSFORM_MEMORY_MAX_BYTES)"
+    elif isinstance(exc, RecursionError):
+        reason = "the mapping nests or recurses too deep"
+    else:
+        reason = str(exc) or type(exc).__name__
     return {
         "stage": stage,
         "code": code if isinstance(code, str) else None,
@@ -101,9 +106,9 @@ def main() -> None:
             return
         try:
             answer = _answer(request, compiled)
-        except MemoryError:
+        except MemoryError as exc:
             compiled.clear()
-            answer = {"error": {"stage": "evaluate", "reason": "the mapping ran out of memory"}}
+            answer = {"error": _problem("evaluate", exc)}
         _frame_write(stdout, answer)
 
 

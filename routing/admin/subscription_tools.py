@@ -43,7 +43,9 @@ class TokenForm(forms.Form):
 
 class TryForm(forms.Form):
     event = forms.CharField(
-        max_length=64, help_text="A stored event's id: its number in the admin or its event_id (a UUID)."
+        max_length=64,
+        widget=forms.TextInput(attrs={"size": 40}),
+        help_text="A stored event's id: its number in the admin or its event_id (a UUID).",
     )
     transform = forms.CharField(
         required=False,

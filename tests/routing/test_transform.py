@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from routing.transform import TransformError, transform_run, transform_validate
+from routing.transform import TransformError, _Sandbox, transform_run, transform_validate
 
 ORDER = {
     "payload": {"order": {"number": "R1", "totals": {"order": 29.99}, "line_items": [{"sku": "A", "quantity": 2}]}}
@@ -84,3 +84,27 @@ def test_validation_reads_the_expression_and_names_the_position():
         transform_validate("payload.order.(")
     with pytest.raises(ValueError, match="needs a JSONata expression"):
         transform_validate("  ")
+
+
+def test_a_mapping_that_needs_too_much_memory_fails_saying_so(settings):
+    settings.HUB_TRANSFORM_MEMORY_MAX_BYTES = 256 * 1024 * 1024
+    sandbox = _Sandbox()
+    try:
+        with pytest.raises(TransformError) as caught:
+            sandbox.call(
+                {"op": "eval", "expression": '$pad("", 400000000, "x")', "input": {}, "max_output": 1000},
+                seconds=30,
+                read_max=100_000,
+                expression='$pad("", 400000000, "x")',
+            )
+        assert "ran out of memory" in str(caught.value)
+        # The process survives its MemoryError and maps the next event.
+        answer = sandbox.call(
+            {"op": "eval", "expression": "a", "input": {"a": 1}, "max_output": 1000},
+            seconds=30,
+            read_max=100_000,
+            expression="a",
+        )
+        assert answer["output"] == "1"
+    finally:
+        sandbox._stop()
