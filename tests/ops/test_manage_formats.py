@@ -65,3 +65,18 @@ def test_setting_the_token_needs_the_write_scope(manage_for):  # noqa: F811
     reader = manage_for("subscriptions:read")
     response = reader.post(M + "/subscriptions/erp/token", {"token": "k"}, format="json")
     assert response.status_code == 403
+
+
+def test_hubsubscription_token_reads_the_key_from_standard_input():
+    import io
+
+    from django.core.management import CommandError, call_command
+
+    sub = SubscriptionFactory(name="erp", url="https://erp.example.com/hub")
+    out = io.StringIO()
+    call_command("hubsubscription", "token", "erp", stdin=io.StringIO("endpoint-key-123\n"), stdout=out)
+    assert "Token of 'erp' set." in out.getvalue() and "endpoint-key-123" not in out.getvalue()
+    sub.refresh_from_db()
+    assert sub.token == "endpoint-key-123"
+    with pytest.raises(CommandError, match="printable ASCII"):
+        call_command("hubsubscription", "token", "erp", stdin=io.StringIO("two words\n"), stdout=io.StringIO())
