@@ -90,13 +90,14 @@ class SubscriptionAdmin(admin.ModelAdmin):
         "name",
         "url",
         "types",
+        "payload_format",
         "enabled_badge",
         "disabled_reason",
         "store",
         "signing_secret_masked",
         "failing_since",
     )
-    list_filter = ("is_enabled", "store")
+    list_filter = ("is_enabled", "payload_format", "store")
     list_select_related = ("store",)
     search_fields = ("name", "url")
     actions = ("enable_selected", "disable_selected", "send_test_selected", "rotate_secret_selected")
