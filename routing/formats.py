@@ -22,8 +22,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 from standardwebhooks.webhooks import Webhook
 
-from routing import transport
 from routing.transform import TransformError, transform_run
+from routing.transport.exchange import ExchangeResult
+from routing.transport.request import (
+    USER_AGENT,
+    OutboundRequest,
+    header_value,
+    json_compact,
+    method_for,
+    request_build,
+)
 
 ENVELOPE, FLAT, TRANSFORM = "envelope", "flat", "transform"
 
@@ -58,8 +66,8 @@ class RenderFailed(Exception):
         super().__init__(message)
         self.method, self.url = method, url
 
-    def exchange_result(self) -> transport.ExchangeResult:
-        return transport.ExchangeResult(
+    def exchange_result(self) -> ExchangeResult:
+        return ExchangeResult(
             method=self.method, url=self.url, status_code=None, latency_ms=0, error=str(self), permanent=True
         )
 
@@ -201,12 +209,12 @@ def request_render(
     transform: str = "",
     timestamp: datetime | None = None,
     previous_signing_secret: str = "",
-) -> transport.OutboundRequest:
+) -> OutboundRequest:
     """The signed request of one delivery in the subscription's format; RenderFailed when its
     mapping fails."""
     target = url_with_path(url, path_for(message, paths, payload_format))
     if payload_format not in (FLAT, TRANSFORM):
-        request = transport.request_build(
+        request = request_build(
             url=target,
             message=message,
             message_id=message_id,
@@ -223,11 +231,9 @@ def request_render(
         return request
     if payload_format == FLAT:
         method = method_override.upper() if method_override else "POST"
-        body = transport.json_compact(
-            flat_body(message=message, message_id=message_id, payload=payload, parameters=parameters)
-        )
+        body = json_compact(flat_body(message=message, message_id=message_id, payload=payload, parameters=parameters))
     else:
-        method = transport.method_for(message, method_override)
+        method = method_for(message, method_override)
         document = transform_input(
             message=message,
             message_id=message_id,
@@ -243,9 +249,9 @@ def request_render(
     headers = {
         "Content-Type": "application/json",
         "Accept": "application/json",
-        "User-Agent": transport.USER_AGENT,
-        "X-Hub-Store": transport.header_value(store_name),
-        "X-Hub-Token": transport.header_value(token),
+        "User-Agent": USER_AGENT,
+        "X-Hub-Store": header_value(store_name),
+        "X-Hub-Token": header_value(token),
         **signature_headers(
             body=body,
             webhook_id=webhook_id,
@@ -253,7 +259,7 @@ def request_render(
             timestamp=timestamp,
         ),
     }
-    return transport.OutboundRequest(method=method, url=target, body=body, headers=headers)
+    return OutboundRequest(method=method, url=target, body=body, headers=headers)
 
 
 def signature_headers(
@@ -280,7 +286,7 @@ def delivery_request(
     previous_signing_secret: str = "",
     transform: str | None = None,
     timestamp: datetime | None = None,
-) -> transport.OutboundRequest:
+) -> OutboundRequest:
     """The request of `event` for `subscription` (model instances), as a delivery sends it;
     `transform` tries another mapping than the saved one (the admin's "try it")."""
     return request_render(

@@ -18,7 +18,7 @@ from routing.formats import (
     url_with_path,
 )
 from routing.models import signing_secret_new
-from routing.transport import request_build
+from routing.transport.request import request_build
 
 SECRET = signing_secret_new()
 ORDER = {"order": {"number": "R1", "email": "a@example.com"}}
