@@ -16,11 +16,9 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
-
-from standardwebhooks.webhooks import Webhook
 
 from routing.transform import TransformError, transform_run
 from routing.transport.exchange import ExchangeResult
@@ -31,6 +29,7 @@ from routing.transport.request import (
     json_compact,
     method_for,
     request_build,
+    signature_headers,
 )
 
 ENVELOPE, FLAT, TRANSFORM = "envelope", "flat", "transform"
@@ -260,22 +259,6 @@ def request_render(
         ),
     }
     return OutboundRequest(method=method, url=target, body=body, headers=headers)
-
-
-def signature_headers(
-    *, body: str, webhook_id: str, secrets: Sequence[str], timestamp: datetime | None = None
-) -> dict[str, str]:
-    """Standard Webhooks' three headers over `body`, one signature per secret given (a rotation's
-    grace period signs with both)."""
-    when = (timestamp or datetime.now(UTC)).astimezone(UTC)
-    signature = " ".join(
-        Webhook(secret).sign(msg_id=webhook_id, timestamp=when, data=body) for secret in secrets if secret
-    )
-    return {
-        "webhook-id": webhook_id,
-        "webhook-timestamp": str(int(when.timestamp())),
-        "webhook-signature": signature,
-    }
 
 
 def delivery_request(
