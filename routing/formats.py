@@ -267,18 +267,20 @@ def delivery_request(
     *,
     store_name: str,
     previous_signing_secret: str = "",
+    parameters: Sequence[Any] | None = None,
     transform: str | None = None,
     timestamp: datetime | None = None,
 ) -> OutboundRequest:
     """The request of `event` for `subscription` (model instances), as a delivery sends it;
-    `transform` tries another mapping than the saved one (the admin's "try it")."""
+    `parameters` are the ones a batch carries on (a reply's returned ones included), else the
+    subscription's; `transform` tries another mapping than the saved one (the admin's "try it")."""
     return request_render(
         payload_format=subscription.payload_format,
         url=subscription.url,
         message=event.message,
         message_id=event.message_id,
         payload=event.payload,
-        parameters=subscription.parameters or [],
+        parameters=(subscription.parameters or []) if parameters is None else parameters,
         webhook_id=str(event.uid),
         signing_secret=subscription.signing_secret,
         previous_signing_secret=previous_signing_secret,

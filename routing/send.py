@@ -15,6 +15,7 @@ from infra import metrics, tracing
 from routing.claim import Batch
 from routing.formats import RenderFailed, delivery_request
 from routing.models import Delivery
+from routing.reply_forms import parameters_after_reply
 from routing.transport.exchange import ExchangeResult, attempt_outcome, request_send
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,8 @@ def batch_send(batch: Batch, *, deadline: float) -> tuple[list[Sent], list[Deliv
     sub = batch.subscription
     previous_secret = sub.previous_signing_secret_active(timezone.now())
     sent: list[Sent] = []
+    # What a reply returns goes out with the next request, this batch's too.
+    parameters = list(sub.parameters or [])
     for index, delivery in enumerate(batch.deliveries):
         if index and time.monotonic() >= deadline:
             return sent, batch.deliveries[index:]
@@ -41,7 +44,11 @@ def batch_send(batch: Batch, *, deadline: float) -> tuple[list[Sent], list[Deliv
         span = tracing.attempt_start(delivery, sub)
         try:
             request = delivery_request(
-                sub, event, store_name=_store_name(delivery), previous_signing_secret=previous_secret
+                sub,
+                event,
+                store_name=_store_name(delivery),
+                previous_signing_secret=previous_secret,
+                parameters=parameters,
             )
             result = request_send(
                 request,
@@ -59,6 +66,7 @@ def batch_send(batch: Batch, *, deadline: float) -> tuple[list[Sent], list[Deliv
         tracing.attempt_end(span, result)
         metrics.attempt_observe(attempt_outcome(result), result.latency_ms / 1000)
         sent.append(Sent(delivery=delivery, result=result, started_at=started_at))
+        parameters = parameters_after_reply(parameters, succeeded=result.succeeded, reply=result.reply)
     return sent, []
 
 

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('routing', '0012_delivery_drop_enqueued_at'),
+        ('routing', '0013_attempt_summary'),
     ]
 
     operations = [
