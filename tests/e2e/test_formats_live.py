@@ -196,3 +196,26 @@ def test_a_transform_that_never_ends_is_stopped_and_the_worker_goes_on(worker, s
     assert "took longer than" in attempt.error
     wait_state(delivery_of(event, fine), "delivered")
     assert subscriber.received("/looping") == []
+
+
+def test_a_flat_endpoints_summary_is_kept_and_its_parameters_object_goes_out_next(worker, subscriber, api):
+    subscriber.respond_with("/spree/add_order", newer_endpoint(key=KEY, parameters={"last_order": "R11"}))
+    subscriber.respond_with("/spree/update_order", newer_endpoint(key=KEY))
+    sub = SubscriptionFactory(
+        url=subscriber.url("/spree"),
+        message_types=["order:*"],
+        payload_format="flat",
+        token=KEY,
+        parameters=[{"name": "store_id", "value": "42"}],
+    )
+    created = push(api, {"message": "order:new", "payload": {"order": {"number": "R11"}}})
+    updated = push(api, {"message": "order:updated", "payload": {"order": {"number": "R11"}}})
+
+    wait_state(delivery_of(updated, sub), "delivered")
+    delivery = wait_state(delivery_of(created, sub), "delivered")
+    assert delivery.attempts.get().summary == "Order R11 received"
+    [add] = subscriber.received("/spree/add_order")
+    [update] = subscriber.received("/spree/update_order")
+    assert add.json()["parameters"] == {"store_id": "42"}
+    # What the reply to the order's first message returned is on its very next one.
+    assert update.json()["parameters"] == {"store_id": "42", "last_order": "R11"}

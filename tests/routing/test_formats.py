@@ -182,3 +182,26 @@ def test_rotation_grace_signs_every_format_with_both_secrets():
         assert len(headers["webhook-signature"].split(" ")) == 2
         Webhook(previous).verify(request.body, headers)
         Webhook(SECRET).verify(request.body, headers)
+
+
+def test_delivery_request_renders_the_parameters_a_batch_carries_on():
+    from types import SimpleNamespace
+
+    from routing.formats import delivery_request
+
+    sub = SimpleNamespace(
+        payload_format="flat",
+        url="http://erp.example/hub",
+        parameters=[{"name": "api_key", "value": "k1"}],
+        signing_secret=SECRET,
+        token="t",
+        http_method="",
+        paths={},
+        transform="",
+    )
+    event = SimpleNamespace(message="order:new", message_id="m-1", payload=ORDER, uid="evt-1")
+    request = delivery_request(sub, event, store_name="shop")
+    assert json.loads(request.body)["parameters"] == {"api_key": "k1"}
+    carried = [*sub.parameters, {"name": "last_sync", "value": "x"}]
+    request = delivery_request(sub, event, store_name="shop", parameters=carried)
+    assert json.loads(request.body)["parameters"] == {"api_key": "k1", "last_sync": "x"}
