@@ -245,6 +245,11 @@ CELERY_TASK_SOFT_TIME_LIMIT = max(240, math.ceil(HUB_DELIVERY_PUMP_SECONDS + 120
 CELERY_TASK_TIME_LIMIT = CELERY_TASK_SOFT_TIME_LIMIT + 60
 HUB_RESPONSE_BODY_MAX_CHARS = _env_int("HUB_RESPONSE_BODY_MAX_CHARS", 4096)
 HUB_RESPONSE_READ_MAX_BYTES = _env_int("HUB_RESPONSE_READ_MAX_BYTES", 1024 * 1024)
+# A subscription's JSONata mapping (routing.transform): how long it may run, how large its result
+# may be, and the address space of the process it runs in; past any of them the attempt fails.
+HUB_TRANSFORM_SECONDS = _env_float("HUB_TRANSFORM_SECONDS", 2.0)
+HUB_TRANSFORM_OUTPUT_MAX_BYTES = _env_int("HUB_TRANSFORM_OUTPUT_MAX_BYTES", 1024 * 1024)
+HUB_TRANSFORM_MEMORY_MAX_BYTES = _env_int("HUB_TRANSFORM_MEMORY_MAX_BYTES", 512 * 1024 * 1024)
 # How many generations of events endpoints may return in reply to events (an event pushed by a store is 0).
 HUB_MAX_EVENT_DEPTH = _env_int("HUB_MAX_EVENT_DEPTH", 5)
 # Events replies may make under one root, all generations: two endpoints answering each other multiply.

@@ -56,6 +56,12 @@ class HttpMethod(models.TextChoices):
     PATCH = "PATCH", "PATCH"
 
 
+class PayloadFormat(models.TextChoices):
+    ENVELOPE = "envelope", "Envelope: {message, message_id, payload} (the hub's own; older Spree endpoints)"
+    FLAT = "flat", "Flat: {request_id, <object>, parameters} to a path per message (newer Spree endpoints)"
+    TRANSFORM = "transform", "Transform: the JSONata mapping below"
+
+
 class FilterMode(models.TextChoices):
     ALL = "all", "All filters must match"
     ANY = "any", "Any filter may match"
@@ -72,6 +78,9 @@ SUBSCRIPTION_EDITABLE_FIELDS: tuple[str, ...] = (
     "filters",
     "filter_mode",
     "parameters",
+    "payload_format",
+    "paths",
+    "transform",
     "http_method",
     "timeout_seconds",
     "max_in_flight",
@@ -109,6 +118,22 @@ class Subscription(models.Model):
     previous_signing_secret = EncryptedTextField(blank=True, default="", editable=False)
     previous_signing_secret_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
     http_method = models.CharField(max_length=6, choices=HttpMethod.choices, default=HttpMethod.AUTO, blank=True)
+    # What a delivery's body and headers look like (routing.formats), and where under the URL
+    # each message goes: endpoints of the newer Spree generation route by path.
+    payload_format = models.CharField(max_length=10, choices=PayloadFormat.choices, default=PayloadFormat.ENVELOPE)
+    paths = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='A path under the URL per message: {"order:new": "/add_order", "order:*": "/{verb}_order", '
+        '"*": ""}. Placeholders {resource}, {action}, {verb} (add, update, cancel). Empty: the URL as it is; '
+        "a flat subscription defaults to /{verb}_{resource}.",
+    )
+    transform = models.TextField(
+        blank=True,
+        default="",
+        help_text="For the transform format: a JSONata expression from the hub's description of the event "
+        "({message, message_id, event_id, store, payload, parameters}) to the document the endpoint expects.",
+    )
     timeout_seconds = models.FloatField(default=10.0)
     # How many deliveries to this endpoint may be on the wire at once, so that a slow or dead
     # endpoint holds at most this many worker slots and never starves the others.
@@ -155,6 +180,7 @@ class Subscription(models.Model):
 
     def clean(self) -> None:
         """The admin form's check: each field's problem in one sentence, on that field."""
+        from routing.formats import paths_validate
         from routing.matching import filter_mode_validate, filters_validate, message_types_validate
         from routing.retry import schedule_validate
 
@@ -164,6 +190,7 @@ class Subscription(models.Model):
             ("filter_mode", filter_mode_validate, self.filter_mode),
             ("retry_schedule", schedule_validate, self.retry_schedule),
             ("parameters", parameters_validate, self.parameters),
+            ("paths", paths_validate, self.paths),
         )
         errors: dict[str, str] = {}
         for field, check, value in checks:
@@ -180,6 +207,15 @@ class Subscription(models.Model):
                 subscription_url_validate(self.url)
             except ValidationError as exc:
                 errors["url"] = exc.messages[0]
+        if self.payload_format == PayloadFormat.TRANSFORM or self.transform:
+            from routing.transform import transform_validate
+
+            try:
+                transform_validate(self.transform)
+            except ValueError as exc:
+                errors["transform"] = str(exc)
+        if self.payload_format not in PayloadFormat.values:
+            errors["payload_format"] = f"The format must be one of {', '.join(PayloadFormat.values)}."
         # Well under the Celery task time limit, which must never cut an attempt short.
         if self.timeout_seconds is not None and not 0 < self.timeout_seconds <= 120:
             errors["timeout_seconds"] = "The timeout must be more than 0 and at most 120 seconds."

@@ -13,10 +13,10 @@ from django.utils import timezone
 
 from infra import metrics, tracing
 from routing.claim import Batch
+from routing.formats import RenderFailed, delivery_request
 from routing.models import Delivery
 from routing.reply_forms import parameters_after_reply
 from routing.transport.exchange import ExchangeResult, attempt_outcome, request_send
-from routing.transport.request import request_build
 
 logger = logging.getLogger(__name__)
 
@@ -43,18 +43,12 @@ def batch_send(batch: Batch, *, deadline: float) -> tuple[list[Sent], list[Deliv
         started_at = timezone.now()
         span = tracing.attempt_start(delivery, sub)
         try:
-            request = request_build(
-                url=sub.url,
-                message=event.message,
-                message_id=event.message_id,
-                payload=event.payload,
-                parameters=parameters,
-                webhook_id=str(event.uid),
-                signing_secret=sub.signing_secret,
-                previous_signing_secret=previous_secret,
-                token=sub.token,
+            request = delivery_request(
+                sub,
+                event,
                 store_name=_store_name(delivery),
-                method_override=sub.http_method,
+                previous_signing_secret=previous_secret,
+                parameters=parameters,
             )
             result = request_send(
                 request,
@@ -62,6 +56,8 @@ def batch_send(batch: Batch, *, deadline: float) -> tuple[list[Sent], list[Deliv
                 body_max_chars=settings.HUB_RESPONSE_BODY_MAX_CHARS,
                 read_max_bytes=settings.HUB_RESPONSE_READ_MAX_BYTES,
             )
+        except RenderFailed as exc:
+            result = exc.exchange_result()
         except Exception as exc:  # noqa: BLE001 - one delivery's fault must not lose the batch's outcomes
             logger.exception("could not send a delivery", extra={"delivery_id": delivery.pk})
             result = ExchangeResult(

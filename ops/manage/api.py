@@ -36,6 +36,7 @@ from ops.manage.serializers import (
     SubscriptionOutput,
     SubscriptionRotated,
     TestSent,
+    TokenInput,
     store_output,
     subscription_output,
 )
@@ -339,6 +340,26 @@ class SubscriptionRotateApi(_SubscriptionApi):
         subscription = services.subscription_by_name(name)
         secret = services.subscription_rotate(subscription=subscription, actor=self.actor(request))
         return Response(subscription_output(subscription, signing_secret=secret))
+
+
+class SubscriptionTokenApi(_SubscriptionApi):
+    write_only = True
+
+    @extend_schema(
+        operation_id="manage_subscriptions_token_set",
+        summary="Set the token the subscription sends as X-Hub-Token (an endpoint's own key); never shown back",
+        parameters=[_SUB_NAME],
+        request=TokenInput,
+        responses={200: SubscriptionChanged, **_WRITE_ERRORS},
+        tags=["manage: subscriptions"],
+    )
+    def post(self, request: Request, name: str) -> Response:
+        subscription = services.subscription_by_name(name)
+        values = parsed(TokenInput, request.data)
+        changed = services.subscription_token_set(
+            subscription=subscription, token=values["token"], actor=self.actor(request)
+        )
+        return Response(subscription_output(subscription, changed=changed))
 
 
 class SubscriptionTestApi(_SubscriptionApi):

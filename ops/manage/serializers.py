@@ -10,7 +10,7 @@ from rest_framework import serializers
 
 from events.models import Store
 from ops.manage.services import DELIVERIES_DEFAULT_PER_CALL, DELIVERIES_MAX_PER_CALL
-from routing.models import DeliveryState, FilterMode, HttpMethod, Subscription
+from routing.models import DeliveryState, FilterMode, HttpMethod, PayloadFormat, Subscription
 
 
 class StrictSerializer(serializers.Serializer):
@@ -48,6 +48,15 @@ class SubscriptionInput(StrictSerializer):
         required=False,
         help_text='Sent as payload.parameters: [{"name": ..., "value": ...}]. Encrypted at rest; never read back.',
     )
+    payload_format = serializers.ChoiceField(
+        choices=PayloadFormat.choices, required=False, help_text="envelope (default), flat or transform."
+    )
+    paths = serializers.JSONField(
+        required=False, help_text='A path under the URL per message: {"order:new": "/add_order", "*": ""}.'
+    )
+    transform = serializers.CharField(
+        allow_blank=True, required=False, trim_whitespace=False, help_text="The JSONata mapping (transform format)."
+    )
     http_method = serializers.ChoiceField(choices=HttpMethod.choices, allow_blank=True, required=False)
     timeout_seconds = serializers.FloatField(required=False)
     max_in_flight = serializers.IntegerField(allow_null=True, required=False, min_value=0, max_value=32767)
@@ -61,7 +70,16 @@ class SubscriptionInput(StrictSerializer):
         for name in ("filters", "parameters"):
             if name in attrs and attrs[name] in (None, ""):
                 attrs[name] = []
+        if "paths" in attrs and attrs["paths"] in (None, ""):
+            attrs["paths"] = {}
         return attrs
+
+
+class TokenInput(StrictSerializer):
+    token = serializers.CharField(
+        trim_whitespace=False,
+        help_text="What the subscription sends as X-Hub-Token from now on (the endpoint's own key). Never shown back.",
+    )
 
 
 class RotateInput(StrictSerializer):
@@ -125,6 +143,9 @@ class SubscriptionOutput(serializers.Serializer):
     filters = serializers.JSONField()
     filter_mode = serializers.CharField()
     parameter_names = serializers.SerializerMethodField(help_text="The parameters' names; values are never shown.")
+    payload_format = serializers.CharField()
+    paths = serializers.JSONField()
+    transform = serializers.CharField()
     http_method = serializers.CharField()
     timeout_seconds = serializers.FloatField()
     max_in_flight = serializers.IntegerField(allow_null=True)

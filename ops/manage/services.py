@@ -23,7 +23,7 @@ from events.messages import InvalidMessageName, message_canonical
 from events.models import Store
 from events.selectors import store_cache_clear
 from events.services import store_set_active, store_token_rotate
-from routing import operations
+from routing import endpoint_tokens, operations
 from routing.models import (
     DELIVERY_OPEN_STATES,
     DELIVERY_UNFINISHED_STATES,
@@ -278,6 +278,18 @@ def subscription_rotate(*, subscription: Subscription, actor: str) -> str:
     write_logged(actor, "subscription.rotate", subscription.name)
     subscription.refresh_from_db()
     return secret
+
+
+def subscription_token_set(*, subscription: Subscription, token: str, actor: str) -> bool:
+    """Set the token the subscription sends (an endpoint's own key); False when it already was."""
+    try:
+        changed = endpoint_tokens.subscription_token_set(subscription_id=subscription.pk, token=token)
+    except ValueError as exc:
+        raise InvalidField(str(exc), field="token") from None
+    if changed:
+        write_logged(actor, "subscription.token_set", subscription.name)
+    subscription.refresh_from_db()
+    return changed
 
 
 def subscription_test(*, subscription: Subscription, actor: str) -> Delivery:

@@ -15,6 +15,7 @@ urlpatterns = [
     path("subscriptions/<str:name>/enable", api.SubscriptionEnableApi.as_view(), name="manage-subscription-enable"),
     path("subscriptions/<str:name>/disable", api.SubscriptionDisableApi.as_view(), name="manage-subscription-disable"),
     path("subscriptions/<str:name>/rotate", api.SubscriptionRotateApi.as_view(), name="manage-subscription-rotate"),
+    path("subscriptions/<str:name>/token", api.SubscriptionTokenApi.as_view(), name="manage-subscription-token"),
     path("subscriptions/<str:name>/test", api.SubscriptionTestApi.as_view(), name="manage-subscription-test"),
     path("deliveries/retry", api.DeliveryRetryApi.as_view(), name="manage-deliveries-retry"),
     path("deliveries/cancel", api.DeliveryCancelApi.as_view(), name="manage-deliveries-cancel"),

@@ -18,9 +18,10 @@ from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
 from routing import operations
+from routing.admin import subscription_tools
 from routing.admin.display import badge, secret_mask
 from routing.matching import message_types_validate
-from routing.models import SUBSCRIPTION_EDITABLE_FIELDS, Subscription, parameters_validate
+from routing.models import SUBSCRIPTION_EDITABLE_FIELDS, PayloadFormat, Subscription, parameters_validate
 from routing.standing import subscription_disable
 from routing.transport.netguard import subscription_url_validate
 
@@ -45,6 +46,8 @@ class SubscriptionForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         # An empty list gets the sentence from message_types_validate, not a bare "required".
         self.fields["message_types"].required = False
+        # Left out (a form saved before formats existed), it means the envelope, as it always did.
+        self.fields["payload_format"].required = False
 
     def clean_message_types(self) -> list[Any]:
         types = self.cleaned_data.get("message_types")
@@ -67,6 +70,13 @@ class SubscriptionForm(forms.ModelForm):
             raise ValidationError(str(exc)) from None
         return parameters or []
 
+    def clean_payload_format(self) -> str:
+        return self.cleaned_data.get("payload_format") or PayloadFormat.ENVELOPE
+
+    def clean_paths(self) -> dict[str, Any]:
+        # An emptied textarea means "the URL as it is"; Subscription.clean judges the rest.
+        return self.cleaned_data.get("paths") or {}
+
     def clean_filters(self) -> list[Any]:
         # An emptied textarea means "no filters", not SQL NULL; Subscription.clean judges the rest.
         return self.cleaned_data.get("filters") or []
@@ -80,13 +90,14 @@ class SubscriptionAdmin(admin.ModelAdmin):
         "name",
         "url",
         "types",
+        "payload_format",
         "enabled_badge",
         "disabled_reason",
         "store",
         "signing_secret_masked",
         "failing_since",
     )
-    list_filter = ("is_enabled", "store")
+    list_filter = ("is_enabled", "payload_format", "store")
     list_select_related = ("store",)
     search_fields = ("name", "url")
     actions = ("enable_selected", "disable_selected", "send_test_selected", "rotate_secret_selected")
@@ -103,7 +114,18 @@ class SubscriptionAdmin(admin.ModelAdmin):
         ("What it receives", {"fields": ("message_types", "filters", "filter_mode", "parameters")}),
         (
             "How it is sent",
-            {"fields": ("http_method", "timeout_seconds", "max_in_flight", "retry_enabled", "retry_schedule")},
+            {
+                "fields": (
+                    "payload_format",
+                    "paths",
+                    "transform",
+                    "http_method",
+                    "timeout_seconds",
+                    "max_in_flight",
+                    "retry_enabled",
+                    "retry_schedule",
+                )
+            },
         ),
         ("Secrets", {"fields": ("signing_secret_masked", "previous_secret_grace", "token_masked")}),
         ("History", {"fields": ("failing_since", "created_at", "updated_at")}),
@@ -134,7 +156,10 @@ class SubscriptionAdmin(admin.ModelAdmin):
 
     @admin.display(description="token (X-Hub-Token)")
     def token_masked(self, obj: Subscription) -> str:
-        return secret_mask(obj.token)
+        if not obj.pk:
+            return secret_mask(obj.token)
+        url = reverse("admin:routing_subscription_token", args=[obj.pk])
+        return format_html('{} <a href="{}" id="token-manage">Set or reveal</a>', secret_mask(obj.token), url)
 
     # --- A new subscription: its signing secret is shown once ----------------------------------
     def response_add(self, request: HttpRequest, obj: Subscription, post_url_continue: str | None = None) -> Any:
@@ -207,6 +232,8 @@ class SubscriptionAdmin(admin.ModelAdmin):
                 wrap(self.rotate_secret_view),
                 name="routing_subscription_rotate_secret",
             ),
+            path("<int:subscription_id>/token/", wrap(self.token_view), name="routing_subscription_token"),
+            path("<int:subscription_id>/try/", wrap(self.try_view), name="routing_subscription_try"),
             *super().get_urls(),
         ]
 
@@ -224,6 +251,12 @@ class SubscriptionAdmin(admin.ModelAdmin):
         delivery = operations.subscription_send_test(subscription_id=subscription_id)
         self.message_user(request, f"Test event sent as delivery {delivery.pk}; its result appears below.")
         return HttpResponseRedirect(reverse("admin:routing_delivery_change", args=[delivery.pk]))
+
+    def token_view(self, request: HttpRequest, subscription_id: int) -> HttpResponse:
+        return subscription_tools.token_view(self, request, self._subscription_or_404(request, subscription_id))
+
+    def try_view(self, request: HttpRequest, subscription_id: int) -> HttpResponse:
+        return subscription_tools.try_view(self, request, self._subscription_or_404(request, subscription_id))
 
     def rotate_secret_view(self, request: HttpRequest, subscription_id: int) -> HttpResponse:
         """GET asks to confirm; POST makes a new secret and shows it once."""

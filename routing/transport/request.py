@@ -66,12 +66,6 @@ def request_build(
         {"name": p.get("name"), "value": p.get("value")} for p in parameters if isinstance(p, Mapping)
     ]
     body = json_compact({"message": message, "message_id": message_id, "payload": body_payload})
-    when = (timestamp or datetime.now(UTC)).astimezone(UTC)
-    signature = " ".join(
-        Webhook(secret).sign(msg_id=webhook_id, timestamp=when, data=body)
-        for secret in (signing_secret, previous_signing_secret)
-        if secret
-    )
     headers = {
         "Content-Type": "application/json",
         "Accept": "application/json",
@@ -79,11 +73,30 @@ def request_build(
         "X-Hub-Store": header_value(store_name),
         "X-Hub-Token": header_value(token),
         "X-Augury-Token": header_value(token),
+        **signature_headers(
+            body=body,
+            webhook_id=webhook_id,
+            secrets=(signing_secret, previous_signing_secret),
+            timestamp=timestamp,
+        ),
+    }
+    return OutboundRequest(method=method_for(message, method_override), url=url, body=body, headers=headers)
+
+
+def signature_headers(
+    *, body: str, webhook_id: str, secrets: Sequence[str], timestamp: datetime | None = None
+) -> dict[str, str]:
+    """Standard Webhooks' three headers over `body`, one signature per secret given (a rotation's
+    grace period signs with both), for every payload format (routing.formats)."""
+    when = (timestamp or datetime.now(UTC)).astimezone(UTC)
+    signature = " ".join(
+        Webhook(secret).sign(msg_id=webhook_id, timestamp=when, data=body) for secret in secrets if secret
+    )
+    return {
         "webhook-id": webhook_id,
         "webhook-timestamp": str(int(when.timestamp())),
         "webhook-signature": signature,
     }
-    return OutboundRequest(method=method_for(message, method_override), url=url, body=body, headers=headers)
 
 
 # Where orjson and json.dumps spell the same number differently: only floats that Python writes in

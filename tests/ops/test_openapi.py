@@ -33,6 +33,7 @@ MANAGE_PATHS = {
     "/manage/v1/subscriptions/{name}/enable": {"post"},
     "/manage/v1/subscriptions/{name}/disable": {"post"},
     "/manage/v1/subscriptions/{name}/rotate": {"post"},
+    "/manage/v1/subscriptions/{name}/token": {"post"},
     "/manage/v1/subscriptions/{name}/test": {"post"},
     "/manage/v1/deliveries/retry": {"post"},
     "/manage/v1/deliveries/cancel": {"post"},

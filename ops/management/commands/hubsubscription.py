@@ -1,4 +1,5 @@
 import json
+import sys
 
 from django.core.management.base import BaseCommand
 
@@ -11,11 +12,15 @@ from routing.models import Subscription
 class Command(BaseCommand):
     help = (
         "Subscriptions, as the management API does them: list, show, enable, disable, rotate (the new "
-        "signing secret is printed once), test (send a hub:test event). Create and change them with hubapply."
+        "signing secret is printed once), test (send a hub:test event), token (set the X-Hub-Token it sends "
+        "to the endpoint's own key, read from standard input). Create and change them with hubapply."
     )
 
+    # The token's source in tests (call_command(..., stdin=...)); sys.stdin otherwise.
+    stealth_options = ("stdin",)
+
     def add_arguments(self, parser):
-        parser.add_argument("action", choices=["list", "show", "enable", "disable", "rotate", "test"])
+        parser.add_argument("action", choices=["list", "show", "enable", "disable", "rotate", "test", "token"])
         parser.add_argument("name", nargs="?", help="The subscription (every action but list).")
         parser.add_argument("--reason", default="", help="disable: why (shown in the admin).")
 
@@ -35,6 +40,12 @@ class Command(BaseCommand):
             elif action == "rotate":
                 secret = services.subscription_rotate(subscription=sub, actor=actor)
                 self.stdout.write(f"New signing secret of '{name}' (shown only now):\n{secret}")
+            elif action == "token":
+                # From standard input, so the key stays out of the shell's history and the process list.
+                stdin = options.get("stdin") or sys.stdin
+                token = stdin.readline().rstrip("\r\n")
+                changed = services.subscription_token_set(subscription=sub, token=token, actor=actor)
+                self.stdout.write(f"Token of '{name}' set." if changed else f"Token of '{name}' already was that one.")
             elif action == "test":
                 delivery = services.subscription_test(subscription=sub, actor=actor)
                 self.stdout.write(f"Test event sent to '{name}' as delivery {delivery.pk}.")
