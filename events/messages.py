@@ -1,7 +1,4 @@
-"""Message names: the canonical spellings, the aliases older stores send, and resource keys.
-
-Pure functions, no ORM: the API, the services and routing all share them.
-"""
+"""Message names: the canonical spellings, the aliases older stores send, and resource keys."""
 
 from __future__ import annotations
 
@@ -41,8 +38,7 @@ MESSAGE_ALIASES: dict[str, str] = {
 MESSAGE_MAX_LENGTH = 100
 _MESSAGE_RE = re.compile(r"^[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*:[a-z][a-z0-9_]*$")
 
-# Where a message's resource key (the order number, say) is found, tried in order. The Spree guides
-# put an order's number at order.number (seeds/001) or order.actual.number (seeds/004).
+# Where a message's resource key (the order number, say) is found, tried in order.
 DEFAULT_RESOURCE_KEY_PATHS: tuple[str, ...] = (
     "{resource}.number",
     "{resource}.actual.number",
