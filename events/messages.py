@@ -8,7 +8,7 @@ from typing import Any
 
 from django.conf import settings
 
-# The pushable events of the Spree Professional guide (seeds/002), spelled the way the hub stores them.
+# The pushable events of the Spree guide, spelled the way the hub stores them.
 CANONICAL_MESSAGES: frozenset[str] = frozenset(
     {
         "order:new",
@@ -24,7 +24,7 @@ CANONICAL_MESSAGES: frozenset[str] = frozenset(
     }
 )
 
-# Spellings seen in the guides (seeds/003 uses order:update and order:cancel) and in older extensions.
+# Spellings seen in the guides and in older extensions.
 MESSAGE_ALIASES: dict[str, str] = {
     "order:update": "order:updated",
     "order:cancel": "order:canceled",
@@ -46,8 +46,7 @@ DEFAULT_RESOURCE_KEY_PATHS: tuple[str, ...] = (
     "number",
     "id",
 )
-# A shipment or a payment that names its order is keyed to that order first, so it shares the
-# order's FIFO and timeline.
+# A shipment or payment naming its order is keyed to it first, sharing the order's FIFO and timeline.
 ORDER_OF_RESOURCE_PATHS: tuple[str, ...] = ("{resource}.order_number", "{resource}.order.number", "order_number")
 
 # A path whose last segments are one of these names the order the message belongs to.

@@ -1,8 +1,4 @@
-"""The sweeper (Celery beat): the database, not the broker, is the memory of what is owed.
-
-Deliveries whose worker vanished (lease expired) become retryable again, their attempt recorded as
-unanswered, and every enabled endpoint with a delivery due for too long gets a wake-up.
-"""
+"""The sweeper (Celery beat): the database, not the broker, is the memory of what is owed."""
 
 from __future__ import annotations
 
