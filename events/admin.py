@@ -1,6 +1,6 @@
 """Stores in the admin: create one (its token shown once), rotate its token, disable it.
 
-Events are registered by routing/admin: their page shows deliveries, and events never import routing."""
+Events are registered by routing/admin, since events never imports routing."""
 
 from __future__ import annotations
 
@@ -47,8 +47,7 @@ class StoreAdmin(admin.ModelAdmin):
             obj._token_shown_once = obj.token_set_new()
         super().save_model(request, obj, form, change)
         if change:
-            # A store unticked as active is refused at once here, in the other web processes
-            # within HUB_STORE_AUTH_CACHE_SECONDS.
+            # Other web processes refuse it within HUB_STORE_AUTH_CACHE_SECONDS.
             store_cache_clear()
 
     def response_add(self, request: HttpRequest, obj: Store, post_url_continue: str | None = None) -> Any:
@@ -93,8 +92,7 @@ class StoreAdmin(admin.ModelAdmin):
         return [path("<int:store_id>/rotate-token/", view, name="events_store_rotate_token"), *super().get_urls()]
 
     def rotate_token_view(self, request: HttpRequest, store_id: int) -> HttpResponse:
-        """GET asks to confirm; POST makes a new token and shows it once. The old token keeps
-        working for the grace period so the store can switch over without losing pushes."""
+        """GET asks to confirm; POST makes a new token and shows it once (the old one keeps its grace)."""
         store = get_object_or_404(Store, pk=store_id)
         if not self.has_change_permission(request, store):
             raise PermissionDenied

@@ -13,13 +13,12 @@ from rest_framework.request import Request
 from events.models import Store, token_hash
 from events.selectors import store_for_token_digest, store_last_used_noted
 
-# Touching last_used_at on every push would add a write per request; once a minute is plenty.
+# last_used_at is touched at most this often, not with a write per request.
 LAST_USED_RESOLUTION_SECONDS = 60
 
 
 def _token_from_request(request: Request) -> tuple[str | None, str | None]:
-    """(X-Hub-Store if sent, token) from whichever scheme the client used. X-Hub-Store, whatever
-    carries the token, must then name the token's store."""
+    """(X-Hub-Store if sent, token) from whichever scheme the client used."""
     meta = request.META
     store_name = meta.get("HTTP_X_HUB_STORE") or None
     header = get_authorization_header(request).decode("latin-1").strip()
@@ -36,9 +35,7 @@ def _token_from_request(request: Request) -> tuple[str | None, str | None]:
 
 
 def _store_header_spellings(value: str) -> set[str]:
-    """What an X-Hub-Store value may mean. Header bytes reach Django decoded as latin-1, so a store
-    name sent as raw UTF-8 ('Boutique Müller') arrives garbled; the hub itself sends names outside
-    printable ASCII percent-encoded (routing.transport.header_value), and a store may echo that."""
+    """What an X-Hub-Store value may mean: raw UTF-8 arrives as latin-1, and percent-encoded names too."""
     spellings = {value, unquote(value)}
     try:
         spellings.add(value.encode("latin-1").decode("utf-8"))
@@ -55,8 +52,7 @@ class StoreTokenAuthentication(BaseAuthentication):
         digest = token_hash(token)
         now = timezone.now()
         store = store_for_token_digest(digest, now=now)
-        # The lookup is by hash, and the comparison is constant-time, so response timing says
-        # nothing about how close a guess came.
+        # Lookup by hash, constant-time comparison: timing says nothing about how close a guess came.
         if store is None or not store.token_matches(token, now=now):
             raise AuthenticationFailed("The store token is not valid.")
         if store_name is not None and not {store.name, str(store.pk)} & _store_header_spellings(store_name):

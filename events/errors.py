@@ -1,5 +1,4 @@
-"""One error type per kind of failure, turned into one JSON shape at the API edge:
-{"error": "<code>", "detail": "<human sentence>", "field": "<where>"}."""
+"""One error type per kind of failure, turned into one JSON shape at the API edge."""
 
 from __future__ import annotations
 

@@ -1,12 +1,4 @@
-"""Event ids: UUID version 7 (RFC 9562), time-ordered, so that new events' ids go in at the
-right-hand end of their unique index instead of at a random page of it.
-
-A random (version 4) id made every push write a random leaf of `events_event_uid_key` and, after
-each checkpoint, log that whole 8 KB page again: on a table of millions of events, nearly one
-full page per push. Version 7 ids also sort by creation, and they stay opaque: the first 48 bits
-are the millisecond the event was made (which the API shows as `created_at` anyway), the other
-74 are random. Python gains uuid.uuid7 in 3.14; until then, this.
-"""
+"""Event ids: UUID version 7, time-ordered, so new ids go in at the right-hand end of their index."""
 
 from __future__ import annotations
 

@@ -1,7 +1,4 @@
-"""Message names: the canonical spellings, the aliases older stores send, and resource keys.
-
-Pure functions, no ORM: the API, the services and routing all share them.
-"""
+"""Message names: the canonical spellings, the aliases older stores send, and resource keys."""
 
 from __future__ import annotations
 
@@ -11,7 +8,7 @@ from typing import Any
 
 from django.conf import settings
 
-# The pushable events of the Spree Professional guide (seeds/002), spelled the way the hub stores them.
+# The pushable events of the Spree guide, spelled the way the hub stores them.
 CANONICAL_MESSAGES: frozenset[str] = frozenset(
     {
         "order:new",
@@ -27,7 +24,7 @@ CANONICAL_MESSAGES: frozenset[str] = frozenset(
     }
 )
 
-# Spellings seen in the guides (seeds/003 uses order:update and order:cancel) and in older extensions.
+# Spellings seen in the guides and in older extensions.
 MESSAGE_ALIASES: dict[str, str] = {
     "order:update": "order:updated",
     "order:cancel": "order:canceled",
@@ -41,8 +38,7 @@ MESSAGE_ALIASES: dict[str, str] = {
 MESSAGE_MAX_LENGTH = 100
 _MESSAGE_RE = re.compile(r"^[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*:[a-z][a-z0-9_]*$")
 
-# Where a message's resource key (the order number, say) is found, tried in order. The Spree guides
-# put an order's number at order.number (seeds/001) or order.actual.number (seeds/004).
+# Where a message's resource key (the order number, say) is found, tried in order.
 DEFAULT_RESOURCE_KEY_PATHS: tuple[str, ...] = (
     "{resource}.number",
     "{resource}.actual.number",
@@ -50,8 +46,7 @@ DEFAULT_RESOURCE_KEY_PATHS: tuple[str, ...] = (
     "number",
     "id",
 )
-# A shipment or a payment that names its order is keyed to that order first, so it shares the
-# order's FIFO and timeline.
+# A shipment or payment naming its order is keyed to it first, sharing the order's FIFO and timeline.
 ORDER_OF_RESOURCE_PATHS: tuple[str, ...] = ("{resource}.order_number", "{resource}.order.number", "order_number")
 
 # A path whose last segments are one of these names the order the message belongs to.

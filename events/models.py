@@ -35,8 +35,7 @@ class Store(models.Model):
     )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
-    # The token replaced by the last rotation keeps working until previous_token_expires_at, so a
-    # store can switch over without dropping pushes.
+    # The token replaced by the last rotation keeps working until previous_token_expires_at.
     previous_token_hash = models.CharField(max_length=64, blank=True, default="", db_index=True, editable=False)
     previous_token_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
 
@@ -82,14 +81,12 @@ class EventSource(models.TextChoices):
     REPLY = "reply", "Returned by an endpoint"
 
 
-# What payload_orjson leaves to json.dumps: types json would refuse (so they still fail as before).
+# Types json.dumps would refuse are passed through, so they still fail there.
 _ORJSON_STRICT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
 
 
 def payload_orjson(value: Any) -> bytes | None:
-    """A payload as orjson writes it for its column, or None for what orjson does not write (an
-    integer beyond 64 bits, a lone surrogate). Validation writes a payload with it once and the
-    INSERT sends that text (events.services), so both must write it the same way."""
+    """A payload as orjson writes it for its column, or None for what orjson cannot write."""
     try:
         return orjson.dumps(value, option=_ORJSON_STRICT)
     except orjson.JSONEncodeError:
@@ -97,31 +94,17 @@ def payload_orjson(value: Any) -> bytes | None:
 
 
 def payload_dumps(value: Any) -> bytes | str:
-    """A payload as JSON text for its json column: orjson, or json.dumps for what orjson does not
-    write, so nothing is stored differently."""
+    """A payload as JSON text for its json column: orjson, else json.dumps."""
     written = payload_orjson(value)
     return written if written is not None else json.dumps(value)
 
 
-# 19 digits or more: an integer that may not fit 64 bits (the longest that always does has 18).
+# An integer that may not fit 64 bits, which orjson would read as a float.
 _LONG_DIGITS = re.compile(r"\d{19}")
 
 
 class PayloadField(models.JSONField):
-    """A JSONField kept in a PostgreSQL `json` column, which a multi-row INSERT sends as one
-    parameter per row.
-
-    `json`, not Django's `jsonb`: the hub stores a payload and hands it back whole, and never asks
-    the database inside one. jsonb parses every payload into its binary form on the way in and
-    writes it back out as text on every read, a large share of PostgreSQL's time per stored event.
-    `json` checks the text
-    and keeps it as it came, key order included. What that gives up: jsonb's operators and
-    indexes, so a payload lookup (`payload__order__id=...`) is not available on this column.
-
-    Django's PostgreSQL bulk_create sends each column as one array (INSERT ... SELECT * FROM
-    UNNEST), and psycopg escapes an array's text element by element with a regular expression:
-    for a batch of large payloads that escaping dominated the batch's time. A placeholder
-    per value opts out of UNNEST (Django checks for get_placeholder)."""
+    """A JSONField in a PostgreSQL `json` column (not `jsonb`), one parameter per row (docs/performance.md)."""
 
     def db_type(self, connection: Any) -> str | None:
         if connection.vendor == "postgresql":
@@ -134,19 +117,13 @@ class PayloadField(models.JSONField):
     def get_db_prep_value(self, value: object, connection: Any, prepared: bool = False) -> object:
         adapted = super().get_db_prep_value(value, connection, prepared)
         if connection.vendor == "postgresql" and isinstance(adapted, Jsonb):
-            # Sent as json, the column's type: a jsonb parameter would be parsed into jsonb and
-            # written back out as text. Written by orjson, several times faster than json.dumps.
+            # Sent as json, the column's type, so it is not parsed into jsonb and back.
             dumps = payload_dumps if adapted.dumps is json.dumps else adapted.dumps
             return Json(adapted.obj, dumps=dumps)
         return adapted
 
     def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
-        # Read by orjson: every delivery reads its event's payload, and json.loads showed in a
-        # worker's profile. orjson reads an integer beyond 64 bits as a float
-        # (silently), so text with a run of 19 digits anywhere (a string's too: harmless) is read
-        # by Django's json.loads as before, and so is what orjson refuses (NaN). The column's
-        # text arrives as text (integrator/postgresql registers the loader, as Django does for
-        # jsonb).
+        # orjson, except for long integers (read as floats) and what it refuses (NaN): json.loads.
         if (
             isinstance(value, str)
             and self.decoder is None
@@ -169,8 +146,7 @@ class Event(models.Model):
         on_delete=models.PROTECT,
         related_name="events",
         help_text="The store that pushed it; empty for events returned by an endpoint.",
-        # Every index is written on every push: event_store_recent and the unique (store,
-        # message_id) already start with store, so a third index on it only cost inserts.
+        # Covered by event_store_recent and the unique (store, message_id).
         db_index=False,
     )
     message = models.CharField(max_length=100, db_index=True)
@@ -190,8 +166,7 @@ class Event(models.Model):
     # Looked up through event_status_created, which starts with it.
     status = models.CharField(max_length=20, choices=EventStatus.choices, default=EventStatus.QUEUED)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
-    # The W3C trace context of the push that stored it, so that delivery attempts, whenever and
-    # wherever they run, join the push's trace (infra/tracing.py). Empty with tracing off.
+    # The push's W3C trace context, so delivery attempts join its trace; empty with tracing off.
     traceparent = models.CharField(max_length=55, blank=True, default="", editable=False)
 
     class Meta:
@@ -212,10 +187,10 @@ class Event(models.Model):
 
 
 class EventDescendants(models.Model):
-    """How many events the endpoints' replies made under one root event (one with no parent), at
-    any depth: what HUB_MAX_DESCENDANTS bounds. A row of its own, made at the first reply that
-    returns messages, rather than a column on the event: the event's row is locked by every
-    status change, and a counter there would make two batches wait on each other's events."""
+    """How many events replies made under one root event, at any depth: what HUB_MAX_DESCENDANTS bounds.
+
+    Not a column on Event: every status change locks the event's row, and batches would wait on it.
+    """
 
     root = models.OneToOneField(Event, primary_key=True, on_delete=models.CASCADE, related_name="+")
     count = models.PositiveIntegerField(default=0)

@@ -45,14 +45,9 @@ _LOSSLESS_INT_LIMIT = 2**63
 
 
 def json_shape_check(data: Any, *, max_depth: int, max_keys: int) -> bool:
-    """Refuse documents nested deeper than max_depth, or an envelope holding more than max_keys
-    object keys; return whether a float orjson may have made from a big integer is present.
+    """Refuse documents deeper than max_depth or an envelope over max_keys keys; whether a big integer may be a float.
 
-    Keys are counted per envelope: the whole document of a single push, each item of a batch (a
-    JSON array, or the list under {"events": [...]}). Counted over a whole batch, the cap refused
-    24 ordinary orders (425 keys each) while HUB_MAX_BATCH_SIZE allows 500 envelopes and the
-    body cap 1 MiB; what bounds the work of one request is the body cap, what the key cap is for
-    is one event's JSON, walked again wherever it is stored and read.
+    Keys are counted per envelope, not per batch: the body cap bounds a request, the key cap one event.
     """
     if type(data) is list:
         return _shape_walk_items(data, 2, max_depth=max_depth, max_keys=max_keys)
@@ -83,12 +78,10 @@ def _too_deep(max_depth: int) -> None:
 
 
 def _shape_walk(data: Any, depth: int, *, max_depth: int, max_keys: int, where: int | None) -> bool:
-    """One iterative pass over a value that starts `depth` levels down in the body, so that a
-    hostile document cannot exhaust the stack of the checker itself. (NUL characters are refused
-    by the envelope validation, which can name where they are.) Only containers go on the stack,
-    and exact type() tests stand in for isinstance(): orjson and json make plain dicts, lists and
-    floats, and this walk runs over every value of every body, where it was a noticeable share of
-    the request."""
+    """One iterative pass, so a hostile document cannot exhaust the checker's own stack.
+
+    Exact type() tests: parsers make plain dicts, lists and floats, and this runs over every value.
+    """
     keys = 0
     big_number = type(data) is float and abs(data) >= _LOSSLESS_INT_LIMIT and data.is_integer()
     stack: list[tuple[Any, int]] = [(data, depth)]
@@ -124,11 +117,10 @@ def json_parse_body(raw: bytes, *, max_depth: int, max_keys: int) -> Any:
     """Parse a request body: errors that say where, depth and key caps, and integers kept exact."""
     data = json_loads_or_error(raw)
     if json_shape_check(data, max_depth=max_depth, max_keys=max_keys):
-        # The payload is kept as sent: the standard library keeps integers of any size. orjson has
-        # already checked the syntax, which is stricter than json's (no NaN, no Infinity).
+        # json keeps integers of any size; orjson has already checked the (stricter) syntax.
         try:
             data = json.loads(raw)
-        except ValueError as exc:  # e.g. an integer over Python's 4300-digit limit
+        except ValueError as exc:  # an integer over Python's digit limit
             raise MalformedJson(f"The body has a number the hub cannot keep exactly: {exc}.", field="body") from None
     return data
 
@@ -158,8 +150,7 @@ UNSIZED_BODY = "hub.unsized_body"
 
 
 def unsized_body_receive(request: Request) -> None:
-    """Read a chunked body now that its sender is authenticated, at most the cap plus one byte,
-    and hand it to Django as a sized one. Nothing to do for a body with a Content-Length."""
+    """Read a chunked body now that its sender is authenticated (at most the cap plus one byte)."""
     meta = request.META
     if not meta.pop(UNSIZED_BODY, False):
         return

@@ -45,19 +45,12 @@ def event_list(
     return qs.order_by("-id")
 
 
-# token digest -> the store it authenticated. Only tokens that matched a store are kept, so the
-# size is bounded by the stores' tokens.
+# token digest -> store; only matching tokens are kept, so the stores' tokens bound its size.
 _stores_by_digest: TtlCache[str, Store] = TtlCache()
 
 
 def store_for_token_digest(digest: str, *, now: datetime) -> Store | None:
-    """The store whose current token, or previous token still in its grace, has this digest.
-
-    Remembered for settings.HUB_STORE_AUTH_CACHE_SECONDS, which bounds how stale a store's
-    is_active and token hashes can be in this process; the caller still checks the token against
-    the store (Store.token_matches), so a previous token's grace ends on time. Each caller gets
-    its own copy: one request's changes (last_used_at) do not leak into another's through it.
-    """
+    """The store whose current or previous token has this digest, remembered a while; a copy per caller."""
     hit = _stores_by_digest.get(digest)
     if hit is not None:
         return copy.copy(hit)
@@ -72,8 +65,7 @@ def store_for_token_digest(digest: str, *, now: datetime) -> Store | None:
 
 
 def store_last_used_noted(digest: str, *, at: datetime) -> None:
-    """The remembered store was just marked as used: keep its copy in step, so that this process
-    writes last_used_at once a resolution period, not on every request until the entry expires."""
+    """Keep the remembered copy's last_used_at in step, so it is not written on every request."""
     hit = _stores_by_digest.get(digest)
     if hit is not None:
         hit.last_used_at = at

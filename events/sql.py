@@ -1,10 +1,4 @@
-"""Every statement events writes by hand: the INSERT of events, which every push runs.
-
-One style, as routing.sql: a function per statement returning its text for a shape, cached; tables
-and model-derived columns quoted; %s placeholders, which numbered() rewrites as $1, $2, ... for the
-server-bound cursor of the PostgreSQL backend (integrator/postgresql), where the parameters travel
-apart from the text; SQLite takes the %s text as it is.
-"""
+"""Every statement events writes by hand (the events INSERT), in routing.sql's style."""
 
 from __future__ import annotations
 
@@ -23,8 +17,7 @@ def server_bound(connection: Any) -> bool:
 
 
 def insert_cursor(connection: Any, *, prepared: bool = False) -> Any:
-    """The server-bound cursor where the backend has one (prepared when asked: the statement every
-    push runs), or the connection's own cursor."""
+    """The server-bound cursor where the backend has one, or the connection's own cursor."""
     return connection.cursor_server_bound(prepared=prepared) if server_bound(connection) else connection.cursor()
 
 
@@ -46,13 +39,10 @@ def event_insert_fields() -> list[Field]:
     return [f for f in Event._meta.concrete_fields if not f.primary_key and not f.generated]
 
 
-# Kept for the batch sizes seen most recently: a store sending every size up to
-# HUB_MAX_BATCH_SIZE cannot make a process keep them all.
+# Bounded, so a store sending every batch size cannot make a process keep them all.
 @functools.lru_cache(maxsize=64)
 def event_insert(alias: str, rows: int, *, skip_conflicts: bool) -> str:
-    """INSERT INTO events_event (event_insert_fields) VALUES (...) x rows, optionally skipping rows
-    whose (store, message_id) or uid is taken, RETURNING id, message_id. Params: each event's
-    values, as events.services.event_values gives them."""
+    """The events INSERT for `rows` rows (events.services.event_values), RETURNING id, message_id."""
     quote = connections[alias].ops.quote_name
     meta = Event._meta
     fields = event_insert_fields()

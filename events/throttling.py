@@ -21,17 +21,9 @@ from infra.cache import cache_available, cache_failed
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
-# DRF's sliding log (every request's time within the window; refuse when the window holds the
-# limit), kept in a Redis sorted set and checked and updated by one script: one round trip instead
-# of DRF's GET and SET, and no list of timestamps pickled back and forth. The time is Redis' own,
-# so web hosts with skewed clocks still share one window.
-#
-# ARGV: limit, window (µs), a member prefix unique to the call, how many requests to admit
-# (a lease, see Leases), and how far ahead (µs) to date the entries of a lease of more than one:
-# to its end, the latest moment one of them can be used, so that no admitted request leaves the
-# window before it should. Returns {admitted, 0} with 1 <= admitted <= asked, or {0, µs until the
-# oldest entry leaves the window}. Near the limit it admits at most a quarter of what is left, so
-# that requests left unused in other processes' leases hold back little of the window.
+# DRF's sliding log in a Redis sorted set, on Redis' clock so skewed web hosts share one window.
+# ARGV: limit, window µs, member prefix, lease size, µs to date a lease's entries ahead (to its end).
+# Returns {admitted, 0} or {0, µs until the oldest entry leaves}.
 SLIDING_LOG_SCRIPT = """
 local key, limit, window = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
 local ask, ahead = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -56,19 +48,14 @@ local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
 return {0, math.max(0, tonumber(oldest[2]) + window - now)}
 """
 
-# A lease lasts at most this long, and at most a twentieth of the limit's window: its entries are
-# dated to its end, so at the limit a busy store gets up to half a lease's time less of a window.
 LEASE_SECONDS = 0.05
-# The most requests one lease admits.
 LEASE_MAX = 64
 
 _local = threading.local()
 
 
 def _sliding_log(cache: RedisCache) -> Any:
-    """The registered script (its client and SHA), made once per thread and cache: Django's own
-    RedisCache builds a new redis client object on every call (infra/cache.py keeps them),
-    and this works with either."""
+    """The registered script, once per thread and cache: Django's RedisCache builds a client per call."""
     if getattr(_local, "cache", None) is not cache:
         client = cache._cache.get_client(write=True)
         _local.script = client.register_script(SLIDING_LOG_SCRIPT)
@@ -85,18 +72,9 @@ class _Lease:
 
 
 class Leases:
-    """Requests admitted by the shared sliding log in small batches, one Redis round trip for
-    several requests of a busy store instead of one for each: the round trip was a large share of
-    a push's cost.
+    """Requests admitted by the shared sliding log in leases sized to the store's demand (docs/security.md).
 
-    A lease is as large as the store's demand in this process showed itself to be: one request at
-    first, twice the last lease when that was used up before it ended, what was used of it when
-    it ended with some left; never more than LEASE_MAX, nor more than the limit allows in a
-    lease's time. So a store pushing well within its limits always asks for one, and is counted
-    exactly as before. The window is never
-    overrun: every request admitted has its entry in the log, dated no earlier than its use; what
-    a lease leaves unused when it ends is counted without being used. A refusal is remembered
-    until the oldest entry leaves the window, which no other request can make sooner.
+    Never overruns the window: every admitted request has its entry, dated no earlier than its use.
     """
 
     def __init__(self) -> None:
@@ -126,7 +104,6 @@ class Leases:
                 ask = min(most, 2 * lease.admitted)  # used up before it ended
             else:
                 ask = min(most, max(1, lease.admitted - lease.left))
-        # A member prefix unique to this call: two calls in the same microsecond are two entries.
         admitted, wait_us = _sliding_log(cache)(
             keys=[key],
             args=[limit, int(window * 1_000_000), os.urandom(8).hex(), ask, int(seconds * 1_000_000)],
@@ -159,15 +136,7 @@ leases = Leases()
 
 
 class StoreRateThrottle(SimpleRateThrottle):
-    """One bucket per store and scope: `store_write` for pushes, `store_read` for reads.
-
-    Rates come from settings.HUB_RATE_LIMITS, read per request rather than at import as DRF's
-    default does, so that a changed setting takes effect without a restart of the class.
-    With Redis as the cache the count is one script (SLIDING_LOG_SCRIPT) admitting requests in
-    leases (Leases); with any other cache (the embedded file cache) it is DRF's own
-    implementation, with the same rule. When Redis fails, requests are admitted uncounted
-    (infra.cache: counted in hub_redis_errors_total, logged, and Redis left alone a while).
-    """
+    """One bucket per store and scope (`store_write`, `store_read`); rates read per request, not at import."""
 
     cache_format = "throttle_%(scope)s_%(ident)s"
     log_format = "throttle_log_%(scope)s_%(ident)s"
@@ -209,8 +178,7 @@ class StoreRateThrottle(SimpleRateThrottle):
         store = request.user
         if not isinstance(store, Store):
             return None
-        # created_at is part of the identity: a test database (or SQLite after a delete) can hand a
-        # store id to a new store, which must not inherit an old store's history.
+        # created_at too: a reused store id must not inherit an old store's count.
         return f"{store.pk}-{int(store.created_at.timestamp() * 1_000_000)}"
 
     def get_cache_key(self, request: Request, view: object) -> str | None:

@@ -23,8 +23,7 @@ class Envelope:
     message: str
     message_id: str | None
     payload: dict[str, Any]
-    # The payload as orjson wrote it for the NUL check, handed on to the INSERT so that it is not
-    # written twice (None when orjson refused it: json.dumps writes it then, as before).
+    # The payload as orjson wrote it for the NUL check, handed on so the INSERT does not write it again.
     payload_json: bytes | None = field(default=None, repr=False, compare=False)
 
 
@@ -60,16 +59,11 @@ def envelope_validate(data: Any) -> Envelope:
     payload = data["payload"]
     if not isinstance(payload, Mapping):
         raise InvalidEnvelope(f"'payload' must be a JSON object, not {json_type(payload)}.", field="payload")
-    # The payload's text as the INSERT will send it; a NUL character, in a key or a string, is
-    # found in it in C: orjson writes one as backslash-u0000, and only text holding that (a NUL, or
-    # those six characters themselves) or what orjson does not write (None) needs the walk in
-    # Python that names where it is: walking every payload cost more than the rest of validation.
+    # A NUL is found in the written text in C; only a hit (or no text) needs the Python walk naming where.
     payload_json = payload_orjson(payload)
     nul_at = _nul_path(payload) if payload_json is None or _NUL_ESCAPE in payload_json else None
     if nul_at is not None:
-        # PostgreSQL cannot hold NUL as text or jsonb (the json column keeps the escape, but a payload
-        # with it could not go back to jsonb, events.0007); refusing it everywhere keeps SQLite and
-        # PostgreSQL alike.
+        # PostgreSQL cannot hold NUL as text or jsonb; refused everywhere, so SQLite and PostgreSQL agree.
         raise InvalidEnvelope(
             f"'payload' contains the NUL character (\\u0000) at '{nul_at}', which the hub cannot store.",
             field="payload",
@@ -121,8 +115,7 @@ _UNITS = {"m": "minutes", "h": "hours", "d": "days"}
 
 
 def since_parse(raw: str, *, relative: bool = False) -> datetime | None:
-    """An ISO 8601 date-time (naive means UTC) or a plain date (its midnight, UTC); with
-    `relative`, also a time ago such as '90m', '6h' or '2d'. None when it is none of those."""
+    """An ISO 8601 date-time or date (UTC when naive); with `relative`, also '90m', '6h', '2d'; else None."""
     raw = raw.strip()
     if relative and (ago := _RELATIVE.match(raw)):
         return timezone.now() - timedelta(**{_UNITS[ago.group(2)]: int(ago.group(1))})

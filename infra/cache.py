@@ -1,15 +1,6 @@
-"""Django's Redis cache backend, keeping its redis clients.
+"""Django's Redis cache backend, keeping its redis clients (Django builds one per operation, costly).
 
-Django's RedisCacheClient builds a new `redis.Redis` on every operation (its connection pool is
-kept, the client object is not), and building one fills a case-insensitive table of ~170 reply
-callbacks: 0.1-0.25 ms of CPU, more than the round trip to Redis itself. A routed push sets its
-endpoint's pending mark (routing.wakeup) on every push, and every pump clears it. A redis client
-is safe to share between threads, and its pool reconnects after a fork, so each pool's client
-is made once. (Django's cache backends are per thread, and so are these clients.)
-
-The cache is never what refuses a push: every use of it on the push path fails open or falls
-back (a rate limit not enforced, a pending mark kept in the process only) when Redis fails,
-through `cache_available` and `cache_failed` below.
+The cache never refuses a push: its uses fail open through `cache_available` and `cache_failed`.
 """
 
 from __future__ import annotations
@@ -28,14 +19,12 @@ cache_down_until = [0.0]
 
 
 def cache_available() -> bool:
-    """False for HUB_CACHE_BACKOFF_SECONDS after a failure of the cache: meanwhile its uses fail
-    open at once instead of each waiting out Redis' connection timeout."""
+    """False for HUB_CACHE_BACKOFF_SECONDS after a failure, so uses fail open without waiting on Redis."""
     return time.monotonic() >= cache_down_until[0]
 
 
 def cache_failed(use: str, exc: BaseException) -> None:
-    """A use of the cache failed and was worked around: count it, say it, and leave the cache
-    alone for a while (one log line per process per backoff, not one per push)."""
+    """A use of the cache failed and was worked around: count it, log it once, and back off."""
     from infra.metrics import redis_error_count
 
     redis_error_count(use)

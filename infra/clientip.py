@@ -9,10 +9,7 @@ from django.http import HttpRequest
 
 
 def client_ip(request: HttpRequest) -> str:
-    """REMOTE_ADDR; behind HUB_TRUSTED_PROXY_COUNT proxies, the address the outermost one saw.
-
-    Each proxy appends to X-Forwarded-For the address it received from, so that address is the
-    N-th from the right; whatever stands left of it was written by the client and is never used."""
+    """REMOTE_ADDR; behind HUB_TRUSTED_PROXY_COUNT proxies, the N-th from the right of X-Forwarded-For."""
     remote = request.META.get("REMOTE_ADDR", "")
     proxies = settings.HUB_TRUSTED_PROXY_COUNT
     if proxies <= 0:

@@ -1,10 +1,4 @@
-"""Prometheus counters: what happened, kept by the process that saw it.
-
-Web processes count events accepted and rejected; Celery workers count attempts and deliveries by
-outcome through `attempt_observe` and `delivery_outcome_count`. With PROMETHEUS_MULTIPROC_DIR set,
-every process of a gunicorn (or a prefork Celery pool) writes its values there and one scrape adds
-them up. How the worker is scraped: docs/operations.md ("Metrics").
-"""
+"""Prometheus counters, kept by the process that saw it (docs/operations.md, "Metrics")."""
 
 from __future__ import annotations
 
@@ -85,8 +79,7 @@ def multiproc_dir_reset(path: str) -> None:
 
 
 def worker_metrics_serve(*, port: int) -> None:
-    """Serve this Celery worker's counters on `port` (all pool processes, through the multiprocess
-    directory). Called once in the worker's main process, before the pool forks."""
+    """Serve this Celery worker's counters on `port`; called in the main process before the pool forks."""
     from prometheus_client import start_http_server
 
     if settings.PROMETHEUS_MULTIPROC_DIR:

@@ -1,11 +1,6 @@
-"""Optional OpenTelemetry tracing, off unless HUB_OTEL_ENABLED: one trace per event, from the push
-through each delivery attempt, however much later and in whichever worker the attempt happens.
+"""Optional OpenTelemetry tracing (HUB_OTEL_ENABLED): one trace per event, from the push through each attempt.
 
-The push's request span (Django instrumentation) gets an "event" span per stored event, whose
-context is kept with the event (Event.traceparent, W3C format); each attempt span is that span's
-child, linked to the Celery task that ran it, with the outbound request (requests instrumentation)
-under it. Set up once per process from integrator/wsgi.py and the Celery worker's init. Off, no
-OpenTelemetry module is imported and each hook costs one check of `_tracer`.
+Off, no OpenTelemetry module is imported and each hook costs one check of `_tracer`.
 """
 
 from __future__ import annotations
@@ -36,9 +31,7 @@ def tracing_enabled() -> bool:
 
 
 def tracing_setup(*, span_processor: SpanProcessor | None = None) -> bool:
-    """Turn tracing on in this process when HUB_OTEL_ENABLED says so (idempotent). Spans go to
-    `span_processor` when given (tests), else to the OTLP exporter (configured by the standard
-    OTEL_EXPORTER_OTLP_* variables) or, without an endpoint, to the console."""
+    """Turn tracing on in this process when HUB_OTEL_ENABLED says so (idempotent)."""
     global _tracer, _provider
     if _tracer is not None or not settings.HUB_OTEL_ENABLED:
         return _tracer is not None
@@ -94,8 +87,7 @@ def _exporter() -> Any:
 
 
 def event_traceparent(event: Event) -> str:
-    """An "event" span under the current one (the push's request), ended at once; its context in
-    W3C traceparent form, for the attempts to continue. "" when tracing is off."""
+    """An "event" span under the push's, ended at once; its W3C traceparent ("" when tracing is off)."""
     if _tracer is None:
         return ""
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -111,9 +103,7 @@ def event_traceparent(event: Event) -> str:
 
 
 def attempt_start(delivery: Delivery, subscription: Subscription) -> tuple[Span, object] | None:
-    """The span of one delivery attempt, made current so the outbound request's span is its child.
-    A child of the event's span (from Event.traceparent), linked to the task that sends it. End it
-    with attempt_end. None when tracing is off."""
+    """The current span of one delivery attempt, a child of the event's span; None when tracing is off."""
     if _tracer is None:
         return None
     from opentelemetry import context, trace

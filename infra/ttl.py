@@ -1,5 +1,4 @@
-"""Values a process remembers for a while: each entry expires `ttl` seconds after it was put (by
-time.monotonic), and the whole map is dropped at `cap` entries, a backstop on its size."""
+"""Values a process remembers for `ttl` seconds; the whole map is dropped at `cap` entries."""
 
 from __future__ import annotations
 

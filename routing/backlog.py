@@ -1,5 +1,4 @@
-"""What waits in the delivery queue: deliveries by state, the oldest open one, and how overdue
-the most overdue one is. Read by the admin dashboard, `hubstatus` and the /metrics collector."""
+"""What waits in the delivery queue: deliveries by state, the oldest open one, the most overdue."""
 
 from __future__ import annotations
 
@@ -50,8 +49,7 @@ def delivery_oldest_open(*, now: datetime | None = None) -> OldestWaiting | None
 
 
 def delivery_due_lag_seconds(*, now: datetime | None = None) -> float:
-    """How long the most overdue open delivery has been due: workers falling behind show here
-    first, while a delivery waiting out its retry backoff does not count."""
+    """How long the most overdue open delivery has been due (a retry's backoff does not count)."""
     now = now or timezone.now()
     oldest_due = Delivery.objects.filter(state__in=DELIVERY_OPEN_STATES, next_attempt_at__lte=now).aggregate(
         due=Min("next_attempt_at")

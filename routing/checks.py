@@ -48,9 +48,7 @@ def deploy_security_check(app_configs: Any = None, **kwargs: Any) -> list[Error 
 
 @register()
 def delivery_time_limits_check(app_configs: Any = None, **kwargs: Any) -> list[Error]:
-    """A hold limit shorter than an attempt lets the sweeper start a second attempt while the first
-    is still on the wire (the heartbeat renews a lease up to it, routing.leases); a Celery limit
-    shorter than a pump stops it mid-attempt, unrecorded."""
+    """A hold limit shorter than an attempt allows a second attempt meanwhile; a short Celery limit cuts a pump."""
     from routing.transport.exchange import TIMEOUT_MAX_SECONDS
 
     problems: list[Error] = []
@@ -82,9 +80,7 @@ def delivery_time_limits_check(app_configs: Any = None, **kwargs: Any) -> list[E
 
 @register(Tags.database)
 def match_filters_check(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[Warning]:
-    """A stored `match` pattern that RE2 refuses (saved before patterns were checked against it)
-    never matches; say which. Runs where Django runs database checks: `check --database default`
-    and `migrate`."""
+    """A stored `match` pattern that RE2 refuses never matches; say which (a database check)."""
     from routing.matching import regex_problem
     from routing.models import Subscription
 

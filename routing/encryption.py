@@ -1,9 +1,4 @@
-"""Encryption at rest for subscription secrets (Fernet, keys from HUB_ENCRYPTION_KEYS).
-
-The first key encrypts; every key decrypts, so keys rotate by putting a new one first and
-re-encrypting (`subscription_secrets_reencrypt`). Without keys, development derives one from
-SECRET_KEY so that the embedded default stays zero-config; production refuses to start without them.
-"""
+"""Encryption at rest for subscription secrets (Fernet, keys from HUB_ENCRYPTION_KEYS; docs/security.md)."""
 
 from __future__ import annotations
 

@@ -19,15 +19,9 @@ from routing.encryption import (
 
 
 class EncryptedTextField(models.TextField):
-    """Python sees the plain secret; the database only ever holds a Fernet token.
+    """Python sees the plain secret; the database and dumps only ever hold a Fernet token.
 
-    Encryption is not deterministic, so the column cannot be filtered on; nothing needs to.
-    A value that is not a Fernet token is read as is: that is a row the encrypting migration has
-    not reached yet, and it is encrypted on its next save.
-
-    Serialized (`dumpdata`, fixtures) it is written as a Fernet token too, so a dump holds no
-    secret in clear, and read back (`loaddata`) by decrypting it: a dump loads where the same
-    HUB_ENCRYPTION_KEYS are configured, and elsewhere fails naming the field.
+    A value that is not a token is a row not yet encrypted: read as is, encrypted on its next save.
     """
 
     description = "Text encrypted with HUB_ENCRYPTION_KEYS"
@@ -55,13 +49,7 @@ class EncryptedTextField(models.TextField):
 
 
 class EncryptedJSONField(models.JSONField):
-    """A JSON value Python sees as it is; the column holds its JSON text encrypted, as a JSON
-    string (so the column keeps its JSON type, and a row the encrypting migration has not reached
-    yet, a plain JSON value, is read as is and encrypted on its next save).
-
-    For a subscription's parameters, where an endpoint takes its credentials (the SSRF guard
-    refuses them in a URL and says so). Encrypted like the secrets, so the database can neither
-    filter on it nor look into it; dumps carry it encrypted too (EncryptedTextField)."""
+    """A JSON value kept as a JSON string of its encrypted text, so the column keeps its JSON type."""
 
     description = "JSON encrypted with HUB_ENCRYPTION_KEYS"
 
@@ -88,14 +76,12 @@ class EncryptedJSONField(models.JSONField):
 
 
 def encrypted_fields(model: type[models.Model]) -> tuple[str, ...]:
-    """The names of `model`'s fields kept encrypted: what key rotation must rewrite, and what a
-    read that needs none of them (routing) leaves out rather than decrypt."""
+    """The names of `model`'s encrypted fields: what key rotation rewrites and routing's reads leave out."""
     return tuple(f.name for f in model._meta.concrete_fields if isinstance(f, (EncryptedTextField, EncryptedJSONField)))
 
 
 def _serialized_decrypt(name: str, value: str) -> str:
-    """A Fernet token from a dump (loaddata) or a form, decrypted; refused with a sentence when
-    none of the keys opens it, instead of being stored encrypted twice."""
+    """A Fernet token from a dump or a form, decrypted; refused when no key opens it (not encrypted twice)."""
     try:
         return secret_decrypt(value)
     except SecretUndecryptable:
@@ -107,11 +93,7 @@ def _serialized_decrypt(name: str, value: str) -> str:
 
 
 def column_encrypt_existing(model: type[models.Model], field_name: str, *, using: str = "default") -> int:
-    """Encrypt the values of `field_name` still stored in clear (rows older than the encrypted field).
-
-    For migrations: works on raw column values, so it is safe to run twice and leaves rows that are
-    already encrypted alone. Returns how many rows it encrypted.
-    """
+    """For migrations: encrypt the values of `field_name` still in clear; safe to run twice."""
     return _column_rewrite(
         model, field_name, using=using, wanted=lambda v: not secret_is_encrypted(v), rewrite=secret_encrypt
     )
@@ -127,8 +109,7 @@ _JSON_TOKEN_PREFIX = '"' + TOKEN_PREFIX
 
 
 def json_column_encrypt_existing(model: type[models.Model], field_name: str, *, using: str = "default") -> int:
-    """column_encrypt_existing for an EncryptedJSONField: each clear JSON value becomes a JSON
-    string of its encrypted text. Safe to run twice; returns how many rows it encrypted."""
+    """column_encrypt_existing for an EncryptedJSONField."""
     return _column_rewrite(
         model,
         field_name,

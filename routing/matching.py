@@ -1,9 +1,4 @@
-"""Which subscriptions want an event: pure functions over plain values.
-
-A subscription names message types (exact names, aliases, `order:*`, `*`) and optional content
-filters on payload paths: `{"path": "order.channel", "op": "eq", "value": "spree"}`, combined
-with mode `all` (every filter matches) or `any` (at least one does).
-"""
+"""Which subscriptions want an event: pure functions over plain values."""
 
 from __future__ import annotations
 
@@ -31,8 +26,7 @@ _PATTERN_RE = re2.compile(r"^[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*:\*$")
 
 
 def message_matches(pattern: str, message: str) -> bool:
-    """'*' matches everything, 'order:*' every order message, anything else only itself (aliases
-    such as 'order:update' stand for their canonical name)."""
+    """'*' matches everything, 'order:*' every order message, anything else (or its alias) only itself."""
     pattern = pattern.strip().lower()
     if pattern in ("*", "*:*"):
         return True
@@ -145,8 +139,7 @@ def filter_matches(spec: Mapping[str, Any], payload: Any) -> bool:
         if isinstance(actual, bool) or not isinstance(actual, (str, int, float)) or not isinstance(expected, str):
             return False
         regex = regex_compile(expected)
-        # A pattern the engine refuses (stored before it was checked) matches nothing; it is never
-        # handed to Python's backtracking `re`.
+        # A pattern RE2 refuses matches nothing; it is never handed to Python's backtracking `re`.
         if regex is None:
             return False
         # RE2 reads UTF-8; a lone surrogate (possible in an endpoint's reply) must not raise.
@@ -155,10 +148,7 @@ def filter_matches(spec: Mapping[str, Any], payload: Any) -> bool:
 
 
 def regex_problem(pattern: str) -> str:
-    """Why `pattern` cannot be a `match` filter (a phrase to follow "Filter N (match)"), or "".
-
-    Patterns run on RE2, whose time is linear in the value matched whatever the pattern; it has no
-    backreferences or lookaround, which are what make a backtracking engine take exponential time."""
+    """Why `pattern` cannot be a `match` filter (RE2, linear in the value), or ""."""
     return _regex_compiled(pattern)[1]
 
 
@@ -169,8 +159,7 @@ def regex_compile(pattern: str) -> Any:
 
 @functools.lru_cache(maxsize=256)
 def _regex_for_routing(pattern: str) -> Any:
-    # Cached apart from _regex_compiled so that a refused pattern is logged once per process, not
-    # once per event routed.
+    # Cached apart from _regex_compiled so a refused pattern is logged once per process.
     regex, problem = _regex_compiled(pattern)
     if regex is None:
         logger.warning("A match filter never matches: its pattern %r %s.", pattern[:100], problem)

@@ -1,6 +1,4 @@
-"""One object per process for the delivery path's background threads (the deadline watchdog, the
-lease heartbeat): made on first use, and made again in a forked child, which inherits the parent's
-object but not its thread."""
+"""One object per process for background threads, made again in a forked child (which has no thread)."""
 
 from __future__ import annotations
 

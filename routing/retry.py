@@ -1,5 +1,4 @@
-"""When to try a delivery again: the Standard Webhooks schedule, jitter, Retry-After, and which
-answers end a delivery for good. Pure functions: the caller passes the schedule and the clock."""
+"""When to try a delivery again: schedule, jitter, Retry-After, and which answers end it for good."""
 
 from __future__ import annotations
 
@@ -81,8 +80,7 @@ def decide(
     rng: random.Random | None = None,
     permanent: bool = False,
 ) -> Decision:
-    """What happens after attempt number `attempt_number` (1-based) of a delivery; a `permanent`
-    failure (one the next attempt would meet again) ends it at once."""
+    """What happens after attempt `attempt_number` (1-based); a `permanent` failure ends the delivery."""
     if succeeded:
         return Decision(Verdict.DELIVERED)
     if status_code == 410:

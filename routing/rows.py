@@ -1,5 +1,4 @@
-"""Model instances from rows of routing.sql's statements, made as the ORM makes them from its own
-queries (column order as routing.sql.model_columns lists them)."""
+"""Model instances from rows of routing.sql's statements, made as the ORM makes them."""
 
 from __future__ import annotations
 
@@ -11,9 +10,7 @@ from django.db.models import Model
 
 
 def row_instance(model: type[Model], row: tuple[Any, ...], at: int) -> tuple[Any, int]:
-    """The instance that the columns of `row` from `at` on make (as model_columns lists them),
-    every field's database converters applied (a payload parsed, a secret decrypted, SQLite's
-    text made datetimes), and where the next model's columns start."""
+    """The instance `row`'s columns from `at` make, converters applied; and where the next model starts."""
     names, converters = _layout(model)
     values = list(row[at : at + len(names)])
     for index, column, field_converters in converters:
@@ -23,10 +20,7 @@ def row_instance(model: type[Model], row: tuple[Any, ...], at: int) -> tuple[Any
 
 
 def row_related(instance: Model, name: str, row: tuple[Any, ...], at: int) -> tuple[Any, int]:
-    """The object of `instance`'s foreign key `name` that the columns of `row` from `at` on make,
-    None when they are all NULL (a LEFT JOIN that found none: the first column is the primary
-    key), cached on `instance` as select_related caches it; and where the next model's columns
-    start."""
+    """`instance`'s foreign key `name` from `row` at `at` (None for a LEFT JOIN's NULLs), cached; and the next start."""
     field = instance._meta.get_field(name)
     model = field.related_model
     if row[at] is None:

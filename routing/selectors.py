@@ -14,11 +14,7 @@ from routing.transport.exchange import attempt_outcome
 
 
 def event_deliveries_describe(event: Event) -> dict[str, Any]:
-    """The routing side of an event for GET /events/<id>, as its store may see it: how each
-    delivery fared (subscription name, state, attempts with their times and status codes) and the
-    notifications endpoints addressed to the store. Never an endpoint's URL (its host, its
-    credentials, a key in its query string), reply headers, reply body or error text: an endpoint
-    that echoes its request shows its X-Hub-Token there. Those are the admin's."""
+    """The routing side of an event for GET /events/<id>: never a URL, reply or error text (docs/security.md)."""
     deliveries = list(
         Delivery.objects.filter(event=event)
         .select_related("subscription")

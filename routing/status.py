@@ -12,9 +12,7 @@ from routing.models import DELIVERY_UNFINISHED_STATES, DeliveryState
 
 
 def event_status_derive(states: list[tuple[int, int, str, int]]) -> str:
-    """An event's status from its deliveries, given as (subscription_id, delivery_id, state,
-    attempt_count). For each subscription only its latest delivery counts (a replay supersedes
-    what it replays); cancelled deliveries count only when nothing else is left."""
+    """An event's status from its deliveries; per subscription only the latest (a replay) counts."""
     latest: dict[int, tuple[int, str, int]] = {}
     for sub_id, delivery_id, state, attempts in states:
         if sub_id not in latest or delivery_id > latest[sub_id][0]:
@@ -38,16 +36,11 @@ def event_status_refresh(*, event_id: int) -> str:
 
 
 def events_status_refresh(*, event_ids: Collection[int]) -> dict[int, str]:
-    """event_status_refresh for several events with one lock, one read and one UPDATE per new
-    status; locked in id order, so two batches ending events of one fan-out cannot deadlock.
-
-    Written-out SQL: every batch a pump records ends here, and the ORM took longer to compile the
-    locking join and the UPDATE than PostgreSQL to run them."""
+    """event_status_refresh for several events; locked in id order, so two batches cannot deadlock."""
     ids = sorted(set(event_ids))
     if not ids:
         return {}
-    # No savepoint inside a caller's transaction (two round trips fewer): nothing here is caught
-    # and retried, so a failure rolls back the caller's transaction as a whole anyway.
+    # No savepoint: nothing here is caught, so a failure rolls back the caller's transaction anyway.
     with transaction.atomic(savepoint=False), connection.cursor() as cursor:
         # The lock and the read in one statement: each event with its deliveries (or none).
         cursor.execute(

@@ -1,8 +1,4 @@
-"""The sweeper (Celery beat): the database, not the broker, is the memory of what is owed.
-
-Deliveries whose worker vanished (lease expired) become retryable again, their attempt recorded as
-unanswered, and every enabled endpoint with a delivery due for too long gets a wake-up.
-"""
+"""The sweeper (Celery beat): the database, not the broker, is the memory of what is owed."""
 
 from __future__ import annotations
 
@@ -28,12 +24,7 @@ class SweepResult:
 
 
 def deliveries_sweep() -> SweepResult:
-    """Make the database, not the broker, the memory of what is owed.
-
-    Deliveries whose worker vanished (lease expired) become retryable again, with their attempt
-    recorded as unanswered, and every enabled endpoint with a delivery due for longer than
-    HUB_SWEEP_LOST_AFTER_SECONDS gets a message: one whose message was lost, or that waited in the
-    database (a retry hours away, a broker outage), is sent. A message too many only costs a look."""
+    """Take back expired leases and wake endpoints whose message was lost; a message too many costs a look."""
     now = timezone.now()
     reclaimed = 0
     # Endpoints of reclaimed deliveries, due again at once and with no message on the way.
@@ -71,9 +62,7 @@ def deliveries_sweep() -> SweepResult:
 
 
 def endpoints_lost(*, now: datetime) -> list[int]:
-    """Enabled endpoints with a delivery due for longer than HUB_SWEEP_LOST_AFTER_SECONDS. One that
-    fell due just now has its message on the way (the push's, or a retry's countdown); one due for
-    longer has lost it, or never had one."""
+    """Enabled endpoints with a delivery due for longer than HUB_SWEEP_LOST_AFTER_SECONDS (its message lost)."""
     lost_before = now - timedelta(seconds=settings.HUB_SWEEP_LOST_AFTER_SECONDS)
     due = Delivery.objects.filter(
         subscription_id=OuterRef("pk"), state__in=DELIVERY_OPEN_STATES, next_attempt_at__lte=lost_before

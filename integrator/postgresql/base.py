@@ -1,8 +1,6 @@
 """Django's PostgreSQL backend, with a cheaper connection health check.
 
-Django's CONN_HEALTH_CHECKS cost a `SELECT 1` round trip per request. A connection the server
-closed has something to read while it should be idle (its last error, or the end of the stream), so
-the socket is polled first and `SELECT 1` runs only when something is there.
+A connection the server closed has something to read while idle, so the socket is polled before `SELECT 1`.
 """
 
 from __future__ import annotations
@@ -21,9 +19,7 @@ PREPARE_ONLY_WHEN_ASKED = 2**62
 
 class DatabaseOperations(operations.DatabaseOperations):
     def last_executed_query(self, cursor: Any, sql: str, params: Any) -> str | None:
-        # psycopg records the text it ran only for a statement it did not prepare; the
-        # server-bound cursor sends the text as given, so that is what ran (the query log and
-        # CaptureQueriesContext read it here).
+        # The server-bound cursor sends the text as given; the query log reads it here.
         return super().last_executed_query(cursor, sql, params) or sql
 
 
@@ -35,8 +31,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         # `json` columns read as text for the field to parse with orjson, as Django does for jsonb.
         connection.adapters.register_loader("json", TextLoader)
         if settings.DB_PREPARED_STATEMENTS and connection.prepare_threshold is None:
-            # psycopg prepares nothing while the threshold is None, not even what a cursor asks
-            # for; a threshold no statement reaches leaves the rest unprepared, as Django wants.
+            # With None psycopg prepares nothing, not even what a cursor asks for.
             connection.prepare_threshold = PREPARE_ONLY_WHEN_ASKED
         return connection
 
@@ -54,9 +49,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         return quiet or super().is_usable()
 
     def cursor_server_bound(self, *, prepared: bool = False) -> Any:
-        """A cursor with $n placeholders that sends parameters apart from the text, so large payloads
-        are not quoted into the statement. `prepared` prepares its statements once per connection
-        (a PgBouncer in transaction mode needs 1.21+ with max_prepared_statements)."""
+        """A cursor with $n placeholders that sends parameters apart from the text; `prepared` prepares them."""
         self.close_if_health_check_failed()
         self.ensure_connection()
         with self.wrap_database_errors:
@@ -64,8 +57,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
 
 class PreparedRawCursor(psycopg.RawCursor):
-    """A server-bound cursor that prepares what it executes (psycopg keeps the prepared statement
-    per connection, by its text), whatever the connection's prepare_threshold says."""
+    """A server-bound cursor that prepares what it executes, whatever the prepare_threshold says."""
 
     def execute(
         self, query: Any, params: Any = None, *, prepare: bool | None = None, binary: bool | None = None

@@ -1,14 +1,6 @@
-"""A wall-clock deadline over one HTTP exchange: connect, send, status line, headers and body.
+"""A wall-clock deadline over one HTTP exchange, which a socket timeout (per read) cannot give.
 
-A socket timeout bounds each read, not the exchange: an endpoint that sends a byte now and then
-(in its headers or its body) keeps every read short and the exchange alive for as long as it
-likes, holding a worker and outliving the delivery's lease. So each exchange runs under a Watch,
-and one watchdog thread per process shuts the watched socket down when its deadline passes: the
-blocked read or write returns at once, and the caller, seeing `expired`, records the deadline.
-
-The delivery session's connections (routing.transport.netguard mounts DeadlineConnectionMixin on them)
-hand their socket to the thread's current watch before every request, and a new connection
-dials with no more time than is left. Outside a watch they behave as plain urllib3 connections.
+A watchdog thread shuts the watched socket down at the deadline (docs/security.md).
 """
 
 from __future__ import annotations
@@ -50,8 +42,7 @@ class Watch:
         return bool(self._sockets)
 
     def attach(self, sock: socket.socket, *, owned: bool = False) -> None:
-        """Shut `sock` down at the deadline (at once if it has passed). `owned`: a duplicate this
-        watch closes when it ends."""
+        """Shut `sock` down at the deadline; `owned`: a duplicate this watch closes when it ends."""
         with self._dog.lock:
             if self._ended:
                 if owned:
@@ -64,8 +55,7 @@ class Watch:
                 _shutdown(sock)
 
     def end(self) -> bool:
-        """Stop watching, before the connection can go back to the pool (another thread's request
-        may use it next); whether the deadline had passed. Idempotent."""
+        """Stop watching before the connection goes back to the pool; whether the deadline had passed."""
         if not self._ended:
             with self._dog.lock:
                 self._ended = True
@@ -78,8 +68,7 @@ class Watch:
 
 
 def _shutdown(sock: socket.socket) -> None:
-    # The plain socket's shutdown even for a TLS socket: the blocked SSL read fails at once, and
-    # the TLS object the sending thread is using is left alone. A closed socket raises, harmlessly.
+    # The plain socket's shutdown even under TLS: the blocked read fails, the SSL object is left alone.
     try:
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
     except OSError:
@@ -158,8 +147,7 @@ class DeadlineConnectionMixin:
         if not isinstance(self.timeout, (int, float)) or self.timeout > remaining:
             self.timeout = remaining
         sock = super()._new_conn()  # type: ignore[misc]
-        # A duplicate: a TLS handshake detaches the socket object it wraps, and a handshake that
-        # trickles must be cut too.
+        # A duplicate: a TLS handshake detaches the socket it wraps, and must be cut too.
         watch.attach(sock.dup(), owned=True)
         return sock
 

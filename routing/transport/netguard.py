@@ -1,18 +1,5 @@
-"""The outbound SSRF guard: deliveries never reach the hub's own network unless allowed.
-
-A subscription URL is an address anyone with admin access (or a compromised store integration)
-can aim at the hub's neighbours: the cloud metadata service, a database on localhost, the admin of
-a router. So every connection the delivery session opens resolves the host itself, refuses if any
-address is loopback, private, link-local, carrier-grade NAT, multicast, unspecified, reserved or a
-metadata address, and then connects to exactly the address it checked. Checking at connection
-time (not only when the URL is saved) is what defeats DNS rebinding: a name that resolved to a
-public address yesterday and to 127.0.0.1 now is refused now.
-
-HUB_ALLOW_PRIVATE_DESTINATIONS lets deliveries reach private addresses (subscribers on the hub's
-own private network, the tests' local subscriber); link-local and cloud metadata addresses stay
-refused even then, and so do credentials written in a URL, which requests would send as an
-Authorization header to whoever answers.
-"""
+"""The outbound SSRF guard: each connection is checked when it is made, which defeats DNS rebinding
+(docs/security.md)."""
 
 from __future__ import annotations
 
@@ -33,9 +20,7 @@ from routing.transport.deadline import DeadlineConnectionMixin
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-# Cloud metadata and credential services: AWS/GCP/Azure/OpenStack (IPv4 and AWS's IPv6), AWS ECS
-# task metadata, EKS Pod Identity (IPv4 and IPv6), Alibaba Cloud. Most are link-local, which is
-# refused whole anyway; naming them gives a clearer error, and catches the two that are not.
+# Cloud metadata and credential services: named for a clearer error, and for the two not link-local.
 METADATA_ADDRESSES = frozenset(
     ipaddress.ip_address(a)
     for a in (
@@ -50,9 +35,7 @@ METADATA_ADDRESSES = frozenset(
 CGNAT_NETWORK = ipaddress.ip_network("100.64.0.0/10")
 # Deprecated (RFC 3879) but still routed by some stacks; Python counts it as global.
 SITE_LOCAL_NETWORK = ipaddress.ip_network("fec0::/10")
-# IPv6 forms that reach an IPv4 host given in their last 32 bits: NAT64 (well-known and local-use
-# prefixes, RFC 6052 / RFC 8215), IPv4-translated (SIIT, RFC 2765) and IPv4-compatible (deprecated;
-# :: and ::1 excepted, which are themselves).
+# IPv6 forms that reach the IPv4 host in their last 32 bits (NAT64, SIIT, IPv4-compatible).
 EMBEDDING_NETWORKS = tuple(
     ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "::ffff:0:0:0/96", "::/96")
 )
@@ -61,10 +44,7 @@ ALLOW_SETTING = "HUB_ALLOW_PRIVATE_DESTINATIONS"
 
 
 class DestinationBlocked(requests.exceptions.ConnectionError):
-    """A delivery (or a subscription URL) aimed at an address the guard forbids.
-
-    A ConnectionError, so that code handling failed connections records it as a failed attempt.
-    """
+    """A delivery aimed at a forbidden address; a ConnectionError, so it is recorded as a failed attempt."""
 
     # A refusal that trying again cannot change: the delivery fails at once instead of retrying.
     permanent: bool = False
@@ -75,8 +55,7 @@ class HostUnresolvable(DestinationBlocked):
 
 
 class CredentialsInUrl(DestinationBlocked):
-    """user:password in a URL: requests would send it as an Authorization header. Only an admin's
-    edit of the URL changes that, so the delivery is not retried."""
+    """user:password in a URL, which requests would send as an Authorization header; not retried."""
 
     permanent = True
 
@@ -87,12 +66,7 @@ def url_has_credentials(url: str) -> bool:
 
 
 def address_block_reason(address: IPAddress, *, allow_private: bool = False) -> str | None:
-    """Why an address is off limits for deliveries, or None when it is a public address.
-
-    With allow_private, only link-local and cloud metadata addresses are off limits: a hub allowed
-    to reach subscribers on its own network still has no business reading its instance's
-    credentials, which cloud agents serve on link-local addresses (not only the named ones).
-    """
+    """Why an address is off limits for deliveries, or None; link-local stays off limits whatever allow_private."""
     if isinstance(address, ipaddress.IPv6Address):
         embedded = ipv4_embedded(address)
         if embedded is not None:
@@ -143,12 +117,7 @@ def host_addresses(host: str, port: int) -> list[str]:
 
 
 def host_addresses_checked(host: str, port: int, *, allow_private: bool = False) -> list[str]:
-    """The addresses to connect to; DestinationBlocked if any of them is forbidden.
-
-    One forbidden address refuses the whole name: a name that resolves to a public and a private
-    address at once is either misconfigured or an attack, and picking the public one would make
-    the outcome depend on the resolver's order.
-    """
+    """The addresses to connect to; one forbidden address refuses the whole name (docs/security.md)."""
     try:
         addresses = host_addresses(host, port)
     except (socket.gaierror, UnicodeError) as exc:
@@ -183,8 +152,7 @@ def url_destination_check(url: str, *, allow_private: bool) -> None:
     except ValueError:
         raise DestinationBlocked("The URL's port is not valid.") from None
     if allow_private:
-        # No DNS here: a private name may only resolve on the hub's network. A metadata address
-        # written out is refused now; one behind a name is refused when the delivery connects.
+        # No DNS here: a private name may only resolve on the hub's network.
         try:
             literal = ipaddress.ip_address(parts.hostname)
         except ValueError:
@@ -239,11 +207,7 @@ def _blocked_in(exc: BaseException) -> DestinationBlocked | None:
 
 
 class GuardedAdapter(HTTPAdapter):
-    """An HTTPAdapter whose every new connection goes through the guard.
-
-    allow_private=None reads settings.HUB_ALLOW_PRIVATE_DESTINATIONS at each connection, so a
-    long-lived session follows the setting.
-    """
+    """An HTTPAdapter whose every new connection goes through the guard; allow_private=None reads the setting."""
 
     def __init__(self, *args: Any, allow_private: bool | None = None, **kwargs: Any) -> None:
         self.allow_private = allow_private
@@ -259,8 +223,6 @@ class GuardedAdapter(HTTPAdapter):
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         attrs = {"guard_allow_private": staticmethod(self.guard_allow_private)}
-        # The guard picks each address to dial; the deadline (routing.transport.deadline) bounds each dial
-        # by the time left and cuts the exchange when it is up.
         bases = (_GuardedConnectionMixin, DeadlineConnectionMixin)
         http_conn = type("GuardedHTTPConnection", (*bases, HTTPConnection), attrs)
         https_conn = type("GuardedHTTPSConnection", (*bases, HTTPSConnection), attrs)
@@ -302,12 +264,7 @@ def _no_redirect_target(response: requests.Response) -> None:
 def session_guard(
     session: requests.Session, *, allow_private: bool | None = None, **adapter_options: Any
 ) -> requests.Session:
-    """Mount the guard on both schemes and follow no redirects (a 3xx is the endpoint's answer).
-
-    A redirect could point anywhere, including where the guard would refuse; refusing to follow
-    any keeps the rule simple and each attempt's record true to what the endpoint said.
-    `adapter_options` go to the HTTPAdapter (pool sizes, max_retries).
-    """
+    """Mount the guard on both schemes and follow no redirects (a 3xx is the endpoint's answer)."""
     adapter = GuardedAdapter(allow_private=allow_private, **adapter_options)
     for prefix in ("http://", "https://"):
         session.mount(prefix, adapter)
@@ -317,11 +274,7 @@ def session_guard(
 
 
 def subscription_url_validate(url: str) -> None:
-    """Django validator for subscription URLs: the same rule deliveries follow, told at save time.
-
-    Deliveries are checked again on every connection, so a name that changes its answer later
-    is still refused then.
-    """
+    """Django validator for subscription URLs: the rule deliveries follow, told at save time."""
     from django.conf import settings
     from django.core.exceptions import ValidationError
 
