@@ -25,6 +25,7 @@ from routing.models import (
     NotificationLevel,
     Subscription,
 )
+from routing.returned_objects import ObjectsRead, objects_read, objects_take_in
 from routing.rows import placeholders
 
 logger = logging.getLogger(__name__)
@@ -114,8 +115,14 @@ class _Reply:
     envelopes: list[Envelope] = field(default_factory=list)
     # (position in the reply, why) for each onward message that is not valid.
     invalid: list[tuple[int, str]] = field(default_factory=list)
-    # How many of the envelopes the root event's budget of descendants let through.
+    # Objects returned by plural type (routing.returned_objects), after the envelopes in the budget.
+    objects: ObjectsRead = field(default_factory=ObjectsRead)
+    # How many of the envelopes, then of the objects, the root event's budget of descendants let through.
     granted: int = 0
+
+    @property
+    def wanted(self) -> int:
+        return len(self.envelopes) + len(self.objects.envelopes)
 
 
 def replies_process(replies: Sequence[tuple[Delivery, Mapping[str, Any]]]) -> None:
@@ -125,18 +132,18 @@ def replies_process(replies: Sequence[tuple[Delivery, Mapping[str, Any]]]) -> No
     descendants (HUB_MAX_DESCENDANTS) at once, before anything else is locked: a batch locks the
     budgets, then subscriptions, then events, and two batches cannot wait on each other."""
     taken = [_reply_read(delivery, body) for delivery, body in replies]
-    wanted = [r for r in taken if r.envelopes]
+    wanted = [r for r in taken if r.wanted]
     if wanted:
         roots = event_roots(r.delivery.event for r in wanted)
         demand: dict[int, int] = {}
         for r in wanted:
             root = roots[r.delivery.event_id]
-            demand[root] = demand.get(root, 0) + len(r.envelopes)
+            demand[root] = demand.get(root, 0) + r.wanted
         left = descendants_reserve(demand, budget=settings.HUB_MAX_DESCENDANTS)
         # What a root was granted goes to its replies in the order they came.
         for r in wanted:
             root = roots[r.delivery.event_id]
-            r.granted = min(len(r.envelopes), left.get(root, 0))
+            r.granted = min(r.wanted, left.get(root, 0))
             left[root] = left.get(root, 0) - r.granted
     for r in taken:
         _reply_take_in(r)
@@ -151,6 +158,8 @@ def _reply_read(delivery: Delivery, body: Mapping[str, Any]) -> _Reply:
                 reply.envelopes.append(envelope_validate(item))
             except HubError as exc:
                 reply.invalid.append((index, exc.detail))
+    if delivery.event.depth + 1 <= settings.HUB_MAX_EVENT_DEPTH:
+        reply.objects = objects_read(subscription=delivery.subscription, body=body)
     return reply
 
 
@@ -207,7 +216,7 @@ def _reply_take_in(r: _Reply) -> None:
                 note(NotificationLevel.WARN, f"Returned message {index + 1} ignored", detail)
             for envelope in r.envelopes[: r.granted]:
                 event_accept(store=None, envelope=envelope, parent=event, origin=f"subscription:{sub.pk}")
-            over = len(r.envelopes) - r.granted
+            over = max(0, len(r.envelopes) - r.granted)
             if over:
                 budget = settings.HUB_MAX_DESCENDANTS
                 note(
@@ -220,6 +229,14 @@ def _reply_take_in(r: _Reply) -> None:
                 )
             if len(messages) > REPLY_MAX_MESSAGES:
                 note(NotificationLevel.WARN, f"{len(messages) - REPLY_MAX_MESSAGES} returned messages dropped")
+
+    objects_take_in(
+        event=event,
+        subscription=sub,
+        read=r.objects,
+        granted=r.granted - min(r.granted, len(r.envelopes)),
+        note=note,
+    )
 
     parameters = reply.get("parameters")
     if isinstance(parameters, list) and parameters:

@@ -44,6 +44,8 @@ from routing.models import (
     DeliveryState,
     Subscription,
 )
+from routing.returned_objects import objects_present
+from routing.schedules import schedule_ticks_record
 
 logger = logging.getLogger(__name__)
 
@@ -262,8 +264,11 @@ def _batch_record(batch: Batch, *, sent: list[_Sent], unsent: list[Delivery]) ->
                 for s, decision in mine
                 if decision.verdict == retry.Verdict.DELIVERED
                 and isinstance(s.result.reply, Mapping)
-                and any(s.result.reply.get(key) for key in _REPLY_KEYS)
+                and (any(s.result.reply.get(key) for key in _REPLY_KEYS) or objects_present(s.result.reply))
             ]
+        )
+        schedule_ticks_record(
+            subscription=sub, outcomes=[(s.delivery, s.result, str(d.verdict)) for s, d in mine], now=now
         )
         _endpoint_record(sub=sub, mine=mine, now=now)
         # Claiming leaves an event's status alone (one statement fewer per batch): it changes here,

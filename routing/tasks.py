@@ -8,7 +8,7 @@ from celery import shared_task
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from routing import dispatch, services
+from routing import dispatch, schedules, services
 
 # The database went away (restart, failover, network): the task waits and tries again rather than
 # being acked as failed, which would leave its delivery to the sweeper's much slower lost-message check.
@@ -44,3 +44,8 @@ def delivery_attempt_task(self: Any, delivery_id: int) -> None:
 @shared_task(name="routing.deliveries_sweep", ignore_result=True)
 def deliveries_sweep_task() -> None:
     services.deliveries_sweep()
+
+
+@shared_task(name="routing.schedules_run", ignore_result=True)
+def schedules_run_task() -> None:
+    schedules.schedules_run()

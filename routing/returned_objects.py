@@ -1,0 +1,244 @@
+"""Objects an endpoint returns by plural type (`"orders": [...]`, `"shipments": [...]`), as the
+Spree hub's newer endpoints answer a pull or a push: one onward event per object, named by the
+subscription (or `<type>:new` the first time an object is seen, `<type>:updated` after), with an
+idempotency key made of the object's type, id and a digest of its content. An object returned
+again unchanged makes no second event; each (key, digest) is claimed in the database, in the
+transaction that records the reply, so two replies carrying it at once make one event between them.
+
+Read with the reply's `messages` (routing.attempts) and taken from the same budget of descendants.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+
+from events.errors import HubError
+from events.messages import InvalidMessageName, message_canonical
+from events.models import Event
+from events.services import Envelope, envelope_validate, json_type
+from routing.models import NotificationLevel, ReturnedObject, Subscription
+from routing.rows import placeholders
+
+# Keys of a reply that are about the reply, never a list of objects (PROTOCOL §3 and the newer
+# generation's `request_id` / `summary`).
+REPLY_KEYS = frozenset(
+    {"message", "message_id", "request_id", "summary", "notifications", "messages", "parameters", "errors", "warnings"}
+)
+# Plurals that dropping the last "s" would spell wrong.
+_SINGULAR = {
+    "inventories": "inventory",
+    "categories": "category",
+    "addresses": "address",
+    "taxes": "tax",
+    "statuses": "status",
+    "deliveries": "delivery",
+    "companies": "company",
+}
+# How many invalid objects a reply's notification names before it only counts them.
+_INVALID_NAMED = 5
+
+
+def object_type_singular(plural: str) -> str:
+    """`orders` -> `order`, `inventories` -> `inventory`."""
+    return _SINGULAR.get(plural, plural[:-1] if plural.endswith("s") else plural)
+
+
+def returned_types(body: Any) -> list[str]:
+    """The reply's keys that hold objects: a plural name (ending in s) whose value is a list."""
+    if not isinstance(body, Mapping):
+        return []
+    return [
+        key
+        for key, value in body.items()
+        if isinstance(key, str)
+        and key not in REPLY_KEYS
+        and len(key) > 1
+        and key.endswith("s")
+        and key.replace("_", "").isalnum()
+        and key == key.lower()
+        and isinstance(value, list)
+    ]
+
+
+def objects_present(body: Any) -> bool:
+    """Whether a reply returns any object (so that it is worth reading past its status)."""
+    return any(body[key] for key in returned_types(body))
+
+
+def object_messages_validate(value: Any) -> None:
+    """Raise ValueError with a sentence when `value` is not {"<plural type>": "<resource:action>"}."""
+    if value in (None, ""):
+        return
+    if not isinstance(value, Mapping):
+        raise ValueError('Object messages must be an object, e.g. {"orders": "order:updated"}.')
+    for plural, message in value.items():
+        if not isinstance(plural, str) or not plural or plural in REPLY_KEYS:
+            raise ValueError(f"'{plural}' is not a type of returned objects (e.g. orders, shipments).")
+        if not isinstance(message, str):
+            raise ValueError(f"The message for '{plural}' must be a string such as 'order:updated'.")
+        try:
+            message_canonical(message)
+        except InvalidMessageName as exc:
+            raise ValueError(f"The message for '{plural}': {exc}.") from None
+
+
+def object_digest(obj: Any) -> str:
+    """SHA-256 of the object's JSON with sorted keys: the same content, whatever its key order."""
+    try:
+        text = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    except (orjson.JSONEncodeError, TypeError):
+        import json
+
+        text = json.dumps(obj, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    return hashlib.sha256(text).hexdigest()
+
+
+def object_key(plural: str, obj: Mapping[str, Any]) -> str:
+    """The object's type and id (`id`, else `number`), or the type alone for an object without one."""
+    for name in ("id", "number"):
+        value = obj.get(name)
+        if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
+            return f"{plural}:{str(value).strip()}"[:200]
+    return f"{plural}:"
+
+
+@dataclass
+class ObjectsRead:
+    """A reply's returned objects, read before anything is stored."""
+
+    # One valid envelope per object not seen before, in the reply's order, with its (key, digest).
+    envelopes: list[Envelope] = field(default_factory=list)
+    keys: list[tuple[str, str]] = field(default_factory=list)
+    # (where in the reply, why) for each object that makes no event.
+    invalid: list[tuple[str, str]] = field(default_factory=list)
+    # Returned before (or twice in this reply) unchanged.
+    unchanged: int = 0
+    # Past HUB_REPLY_MAX_OBJECTS.
+    dropped: int = 0
+
+
+def objects_read(*, subscription: Subscription, body: Any) -> ObjectsRead:
+    """Each returned object as the envelope of its onward event, the unchanged ones left out."""
+    read = ObjectsRead()
+    items: list[tuple[str, int, Any]] = [
+        (plural, index, obj) for plural in returned_types(body) for index, obj in enumerate(body[plural])
+    ]
+    limit = settings.HUB_REPLY_MAX_OBJECTS
+    read.dropped = max(0, len(items) - limit)
+    items = items[:limit]
+    keyed: list[tuple[str, int, Mapping[str, Any], str, str]] = []
+    for plural, index, obj in items:
+        if not isinstance(obj, Mapping):
+            read.invalid.append((f"{plural}[{index}]", f"an object must be a JSON object, not {json_type(obj)}"))
+            continue
+        keyed.append((plural, index, obj, object_key(plural, obj), object_digest(obj)))
+    seen, known = _objects_seen(subscription.pk, {key for *_, key, _ in keyed})
+    names: Mapping[str, Any] = subscription.object_messages or {}
+    for plural, index, obj, key, digest in keyed:
+        if (key, digest) in seen:
+            read.unchanged += 1
+            continue
+        seen.add((key, digest))
+        singular = object_type_singular(plural)
+        action = "updated" if key in known and not key.endswith(":") else "new"
+        known.add(key)
+        message = names.get(plural) or f"{singular}:{action}"
+        try:
+            envelope = envelope_validate(
+                {"message": message, "message_id": f"{key}:{digest[:16]}", "payload": {singular: dict(obj)}}
+            )
+        except HubError as exc:
+            read.invalid.append((f"{plural}[{index}]", exc.detail))
+            continue
+        read.envelopes.append(envelope)
+        read.keys.append((key, digest))
+    return read
+
+
+def _objects_seen(subscription_id: int, keys: set[str]) -> tuple[set[tuple[str, str]], set[str]]:
+    """(key, digest) pairs already returned by this endpoint, and the keys among them."""
+    if not keys:
+        return set(), set()
+    pairs = set(
+        ReturnedObject.objects.filter(subscription_id=subscription_id, key__in=keys).values_list("key", "digest")
+    )
+    return pairs, {key for key, _ in pairs}
+
+
+def objects_claim(subscription_id: int, pairs: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Record each (key, digest) for the endpoint, and return those this call recorded: a pair
+    recorded meanwhile by another reply (or earlier in this one) is that reply's to make an event of.
+    Runs in the caller's transaction: should it roll back, no pair stays claimed."""
+    claimed: set[tuple[str, str]] = set()
+    quote = connection.ops.quote_name
+    table = quote(ReturnedObject._meta.db_table)
+    columns = ", ".join(quote(name) for name in ("subscription_id", "key", "digest", "created_at"))
+    unique_on = ", ".join(quote(name) for name in ("subscription_id", "key", "digest"))
+    now = timezone.now()
+    unique = list(dict.fromkeys(pairs))
+    for start in range(0, len(unique), 200):
+        chunk = unique[start : start + 200]
+        params: list[Any] = []
+        for key, digest in chunk:
+            params += [subscription_id, key, digest, now]
+        values = ", ".join(f"({placeholders(4)})" for _ in chunk)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) VALUES {values}"
+                f" ON CONFLICT ({unique_on}) DO NOTHING RETURNING {quote('key')}, {quote('digest')}",
+                params,
+            )
+            claimed.update((key, digest) for key, digest in cursor.fetchall())
+    return claimed
+
+
+def objects_take_in(
+    *,
+    event: Event,
+    subscription: Subscription,
+    read: ObjectsRead,
+    granted: int,
+    note: Callable[..., None],
+) -> int:
+    """Make the onward events of the first `granted` objects (what the root's budget allowed) and
+    say in the event's notifications what was left out. Returns the events made."""
+    from routing.services import event_accept
+
+    for where, why in read.invalid[:_INVALID_NAMED]:
+        note(NotificationLevel.WARN, f"Returned object {where} ignored", why)
+    if len(read.invalid) > _INVALID_NAMED:
+        note(NotificationLevel.WARN, f"{len(read.invalid) - _INVALID_NAMED} more returned objects ignored")
+    if read.dropped:
+        note(
+            NotificationLevel.WARN,
+            f"{read.dropped} returned objects dropped",
+            f"A reply may return at most {settings.HUB_REPLY_MAX_OBJECTS} objects (HUB_REPLY_MAX_OBJECTS).",
+        )
+    granted = max(0, min(granted, len(read.envelopes)))
+    fresh = objects_claim(subscription.pk, read.keys[:granted])
+    made = 0
+    for envelope, pair in zip(read.envelopes[:granted], read.keys[:granted], strict=True):
+        if pair not in fresh:
+            continue
+        fresh.discard(pair)
+        event_accept(store=None, envelope=envelope, parent=event, origin=f"subscription:{subscription.pk}")
+        made += 1
+    over = len(read.envelopes) - granted
+    if over:
+        budget = settings.HUB_MAX_DESCENDANTS
+        note(
+            NotificationLevel.ERROR,
+            f"{over} returned object{'s' if over > 1 else ''} not made into events: the root event's budget of "
+            f"{budget} descendants is spent",
+            f"{over} of the {len(read.envelopes)} new objects this reply returned were not made into events "
+            f"(HUB_MAX_DESCENDANTS); they are not marked as seen, so a later reply returning them makes them.",
+        )
+    return made
