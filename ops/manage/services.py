@@ -419,7 +419,7 @@ def schedule_put(
         except ValidationError as exc:
             raise _first_error(exc) from None
         schedule_save(schedule=schedule)
-    write_logged(actor, "schedule.create" if created else "schedule.update", subscription.name, **dict(values))
+    write_logged(actor, "schedule.create" if created else "schedule.update", subscription.name, changed=sorted(values))
     return schedule, created
 
 

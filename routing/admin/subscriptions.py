@@ -67,6 +67,10 @@ class SubscriptionForm(forms.ModelForm):
             raise ValidationError(str(exc)) from None
         return parameters or []
 
+    def clean_object_messages(self) -> dict[str, Any]:
+        # An emptied textarea means the default names; Subscription.clean judges the rest.
+        return self.cleaned_data.get("object_messages") or {}
+
     def clean_filters(self) -> list[Any]:
         # An emptied textarea means "no filters", not SQL NULL; Subscription.clean judges the rest.
         return self.cleaned_data.get("filters") or []
@@ -101,6 +105,7 @@ class SubscriptionAdmin(admin.ModelAdmin):
     fieldsets = (
         (None, {"fields": ("name", "url", "store", "receive_own_events", "is_enabled", "disabled_reason")}),
         ("What it receives", {"fields": ("message_types", "filters", "filter_mode", "parameters")}),
+        ("What its replies return", {"fields": ("object_messages",)}),
         (
             "How it is sent",
             {"fields": ("http_method", "timeout_seconds", "max_in_flight", "retry_enabled", "retry_schedule")},
