@@ -120,6 +120,7 @@ def _batch_run(*, now: datetime) -> list[Tick]:
             .select_related("subscription")
             .order_by("next_run_at", "id")[: settings.HUB_SCHEDULES_BATCH_SIZE]
         )
+        open_ticks = _open_ticks(due)
         ticks: list[Tick] = []
         for schedule in due:
             slot = schedule.next_run_at
@@ -132,9 +133,15 @@ def _batch_run(*, now: datetime) -> list[Tick]:
             )
             if not claimed:
                 continue
-            tick = _tick(schedule, now=now, message_id=f"{TICK_ORIGIN}{schedule.pk}:{slot:%Y%m%dT%H%M%S}")
-            ticks.append(tick)
+            message_id = f"{TICK_ORIGIN}{schedule.pk}:{slot:%Y%m%dT%H%M%S}"
+            ticks.append(_tick(schedule, now=now, message_id=message_id, open_tick=open_ticks.get(schedule.pk)))
         if ticks:
+            # Each schedule's tick, in one statement for the batch.
+            latest = {t.schedule_id: t.event_id for t in ticks}
+            changed = [s for s in due if s.pk in latest]
+            for schedule in changed:
+                schedule.last_event_id = latest[schedule.pk]
+            Schedule.objects.bulk_update(changed, ["last_event"])
             endpoints = [s.subscription_id for s in due]
             transaction.on_commit(lambda: pumps_enqueue(endpoints, coalesce=True))
     if ticks:
@@ -142,35 +149,37 @@ def _batch_run(*, now: datetime) -> list[Tick]:
     return ticks
 
 
-def _tick(schedule: Schedule, *, now: datetime, message_id: str, page: int = 1) -> Tick:
+def _open_ticks(schedules: Sequence[Schedule]) -> dict[int, Delivery]:
+    """The latest tick still open (pending, retrying or being sent) of each schedule, in one read."""
+    if not schedules:
+        return {}
+    origins = {f"{TICK_ORIGIN}{s.pk}": s.pk for s in schedules}
+    rows = (
+        Delivery.objects.filter(
+            subscription_id__in={s.subscription_id for s in schedules},
+            state__in=(*DELIVERY_OPEN_STATES, DeliveryState.DELIVERING),
+            event__origin__in=origins,
+        )
+        .select_related("event")
+        .order_by("id")
+    )
+    return {origins[d.event.origin]: d for d in rows}
+
+
+def _tick(schedule: Schedule, *, now: datetime, message_id: str, open_tick: Delivery | None = None) -> Tick:
     """The tick event with its one delivery, in the caller's transaction; when the previous tick
     is still open (retrying after a failure) it is made due now instead, so ticks never pile up."""
-    origin = f"{TICK_ORIGIN}{schedule.pk}"
-    if page == 1:
-        open_tick = (
-            Delivery.objects.filter(
-                subscription_id=schedule.subscription_id,
-                event__origin=origin,
-                state__in=(*DELIVERY_OPEN_STATES, DeliveryState.DELIVERING),
+    if open_tick is not None:
+        if open_tick.state in DELIVERY_OPEN_STATES:
+            Delivery.objects.filter(pk=open_tick.pk, state__in=DELIVERY_OPEN_STATES).update(
+                next_attempt_at=now, updated_at=now
             )
-            .order_by("-id")
-            .first()
-        )
-        if open_tick is not None:
-            if open_tick.state in DELIVERY_OPEN_STATES:
-                Delivery.objects.filter(pk=open_tick.pk, state__in=DELIVERY_OPEN_STATES).update(
-                    next_attempt_at=now, updated_at=now
-                )
-            Schedule.objects.filter(pk=schedule.pk).update(last_event_id=open_tick.event_id)
-            return Tick(schedule.pk, open_tick.pk, open_tick.event_id, made=False)
-    if page > 1:
-        message_id = f"{message_id}:p{page}"
+        return Tick(schedule.pk, open_tick.pk, open_tick.event_id, made=False)
     envelope = Envelope(message=schedule.message, message_id=message_id[:255], payload={})
-    event = event_build(store=None, envelope=envelope, origin=origin)
+    event = event_build(store=None, envelope=envelope, origin=f"{TICK_ORIGIN}{schedule.pk}")
     event.created_at = now
     delivery = Delivery.routed(event=event, subscription=schedule.subscription)
     event_insert(event, savepoint=False, dependents=[delivery])
-    Schedule.objects.filter(pk=schedule.pk).update(last_event_id=event.pk)
     return Tick(schedule.pk, delivery.pk, event.pk, made=True)
 
 
@@ -179,8 +188,9 @@ def schedule_run_now(*, schedule_id: int) -> Tick:
     now = timezone.now()
     with transaction.atomic():
         schedule = Schedule.objects.select_for_update().select_related("subscription").get(pk=schedule_id)
-        tick = _tick(schedule, now=now, message_id=f"{TICK_ORIGIN}{schedule.pk}:now:{now:%Y%m%dT%H%M%S.%f}")
-        Schedule.objects.filter(pk=schedule.pk).update(last_run_at=now, updated_at=now)
+        message_id = f"{TICK_ORIGIN}{schedule.pk}:now:{now:%Y%m%dT%H%M%S.%f}"
+        tick = _tick(schedule, now=now, message_id=message_id, open_tick=_open_ticks([schedule]).get(schedule.pk))
+        Schedule.objects.filter(pk=schedule.pk).update(last_run_at=now, last_event_id=tick.event_id, updated_at=now)
         subscription_id = schedule.subscription_id
         transaction.on_commit(lambda: pumps_enqueue([subscription_id]))
     return tick
@@ -230,24 +240,23 @@ def schedule_ticks_record(
     if not ticks:
         return
     sent_page = _page_number(_parameter(subscription.parameters, "page"))
-    pages: list[tuple[Schedule, Delivery, int]] = []
+    more: list[tuple[Delivery, int]] = []
     for delivery, result, verdict in ticks:
+        changes: dict[str, Any] = {"last_event_id": delivery.event_id, "updated_at": now}
+        if verdict == "delivered":
+            changes.update(last_error="", last_succeeded_at=now)
+            if _more_pages(result, sent_page=sent_page):
+                more.append((delivery, _event_page(delivery.event)))
+        else:
+            error = result.error or (f"HTTP {result.status_code}" if result.status_code else "no answer")
+            changes["last_error"] = error[:1000]
+        Schedule.objects.filter(pk=_schedule_id(delivery.event)).update(**changes)
+    if any(isinstance(r.reply, Mapping) and r.reply.get("parameters") for _, r, _ in ticks):
+        subscription.parameters = Subscription.objects.values_list("parameters", flat=True).get(pk=subscription.pk)
+    for delivery, page in more:
         schedule = Schedule.objects.filter(pk=_schedule_id(delivery.event)).select_related("subscription").first()
         if schedule is None:
             continue
-        if verdict != "delivered":
-            error = result.error or (f"HTTP {result.status_code}" if result.status_code else "no answer")
-            Schedule.objects.filter(pk=schedule.pk).update(
-                last_error=error[:1000], last_event_id=delivery.event_id, updated_at=now
-            )
-            continue
-        Schedule.objects.filter(pk=schedule.pk).update(
-            last_error="", last_succeeded_at=now, last_event_id=delivery.event_id, updated_at=now
-        )
-        if _more_pages(result, sent_page=sent_page):
-            pages.append((schedule, delivery, _event_page(delivery.event)))
-    subscription.parameters = Subscription.objects.get(pk=subscription.pk).parameters
-    for schedule, delivery, page in pages:
         if page >= settings.HUB_SCHEDULE_MAX_PAGES:
             Notification.objects.create(
                 event=delivery.event,
@@ -260,8 +269,7 @@ def schedule_ticks_record(
             )
             continue
         base = _PAGE_RE.sub("", delivery.event.message_id)
-        _tick(schedule, now=now, message_id=base, page=page + 1)
-    if pages:
+        _tick(schedule, now=now, message_id=f"{base}:p{page + 1}")
         transaction.on_commit(lambda: pumps_enqueue([subscription.pk], coalesce=True))
 
 
