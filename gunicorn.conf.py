@@ -12,7 +12,7 @@ _multiproc_dir_reset = os.environ.get("HUB_METRICS_DIR_RESET", "").strip().lower
 
 def on_starting(server):
     if _multiproc_dir and _multiproc_dir_reset:
-        from integrator.metrics import multiproc_dir_reset
+        from infra.metrics import multiproc_dir_reset
 
         multiproc_dir_reset(_multiproc_dir)
 

@@ -192,7 +192,7 @@ class Event(models.Model):
     status = models.CharField(max_length=20, choices=EventStatus.choices, default=EventStatus.QUEUED)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     # The W3C trace context of the push that stored it, so that delivery attempts, whenever and
-    # wherever they run, join the push's trace (integrator/tracing.py). Empty with tracing off.
+    # wherever they run, join the push's trace (infra/tracing.py). Empty with tracing off.
     traceparent = models.CharField(max_length=55, blank=True, default="", editable=False)
 
     class Meta:

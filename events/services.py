@@ -17,7 +17,7 @@ from events.errors import InvalidEnvelope
 from events.messages import InvalidMessageName, message_canonical, resource_key
 from events.models import Event, EventDescendants, EventSource, Store, payload_orjson
 from events.selectors import store_cache_clear
-from integrator import tracing
+from infra import tracing
 
 MESSAGE_ID_MAX_LENGTH = 255
 

@@ -17,7 +17,7 @@ from rest_framework.request import Request
 from rest_framework.throttling import SimpleRateThrottle
 
 from events.models import Store
-from integrator.cache import cache_available, cache_failed
+from infra.cache import cache_available, cache_failed
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
@@ -68,7 +68,7 @@ _local = threading.local()
 def _sliding_log(cache: RedisCache) -> Any:
     """The registered script (its client and SHA), made once per thread and cache: Django's own
     RedisCache builds a new redis client object on every call (a fifth of a millisecond here;
-    integrator/cache.py keeps them), and this works with either."""
+    infra/cache.py keeps them), and this works with either."""
     if getattr(_local, "cache", None) is not cache:
         client = cache._cache.get_client(write=True)
         _local.script = client.register_script(SLIDING_LOG_SCRIPT)
@@ -166,7 +166,7 @@ class StoreRateThrottle(SimpleRateThrottle):
     With Redis as the cache the count is one script (SLIDING_LOG_SCRIPT) admitting requests in
     leases (Leases); with any other cache (the embedded file cache) it is DRF's own
     implementation, with the same rule. When Redis fails, requests are admitted uncounted
-    (integrator.cache: counted in hub_redis_errors_total, logged, and Redis left alone a while).
+    (infra.cache: counted in hub_redis_errors_total, logged, and Redis left alone a while).
     """
 
     cache_format = "throttle_%(scope)s_%(ident)s"

@@ -23,7 +23,7 @@ def _worker_metrics_serve(**kwargs: object) -> None:
     from django.conf import settings
 
     if settings.HUB_WORKER_METRICS_PORT:
-        from integrator.metrics import worker_metrics_serve
+        from infra.metrics import worker_metrics_serve
 
         worker_metrics_serve(port=settings.HUB_WORKER_METRICS_PORT)
 
@@ -31,7 +31,7 @@ def _worker_metrics_serve(**kwargs: object) -> None:
 @signals.worker_init.connect
 def _worker_tracing(**kwargs: object) -> None:
     # Before the pool forks: the span exporter's thread is started again in each child.
-    from integrator.tracing import tracing_setup
+    from infra.tracing import tracing_setup
 
     tracing_setup()
 

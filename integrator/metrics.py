@@ -1,89 +1,25 @@
-"""Prometheus metrics: what happened (counters and a histogram, kept by the process that saw it)
-and what is waiting (gauges computed from the database when /metrics is scraped).
-
-Web processes count events accepted and rejected; Celery workers count attempts and deliveries by
-outcome through `attempt_observe` and `delivery_outcome_count`. With PROMETHEUS_MULTIPROC_DIR set,
-every process of a gunicorn (or a prefork Celery pool) writes its values there and one scrape adds
-them up. How the worker is scraped: docs/operations.md ("Metrics").
+"""The /metrics endpoint and the counting of pushes: the process counters (infra.metrics) plus
+what is waiting (gauges computed from the database when /metrics is scraped).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    REGISTRY,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-    multiprocess,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from rest_framework.request import Empty
 
+from infra.metrics import UNKNOWN, event_accepted_count, event_rejected_count, process_registry
 from integrator.memory import drf_request_of
 
 logger = logging.getLogger(__name__)
-
-EVENTS_ACCEPTED = Counter("hub_events_accepted", "Events stored, by store and message.", ["store", "message"])
-EVENTS_DUPLICATE = Counter(
-    "hub_events_duplicate", "Pushes answered with an earlier event (same message_id).", ["store", "message"]
-)
-EVENTS_REJECTED = Counter(
-    "hub_events_rejected", "Pushed events refused, by store, message and error code.", ["store", "message", "reason"]
-)
-DELIVERY_ATTEMPTS = Counter("hub_delivery_attempts", "Delivery attempts, by outcome.", ["outcome"])
-DELIVERY_OUTCOMES = Counter(
-    "hub_delivery_outcomes", "What deliveries became after an attempt (delivered, retrying, failed...).", ["outcome"]
-)
-ATTEMPT_SECONDS = Histogram(
-    "hub_delivery_attempt_seconds",
-    "Time of one delivery attempt (request and reply), by outcome.",
-    ["outcome"],
-    buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
-)
-REDIS_ERRORS = Counter(
-    "hub_redis_errors",
-    "Redis failures worked around, by use: rate_limit and pending_mark (the cache, failing open), "
-    "publish (the broker, when it is Redis: the sweeper publishes later).",
-    ["use"],
-)
-
-UNKNOWN = "-"
-
-
-def event_accepted_count(*, store: str, message: str, duplicate: bool = False, count: int = 1) -> None:
-    (EVENTS_DUPLICATE if duplicate else EVENTS_ACCEPTED).labels(store=store or UNKNOWN, message=message).inc(count)
-
-
-def event_rejected_count(*, store: str, message: str, reason: str) -> None:
-    EVENTS_REJECTED.labels(store=store or UNKNOWN, message=message or UNKNOWN, reason=reason or UNKNOWN).inc()
-
-
-def attempt_observe(outcome: str, seconds: float) -> None:
-    """One delivery attempt: `outcome` such as 'success', 'http_error', 'timeout', 'connection_error'."""
-    DELIVERY_ATTEMPTS.labels(outcome=outcome).inc()
-    ATTEMPT_SECONDS.labels(outcome=outcome).observe(max(0.0, seconds))
-
-
-def redis_error_count(use: str) -> None:
-    REDIS_ERRORS.labels(use=use).inc()
-
-
-def delivery_outcome_count(outcome: str) -> None:
-    """What a delivery became after an attempt: 'delivered', 'retrying', 'failed', 'cancelled'."""
-    DELIVERY_OUTCOMES.labels(outcome=outcome).inc()
 
 
 class QueueCollector(Collector):
@@ -91,7 +27,7 @@ class QueueCollector(Collector):
     and nothing has to keep them up to date."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from ops.selectors import delivery_due_lag_seconds, delivery_oldest_open, delivery_state_counts
+        from routing.backlog import delivery_due_lag_seconds, delivery_oldest_open, delivery_state_counts
 
         up = GaugeMetricFamily("hub_metrics_database_up", "1 when the queue gauges below could be read.")
         try:
@@ -121,15 +57,6 @@ class QueueCollector(Collector):
         )
 
 
-def process_registry() -> CollectorRegistry:
-    """The counters of this process, or of every process sharing PROMETHEUS_MULTIPROC_DIR."""
-    if settings.PROMETHEUS_MULTIPROC_DIR:
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=settings.PROMETHEUS_MULTIPROC_DIR)
-        return registry
-    return REGISTRY
-
-
 @never_cache
 @require_GET
 def metrics_view(request: HttpRequest) -> HttpResponse:
@@ -137,28 +64,6 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     registry.register(process_registry())
     registry.register(QueueCollector())
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
-
-
-def multiproc_dir_reset(path: str) -> None:
-    """Values left by processes of an earlier run would be added to this run's: start clean."""
-    directory = Path(path)
-    directory.mkdir(parents=True, exist_ok=True)
-    for leftover in directory.glob("*.db"):
-        leftover.unlink(missing_ok=True)
-
-
-def worker_metrics_serve(*, port: int) -> None:
-    """Serve this Celery worker's counters on `port` (all pool processes, through the multiprocess
-    directory). Called once in the worker's main process, before the pool forks."""
-    from prometheus_client import start_http_server
-
-    if settings.PROMETHEUS_MULTIPROC_DIR:
-        if settings.HUB_METRICS_DIR_RESET:
-            multiproc_dir_reset(settings.PROMETHEUS_MULTIPROC_DIR)
-    else:
-        logger.warning("worker metrics: PROMETHEUS_MULTIPROC_DIR is not set, so only this process is counted")
-    start_http_server(port, registry=process_registry())
-    logger.info("worker metrics served", extra={"port": port, "pid": os.getpid()})
 
 
 def _store_name(request: HttpRequest) -> str:

@@ -399,7 +399,7 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]] + (
 AXES_RESET_ON_SUCCESS = False
 AXES_HTTP_RESPONSE_CODE = 429
 AXES_LOCKOUT_CALLABLE = "routing.admin.login.lockout_response"
-AXES_CLIENT_IP_CALLABLE = "integrator.clientip.client_ip"
+AXES_CLIENT_IP_CALLABLE = "infra.clientip.client_ip"
 AXES_USERNAME_CALLABLE = "routing.admin.login.login_username"
 # Log lines name the address and username (never the password) so that an attack can be traced.
 AXES_SENSITIVE_PARAMETERS: list[str] = []
@@ -428,12 +428,12 @@ SILENCED_SYSTEM_CHECKS = _env_list("SILENCED_SYSTEM_CHECKS", [])
 if REDIS_URL:
     CACHES = {
         "default": {
-            # Django's, keeping its redis clients (integrator/cache.py).
-            "BACKEND": "integrator.cache.RedisCache",
+            # Django's, keeping its redis clients (infra/cache.py).
+            "BACKEND": "infra.cache.RedisCache",
             "LOCATION": os.environ.get("CACHE_REDIS_URL", REDIS_URL),
             "KEY_PREFIX": "hub",
             # A Redis that stops answering (not only one that refuses) fails a cache use after this
-            # long instead of hanging the push; the use then fails open (integrator/cache.py).
+            # long instead of hanging the push; the use then fails open (infra/cache.py).
             "OPTIONS": {
                 "socket_connect_timeout": _env_float("CACHE_REDIS_TIMEOUT_SECONDS", 1.0),
                 "socket_timeout": _env_float("CACHE_REDIS_TIMEOUT_SECONDS", 1.0),
@@ -487,7 +487,7 @@ PROMETHEUS_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
 HUB_METRICS_DIR_RESET = _env_bool("HUB_METRICS_DIR_RESET", True)
 # A Celery worker serves its own /metrics on this port when set (0 = off): see docs/operations.md.
 HUB_WORKER_METRICS_PORT = _env_int("HUB_WORKER_METRICS_PORT", 0)
-# OpenTelemetry tracing (integrator/tracing.py), off by default: one trace per event, from the push
+# OpenTelemetry tracing (infra/tracing.py), off by default: one trace per event, from the push
 # through each attempt. Spans go to OTLP when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set (the
 # exporter reads the standard OTEL_* variables itself), else to the console, for local debugging.
 HUB_OTEL_ENABLED = _env_bool("HUB_OTEL_ENABLED", False)

@@ -4,7 +4,7 @@ from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "integrator.settings")
 
-from integrator.tracing import tracing_setup  # noqa: E402 - needs the settings module set above
+from infra.tracing import tracing_setup  # noqa: E402 - needs the settings module set above
 
 # Before the application loads its middleware: the Django instrumentation adds one.
 tracing_setup()

@@ -1,62 +1,14 @@
-"""What ops ask of the database: the delivery queue by state, its oldest waiting delivery, and the
-subscriptions that keep failing. Shared by `hubstatus` and the /metrics collector."""
+"""What ops ask of the database: the subscriptions that keep failing and the failed deliveries to
+replay. (The queue's own state is routing.backlog.)"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import Count, Max, Min, Q, QuerySet
-from django.utils import timezone
+from django.db.models import Count, Max, Q, QuerySet
 
-from routing.models import DELIVERY_OPEN_STATES, Delivery, DeliveryState, Subscription
-
-
-def delivery_state_counts() -> dict[str, int]:
-    """Deliveries per state, every state present (0 when none)."""
-    counts = {state: 0 for state in DeliveryState.values}
-    for row in Delivery.objects.order_by().values("state").annotate(n=Count("id")):
-        counts[row["state"]] = row["n"]
-    return counts
-
-
-@dataclass(frozen=True)
-class OldestWaiting:
-    delivery_id: int
-    subscription: str
-    state: str
-    created_at: datetime
-    age_seconds: float
-
-
-def delivery_oldest_open(*, now: datetime | None = None) -> OldestWaiting | None:
-    """The oldest delivery still waiting to be delivered (pending or retrying)."""
-    now = now or timezone.now()
-    row = (
-        Delivery.objects.filter(state__in=DELIVERY_OPEN_STATES)
-        .order_by("created_at", "id")
-        .values("id", "subscription__name", "state", "created_at")
-        .first()
-    )
-    if row is None:
-        return None
-    return OldestWaiting(
-        delivery_id=row["id"],
-        subscription=row["subscription__name"],
-        state=row["state"],
-        created_at=row["created_at"],
-        age_seconds=max(0.0, (now - row["created_at"]).total_seconds()),
-    )
-
-
-def delivery_due_lag_seconds(*, now: datetime | None = None) -> float:
-    """How long the most overdue open delivery has been due: workers falling behind show here
-    first, while a delivery waiting out its retry backoff does not count."""
-    now = now or timezone.now()
-    oldest_due = Delivery.objects.filter(state__in=DELIVERY_OPEN_STATES, next_attempt_at__lte=now).aggregate(
-        due=Min("next_attempt_at")
-    )["due"]
-    return max(0.0, (now - oldest_due).total_seconds()) if oldest_due else 0.0
+from routing.models import Delivery, DeliveryState, Subscription
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from django.conf import settings
 from django.core.cache import cache
 
-from integrator.cache import cache_available, cache_failed
-from integrator.metrics import redis_error_count
+from infra.cache import cache_available, cache_failed
+from infra.metrics import redis_error_count
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ _local_pending: dict[int, float] = {}
 
 
 def _pending_key(subscription_id: int) -> str:
-    from integrator.celery import app
+    from celery import current_app as app
 
     # Per queue: two hubs (or a hub and its benchmark) may share one Redis.
     return f"pump-pending:{app.conf.task_default_queue}:{subscription_id}"

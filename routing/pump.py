@@ -25,7 +25,7 @@ from django.db import transaction
 from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
-from integrator import metrics, tracing
+from infra import metrics, tracing
 from routing import retry, transport
 from routing.attempts import (
     attempt_outcome,

@@ -30,7 +30,7 @@ from requests.structures import CaseInsensitiveDict
 from requests.utils import check_header_validity, get_auth_from_url
 from standardwebhooks.webhooks import Webhook
 
-from integrator import tracing
+from infra import tracing
 from routing.deadline import deadline_watch
 from routing.netguard import DestinationBlocked, HostUnresolvable, session_guard
 

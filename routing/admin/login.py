@@ -15,7 +15,7 @@ from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
-from integrator.clientip import client_ip
+from infra.clientip import client_ip
 
 logger = logging.getLogger(__name__)
 

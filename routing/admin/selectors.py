@@ -15,7 +15,7 @@ from django.db.models.functions import ExtractMinute, Floor, TruncHour, TruncMin
 from django.utils import timezone
 
 from events.models import Event, EventStatus
-from ops.selectors import OldestWaiting, delivery_oldest_open, delivery_state_counts
+from routing.backlog import OldestWaiting, delivery_oldest_open, delivery_state_counts
 from routing.models import Attempt, Delivery, DeliveryState, Notification, Subscription
 from routing.services import TEST_MESSAGE
 

@@ -1,4 +1,4 @@
-"""The Redis cache backend (integrator/cache.py) keeps one redis client per server instead of
+"""The Redis cache backend (infra/cache.py) keeps one redis client per server instead of
 building one per operation, and is still Django's cache in every other respect."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import threading
 import pytest
 from django.core.cache import cache, caches
 
-from integrator.cache import RedisCache
+from infra.cache import RedisCache
 
 
 @pytest.fixture(autouse=True)

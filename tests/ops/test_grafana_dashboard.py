@@ -9,7 +9,7 @@ import re
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from integrator.metrics import attempt_observe, delivery_outcome_count
+from infra.metrics import attempt_observe, delivery_outcome_count
 from tests.ops.conftest import ROOT
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "hub-dashboard.json"

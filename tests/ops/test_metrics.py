@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from integrator.metrics import attempt_observe, delivery_outcome_count, worker_metrics_serve
+from infra.metrics import attempt_observe, delivery_outcome_count, worker_metrics_serve
 from routing.models import Delivery, DeliveryState
 from tests.factories import StoreFactory, SubscriptionFactory
 from tests.live import wait_until, workers_paused

@@ -1,4 +1,4 @@
-"""OpenTelemetry tracing (integrator/tracing.py): one trace per event, from the push through each
+"""OpenTelemetry tracing (infra/tracing.py): one trace per event, from the push through each
 attempt, with the SDK's in-memory exporter; and with tracing off, nothing set up at all."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from events.models import Event
-from integrator import tracing
+from infra import tracing
 from routing.models import Delivery
 from routing.services import deliveries_pump
 from tests.factories import SubscriptionFactory
@@ -87,7 +87,7 @@ def test_with_tracing_off_the_web_and_worker_set_up_no_tracing():
     tracer provider is set (redis-py may import the OpenTelemetry API for its own optional metrics;
     that loads a library, it traces nothing)."""
     check = (
-        "import sys, integrator.wsgi; from integrator.celery import app; from integrator import tracing;"
+        "import sys, integrator.wsgi; from integrator.celery import app; from infra import tracing;"
         "app.loader.import_default_modules(); tracing.tracing_setup();"
         "prefixes = ('opentelemetry.instrumentation', 'opentelemetry.exporter');"
         "loaded = sorted(m for m in sys.modules if m.startswith(prefixes));"

@@ -39,12 +39,12 @@ def redis_errors(use: str) -> float:
 def private_redis(transactional_db) -> Iterator[RedisServer]:
     """A redis-server of the test's own as this process's broker and cache, as web processes with
     REDIS_URL set have them."""
-    from integrator import cache as hub_cache
+    from infra import cache as hub_cache
     from integrator.celery import app
 
     redis = RedisServer().start()
     saved = (app.conf.broker_url, dict(app.conf.broker_transport_options or {}))
-    caches = {"default": {"BACKEND": "integrator.cache.RedisCache", "LOCATION": redis.url, "KEY_PREFIX": "hub"}}
+    caches = {"default": {"BACKEND": "infra.cache.RedisCache", "LOCATION": redis.url, "KEY_PREFIX": "hub"}}
     limits = {"store_write": "600/minute", "store_read": "1200/minute"}
     broker_switch(redis.url, {"visibility_timeout": 3600})
     dispatch._broker_down_until[0] = 0.0

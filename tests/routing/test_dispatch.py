@@ -3,7 +3,9 @@ publish a second message for an endpoint whose message still waits for a worker.
 
 from __future__ import annotations
 
-from integrator import cache as hub_cache
+import threading
+
+from infra import cache as hub_cache
 from routing.dispatch import pump_started, pumps_enqueue
 
 
@@ -19,6 +21,20 @@ def test_a_waiting_message_absorbs_the_next_pushes_until_a_worker_looks(unconsum
     assert pumps_enqueue([endpoint], countdown=5, coalesce=True) == [endpoint]
     pump_started(endpoint)
     pump_started(other)
+
+
+def test_a_push_in_another_thread_sees_the_same_mark(unconsumed_queue, settings):
+    """Web processes take pushes in threads: there celery's current app is its default one, which
+    must be the hub's app (its queue names the mark), not celery's fallback app."""
+    settings.HUB_PUMP_COALESCE_SECONDS = 60
+    endpoint = 10**9 + 4
+    assert pumps_enqueue([endpoint], coalesce=True) == [endpoint]
+    published: list[list[int]] = []
+    thread = threading.Thread(target=lambda: published.append(pumps_enqueue([endpoint], coalesce=True)))
+    thread.start()
+    thread.join()
+    assert published == [[]]
+    pump_started(endpoint)
 
 
 def test_coalescing_off_publishes_for_every_push(unconsumed_queue, settings):

@@ -11,7 +11,7 @@ from axes.models import AccessAttempt
 from django.contrib.auth.models import User
 from django.test import Client
 
-from integrator.clientip import client_ip
+from infra.clientip import client_ip
 
 pytestmark = pytest.mark.django_db
 

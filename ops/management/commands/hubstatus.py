@@ -3,7 +3,8 @@ import json
 from django.core.management.base import BaseCommand
 from django.utils import timezone
 
-from ops.selectors import delivery_due_lag_seconds, delivery_oldest_open, delivery_state_counts, subscriptions_failing
+from ops.selectors import subscriptions_failing
+from routing.backlog import delivery_due_lag_seconds, delivery_oldest_open, delivery_state_counts
 
 
 def _age(seconds: float) -> str:

@@ -36,7 +36,7 @@ def cache_available() -> bool:
 def cache_failed(use: str, exc: BaseException) -> None:
     """A use of the cache failed and was worked around: count it, say it, and leave the cache
     alone for a while (one log line per process per backoff, not one per push)."""
-    from integrator.metrics import redis_error_count
+    from infra.metrics import redis_error_count
 
     redis_error_count(use)
     backoff = settings.HUB_CACHE_BACKOFF_SECONDS
