@@ -114,7 +114,8 @@ def test_the_json_migration_keeps_stored_payloads_both_ways(postgresql, api):
             assert json.loads(cursor.fetchone()[0]) == sent["payload"]
     finally:
         executor.loader.build_graph()
-        executor.migrate(executor.loader.graph.leaf_nodes("events"))
+        # Every app's latest: going back took with it the routing migrations that depend on events.
+        executor.migrate(executor.loader.graph.leaf_nodes())
     assert _payload_column() == ("json", "l")
     assert Event.objects.get(message_id="st-2").payload == sent["payload"]
 
