@@ -1,6 +1,5 @@
-"""gunicorn reads this file from the working directory. It picks the worker class and keeps
-Prometheus' multiprocess files honest: a clean directory at start, and a dead worker's live values
-dropped."""
+"""gunicorn's settings: the worker class, and Prometheus' multiprocess files kept honest (a clean
+directory at start, a dead worker's live values dropped)."""
 
 import os
 
@@ -18,10 +17,8 @@ def on_starting(server):
 
 
 def post_worker_init(worker):
-    # The application is loaded by now; its URLs import the views, DRF and the rest, which would
-    # otherwise wait for the first request. All that (~90,000 objects) is what the cyclic
-    # collector walked at every full collection, 30-50 ms each and several a second under load
-    # (docs/performance.md, fourth round). Frozen, it is left out of collections for good.
+    # Import everything the first request would, then freeze it: the cyclic collector no longer
+    # walks Django's and DRF's objects at every full collection.
     import gc
 
     from django.urls import get_resolver
@@ -38,13 +35,8 @@ def child_exit(server, worker):
         multiprocess.mark_process_dead(worker.pid, _multiproc_dir)
 
 
-# Threads, not only processes: a request spends most of its time waiting on PostgreSQL (the commit
-# that makes an event durable) and Redis, and a thread lets the process serve another request
-# meanwhile. Measured in docs/performance.md: about 1.15x the events/s of sync workers, lower p99.
-# Each thread keeps its own database connection (DB_CONN_MAX_AGE): workers x threads in all.
-# The class is gthread with each request received by the worker's event loop before a thread takes
-# it, so clients that send slowly never hold a thread (integrator/gunicorn_worker.py); keep it when
-# overriding --threads. Override on the command line or with GUNICORN_CMD_ARGS.
+# Threads serve other requests while one waits on PostgreSQL's commit; each keeps its own database
+# connection. The worker receives a request before a thread takes it, so slow clients hold none.
 worker_class = "integrator.gunicorn_worker.BufferingThreadWorker"
 threads = 4
 

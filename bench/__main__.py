@@ -1,11 +1,8 @@
 """`python -m bench [--smoke] [--json PATH]`: start the hub in its production shape, load it, print
 the table. `bash bench/run` sets up .venv first; docs/performance.md explains every row.
 
-Processes: gunicorn (gunicorn.conf.py, sync workers) serving the hub plus the bare baseline view,
-a Celery worker (prefork, with the beat sweeper) started when delivery is measured, the cheap
-subscriber (bench/subscriber.py), and this process as the load generator. All on the database
-and broker of DATABASE_URL / REDIS_URL (a fresh database named <name>_bench and a private queue),
-or on the embedded SQLite + filesystem broker when they are not set.
+Runs on DATABASE_URL / REDIS_URL (a fresh <name>_bench database and a private queue), or on the
+embedded SQLite and filesystem broker when they are not set.
 """
 
 import argparse

@@ -125,9 +125,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenario", choices=("flood", "slots", "hot"), default="flood")
     parser.add_argument("--seconds", type=float, default=30, help="how long to push (default 30)")
-    # A worker killed late in the push leaves its batch claimed until the lease runs out (pump
-    # budget + timeout + HUB_DELIVERY_LEASE_MARGIN_SECONDS, ~75 s) and the next sweep (30 s); the
-    # orders behind it then go on. 120 s was too short once pushes got faster (7,486 in 30 s).
+    # Long enough for the ordered chains to drain the backlog a Redis outage leaves.
     parser.add_argument("--drain", type=float, default=300, help="how long to wait for deliveries after")
     parser.add_argument("--orders", type=int, default=40, help="distinct orders (resource keys)")
     parser.add_argument("--workers", type=int, default=2, help="Celery worker processes to kill and restart")

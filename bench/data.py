@@ -63,10 +63,7 @@ def events_fill(have: int, want: int) -> None:
 
 
 def database_settle() -> None:
-    """Write out what the previous phase left dirty (CHECKPOINT on PostgreSQL), so that its
-    aftermath is not measured by the next one: a batch phase writes ~0.5 GB of WAL, and the
-    checkpoint it set off ran through the delivery phase after it (07:55:47-07:57:06 in one
-    run), logging every page delivery touched again in full."""
+    """CHECKPOINT on PostgreSQL, so that a phase's WAL is not written out during the next phase."""
     from django.db import connection
 
     if connection.vendor == "postgresql":

@@ -1,9 +1,8 @@
 """The load generator: a small asyncio HTTP/1.1 client, lean enough that on a 2-core machine it
 takes little of the CPU the hub is being measured with.
 
-It reuses a connection when the server keeps it open and reconnects when the server closes it
-(gunicorn's sync workers close after every response, as they do for real clients), and times each
-request including its connect, since that is what a store sees.
+It reconnects when the server closes a connection, and times each request with its connect, as a
+store sees it.
 """
 
 from __future__ import annotations
@@ -160,12 +159,8 @@ WORKER_PATH = "/bench/worker"
 
 async def connections_spread(host: str, port: int, count: int, workers: int, *, tries: int = 200) -> list[Connection]:
     """`count` kept-alive connections, as evenly over the server's `workers` processes as `tries`
-    connects allow: a connection whose process already holds its share is closed and made again.
-
-    gunicorn's workers take new connections as they come, and often one takes all four of a
-    slice: its GIL then serves them all while the other worker idles, and the rate measured is
-    a draw of that placement (one run's bare view at 821 req/s on one worker, 2,700-3,000 on
-    two). Placed evenly, each side is measured as a load balancer or many stores would load it."""
+    connects allow (a connection whose process holds its share is made again). Kept for the labelled
+    "placed evenly" row: otherwise the rate is a draw of where the kernel put the connections."""
     share = -(-count // workers)
     held: dict[bytes, int] = {}
     placed: list[Connection] = []
@@ -202,9 +197,7 @@ async def closed_loop(
     count) the connections are placed evenly over its processes first instead (connections_spread).
 
     A request counts when its answer arrives within the measured seconds, whenever it was sent:
-    completions per second of a steady closed loop. (Counting only requests both sent and
-    answered inside the window left each client one request short per slice, ~5% of a 2 s
-    slice of 100-event batches.)"""
+    completions per second of a steady closed loop."""
     result = LoadResult()
     counter = 0
     if spread_over > 1:

@@ -50,10 +50,8 @@ class Bench:
         self.numbers = itertools.count(1)
         seed = json.loads(SEED.read_text())
         self.seed_body = json.dumps(seed, separators=(",", ":")).encode()
-        # Each event is its own order (order.number made unique, the rest of the seed unchanged): a
-        # busy store's traffic spans many orders, and the hub delivers one order's events one at a
-        # time, in order, so a backlog of a single order would measure that order's latency chain,
-        # not the hub's throughput.
+        # Each event is its own order: one order's events go one at a time, so a single order's
+        # backlog would measure its chain (the chain phase does), not throughput.
         number = seed["payload"]["order"]["number"]
         at = self.seed_body.index(b'"number":"%s"' % number.encode()) + len(b'"number":"')
         self.seed_head, self.seed_tail = self.seed_body[1:at], self.seed_body[at + len(number) :]
@@ -265,7 +263,7 @@ class Bench:
     def ingest(self) -> None:
         from routing.models import Delivery, Subscription
 
-        # The earlier method first, labelled as such: 4 clients placed evenly over the web workers.
+        # The placed-evenly row first, labelled as such (docs/performance.md, "Method").
         log("ingest: bare DRF and POST /events, 4 connections placed evenly over the workers")
         bare_even, hub_even = self.interleaved(
             lambda n: ("/bench/bare", self.envelope("bare", n)), self.single("single")
@@ -383,8 +381,7 @@ class Bench:
         )
 
     def batch_ingest(self) -> None:
-        # The target is for the larger batch, what a store catching up sends; the 20-event row
-        # keeps the earlier rounds' figure comparable.
+        # The target is for the larger batch, what a store catching up sends.
         self.batch_ingest_at("batch_rate", self.plan.batch_size, None)
         self.batch_ingest_at("batch_large_rate", self.plan.batch_large, 5000)
 
@@ -412,9 +409,8 @@ class Bench:
     def subscription(self, name: str, path: str) -> Any:
         from routing.models import Subscription
 
-        # The endpoint's in-flight limit raised to the worker's concurrency, as docs/reliability.md
-        # advises for a fast, busy endpoint: the limit is still checked on every claim (its cost is
-        # measured), but the default of 2 would cap one subscription at 2 of the 4 processes.
+        # In-flight limit at the worker's concurrency, as for a fast endpoint: still checked on
+        # every claim, but the default 2 would cap one subscription at 2 of the 4 processes.
         return Subscription.objects.create(
             name=name,
             url=f"http://{HOST}:{self.sub_port}{path}",
@@ -754,10 +750,8 @@ class Bench:
         events_fill(Event.objects.count(), large)
         log(f"stored: filled to {Event.objects.count():,} events in {time.monotonic() - started:.0f}s")
         bare_large, at_large = self.interleaved(bare, self.single("large"), seconds=seconds)
-        # The two are measured a minute apart, and the other users of a shared machine do not hold
-        # still for a minute: each is taken relative to the bare view measured alongside it, so the
-        # comparison is of the hub's share, not of the neighbours' mood. Baseline = the 10k rate
-        # scaled by how much faster or slower the bare view ran during the 1M measurement.
+        # Measured a minute apart on a shared machine: the 10k rate is scaled by how the bare
+        # view's rate moved between the two.
         expected = at_small.rate * bare_large.rate / bare_small.rate
         self.add(
             "stored_small",

@@ -48,8 +48,7 @@ FULL = Plan(
     # Single ingest: plain keep-alive connections where the kernel puts them, more clients than the
     # web's 2 x 4 threads, as many stores load it (`python -m bench --connections N` changes it).
     connections=16,
-    # 20 per request, as earlier rounds measured (when HUB_MAX_JSON_KEYS counted a whole body);
-    # 100 orders (850 KB) is a store pushing a backlog within HUB_MAX_BODY_BYTES (1 MiB).
+    # 100 orders is a store pushing a backlog within HUB_MAX_BODY_BYTES.
     batch_size=20,
     batch_large=100,
     delivery_count=3000,

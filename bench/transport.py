@@ -1,23 +1,16 @@
 """`python -m bench.transport [--seconds S] [--rounds N] [--profile PATH]`: what one send costs in
 routing.transport, against a bare http.client POST of the same bytes.
 
-Once a worker sends a claimed batch one after another over one keep-alive connection, the per-send
-cost of `request_build` (copy, JSON, sign, headers) and `request_send` (requests + the SSRF guard,
-capped read, JSON reply, result) is what a delivery costs in CPU apart from the database. This
-measures both in-process against bench/subscriber.py (started here on a free port), with seeds/001's
-`order:new` (8.5 KB, 425 keys) as the payload, each round in three slices back to back:
+A delivery's CPU apart from the database is `request_build` and `request_send`. Both are measured
+in-process against bench/subscriber.py with seeds/001's `order:new`, each round in three slices:
 
 - baseline: `http.client.HTTPConnection` POSTing the same body and headers on one keep-alive
   connection and reading the reply (no parsing, no guard): the floor for one exchange here;
 - build: `request_build` with the production arguments (one secret, a token, a store name);
 - send: `request_send` of one built request through the process's guarded session.
 
-Figures are microseconds per call, wall and CPU time of this process, the best round of each (on
-a shared machine the least disturbed slice is the closest to what the code costs), and the ratio
-of CPU time to the baseline's; the median over rounds of each round's own ratio is printed beside
-it as a check. Compare ratios,
-A/B back to back. Bounded in time: rounds x 3 slices of `--seconds` each, plus about a second to
-start the subscriber (and the profile's 2,000 sends when asked).
+Figures are microseconds per call (wall and this process's CPU), the best round of each (the least
+disturbed on a shared machine), and the ratio of CPU to the baseline's. Compare ratios, A/B.
 """
 
 from __future__ import annotations

@@ -38,8 +38,7 @@ def _worker_tracing(**kwargs: object) -> None:
 
 @signals.worker_init.connect
 def _worker_async_commit(**kwargs: object) -> None:
-    # Runs in the worker's main process before the pool forks, so pool processes and threads
-    # inherit it; web processes never run it and keep synchronous commits.
+    # Before the pool forks, so pool processes inherit it; web processes keep synchronous commits.
     from django.conf import settings
     from django.db.backends.signals import connection_created
 
@@ -48,11 +47,8 @@ def _worker_async_commit(**kwargs: object) -> None:
 
 
 def _async_commit_set(sender: object, connection: object, **kwargs: object) -> None:
-    """A worker's commits return without waiting for the WAL flush (PostgreSQL writes it within
-    a fraction of a second). Safe for what a worker writes: a crash of PostgreSQL can only lose its
-    latest claims, attempts and outcomes, so a delivery goes back to due and is sent again, which
-    at-least-once delivery allows; an event a store pushed is committed by the web process,
-    synchronously, before it is acknowledged. docs/performance.md has the numbers."""
+    """A worker's commits do not wait for the WAL flush: a PostgreSQL crash can only lose its latest
+    claims and outcomes, so a delivery is sent again, as at-least-once allows. Pushes stay synchronous."""
     if getattr(connection, "vendor", "") == "postgresql":
         with connection.cursor() as cursor:  # type: ignore[attr-defined]
             cursor.execute("SET synchronous_commit TO off")
@@ -61,9 +57,7 @@ def _async_commit_set(sender: object, connection: object, **kwargs: object) -> N
 @signals.task_prerun.connect
 @signals.task_postrun.connect
 def _db_connections_tidy(**kwargs: object) -> None:
-    # What Django does around every web request: close a connection that broke or is older than
-    # CONN_MAX_AGE, and health-check the next one on first use. Celery's own handling (closing
-    # every connection around every task) is turned down by CELERY_DB_REUSE_MAX in settings.
+    # As Django does around a web request: drop a broken or too old connection, keep the rest.
     from django.db import close_old_connections
 
     close_old_connections()

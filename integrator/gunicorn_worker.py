@@ -1,22 +1,12 @@
 """gunicorn's threaded worker, receiving each request in its event loop before a thread is given to it.
 
-The stock gthread worker hands a connection to a thread as soon as its first byte arrives; the
-thread then reads the headers and the body from the socket. A client that sends them slowly (a
-byte a second, or a Content-Length it never completes) keeps the thread waiting, and a few dozen
-such clients take every thread of every worker: nothing else is served, not even /healthz.
+Stock gthread gives a connection to a thread at its first byte, so a few dozen clients sending a
+byte a second hold every thread. Here the event loop gathers the head, and the body of a request
+that names its sender, and a thread gets it only once complete. A request with no credentials goes
+over with its head alone, is refused from its headers, and its body is never read. Every request
+must arrive within HUB_REQUEST_READ_SECONDS of wall-clock time, else 408 and a close.
 
-Here the worker's event loop (which waits on every socket at once) reads the head of each request,
-and, for a request that names its sender, the body too, into memory; a thread gets the request
-only once it is complete, and then never waits on the client. A request that names no sender (no
-store token, no session cookie) goes to a thread as soon as its head is complete, without its
-body: the hub refuses it from the headers alone (401, 403) and the connection is closed rather
-than drained, so its body is never read. Every request must arrive within one wall-clock deadline
-(HUB_REQUEST_READ_SECONDS, from the connection's accept, or on a kept-alive connection from the
-first byte of its next request), however it trickles: past it the answer is 408 and a close.
-
-gunicorn still parses every request from the bytes gathered here; the framing below only decides
-when enough has arrived, so a request it misjudges is at worst handed over early (to a thread
-that reads the rest itself, as gthread does) or timed out, never read differently.
+gunicorn still parses the gathered bytes; the framing here only decides when enough has arrived.
 """
 
 from __future__ import annotations

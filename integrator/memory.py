@@ -1,13 +1,8 @@
 """Freeing what a request parsed as soon as the request is done, not at the next garbage collection.
 
-DRF keeps a request's parsed body on its Request, and the Request, the view and the Response
-refer to one another (view.request, view.response, response.renderer_context; encode/django-rest-
-framework#5826). Reference counting cannot free such a cycle: the parsed body of every request, a
-batch's 20 orders (some 900 dicts and lists), stayed alive until Python's cyclic collector found
-it, and the collector found it only by walking it again and again with everything else alive in
-the process. In a web process taking batches that was a fifth of its CPU (docs/performance.md,
-fourth round). Dropping the body from the Request once the response is made leaves only the
-small request/view/response skeleton to the collector.
+DRF's Request, view and Response refer to one another (encode/django-rest-framework#5826), so a
+parsed body stays alive until the cyclic collector walks it; dropping it once the response is made
+leaves the collector only the small skeleton.
 """
 
 from __future__ import annotations
@@ -22,8 +17,7 @@ _PARSED_BODY_ATTRIBUTES = ("_full_data", "_data", "_files")
 
 
 def drf_request_of(response: HttpResponse) -> Any:
-    """The DRF Request a response was rendered for (DRF keeps it in renderer_context), or None
-    for a response that did not come from a DRF view."""
+    """The DRF Request a response was rendered for, or None for a response not from a DRF view."""
     context = getattr(response, "renderer_context", None)
     return context.get("request") if isinstance(context, dict) else None
 

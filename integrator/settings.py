@@ -44,9 +44,7 @@ def _env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
-# HUB_ENV=production turns the safe-by-default switches on and makes the settings that have no
-# safe default (SECRET_KEY, ALLOWED_HOSTS, HUB_ENCRYPTION_KEYS) mandatory. Anything else keeps the
-# embedded default zero-config for a newcomer on localhost.
+# production makes the settings with no safe default mandatory; anything else stays zero-config.
 HUB_ENV = os.environ.get("HUB_ENV", "development").strip().lower()
 IS_PRODUCTION = HUB_ENV == "production"
 
@@ -59,8 +57,6 @@ def _env_required(name: str) -> str:
 
 
 DEBUG = _env_bool("DEBUG", False)
-# A fixed development key keeps the embedded default zero-config; production must set SECRET_KEY
-# (`manage.py check --deploy` flags the insecure default).
 if IS_PRODUCTION:
     SECRET_KEY = _env_required("SECRET_KEY")
     if not DEBUG:
@@ -133,11 +129,9 @@ if DATABASE_URL:
         )
     }
     if DATABASES["default"]["ENGINE"].endswith("postgresql"):
-        # libpq waits forever for a server that accepted the TCP connection but never answers
-        # (a blackholed or hung database): a request, a worker and /readyz must give up instead.
+        # libpq waits forever on a server that accepted the connection and never answers.
         DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", _env_int("DB_CONNECT_TIMEOUT", 5))
-        # The same backend, with a health check that polls the socket instead of a SELECT 1 round
-        # trip per request (integrator/postgresql/base.py).
+        # Health checks poll the socket instead of a SELECT 1 per request.
         DATABASES["default"]["ENGINE"] = "integrator.postgresql"
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
@@ -146,8 +140,7 @@ else:
             "ENGINE": "django.db.backends.sqlite3",
             # SQLITE_PATH lets a second process (a test worker, say) open another file with the same options.
             "NAME": os.environ.get("SQLITE_PATH") or VAR_DIR / "hub.sqlite3",
-            # web and worker are separate processes: WAL lets them read while the other writes, and
-            # IMMEDIATE transactions take the write lock up front instead of failing on upgrade.
+            # WAL: web and worker read while the other writes; IMMEDIATE: no failed lock upgrades.
             "OPTIONS": {
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 20,
@@ -157,8 +150,7 @@ else:
             "TEST": {"NAME": str(VAR_DIR / "test-hub.sqlite3")},
         }
     }
-# The single-event INSERT as a prepared statement (integrator/postgresql/base.py). Off for a
-# PgBouncer in transaction mode older than 1.21 or without max_prepared_statements.
+# Off for a PgBouncer in transaction mode older than 1.21 or without max_prepared_statements.
 DB_PREPARED_STATEMENTS = _env_bool("DB_PREPARED_STATEMENTS", True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -171,8 +163,7 @@ if BROKER_IS_EMBEDDED:
     _broker_dir = VAR_DIR / "broker"
     (_broker_dir / "out").mkdir(parents=True, exist_ok=True)
     (_broker_dir / "processed").mkdir(parents=True, exist_ok=True)
-    # Without control_folder kombu writes its exchange table to ./control in whatever directory
-    # the process started from.
+    # Else kombu writes its exchange table to ./control wherever the process started.
     (_broker_dir / "control").mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "control_folder": str(_broker_dir / "control"),
@@ -189,44 +180,34 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
-# Tasks are idempotent (they claim a delivery row before sending), so late acks are safe and a
-# worker killed mid-task leaves its message to be redelivered.
+# Tasks claim rows before sending, so late acks are safe: a killed worker's message is redelivered.
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 4
-# Celery's Django fix-up closes the database connection before and after every task unless this
-# is set, so each delivery paid for a new PostgreSQL connection (a backend process forked per
-# task: docs/performance.md). With it, a worker process keeps its connection; integrator/celery.py
-# still drops one that broke or outlived DB_CONN_MAX_AGE, as Django does between web requests.
+# Else Celery's Django fix-up opens a new connection for every task; integrator/celery.py still
+# drops one that broke or outlived DB_CONN_MAX_AGE.
 CELERY_DB_REUSE_MAX = _env_int("CELERY_DB_REUSE_MAX", 1000)
-# Worker transactions commit without waiting for the disk (integrator/celery.py says why that keeps
-# at-least-once delivery); ingest in the web process always waits. "false" makes the worker wait too.
+# Worker commits do not wait for the disk (integrator/celery.py says why that is safe); ingest always waits.
 HUB_WORKER_ASYNC_COMMIT = _env_bool("HUB_WORKER_ASYNC_COMMIT", True)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# A worker waits for its broker however long it is away (Celery's default gives up after 100 tries
-# and exits): the deliveries are in the database, and nothing is gained by a worker that is gone.
+# A worker waits for its broker however long it is away: the deliveries are safe in the database.
 CELERY_BROKER_CONNECTION_MAX_RETRIES = None
-# Tasks running when the broker goes away finish: a delivery on the wire is recorded, and its
-# late ack, lost with the connection, only costs a repeated wake-up (the pump claims rows first).
+# A lost late ack only costs a repeated wake-up, so running tasks finish.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
-# Publishing happens after the event is committed: a broker outage must not hang the request,
-# the sweeper re-enqueues whatever could not be published.
+# A broker outage must not hang the request: the sweeper wakes what could not be published.
 CELERY_TASK_PUBLISH_RETRY = False
 CELERY_BROKER_CONNECTION_TIMEOUT = _env_float("CELERY_BROKER_CONNECTION_TIMEOUT", 2.0)
 CELERY_TIMEZONE = "UTC"
-# Workers log through LOGGING below (JSON, secrets masked), like the web processes, instead of
-# Celery's own plain-text handler.
+# Workers log through LOGGING below (JSON, secrets masked), not Celery's plain-text handler.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE_FILENAME = os.environ.get("CELERY_BEAT_SCHEDULE_FILENAME", str(VAR_DIR / "celerybeat-schedule"))
-# Beat touches this file at every tick (integrator/beat.py); `python -m integrator.healthcheck beat`
-# fails once it is older than HUB_BEAT_STALE_SECONDS (set below, from the sweep interval).
+# Beat touches the heartbeat at every tick; `python -m integrator.healthcheck beat` checks its age.
 CELERY_BEAT_SCHEDULER = "integrator.beat:HeartbeatScheduler"
 HUB_BEAT_HEARTBEAT_FILE = os.environ.get("HUB_BEAT_HEARTBEAT_FILE", str(VAR_DIR / "beat-heartbeat"))
 
 # --- Hub knobs ------------------------------------------------------------------------------
 HUB_MAX_BODY_BYTES = _env_int("HUB_MAX_BODY_BYTES", 1024 * 1024)
-# The web worker (integrator/gunicorn_worker.py) must receive a whole request, head and body, within
-# this wall-clock time, however slowly it trickles in; later it answers 408 and closes.
+# A whole request must arrive within this wall-clock time, however slowly it trickles (else 408).
 HUB_REQUEST_READ_SECONDS = _env_float("HUB_REQUEST_READ_SECONDS", 30.0)
 HUB_MAX_BATCH_SIZE = _env_int("HUB_MAX_BATCH_SIZE", 500)
 HUB_MAX_JSON_DEPTH = _env_int("HUB_MAX_JSON_DEPTH", 64)
@@ -242,33 +223,26 @@ HUB_RETRY_JITTER = _env_float("HUB_RETRY_JITTER", 0.2)
 HUB_RETRY_AFTER_MAX_SECONDS = _env_float("HUB_RETRY_AFTER_MAX_SECONDS", 86400)
 # Retries due sooner than this are handed to the broker with a countdown; later ones wait in the database.
 HUB_RETRY_COUNTDOWN_MAX_SECONDS = _env_float("HUB_RETRY_COUNTDOWN_MAX_SECONDS", 60)
-# A worker sends an endpoint's due deliveries in batches of this many, one after another on one
-# connection, and records each batch in one transaction (routing.pump).
+# Deliveries claimed at once for one endpoint, sent on one connection, recorded in one transaction.
 HUB_DELIVERY_BATCH_SIZE = _env_int("HUB_DELIVERY_BATCH_SIZE", 50)
-# How long a worker keeps sending to one endpoint before a fresh message takes over, so that other
-# endpoints' messages are not kept waiting behind a long backlog.
+# Then a fresh message takes over, so other endpoints do not wait behind one long backlog.
 HUB_DELIVERY_PUMP_SECONDS = _env_float("HUB_DELIVERY_PUMP_SECONDS", 5)
-# A push publishes no message for an endpoint whose last one is still waiting for a worker (that
-# worker's look will see the push's deliveries); the mark of a waiting message lasts this long at
-# most. 0 = a message for every push.
+# No new message for an endpoint whose last one still waits for a worker (it will see the push's
+# deliveries); the mark lasts this long at most. 0 = a message for every push.
 HUB_PUMP_COALESCE_SECONDS = _env_float("HUB_PUMP_COALESCE_SECONDS", 2)
-# A claimed delivery's lease: a live worker renews it every quarter of it while it sends the
-# batch (routing.leases), so a worker that dies frees its deliveries and the endpoint's in-flight
-# slots this long after its last renewal, and the sweeper hands them on at its next run.
+# Short and renewed while the batch is sent (routing.leases): a dead worker's deliveries and
+# in-flight slots free this long after its last renewal.
 HUB_LEASE_SECONDS = _env_float("HUB_LEASE_SECONDS", 6)
 # The renewals never hold a batch longer than the pump's time, the endpoint's timeout and this margin.
 HUB_DELIVERY_LEASE_MARGIN_SECONDS = _env_float("HUB_DELIVERY_LEASE_MARGIN_SECONDS", 60)
-# A pump runs for its budget, then finishes the request it started last (cut at the endpoint's
-# timeout, at most routing.transport.TIMEOUT_MAX_SECONDS = 120) and records the batch (within the
-# lease margin): Celery's limits stay above that, so they never stop a pump mid-attempt.
+# Above a pump's budget + the longest timeout + the lease margin: never stop a pump mid-attempt.
 CELERY_TASK_SOFT_TIME_LIMIT = max(240, math.ceil(HUB_DELIVERY_PUMP_SECONDS + 120 + HUB_DELIVERY_LEASE_MARGIN_SECONDS))
 CELERY_TASK_TIME_LIMIT = CELERY_TASK_SOFT_TIME_LIMIT + 60
 HUB_RESPONSE_BODY_MAX_CHARS = _env_int("HUB_RESPONSE_BODY_MAX_CHARS", 4096)
 HUB_RESPONSE_READ_MAX_BYTES = _env_int("HUB_RESPONSE_READ_MAX_BYTES", 1024 * 1024)
 # How many generations of events endpoints may return in reply to events (an event pushed by a store is 0).
 HUB_MAX_EVENT_DEPTH = _env_int("HUB_MAX_EVENT_DEPTH", 5)
-# How many events endpoints' replies may make under one root event, all generations together:
-# two endpoints answering each other's messages would otherwise multiply them at every generation.
+# Events replies may make under one root, all generations: two endpoints answering each other multiply.
 HUB_MAX_DESCENDANTS = _env_int("HUB_MAX_DESCENDANTS", 1000)
 # What a subscription's parameters may grow to through replies (every delivery carries them all).
 HUB_MAX_PARAMETERS = _env_int("HUB_MAX_PARAMETERS", 50)
@@ -288,19 +262,16 @@ HUB_SCHEDULE_MIN_INTERVAL_SECONDS = _env_float("HUB_SCHEDULE_MIN_INTERVAL_SECOND
 HUB_SCHEDULE_MAX_PAGES = _env_int("HUB_SCHEDULE_MAX_PAGES", 20)
 # An endpoint that has failed without a single success for this long is disabled.
 HUB_SUBSCRIPTION_DISABLE_AFTER_SECONDS = _env_float("HUB_SUBSCRIPTION_DISABLE_AFTER_SECONDS", 5 * 86400)
-# Short, so that the deliveries of a worker that died go out again soon after their lease ran out
-# (one sweep is two indexed reads when there is nothing to do).
+# Short, so a dead worker's deliveries go out soon after their lease; an idle sweep is two reads.
 HUB_SWEEP_INTERVAL_SECONDS = _env_float("HUB_SWEEP_INTERVAL_SECONDS", 2)
-# A delivery due for longer than this without being sent has lost its broker message (or never had
-# one: a broker outage, a retry hours away); the sweeper wakes its endpoint.
+# Due for longer than this means its broker message was lost (or never sent); the sweeper wakes it.
 HUB_SWEEP_LOST_AFTER_SECONDS = _env_float("HUB_SWEEP_LOST_AFTER_SECONDS", 30)
 HUB_SWEEP_BATCH_SIZE = _env_int("HUB_SWEEP_BATCH_SIZE", 1000)
 # Beat ticks at least once per sweep interval; a heartbeat older than a few of them means it stopped.
 HUB_BEAT_STALE_SECONDS = _env_float("HUB_BEAT_STALE_SECONDS", max(60.0, 4 * HUB_SWEEP_INTERVAL_SECONDS))
 
 # --- Reliability (docs/reliability.md) ------------------------------------------------------
-# Deliveries on the wire to one endpoint at once (a subscription may set its own; 0 = no limit).
-# Keep it below the workers' total concurrency: a slow endpoint then holds at most this many slots.
+# Below the workers' concurrency, so a slow endpoint never holds them all (0 = no limit).
 HUB_SUBSCRIPTION_MAX_IN_FLIGHT = _env_int("HUB_SUBSCRIPTION_MAX_IN_FLIGHT", 2)
 # Where a message's resource key is found, per message type ("order:new") or resource ("order:*"):
 # HUB_RESOURCE_KEY_PATHS="order:*=order.number|order.id;shipment:*=shipment.order_number".
@@ -311,16 +282,13 @@ HUB_RESOURCE_KEY_PATHS: dict[str, list[str]] = {
         item.partition("=") for item in os.environ.get("HUB_RESOURCE_KEY_PATHS", "").split(";") if "=" in item
     )
 }
-# After failing to publish to the broker, a process stops trying for this long: pushes are not
-# slowed by a dead broker, and the sweeper enqueues what they stored once it is back.
+# After a failed publish, so that pushes do not each wait on a dead broker; the sweeper catches up.
 HUB_BROKER_BACKOFF_SECONDS = _env_float("HUB_BROKER_BACKOFF_SECONDS", 5)
-# After a failure of the cache (Redis), a process leaves it alone this long: rate limits are not
-# enforced and pending marks are the process's own meanwhile, so that no push waits on a dead Redis.
+# After a cache (Redis) failure, so no push waits on a dead Redis; limits and marks fail open meanwhile.
 HUB_CACHE_BACKOFF_SECONDS = _env_float("HUB_CACHE_BACKOFF_SECONDS", 5)
 # A task that finds the database down waits and tries again (doubling up to this), never drops.
 HUB_DATABASE_RETRY_MAX_SECONDS = _env_float("HUB_DATABASE_RETRY_MAX_SECONDS", 30)
-# Retention: events whose every delivery ended delivered (or cancelled) are purged once older than
-# this, in batches, by a periodic task; failed ones stay until someone handles them. 0 = keep all.
+# Events whose deliveries all ended delivered or cancelled are purged past this age; failed ones stay.
 HUB_RETENTION_DAYS = _env_float("HUB_RETENTION_DAYS", 30)
 HUB_RETENTION_INTERVAL_SECONDS = _env_float("HUB_RETENTION_INTERVAL_SECONDS", 3600)
 HUB_RETENTION_BATCH_SIZE = _env_int("HUB_RETENTION_BATCH_SIZE", 1000)
@@ -350,9 +318,7 @@ CELERY_BEAT_SCHEDULE = {
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(HUB_MAX_BODY_BYTES * 2, 2_621_440)
 
 # --- Security -------------------------------------------------------------------------------
-# A JSON document within the size cap can still be hostile: deep nesting and huge objects cost far
-# more to walk (and to store in a JSONField) than their bytes suggest. The key cap counts each
-# envelope on its own (every item of a batch); HUB_MAX_BODY_BYTES bounds a whole request.
+# Deep or huge JSON costs more to walk than its bytes suggest; the key cap counts per envelope.
 HUB_MAX_JSON_KEYS = _env_int("HUB_MAX_JSON_KEYS", 10_000)
 # Per-store request rates ("<n>/<second|minute|hour|day>"), one bucket for pushes and one for reads.
 HUB_RATE_LIMITS = {
@@ -361,22 +327,15 @@ HUB_RATE_LIMITS = {
     # Per management key, every call of /manage/v1 (ops/manage).
     "manage": os.environ.get("HUB_RATE_LIMIT_MANAGE", "600/minute"),
 }
-# After a token rotation the old token keeps working this long, so a store can be reconfigured
-# without dropping events.
+# The old token keeps working this long, so a store can be reconfigured without dropping events.
 HUB_TOKEN_ROTATION_GRACE_SECONDS = _env_int("HUB_TOKEN_ROTATION_GRACE_SECONDS", 24 * 3600)
-# Each web process remembers a token's store this long instead of reading it on every request. It
-# is how long another process may still take a disabled store's or a revoked token's pushes (the
-# process that disables or rotates forgets at once); a grace period's end is checked exactly.
-# 0 reads the store on every request.
+# How long another process may still take a disabled store's pushes; 0 reads it every request.
 HUB_STORE_AUTH_CACHE_SECONDS = _env_float("HUB_STORE_AUTH_CACHE_SECONDS", 2.0)
-# Each web process reads the enabled subscriptions at most this often to route pushes: a change made
-# by another process (or by a queryset update) reaches its routing within this time (see
-# routing.selectors.subscriptions_enabled_for_routing). 0 reads them on every push.
+# How late another process's subscription change reaches a web process's routing; 0 = every push.
 HUB_SUBSCRIPTIONS_CACHE_SECONDS = _env_float("HUB_SUBSCRIPTIONS_CACHE_SECONDS", 1.0)
 # Same idea for a subscription's signing secret: both signatures are sent until it ends.
 HUB_SECRET_ROTATION_GRACE_SECONDS = _env_int("HUB_SECRET_ROTATION_GRACE_SECONDS", 24 * 3600)
-# Deliveries never reach loopback, private, link-local or metadata addresses unless this is on
-# (a hub whose subscribers live on its own private network, or the tests' local subscriber).
+# For a hub whose subscribers live on its own private network (metadata addresses stay refused).
 HUB_ALLOW_PRIVATE_DESTINATIONS = _env_bool("HUB_ALLOW_PRIVATE_DESTINATIONS", False)
 # Fernet keys (comma-separated, newest first) that encrypt signing secrets at rest; older keys only
 # decrypt, so keys can be rotated. Without it (development only) a key is derived from SECRET_KEY.
@@ -385,9 +344,8 @@ if IS_PRODUCTION and not HUB_ENCRYPTION_KEYS:
     raise ImproperlyConfigured("HUB_ENCRYPTION_KEYS must be set when HUB_ENV=production.")
 
 # --- Admin login throttle (django-axes) ---------------------------------------------------------
-# Failed admin logins are counted per (username, address) and per address (HUB_ADMIN_LOGIN_LOCK_BY_IP)
-# in the database; at the limit, that pair or address is refused (429) until the cool-off has passed
-# since its last failure, even with the right password.
+# At the limit a (username, address) pair or an address gets 429 until the cool-off, even with the
+# right password.
 AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
 AXES_FAILURE_LIMIT = _env_int("HUB_ADMIN_LOGIN_FAILURE_LIMIT", 5)
 AXES_COOLOFF_TIME = timedelta(minutes=_env_float("HUB_ADMIN_LOGIN_COOLOFF_MINUTES", 15))
@@ -404,8 +362,7 @@ AXES_USERNAME_CALLABLE = "routing.admin.login.login_username"
 # Log lines name the address and username (never the password) so that an attack can be traced.
 AXES_SENSITIVE_PARAMETERS: list[str] = []
 AXES_VERBOSE = False  # no banner at every process start; log lines still name username and address
-# Proxies in front of the web processes that append to X-Forwarded-For: the client's address is the
-# one the outermost of them saw. 0: REMOTE_ADDR (the hub is reached directly).
+# Proxies that append to X-Forwarded-For; 0: REMOTE_ADDR (the hub is reached directly).
 HUB_TRUSTED_PROXY_COUNT = _env_int("HUB_TRUSTED_PROXY_COUNT", 0)
 
 SECURE_PROXY_SSL_HEADER = (
@@ -481,9 +438,7 @@ SPECTACULAR_SETTINGS = {
 # prometheus-client reads PROMETHEUS_MULTIPROC_DIR itself; when set, /metrics aggregates every
 # gunicorn (or Celery pool) process through the files they write there.
 PROMETHEUS_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
-# Whether gunicorn (at start) and a worker serving its own metrics empty that directory first. False
-# when several process groups share it and whoever launches them empties it once (scripts/serve):
-# one must not wipe the files the other has already written.
+# False when process groups share the directory and their launcher empties it once (scripts/serve).
 HUB_METRICS_DIR_RESET = _env_bool("HUB_METRICS_DIR_RESET", True)
 # A Celery worker serves its own /metrics on this port when set (0 = off): see docs/operations.md.
 HUB_WORKER_METRICS_PORT = _env_int("HUB_WORKER_METRICS_PORT", 0)
@@ -529,6 +484,5 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
 }
-# Python warnings (a library's UserWarning, say) go through the same handler, so stderr stays
-# one JSON object per line for whatever collects the logs.
+# Warnings too, so stderr stays one JSON object per line.
 logging.captureWarnings(True)

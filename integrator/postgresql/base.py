@@ -1,12 +1,8 @@
 """Django's PostgreSQL backend, with a cheaper connection health check.
 
-With CONN_HEALTH_CHECKS Django runs `SELECT 1` on a reused connection before the first query of
-every request: one round trip of the two a push makes (docs/performance.md, third round). A
-connection the server has closed (restart, failover, pg_terminate_backend, idle timeout, a proxy
-cut) has something to read while it should be idle: the server's last error message, or the end
-of the stream. So the socket is polled first, without waiting; only when something is there does
-the real `SELECT 1` decide. What neither check catches without a timeout is a peer that vanished
-without a word (a blackholed network): `SELECT 1` would hang on it as the request's own query does.
+Django's CONN_HEALTH_CHECKS cost a `SELECT 1` round trip per request. A connection the server
+closed has something to read while it should be idle (its last error, or the end of the stream), so
+the socket is polled first and `SELECT 1` runs only when something is there.
 """
 
 from __future__ import annotations
@@ -26,9 +22,7 @@ PREPARE_ONLY_WHEN_ASKED = 2**62
 class DatabaseWrapper(base.DatabaseWrapper):
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         connection = super().get_new_connection(conn_params)
-        # A `json` column (event payloads: events.models.PayloadField) read as its text, which the
-        # field parses, as Django has psycopg do for jsonb; psycopg's own json loader would hand
-        # the field a dict already parsed by the slower json.loads.
+        # `json` columns read as text for the field to parse with orjson, as Django does for jsonb.
         connection.adapters.register_loader("json", TextLoader)
         if settings.DB_PREPARED_STATEMENTS and connection.prepare_threshold is None:
             # psycopg prepares nothing while the threshold is None, not even what a cursor asks
@@ -50,16 +44,9 @@ class DatabaseWrapper(base.DatabaseWrapper):
         return quiet or super().is_usable()
 
     def cursor_server_bound(self, *, prepared: bool = False) -> Any:
-        """A cursor (wrapped as connection.cursor() wraps one) whose statements take $1, $2, ...
-        placeholders and send the parameters apart from the text: for the hub's own INSERT of
-        events, whose 8.5 KB payloads the default client-side binding would quote into the
-        statement, and PostgreSQL then lex back out of it.
-
-        Django turns psycopg's automatic preparing off (prepare_threshold None) for every other
-        statement. `prepared` prepares this cursor's statements once per connection: PostgreSQL
-        then neither parses nor plans the single-event INSERT again (a seventh of its time per
-        push, docs/performance.md). A PgBouncer in transaction mode needs 1.21 or later with
-        max_prepared_statements for that, or DB_PREPARED_STATEMENTS=0 (docs/operations.md)."""
+        """A cursor with $n placeholders that sends parameters apart from the text, so large payloads
+        are not quoted into the statement. `prepared` prepares its statements once per connection
+        (a PgBouncer in transaction mode needs 1.21+ with max_prepared_statements)."""
         self.close_if_health_check_failed()
         self.ensure_connection()
         with self.wrap_database_errors:

@@ -1,7 +1,5 @@
 """Concurrent pushes of one message_id: the database constraint decides, every caller gets the same event.
-
-Real threads, each with its own database connection (Django gives every thread its own), on whatever
-database the suite runs on (SQLite by default, PostgreSQL when DATABASE_URL is set).
+Real threads, each with its own database connection.
 """
 
 import threading

@@ -1,6 +1,5 @@
 """How events are written to PostgreSQL: payloads travel apart from the INSERT statement, are
-compressed by lz4 (docs/performance.md, fourth round) and kept in a json column (fifth round);
-what is stored and read back is unchanged."""
+compressed by lz4 and kept in a json column; what is stored and read back is unchanged."""
 
 from __future__ import annotations
 

@@ -90,8 +90,7 @@ def test_malformed_batch_json_is_400_with_line_and_column(api):
 
 @pytest.mark.django_db(transaction=True)
 def test_batch_is_stored_in_one_transaction(api):
-    """One durable commit for the whole batch (docs/performance.md): each envelope still succeeds
-    or fails on its own inside it."""
+    """One durable commit for the whole batch: each envelope still succeeds or fails on its own."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 

@@ -95,7 +95,7 @@ def test_web_healthcheck_passes_in_production_mode(python):
         for path in ("/readyz", "/healthz"):
             done = healthcheck(env, "web", url, f"--path={path}")
             assert done.returncode == 0, done.stderr
-        # A plain request to 127.0.0.1, as the healthcheck used to make, fails there.
+        # A plain request to 127.0.0.1 fails there: the check must not make one.
         old_command = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/readyz', timeout=4)"
         plain = subprocess.run(
             [python, "-c", old_command],

@@ -1,9 +1,5 @@
-"""Slow clients against the real web server in its shipped shape: gunicorn with gunicorn.conf.py
-(what scripts/serve, docker-compose.yml, the Dockerfile and the benchmark run), two workers.
-
-A client that sends its headers or its body slowly must not take a thread from anyone else: other
-stores' pushes and /healthz are answered while dozens of such clients are connected. Every wait
-here is a generous timeout on something that must happen; nothing is timed."""
+"""Slow clients against gunicorn with gunicorn.conf.py, as every shipped way of running it: a client
+sending slowly takes no thread from anyone else. Waits are generous timeouts; nothing is timed."""
 
 from __future__ import annotations
 

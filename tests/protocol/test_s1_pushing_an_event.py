@@ -1,9 +1,4 @@
-"""PROTOCOL §1, pushing an event (store -> hub): the rules tests/events/ did not already pin.
-
-Already pinned there (audited, not repeated): the three token schemes, 401/403/415/413/400/422 and
-their order, line/column of malformed JSON, aliases stored canonical, message_id idempotency per
-store (also under a race), payload kept as sent, 202 + Location + body, batches, GET /events filters.
-"""
+"""PROTOCOL §1, pushing an event (store -> hub): the rules tests/events/ did not already pin."""
 
 from __future__ import annotations
 

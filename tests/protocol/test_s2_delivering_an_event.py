@@ -1,11 +1,6 @@
 """PROTOCOL §2, delivering an event (hub -> endpoint), end to end: a store pushes the seed
 documents over HTTP, the real worker delivers them to a real subscriber, and the endpoint checks
 what it got the way an endpoint author would (a Standard Webhooks verifier, the legacy headers).
-
-Already pinned elsewhere (audited): POST/PUT by message and the per-subscription override
-(tests/routing/test_transport.py), signature + parameters + X-Hub-Token/X-Augury-Token + X-Hub-Store
-on a real delivery and webhook-id stable across retries (tests/e2e/test_delivery.py), a store's own
-events not sent back to it (tests/routing/test_delivery_attempt.py).
 """
 
 from __future__ import annotations

@@ -1,11 +1,6 @@
 """PROTOCOL §3, what an endpoint replies: a JSON body on a 2xx is success, and its notifications,
 messages and parameters are taken in. Real HTTP to the local subscriber; delivery_attempt is called
 directly (tests/e2e/ runs the same path through the worker).
-
-Already pinned elsewhere (audited): non-JSON 2xx, non-2xx, timeouts and refused connections are
-failed attempts; notifications stored with the resource key; messages become child events with a
-depth limit; parameters merged and sent next time (tests/routing/test_delivery_attempt.py,
-tests/e2e/test_delivery.py).
 """
 
 from __future__ import annotations
@@ -140,8 +135,7 @@ def test_an_endpoint_that_asks_receives_the_messages_it_returned(subscriber):
     ],
 )
 def test_every_attempt_is_recorded_even_when_the_reply_body_holds_nul(subscriber, reply, state):
-    """§3: the hub records every attempt's body. PostgreSQL cannot store NUL; the attempt used to
-    crash before it was written, leaving the delivery claimed with no answer."""
+    """§3: the hub records every attempt's body, though PostgreSQL cannot store NUL."""
     delivery = attempt_with_reply(subscriber, reply)
     assert delivery.state == state
     attempt = delivery.attempts.get()
@@ -172,8 +166,7 @@ def test_a_reply_nested_too_deep_to_parse_is_a_recorded_failed_attempt(subscribe
 
 
 def test_a_reply_with_a_lone_surrogate_escape_is_taken_in_with_it_marked(subscriber):
-    """Python's json reads '\\ud800' into a str no database can encode as UTF-8; the attempt
-    crashed before it was recorded."""
+    """Python's json reads '\\ud800' into a str no database can encode as UTF-8."""
     body = b'{"notifications": [{"level": "info", "subject": "half \\ud83d of an emoji"}]}'
     delivery = attempt_with_reply(subscriber, Reply(200, body=body))
     assert delivery.state == "delivered", delivery.last_error

@@ -1,10 +1,4 @@
-"""PROTOCOL §4, retries, order, and what is never lost, with the real worker and subscriber.
-
-Already pinned elsewhere (audited): the Standard Webhooks schedule, jitter, Retry-After on 429/503,
-410 disabling, parking as failed, retries off, an endpoint failing for days disabled
-(tests/routing/test_retry.py, test_delivery_attempt.py, tests/e2e/test_delivery.py); a lost
-lease reclaimed by the sweeper (tests/routing/test_delivery_services.py).
-"""
+"""PROTOCOL §4, retries, order, and what is never lost, with the real worker and subscriber."""
 
 from __future__ import annotations
 

@@ -1,12 +1,6 @@
-"""An endpoint that answers, then trickles its reply a byte at a time, cannot hold a worker: every
-read gets a byte long before any socket timeout, yet the attempt ends at the subscription's
-timeout, as a wall-clock deadline, and is recorded as a timeout. Its lease outlives it, so the
-sweeper never starts a second attempt while the first is on the wire, and the worker goes on to
-other endpoints' deliveries.
-
-A worker of two threads, leases with a one-second margin and a sweeper every second: before the
-deadline, the drip outlived its lease (8 s), the sweeper handed the delivery to the other thread
-while the first still read, and two drips took both threads for the drip's whole length."""
+"""An endpoint that trickles its reply a byte at a time, so no socket timeout fires, cannot hold a
+worker: the attempt ends at the subscription's timeout as a wall-clock deadline, no second attempt
+starts while it is on the wire, and the worker goes on to other endpoints' deliveries."""
 
 from __future__ import annotations
 

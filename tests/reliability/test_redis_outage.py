@@ -1,11 +1,5 @@
-"""Redis, as both the broker and the cache (rate limits, pending marks), dies: a private redis-server
-on its own port, never the shared one.
-
-Pushes are still answered 202 and stored (the limiter fails open, the pending mark is skipped,
-publishing is left to the sweeper), the Redis errors are counted, and once Redis is back a real
-worker delivers them. A worker busy delivering when its broker goes away survives it and delivers
-what is pushed after Redis is back, without anyone restarting it.
-"""
+"""A private Redis, broker and cache at once, dies: pushes are still stored and answered 202, and
+delivered once it is back; a worker busy when it goes away survives without a restart."""
 
 from __future__ import annotations
 
@@ -76,8 +70,9 @@ def test_redis_down_pushes_are_accepted_stored_counted_and_delivered_when_back(p
             during += push(api, [{"message": "order:new", "payload": {"order": {"number": f"R{n}"}}} for n in (4, 5)])
             response = api.get(f"/events/{during[0].uid}")
             assert response.status_code == 200, response.content
-            # Stored and owed; the limiter's failure was counted, not turned into a 500.
-            assert Delivery.objects.filter(event__in=during, subscription=sub, state="pending").count() == 5
+            # Stored and owed; the limiter's failure was counted, not turned into a 500. The pump that
+            # delivered R0 may still be inside its budget and take some of them without the broker.
+            assert Delivery.objects.filter(event__in=during, subscription=sub).count() == 5
             assert all(redis_errors(use) > before for use, before in errors_before.items())
 
             time.sleep(2)  # the worker meets the outage too, while pushes keep coming

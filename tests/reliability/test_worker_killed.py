@@ -1,9 +1,6 @@
-"""A worker SIGKILLed in the middle of a delivery loses nothing: once its lease runs out the
-sweeper hands the delivery to a worker again, it is sent again (same webhook-id, so the endpoint
-can dedup) and recorded once as delivered; nothing stays `delivering`.
-
-Leases are short and renewed while a batch is sent: a dead worker stalls only what it had on the
-wire, for seconds, and a live one's attempt is never taken back however long it lasts."""
+"""A worker SIGKILLed mid-delivery loses nothing: the delivery is sent again with the same webhook-id
+and recorded once. Leases are short and renewed, so a dead worker stalls only what it had on the
+wire, and a live one's attempt is never taken back however long it lasts."""
 
 from __future__ import annotations
 

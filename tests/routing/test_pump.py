@@ -126,9 +126,9 @@ def test_an_outcome_counts_only_while_the_batch_still_holds_its_delivery(subscri
 @pytest.mark.django_db(transaction=True)
 def test_a_stale_claim_records_its_attempt_over_the_sweepers_without_a_collision(subscriber, unconsumed_queue):
     """The sweeper reclaims a delivery whose lease ran out while its request is on the wire, and
-    records that attempt number as unanswered; the stale batch then records the answer it got. That
-    INSERT collided on (delivery, number) and the whole batch's recording was lost. Now the answer
-    replaces the sweeper's guess, the sweeper's outcome stands, and the rest of the batch counts."""
+    records that attempt number as unanswered; the stale batch then records the answer it got: the
+    answer replaces the sweeper's guess without a collision on (delivery, number), the sweeper's
+    outcome stands, and the rest of the batch counts."""
     subscriber.program("/stale", Reply.slow(1.0), Reply.ok())
     sub = SubscriptionFactory(url=subscriber.url("/stale"))
     taken, kept = backlog(sub, 2)

@@ -1,10 +1,8 @@
 """The SSRF guard on the real delivery path: a subscription aimed at the hub's own network (loopback,
 a name resolving to it, the cloud metadata address) gets a failed attempt that names the blocked
 destination, and the local subscriber listening there receives nothing.
-
-The rest of the suite runs with HUB_ALLOW_PRIVATE_DESTINATIONS on (tests/conftest.py), because its
-subscriber listens on 127.0.0.1; these tests turn the guard back on, in-process and in a worker
-started without the setting at all (the guard is on by default).
+The rest of the suite allows private destinations for its 127.0.0.1 subscriber; these tests turn
+the guard back on, in-process and in a worker started without the setting (on by default).
 """
 
 from __future__ import annotations

@@ -1,11 +1,6 @@
 """What an endpoint's replies may make the hub do (PROTOCOL §3): returned messages are bounded per
-root event (HUB_MAX_DESCENDANTS), whatever the per-reply cap and the depth limit would allow, and
-returned parameters are bounded in count and size (HUB_MAX_PARAMETERS, HUB_MAX_PARAMETERS_BYTES).
-
-Two subscriptions that each answered every message with 100 onward messages turned one push into
-20,201 events in 75 s (the cap and the depth limit together allow ~10^10); an endpoint returning a
-new large parameter on each reply grew its subscription's row, and every delivery after, by
-megabytes. Real HTTP to the local subscriber; the amplification runs through real workers.
+root event (two endpoints answering each other multiply them at every generation), returned
+parameters in count and size. Real HTTP; the amplification runs through real workers.
 """
 
 from __future__ import annotations

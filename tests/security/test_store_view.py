@@ -1,10 +1,6 @@
-"""What a store sees of the endpoints its events went to: how each delivery fared (subscription
-name, state, attempts, timestamps, status codes) and the notifications endpoints addressed to it,
-never an endpoint's URL, host, credentials, token, reply headers or reply body. Those are the
-admin's, who keeps seeing everything.
-
-The endpoints are real: the local subscriber echoes the request headers it got (X-Hub-Token
-among them) in its reply body, and a real worker delivers to it.
+"""A store sees how each delivery fared and the notifications addressed to it, never an endpoint's
+URL, credentials, token or reply; the admin still sees everything. The local subscriber echoes the
+headers it got (X-Hub-Token among them) in its reply, delivered by a real worker.
 """
 
 from __future__ import annotations
