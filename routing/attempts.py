@@ -230,7 +230,7 @@ def _reply_take_in(r: _Reply) -> None:
             if len(messages) > REPLY_MAX_MESSAGES:
                 note(NotificationLevel.WARN, f"{len(messages) - REPLY_MAX_MESSAGES} returned messages dropped")
 
-    objects_take_in(
+    left_out = objects_take_in(
         event=event,
         subscription=sub,
         read=r.objects,
@@ -239,7 +239,15 @@ def _reply_take_in(r: _Reply) -> None:
     )
 
     parameters = reply.get("parameters")
-    if isinstance(parameters, list) and parameters:
+    if isinstance(parameters, list) and parameters and left_out:
+        # A `since` moved past objects that made no event would skip them for good.
+        note(
+            NotificationLevel.ERROR,
+            "The reply's parameters were not stored",
+            f"{left_out} of the new objects it returned were not made into events; with the parameters as "
+            "they were, the next request asks for them again.",
+        )
+    elif isinstance(parameters, list) and parameters:
         try:
             subscription_parameters_merge(subscription_id=sub.pk, parameters=parameters)
         except ParametersRefused as exc:

@@ -121,32 +121,35 @@ class ObjectsRead:
     invalid: list[tuple[str, str]] = field(default_factory=list)
     # Returned before (or twice in this reply) unchanged.
     unchanged: int = 0
-    # Past HUB_REPLY_MAX_OBJECTS.
+    # New ones past HUB_REPLY_MAX_OBJECTS.
     dropped: int = 0
 
 
 def objects_read(*, subscription: Subscription, body: Any) -> ObjectsRead:
-    """Each returned object as the envelope of its onward event, the unchanged ones left out."""
+    """Each new returned object as the envelope of its onward event: the unchanged ones are left
+    out first, then what is past HUB_REPLY_MAX_OBJECTS, so that an endpoint returning more than
+    that gets the rest made by its next replies."""
     read = ObjectsRead()
-    items: list[tuple[str, int, Any]] = [
-        (plural, index, obj) for plural in returned_types(body) for index, obj in enumerate(body[plural])
-    ]
-    limit = settings.HUB_REPLY_MAX_OBJECTS
-    read.dropped = max(0, len(items) - limit)
-    items = items[:limit]
     keyed: list[tuple[str, int, Mapping[str, Any], str, str]] = []
-    for plural, index, obj in items:
-        if not isinstance(obj, Mapping):
-            read.invalid.append((f"{plural}[{index}]", f"an object must be a JSON object, not {json_type(obj)}"))
-            continue
-        keyed.append((plural, index, obj, object_key(plural, obj), object_digest(obj)))
+    for plural in returned_types(body):
+        for index, obj in enumerate(body[plural]):
+            if not isinstance(obj, Mapping):
+                read.invalid.append((f"{plural}[{index}]", f"an object must be a JSON object, not {json_type(obj)}"))
+                continue
+            keyed.append((plural, index, obj, object_key(plural, obj), object_digest(obj)))
     seen, known = _objects_seen(subscription.pk, {key for *_, key, _ in keyed})
-    names: Mapping[str, Any] = subscription.object_messages or {}
-    for plural, index, obj, key, digest in keyed:
-        if (key, digest) in seen:
+    fresh = []
+    for item in keyed:
+        pair = (item[3], item[4])
+        if pair in seen:
             read.unchanged += 1
             continue
-        seen.add((key, digest))
+        seen.add(pair)
+        fresh.append(item)
+    limit = settings.HUB_REPLY_MAX_OBJECTS
+    read.dropped = max(0, len(fresh) - limit)
+    names: Mapping[str, Any] = subscription.object_messages or {}
+    for plural, index, obj, key, digest in fresh[:limit]:
         singular = object_type_singular(plural)
         action = "updated" if key in known and not key.endswith(":") else "new"
         known.add(key)
@@ -165,11 +168,11 @@ def objects_read(*, subscription: Subscription, body: Any) -> ObjectsRead:
 
 def _objects_seen(subscription_id: int, keys: set[str]) -> tuple[set[tuple[str, str]], set[str]]:
     """(key, digest) pairs already returned by this endpoint, and the keys among them."""
-    if not keys:
-        return set(), set()
-    pairs = set(
-        ReturnedObject.objects.filter(subscription_id=subscription_id, key__in=keys).values_list("key", "digest")
-    )
+    pairs: set[tuple[str, str]] = set()
+    ordered = sorted(keys)
+    for start in range(0, len(ordered), 1000):
+        rows = ReturnedObject.objects.filter(subscription_id=subscription_id, key__in=ordered[start : start + 1000])
+        pairs.update(rows.values_list("key", "digest"))
     return pairs, {key for key, _ in pairs}
 
 
@@ -209,7 +212,8 @@ def objects_take_in(
     note: Callable[..., None],
 ) -> int:
     """Make the onward events of the first `granted` objects (what the root's budget allowed) and
-    say in the event's notifications what was left out. Returns the events made."""
+    say in the event's notifications what was left out. Returns how many new objects were left out
+    (past the cap or the budget): none of them is remembered, so a later reply makes them."""
     from routing.services import event_accept
 
     for where, why in read.invalid[:_INVALID_NAMED]:
@@ -220,17 +224,16 @@ def objects_take_in(
         note(
             NotificationLevel.WARN,
             f"{read.dropped} returned objects dropped",
-            f"A reply may return at most {settings.HUB_REPLY_MAX_OBJECTS} objects (HUB_REPLY_MAX_OBJECTS).",
+            f"A reply makes at most {settings.HUB_REPLY_MAX_OBJECTS} new objects into events "
+            "(HUB_REPLY_MAX_OBJECTS); the rest are made by the endpoint's next replies.",
         )
     granted = max(0, min(granted, len(read.envelopes)))
     fresh = objects_claim(subscription.pk, read.keys[:granted])
-    made = 0
     for envelope, pair in zip(read.envelopes[:granted], read.keys[:granted], strict=True):
         if pair not in fresh:
             continue
         fresh.discard(pair)
         event_accept(store=None, envelope=envelope, parent=event, origin=f"subscription:{subscription.pk}")
-        made += 1
     over = len(read.envelopes) - granted
     if over:
         budget = settings.HUB_MAX_DESCENDANTS
@@ -241,4 +244,4 @@ def objects_take_in(
             f"{over} of the {len(read.envelopes)} new objects this reply returned were not made into events "
             f"(HUB_MAX_DESCENDANTS); they are not marked as seen, so a later reply returning them makes them.",
         )
-    return made
+    return read.dropped + over

@@ -88,13 +88,26 @@ def test_objects_that_are_not_objects_are_noted_and_the_rest_flow(subscriber):
     assert subjects == ["Returned object orders[1] ignored", "Returned object orders[2] ignored"]
 
 
-def test_returned_objects_are_capped_per_reply(subscriber, settings):
+def test_new_objects_are_capped_per_reply_and_the_rest_come_with_the_next_one(subscriber, settings):
+    """Past the cap nothing is remembered and the reply's parameters (its `since`) are not stored:
+    the next request asks for the same objects, and the unchanged ones no longer count."""
     settings.HUB_REPLY_MAX_OBJECTS = 3
-    parent = answered(subscriber, Reply.ok(orders=[{"id": f"R{n}"} for n in range(5)]))
+    reply = Reply.ok(orders=[{"id": f"R{n}"} for n in range(5)], parameters=[{"name": "since", "value": "t5"}])
+    parent = answered(subscriber, reply, parameters=[{"name": "since", "value": "t0"}])
     assert Event.objects.filter(parent=parent).count() == 3
-    [note] = Notification.objects.filter(event=parent)
-    assert note.subject == "2 returned objects dropped"
-    assert "HUB_REPLY_MAX_OBJECTS" in note.description
+    notes = {n.subject: n for n in Notification.objects.filter(event=parent)}
+    assert set(notes) == {"2 returned objects dropped", "The reply's parameters were not stored"}
+    assert "HUB_REPLY_MAX_OBJECTS" in notes["2 returned objects dropped"].description
+    assert notes["The reply's parameters were not stored"].level == "error"
+    sub = Delivery.objects.get(event=parent).subscription
+    sub.refresh_from_db()
+    assert sub.parameters == [{"name": "since", "value": "t0"}]
+
+    again(parent)
+    made = Event.objects.filter(message="order:new", parent__isnull=False).order_by("id")
+    assert [e.payload["order"]["id"] for e in made] == [f"R{n}" for n in range(5)]
+    sub.refresh_from_db()
+    assert sub.parameters == [{"name": "since", "value": "t5"}]
 
 
 def test_objects_share_the_root_events_budget_with_messages_and_those_left_out_come_later(subscriber, settings):
