@@ -118,6 +118,10 @@ class SubscriptionAdmin(admin.ModelAdmin):
     class Media:
         css = {"all": ("routing/admin.css",)}
 
+    def get_queryset(self, request: HttpRequest) -> Any:
+        # The change page links to the schedule: read with the subscription, not after it.
+        return super().get_queryset(request).select_related("schedule")
+
     @admin.display(description="message types")
     def types(self, obj: Subscription) -> str:
         return ", ".join(str(t) for t in obj.message_types or [])

@@ -122,3 +122,12 @@ def test_the_subscription_form_names_the_messages_of_returned_objects(admin_clie
     data["object_messages"] = '{"orders": "shipped"}'
     errors = admin_client.post(url, data).context["adminform"].form.errors
     assert "is not a message name" in errors["object_messages"][0]
+
+
+def test_a_subscription_links_to_its_schedule_or_to_adding_one(admin_client):
+    erp = SubscriptionFactory(name="erp")
+    page = admin_client.get(f"/admin/routing/subscription/{erp.pk}/change/").content.decode()
+    assert f'href="{LIST}add/?subscription={erp.pk}"' in page
+    schedule = Schedule.objects.create(subscription=erp, cron="*/15 * * * *", next_run_at=timezone.now())
+    page = admin_client.get(f"/admin/routing/subscription/{erp.pk}/change/").content.decode()
+    assert f'href="{LIST}{schedule.pk}/change/">Schedule (cron */15 * * * *)' in page
