@@ -8,8 +8,8 @@ import pytest
 
 from events.models import Event
 from routing.models import Delivery, Notification, ReturnedObject
+from routing.pump import deliveries_pump
 from routing.returned_objects import object_messages_validate, object_type_singular, returned_types
-from routing.services import delivery_attempt
 from tests.factories import DeliveryFactory, EventFactory, SubscriptionFactory
 from tests.live import Reply
 
@@ -21,7 +21,7 @@ def answered(subscriber, reply: Reply, **subscription) -> Event:
     subscriber.program("/erp", reply)
     sub = SubscriptionFactory(url=subscriber.url("/erp"), **subscription)
     delivery = DeliveryFactory(subscription=sub, event=EventFactory(message="order:new"))
-    assert delivery_attempt(delivery_id=delivery.pk) == "delivered"
+    assert deliveries_pump(subscription_id=sub.pk).verdicts == {delivery.pk: "delivered"}
     return delivery.event
 
 
@@ -29,7 +29,7 @@ def again(event: Event) -> None:
     """The same endpoint answers another delivery (a later poll) the way it is programmed to."""
     sub = Delivery.objects.filter(event=event).get().subscription
     delivery = DeliveryFactory(subscription=sub, event=EventFactory(message="order:new"))
-    assert delivery_attempt(delivery_id=delivery.pk) == "delivered"
+    assert deliveries_pump(subscription_id=sub.pk).verdicts == {delivery.pk: "delivered"}
 
 
 def test_each_returned_object_becomes_an_onward_event_under_the_reply(subscriber):

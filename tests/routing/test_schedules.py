@@ -14,8 +14,8 @@ from django.utils import timezone
 
 from events.models import Event
 from routing.models import Delivery, Notification, Schedule
+from routing.pump import deliveries_pump
 from routing.schedules import schedule_next_run, schedule_run_now, schedule_validate, schedules_run
-from routing.services import deliveries_pump
 from tests.factories import SubscriptionFactory
 from tests.live import OrdersSource
 
