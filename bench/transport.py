@@ -86,7 +86,8 @@ def main() -> None:
     from django.conf import settings
 
     from routing.models import signing_secret_new
-    from routing.transport import request_build, request_send
+    from routing.transport.exchange import request_send
+    from routing.transport.request import request_build
 
     envelope = json.loads(SEED.read_text())
     port = free_port()

@@ -113,14 +113,14 @@ class PayloadField(models.JSONField):
 
     `json`, not Django's `jsonb`: the hub stores a payload and hands it back whole, and never asks
     the database inside one. jsonb parses every payload into its binary form on the way in and
-    writes it back out as text on every read; for an 8.5 KB order that parse was about a third of
-    PostgreSQL's time per stored event (docs/performance.md, fifth round). `json` checks the text
+    writes it back out as text on every read, a large share of PostgreSQL's time per stored event.
+    `json` checks the text
     and keeps it as it came, key order included. What that gives up: jsonb's operators and
     indexes, so a payload lookup (`payload__order__id=...`) is not available on this column.
 
     Django's PostgreSQL bulk_create sends each column as one array (INSERT ... SELECT * FROM
     UNNEST), and psycopg escapes an array's text element by element with a regular expression:
-    for a batch of 8.5 KB payloads that escaping was a third of the batch's time. A placeholder
+    for a batch of large payloads that escaping dominated the batch's time. A placeholder
     per value opts out of UNNEST (Django checks for get_placeholder)."""
 
     def db_type(self, connection: Any) -> str | None:
@@ -135,15 +135,14 @@ class PayloadField(models.JSONField):
         adapted = super().get_db_prep_value(value, connection, prepared)
         if connection.vendor == "postgresql" and isinstance(adapted, Jsonb):
             # Sent as json, the column's type: a jsonb parameter would be parsed into jsonb and
-            # written back out as text. Written by orjson, 5-10x faster than json.dumps on an
-            # 8.5 KB order; that was a tenth of a batch request.
+            # written back out as text. Written by orjson, several times faster than json.dumps.
             dumps = payload_dumps if adapted.dumps is json.dumps else adapted.dumps
             return Json(adapted.obj, dumps=dumps)
         return adapted
 
     def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
-        # Read by orjson: every delivery reads its event's payload, and json.loads of an 8.5 KB
-        # order was 7% of a worker's time. orjson reads an integer beyond 64 bits as a float
+        # Read by orjson: every delivery reads its event's payload, and json.loads showed in a
+        # worker's profile. orjson reads an integer beyond 64 bits as a float
         # (silently), so text with a run of 19 digits anywhere (a string's too: harmless) is read
         # by Django's json.loads as before, and so is what orjson refuses (NaN). The column's
         # text arrives as text (integrator/postgresql registers the loader, as Django does for

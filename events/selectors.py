@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import time
 import uuid
 from datetime import datetime
 
@@ -11,6 +10,7 @@ from django.conf import settings
 from django.db.models import Q, QuerySet
 
 from events.models import Event, Store
+from infra.ttl import TtlCache
 
 
 def event_get(*, store: Store, event_id: str) -> Event | None:
@@ -45,10 +45,9 @@ def event_list(
     return qs.order_by("-id")
 
 
-# token digest -> (until when, by time.monotonic(), the store it authenticated). Only tokens that
-# matched a store are kept, so the size is bounded by the stores' tokens; the cap is a backstop.
-_stores_by_digest: dict[str, tuple[float, Store]] = {}
-_STORES_BY_DIGEST_CAP = 10_000
+# token digest -> the store it authenticated. Only tokens that matched a store are kept, so the
+# size is bounded by the stores' tokens.
+_stores_by_digest: TtlCache[str, Store] = TtlCache()
 
 
 def store_for_token_digest(digest: str, *, now: datetime) -> Store | None:
@@ -59,20 +58,16 @@ def store_for_token_digest(digest: str, *, now: datetime) -> Store | None:
     the store (Store.token_matches), so a previous token's grace ends on time. Each caller gets
     its own copy: one request's changes (last_used_at) do not leak into another's through it.
     """
-    ttl = settings.HUB_STORE_AUTH_CACHE_SECONDS
-    clock = time.monotonic()
     hit = _stores_by_digest.get(digest)
-    if hit is not None and hit[0] > clock:
-        return copy.copy(hit[1])
+    if hit is not None:
+        return copy.copy(hit)
     store = (
         Store.objects.filter(Q(token_hash=digest) | Q(previous_token_hash=digest, previous_token_expires_at__gt=now))
         .order_by("pk")
         .first()
     )
-    if store is not None and ttl > 0:
-        if len(_stores_by_digest) >= _STORES_BY_DIGEST_CAP:
-            _stores_by_digest.clear()
-        _stores_by_digest[digest] = (clock + ttl, copy.copy(store))
+    if store is not None:
+        _stores_by_digest.put(digest, copy.copy(store), settings.HUB_STORE_AUTH_CACHE_SECONDS)
     return store
 
 
@@ -81,7 +76,7 @@ def store_last_used_noted(digest: str, *, at: datetime) -> None:
     writes last_used_at once a resolution period, not on every request until the entry expires."""
     hit = _stores_by_digest.get(digest)
     if hit is not None:
-        hit[1].last_used_at = at
+        hit.last_used_at = at
 
 
 def store_cache_clear() -> None:

@@ -67,8 +67,8 @@ _local = threading.local()
 
 def _sliding_log(cache: RedisCache) -> Any:
     """The registered script (its client and SHA), made once per thread and cache: Django's own
-    RedisCache builds a new redis client object on every call (a fifth of a millisecond here;
-    infra/cache.py keeps them), and this works with either."""
+    RedisCache builds a new redis client object on every call (infra/cache.py keeps them),
+    and this works with either."""
     if getattr(_local, "cache", None) is not cache:
         client = cache._cache.get_client(write=True)
         _local.script = client.register_script(SLIDING_LOG_SCRIPT)
@@ -86,14 +86,14 @@ class _Lease:
 
 class Leases:
     """Requests admitted by the shared sliding log in small batches, one Redis round trip for
-    several requests of a busy store instead of one for each (the round trip was a sixth of a
-    push's cost: docs/performance.md, sixth round).
+    several requests of a busy store instead of one for each: the round trip was a large share of
+    a push's cost.
 
     A lease is as large as the store's demand in this process showed itself to be: one request at
     first, twice the last lease when that was used up before it ended, what was used of it when
     it ended with some left; never more than LEASE_MAX, nor more than the limit allows in a
-    lease's time. So a store pushing within the default limits (600/minute: a third of a request
-    per 50 ms) always asks for one, and is counted exactly as before. The window is never
+    lease's time. So a store pushing well within its limits always asks for one, and is counted
+    exactly as before. The window is never
     overrun: every request admitted has its entry in the log, dated no earlier than its use; what
     a lease leaves unused when it ends is counted without being used. A refusal is remembered
     until the oldest entry leaves the window, which no other request can make sooner.

@@ -3,7 +3,7 @@
 Django's RedisCacheClient builds a new `redis.Redis` on every operation (its connection pool is
 kept, the client object is not), and building one fills a case-insensitive table of ~170 reply
 callbacks: 0.1-0.25 ms of CPU, more than the round trip to Redis itself. A routed push sets its
-endpoint's pending mark (routing.dispatch) on every push, and every pump clears it. A redis client
+endpoint's pending mark (routing.wakeup) on every push, and every pump clears it. A redis client
 is safe to share between threads, and its pool reconnects after a fork, so each pool's client
 is made once. (Django's cache backends are per thread, and so are these clients.)
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from events.models import Event
     from routing.models import Delivery, Subscription
-    from routing.transport import ExchangeResult
+    from routing.transport.exchange import ExchangeResult
 
 logger = logging.getLogger(__name__)
 

@@ -3,18 +3,14 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
-from events.api import EventBatchApi, EventCollectionApi, EventDetailApi
 from integrator.health import healthz, readyz
 from integrator.metrics import metrics_view
-from routing.selectors import event_deliveries_describe
-from routing.services import event_accept, events_accept
+from routing.api import EventBatchApi, EventCollectionApi, EventDetailApi
 
-# Accepting an event means storing and routing it in one transaction: the project wires
-# routing's composition into the events API so that events never imports routing.
 urlpatterns = [
-    path("events", EventCollectionApi.as_view(accept=event_accept, accept_many=events_accept), name="events"),
-    path("events/batch", EventBatchApi.as_view(accept=event_accept, accept_many=events_accept), name="events-batch"),
-    path("events/<str:event_id>", EventDetailApi.as_view(describe=event_deliveries_describe), name="event-detail"),
+    path("events", EventCollectionApi.as_view(), name="events"),
+    path("events/batch", EventBatchApi.as_view(), name="events-batch"),
+    path("events/<str:event_id>", EventDetailApi.as_view(), name="event-detail"),
     path("admin/", admin.site.urls),
     # Staff scripting the hub: management keys, not store tokens (ops/manage, docs/operations.md).
     path("manage/v1/", include("ops.manage.urls")),

@@ -15,9 +15,10 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from events.models import Event, Store
-from events.services import IngestResult, envelope_validate
+from events.services import IngestResult
+from events.validation import envelope_validate
 from routing.models import Delivery, DeliveryState
-from routing.services import event_accept
+from routing.outbox import event_accept
 
 logger = logging.getLogger(__name__)
 

@@ -51,7 +51,7 @@ def delivery_time_limits_check(app_configs: Any = None, **kwargs: Any) -> list[E
     """A hold limit shorter than an attempt lets the sweeper start a second attempt while the first
     is still on the wire (the heartbeat renews a lease up to it, routing.leases); a Celery limit
     shorter than a pump stops it mid-attempt, unrecorded."""
-    from routing.transport import TIMEOUT_MAX_SECONDS
+    from routing.transport.exchange import TIMEOUT_MAX_SECONDS
 
     problems: list[Error] = []
     if not settings.HUB_DELIVERY_LEASE_MARGIN_SECONDS > 0:

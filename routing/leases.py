@@ -8,7 +8,7 @@ fenced on the token (a claim the sweeper took back is no longer extended). An at
 the wire is thus never handed to a second worker, however long it lasts.
 
 A heartbeat never extends a claim past its hold limit, the longest its batch may take (the pump's
-budget, the endpoint's timeout and HUB_DELIVERY_LEASE_MARGIN_SECONDS: routing.claims.lease_seconds):
+budget, the endpoint's timeout and HUB_DELIVERY_LEASE_MARGIN_SECONDS: routing.claim.lease_seconds):
 a process whose sending thread hangs outside any exchange still lets its deliveries go by then.
 """
 
@@ -26,7 +26,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from routing.models import Delivery, DeliveryState
+from routing import sql
 from routing.perprocess import PerProcess
 
 logger = logging.getLogger(__name__)
@@ -46,12 +46,6 @@ def renew_interval() -> float:
     return max(settings.HUB_LEASE_SECONDS / 4, 0.05)
 
 
-_RENEW = (
-    f"UPDATE {Delivery._meta.db_table} SET lease_expires_at = %s"
-    f" WHERE subscription_id = %s AND state = '{DeliveryState.DELIVERING}' AND claim = %s"
-)
-
-
 def leases_renew(held: list[Held], *, now: datetime | None = None) -> int:
     """Extend each claim's lease to HUB_LEASE_SECONDS from now (no further than its hold limit),
     one UPDATE per claim token; how many deliveries it extended."""
@@ -61,7 +55,8 @@ def leases_renew(held: list[Held], *, now: datetime | None = None) -> int:
         for item in held:
             expires = min(now + timedelta(seconds=settings.HUB_LEASE_SECONDS), item.hold_until)
             cursor.execute(
-                _RENEW, [connection.ops.adapt_datetimefield_value(expires), item.subscription_id, item.claim]
+                sql.leases_renew(),
+                [connection.ops.adapt_datetimefield_value(expires), item.subscription_id, item.claim],
             )
             renewed += cursor.rowcount
     return renewed

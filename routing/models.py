@@ -154,20 +154,6 @@ class Subscription(models.Model):
     def __str__(self) -> str:
         return self.name
 
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        super().save(*args, **kwargs)
-        # Routing in this process reads the subscriptions again (routing.selectors).
-        from routing.selectors import subscriptions_cache_clear
-
-        subscriptions_cache_clear()
-
-    def delete(self, *args: Any, **kwargs: Any) -> Any:
-        from routing.selectors import subscriptions_cache_clear
-
-        result = super().delete(*args, **kwargs)
-        subscriptions_cache_clear()
-        return result
-
     def previous_signing_secret_active(self, now: datetime | None = None) -> str:
         """The previous secret while its grace lasts, else ""."""
         expires = self.previous_signing_secret_expires_at
@@ -179,7 +165,7 @@ class Subscription(models.Model):
         """The admin form's check: each field's problem in one sentence, on that field."""
         from routing.matching import filter_mode_validate, filters_validate, message_types_validate
         from routing.retry import schedule_validate
-        from routing.returned_objects import object_messages_validate
+        from routing.returned_types import object_messages_validate
 
         checks = (
             ("message_types", message_types_validate, self.message_types),
@@ -196,7 +182,7 @@ class Subscription(models.Model):
             except ValueError as exc:
                 errors[field] = str(exc)
         if self.url:
-            from routing.netguard import subscription_url_validate
+            from routing.transport.netguard import subscription_url_validate
 
             # http(s) only, a host, no credentials, and (while the SSRF guard is on) no loopback,
             # private or metadata destination; deliveries are checked again on every connection.
@@ -222,8 +208,9 @@ class DeliveryState(models.TextChoices):
 
 # States a worker may still pick up.
 DELIVERY_OPEN_STATES = (DeliveryState.PENDING, DeliveryState.RETRYING)
-# An earlier delivery in one of these states holds back later ones of the same resource and endpoint.
-DELIVERY_ORDER_HOLDING_STATES = (DeliveryState.PENDING, DeliveryState.RETRYING, DeliveryState.DELIVERING)
+# Not over yet: open or on the wire. An earlier such delivery holds back later ones of the same
+# resource and endpoint, and keeps its event's status open.
+DELIVERY_UNFINISHED_STATES = (*DELIVERY_OPEN_STATES, DeliveryState.DELIVERING)
 DELIVERY_FINAL_STATES = (DeliveryState.DELIVERED, DeliveryState.FAILED, DeliveryState.CANCELLED)
 
 
@@ -236,9 +223,6 @@ class Delivery(models.Model):
     attempt_count = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(default=timezone.now)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
-    # Unused since batched sending (routing.pump): kept for one release so that workers of the
-    # previous one, still running while an upgrade migrates, find the column they write.
-    enqueued_at = models.DateTimeField(null=True, blank=True)
     # Which batch holds the delivery while it is delivering (routing.pump): a worker's outcome counts
     # only for its own claim, and an endpoint's in-flight limit counts distinct claims.
     claim = models.BigIntegerField(null=True, blank=True, editable=False)
@@ -266,7 +250,7 @@ class Delivery(models.Model):
             models.Index(fields=["state", "next_attempt_at"], name="delivery_due"),
             models.Index(fields=["subscription", "state"], name="delivery_subscription_state"),
             # Each resource's open deliveries to an endpoint in the order they were accepted: the
-            # claim's look for an earlier one still open (routing.claims) reads only open ones, so
+            # claim's look for an earlier one still open (routing.claim) reads only open ones, so
             # it costs the same however many of the resource's deliveries were sent before.
             models.Index(
                 fields=["subscription", "resource_key", "id"],
@@ -401,7 +385,7 @@ class Schedule(models.Model):
         return f"every {self.interval_seconds}s" if self.interval_seconds else f"cron {self.cron}"
 
     def clean(self) -> None:
-        from routing.schedules import schedule_validate
+        from routing.timing import schedule_validate
 
         errors = schedule_validate(message=self.message, interval_seconds=self.interval_seconds, cron=self.cron)
         if errors:

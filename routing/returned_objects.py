@@ -5,7 +5,7 @@ idempotency key made of the object's type, id and a digest of its content. An ob
 again unchanged makes no second event; each (key, digest) is claimed in the database, in the
 transaction that records the reply, so two replies carrying it at once make one event between them.
 
-Read with the reply's `messages` (routing.attempts) and taken from the same budget of descendants.
+Read with the reply's `messages` (routing.replies) and taken from the same budget of descendants.
 """
 
 from __future__ import annotations
@@ -21,73 +21,15 @@ from django.db import connection
 from django.utils import timezone
 
 from events.errors import HubError
-from events.messages import InvalidMessageName, message_canonical
 from events.models import Event
-from events.services import Envelope, envelope_validate, json_type
+from events.validation import Envelope, envelope_validate, json_type
 from routing.models import NotificationLevel, ReturnedObject, Subscription
-from routing.rows import placeholders
+from routing.outbox import event_accept
+from routing.returned_types import object_type_singular, returned_types
+from routing.sql import placeholders
 
-# Keys of a reply that are about the reply, never a list of objects (PROTOCOL §3 and the newer
-# generation's `request_id` / `summary`).
-REPLY_KEYS = frozenset(
-    {"message", "message_id", "request_id", "summary", "notifications", "messages", "parameters", "errors", "warnings"}
-)
-# Plurals that dropping the last "s" would spell wrong.
-_SINGULAR = {
-    "inventories": "inventory",
-    "categories": "category",
-    "addresses": "address",
-    "taxes": "tax",
-    "statuses": "status",
-    "deliveries": "delivery",
-    "companies": "company",
-}
 # How many invalid objects a reply's notification names before it only counts them.
 _INVALID_NAMED = 5
-
-
-def object_type_singular(plural: str) -> str:
-    """`orders` -> `order`, `inventories` -> `inventory`."""
-    return _SINGULAR.get(plural, plural[:-1] if plural.endswith("s") else plural)
-
-
-def returned_types(body: Any) -> list[str]:
-    """The reply's keys that hold objects: a plural name (ending in s) whose value is a list."""
-    if not isinstance(body, Mapping):
-        return []
-    return [
-        key
-        for key, value in body.items()
-        if isinstance(key, str)
-        and key not in REPLY_KEYS
-        and len(key) > 1
-        and key.endswith("s")
-        and key.replace("_", "").isalnum()
-        and key == key.lower()
-        and isinstance(value, list)
-    ]
-
-
-def objects_present(body: Any) -> bool:
-    """Whether a reply returns any object (so that it is worth reading past its status)."""
-    return any(body[key] for key in returned_types(body))
-
-
-def object_messages_validate(value: Any) -> None:
-    """Raise ValueError with a sentence when `value` is not {"<plural type>": "<resource:action>"}."""
-    if value in (None, ""):
-        return
-    if not isinstance(value, Mapping):
-        raise ValueError('Object messages must be an object, e.g. {"orders": "order:updated"}.')
-    for plural, message in value.items():
-        if not isinstance(plural, str) or not plural or plural in REPLY_KEYS:
-            raise ValueError(f"'{plural}' is not a type of returned objects (e.g. orders, shipments).")
-        if not isinstance(message, str):
-            raise ValueError(f"The message for '{plural}' must be a string such as 'order:updated'.")
-        try:
-            message_canonical(message)
-        except InvalidMessageName as exc:
-            raise ValueError(f"The message for '{plural}': {exc}.") from None
 
 
 def object_digest(obj: Any) -> str:
@@ -214,8 +156,6 @@ def objects_take_in(
     """Make the onward events of the first `granted` objects (what the root's budget allowed) and
     say in the event's notifications what was left out. Returns how many new objects were left out
     (past the cap or the budget): none of them is remembered, so a later reply makes them."""
-    from routing.services import event_accept
-
     for where, why in read.invalid[:_INVALID_NAMED]:
         note(NotificationLevel.WARN, f"Returned object {where} ignored", why)
     if len(read.invalid) > _INVALID_NAMED:

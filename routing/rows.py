@@ -1,6 +1,5 @@
-"""Model instances from rows of written-out SQL, made as the ORM makes them from its own queries,
-and the placeholders such SQL takes: for routing's hot statements (the pump's reads and writes),
-whose SQL the ORM took longer to compile than the database to run."""
+"""Model instances from rows of routing.sql's statements, made as the ORM makes them from its own
+queries (column order as routing.sql.model_columns lists them)."""
 
 from __future__ import annotations
 
@@ -9,16 +8,6 @@ from typing import Any
 
 from django.db import connection
 from django.db.models import Model
-
-
-def placeholders(count: int) -> str:
-    """`%s, %s, ...`: the parameters of an IN list of `count` values."""
-    return ", ".join(["%s"] * count)
-
-
-def model_columns(model: type[Model], table: str) -> str:
-    """Every concrete column of `model`, in field order, qualified by `table` (an alias)."""
-    return ", ".join(f"{table}.{connection.ops.quote_name(f.column)}" for f in model._meta.concrete_fields)
 
 
 def row_instance(model: type[Model], row: tuple[Any, ...], at: int) -> tuple[Any, int]:

@@ -14,22 +14,20 @@ late by many intervals (an outage) makes one tick, and its next run is the first
 from __future__ import annotations
 
 import logging
-import math
 import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-from croniter import croniter
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from events.models import Event
-from events.services import Envelope, event_build, event_insert
-from routing.dispatch import pumps_enqueue
+from events.services import event_build, event_insert
+from events.validation import Envelope
 from routing.models import (
     DELIVERY_OPEN_STATES,
     Delivery,
@@ -39,54 +37,15 @@ from routing.models import (
     Schedule,
     Subscription,
 )
+from routing.timing import schedule_next_run
+from routing.wakeup import pumps_enqueue
 
 logger = logging.getLogger(__name__)
 
 # What a tick event's origin starts with; the schedule's id follows.
 TICK_ORIGIN = "schedule:"
-# A pull's message: `get_orders` as the Spree-era endpoints name it, or a resource:action name.
-_MESSAGE_RE = re.compile(r"^[a-z][a-z0-9_]*(?::[a-z][a-z0-9_]*)?$")
 # The page a tick event asks for is the last part of its message_id.
 _PAGE_RE = re.compile(r":p(\d+)$")
-
-
-def schedule_validate(*, message: Any, interval_seconds: Any, cron: Any) -> dict[str, str]:
-    """Each field's problem in one sentence, by field name; empty when the schedule is valid."""
-    errors: dict[str, str] = {}
-    if not isinstance(message, str) or not _MESSAGE_RE.match(message) or len(message) > 100:
-        errors["message"] = (
-            "The message must be lower case letters, digits and underscores, e.g. get_orders "
-            "(or a resource:action name)."
-        )
-    cron = (cron or "").strip() if isinstance(cron, str) else cron
-    if interval_seconds in (None, "") and not cron:
-        errors["interval_seconds"] = "Give an interval in seconds or a cron expression."
-    elif interval_seconds not in (None, "") and cron:
-        errors["cron"] = "Give an interval or a cron expression, not both."
-    elif cron:
-        if not isinstance(cron, str) or len(cron.split()) != 5 or not croniter.is_valid(cron):
-            errors["cron"] = "Not a cron expression of five fields (minute hour day month weekday), e.g. */15 * * * *."
-    else:
-        minimum = settings.HUB_SCHEDULE_MIN_INTERVAL_SECONDS
-        if isinstance(interval_seconds, bool) or not isinstance(interval_seconds, int) or interval_seconds < minimum:
-            errors["interval_seconds"] = f"The interval must be a whole number of seconds, at least {minimum:g}."
-    return errors
-
-
-def schedule_next_run(schedule: Schedule, *, now: datetime, slot: datetime | None = None) -> datetime:
-    """When a schedule runs next, after the run due at `slot` (or, with none, from now on): the
-    next cron time after now, or the first of slot + n x interval after now. A schedule with no
-    run behind it starts at once (interval) or at its next cron time."""
-    if schedule.cron:
-        return croniter(schedule.cron, now.astimezone(UTC)).get_next(datetime)
-    interval = timedelta(seconds=schedule.interval_seconds or settings.HUB_SCHEDULE_MIN_INTERVAL_SECONDS)
-    base = slot or schedule.last_run_at
-    if base is None:
-        return now
-    if base + interval > now:
-        return base + interval
-    # Late by one interval or many: the one catch-up run is this one, the next is on the grid.
-    return base + interval * (math.floor((now - base) / interval) + 1)
 
 
 @dataclass(frozen=True)
@@ -122,6 +81,7 @@ def _batch_run(*, now: datetime) -> list[Tick]:
         )
         open_ticks = _open_ticks(due)
         ticks: list[Tick] = []
+        made: list[tuple[Schedule, Event, Delivery]] = []
         for schedule in due:
             slot = schedule.next_run_at
             assert slot is not None
@@ -133,8 +93,17 @@ def _batch_run(*, now: datetime) -> list[Tick]:
             )
             if not claimed:
                 continue
-            message_id = f"{TICK_ORIGIN}{schedule.pk}:{slot:%Y%m%dT%H%M%S}"
-            ticks.append(_tick(schedule, now=now, message_id=message_id, open_tick=open_ticks.get(schedule.pk)))
+            open_tick = open_ticks.get(schedule.pk)
+            if open_tick is not None:
+                ticks.append(_open_tick_due(schedule, open_tick, now=now))
+                continue
+            event, delivery = _tick_event(
+                schedule, now=now, message_id=f"{TICK_ORIGIN}{schedule.pk}:{slot:%Y%m%dT%H%M%S}"
+            )
+            made.append((schedule, event, delivery))
+        # The batch's deliveries in one statement.
+        Delivery.objects.bulk_create([delivery for _, _, delivery in made])
+        ticks += [Tick(schedule.pk, delivery.pk, event.pk, made=True) for schedule, event, delivery in made]
         if ticks:
             # Each schedule's tick, in one statement for the batch.
             latest = {t.schedule_id: t.event_id for t in ticks}
@@ -166,20 +135,33 @@ def _open_ticks(schedules: Sequence[Schedule]) -> dict[int, Delivery]:
     return {origins[d.event.origin]: d for d in rows}
 
 
-def _tick(schedule: Schedule, *, now: datetime, message_id: str, open_tick: Delivery | None = None) -> Tick:
-    """The tick event with its one delivery, in the caller's transaction; when the previous tick
-    is still open (retrying after a failure) it is made due now instead, so ticks never pile up."""
-    if open_tick is not None:
-        if open_tick.state in DELIVERY_OPEN_STATES:
-            Delivery.objects.filter(pk=open_tick.pk, state__in=DELIVERY_OPEN_STATES).update(
-                next_attempt_at=now, updated_at=now
-            )
-        return Tick(schedule.pk, open_tick.pk, open_tick.event_id, made=False)
+def _open_tick_due(schedule: Schedule, open_tick: Delivery, *, now: datetime) -> Tick:
+    """The previous tick, still open (retrying after a failure), made due now instead of a new
+    one, so ticks never pile up; one being sent now is left to finish."""
+    if open_tick.state in DELIVERY_OPEN_STATES:
+        Delivery.objects.filter(pk=open_tick.pk, state__in=DELIVERY_OPEN_STATES).update(
+            next_attempt_at=now, updated_at=now
+        )
+    return Tick(schedule.pk, open_tick.pk, open_tick.event_id, made=False)
+
+
+def _tick_event(schedule: Schedule, *, now: datetime, message_id: str) -> tuple[Event, Delivery]:
+    """The tick event, stored in the caller's transaction, and its one delivery (not yet saved)."""
     envelope = Envelope(message=schedule.message, message_id=message_id[:255], payload={})
     event = event_build(store=None, envelope=envelope, origin=f"{TICK_ORIGIN}{schedule.pk}")
     event.created_at = now
-    delivery = Delivery.routed(event=event, subscription=schedule.subscription)
-    event_insert(event, savepoint=False, dependents=[delivery])
+    event_insert(event, savepoint=False)
+    return event, Delivery.routed(event=event, subscription=schedule.subscription)
+
+
+def _tick(schedule: Schedule, *, now: datetime, message_id: str, next_page: bool = False) -> Tick:
+    """One tick on its own (run now, or the next page of one that just ended): the open one made
+    due, or a new one."""
+    open_tick = None if next_page else _open_ticks([schedule]).get(schedule.pk)
+    if open_tick is not None:
+        return _open_tick_due(schedule, open_tick, now=now)
+    event, delivery = _tick_event(schedule, now=now, message_id=message_id)
+    delivery.save(force_insert=True)
     return Tick(schedule.pk, delivery.pk, event.pk, made=True)
 
 
@@ -189,7 +171,7 @@ def schedule_run_now(*, schedule_id: int) -> Tick:
     with transaction.atomic():
         schedule = Schedule.objects.select_for_update().select_related("subscription").get(pk=schedule_id)
         message_id = f"{TICK_ORIGIN}{schedule.pk}:now:{now:%Y%m%dT%H%M%S.%f}"
-        tick = _tick(schedule, now=now, message_id=message_id, open_tick=_open_ticks([schedule]).get(schedule.pk))
+        tick = _tick(schedule, now=now, message_id=message_id)
         Schedule.objects.filter(pk=schedule.pk).update(last_run_at=now, last_event_id=tick.event_id, updated_at=now)
         subscription_id = schedule.subscription_id
         transaction.on_commit(lambda: pumps_enqueue([subscription_id]))
@@ -230,7 +212,7 @@ def schedule_ticks_record(
     outcomes: Sequence[tuple[Delivery, Any, str]],
     now: datetime,
 ) -> None:
-    """After a batch's replies were taken in (routing.attempts), in its transaction: each tick's
+    """After a batch's replies were taken in (routing.replies), in its transaction: each tick's
     schedule learns how it went, and a tick whose reply says there is more (HTTP 206, or a `page`
     parameter past the one sent) asks for the next page at once, up to HUB_SCHEDULE_MAX_PAGES.
 
@@ -269,7 +251,7 @@ def schedule_ticks_record(
             )
             continue
         base = _PAGE_RE.sub("", delivery.event.message_id)
-        _tick(schedule, now=now, message_id=f"{base}:p{page + 1}")
+        _tick(schedule, now=now, message_id=f"{base}:p{page + 1}", next_page=True)
         transaction.on_commit(lambda: pumps_enqueue([subscription.pk], coalesce=True))
 
 

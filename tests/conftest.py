@@ -30,11 +30,11 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(autouse=True)
 def _store_cache_clear() -> Iterator[None]:
     """Each test starts with no store remembered by authentication (events.selectors), no
-    subscriptions remembered by routing (routing.selectors) and no rate-limit leases
+    subscriptions remembered by routing (routing.subscriptions) and no rate-limit leases
     (events.throttling)."""
     from events.selectors import store_cache_clear
     from events.throttling import leases
-    from routing.selectors import subscriptions_cache_clear
+    from routing.subscriptions import subscriptions_cache_clear
 
     clears = (store_cache_clear, subscriptions_cache_clear, leases.clear)
     for clear in clears:

@@ -475,6 +475,18 @@ class TcpProxy:
                 pass
 
 
+def pump_for(delivery_id: int) -> str | None:
+    """What a worker does for the endpoint of this delivery (routing.tasks): its due deliveries sent
+    until none is left; the verdict of this one, None when it was not sent."""
+    from routing.models import Delivery
+    from routing.pump import deliveries_pump
+
+    subscription_id = Delivery.objects.filter(pk=delivery_id).values_list("subscription_id", flat=True).first()
+    if subscription_id is None:
+        return None
+    return deliveries_pump(subscription_id=subscription_id).verdicts.get(delivery_id)
+
+
 class OrdersSource:
     """A Spree-era pull endpoint (endpoint_base and the integrations built on it) as a responder
     for Subscriber.respond_with: it answers `get_orders` with the orders changed since the `since`

@@ -12,14 +12,24 @@ from typing import Any
 
 import psycopg
 from django.conf import settings
-from django.db.backends.postgresql import base
+from django.db.backends.postgresql import base, operations
 from psycopg.types.string import TextLoader
 
 # A prepare_threshold (executions before psycopg prepares a statement by itself) never reached.
 PREPARE_ONLY_WHEN_ASKED = 2**62
 
 
+class DatabaseOperations(operations.DatabaseOperations):
+    def last_executed_query(self, cursor: Any, sql: str, params: Any) -> str | None:
+        # psycopg records the text it ran only for a statement it did not prepare; the
+        # server-bound cursor sends the text as given, so that is what ran (the query log and
+        # CaptureQueriesContext read it here).
+        return super().last_executed_query(cursor, sql, params) or sql
+
+
 class DatabaseWrapper(base.DatabaseWrapper):
+    ops_class = DatabaseOperations
+
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         connection = super().get_new_connection(conn_params)
         # `json` columns read as text for the field to parse with orjson, as Django does for jsonb.
@@ -61,9 +71,3 @@ class PreparedRawCursor(psycopg.RawCursor):
         self, query: Any, params: Any = None, *, prepare: bool | None = None, binary: bool | None = None
     ) -> Any:
         return super().execute(query, params, prepare=True if prepare is None else prepare, binary=binary)
-
-    def _send_query_prepared(self, name: bytes, pgq: Any, *, binary: bool | None = None) -> None:
-        # psycopg records the statement it ran (cursor._query, what Django's query log and
-        # CaptureQueriesContext read) only when it is not prepared; a prepared one would log as None.
-        self._query = pgq
-        super()._send_query_prepared(name, pgq, binary=binary)

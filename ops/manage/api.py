@@ -14,7 +14,6 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from events.api import JsonAlwaysNegotiation
 from events.errors import UnsupportedMediaType, _first_validation_error
 from events.models import Store
 from events.schema import ErrorSerializer
@@ -43,6 +42,7 @@ from ops.manage.serializers import (
     store_output,
     subscription_output,
 )
+from routing.api import JsonAlwaysNegotiation
 from routing.models import Subscription
 
 

@@ -1,6 +1,6 @@
 """What the management API, the commands and the declarative file do to stores, subscriptions
 and deliveries. Each write goes through the same services as the admin (events.services,
-routing.services, routing.attempts) and the same validation as the admin's form
+routing.operations, routing.standing) and the same validation as the admin's form
 (Subscription.clean: the SSRF guard, message types, filters, parameters, retry schedule), and is
 logged as JSON with who did it."""
 
@@ -23,10 +23,10 @@ from events.messages import InvalidMessageName, message_canonical
 from events.models import Store
 from events.selectors import store_cache_clear
 from events.services import store_set_active, store_token_rotate
-from routing import services as routing_services
-from routing.attempts import subscription_disable
+from routing import operations
 from routing.models import (
     DELIVERY_OPEN_STATES,
+    DELIVERY_UNFINISHED_STATES,
     SUBSCRIPTION_EDITABLE_FIELDS,
     Delivery,
     DeliveryState,
@@ -34,6 +34,7 @@ from routing.models import (
     Subscription,
 )
 from routing.schedules import Tick, schedule_run_now, schedule_save
+from routing.standing import subscription_disable
 
 logger = logging.getLogger("ops.manage")
 
@@ -244,7 +245,7 @@ def subscription_update(
     with transaction.atomic():
         if "is_enabled" in changed:
             if values["is_enabled"]:
-                routing_services.subscription_enable(subscription_id=subscription.pk)
+                operations.subscription_enable(subscription_id=subscription.pk)
             else:
                 reason = values.get("disabled_reason") or f"disabled by {actor}"
                 subscription_disable(subscription_id=subscription.pk, reason=reason)
@@ -265,7 +266,7 @@ def subscription_update(
 def subscription_set_enabled(*, subscription: Subscription, enabled: bool, actor: str, reason: str = "") -> bool:
     """The admin's enable / disable actions; False when it already was."""
     if enabled:
-        changed = routing_services.subscription_enable(subscription_id=subscription.pk)
+        changed = operations.subscription_enable(subscription_id=subscription.pk)
     else:
         changed = subscription_disable(subscription_id=subscription.pk, reason=reason or f"disabled by {actor}")
     if changed:
@@ -275,14 +276,14 @@ def subscription_set_enabled(*, subscription: Subscription, enabled: bool, actor
 
 
 def subscription_rotate(*, subscription: Subscription, actor: str) -> str:
-    secret = routing_services.subscription_secret_rotate(subscription_id=subscription.pk)
+    secret = operations.subscription_secret_rotate(subscription_id=subscription.pk)
     write_logged(actor, "subscription.rotate", subscription.name)
     subscription.refresh_from_db()
     return secret
 
 
 def subscription_test(*, subscription: Subscription, actor: str) -> Delivery:
-    delivery = routing_services.subscription_send_test(subscription_id=subscription.pk)
+    delivery = operations.subscription_send_test(subscription_id=subscription.pk)
     write_logged(actor, "subscription.test", subscription.name, delivery_id=delivery.pk)
     return delivery
 
@@ -336,7 +337,7 @@ def deliveries_matching(*, action: str, flt: DeliveryFilter) -> QuerySet[Deliver
         # the next call moves on to the ones left, and a repeated call sends nothing twice.
         on_its_way = Delivery.objects.filter(
             replay_of_id=Coalesce(OuterRef("replay_of_id"), OuterRef("pk")),
-            state__in=(*DELIVERY_OPEN_STATES, DeliveryState.DELIVERING),
+            state__in=DELIVERY_UNFINISHED_STATES,
         )
         qs = qs.exclude(Exists(on_its_way))
     return qs.order_by("id")
@@ -358,10 +359,10 @@ def message_lookup(raw: str) -> dict[str, str]:
 
 
 _DELIVERY_SERVICES: dict[str, Callable[[int], bool]] = {
-    "retry": lambda pk: routing_services.delivery_retry_now(delivery_id=pk),
-    "cancel": lambda pk: routing_services.delivery_cancel(delivery_id=pk),
+    "retry": lambda pk: operations.delivery_retry_now(delivery_id=pk),
+    "cancel": lambda pk: operations.delivery_cancel(delivery_id=pk),
     # A replay still on its way is returned instead of a new one: asking twice sends one copy.
-    "replay": lambda pk: routing_services.delivery_replay(delivery_id=pk) is not None,
+    "replay": lambda pk: operations.delivery_replay(delivery_id=pk) is not None,
 }
 
 

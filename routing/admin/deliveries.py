@@ -18,7 +18,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from events.models import Event
-from routing import services
+from routing import operations
 from routing.admin.display import badge
 from routing.admin.records import ReadOnlyRecords
 from routing.admin.selectors import event_search_q
@@ -53,9 +53,9 @@ class OriginFilter(admin.SimpleListFilter):
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         if self.value() == "events":
-            return queryset.exclude(event__message=services.TEST_MESSAGE)
+            return queryset.exclude(event__message=operations.TEST_MESSAGE)
         if self.value() == "tests":
-            return queryset.filter(event__message=services.TEST_MESSAGE)
+            return queryset.filter(event__message=operations.TEST_MESSAGE)
         return queryset
 
 
@@ -76,7 +76,7 @@ class AttemptInline(ReadOnlyRecords, admin.TabularInline):
 
 # What each action does, and how it reports the outcome for one delivery.
 def _retry(delivery_id: int) -> tuple[bool, str]:
-    if services.delivery_retry_now(delivery_id=delivery_id):
+    if operations.delivery_retry_now(delivery_id=delivery_id):
         return True, f"Delivery {delivery_id} will be retried now."
     row = Delivery.objects.filter(pk=delivery_id).values("state", "subscription__is_enabled").first()
     if row is None:
@@ -87,14 +87,14 @@ def _retry(delivery_id: int) -> tuple[bool, str]:
 
 
 def _cancel(delivery_id: int) -> tuple[bool, str]:
-    if services.delivery_cancel(delivery_id=delivery_id):
+    if operations.delivery_cancel(delivery_id=delivery_id):
         return True, f"Delivery {delivery_id} cancelled."
     state = Delivery.objects.filter(pk=delivery_id).values_list("state", flat=True).first()
     return False, f"Delivery {delivery_id} was not cancelled: it is {state or 'gone'}."
 
 
 def _replay(delivery_id: int) -> tuple[bool, str]:
-    replay = services.delivery_replay(delivery_id=delivery_id)
+    replay = operations.delivery_replay(delivery_id=delivery_id)
     return True, f"Delivery {replay.pk} replays delivery {delivery_id} ({replay.state})."
 
 

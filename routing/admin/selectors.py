@@ -15,9 +15,10 @@ from django.db.models.functions import ExtractMinute, Floor, TruncHour, TruncMin
 from django.utils import timezone
 
 from events.models import Event, EventStatus
+from routing import sql
 from routing.backlog import OldestWaiting, delivery_oldest_open, delivery_state_counts
 from routing.models import Attempt, Delivery, DeliveryState, Notification, Subscription
-from routing.services import TEST_MESSAGE
+from routing.operations import TEST_MESSAGE
 
 # A page lists at most this many of one kind of row; the rest is a click away in a filtered list.
 DETAIL_ROWS_MAX = 200
@@ -250,19 +251,8 @@ def endpoint_latency_sample(*, start: datetime, end: datetime) -> tuple[list[End
 def event_messages() -> list[str]:
     """The distinct message names stored, for the events list's filter. A loose index scan (one
     index probe per name) instead of SELECT DISTINCT, which reads every row of a large hub."""
-    table = connection.ops.quote_name(Event._meta.db_table)
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"""
-            WITH RECURSIVE names(message) AS (
-                SELECT MIN(message) FROM {table}
-                UNION ALL
-                SELECT (SELECT MIN(message) FROM {table} WHERE message > names.message)
-                FROM names WHERE names.message IS NOT NULL
-            )
-            SELECT message FROM names WHERE message IS NOT NULL
-            """
-        )
+        cursor.execute(sql.message_names())
         return [row[0] for row in cursor.fetchall()]
 
 

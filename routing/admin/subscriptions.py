@@ -17,12 +17,12 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
-from routing import services
+from routing import operations
 from routing.admin.display import badge, secret_mask
-from routing.attempts import subscription_disable
 from routing.matching import message_types_validate
 from routing.models import SUBSCRIPTION_EDITABLE_FIELDS, Subscription, parameters_validate
-from routing.netguard import subscription_url_validate
+from routing.standing import subscription_disable
+from routing.transport.netguard import subscription_url_validate
 
 
 class PrettyJSONField(forms.JSONField):
@@ -169,7 +169,7 @@ class SubscriptionAdmin(admin.ModelAdmin):
     def enable_selected(self, request: HttpRequest, queryset: Any) -> None:
         changed = 0
         for subscription in queryset:
-            if services.subscription_enable(subscription_id=subscription.pk):
+            if operations.subscription_enable(subscription_id=subscription.pk):
                 self.log_change(request, subscription, "Enabled.")
                 changed += 1
         self.message_user(request, f"{changed} subscription(s) enabled.", messages.SUCCESS)
@@ -187,7 +187,7 @@ class SubscriptionAdmin(admin.ModelAdmin):
     @admin.action(description="Send a test event to selected subscriptions", permissions=["change"])
     def send_test_selected(self, request: HttpRequest, queryset: Any) -> None:
         for pk in queryset.values_list("pk", flat=True):
-            delivery = services.subscription_send_test(subscription_id=pk)
+            delivery = operations.subscription_send_test(subscription_id=pk)
             url = reverse("admin:routing_delivery_change", args=[delivery.pk])
             self.message_user(
                 request,
@@ -198,7 +198,7 @@ class SubscriptionAdmin(admin.ModelAdmin):
     @admin.action(description="Rotate the signing secret of selected subscriptions", permissions=["change"])
     def rotate_secret_selected(self, request: HttpRequest, queryset: Any) -> TemplateResponse:
         secrets = [
-            (sub, services.subscription_secret_rotate(subscription_id=sub.pk)) for sub in queryset.order_by("name")
+            (sub, operations.subscription_secret_rotate(subscription_id=sub.pk)) for sub in queryset.order_by("name")
         ]
         return self._secrets_page(request, secrets, "New signing secrets")
 
@@ -230,7 +230,7 @@ class SubscriptionAdmin(admin.ModelAdmin):
     def send_test_view(self, request: HttpRequest, subscription_id: int) -> HttpResponse:
         """Send a test event and open its delivery, which reloads itself until it has a result."""
         self._subscription_or_404(request, subscription_id)
-        delivery = services.subscription_send_test(subscription_id=subscription_id)
+        delivery = operations.subscription_send_test(subscription_id=subscription_id)
         self.message_user(request, f"Test event sent as delivery {delivery.pk}; its result appears below.")
         return HttpResponseRedirect(reverse("admin:routing_delivery_change", args=[delivery.pk]))
 
@@ -246,6 +246,6 @@ class SubscriptionAdmin(admin.ModelAdmin):
                 "original": subscription,
             }
             return TemplateResponse(request, "admin/routing/subscription/rotate_confirm.html", context)
-        secret = services.subscription_secret_rotate(subscription_id=subscription.pk)
+        secret = operations.subscription_secret_rotate(subscription_id=subscription.pk)
         self.log_change(request, subscription, "Rotated the signing secret.")
         return self._secrets_page(request, [(subscription, secret)], "New signing secret")

@@ -56,7 +56,7 @@ def test_dashboard_counts_each_state_and_links_to_the_filtered_list(admin_client
 
 
 def test_failed_test_sends_are_not_counted_among_the_failed_deliveries(admin_client):
-    from routing.services import TEST_MESSAGE
+    from routing.operations import TEST_MESSAGE
 
     DeliveryFactory(state="failed")
     DeliveryFactory(state="failed", event__message=TEST_MESSAGE, event__store=None)

@@ -12,7 +12,7 @@ from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
 from events.models import Event
-from routing import services
+from routing import operations
 from routing.models import Attempt, Delivery, Notification, Subscription
 from tests.factories import SubscriptionFactory
 from tests.live import Reply, free_port, wait_until
@@ -176,14 +176,14 @@ def test_filter_that_does_not_match_sends_nothing(worker, subscriber, api):
 def test_delivery_never_enqueued_is_delivered_by_the_sweeper(worker, subscriber, store):
     """The broker never hears of this delivery (created as if the publish after commit was lost a
     minute ago): the beat-driven sweeper finds it in the database and it is delivered anyway."""
-    from events.services import envelope_validate, event_ingest
+    from events.services import event_build, event_insert
+    from events.validation import envelope_validate
 
     sub = SubscriptionFactory(url=subscriber.url("/swept"))
-    event = event_ingest(
-        store=store, envelope=envelope_validate({"message": "order:new", "payload": {"order": {"number": "R6"}}})
-    ).event
-    [delivery] = services.deliveries_create_for_event(event=event)
-    Delivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now() - timedelta(minutes=1))
+    envelope = envelope_validate({"message": "order:new", "payload": {"order": {"number": "R6"}}})
+    event = event_insert(event_build(store=store, envelope=envelope)).event
+    due = timezone.now() - timedelta(minutes=1)
+    delivery = Delivery.objects.create(event=event, subscription=sub, next_attempt_at=due)
 
     delivery = wait_state(delivery, "delivered")
     assert len(subscriber.received("/swept")) == 1
@@ -207,11 +207,11 @@ def test_replay_and_send_test_go_out_through_the_worker(worker, subscriber, api)
     event = push(api, {"message": "order:new", "payload": {"order": {"number": "R8"}}})
     original = wait_state(delivery_of(event, sub), "delivered")
 
-    replay = services.delivery_replay(delivery_id=original.pk)
+    replay = operations.delivery_replay(delivery_id=original.pk)
     wait_state(replay, "delivered")
     assert len(subscriber.received("/replay")) == 2
 
-    test_delivery = services.subscription_send_test(subscription_id=sub.pk)
+    test_delivery = operations.subscription_send_test(subscription_id=sub.pk)
     wait_state(test_delivery, "delivered")
     assert subscriber.received("/replay")[-1].json()["message"] == "hub:test"
 

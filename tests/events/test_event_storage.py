@@ -120,15 +120,15 @@ def test_the_json_migration_keeps_stored_payloads_both_ways(postgresql, api):
 
 
 def test_insert_texts_are_kept_for_recent_batch_sizes_only():
-    from events.services import _event_insert_statement, _event_insert_statement_made
+    from events import sql as events_sql
 
-    _event_insert_statement_made.cache_clear()
-    first = _event_insert_statement(connection, rows=100, skip_conflicts=True)
-    assert _event_insert_statement(connection, rows=100, skip_conflicts=True) is first
+    events_sql.event_insert.cache_clear()
+    first = events_sql.event_insert(connection.alias, 100, skip_conflicts=True)
+    assert events_sql.event_insert(connection.alias, 100, skip_conflicts=True) is first
     for rows in range(1, 80):
-        _event_insert_statement(connection, rows=rows, skip_conflicts=True)
-    assert _event_insert_statement_made.cache_info().currsize == 64
+        events_sql.event_insert(connection.alias, rows, skip_conflicts=True)
+    assert events_sql.event_insert.cache_info().currsize == 64
     # The text itself: one row of placeholders per event, conflicts skipped.
-    sql, fields = first
+    sql = first
     assert sql.count("(") - 1 == 100 and sql.endswith('ON CONFLICT DO NOTHING RETURNING "id", "message_id"')
-    assert len(fields) == len(Event._meta.concrete_fields) - 1
+    assert len(events_sql.event_insert_fields()) == len(Event._meta.concrete_fields) - 1

@@ -10,6 +10,7 @@ from django.utils import timezone
 from events import selectors
 from events.models import Store
 from events.services import store_set_active
+from infra import ttl
 
 pytestmark = pytest.mark.django_db
 
@@ -30,7 +31,7 @@ def test_a_store_disabled_by_another_process_is_refused_once_the_cache_expires(s
     # Within the cache's lifetime this process still takes the push: the documented staleness.
     assert api.post("/events", ENVELOPE, format="json").status_code == 202
     later = time.monotonic() + django_settings.HUB_STORE_AUTH_CACHE_SECONDS + 0.1
-    monkeypatch.setattr(selectors.time, "monotonic", lambda: later)
+    monkeypatch.setattr(ttl.time, "monotonic", lambda: later)
     assert api.post("/events", ENVELOPE, format="json").status_code == 403
 
 

@@ -7,16 +7,10 @@ from django.utils import timezone
 
 from events.models import Event
 from ops.selectors import deliveries_failed
-from routing import services as routing_services
 from routing.models import Delivery, DeliveryState
 from tests.factories import StoreFactory, SubscriptionFactory
 
 pytestmark = pytest.mark.django_db
-
-needs_retry_now = pytest.mark.skipif(
-    not hasattr(routing_services, "delivery_retry_now"),
-    reason="routing.services.delivery_retry_now is not on this branch yet (routing work)",
-)
 
 
 @pytest.fixture
@@ -74,7 +68,6 @@ def test_replay_wants_a_filter_and_known_names(failures):
         call_command("replay", "--since", "yesterday-ish", "--dry-run", stdout=io.StringIO())
 
 
-@needs_retry_now
 def test_replay_sends_the_matching_failures_again_with_progress(failures, capsys):
     out = io.StringIO()
     call_command("replay", "--subscription", "erp", "--progress", stdout=out)

@@ -14,7 +14,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from events.models import Event
 from infra import tracing
 from routing.models import Delivery
-from routing.services import deliveries_pump
+from routing.pump import deliveries_pump
 from tests.factories import SubscriptionFactory
 from tests.live import Reply
 from tests.ops.conftest import ROOT, hub_env

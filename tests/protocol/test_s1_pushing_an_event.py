@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from routing.services import delivery_attempt
 from tests.factories import SubscriptionFactory
-from tests.live import Reply
+from tests.live import Reply, pump_for
 
 pytestmark = pytest.mark.django_db
 
@@ -46,7 +45,7 @@ def test_event_detail_shows_how_each_attempt_fared_and_the_admin_keeps_the_reply
     from routing.models import Delivery
 
     [delivery] = Delivery.objects.filter(event__uid=pushed.json()["event_id"])
-    assert delivery_attempt(delivery_id=delivery.pk) == "delivered"
+    assert pump_for(delivery.pk) == "delivered"
 
     body = api.get(f"/events/{pushed.json()['event_id']}").json()
     [attempt] = body["deliveries"][0]["attempts"]
@@ -108,7 +107,7 @@ def test_event_detail_does_not_show_an_endpoints_url(api, subscriber):
     subscription = SubscriptionFactory(url=subscriber.url("/erp?api_key=erp-secret-123"), message_types=["order:*"])
     pushed = api.post("/events", ENVELOPE, format="json")
     [delivery] = Delivery.objects.filter(event__uid=pushed.json()["event_id"])
-    assert delivery_attempt(delivery_id=delivery.pk) == "delivered"
+    assert pump_for(delivery.pk) == "delivered"
     assert subscriber.received("/erp")[0].path == "/erp"
 
     response = api.get(f"/events/{pushed.json()['event_id']}")

@@ -109,7 +109,7 @@ def test_a_store_named_outside_ascii_is_delivered_with_its_name_percent_encoded(
 def test_any_resources_updates_and_cancellations_are_put_however_spelled(message, method):
     """§2: PUT for `*:updated` and `*:canceled`. The alias table folds order/product/user
     spellings at ingest; other resources keep theirs, and must get the same verb."""
-    from routing.transport import method_for
+    from routing.transport.request import method_for
 
     assert method_for(message) == method
 
@@ -119,6 +119,6 @@ def test_the_timeout_a_request_waits_is_the_subscriptions_capped_at_120_seconds(
     """docs/protocol.md: 'within the subscription's timeout (capped at 120 s)'. The admin form
     refuses more, but a row written otherwise must neither outlast Celery's time limit nor be
     refused by requests (a timeout of 0)."""
-    from routing.transport import timeout_bounded
+    from routing.transport.exchange import timeout_bounded
 
     assert timeout_bounded(stored) == used

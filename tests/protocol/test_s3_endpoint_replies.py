@@ -1,5 +1,5 @@
 """PROTOCOL §3, what an endpoint replies: a JSON body on a 2xx is success, and its notifications,
-messages and parameters are taken in. Real HTTP to the local subscriber; delivery_attempt is called
+messages and parameters are taken in. Real HTTP to the local subscriber; the pump is called
 directly (tests/e2e/ runs the same path through the worker).
 """
 
@@ -11,9 +11,8 @@ import pytest
 
 from events.models import Event
 from routing.models import Delivery, Notification
-from routing.services import delivery_attempt
 from tests.factories import DeliveryFactory, SubscriptionFactory
-from tests.live import Reply, wait_until
+from tests.live import Reply, pump_for, wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -23,7 +22,7 @@ NOTE = {"level": "error", "subject": "Commande refusée", "description": "Client
 def attempt_with_reply(subscriber, reply: Reply, path: str = "/endpoint") -> Delivery:
     subscriber.program(path, reply)
     delivery = DeliveryFactory(subscription=SubscriptionFactory(url=subscriber.url(path)))
-    delivery_attempt(delivery_id=delivery.pk)
+    pump_for(delivery.pk)
     delivery.refresh_from_db()
     return delivery
 
@@ -76,7 +75,7 @@ def test_an_error_notification_on_a_2xx_is_delivered_and_shown_on_the_event(subs
     SubscriptionFactory(url=subscriber.url("/erp"), message_types=["order:new"])
     pushed = api.post("/events", {"message": "order:new", "payload": {"order": {"number": "R9"}}}, format="json")
     [delivery] = Delivery.objects.filter(event__uid=pushed.json()["event_id"])
-    assert delivery_attempt(delivery_id=delivery.pk) == "delivered"
+    assert pump_for(delivery.pk) == "delivered"
 
     body = api.get(f"/events/{pushed.json()['event_id']}").json()
     assert body["status"] == "delivered"
@@ -112,8 +111,8 @@ def test_a_returned_message_is_not_sent_back_to_the_endpoint_that_returned_it(wo
 
 @pytest.mark.django_db
 def test_an_endpoint_that_asks_receives_the_messages_it_returned(subscriber):
-    from events.services import Envelope
-    from routing.services import event_accept
+    from events.validation import Envelope
+    from routing.outbox import event_accept
 
     erp = SubscriptionFactory(url=subscriber.url("/erp"), message_types=["*"], receive_own_events=True)
     parent = DeliveryFactory(subscription=erp).event

@@ -8,7 +8,7 @@ import pytest
 
 from events.models import Event
 from routing.models import Delivery
-from routing.services import delivery_retry_now
+from routing.operations import delivery_retry_now
 from tests.factories import SubscriptionFactory
 from tests.live import Reply, free_port, wait_until
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from routing import dispatch
+from routing import wakeup
 from routing.models import Delivery
 from tests.conftest import deliveries_settle
 from tests.factories import SubscriptionFactory
@@ -42,7 +42,7 @@ def private_broker(transactional_db) -> Iterator[tuple[RedisServer, Worker]]:
     redis = RedisServer().start()
     saved = (app.conf.broker_url, dict(app.conf.broker_transport_options or {}))
     broker_switch(redis.url, {"visibility_timeout": 3600})
-    dispatch._broker_down_until[0] = 0.0
+    wakeup._broker_down_until[0] = 0.0
     try:
         with workers_paused():  # the package's worker sweeps too and would deliver through its own broker
             worker = worker_new("broker", CELERY_BROKER_URL=redis.url).start()
@@ -53,7 +53,7 @@ def private_broker(transactional_db) -> Iterator[tuple[RedisServer, Worker]]:
                 worker.stop()
     finally:
         broker_switch(saved[0], saved[1])
-        dispatch._broker_down_until[0] = 0.0
+        wakeup._broker_down_until[0] = 0.0
         redis.kill()
 
 
@@ -73,7 +73,7 @@ def test_broker_down_accepts_and_stores_then_delivers_everything_when_back(priva
     assert set(waiting.values_list("state", flat=True)) == {"pending"}
     # A dead broker is not every push's problem: after the first failure, pushes skip the broker
     # (HUB_BROKER_BACKOFF_SECONDS) instead of each waiting out the client's connection attempts.
-    assert dispatch._broker_down_until[0] > started
+    assert wakeup._broker_down_until[0] > started
 
     redis.start()  # same port, empty: whatever the old one held is gone
     delivered(7, timeout=90, subscription=sub)

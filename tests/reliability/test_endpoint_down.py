@@ -8,10 +8,11 @@ import pytest
 from django.utils import timezone
 
 from routing.models import Delivery, Notification
-from routing.services import deliveries_sweep, delivery_attempt
+from routing.pump import deliveries_pump
+from routing.sweeper import deliveries_sweep
 from tests.conftest import deliveries_settle
 from tests.factories import DeliveryFactory, EventFactory, SubscriptionFactory
-from tests.live import Reply, Subscriber, free_port, wait_until
+from tests.live import Reply, Subscriber, free_port, pump_for, wait_until
 from tests.reliability.conftest import push
 
 
@@ -42,11 +43,11 @@ def test_subscriber_down_then_up_gets_everything_in_order(hub_worker, api, deliv
 def test_endpoint_disabled_after_failing_too_long_keeps_its_deliveries_resendable(subscriber, settings):
     settings.HUB_SUBSCRIPTION_DISABLE_AFTER_SECONDS = 0  # "failed for too long" from the first failure
     sub = SubscriptionFactory(url=subscriber.url("/broken"), retry_schedule=[0, 0], max_in_flight=0)
-    subscriber.program("/broken", Reply.error(500), Reply.ok())
+    subscriber.program("/broken", Reply.error(500), Reply.error(500), Reply.error(500), Reply.ok())
     deliveries = [
         DeliveryFactory(subscription=sub, event=EventFactory(payload={"n": n}, resource_key=None)) for n in range(3)
     ]
-    assert delivery_attempt(delivery_id=deliveries[0].pk) == "retry"
+    assert pump_for(deliveries[0].pk) == "retry"
     sub.refresh_from_db()
     assert not sub.is_enabled and "failed every attempt" in sub.disabled_reason
     assert Notification.objects.filter(subscription=sub, subject="Subscription disabled").exists()
@@ -54,11 +55,11 @@ def test_endpoint_disabled_after_failing_too_long_keeps_its_deliveries_resendabl
     # however long they have been due.
     assert set(Delivery.objects.filter(subscription=sub).values_list("state", flat=True)) <= {"pending", "retrying"}
     Delivery.objects.filter(subscription=sub).update(next_attempt_at=timezone.now() - timedelta(hours=1))
-    assert delivery_attempt(delivery_id=deliveries[1].pk) is None
+    assert pump_for(deliveries[1].pk) is None
     assert deliveries_sweep().enqueued == 0
 
     # Fixed and enabled again: the sweeper wakes the endpoint (once), and they all go.
     sub.is_enabled = True
     sub.save(update_fields=["is_enabled"])
     assert deliveries_sweep().enqueued == 1
-    assert [delivery_attempt(delivery_id=d.pk) for d in deliveries] == ["delivered"] * 3
+    assert deliveries_pump(subscription_id=sub.pk).verdicts == {d.pk: "delivered" for d in deliveries}

@@ -12,10 +12,9 @@ import pytest
 from django.utils import timezone
 
 from routing.models import Attempt, Delivery
-from routing.services import delivery_attempt
 from tests.conftest import deliveries_settle
 from tests.factories import DeliveryFactory, EventFactory, SubscriptionFactory
-from tests.live import wait_until
+from tests.live import pump_for, wait_until
 from tests.reliability.conftest import push
 
 
@@ -32,14 +31,14 @@ def test_a_full_endpoint_leaves_the_delivery_waiting_without_an_attempt(subscrib
     Delivery.objects.filter(pk=on_the_wire.pk).update(
         state="delivering", attempt_count=1, lease_expires_at=timezone.now() + timedelta(minutes=1)
     )
-    assert delivery_attempt(delivery_id=waiting.pk) is None
+    assert pump_for(waiting.pk) is None
     waiting.refresh_from_db()
     assert (waiting.state, waiting.attempt_count) == ("pending", 0)
     assert subscriber.received("/slow") == []
 
     # A slot freed (the worker holding it goes on with whatever is due, this one included).
     Delivery.objects.filter(pk=on_the_wire.pk).update(state="delivered", lease_expires_at=None)
-    assert delivery_attempt(delivery_id=waiting.pk) == "delivered"
+    assert pump_for(waiting.pk) == "delivered"
 
 
 @pytest.mark.django_db
@@ -49,7 +48,7 @@ def test_a_delivery_whose_worker_died_does_not_hold_a_slot(subscriber):
     Delivery.objects.filter(pk=abandoned.pk).update(
         state="delivering", attempt_count=1, lease_expires_at=timezone.now() - timedelta(seconds=1)
     )
-    assert delivery_attempt(delivery_id=next_one.pk) == "delivered"
+    assert pump_for(next_one.pk) == "delivered"
 
 
 @pytest.mark.django_db
@@ -62,8 +61,8 @@ def test_the_hub_default_applies_and_zero_means_no_limit(subscriber, settings):
         Delivery.objects.filter(pk=busy.pk).update(
             state="delivering", attempt_count=1, lease_expires_at=timezone.now() + timedelta(minutes=1)
         )
-    assert delivery_attempt(delivery_id=unordered_delivery(limited, 2).pk) is None
-    assert delivery_attempt(delivery_id=unordered_delivery(unlimited, 2).pk) == "delivered"
+    assert pump_for(unordered_delivery(limited, 2).pk) is None
+    assert pump_for(unordered_delivery(unlimited, 2).pk) == "delivered"
 
 
 @pytest.mark.django_db
@@ -74,13 +73,13 @@ def test_a_batch_being_sent_holds_one_slot_whatever_its_size(subscriber):
     Delivery.objects.filter(pk__in=[d.pk for d in batch]).update(
         state="delivering", attempt_count=1, lease_expires_at=lease, claim=7
     )
-    assert delivery_attempt(delivery_id=unordered_delivery(sub, 3).pk) == "delivered"  # 1 of 2 taken
+    assert pump_for(unordered_delivery(sub, 3).pk) == "delivered"  # 1 of 2 taken
     other_batch = unordered_delivery(sub, 4)
     Delivery.objects.filter(pk=other_batch.pk).update(
         state="delivering", attempt_count=1, lease_expires_at=lease, claim=8
     )
     waiting = unordered_delivery(sub, 5)
-    assert delivery_attempt(delivery_id=waiting.pk) is None  # 2 of 2
+    assert pump_for(waiting.pk) is None  # 2 of 2
     assert len(subscriber.received("/batched")) == 1
 
 

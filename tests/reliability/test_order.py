@@ -8,13 +8,10 @@ from django.utils import timezone
 
 from events.messages import resource_key
 from routing.models import Delivery
-from routing.services import (
-    deliveries_pump,
-    delivery_attempt,
-    delivery_cancel,
-)
+from routing.operations import delivery_cancel
+from routing.pump import deliveries_pump
 from tests.factories import DeliveryFactory, EventFactory, SubscriptionFactory
-from tests.live import Reply
+from tests.live import Reply, pump_for
 
 pytestmark = pytest.mark.django_db
 
@@ -43,12 +40,10 @@ def test_a_retrying_delivery_holds_back_only_its_own_resource_on_its_own_endpoin
     r2_first = order_delivery(erp, "R2", 3)
     crm_r1 = [order_delivery(crm, "R1", 4), order_delivery(crm, "R1", 5)]
 
-    assert delivery_attempt(delivery_id=r1_first.pk) == "retry"
     # R1's next one waits for the first, spending no attempt; R2 and the other endpoint go ahead.
-    assert delivery_attempt(delivery_id=r1_second.pk) is None
+    assert deliveries_pump(subscription_id=erp.pk).verdicts == {r1_first.pk: "retry", r2_first.pk: "delivered"}
     assert refreshed(r1_second).state == "pending" and r1_second.attempt_count == 0
-    assert delivery_attempt(delivery_id=r2_first.pk) == "delivered"
-    assert [delivery_attempt(delivery_id=d.pk) for d in crm_r1] == ["delivered", "delivered"]
+    assert deliveries_pump(subscription_id=crm.pk).verdicts == {d.pk: "delivered" for d in crm_r1}
     assert seqs(subscriber, "/erp") == [1, 3]
     assert seqs(subscriber, "/crm") == [4, 5]
 
@@ -58,8 +53,8 @@ def test_a_retrying_delivery_holds_back_only_its_own_resource_on_its_own_endpoin
 
     # Once the first is delivered, the second's turn has come.
     Delivery.objects.filter(pk=r1_first.pk).update(next_attempt_at=timezone.now())
-    assert delivery_attempt(delivery_id=r1_first.pk) == "delivered"
-    assert delivery_attempt(delivery_id=r1_second.pk) == "delivered"
+    verdicts = deliveries_pump(subscription_id=erp.pk).verdicts
+    assert verdicts == {r1_first.pk: "delivered", r1_second.pk: "delivered"}
     assert seqs(subscriber, "/erp") == [1, 3, 1, 2]
 
 
@@ -69,7 +64,6 @@ def test_one_worker_sends_a_resource_chain_in_order_without_a_broker_round(subsc
     sub = SubscriptionFactory(url=subscriber.url("/erp"))
     first, second, third = (order_delivery(sub, "R7", n) for n in (1, 2, 3))
     other = order_delivery(sub, "R8", 4)
-    assert delivery_attempt(delivery_id=second.pk) is None  # not its turn
     result = deliveries_pump(subscription_id=sub.pk)
     assert result.verdicts == {d.pk: "delivered" for d in (first, second, third, other)}
     # R7's three in order; R8, claimed in the first batch beside R7's first, went in between.
@@ -84,8 +78,7 @@ def test_payloads_without_a_key_are_unordered(subscriber):
     subscriber.program("/amazon", Reply.error(500), Reply.ok())
     first, second = order_delivery(sub, None, 1), order_delivery(sub, None, 2)
     assert first.resource_key is None
-    assert delivery_attempt(delivery_id=first.pk) == "retry"
-    assert delivery_attempt(delivery_id=second.pk) == "delivered"
+    assert deliveries_pump(subscription_id=sub.pk).verdicts == {first.pk: "retry", second.pk: "delivered"}
 
 
 @pytest.mark.parametrize("end", ["failed", "cancelled"])
@@ -93,13 +86,13 @@ def test_a_failed_or_cancelled_earlier_delivery_no_longer_holds_back(subscriber,
     sub = SubscriptionFactory(url=subscriber.url("/erp"), retry_schedule=[3600])
     subscriber.program("/erp", Reply.error(500), Reply.ok())
     first, second = order_delivery(sub, "R9", 1), order_delivery(sub, "R9", 2)
-    assert delivery_attempt(delivery_id=first.pk) == "retry"
-    assert delivery_attempt(delivery_id=second.pk) is None
+    assert pump_for(first.pk) == "retry"
+    assert pump_for(second.pk) is None
     if end == "cancelled":
         assert delivery_cancel(delivery_id=first.pk)
     else:
         Delivery.objects.filter(pk=first.pk).update(state="failed")
-    assert delivery_attempt(delivery_id=second.pk) == "delivered"
+    assert pump_for(second.pk) == "delivered"
 
 
 def test_resource_key_paths_are_configurable_per_message_type(settings):

@@ -11,7 +11,7 @@ import pytest
 from django.test import override_settings
 from prometheus_client import REGISTRY
 
-from routing import dispatch
+from routing import wakeup
 from routing.models import Delivery
 from tests.conftest import deliveries_settle
 from tests.factories import SubscriptionFactory
@@ -41,14 +41,14 @@ def private_redis(transactional_db) -> Iterator[RedisServer]:
     caches = {"default": {"BACKEND": "infra.cache.RedisCache", "LOCATION": redis.url, "KEY_PREFIX": "hub"}}
     limits = {"store_write": "600/minute", "store_read": "1200/minute"}
     broker_switch(redis.url, {"visibility_timeout": 3600})
-    dispatch._broker_down_until[0] = 0.0
+    wakeup._broker_down_until[0] = 0.0
     hub_cache.cache_down_until[0] = 0.0
     try:
         with override_settings(CACHES=caches, HUB_RATE_LIMITS=limits):
             yield redis
     finally:
         broker_switch(saved[0], saved[1])
-        dispatch._broker_down_until[0] = 0.0
+        wakeup._broker_down_until[0] = 0.0
         hub_cache.cache_down_until[0] = 0.0
         redis.kill()
 

@@ -1,7 +1,6 @@
 import pytest
 
-from routing.attempts import attempt_outcome
-from routing.transport import ExchangeResult
+from routing.transport.exchange import ExchangeResult, attempt_outcome
 
 
 def _result(**kwargs) -> ExchangeResult:

@@ -1,4 +1,4 @@
-"""A batch is accepted together (routing.services.events_accept: one insert for its events, one for
+"""A batch is accepted together (routing.outbox.events_accept: one insert for its events, one for
 their deliveries) with the answers, deliveries and statuses that accepting each envelope on its
 own gives."""
 

@@ -13,7 +13,7 @@ from django.db import connection
 from django.utils import timezone
 
 from events.models import Event
-from routing.claims import batch_claim, subscription_read
+from routing.claim import batch_claim, subscription_read
 from routing.models import Delivery
 from tests.factories import DeliveryFactory, EventFactory, StoreFactory, SubscriptionFactory
 
@@ -64,7 +64,7 @@ def rows_read() -> dict[str, int]:
 def claim_reads(sub) -> tuple[list[int], dict[str, int]]:
     endpoint = subscription_read(sub.pk)
     before = rows_read()
-    batch = batch_claim(sub=endpoint, only=None, budget=5)
+    batch = batch_claim(sub=endpoint, budget=5)
     after = rows_read()
     assert batch is not None
     return [d.pk for d in batch.deliveries], {name: after[name] - before.get(name, 0) for name in after}
@@ -106,7 +106,7 @@ def test_an_order_whose_turn_has_come_is_claimed_behind_a_window_of_another_orde
         subscription=sub, event=EventFactory(resource_key="order:B" if keyed else None, payload={"n": 1})
     )
     endpoint = subscription_read(sub.pk)
-    batch = batch_claim(sub=endpoint, only=None, budget=5)
+    batch = batch_claim(sub=endpoint, budget=5)
     assert batch is not None and [d.pk for d in batch.deliveries] == [other.pk]
     # Nothing else of order A went: its head has not been sent.
-    assert batch_claim(sub=endpoint, only=None, budget=5) is None
+    assert batch_claim(sub=endpoint, budget=5) is None

@@ -1,5 +1,5 @@
 """A subscription deleted by another process while this one still routes by its remembered list
-(routing.selectors, HUB_SUBSCRIPTIONS_CACHE_SECONDS): the push is routed again by the list as it
+(routing.subscriptions, HUB_SUBSCRIPTIONS_CACHE_SECONDS): the push is routed again by the list as it
 is now, not refused with a server error, and nothing is half-written. The pushes wake no worker
 (unconsumed_queue): one sending the deliveries would race the deletion."""
 

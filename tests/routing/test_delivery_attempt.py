@@ -1,4 +1,5 @@
-"""delivery_attempt against the real local subscriber, called directly (no broker)."""
+"""A pump for one delivery's endpoint (tests.live.pump_for: what the task runs) against the real
+local subscriber, called directly (no broker)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import pytest
 from django.utils import timezone
 
 from events.models import Event
-from routing.attempts import event_status_derive
 from routing.models import Delivery, Notification
-from routing.services import deliveries_create_for_event, delivery_attempt
+from routing.status import event_status_derive
+from routing.subscriptions import subscriptions_enabled, subscriptions_for_event
 from tests.factories import DeliveryFactory, EventFactory, SubscriptionFactory
-from tests.live import Reply
+from tests.live import Reply, pump_for
 
 pytestmark = pytest.mark.django_db
 
@@ -22,10 +23,15 @@ def make(subscriber, path="/hook", **sub_kwargs) -> Delivery:
     return DeliveryFactory(subscription=sub)
 
 
+def due_now(delivery: Delivery) -> None:
+    """The retry's wait is over (a pump sends a retry due at once in the same run)."""
+    Delivery.objects.filter(pk=delivery.pk, state="retrying").update(next_attempt_at=timezone.now())
+
+
 def test_delivered_once_and_a_second_call_sends_nothing(subscriber):
     delivery = make(subscriber)
-    assert delivery_attempt(delivery_id=delivery.pk) == "delivered"
-    assert delivery_attempt(delivery_id=delivery.pk) is None
+    assert pump_for(delivery.pk) == "delivered"
+    assert pump_for(delivery.pk) is None
     assert len(subscriber.received("/hook")) == 1
     delivery.refresh_from_db()
     assert (delivery.state, delivery.attempt_count, delivery.last_status_code) == ("delivered", 1, 200)
@@ -41,15 +47,15 @@ def test_not_due_or_held_by_another_worker_is_left_alone(subscriber):
     Delivery.objects.filter(pk=held.pk).update(
         state="delivering", lease_expires_at=timezone.now() + timedelta(minutes=1)
     )
-    assert delivery_attempt(delivery_id=later.pk) is None
-    assert delivery_attempt(delivery_id=held.pk) is None
-    assert delivery_attempt(delivery_id=999999) is None
+    assert pump_for(later.pk) is None
+    assert pump_for(held.pk) is None
+    assert pump_for(999999) is None
     assert subscriber.received() == []
 
 
 def test_disabled_subscription_is_not_sent_to(subscriber):
     delivery = make(subscriber, is_enabled=False)
-    assert delivery_attempt(delivery_id=delivery.pk) is None
+    assert pump_for(delivery.pk) is None
     assert subscriber.received() == []
 
 
@@ -58,7 +64,7 @@ def test_failure_schedules_the_next_try_from_the_subscription_schedule(subscribe
     subscriber.program("/hook", Reply.error(500))
     delivery = make(subscriber, retry_schedule=[30, 60])
     before = timezone.now()
-    assert delivery_attempt(delivery_id=delivery.pk) == "retry"
+    assert pump_for(delivery.pk) == "retry"
     delivery.refresh_from_db()
     assert delivery.state == "retrying" and delivery.last_error == "HTTP 500"
     assert before + timedelta(seconds=30) <= delivery.next_attempt_at <= timezone.now() + timedelta(seconds=30)
@@ -75,8 +81,11 @@ def test_failure_schedules_the_next_try_from_the_subscription_schedule(subscribe
 
 def test_after_the_last_retry_the_delivery_fails(subscriber):
     subscriber.program("/hook", Reply.error(503))
-    delivery = make(subscriber, retry_schedule=[0, 0])
-    verdicts = [delivery_attempt(delivery_id=delivery.pk) for _ in range(4)]
+    delivery = make(subscriber, retry_schedule=[60, 60])
+    verdicts = []
+    for _ in range(4):
+        verdicts.append(pump_for(delivery.pk))
+        due_now(delivery)
     assert verdicts == ["retry", "retry", "failed", None]
     delivery.refresh_from_db()
     assert delivery.state == "failed" and delivery.attempts.count() == 3
@@ -87,7 +96,7 @@ def test_after_the_last_retry_the_delivery_fails(subscriber):
 def test_retries_turned_off_fail_after_one_attempt(subscriber):
     subscriber.program("/hook", Reply.error(500))
     delivery = make(subscriber, retry_enabled=False)
-    assert delivery_attempt(delivery_id=delivery.pk) == "failed"
+    assert pump_for(delivery.pk) == "failed"
 
 
 def test_retry_after_on_429_is_honoured(subscriber, settings):
@@ -95,7 +104,7 @@ def test_retry_after_on_429_is_honoured(subscriber, settings):
     subscriber.program("/hook", Reply.too_many("120"))
     delivery = make(subscriber, retry_schedule=[1])
     before = timezone.now()
-    delivery_attempt(delivery_id=delivery.pk)
+    pump_for(delivery.pk)
     delivery.refresh_from_db()
     assert delivery.next_attempt_at >= before + timedelta(seconds=120)
     assert delivery.attempts.get().response_headers["retry-after"] == "120"
@@ -103,9 +112,10 @@ def test_retry_after_on_429_is_honoured(subscriber, settings):
 
 def test_2xx_that_is_not_json_is_retried(subscriber):
     subscriber.program("/hook", Reply.not_json(), Reply.ok())
-    delivery = make(subscriber, retry_schedule=[0])
-    assert delivery_attempt(delivery_id=delivery.pk) == "retry"
-    assert delivery_attempt(delivery_id=delivery.pk) == "delivered"
+    delivery = make(subscriber, retry_schedule=[60])
+    assert pump_for(delivery.pk) == "retry"
+    due_now(delivery)
+    assert pump_for(delivery.pk) == "delivered"
     assert [a.succeeded for a in delivery.attempts.order_by("number")] == [False, True]
 
 
@@ -113,7 +123,7 @@ def test_gone_disables_the_subscription_and_says_so(subscriber):
     subscriber.program("/hook", Reply.gone())
     delivery = make(subscriber, retry_schedule=[0, 0])
     other = DeliveryFactory(subscription=delivery.subscription)
-    assert delivery_attempt(delivery_id=delivery.pk) == "gone"
+    assert pump_for(delivery.pk) == "gone"
     delivery.refresh_from_db()
     assert delivery.state == "failed"
     sub = delivery.subscription
@@ -121,7 +131,7 @@ def test_gone_disables_the_subscription_and_says_so(subscriber):
     assert not sub.is_enabled
     note = Notification.objects.get(subscription=sub)
     assert note.level == "error" and "410" in note.description
-    assert delivery_attempt(delivery_id=other.pk) is None  # nothing more goes to a disabled endpoint
+    assert pump_for(other.pk) is None  # nothing more goes to a disabled endpoint
 
 
 def test_endpoint_failing_for_too_long_is_disabled(subscriber, settings):
@@ -131,7 +141,7 @@ def test_endpoint_failing_for_too_long_is_disabled(subscriber, settings):
     type(delivery.subscription).objects.filter(pk=delivery.subscription_id).update(
         failing_since=timezone.now() - timedelta(hours=2)
     )
-    delivery_attempt(delivery_id=delivery.pk)
+    pump_for(delivery.pk)
     delivery.subscription.refresh_from_db()
     assert not delivery.subscription.is_enabled
     assert "failed every attempt since" in delivery.subscription.disabled_reason
@@ -140,7 +150,7 @@ def test_endpoint_failing_for_too_long_is_disabled(subscriber, settings):
 def test_success_clears_the_failing_clock(subscriber):
     delivery = make(subscriber)
     type(delivery.subscription).objects.filter(pk=delivery.subscription_id).update(failing_since=timezone.now())
-    delivery_attempt(delivery_id=delivery.pk)
+    pump_for(delivery.pk)
     delivery.subscription.refresh_from_db()
     assert delivery.subscription.failing_since is None
 
@@ -158,7 +168,7 @@ def test_reply_notifications_are_stored_with_the_resource_key(subscriber):
         ),
     )
     delivery = make(subscriber)
-    assert delivery_attempt(delivery_id=delivery.pk) == "delivered"  # a business error is still a delivery
+    assert pump_for(delivery.pk) == "delivered"  # a business error is still a delivery
     notes = list(Notification.objects.filter(event=delivery.event).order_by("id"))
     assert [(n.level, n.subject) for n in notes] == [
         ("error", "Customer unknown"),
@@ -178,7 +188,7 @@ def test_reply_messages_become_child_events_and_bad_ones_are_noted(subscriber):
     )
     downstream = SubscriptionFactory(url=subscriber.url("/down"), message_types=["shipment:confirm"])
     delivery = make(subscriber, message_types=["order:new"])
-    delivery_attempt(delivery_id=delivery.pk)
+    pump_for(delivery.pk)
     child = Event.objects.get(parent=delivery.event)
     assert (child.message, child.depth, child.store_id, child.source) == ("shipment:confirm", 1, None, "reply")
     assert Delivery.objects.filter(event=child, subscription=downstream).exists()
@@ -192,7 +202,7 @@ def test_reply_messages_past_the_depth_limit_are_not_routed(subscriber, settings
     sub = SubscriptionFactory(url=subscriber.url("/hook"))
     deep = EventFactory(depth=2)
     delivery = DeliveryFactory(event=deep, subscription=sub)
-    assert delivery_attempt(delivery_id=delivery.pk) == "delivered"
+    assert pump_for(delivery.pk) == "delivered"
     assert not Event.objects.filter(parent=deep).exists()
     assert "not routed" in Notification.objects.get(event=deep).subject
 
@@ -200,7 +210,7 @@ def test_reply_messages_past_the_depth_limit_are_not_routed(subscriber, settings
 def test_reply_parameters_are_merged_into_the_subscription_and_sent_next_time(subscriber):
     subscriber.program("/hook", Reply.ok(parameters=[{"name": "cursor", "value": "2"}, {"name": "new", "value": 1}]))
     delivery = make(subscriber, parameters=[{"name": "cursor", "value": "1"}, {"name": "key", "value": "k"}])
-    delivery_attempt(delivery_id=delivery.pk)
+    pump_for(delivery.pk)
     sub = delivery.subscription
     sub.refresh_from_db()
     assert sub.parameters == [
@@ -209,13 +219,13 @@ def test_reply_parameters_are_merged_into_the_subscription_and_sent_next_time(su
         {"name": "new", "value": 1},
     ]
     following = DeliveryFactory(subscription=sub)
-    delivery_attempt(delivery_id=following.pk)
+    pump_for(following.pk)
     assert subscriber.received("/hook")[-1].json()["payload"]["parameters"] == sub.parameters
 
 
 def test_method_override_and_x_hub_store(subscriber):
     delivery = make(subscriber, http_method="PUT")
-    delivery_attempt(delivery_id=delivery.pk)
+    pump_for(delivery.pk)
     [request] = subscriber.received("/hook")
     assert request.method == "PUT"
     assert request.headers["X-Hub-Store"] == delivery.event.store.name
@@ -227,7 +237,7 @@ def test_routing_skips_a_stores_own_subscription_unless_it_asks(store):
     other = SubscriptionFactory()
     filtered_out = SubscriptionFactory(filters=[{"path": "order.channel", "op": "eq", "value": "amazon"}])
     event = EventFactory(store=store, payload={"order": {"number": "R1", "channel": "spree"}})
-    routed = {d.subscription_id for d in deliveries_create_for_event(event=event)}
+    routed = {s.pk for s in subscriptions_for_event(event=event, subscriptions=subscriptions_enabled())}
     assert routed == {asks.pk, other.pk}
     assert own.pk not in routed and filtered_out.pk not in routed
 
@@ -261,7 +271,7 @@ def test_reply_fields_that_are_not_arrays_are_noted_not_dropped_silently(subscri
         ),
     )
     delivery = make(subscriber, parameters=[{"name": "cursor", "value": "1"}])
-    assert delivery_attempt(delivery_id=delivery.pk) == "delivered"
+    assert pump_for(delivery.pk) == "delivered"
     notes = {n.subject: (n.level, n.description) for n in Notification.objects.filter(event=delivery.event)}
     assert notes == {
         f"The reply's '{key}' was not read": ("warn", f"'{key}' must be a JSON array (PROTOCOL §3), not {kind}.")

@@ -11,18 +11,16 @@ from django.utils import timezone
 
 from events.models import Event
 from routing.models import Attempt, Delivery
-from routing.services import (
+from routing.operations import (
     TEST_MESSAGE,
-    deliveries_sweep,
-    delivery_attempt,
     delivery_cancel,
     delivery_replay,
     delivery_retry_now,
-    endpoints_lost,
     subscription_send_test,
 )
+from routing.sweeper import deliveries_sweep, endpoints_lost
 from tests.factories import DeliveryFactory, SubscriptionFactory
-from tests.live import Reply
+from tests.live import Reply, pump_for
 
 
 def refreshed(delivery: Delivery) -> Delivery:
@@ -32,7 +30,7 @@ def refreshed(delivery: Delivery) -> Delivery:
 
 @pytest.mark.django_db(transaction=True)
 def test_two_workers_racing_for_one_delivery_send_it_once(subscriber):
-    """Real threads on their own database connections call delivery_attempt at the same moment."""
+    """Real threads on their own database connections pump the same endpoint at the same moment."""
     subscriber.program("/race", Reply.slow(0.3))
     # Due just now, so that a test worker's sweeper, if one runs, does not join the race.
     delivery = DeliveryFactory(subscription=SubscriptionFactory(url=subscriber.url("/race")))
@@ -42,7 +40,7 @@ def test_two_workers_racing_for_one_delivery_send_it_once(subscriber):
     def work() -> None:
         try:
             barrier.wait()
-            verdicts.append(delivery_attempt(delivery_id=delivery.pk))
+            verdicts.append(pump_for(delivery.pk))
         finally:
             connection.close()
 
@@ -102,11 +100,11 @@ def test_sweep_leaves_a_live_lease_alone():
 def test_retry_now_gives_a_failed_delivery_one_more_attempt(subscriber):
     subscriber.program("/hook", Reply.error(500), Reply.ok())
     delivery = DeliveryFactory(subscription=SubscriptionFactory(url=subscriber.url("/hook"), retry_enabled=False))
-    assert delivery_attempt(delivery_id=delivery.pk) == "failed"
+    assert pump_for(delivery.pk) == "failed"
     assert delivery_retry_now(delivery_id=delivery.pk) is True
     assert refreshed(delivery).state == "retrying"
     assert delivery_retry_now(delivery_id=delivery.pk) is True  # still waiting: harmless to ask again
-    assert delivery_attempt(delivery_id=delivery.pk) == "delivered"
+    assert pump_for(delivery.pk) == "delivered"
     assert delivery_retry_now(delivery_id=delivery.pk) is False
     delivery.event.refresh_from_db()
     assert delivery.event.status == "delivered"
@@ -128,7 +126,7 @@ def test_cancel_stops_a_waiting_delivery_once(subscriber):
     assert delivery_cancel(delivery_id=delivery.pk) is True
     assert delivery_cancel(delivery_id=delivery.pk) is False
     assert refreshed(delivery).state == "cancelled"
-    assert delivery_attempt(delivery_id=delivery.pk) is None
+    assert pump_for(delivery.pk) is None
     assert subscriber.received() == []
     assert delivery_retry_now(delivery_id=delivery.pk) is False
 
@@ -136,7 +134,7 @@ def test_cancel_stops_a_waiting_delivery_once(subscriber):
 @pytest.mark.django_db
 def test_cancel_leaves_delivered_alone(subscriber):
     delivery = DeliveryFactory(subscription=SubscriptionFactory(url=subscriber.url("/hook")))
-    delivery_attempt(delivery_id=delivery.pk)
+    pump_for(delivery.pk)
     assert delivery_cancel(delivery_id=delivery.pk) is False
     assert refreshed(delivery).state == "delivered"
 
@@ -145,7 +143,7 @@ def test_cancel_leaves_delivered_alone(subscriber):
 def test_replay_sends_the_same_event_again_and_asking_twice_makes_one(subscriber):
     subscriber.program("/hook", Reply.error(500), Reply.ok())
     delivery = DeliveryFactory(subscription=SubscriptionFactory(url=subscriber.url("/hook"), retry_enabled=False))
-    delivery_attempt(delivery_id=delivery.pk)
+    pump_for(delivery.pk)
     delivery.event.refresh_from_db()
     assert delivery.event.status == "failed"
 
@@ -156,7 +154,7 @@ def test_replay_sends_the_same_event_again_and_asking_twice_makes_one(subscriber
         delivery.subscription_id,
         delivery.pk,
     )
-    assert delivery_attempt(delivery_id=replay.pk) == "delivered"
+    assert pump_for(replay.pk) == "delivered"
     delivery.event.refresh_from_db()
     assert delivery.event.status == "delivered"
     # The replay went out with the same webhook-id: a receiver that already has it may dedup.
@@ -175,7 +173,7 @@ def test_send_test_reaches_only_that_subscription_once(subscriber):
     assert subscription_send_test(subscription_id=sub.pk).pk == delivery.pk
     assert Delivery.objects.filter(event=delivery.event).count() == 1
     assert delivery.event.message == TEST_MESSAGE and delivery.event.store_id is None
-    assert delivery_attempt(delivery_id=delivery.pk) == "delivered"
+    assert pump_for(delivery.pk) == "delivered"
     assert subscriber.received("/ping")[0].json()["message"] == TEST_MESSAGE
     assert subscriber.received("/other") == []
     assert subscription_send_test(subscription_id=sub.pk).pk != delivery.pk
@@ -187,4 +185,4 @@ def test_send_test_is_not_retried(subscriber):
     subscriber.program("/ping", Reply.error(500))
     sub = SubscriptionFactory(url=subscriber.url("/ping"), retry_schedule=[0, 0])
     delivery = subscription_send_test(subscription_id=sub.pk)
-    assert delivery_attempt(delivery_id=delivery.pk) == "failed"
+    assert pump_for(delivery.pk) == "failed"

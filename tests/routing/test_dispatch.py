@@ -1,4 +1,4 @@
-"""Waking endpoints (routing.dispatch) through the real broker and the real cache: a push does not
+"""Waking endpoints (routing.wakeup) through the real broker and the real cache: a push does not
 publish a second message for an endpoint whose message still waits for a worker."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 
 from infra import cache as hub_cache
-from routing.dispatch import pump_started, pumps_enqueue
+from routing.wakeup import pump_started, pumps_enqueue
 
 
 def test_a_waiting_message_absorbs_the_next_pushes_until_a_worker_looks(unconsumed_queue, settings):

@@ -1,4 +1,4 @@
-"""routing.attempts.events_status_refresh: each event's status from its deliveries as they are in
+"""routing.status.events_status_refresh: each event's status from its deliveries as they are in
 the database, under a row lock, one UPDATE per status that changed."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from events.models import EventStatus
-from routing.attempts import events_status_refresh
 from routing.models import DeliveryState
+from routing.status import events_status_refresh
 from tests.factories import DeliveryFactory, EventFactory, SubscriptionFactory
 
 pytestmark = pytest.mark.django_db

@@ -6,8 +6,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from routing import netguard
-from routing.netguard import DestinationBlocked, address_block_reason, session_guard, url_destination_check
+from routing.transport import netguard
+from routing.transport.netguard import DestinationBlocked, address_block_reason, session_guard, url_destination_check
 
 
 @pytest.mark.parametrize(
@@ -184,7 +184,7 @@ def test_deliveries_through_a_proxy_are_refused_while_the_guard_is_on(local_serv
 def test_the_subscription_url_validator_refuses_forbidden_destinations(url, settings):
     from django.core.exceptions import ValidationError
 
-    from routing.netguard import subscription_url_validate
+    from routing.transport.netguard import subscription_url_validate
 
     settings.HUB_ALLOW_PRIVATE_DESTINATIONS = False
     with pytest.raises(ValidationError) as caught:

@@ -12,9 +12,8 @@ from django.db import connection
 from django.utils import timezone
 
 from routing.models import Attempt, Delivery
-from routing.pump import PumpResult
-from routing.services import deliveries_pump, deliveries_sweep
-from routing.tasks import delivery_attempt_task
+from routing.pump import PumpResult, deliveries_pump
+from routing.sweeper import deliveries_sweep
 from tests.factories import DeliveryFactory, EventFactory, SubscriptionFactory
 from tests.live import Reply
 
@@ -82,15 +81,6 @@ def test_what_the_time_budget_leaves_unsent_goes_back_as_it_was_and_is_handed_on
     assert not Attempt.objects.filter(delivery__in=rest).exists()
     rest[0].event.refresh_from_db()
     assert rest[0].event.status == "queued"  # nothing of it has started
-
-
-def test_a_message_published_before_batches_wakes_its_delivery_endpoint(subscriber):
-    """A hub upgraded with `routing.delivery_attempt` messages still in its broker sends them."""
-    sub = SubscriptionFactory(url=subscriber.url("/upgraded"))
-    old, other = backlog(sub, 2)
-    delivery_attempt_task(old.pk)  # the task's own code, in this process
-    assert set(Delivery.objects.filter(pk__in=[old.pk, other.pk]).values_list("state", flat=True)) == {"delivered"}
-    delivery_attempt_task(999999)  # a delivery since purged: nothing to do
 
 
 @pytest.mark.django_db(transaction=True)
@@ -186,14 +176,14 @@ def test_a_full_batch_wakes_another_pump_of_the_endpoint(
 def test_a_claim_brings_its_deliveries_events_and_stores_in_its_own_statement(settings, max_in_flight):
     from django.test.utils import CaptureQueriesContext
 
-    from routing.claims import batch_claim
+    from routing.claim import batch_claim
 
     sub = SubscriptionFactory(max_in_flight=max_in_flight)
     big = {"order": {"number": "R9", "id": 2**70, "total": "9.90"}}
     pushed = DeliveryFactory(subscription=sub, event=EventFactory(payload=big, resource_key=None))
     reply = DeliveryFactory(subscription=sub, event=EventFactory(store=None, resource_key=None))
     with CaptureQueriesContext(connection) as queries:
-        batch = batch_claim(sub=sub, only=None, budget=5)
+        batch = batch_claim(sub=sub, budget=5)
         # Everything a send reads is loaded: the event, its payload parsed, the store (or none).
         assert [d.pk for d in batch.deliveries] == [pushed.pk, reply.pk]
         first, second = batch.deliveries
@@ -224,7 +214,7 @@ def _values(instance) -> dict:
 
 @pytest.mark.parametrize("with_store", [True, False])
 def test_the_pump_reads_its_endpoint_as_the_orm_does(with_store):
-    from routing.claims import subscription_read
+    from routing.claim import subscription_read
     from routing.models import Subscription
     from tests.factories import StoreFactory
 
@@ -248,11 +238,11 @@ def test_the_pump_reads_its_endpoint_as_the_orm_does(with_store):
 
 
 def test_claimed_rows_are_the_orms_rows():
-    from routing.claims import batch_claim
+    from routing.claim import batch_claim
 
     sub = SubscriptionFactory()
     delivery = DeliveryFactory(subscription=sub, event=EventFactory(resource_key=None))
-    (claimed,) = batch_claim(sub=sub, only=None, budget=5).deliveries
+    (claimed,) = batch_claim(sub=sub, budget=5).deliveries
     orm = Delivery.objects.select_related("event", "event__store").get(pk=delivery.pk)
     assert _values(claimed) == _values(orm)
     assert _values(claimed.event) == _values(orm.event)

@@ -9,7 +9,7 @@ import pytest
 from events.models import Event
 from routing.models import Delivery, Notification, ReturnedObject
 from routing.pump import deliveries_pump
-from routing.returned_objects import object_messages_validate, object_type_singular, returned_types
+from routing.returned_types import object_messages_validate, object_type_singular, returned_types
 from tests.factories import DeliveryFactory, EventFactory, SubscriptionFactory
 from tests.live import Reply
 

@@ -1,5 +1,5 @@
-"""A routed push writes its event and deliveries in one atomic step (events.services.event_row_insert
-with dependents): on PostgreSQL one statement, committed when it returns, with the same rows the
+"""A routed push writes its event and deliveries in one atomic step (routing.outbox
+_event_with_deliveries_insert): on PostgreSQL one statement, committed when it returns, with the same rows the
 ORM writes; a repeat writes nothing, and a failure leaves nothing half-written. The pushes wake
 no worker (unconsumed_queue): the session's worker would send what they write."""
 
@@ -10,8 +10,10 @@ from django.db import IntegrityError, connection
 from django.test.utils import CaptureQueriesContext
 
 from events.models import Event, EventStatus
-from events.services import envelope_validate, event_build, event_row_insert
+from events.services import event_build
+from events.validation import envelope_validate
 from routing.models import Delivery, Subscription
+from routing.outbox import _event_with_deliveries_insert
 from tests.factories import StoreFactory, SubscriptionFactory
 
 
@@ -99,6 +101,6 @@ def test_an_event_whose_deliveries_cannot_be_written_is_not_written_either():
     Subscription.objects.filter(pk=gone.pk).delete()  # deleted after routing chose it
 
     with pytest.raises(IntegrityError):
-        event_row_insert(event, dependents=[delivery])
+        _event_with_deliveries_insert(event, [delivery], savepoint=False)
 
     assert (Event.objects.count(), Delivery.objects.count()) == (0, 0)

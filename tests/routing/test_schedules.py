@@ -15,7 +15,8 @@ from django.utils import timezone
 from events.models import Event
 from routing.models import Delivery, Notification, Schedule
 from routing.pump import deliveries_pump
-from routing.schedules import schedule_next_run, schedule_run_now, schedule_validate, schedules_run
+from routing.schedules import schedule_run_now, schedules_run
+from routing.timing import schedule_next_run, schedule_validate
 from tests.factories import SubscriptionFactory
 from tests.live import OrdersSource
 

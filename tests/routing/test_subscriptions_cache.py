@@ -1,5 +1,5 @@
 """Routing reads the enabled subscriptions at most once per HUB_SUBSCRIPTIONS_CACHE_SECONDS per
-process (routing.selectors.subscriptions_enabled_for_routing): what a change to them reaches, and
+process (routing.subscriptions.subscriptions_enabled_for_routing): what a change to them reaches, and
 when."""
 
 import time
@@ -8,7 +8,7 @@ import pytest
 from django.conf import settings as django_settings
 
 from events.models import Event
-from routing import selectors
+from infra import ttl
 from routing.models import Delivery, Subscription
 from tests.factories import SubscriptionFactory
 
@@ -45,7 +45,7 @@ def test_a_change_behind_the_process_back_reaches_routing_once_the_lifetime_has_
     # Within the lifetime the remembered list still routes to it: the documented staleness.
     assert Delivery.objects.filter(event=_push(api, "two")).count() == 1
     later = time.monotonic() + django_settings.HUB_SUBSCRIPTIONS_CACHE_SECONDS + 0.1
-    monkeypatch.setattr(selectors.time, "monotonic", lambda: later)
+    monkeypatch.setattr(ttl.time, "monotonic", lambda: later)
     assert _push(api, "three").status == "unrouted"
 
 
@@ -61,7 +61,7 @@ def test_routing_reads_and_keeps_no_secret_of_the_subscriptions(api):
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from routing.selectors import subscriptions_cache_clear, subscriptions_enabled_for_routing
+    from routing.subscriptions import subscriptions_cache_clear, subscriptions_enabled_for_routing
 
     SubscriptionFactory(parameters=[{"name": "api_key", "value": "k1"}], filters=[])
     subscriptions_cache_clear()

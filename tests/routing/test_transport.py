@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook
 
 from routing.models import signing_secret_new
-from routing.transport import json_compact, method_for, request_build, request_send, session_get, session_new
+from routing.transport.exchange import request_send, session_get, session_new
+from routing.transport.request import json_compact, method_for, request_build
 from tests.live import Reply, free_port, wait_until
 
 SECRET = signing_secret_new()

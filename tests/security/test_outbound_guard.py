@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from routing import transport
 from routing.models import Delivery, DeliveryState
-from routing.pump import delivery_attempt
+from routing.transport import exchange
+from routing.transport.request import request_build
 from tests.factories import DeliveryFactory, SubscriptionFactory
-from tests.live import Subscriber, Worker, queue_purge, wait_until, workers_paused
+from tests.live import Subscriber, Worker, pump_for, queue_purge, wait_until, workers_paused
 
 GUARDED_QUEUE = "hub-test-guarded"
 
@@ -32,7 +32,7 @@ FORBIDDEN = [
 def _pools_drop() -> None:
     # Pooled keep-alive connections were checked when they were opened; a test that changes the
     # setting makes the next request dial (and be checked) anew.
-    transport.session_get().close()
+    exchange.session_get().close()
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def test_a_delivery_to_a_forbidden_destination_fails_and_reaches_nobody(
     subscription = SubscriptionFactory(url=template.format(port=subscriber.port), retry_enabled=False)
     delivery = DeliveryFactory(subscription=subscription)
 
-    assert delivery_attempt(delivery_id=delivery.pk) == "failed"
+    assert pump_for(delivery.pk) == "failed"
 
     delivery = _failed_once(delivery)
     [attempt] = delivery.attempts.all()
@@ -76,7 +76,7 @@ def test_the_same_local_subscriber_is_reached_when_private_destinations_are_allo
     settings.HUB_ALLOW_PRIVATE_DESTINATIONS = True
     subscription = SubscriptionFactory(url=subscriber.url("/guarded"), retry_enabled=False)
     delivery = DeliveryFactory(subscription=subscription)
-    assert delivery_attempt(delivery_id=delivery.pk) == "delivered"
+    assert pump_for(delivery.pk) == "delivered"
     assert len(subscriber.received("/guarded")) == 1
 
 
@@ -85,7 +85,7 @@ def test_the_metadata_address_stays_refused_when_private_destinations_are_allowe
     settings.HUB_ALLOW_PRIVATE_DESTINATIONS = True
     subscription = SubscriptionFactory(url="http://169.254.169.254/latest/meta-data/", retry_enabled=False)
     delivery = DeliveryFactory(subscription=subscription)
-    assert delivery_attempt(delivery_id=delivery.pk) == "failed"
+    assert pump_for(delivery.pk) == "failed"
     [attempt] = _failed_once(delivery).attempts.all()
     assert attempt.error.startswith("refused by the SSRF guard: Delivery to 169.254.169.254 is blocked")
     assert "never allowed" in attempt.error
@@ -95,15 +95,15 @@ def test_the_metadata_address_stays_refused_when_private_destinations_are_allowe
 def test_a_host_that_does_not_resolve_is_a_connection_failure_not_a_guard_refusal(guard_on):
     subscription = SubscriptionFactory(url="http://no-such-host.invalid/hook", retry_enabled=False)
     delivery = DeliveryFactory(subscription=subscription)
-    assert delivery_attempt(delivery_id=delivery.pk) == "failed"
+    assert pump_for(delivery.pk) == "failed"
     [attempt] = _failed_once(delivery).attempts.all()
     assert attempt.error.startswith("connection failed: The host 'no-such-host.invalid' cannot be resolved")
 
 
 def test_the_delivery_session_is_guarded_and_follows_no_redirects():
-    from routing.netguard import GuardedAdapter
+    from routing.transport.netguard import GuardedAdapter
 
-    session = transport.session_new()
+    session = exchange.session_new()
     assert isinstance(session.get_adapter("http://example.com/"), GuardedAdapter)
     assert isinstance(session.get_adapter("https://example.com/"), GuardedAdapter)
     assert session.trust_env is False and session.max_redirects == 0
@@ -114,7 +114,7 @@ def test_a_redirect_to_the_metadata_address_is_recorded_not_followed(settings, s
     from tests.live import Reply
 
     subscriber.program("/moved", Reply(302, json={}, headers={"Location": "http://169.254.169.254/latest/"}))
-    request = transport.request_build(
+    request = request_build(
         url=subscriber.url("/moved"),
         message="order:new",
         message_id="m-1",
@@ -124,7 +124,7 @@ def test_a_redirect_to_the_metadata_address_is_recorded_not_followed(settings, s
         signing_secret="whsec_" + "a" * 44,
         token="tok",
     )
-    result = transport.request_send(request, timeout=5)
+    result = exchange.request_send(request, timeout=5)
     assert (result.status_code, result.succeeded, result.error) == (302, False, "HTTP 302")
     assert result.response_headers["location"] == "http://169.254.169.254/latest/"
     assert [r.path for r in subscriber.received()] == ["/moved"]
@@ -241,7 +241,7 @@ def test_tls_verifies_the_host_name_while_the_dial_is_pinned_to_the_checked_addr
     checks it and dials 127.0.0.1 itself; the certificate is still checked against 'localhost'."""
     import requests
 
-    from routing.netguard import session_guard
+    from routing.transport.netguard import session_guard
 
     port, cert_path = https_localhost
     session = session_guard(requests.Session(), allow_private=True)
@@ -279,7 +279,7 @@ def test_a_stored_url_with_credentials_is_refused_at_send_time_and_not_retried(
     Subscription.objects.filter(pk=subscription.pk).update(url=f"http://{userinfo}127.0.0.1:{subscriber.port}/basic")
     delivery = DeliveryFactory(subscription=subscription)
 
-    assert delivery_attempt(delivery_id=delivery.pk) == "failed"
+    assert pump_for(delivery.pk) == "failed"
 
     delivery = _failed_once(delivery)
     assert delivery.attempt_count == 1
@@ -305,7 +305,7 @@ def test_a_stored_url_with_credentials_is_refused_at_send_time_and_not_retried(
 def test_a_delivery_to_link_local_or_metadata_fails_whatever_the_setting(either_setting, url: str, reason: str):
     subscription = SubscriptionFactory(url=url, retry_enabled=False)
     delivery = DeliveryFactory(subscription=subscription)
-    assert delivery_attempt(delivery_id=delivery.pk) == "failed"
+    assert pump_for(delivery.pk) == "failed"
     [attempt] = _failed_once(delivery).attempts.all()
     assert attempt.error.startswith("refused by the SSRF guard: Delivery to ")
     assert reason in attempt.error and "never allowed" in attempt.error
@@ -315,7 +315,7 @@ def test_a_delivery_to_link_local_or_metadata_fails_whatever_the_setting(either_
 def test_a_delivery_to_a_deprecated_site_local_address_fails_while_the_guard_is_on(guard_on):
     subscription = SubscriptionFactory(url="http://[fec0::1]/hook", retry_enabled=False)
     delivery = DeliveryFactory(subscription=subscription)
-    assert delivery_attempt(delivery_id=delivery.pk) == "failed"
+    assert pump_for(delivery.pk) == "failed"
     [attempt] = _failed_once(delivery).attempts.all()
     assert attempt.error.startswith(
         "refused by the SSRF guard: Delivery to fec0::1 is blocked: it is a deprecated site-local address."

@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 
 from events.messages import message_canonical
 from events.models import Event
-from events.services import envelope_validate
+from events.validation import envelope_validate
 
 pytestmark = pytest.mark.django_db
 

@@ -15,10 +15,10 @@ from django.db.models import Q
 
 from events.models import Event
 from routing.models import Delivery, Notification
-from routing.services import deliveries_pump, delivery_attempt
+from routing.pump import deliveries_pump
 from tests.conftest import TEST_QUEUE, _worker_env, deliveries_settle
 from tests.factories import DeliveryFactory, EventFactory, SubscriptionFactory
-from tests.live import Received, Reply, Worker, queue_purge, wait_until, workers_paused
+from tests.live import Received, Reply, Worker, pump_for, queue_purge, wait_until, workers_paused
 
 
 def onward(count: int, message: str = "stock:update") -> Reply:
@@ -48,15 +48,15 @@ def test_onward_messages_past_the_root_events_budget_are_dropped_and_said_so(sub
     wms = SubscriptionFactory(url=subscriber.url("/wms"), message_types=["shipment:confirm"])
     root = DeliveryFactory(subscription=erp, event=EventFactory(message="order:new")).event
 
-    assert delivery_attempt(delivery_id=Delivery.objects.get(event=root).pk) == "delivered"
+    assert pump_for(Delivery.objects.get(event=root).pk) == "delivered"
     children = list(Event.objects.filter(parent=root).order_by("id"))
     assert len(children) == 3
     assert not Notification.objects.filter(event=root).exists()
 
     # Two generations down the budget is shared: 2 of the next 3 fit, then none.
     first, second = (Delivery.objects.get(event=child, subscription=wms) for child in children[:2])
-    assert delivery_attempt(delivery_id=first.pk) == "delivered"
-    assert delivery_attempt(delivery_id=second.pk) == "delivered"
+    verdicts = deliveries_pump(subscription_id=wms.pk).verdicts
+    assert (verdicts[first.pk], verdicts[second.pk]) == ("delivered", "delivered")
     assert Event.objects.filter(parent=children[0]).count() == 2
     assert Event.objects.filter(parent=children[1]).count() == 0
     assert Event.objects.filter(tree(root)).count() == 1 + 5
@@ -94,7 +94,7 @@ def test_invalid_onward_messages_take_nothing_from_the_budget(subscriber, settin
     reply = Reply.ok(messages=[{"payload": {}}, {"message": "stock:update", "payload": {}}, {"message": 7}])
     subscriber.program("/erp", reply)
     delivery = DeliveryFactory(subscription=SubscriptionFactory(url=subscriber.url("/erp")))
-    assert delivery_attempt(delivery_id=delivery.pk) == "delivered"
+    assert pump_for(delivery.pk) == "delivered"
     assert Event.objects.filter(parent=delivery.event).count() == 1
     notes = Notification.objects.filter(event=delivery.event)
     assert sorted(n.subject for n in notes) == ["Returned message 1 ignored", "Returned message 3 ignored"]
@@ -177,8 +177,7 @@ def test_parameters_that_grow_past_the_size_cap_are_refused_whole_and_said_so(su
     subscriber.respond_with("/grow", grow)
     sub = SubscriptionFactory(url=subscriber.url("/grow"))
     deliveries = [DeliveryFactory(subscription=sub, event=EventFactory(payload={"n": n})) for n in range(5)]
-    for delivery in deliveries:
-        assert delivery_attempt(delivery_id=delivery.pk) == "delivered"
+    assert deliveries_pump(subscription_id=sub.pk).verdicts == {d.pk: "delivered" for d in deliveries}
     sub.refresh_from_db()
     assert [p["name"] for p in sub.parameters] == ["blob0", "cursor", "blob1", "blob2"]
     assert {p["name"]: p["value"] for p in sub.parameters}["cursor"] == 2
@@ -187,7 +186,9 @@ def test_parameters_that_grow_past_the_size_cap_are_refused_whole_and_said_so(su
         [note] = Notification.objects.filter(event=delivery.event)
         assert (note.level, note.subject) == ("error", "The reply's parameters were not stored")
         assert "HUB_MAX_PARAMETERS_BYTES" in note.description and "65536" in note.description
-    # What later deliveries carry is what was kept.
+    # What later deliveries carry is what was kept (a pump reads the subscription when it starts).
+    later = DeliveryFactory(subscription=sub, event=EventFactory(payload={"n": 5}))
+    assert pump_for(later.pk) == "delivered"
     last = subscriber.received("/grow")[-1].json()["payload"]["parameters"]
     assert [p["name"] for p in last] == ["blob0", "cursor", "blob1", "blob2"]
 
@@ -201,15 +202,16 @@ def test_parameters_past_the_count_cap_are_refused_and_an_ordinary_reply_still_m
         Reply.ok(parameters=[{"name": "cursor", "value": "2"}, {"name": "new", "value": 1}]),
     )
     sub = SubscriptionFactory(url=subscriber.url("/hook"), parameters=[{"name": "cursor", "value": "1"}])
-    refused, merged = DeliveryFactory(subscription=sub), DeliveryFactory(subscription=sub)
-    assert delivery_attempt(delivery_id=refused.pk) == "delivered"
+    refused = DeliveryFactory(subscription=sub)
+    assert pump_for(refused.pk) == "delivered"
     sub.refresh_from_db()
     assert sub.parameters == [{"name": "cursor", "value": "1"}]
     [note] = Notification.objects.filter(event=refused.event)
     assert note.subject == "The reply's parameters were not stored"
     assert "would hold 7" in note.description and "HUB_MAX_PARAMETERS)" in note.description
 
-    assert delivery_attempt(delivery_id=merged.pk) == "delivered"
+    merged = DeliveryFactory(subscription=sub)
+    assert pump_for(merged.pk) == "delivered"
     sub.refresh_from_db()
     assert sub.parameters == [{"name": "cursor", "value": "2"}, {"name": "new", "value": 1}]
     assert not Notification.objects.filter(event=merged.event).exists()

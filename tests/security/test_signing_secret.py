@@ -13,8 +13,8 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from routing.encryption import secret_is_encrypted
 from routing.fields import column_decrypt_existing, column_encrypt_existing
 from routing.models import Subscription
-from routing.services import subscription_secret_rotate
-from routing.transport import request_build
+from routing.operations import subscription_secret_rotate
+from routing.transport.request import request_build
 from tests.factories import SubscriptionFactory
 
 

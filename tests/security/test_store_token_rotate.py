@@ -9,6 +9,7 @@ from rest_framework.test import APIClient
 from events.models import Store
 from events.selectors import store_cache_clear
 from events.services import store_token_rotate
+from infra import ttl
 
 pytestmark = pytest.mark.django_db
 
@@ -58,13 +59,12 @@ def test_zero_grace_revokes_a_token_in_use_at_once(store, client):
 def test_a_token_revoked_by_another_process_is_refused_once_the_cache_expires(store, client, monkeypatch):
     # Another web process (simulated: the database changed behind this one's back) revokes the
     # token; this process keeps taking it only until its memory of the store runs out.
-    from events import selectors
 
     assert _push(client, store.token).status_code == 202
     Store.objects.filter(pk=store.pk).update(token_hash="0" * 64)
     assert _push(client, store.token).status_code == 202  # within HUB_STORE_AUTH_CACHE_SECONDS
     later = time.monotonic() + django_settings.HUB_STORE_AUTH_CACHE_SECONDS + 0.1
-    monkeypatch.setattr(selectors.time, "monotonic", lambda: later)
+    monkeypatch.setattr(ttl.time, "monotonic", lambda: later)
     assert _push(client, store.token).status_code == 401
 
 

@@ -1,33 +1,22 @@
 import argparse
-import re
 import sys
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from django.core.management.base import BaseCommand, CommandError
-from django.utils import timezone
-from django.utils.dateparse import parse_date, parse_datetime
 from tqdm import tqdm
 
 from events.messages import InvalidMessageName, message_canonical
+from events.validation import since_parse
 from ops.selectors import deliveries_failed
-from routing import services as routing_services
+from routing import operations
 from routing.models import Subscription
 
-_RELATIVE = re.compile(r"^(\d+)([mhd])$")
-_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
 
-
-def since_parse(value: str) -> datetime:
-    """'2026-01-31', '2026-01-31T12:00:00Z', or relative: '90m', '6h', '2d'."""
-    relative = _RELATIVE.match(value.strip())
-    if relative:
-        return timezone.now() - timedelta(**{_UNITS[relative.group(2)]: int(relative.group(1))})
-    parsed = parse_datetime(value)
-    if parsed is None and (day := parse_date(value)) is not None:
-        parsed = datetime(day.year, day.month, day.day)
-    if parsed is None:
+def since_parse_or_refuse(value: str) -> datetime:
+    since = since_parse(value, relative=True)
+    if since is None:
         raise CommandError(f"--since '{value}' is neither a date, an ISO 8601 date-time, nor like 6h or 2d.")
-    return parsed if timezone.is_aware(parsed) else timezone.make_aware(parsed, timezone.utc)
+    return since
 
 
 class Command(BaseCommand):
@@ -63,20 +52,17 @@ class Command(BaseCommand):
             except InvalidMessageName as exc:
                 raise CommandError(str(exc)) from None
         selected = deliveries_failed(
-            subscription=subscription, message=message, since=since_parse(since) if since else None
+            subscription=subscription, message=message, since=since_parse_or_refuse(since) if since else None
         )
         ids = list(selected.values_list("id", flat=True)[:limit] if limit else selected.values_list("id", flat=True))
         if dry_run:
             self.stdout.write(f"Dry run: {len(ids)} failed deliveries would be sent again.")
             return
-        retry_now = getattr(routing_services, "delivery_retry_now", None)
-        if retry_now is None:
-            raise CommandError("This hub's routing has no delivery_retry_now yet; replay needs it.")
         retried = skipped = 0
         show = progress if progress is not None else len(ids) > 1 and sys.stderr.isatty()
         for delivery_id in tqdm(ids, unit="delivery", disable=not show, file=sys.stderr):
             # False when it changed meanwhile (delivered, cancelled) or its endpoint is disabled.
-            if retry_now(delivery_id=delivery_id):
+            if operations.delivery_retry_now(delivery_id=delivery_id):
                 retried += 1
             else:
                 skipped += 1

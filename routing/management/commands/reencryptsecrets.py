@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from routing.services import subscription_secrets_reencrypt
+from routing.operations import subscription_secrets_reencrypt
 
 
 class Command(BaseCommand):

@@ -1,9 +1,9 @@
-"""Telling the workers which endpoints have deliveries due: one broker message per endpoint.
+"""Waking the workers: one broker message per endpoint with deliveries due.
 
 A message names a subscription, not a delivery: the worker that takes it sends that endpoint's due
-deliveries, a batch at a time, until none is left (routing.pump). The database is the memory of what
-is owed; a message is only a wake-up, so a repeated one costs a look and a lost one is made good by
-the sweeper, which wakes every endpoint that has due deliveries.
+deliveries until none is left (routing.pump). The database is the memory of what is owed; a message
+is only a wake-up, so a repeated one costs a look and a lost one is made good by the sweeper.
+Published by task name, so that nothing on the way to the broker imports the tasks.
 """
 
 from __future__ import annotations
@@ -12,33 +12,36 @@ import logging
 import time
 from collections.abc import Iterable
 
+from celery import current_app
 from django.conf import settings
 from django.core.cache import cache
 
 from infra.cache import cache_available, cache_failed
 from infra.metrics import redis_error_count
+from infra.ttl import TtlCache
 
 logger = logging.getLogger(__name__)
+
+# The task that sends an endpoint's due deliveries (routing.tasks).
+PUMP_TASK = "routing.deliveries_pump"
 
 # Until when (time.monotonic) this process leaves publishing to the sweeper after a broker failure.
 _broker_down_until = [0.0]
 # While the cache is away, this process's own pending marks (endpoint -> until when, monotonic):
 # coalescing falls back to a message per endpoint per process and HUB_PUMP_COALESCE_SECONDS, not
-# one per push, which after an outage buried the workers in messages that each cost a look.
-_local_pending: dict[int, float] = {}
+# one per push, which would bury the workers in messages that each cost a look.
+_local_pending: TtlCache[int, bool] = TtlCache()
 
 
 def _pending_key(subscription_id: int) -> str:
-    from celery import current_app as app
-
     # Per queue: two hubs (or a hub and its benchmark) may share one Redis.
-    return f"pump-pending:{app.conf.task_default_queue}:{subscription_id}"
+    return f"pump-pending:{current_app.conf.task_default_queue}:{subscription_id}"
 
 
 def pump_started(subscription_id: int) -> None:
     """A worker is about to look at the endpoint: whatever is committed from now on, it may miss,
     so the next push must publish again (see pumps_enqueue's `coalesce`)."""
-    _local_pending.pop(subscription_id, None)
+    _local_pending.discard(subscription_id)
     if settings.HUB_PUMP_COALESCE_SECONDS > 0 and cache_available():
         try:
             cache.delete(_pending_key(subscription_id))
@@ -63,13 +66,7 @@ def _already_pending(subscription_id: int) -> bool:
 def _already_pending_locally(subscription_id: int) -> bool:
     """The mark kept in this process only. No worker clears it, so a push in its last moments may
     wait for the next push's message (or the sweeper) instead of its own: the price of no cache."""
-    now = time.monotonic()
-    if _local_pending.get(subscription_id, 0.0) > now:
-        return True
-    if len(_local_pending) >= 10_000:
-        _local_pending.clear()
-    _local_pending[subscription_id] = now + settings.HUB_PUMP_COALESCE_SECONDS
-    return False
+    return not _local_pending.add(subscription_id, True, settings.HUB_PUMP_COALESCE_SECONDS)
 
 
 def pumps_enqueue(
@@ -78,11 +75,9 @@ def pumps_enqueue(
     """Ask the workers to send these endpoints' due deliveries; returns the ids actually published.
 
     With `coalesce` (new deliveries, at once) an endpoint whose message is still waiting for a
-    worker gets none: at 100 pushes a second to one endpoint that is most of them. A broker outage
+    worker gets none: under a steady stream of pushes to one endpoint that is most of them. A broker outage
     is not the store's problem: the deliveries are durable and the sweeper wakes their endpoints
     once the broker is back."""
-    from routing.tasks import deliveries_pump_task
-
     ids = list(dict.fromkeys(subscription_ids))
     if not ids or time.monotonic() < _broker_down_until[0]:
         # Right after a broker failure, trying again would make every push wait out the broker
@@ -93,15 +88,12 @@ def pumps_enqueue(
     published: list[int] = []
     for subscription_id in ids:
         try:
-            if countdown:
-                deliveries_pump_task.apply_async(args=[subscription_id], countdown=countdown)
-            else:
-                deliveries_pump_task.delay(subscription_id)
+            current_app.send_task(PUMP_TASK, args=[subscription_id], countdown=countdown or None)
         except Exception:  # noqa: BLE001 - any broker failure; the database still holds the deliveries
             logger.warning(
                 "broker unavailable; deliveries left for the sweeper", extra={"subscription_id": subscription_id}
             )
-            if str(deliveries_pump_task.app.conf.broker_url or "").startswith(("redis://", "rediss://")):
+            if str(current_app.conf.broker_url or "").startswith(("redis://", "rediss://")):
                 redis_error_count("publish")
             _broker_down_until[0] = time.monotonic() + settings.HUB_BROKER_BACKOFF_SECONDS
             if coalesce:

@@ -1,34 +1,22 @@
-"""What follows an attempt: the endpoint's standing (failing, disabled), what it replied (PROTOCOL
-§3), and the event's status; and the rules that say which delivery may go (order, in-flight limit).
-Sending itself, a batch at a time, is routing.pump."""
+"""What an endpoint replied (PROTOCOL §3): notifications stored, onward messages accepted as new
+events through the outbox, returned parameters merged into the subscription."""
 
 from __future__ import annotations
 
-import functools
 import json
-import logging
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
 
 from events.errors import HubError
-from events.models import Event, EventStatus
-from events.services import Envelope, descendants_reserve, envelope_validate, event_roots, json_type
-from routing.models import (
-    Delivery,
-    DeliveryState,
-    Notification,
-    NotificationLevel,
-    Subscription,
-)
+from events.services import descendants_reserve, event_roots
+from events.validation import Envelope, envelope_validate, json_type
+from routing.models import Delivery, Notification, NotificationLevel, Subscription
+from routing.outbox import event_accept
 from routing.returned_objects import ObjectsRead, objects_read, objects_take_in
-from routing.rows import placeholders
-
-logger = logging.getLogger(__name__)
+from routing.returned_types import objects_present
 
 # An endpoint may say a lot; past these we keep the first ones and note that the rest were dropped.
 REPLY_MAX_NOTIFICATIONS = 50
@@ -41,64 +29,13 @@ _LEVELS = {
 }
 
 
-def subscription_max_in_flight(subscription: Subscription) -> int:
-    """How many deliveries may be on the wire to this endpoint at once; 0 for no limit."""
-    if subscription.max_in_flight is not None:
-        return subscription.max_in_flight
-    return settings.HUB_SUBSCRIPTION_MAX_IN_FLIGHT
+# A reply worth reading past its status: anything else ({} or a bare acknowledgement) needs no writes.
+_REPLY_KEYS = ("notifications", "messages", "parameters")
 
 
-class _AttemptLike(Protocol):
-    succeeded: bool
-    status_code: int | None
-    error: str
-
-
-def attempt_outcome(result: _AttemptLike) -> str:
-    """A small, fixed vocabulary for what kind of thing happened on the wire, of an exchange or a
-    recorded Attempt: the metrics label, and what a store is told instead of the error text (which
-    can name the endpoint's host, port and path)."""
-    if result.succeeded:
-        return "success"
-    if result.status_code is None:
-        return "timeout" if "timed out" in result.error.lower() else "connection_error"
-    if 200 <= result.status_code < 300:
-        return "invalid_reply"
-    return "http_error"
-
-
-def subscription_failing(*, subscription: Subscription, now: Any, delivery: Delivery) -> None:
-    Subscription.objects.filter(pk=subscription.pk, failing_since__isnull=True).update(failing_since=now)
-    since = Subscription.objects.filter(pk=subscription.pk).values_list("failing_since", flat=True).get()
-    limit = timedelta(seconds=settings.HUB_SUBSCRIPTION_DISABLE_AFTER_SECONDS)
-    if since is not None and now - since >= limit:
-        subscription_disable(
-            subscription_id=subscription.pk,
-            reason=f"the endpoint has failed every attempt since {since:%Y-%m-%d %H:%M} UTC",
-            event=None,
-            delivery=delivery,
-        )
-
-
-def subscription_disable(
-    *, subscription_id: int, reason: str, event: Event | None = None, delivery: Delivery | None = None
-) -> bool:
-    """Turn an endpoint off and say why where the admin looks; False when it was already off."""
-    changed = Subscription.objects.filter(pk=subscription_id, is_enabled=True).update(
-        is_enabled=False, disabled_reason=reason[:200]
-    )
-    if changed:
-        Notification.objects.create(
-            subscription_id=subscription_id,
-            event=event,
-            delivery=delivery,
-            level=NotificationLevel.ERROR,
-            subject="Subscription disabled",
-            description=f"Disabled because {reason}. Fix the endpoint, then enable the subscription again.",
-            resource_key=event.resource_key if event is not None else None,
-        )
-        logger.warning("subscription disabled", extra={"subscription_id": subscription_id, "reason": reason})
-    return bool(changed)
+def reply_has_content(reply: Any) -> bool:
+    """Whether a reply carries anything for replies_process to take in."""
+    return isinstance(reply, Mapping) and (any(reply.get(key) for key in _REPLY_KEYS) or objects_present(reply))
 
 
 class ParametersRefused(ValueError):
@@ -164,8 +101,6 @@ def _reply_read(delivery: Delivery, body: Mapping[str, Any]) -> _Reply:
 
 
 def _reply_take_in(r: _Reply) -> None:
-    from routing.services import event_accept
-
     event = r.delivery.event
     sub = r.delivery.subscription
     reply = r.body
@@ -289,86 +224,3 @@ def _parameters_check(parameters: list[dict[str, Any]], *, returned: int) -> Non
             f"{size} bytes of JSON; at most {limit} are kept (HUB_MAX_PARAMETERS_BYTES), and every delivery "
             "carries them. Nothing of the reply's parameters was stored."
         )
-
-
-def event_status_derive(states: list[tuple[int, int, str, int]]) -> str:
-    """An event's status from its deliveries, given as (subscription_id, delivery_id, state,
-    attempt_count). For each subscription only its latest delivery counts (a replay supersedes
-    what it replays); cancelled deliveries count only when nothing else is left."""
-    latest: dict[int, tuple[int, str, int]] = {}
-    for sub_id, delivery_id, state, attempts in states:
-        if sub_id not in latest or delivery_id > latest[sub_id][0]:
-            latest[sub_id] = (delivery_id, state, attempts)
-    if not latest:
-        return EventStatus.UNROUTED
-    current = [(state, attempts) for _, state, attempts in latest.values()]
-    live = [c for c in current if c[0] != DeliveryState.CANCELLED] or current
-    open_states = {DeliveryState.PENDING, DeliveryState.RETRYING, DeliveryState.DELIVERING}
-    if any(state in open_states for state, _ in live):
-        started = any(attempts > 0 or state != DeliveryState.PENDING for state, attempts in live)
-        return EventStatus.DELIVERING if started else EventStatus.QUEUED
-    delivered = sum(1 for state, _ in live if state == DeliveryState.DELIVERED)
-    if delivered == len(live):
-        return EventStatus.DELIVERED
-    return EventStatus.PARTIALLY_FAILED if delivered else EventStatus.FAILED
-
-
-def event_status_refresh(*, event_id: int) -> str:
-    """Recompute an event's status under a row lock, so deliveries finishing together agree."""
-    return events_status_refresh(event_ids=[event_id]).get(event_id, "")
-
-
-def events_status_refresh(*, event_ids: Collection[int]) -> dict[int, str]:
-    """event_status_refresh for several events with one lock, one read and one UPDATE per new
-    status; locked in id order, so two batches ending events of one fan-out cannot deadlock.
-
-    Written-out SQL: every batch a pump records ends here, and the ORM took three times as long
-    to compile the locking join and the UPDATE as PostgreSQL to run them (2.2 ms of CPU for one
-    event on a slow day)."""
-    ids = sorted(set(event_ids))
-    if not ids:
-        return {}
-    # No savepoint inside a caller's transaction (two round trips fewer): nothing here is caught
-    # and retried, so a failure rolls back the caller's transaction as a whole anyway.
-    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
-        # The lock and the read in one statement: each event with its deliveries (or none).
-        cursor.execute(_events_locked_sql(len(ids)), ids)
-        current: dict[int, str] = {}
-        rows: dict[int, list[tuple[int, int, str, int]]] = {}
-        for pk, status, *delivery in cursor.fetchall():
-            current[pk] = status
-            rows.setdefault(pk, [])
-            if delivery[1] is not None:
-                rows[pk].append(tuple(delivery))
-        statuses = {pk: event_status_derive(rows[pk]) for pk in current}
-        changed: dict[str, list[int]] = {}
-        for pk, status in statuses.items():
-            if status != current[pk]:
-                changed.setdefault(status, []).append(pk)
-        for status, pks in changed.items():
-            cursor.execute(_events_status_set_sql(len(pks)), [status, *pks])
-    return statuses
-
-
-@functools.lru_cache(maxsize=64)
-def _events_locked_sql(count: int) -> str:
-    quote = connection.ops.quote_name
-    # FOR NO KEY UPDATE: deliveries reference events, and a plain FOR UPDATE would also block
-    # their inserts and updates (the foreign key's share lock); SQLite locks the whole database.
-    lock = " FOR NO KEY UPDATE OF e" if connection.features.has_select_for_no_key_update else ""
-    return (
-        f"SELECT e.{quote('id')}, e.{quote('status')}, d.{quote('subscription_id')}, d.{quote('id')},"
-        f" d.{quote('state')}, d.{quote('attempt_count')}"
-        f" FROM {quote(Event._meta.db_table)} e LEFT JOIN {quote(Delivery._meta.db_table)} d"
-        f" ON d.{quote('event_id')} = e.{quote('id')}"
-        f" WHERE e.{quote('id')} IN ({placeholders(count)}) ORDER BY e.{quote('id')}{lock}"
-    )
-
-
-@functools.lru_cache(maxsize=64)
-def _events_status_set_sql(count: int) -> str:
-    quote = connection.ops.quote_name
-    return (
-        f"UPDATE {quote(Event._meta.db_table)} SET {quote('status')} = %s"
-        f" WHERE {quote('id')} IN ({placeholders(count)})"
-    )

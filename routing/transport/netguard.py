@@ -29,7 +29,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
-from routing.deadline import DeadlineConnectionMixin
+from routing.transport.deadline import DeadlineConnectionMixin
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -259,7 +259,7 @@ class GuardedAdapter(HTTPAdapter):
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         attrs = {"guard_allow_private": staticmethod(self.guard_allow_private)}
-        # The guard picks each address to dial; the deadline (routing.deadline) bounds each dial
+        # The guard picks each address to dial; the deadline (routing.transport.deadline) bounds each dial
         # by the time left and cuts the exchange when it is up.
         bases = (_GuardedConnectionMixin, DeadlineConnectionMixin)
         http_conn = type("GuardedHTTPConnection", (*bases, HTTPConnection), attrs)

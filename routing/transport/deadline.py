@@ -6,7 +6,7 @@ likes, holding a worker and outliving the delivery's lease. So each exchange run
 and one watchdog thread per process shuts the watched socket down when its deadline passes: the
 blocked read or write returns at once, and the caller, seeing `expired`, records the deadline.
 
-The delivery session's connections (routing.netguard mounts DeadlineConnectionMixin on them)
+The delivery session's connections (routing.transport.netguard mounts DeadlineConnectionMixin on them)
 hand their socket to the thread's current watch before every request, and a new connection
 dials with no more time than is left. Outside a watch they behave as plain urllib3 connections.
 """

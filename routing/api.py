@@ -1,22 +1,17 @@
 """The store-facing API: POST /events, POST /events/batch, GET /events, GET /events/<id>.
 
-Views are thin: authenticate, parse, call a service, shape the reply. What accepting an event
-means beyond storing it (routing it) is wired in by integrator/urls.py through `accept`, so that
-this app never imports routing.
+Views are thin: authenticate, parse, call the outbox or a selector, shape the reply. They live in
+routing, not events, because accepting an event is storing and routing it (routing.outbox).
 """
 
 from __future__ import annotations
 
-import re
 import string
-from collections.abc import Callable
-from datetime import UTC, datetime, time
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
-from django.utils.dateparse import parse_date, parse_datetime
 from rest_framework.exceptions import NotFound as DrfNotFound
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.pagination import CursorPagination
@@ -38,11 +33,10 @@ from events.models import Event, EventStatus
 from events.parsers import unsized_body_receive
 from events.schema import EVENT_BATCH, EVENT_DETAIL, EVENT_LIST, EVENT_PUSH
 from events.selectors import event_get, event_list
-from events.services import IngestResult, envelope_validate, event_ingest
-
-AcceptFn = Callable[..., IngestResult]
-AcceptManyFn = Callable[..., list[IngestResult]]
-DescribeFn = Callable[[Event], dict[str, Any]]
+from events.services import IngestResult
+from events.validation import envelope_validate, since_parse
+from routing.outbox import event_accept, events_accept
+from routing.selectors import event_deliveries_describe
 
 
 def event_public(event: Event) -> dict[str, Any]:
@@ -134,25 +128,14 @@ def message_filter_parse(raw: str) -> str | None:
     return name if wildcard else canonical
 
 
-def since_parse(raw: str) -> datetime:
-    """An ISO 8601 date-time (naive means UTC) or a plain date (its midnight, UTC)."""
-    # An unencoded '+' in a query string arrives as a space: "...T12:00:00 02:00" meant "+02:00".
-    raw = re.sub(r"(T[\d:.]+) (\d\d:?\d\d)$", r"\1+\2", raw.strip())
-    try:
-        value = parse_datetime(raw)
-        if value is None:
-            day = parse_date(raw)
-            value = datetime.combine(day, time.min) if day is not None else None
-    except ValueError:
-        value = None
-    if value is None:
+def since_filter_parse(raw: str) -> datetime:
+    since = since_parse(raw)
+    if since is None:
         raise InvalidFilter(
             "'since' must be an ISO 8601 date-time or date, e.g. 2026-01-31T12:00:00Z or 2026-01-31.",
             field="since",
         )
-    if timezone.is_naive(value):
-        value = timezone.make_aware(value, UTC)
-    return value
+    return since
 
 
 def resource_key_filter_parse(raw: str) -> str | None:
@@ -199,16 +182,12 @@ class StoreApi(APIView):
 
 
 class EventCollectionApi(StoreApi):
-    accept: AcceptFn = staticmethod(event_ingest)
-    accept_many: AcceptManyFn | None = None
-
     @EVENT_PUSH
     def post(self, request: Request) -> Response:
         data = request.data
         if isinstance(data, list):
-            return batch_response(request, data, accept=self.accept, accept_many=self.accept_many)
-        envelope = envelope_validate(data)
-        result = self.accept(store=request.user, envelope=envelope)
+            return batch_response(request, data)
+        result = event_accept(store=request.user, envelope=envelope_validate(data))
         body = _accepted_body(result)
         if result.created:
             return Response(body, status=202, headers={"Location": event_location(result.event)})
@@ -221,7 +200,7 @@ class EventCollectionApi(StoreApi):
         status = params.get("status") or None
         if status and status not in EventStatus.values:
             raise InvalidFilter(f"'status' must be one of {', '.join(EventStatus.values)}.", field="status")
-        since = since_parse(params["since"]) if params.get("since") else None
+        since = since_filter_parse(params["since"]) if params.get("since") else None
         qs = event_list(
             store=request.user,
             message=message,
@@ -235,9 +214,6 @@ class EventCollectionApi(StoreApi):
 
 
 class EventBatchApi(StoreApi):
-    accept: AcceptFn = staticmethod(event_ingest)
-    accept_many: AcceptManyFn | None = None
-
     @EVENT_BATCH
     def post(self, request: Request) -> Response:
         data = request.data
@@ -247,16 +223,12 @@ class EventBatchApi(StoreApi):
             raise InvalidEnvelope(
                 'A batch is a JSON array of envelopes, or an object {"events": [...]}.', field="events"
             )
-        return batch_response(request, data, accept=self.accept, accept_many=self.accept_many)
+        return batch_response(request, data)
 
 
-def batch_response(
-    request: Request, items: list[Any], *, accept: AcceptFn, accept_many: AcceptManyFn | None = None
-) -> Response:
-    """Each envelope is accepted or rejected on its own; one result per item, in order.
-
-    With `accept_many` the valid envelopes are accepted together (one insert for the batch
-    instead of one statement chain per event), with the same results as `accept` one by one."""
+def batch_response(request: Request, items: list[Any]) -> Response:
+    """Each envelope is accepted or rejected on its own; one result per item, in order. The valid
+    ones are accepted together (one insert for the batch), with the results one by one would give."""
     limit = settings.HUB_MAX_BATCH_SIZE
     if len(items) > limit:
         raise BatchTooLarge(f"The batch has {len(items)} events; the limit is {limit}.", field="events")
@@ -264,43 +236,25 @@ def batch_response(
         raise InvalidEnvelope("The batch is empty.", field="events")
     results: dict[int, dict[str, Any]] = {}
     counts = {"accepted": 0, "duplicates": 0, "rejected": 0}
-
-    def refused(index: int, exc: HubError) -> None:
-        counts["rejected"] += 1
-        results[index] = {"index": index, "status_code": exc.status_code, **exc.as_dict()}
-
-    def taken(index: int, result: IngestResult) -> None:
-        counts["accepted" if result.created else "duplicates"] += 1
-        results[index] = {"index": index, "status_code": 202 if result.created else 200, **_accepted_body(result)}
-
     valid: list[tuple[int, Any]] = []
     for index, item in enumerate(items):
         try:
             valid.append((index, envelope_validate(item)))
         except HubError as exc:
-            refused(index, exc)
-    # One transaction for the whole batch: one durable commit (one WAL flush) instead of one per
-    # event, which is most of what an event costs. Nothing is answered as accepted before the
-    # commit, and a failed commit answers an error for the whole batch.
+            counts["rejected"] += 1
+            results[index] = {"index": index, "status_code": exc.status_code, **exc.as_dict()}
+    # One transaction for the whole batch: one durable commit instead of one per event, which is
+    # most of what an event costs. Nothing is answered as accepted before the commit, and a
+    # failed commit answers an error for the whole batch.
     with transaction.atomic():
-        if accept_many is not None and valid:
-            for (index, _), result in zip(
-                valid, accept_many(store=request.user, envelopes=[e for _, e in valid]), strict=True
-            ):
-                taken(index, result)
-        else:
-            # Each event in its own savepoint (accept is atomic): one refused leaves the others accepted.
-            for index, envelope in valid:
-                try:
-                    taken(index, accept(store=request.user, envelope=envelope))
-                except HubError as exc:
-                    refused(index, exc)
+        accepted = events_accept(store=request.user, envelopes=[e for _, e in valid]) if valid else []
+    for (index, _), result in zip(valid, accepted, strict=True):
+        counts["accepted" if result.created else "duplicates"] += 1
+        results[index] = {"index": index, "status_code": 202 if result.created else 200, **_accepted_body(result)}
     return Response({**counts, "results": [results[i] for i in range(len(items))]}, status=200)
 
 
 class EventDetailApi(StoreApi):
-    describe: DescribeFn | None = None
-
     @EVENT_DETAIL
     def get(self, request: Request, event_id: str) -> Response:
         event = event_get(store=request.user, event_id=event_id)
@@ -309,6 +263,5 @@ class EventDetailApi(StoreApi):
         body = event_public(event)
         body["payload"] = event.payload
         body["parent_event_id"] = str(event.parent.uid) if event.parent_id else None
-        if self.describe is not None:
-            body.update(self.describe(event))
+        body.update(event_deliveries_describe(event))
         return Response(body)

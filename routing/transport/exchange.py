@@ -1,40 +1,30 @@
-"""One HTTP exchange with an endpoint: build the request, sign it, send it, read the reply.
-
-With routing.netguard (the SSRF guard it mounts on its session), the only module that imports
-requests, and it knows nothing of the ORM: callers pass plain values and get a frozen result back,
-so it can be tested against a local server with no database.
+"""The HTTP exchange: send one request within a wall-clock deadline and read the reply, never raising
+for anything the network or the endpoint does. The session it sends through is behind the SSRF
+guard (routing.transport.netguard) and the deadline's watchdog (routing.transport.deadline).
 """
 
 from __future__ import annotations
 
-import codecs
 import functools
 import http.cookiejar
-import json
-import math
 import os
-import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.message import Message
-from typing import Any
-from urllib.parse import quote
+from typing import Any, Protocol
 
-import orjson
 import requests
 from requests.cookies import extract_cookies_to_jar
 from requests.structures import CaseInsensitiveDict
 from requests.utils import check_header_validity, get_auth_from_url
-from standardwebhooks.webhooks import Webhook
 
 from infra import tracing
-from routing.deadline import deadline_watch
-from routing.netguard import DestinationBlocked, HostUnresolvable, session_guard
+from routing.transport.deadline import deadline_watch
+from routing.transport.netguard import DestinationBlocked, HostUnresolvable, session_guard
+from routing.transport.reply import NOT_JSON, reply_json, reply_text, storable
+from routing.transport.request import OutboundRequest
 
-USER_AGENT = "integrator-hub/1"
 # Response headers worth keeping beside an attempt (the rest is noise or could hold secrets).
 NOTABLE_RESPONSE_HEADERS: tuple[str, ...] = (
     "content-type",
@@ -45,14 +35,6 @@ NOTABLE_RESPONSE_HEADERS: tuple[str, ...] = (
     "server",
     "x-request-id",
 )
-
-
-@dataclass(frozen=True)
-class OutboundRequest:
-    method: str
-    url: str
-    body: str
-    headers: Mapping[str, str]
 
 
 @dataclass(frozen=True)
@@ -72,122 +54,13 @@ class ExchangeResult:
     permanent: bool = False
 
 
-# `*:updated` and `*:canceled`, and the other spellings of those two actions that the aliases of
-# events/messages.py fold for orders, products and users but that any other resource keeps as sent
-# (`stock:update`, `subscription:cancelled`): the same verb whoever spells it.
-_PUT_ACTIONS = frozenset({"updated", "update", "canceled", "cancelled", "cancel"})
-
-
-def method_for(message: str, override: str = "") -> str:
-    """POST for new things and anything else, PUT for updates and cancellations (seeds/000)."""
-    if override:
-        return override.upper()
-    action = message.split(":", 1)[-1]
-    return "PUT" if action in _PUT_ACTIONS else "POST"
-
-
-def request_build(
-    *,
-    url: str,
-    message: str,
-    message_id: str,
-    payload: Mapping[str, Any],
-    parameters: Sequence[Mapping[str, Any]],
-    webhook_id: str,
-    signing_secret: str,
-    token: str,
-    store_name: str = "",
-    method_override: str = "",
-    timestamp: datetime | None = None,
-    previous_signing_secret: str = "",
-) -> OutboundRequest:
-    """The envelope with payload.parameters, serialized once so that the bytes signed are the bytes sent.
-
-    With a previous secret (a rotation's grace period) the request carries both signatures,
-    space-separated as Standard Webhooks allows, so a verifier with either secret accepts it.
-    """
-    body_payload = dict(payload)
-    body_payload["parameters"] = [
-        {"name": p.get("name"), "value": p.get("value")} for p in parameters if isinstance(p, Mapping)
-    ]
-    body = json_compact({"message": message, "message_id": message_id, "payload": body_payload})
-    when = (timestamp or datetime.now(UTC)).astimezone(UTC)
-    signature = " ".join(
-        Webhook(secret).sign(msg_id=webhook_id, timestamp=when, data=body)
-        for secret in (signing_secret, previous_signing_secret)
-        if secret
-    )
-    headers = {
-        "Content-Type": "application/json",
-        "Accept": "application/json",
-        "User-Agent": USER_AGENT,
-        "X-Hub-Store": header_value(store_name),
-        "X-Hub-Token": header_value(token),
-        "X-Augury-Token": header_value(token),
-        "webhook-id": webhook_id,
-        "webhook-timestamp": str(int(when.timestamp())),
-        "webhook-signature": signature,
-    }
-    return OutboundRequest(method=method_for(message, method_override), url=url, body=body, headers=headers)
-
-
-# Where orjson and json.dumps spell the same number differently: only floats that Python writes in
-# exponent form (below 1e-4 or from 1e16 on: `1e-07`, `1e+16`), which orjson writes as `1e-7`,
-# `1e16` or `0.00001`. Each pattern starts with a literal, which `re` finds fast; a match is then
-# checked to be a number, not part of a string.
-_FLOAT_SPELLING_CANDIDATES = (re.compile(rb"e(?<=[0-9]e)[-0-9]"), re.compile(rb"0\.0000"))
-_NUMBER_CHARS = frozenset(b"0123456789.")
-
-
-def json_compact(value: Any) -> str:
-    """`json.dumps(value, separators=(",", ":"), ensure_ascii=False)`, the same text, in a tenth of
-    the time: orjson writes it (keys in insertion order, non-ASCII as UTF-8, the same escapes), and
-    json.dumps takes over for what orjson would write differently or refuses (an integer beyond 64
-    bits, a non-string key, a lone surrogate, another type). NaN and Infinity, which orjson writes
-    as null, never get here: payloads and parameters come from validated, stored JSON."""
-    try:
-        data = orjson.dumps(value)
-    except orjson.JSONEncodeError:
-        data = None
-    if data is None or _float_spelled_differently(data):
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    return data.decode("utf-8")
-
-
-def _float_spelled_differently(data: bytes) -> bool:
-    for match in (m for pattern in _FLOAT_SPELLING_CANDIDATES for m in pattern.finditer(data)):
-        # Back over the number's digits to what precedes it: a number in the document follows
-        # `:`, `[` or `,` (orjson writes no spaces) or starts it; `5e3` in a UUID string follows a
-        # letter or `"`.
-        i = match.start() - 1
-        while i >= 0 and data[i] in _NUMBER_CHARS:
-            i -= 1
-        if i >= 0 and data[i] == 0x2D:  # "-"
-            i -= 1
-        if i < 0 or data[i] in b":[,":
-            return True
-    return False
-
-
-# Printable ASCII: what every HTTP stack carries unchanged in a header value.
-_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F))
-
-
-def header_value(value: str) -> str:
-    """A store name or token as a header value: printable ASCII as is; anything else (a store
-    named 'Boutique Müller' or '東京店', a control character) percent-encoded as UTF-8. http.client
-    cannot send it otherwise (it crashed the attempt, and the delivery never got an answer), and
-    latin-1 bytes would reach a UTF-8 reader garbled."""
-    return quote(value, safe=_HEADER_SAFE)
-
-
 _local = threading.local()
 # A policy that allows no domain: an endpoint's Set-Cookie is never stored, so never sent back.
 _NO_COOKIES = http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
 
 
 def session_new() -> requests.Session:
-    """A pooled session behind the SSRF guard (routing.netguard): every new connection resolves the
+    """A pooled session behind the SSRF guard (routing.transport.netguard): every new connection resolves the
     host, refuses loopback/private/link-local/metadata addresses unless HUB_ALLOW_PRIVATE_DESTINATIONS
     is on (read at each connection), and dials the address it checked. It ignores proxy settings
     from the environment (an endpoint is reached directly or not at all), follows no redirects
@@ -195,8 +68,8 @@ def session_new() -> requests.Session:
 
     No cookies, because one session serves every subscription of the process: a cookie one
     tenant's endpoint set would go to every other endpoint on that host (two stores' hooks on one
-    integration SaaS), and a delivery would depend on which deliveries that process sent before.
-    Svix, Convoy and Hook0 keep none either; each attempt is what its subscription says."""
+    integration SaaS), and a delivery would depend on which deliveries that process sent before:
+    each attempt is what its subscription says."""
     session = requests.Session()
     session.trust_env = False
     session.cookies.set_policy(_NO_COOKIES)
@@ -239,7 +112,7 @@ def request_send(
     """Send one request and read the reply; never raises for anything the network or endpoint does.
 
     `timeout` is a wall-clock deadline over the whole exchange (connect, send, status line,
-    headers, body; routing.deadline), not only a bound on each socket operation: an endpoint that
+    headers, body; routing.transport.deadline), not only a bound on each socket operation: an endpoint that
     trickles its reply a byte at a time fails at the deadline like one that says nothing."""
     session = session or session_get()
     timeout = timeout_bounded(timeout)
@@ -300,20 +173,12 @@ def request_send(
             if not 200 <= status < 300:
                 return failed(f"HTTP {status}", **common)
             try:
-                # Any JSON document is a JSON reply, `null` included; only an object carries §3's fields.
-                parsed = (
-                    json.loads(text, parse_constant=_json_constant_refuse, parse_float=_json_float)
-                    if text.strip()
-                    else _NOT_JSON
-                )
-                reply = _json_storable(parsed)
-            except ValueError:
-                reply = _NOT_JSON
+                reply = reply_json(text)
             except RecursionError:
                 # A reply nested a thousand deep: an answer nobody can use, and one that must not crash
                 # the attempt (the delivery would stay claimed with nothing recorded).
                 return failed(f"HTTP {status} but the JSON body is nested too deep to read", **common)
-            if reply is _NOT_JSON:
+            if reply is NOT_JSON:
                 return failed(f"HTTP {status} but the body is not JSON", **common)
     return ExchangeResult(
         method=request.method, url=request.url, latency_ms=latency(), reply=reply, succeeded=True, **common
@@ -401,59 +266,6 @@ def _url_prepared(url: str) -> str | None:
     return prepared.url
 
 
-_NOT_JSON = object()
-
-
-def _json_constant_refuse(name: str) -> Any:
-    """NaN and Infinity are not JSON (RFC 8259), and PostgreSQL's jsonb refuses them."""
-    raise ValueError(f"{name} is not JSON")
-
-
-def _json_float(text: str) -> float:
-    """A number too large for a double (1e400) would become Infinity, which jsonb refuses too."""
-    value = float(text)
-    if math.isinf(value):
-        raise ValueError(f"{text} does not fit a double")
-    return value
-
-
-def reply_text(raw: bytes, content_type: str) -> str:
-    """The endpoint's reply as text. JSON is UTF-8 (RFC 8259), so that is the default whatever the
-    media type: requests would read a `text/plain` or `text/html` reply without a charset as
-    ISO-8859-1 and garble every accented notification. A charset the endpoint names is honoured,
-    and a byte order mark (some .NET and Windows endpoints send one) is dropped."""
-    header = Message()
-    header["content-type"] = content_type
-    charset = header.get_content_charset()
-    if charset:
-        try:
-            codecs.lookup(charset)
-        except LookupError:
-            charset = None
-    return raw.decode(charset or "utf-8", errors="replace").removeprefix("\ufeff")
-
-
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
-def storable(text: str) -> str:
-    """PostgreSQL cannot store NUL (text or jsonb), and no database can encode a lone surrogate
-    (which json.loads makes of a `\\ud83d` escape) as UTF-8: an endpoint's reply holding either
-    crashed the attempt before it was recorded, leaving the delivery claimed until its lease ran
-    out, and the same again on every retry. U+FFFD marks where."""
-    return _UNSTORABLE.sub("\ufffd", text)
-
-
-def _json_storable(value: Any) -> Any:
-    if isinstance(value, str):
-        return storable(value)
-    if isinstance(value, list):
-        return [_json_storable(item) for item in value]
-    if isinstance(value, dict):
-        return {storable(key): _json_storable(item) for key, item in value.items()}
-    return value
-
-
 def _read_capped(response: requests.Response, limit: int) -> tuple[bytes, bool]:
     """Read at most `limit` bytes. Time is the deadline's (request_send): a reply that trickles is
     cut there, however small each piece."""
@@ -470,3 +282,22 @@ def _read_capped(response: requests.Response, limit: int) -> tuple[bytes, bool]:
 def _reason(exc: Exception) -> str:
     text = str(exc) or type(exc).__name__
     return text[:500]
+
+
+class _AttemptLike(Protocol):
+    succeeded: bool
+    status_code: int | None
+    error: str
+
+
+def attempt_outcome(result: _AttemptLike) -> str:
+    """A small, fixed vocabulary for what kind of thing happened on the wire, of an exchange or a
+    recorded Attempt: the metrics label, and what a store is told instead of the error text (which
+    can name the endpoint's host, port and path)."""
+    if result.succeeded:
+        return "success"
+    if result.status_code is None:
+        return "timeout" if "timed out" in result.error.lower() else "connection_error"
+    if 200 <= result.status_code < 300:
+        return "invalid_reply"
+    return "http_error"

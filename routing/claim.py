@@ -1,0 +1,130 @@
+"""Claiming an endpoint's due deliveries for one pump: a batch taken in one statement, within the
+endpoint's in-flight limit and each resource's order, read back with the events and stores the
+send needs; and the pump's read of its endpoint. Written-out SQL throughout: the ORM took longer
+to build these statements than the database to run them."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from routing import sql
+from routing.models import Delivery, Subscription
+from routing.rows import row_instance, row_related
+from routing.standing import subscription_max_in_flight
+from routing.transport.exchange import timeout_bounded
+
+
+@dataclass
+class Batch:
+    subscription: Subscription
+    claim: int
+    deliveries: list[Delivery]
+    # The latest its lease may be renewed to (lease_seconds).
+    hold_until: datetime
+
+
+def subscription_read(subscription_id: int) -> Subscription | None:
+    """The endpoint with its store, as select_related("store") reads it, by written-out SQL: the
+    ORM compiling the same query took more CPU than PostgreSQL running it, on every pump."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql.subscription_with_store(), [subscription_id])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    sub, at = row_instance(Subscription, row, 0)
+    row_related(sub, "store", row, at)
+    return sub
+
+
+def lease_seconds(sub: Subscription, *, budget: float) -> float:
+    """The longest a batch's claim may be held: longer than the batch can keep any of its
+    deliveries on the wire. The lease itself is short (HUB_LEASE_SECONDS) and renewed while the
+    batch is sent (routing.leases), never past this hold limit.
+
+    A batch sends until the pump's budget is spent, so its last request may start `budget` after
+    the claim, and the exchange's deadline (routing.transport.deadline) ends that request at most the
+    endpoint's timeout later, connect and reply included. The margin covers resolving the host
+    (before the deadline can cut anything) and recording the batch."""
+    return budget + timeout_bounded(sub.timeout_seconds) + settings.HUB_DELIVERY_LEASE_MARGIN_SECONDS
+
+
+def batch_claim(*, sub: Subscription, budget: float) -> Batch | None:
+    """Take up to HUB_DELIVERY_BATCH_SIZE due deliveries of the endpoint for this worker, or None
+    when there is nothing to send (none due, none whose turn has come, endpoint off or at its limit).
+
+    The lease runs HUB_LEASE_SECONDS: the caller keeps it alive while it sends the batch
+    (routing.leases.lease_held, up to the batch's hold_until), so a worker that dies holds the
+    deliveries, and the endpoint's in-flight slot, no longer than that.
+
+    On PostgreSQL it is one round trip: the endpoint's row lock and the claiming UPDATE as two
+    statements of one query, which PostgreSQL runs as one transaction, each statement with a
+    snapshot of its own. The UPDATE's in-flight count therefore sees every claim committed before
+    the lock was granted, so a limit of N means N, not N plus whatever raced past the count."""
+    now = timezone.now()
+    limit = subscription_max_in_flight(sub)
+    claim = secrets.randbits(62) + 1
+    hold = lease_seconds(sub, budget=budget)
+    hold_until = now + timedelta(seconds=hold)
+    lease = now + timedelta(seconds=min(settings.HUB_LEASE_SECONDS, hold))
+    at = connection.ops.adapt_datetimefield_value(now)
+    postgresql = connection.vendor == "postgresql"
+    batch = settings.HUB_DELIVERY_BATCH_SIZE
+    if postgresql:
+        sendable_params: list[Any] = [*sql.candidates_params(sub.pk, at, batch), at, batch]
+    else:
+        sendable_params = [*sql.candidates_params(sub.pk, at, batch), sub.pk, at, batch]
+    params: list[Any] = [connection.ops.adapt_datetimefield_value(lease), claim, at, *sendable_params]
+    params += [sub.pk] + ([sub.pk, at, limit] if limit else [])
+    statement = sql.claim(postgresql=postgresql, limited=bool(limit))
+    if postgresql:
+        deliveries = _claim_postgresql(statement, params, sub_id=sub.pk, lock=bool(limit))
+    else:
+        with connection.cursor() as cursor:
+            # SQLite: the atomic block's BEGIN IMMEDIATE makes claims one at a time.
+            with transaction.atomic():
+                cursor.execute(statement, params)
+                taken = [row[0] for row in cursor.fetchall()]
+        deliveries = list(
+            Delivery.objects.select_related("event", "event__store")
+            .filter(pk__in=taken)
+            .order_by("next_attempt_at", "id")
+        )
+    if not deliveries:
+        return None
+    for delivery in deliveries:
+        delivery.subscription = sub
+    return Batch(subscription=sub, claim=claim, deliveries=deliveries, hold_until=hold_until)
+
+
+def _claim_postgresql(statement: str, params: list[Any], *, sub_id: int, lock: bool) -> list[Delivery]:
+    """The claim on PostgreSQL: the claimed rows come back with their events and stores in the
+    same statement (the ORM read after the claim was a second one, and compiling it cost more CPU
+    than running it).
+
+    Prepared once per connection (DB_PREPARED_STATEMENTS): planning the claim took longer than
+    running it, and a long chain of one order makes one claim per delivery. With an in-flight
+    limit, the endpoint's row lock comes first, as a statement of its own in the same
+    transaction: the UPDATE's snapshot, taken after the lock is granted, then sees every claim
+    committed before, so a limit of N means N, not N plus whatever raced past the count. NO KEY:
+    claims queue up on each other, but not on the pushes inserting this endpoint's deliveries
+    (their foreign key takes a KEY SHARE lock on the row until their commit)."""
+    with transaction.atomic():
+        with connection.cursor_server_bound(prepared=settings.DB_PREPARED_STATEMENTS) as cursor:
+            if lock:
+                cursor.execute(sql.subscription_lock(), [sub_id])
+            cursor.execute(statement, params)
+            return [_claimed_delivery(row) for row in cursor.fetchall()]
+
+
+def _claimed_delivery(row: tuple[Any, ...]) -> Delivery:
+    delivery, at = row_instance(Delivery, row, 0)
+    event, at = row_related(delivery, "event", row, at)
+    row_related(event, "store", row, at)
+    return delivery

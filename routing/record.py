@@ -1,0 +1,196 @@
+"""Recording a sent batch: each delivery's outcome under the claim's fence, one Attempt row per
+request made, the unsent deliveries put back, and the endpoint's standing after its answers."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+from django.db.models import Case, F, Value, When
+
+from routing import retry, sql
+from routing.claim import Batch
+from routing.models import Attempt, Delivery, DeliveryState, Subscription
+from routing.send import Sent
+from routing.standing import subscription_disable, subscription_failing
+from routing.transport.exchange import ExchangeResult
+
+logger = logging.getLogger(__name__)
+
+# A sent delivery with the decision on it, for a delivery this batch still holds.
+Outcome = tuple[Sent, retry.Decision]
+
+
+def outcomes_decide(batch: Batch, sent: list[Sent], *, now: datetime) -> list[retry.Decision]:
+    """What each answer means for its delivery: delivered, retried (when), failed or gone."""
+    sub = batch.subscription
+    schedule = sub.retry_schedule if sub.retry_schedule is not None else settings.HUB_RETRY_SCHEDULE
+    return [
+        retry.decide(
+            succeeded=s.result.succeeded,
+            status_code=s.result.status_code,
+            attempt_number=s.delivery.attempt_count,
+            schedule=schedule,
+            retries_enabled=sub.retry_enabled and not s.delivery.event.origin.startswith("test:"),
+            retry_after=retry.retry_after_seconds(s.result.retry_after, now=now),
+            retry_after_max=settings.HUB_RETRY_AFTER_MAX_SECONDS,
+            jitter=settings.HUB_RETRY_JITTER,
+            permanent=s.result.permanent,
+        )
+        for s in sent
+    ]
+
+
+def outcomes_record(batch: Batch, *, sent: list[Sent], unsent: list[Delivery], now: datetime) -> list[Outcome]:
+    """Each sent delivery's outcome and attempt, and the unsent ones back as they were; inside the
+    caller's transaction. Returns the outcomes of the deliveries still this batch's, in claim order.
+
+    Fenced on the claim: a delivery whose lease ran out and that the sweeper handed to someone
+    else is theirs now; ours is only the attempt row. A batch mostly ends one way (all
+    delivered): one UPDATE per distinct outcome. The outcomes go first, locking the rows in the
+    order the sweeper does (delivery, then attempt), so the two never deadlock."""
+    decisions = outcomes_decide(batch, sent, now=now)
+    groups: dict[tuple[tuple[str, Any], ...], list[Outcome]] = {}
+    for s, decision in zip(sent, decisions, strict=True):
+        groups.setdefault(tuple(_changes(decision, s.result, now).items()), []).append((s, decision))
+    mine: list[Outcome] = []
+    for key, members in groups.items():
+        ids = [s.delivery.pk for s, _ in members]
+        if batch_finish(ids, claim=batch.claim, changes=dict(key)) == len(ids):
+            mine += members
+            continue
+        # Some changed hands (rare: only a lease that ran out). Ours are those this UPDATE just
+        # stamped: no claim any more, and this very updated_at.
+        owned = set(Delivery.objects.filter(pk__in=ids, claim=None, updated_at=now).values_list("pk", flat=True))
+        for s, decision in members:
+            if s.delivery.pk in owned:
+                mine.append((s, decision))
+            else:
+                logger.warning(
+                    "delivery changed hands during the attempt; its outcome is the new holder's",
+                    extra={"delivery_id": s.delivery.pk, "attempt": s.delivery.attempt_count},
+                )
+    # Claim order, whatever the grouping: the endpoint's standing follows its last answer.
+    order = {s.delivery.pk: index for index, s in enumerate(sent)}
+    mine.sort(key=lambda pair: order[pair[0].delivery.pk])
+    _attempts_record(sent, mine=[s for s, _ in mine])
+    if unsent:
+        _unsent_return(batch, unsent, now=now)
+    return mine
+
+
+def _changes(decision: retry.Decision, result: ExchangeResult, now: datetime) -> dict[str, Any]:
+    changes: dict[str, Any] = {
+        "lease_expires_at": None,
+        "claim": None,
+        "last_status_code": result.status_code,
+        "last_error": result.error,
+        "updated_at": now,
+    }
+    if decision.verdict == retry.Verdict.DELIVERED:
+        changes.update(state=DeliveryState.DELIVERED, delivered_at=now)
+    elif decision.verdict == retry.Verdict.RETRY:
+        changes.update(state=DeliveryState.RETRYING, next_attempt_at=now + timedelta(seconds=decision.delay_seconds))
+    else:
+        changes.update(state=DeliveryState.FAILED)
+    return changes
+
+
+def _unsent_return(batch: Batch, unsent: list[Delivery], *, now: datetime) -> None:
+    """Deliveries the pump had no time for go back as they were before the claim."""
+    Delivery.objects.filter(pk__in=[d.pk for d in unsent], state=DeliveryState.DELIVERING, claim=batch.claim).update(
+        state=Case(When(attempt_count__gt=1, then=Value(DeliveryState.RETRYING)), default=Value(DeliveryState.PENDING)),
+        attempt_count=F("attempt_count") - 1,
+        lease_expires_at=None,
+        claim=None,
+        updated_at=now,
+    )
+
+
+def batch_finish(ids: list[int], *, claim: int, changes: dict[str, Any]) -> int:
+    """UPDATE the deliveries of `ids` still delivering under `claim` (the fence: one whose lease ran
+    out and that the sweeper handed on is no longer this batch's) with `changes`, values through
+    their fields, as Delivery.objects.filter(...).update(**changes) would; how many it changed."""
+    fields = [Delivery._meta.get_field(name) for name in changes]
+    params = [f.get_db_prep_save(changes[f.name], connection) for f in fields]
+    params += [*ids, DeliveryState.DELIVERING, claim]
+    with connection.cursor() as cursor:
+        cursor.execute(sql.deliveries_finish(tuple(f.column for f in fields), len(ids)), params)
+        return cursor.rowcount
+
+
+_ATTEMPT_FIELDS = (
+    "started_at",
+    "request_method",
+    "request_url",
+    "status_code",
+    "latency_ms",
+    "response_headers",
+    "response_body",
+    "error",
+    "succeeded",
+)
+
+
+def _attempts_record(sent: list[Sent], *, mine: list[Sent]) -> None:
+    """One row per request made, whatever the fence decided: each was made. Should the batch's
+    transaction fail, the leases run out and the sweeper records each attempt as unanswered, so
+    no attempt goes unrecorded.
+
+    A delivery that changed hands was reclaimed by the sweeper, which recorded this very attempt
+    number as unanswered; the answer it did get replaces that guess (an INSERT would collide with
+    it). Deliveries still ours cannot collide: their number is theirs since the claim."""
+    kept = {s.delivery.pk for s in mine}
+    Attempt.objects.bulk_create([_attempt_row(s) for s in sent if s.delivery.pk in kept])
+    stale = [_attempt_row(s) for s in sent if s.delivery.pk not in kept]
+    if stale:
+        Attempt.objects.bulk_create(
+            stale, update_conflicts=True, unique_fields=["delivery", "number"], update_fields=_ATTEMPT_FIELDS
+        )
+
+
+def _attempt_row(s: Sent) -> Attempt:
+    result = s.result
+    return Attempt(
+        delivery_id=s.delivery.pk,
+        number=s.delivery.attempt_count,
+        started_at=s.started_at,
+        request_method=result.method,
+        request_url=result.url[:500],
+        status_code=result.status_code,
+        latency_ms=result.latency_ms,
+        response_headers=dict(result.response_headers),
+        response_body=result.response_body,
+        error=result.error,
+        succeeded=result.succeeded,
+    )
+
+
+def endpoint_record(*, sub: Subscription, mine: list[Outcome], now: datetime) -> None:
+    """The endpoint's standing after a batch: 410 Gone turns it off; otherwise the batch's last
+    answer decides whether it is failing (a streak that ends with a success is over)."""
+    gone = next((s for s, d in mine if d.verdict == retry.Verdict.GONE), None)
+    if gone is not None:
+        subscription_disable(
+            subscription_id=sub.pk,
+            reason="the endpoint answered 410 Gone",
+            event=gone.delivery.event,
+            delivery=gone.delivery,
+        )
+        return
+    if not mine:
+        return
+    last, decision = mine[-1]
+    if decision.verdict == retry.Verdict.DELIVERED:
+        if sub.failing_since is not None:
+            # Read with the batch: an endpoint that was not failing then has nothing to clear
+            # (one that started failing since keeps its mark until its next success).
+            Subscription.objects.filter(pk=sub.pk, failing_since__isnull=False).update(failing_since=None)
+            sub.failing_since = None
+    else:
+        subscription_failing(subscription=sub, now=now, delivery=last.delivery)
+        # The pump's next batch reads it from here: a success must know there is a streak to end.
+        sub.failing_since = sub.failing_since or now

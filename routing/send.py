@@ -1,0 +1,79 @@
+"""Sending a claimed batch: one request per delivery, in claim order, over this process's
+keep-alive session, until the pump's time is spent (the rest go back unsent)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.conf import settings
+from django.utils import timezone
+
+from infra import metrics, tracing
+from routing.claim import Batch
+from routing.models import Delivery
+from routing.transport.exchange import ExchangeResult, attempt_outcome, request_send
+from routing.transport.request import request_build
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sent:
+    delivery: Delivery
+    result: ExchangeResult
+    started_at: datetime
+
+
+def batch_send(batch: Batch, *, deadline: float) -> tuple[list[Sent], list[Delivery]]:
+    """One request per delivery, in claim order, until `deadline` (time.monotonic) has passed:
+    what was sent, and what was not."""
+    sub = batch.subscription
+    previous_secret = sub.previous_signing_secret_active(timezone.now())
+    sent: list[Sent] = []
+    for index, delivery in enumerate(batch.deliveries):
+        if index and time.monotonic() >= deadline:
+            return sent, batch.deliveries[index:]
+        event = delivery.event
+        started_at = timezone.now()
+        span = tracing.attempt_start(delivery, sub)
+        try:
+            request = request_build(
+                url=sub.url,
+                message=event.message,
+                message_id=event.message_id,
+                payload=event.payload,
+                parameters=sub.parameters or [],
+                webhook_id=str(event.uid),
+                signing_secret=sub.signing_secret,
+                previous_signing_secret=previous_secret,
+                token=sub.token,
+                store_name=_store_name(delivery),
+                method_override=sub.http_method,
+            )
+            result = request_send(
+                request,
+                timeout=sub.timeout_seconds,
+                body_max_chars=settings.HUB_RESPONSE_BODY_MAX_CHARS,
+                read_max_bytes=settings.HUB_RESPONSE_READ_MAX_BYTES,
+            )
+        except Exception as exc:  # noqa: BLE001 - one delivery's fault must not lose the batch's outcomes
+            logger.exception("could not send a delivery", extra={"delivery_id": delivery.pk})
+            result = ExchangeResult(
+                method="", url=sub.url, status_code=None, latency_ms=0, error=f"the hub could not send it: {exc!r}"
+            )
+        tracing.attempt_end(span, result)
+        metrics.attempt_observe(attempt_outcome(result), result.latency_ms / 1000)
+        sent.append(Sent(delivery=delivery, result=result, started_at=started_at))
+    return sent, []
+
+
+def _store_name(delivery: Delivery) -> str:
+    """X-Hub-Store names the store the endpoint is configured for, else the store that pushed the event."""
+    if delivery.subscription.store is not None:
+        return delivery.subscription.store.name
+    if delivery.event.store is not None:
+        return delivery.event.store.name
+    return ""

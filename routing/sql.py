@@ -1,0 +1,278 @@
+"""Every statement routing writes by hand, for the hot path where the ORM took longer to build
+a statement than the database to run it.
+
+One style: a function per statement, returning its text for a shape (a count of ids, a vendor),
+cached; tables and model-derived column lists quoted, hand-written columns bare; %s placeholders
+(numbered(), events.sql's, rewrites them as $1, $2, ... for the server-bound cursor). Where PostgreSQL and
+SQLite differ, both variants are here side by side, chosen by the `postgresql` argument.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from django.db import connection
+from django.db.models import Field, Model
+
+from events import sql as events_sql
+from events.models import Event, Store
+from routing.models import DELIVERY_OPEN_STATES, DELIVERY_UNFINISHED_STATES, Delivery, DeliveryState, Subscription
+
+_OPEN = ", ".join(f"'{state}'" for state in DELIVERY_OPEN_STATES)
+_UNFINISHED = ", ".join(f"'{state}'" for state in DELIVERY_UNFINISHED_STATES)
+_DELIVERING = f"'{DeliveryState.DELIVERING}'"
+
+
+def placeholders(count: int) -> str:
+    """`%s, %s, ...`: the parameters of an IN list of `count` values."""
+    return ", ".join(["%s"] * count)
+
+
+def table(model: type[Model]) -> str:
+    return connection.ops.quote_name(model._meta.db_table)
+
+
+def model_columns(model: type[Model], alias: str) -> str:
+    """Every concrete column of `model`, in field order, qualified by `alias`."""
+    return ", ".join(f"{alias}.{connection.ops.quote_name(f.column)}" for f in model._meta.concrete_fields)
+
+
+numbered = events_sql.numbered
+
+
+# The pump's read of its endpoint -----------------------------------------------------------------
+
+
+@functools.cache
+def subscription_with_store() -> str:
+    """The subscription with its store's columns (a LEFT JOIN: none when it has none). Params: id."""
+    return f"""
+    SELECT {model_columns(Subscription, "sub")}, {model_columns(Store, "st")}
+    FROM {table(Subscription)} sub LEFT JOIN {table(Store)} st ON st.id = sub.store_id
+    WHERE sub.id = %s"""
+
+
+# The claim ---------------------------------------------------------------------------------------
+
+# Batches of an endpoint being sent now, each with at most one request on the wire (a delivering
+# row without a claim is its own request). Params: subscription, now.
+_IN_FLIGHT = """
+    SELECT COUNT(DISTINCT COALESCE(f.claim, -f.id)) FROM {delivery} f
+    WHERE f.subscription_id = %s AND f.state = {delivering} AND f.lease_expires_at > %s"""
+
+# The oldest unfinished delivery to the endpoint of the resource `alias`.`key`: the one whose turn
+# it is. Asked in (resource, id) order, which only delivery_holding has: asked as MIN(id),
+# PostgreSQL may walk the primary key from the table's first row. Params: subscription.
+_HEAD = """
+        SELECT e.id FROM {delivery} e
+        WHERE e.subscription_id = %s AND e.state IN ({unfinished}) AND e.resource_key >= {alias}.{key}
+        ORDER BY e.resource_key, e.id LIMIT 1"""
+
+# The deliveries a batch may take now, found without walking an order's queue: the first due ones
+# in claim order (a window of two batches), those of them nothing holds back; and only when that
+# window is clogged by deliveries held back (one order's long chain), the oldest unfinished
+# delivery of each resource and the due deliveries without a resource key. A backlog of many
+# orders fills its batch from the window; one order's chain costs the same few looks at any length.
+# Params: candidates_params().
+_CANDIDATES = """
+    WITH RECURSIVE
+    win AS (
+        SELECT w.id, w.resource_key FROM {delivery} w
+        WHERE w.subscription_id = %s AND w.state IN ({open}) AND w.next_attempt_at <= %s
+        ORDER BY w.next_attempt_at, w.id LIMIT %s),
+    ready AS (
+        SELECT w.id FROM win w WHERE w.resource_key IS NULL OR w.id IN (
+            SELECT ({head_r}) FROM (SELECT DISTINCT resource_key FROM win) r)),
+    clogged AS (SELECT (SELECT COUNT(*) FROM win) >= %s AND (SELECT COUNT(*) FROM ready) < %s AS yes),
+    resources(k) AS (
+        SELECT MIN(h.resource_key) FROM {delivery} h
+        WHERE h.subscription_id = %s AND h.state IN ({unfinished}) AND (SELECT yes FROM clogged)
+        UNION ALL
+        SELECT (
+            SELECT MIN(h.resource_key) FROM {delivery} h
+            WHERE h.subscription_id = %s AND h.state IN ({unfinished}) AND h.resource_key > resources.k)
+        FROM resources WHERE resources.k IS NOT NULL)
+    SELECT id FROM ready
+    UNION
+    SELECT ({head_k}) FROM resources WHERE resources.k IS NOT NULL
+    UNION
+    SELECT id FROM (
+        SELECT u.id FROM {delivery} u
+        WHERE u.subscription_id = %s AND u.state IN ({open}) AND u.resource_key IS NULL
+        AND u.next_attempt_at <= %s AND (SELECT yes FROM clogged)
+        ORDER BY u.next_attempt_at, u.id LIMIT %s) unkeyed"""
+
+
+def _names(**extra: str) -> dict[str, str]:
+    return {
+        "delivery": table(Delivery),
+        "subscription": table(Subscription),
+        "open": _OPEN,
+        "unfinished": _UNFINISHED,
+        "delivering": _DELIVERING,
+        **extra,
+    }
+
+
+def candidates_params(sub_id: int, at: object, batch: int) -> list[object]:
+    window = 2 * batch
+    return [sub_id, at, window, sub_id, window, batch, sub_id, sub_id, sub_id, sub_id, at, batch]
+
+
+@functools.lru_cache(maxsize=64)
+def sendable(*, postgresql: bool) -> str:
+    """The SELECT of the ids a batch takes: due, their turn come, in claim order, at most a batch.
+    Params: candidates_params(), then (SQLite) subscription, now, batch size."""
+    names = _names()
+    names["head_r"] = _HEAD.format(**_names(alias="r", key="resource_key"))
+    names["head_k"] = _HEAD.format(**_names(alias="resources", key="k"))
+    candidates = _CANDIDATES.format(**names)
+    if postgresql:
+        # The candidates' rows looked up by their keys, one by one: joined as IN (subquery),
+        # PostgreSQL scanned every row of the endpoint to match them.
+        return f"""
+            SELECT d.id FROM unnest(ARRAY({candidates})) AS c(id) JOIN {table(Delivery)} d ON d.id = c.id
+            WHERE d.state IN ({_OPEN}) AND d.next_attempt_at <= %s
+            ORDER BY d.next_attempt_at, d.id LIMIT %s"""
+    return f"""
+        SELECT d.id FROM {table(Delivery)} d
+        WHERE d.id IN ({candidates}) AND d.subscription_id = %s AND d.state IN ({_OPEN}) AND d.next_attempt_at <= %s
+        ORDER BY d.next_attempt_at, d.id LIMIT %s"""
+
+
+@functools.lru_cache(maxsize=64)
+def claim(*, postgresql: bool, limited: bool) -> str:
+    """The claiming UPDATE: the sendable rows become delivering under a claim token and a lease,
+    if the endpoint is enabled and (`limited`) below its in-flight limit.
+
+    PostgreSQL: rows another worker is claiming are skipped (SKIP LOCKED), and the rows taken come
+    back with their events and stores in the same statement (a CTE named `claimed`: the rest of
+    the query sees the table as it was before the UPDATE, so the rows are the UPDATE's own).
+    SQLite: the ids taken, read by the ORM after.
+    Params: lease until, claim, now, sendable's, subscription, and when `limited` subscription,
+    now, limit."""
+    taken = sendable(postgresql=postgresql)
+    within_limit = f" AND ({_IN_FLIGHT.format(**_names())}) < %s" if limited else ""
+    update = """
+        UPDATE {delivery} SET state = {delivering}, attempt_count = attempt_count + 1,
+            lease_expires_at = %s, claim = %s, updated_at = %s
+        WHERE {taken}
+        AND EXISTS (SELECT 1 FROM {subscription} s WHERE s.id = %s AND s.is_enabled){within_limit}
+        RETURNING {returning}"""
+    if not postgresql:
+        return update.format(**_names(taken=f"id IN ({taken})", within_limit=within_limit, returning="id"))
+    update = update.format(
+        **_names(
+            taken=f"id = ANY(ARRAY({taken} FOR UPDATE OF d SKIP LOCKED))",
+            within_limit=within_limit,
+            returning=model_columns(Delivery, table(Delivery)),
+        )
+    )
+    return numbered(f"""WITH claimed AS ({update})
+    SELECT {model_columns(Delivery, "claimed")}, {model_columns(Event, "e")}, {model_columns(Store, "s")}
+    FROM claimed JOIN {table(Event)} e ON e.id = claimed.event_id
+    LEFT JOIN {table(Store)} s ON s.id = e.store_id
+    ORDER BY claimed.next_attempt_at, claimed.id""")
+
+
+@functools.cache
+def subscription_lock() -> str:
+    """PostgreSQL, before a limited claim: the endpoint's row, NO KEY (claims queue up on each other,
+    not on the pushes inserting its deliveries). Params: subscription. Numbered."""
+    return numbered(f"SELECT 1 FROM {table(Subscription)} WHERE id = %s FOR NO KEY UPDATE")
+
+
+@functools.cache
+def leases_renew() -> str:
+    """A claim's lease extended, fenced on its token. Params: until, subscription, claim."""
+    return (
+        f"UPDATE {table(Delivery)} SET lease_expires_at = %s"
+        f" WHERE subscription_id = %s AND state = {_DELIVERING} AND claim = %s"
+    )
+
+
+# Recording ---------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=64)
+def deliveries_finish(columns: tuple[str, ...], count: int) -> str:
+    """The outcome of `count` deliveries still delivering under a claim. Params: one value per
+    column, the ids, the delivering state, the claim."""
+    quote = connection.ops.quote_name
+    return (
+        f"UPDATE {table(Delivery)} SET {', '.join(f'{quote(column)} = %s' for column in columns)}"
+        f" WHERE id IN ({placeholders(count)}) AND state = %s AND claim = %s"
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def events_with_deliveries_locked(count: int, *, postgresql: bool) -> str:
+    """Each of `count` events with its deliveries (or none), locked in id order. FOR NO KEY UPDATE
+    on PostgreSQL: deliveries reference events, and a plain FOR UPDATE would also block their
+    inserts and updates; SQLite locks the whole database. Params: the event ids."""
+    lock = " FOR NO KEY UPDATE OF e" if postgresql else ""
+    return (
+        f"SELECT e.id, e.status, d.subscription_id, d.id, d.state, d.attempt_count"
+        f" FROM {table(Event)} e LEFT JOIN {table(Delivery)} d ON d.event_id = e.id"
+        f" WHERE e.id IN ({placeholders(count)}) ORDER BY e.id{lock}"
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def events_status_set(count: int) -> str:
+    """Params: the status, the event ids."""
+    return f"UPDATE {table(Event)} SET status = %s WHERE id IN ({placeholders(count)})"
+
+
+# The outbox --------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=64)
+def event_with_deliveries(alias: str, count: int) -> str:
+    """PostgreSQL: one statement writes an event and its `count` deliveries, atomic in autocommit:
+    WITH event AS (events.sql.event_insert) INSERT INTO delivery (event_id, delivery_fields())
+    VALUES ((SELECT id FROM event), ...) x count RETURNING event_id, id. VALUES straight into the
+    table, so that PostgreSQL takes every parameter's type from its column. Params: the event's
+    values (events.services.event_values), then each delivery's delivery_fields(). Numbered."""
+    quote = connection.ops.quote_name
+    row = "((SELECT id FROM event), " + ", ".join(["%s"] * len(delivery_fields())) + ")"
+    return numbered(
+        "WITH event AS ({}) INSERT INTO {} ({}) VALUES {} RETURNING event_id, id".format(
+            events_sql.event_insert(alias, 1, skip_conflicts=False),
+            table(Delivery),
+            ", ".join(quote(f.column) for f in [Delivery._meta.get_field("event"), *delivery_fields()]),
+            ", ".join([row] * count),
+        )
+    )
+
+
+@functools.cache
+def delivery_fields() -> list[Field]:
+    """The fields of a delivery event_with_deliveries writes: every concrete one but id and event."""
+    return [f for f in Delivery._meta.concrete_fields if not f.primary_key and not f.generated and f.name != "event"]
+
+
+@functools.lru_cache(maxsize=64)
+def subscriptions_kept(count: int, *, postgresql: bool) -> str:
+    """Which of `count` subscriptions still exist, locked against deletion until the transaction
+    ends on PostgreSQL (FOR KEY SHARE: a claim's FOR NO KEY UPDATE does not wait for it). Params: ids."""
+    lock = " FOR KEY SHARE" if postgresql else ""
+    return f"SELECT id FROM {table(Subscription)} WHERE id IN ({placeholders(count)}){lock}"
+
+
+# The admin ---------------------------------------------------------------------------------------
+
+
+@functools.cache
+def message_names() -> str:
+    """The distinct message names stored, by a loose index scan (one index probe per name) instead
+    of SELECT DISTINCT, which reads every row of a large hub. No params."""
+    events = table(Event)
+    return f"""
+    WITH RECURSIVE names(message) AS (
+        SELECT MIN(message) FROM {events}
+        UNION ALL
+        SELECT (SELECT MIN(message) FROM {events} WHERE message > names.message)
+        FROM names WHERE names.message IS NOT NULL
+    )
+    SELECT message FROM names WHERE message IS NOT NULL"""

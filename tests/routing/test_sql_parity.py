@@ -1,0 +1,119 @@
+"""Each hand-written statement (events.sql, routing.sql) writes and reads what the ORM would: the
+same rows, column for column, on PostgreSQL and SQLite. The routed push's statement is checked
+in tests/routing/test_routed_push.py."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from events.models import Event, EventStatus
+from events.services import event_build, event_insert, events_insert
+from events.validation import envelope_validate
+from routing.claim import batch_claim, subscription_read
+from routing.leases import Held, leases_renew
+from routing.models import Delivery, DeliveryState, Subscription
+from routing.record import batch_finish
+from routing.status import events_status_refresh
+from tests.factories import DeliveryFactory, EventFactory, StoreFactory, SubscriptionFactory
+
+pytestmark = pytest.mark.django_db
+
+NAMING = ("id", "uid", "message_id", "created_at", "updated_at")
+
+
+def _row(model, pk, *, drop=NAMING) -> dict:
+    row = model.objects.filter(pk=pk).values().get()
+    for name in drop:
+        row.pop(name, None)
+    return row
+
+
+def _fields(instance) -> dict:
+    return {f.attname: getattr(instance, f.attname) for f in instance._meta.concrete_fields}
+
+
+def _envelope(message_id: str) -> dict:
+    return {"message": "order:new", "message_id": message_id, "payload": {"order": {"number": "R1", "n": 1.5}}}
+
+
+def test_the_event_insert_writes_the_row_save_writes():
+    store = StoreFactory()
+    by_hand = event_insert(event_build(store=store, envelope=envelope_validate(_envelope("hand")))).event
+    by_orm = event_build(store=store, envelope=envelope_validate(_envelope("orm")))
+    by_orm.save()
+    assert _row(Event, by_hand.pk) == _row(Event, by_orm.pk)
+    assert Event.objects.get(pk=by_hand.pk).payload == _envelope("x")["payload"]
+
+
+def test_the_batch_insert_writes_the_rows_bulk_create_writes():
+    store = StoreFactory()
+    built = [event_build(store=store, envelope=envelope_validate(_envelope(f"hand-{n}"))) for n in range(3)]
+    written = [result.event for result in events_insert(store=store, events=built)]
+    by_orm = Event.objects.bulk_create(
+        [event_build(store=store, envelope=envelope_validate(_envelope(f"orm-{n}"))) for n in range(3)]
+    )
+    assert [_row(Event, e.pk) for e in written] == [_row(Event, e.pk) for e in by_orm]
+
+
+def test_the_pumps_read_of_its_endpoint_is_select_related():
+    sub = SubscriptionFactory(store=StoreFactory(), parameters=[{"name": "k", "value": "v"}])
+    bare = SubscriptionFactory()
+    for pk in (sub.pk, bare.pk):
+        by_hand = subscription_read(pk)
+        by_orm = Subscription.objects.select_related("store").get(pk=pk)
+        assert _fields(by_hand) == _fields(by_orm)
+        assert (by_hand.store and _fields(by_hand.store)) == (by_orm.store and _fields(by_orm.store))
+
+
+def test_the_claim_takes_the_rows_an_orm_update_would_and_reads_them_as_select_related():
+    sub = SubscriptionFactory()
+    due = [DeliveryFactory(subscription=sub, event=EventFactory(resource_key=None)) for _ in range(2)]
+    batch = batch_claim(sub=subscription_read(sub.pk), budget=1.0)
+    assert [d.pk for d in batch.deliveries] == [d.pk for d in due]
+    for claimed in batch.deliveries:
+        by_orm = Delivery.objects.select_related("event", "event__store").get(pk=claimed.pk)
+        assert _fields(claimed) == _fields(by_orm)
+        assert _fields(claimed.event) == _fields(by_orm.event)
+        assert _fields(claimed.event.store) == _fields(by_orm.event.store)
+        assert (by_orm.state, by_orm.attempt_count, by_orm.claim) == (DeliveryState.DELIVERING, 1, batch.claim)
+
+
+def test_finishing_a_batch_writes_what_an_orm_update_writes():
+    now = timezone.now()
+    changes = {
+        "state": DeliveryState.RETRYING,
+        "next_attempt_at": now + timedelta(seconds=30),
+        "lease_expires_at": None,
+        "claim": None,
+        "last_status_code": 500,
+        "last_error": "HTTP 500",
+        "updated_at": now,
+    }
+    by_hand, by_orm = (DeliveryFactory(state=DeliveryState.DELIVERING, claim=7) for _ in range(2))
+    assert batch_finish([by_hand.pk], claim=7, changes=changes) == 1
+    assert Delivery.objects.filter(pk=by_orm.pk, state=DeliveryState.DELIVERING, claim=7).update(**changes) == 1
+    drop = ("id", "event_id", "subscription_id", "created_at", "resource_key")
+    assert _row(Delivery, by_hand.pk, drop=drop) == _row(Delivery, by_orm.pk, drop=drop)
+
+
+def test_renewing_a_lease_writes_what_an_orm_update_writes(settings):
+    now = timezone.now()
+    hold_until = now + timedelta(minutes=1)
+    by_hand, by_orm = (DeliveryFactory(state=DeliveryState.DELIVERING, claim=9) for _ in range(2))
+    held = Held(subscription_id=by_hand.subscription_id, claim=9, hold_until=hold_until)
+    assert leases_renew([held], now=now) == 1
+    expires = min(now + timedelta(seconds=settings.HUB_LEASE_SECONDS), hold_until)
+    Delivery.objects.filter(pk=by_orm.pk, state=DeliveryState.DELIVERING, claim=9).update(lease_expires_at=expires)
+    leases = Delivery.objects.filter(pk__in=[by_hand.pk, by_orm.pk]).order_by("id")
+    assert list(leases.values_list("lease_expires_at", flat=True)) == [expires, expires]
+
+
+def test_an_events_status_is_written_as_an_orm_update_writes_it():
+    by_hand = DeliveryFactory(state=DeliveryState.DELIVERED).event
+    by_orm = DeliveryFactory(state=DeliveryState.DELIVERED).event
+    assert events_status_refresh(event_ids=[by_hand.pk]) == {by_hand.pk: EventStatus.DELIVERED}
+    Event.objects.filter(pk=by_orm.pk).update(status=EventStatus.DELIVERED)
+    assert _row(Event, by_hand.pk, drop=(*NAMING, "store_id")) == _row(Event, by_orm.pk, drop=(*NAMING, "store_id"))
