@@ -9,6 +9,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers
 
+from events.conformance import openapi_components
 from events.models import EventStatus
 
 
@@ -39,7 +40,11 @@ class EnvelopeSerializer(serializers.Serializer):
     message_id = serializers.CharField(
         required=False, max_length=255, help_text="Idempotency key per store; made by the hub when left out."
     )
-    payload = serializers.DictField(help_text="Any JSON object; stored and delivered as sent.")
+    payload = serializers.DictField(
+        help_text="Any JSON object; stored and delivered as sent. The canonical messages' payloads are described "
+        "by the Message* components (MessageOrder, ...) and at GET /schemas/<message>; one that departs from its "
+        "schema is accepted too, with a warn notification naming where."
+    )
 
 
 class EventAcceptedSerializer(serializers.Serializer):
@@ -99,6 +104,10 @@ class AttemptSerializer(serializers.Serializer):
         choices=["success", "http_error", "invalid_reply", "timeout", "connection_error"],
         help_text="What kind of thing happened. The endpoint's URL, reply and error text are for admins only.",
     )
+    summary = serializers.CharField(
+        allow_blank=True,
+        help_text="The sentence the endpoint's reply gave as its `summary` (newer Spree hub endpoints); empty if none.",
+    )
 
 
 class DeliverySerializer(serializers.Serializer):
@@ -116,6 +125,9 @@ class DeliverySerializer(serializers.Serializer):
 
 
 class NotificationSerializer(serializers.Serializer):
+    """What the endpoints said about the event (and the hub: a payload that departs from its
+    schema), with each attempt's summary among them, oldest first."""
+
     level = serializers.ChoiceField(choices=["info", "warn", "error"])
     subject = serializers.CharField()
     description = serializers.CharField()
@@ -194,3 +206,9 @@ EVENT_DETAIL = extend_schema(
     parameters=[OpenApiParameter("event_id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
     responses={200: EventDetailSerializer, **_errors(401, 403, 404, 429, 503)},
 )
+
+
+def message_schemas_hook(result: dict, generator: object, request: object, public: bool) -> dict:
+    """drf-spectacular postprocessing: the standard description's schemas as components."""
+    result.setdefault("components", {}).setdefault("schemas", {}).update(openapi_components())
+    return result

@@ -212,6 +212,11 @@ HUB_REQUEST_READ_SECONDS = _env_float("HUB_REQUEST_READ_SECONDS", 30.0)
 HUB_MAX_BATCH_SIZE = _env_int("HUB_MAX_BATCH_SIZE", 500)
 HUB_MAX_JSON_DEPTH = _env_int("HUB_MAX_JSON_DEPTH", 64)
 HUB_EVENTS_PAGE_SIZE = _env_int("HUB_EVENTS_PAGE_SIZE", 50)
+# A pushed payload is checked against its message's schema (events/message_schemas.json) and any
+# departure noted on the event: at most this many departures are listed (0 turns the check off),
+# and a payload larger than HUB_SCHEMA_CHECK_MAX_BYTES is not checked (checking costs per node).
+HUB_SCHEMA_WARNINGS_MAX = _env_int("HUB_SCHEMA_WARNINGS_MAX", 10)
+HUB_SCHEMA_CHECK_MAX_BYTES = _env_int("HUB_SCHEMA_CHECK_MAX_BYTES", 64 * 1024)
 
 # Delivery (routing). Seconds throughout.
 # The Standard Webhooks schedule: waits after the 1st, 2nd, ... failed attempt; its length is the retry maximum.
@@ -432,6 +437,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # The standard description of the canonical messages (events/message_schemas.json) as components.
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "events.schema.message_schemas_hook"],
 }
 
 # --- Operations ------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
+from events.schema_views import schema_detail, schemas_list
 from integrator.health import healthz, readyz
 from integrator.metrics import metrics_view
 from routing.api import EventBatchApi, EventCollectionApi, EventDetailApi
@@ -11,6 +12,9 @@ urlpatterns = [
     path("events", EventCollectionApi.as_view(), name="events"),
     path("events/batch", EventBatchApi.as_view(), name="events-batch"),
     path("events/<str:event_id>", EventDetailApi.as_view(), name="event-detail"),
+    # The standard description of the canonical messages (docs/protocol.md), public as /api/schema/ is.
+    path("schemas", schemas_list, name="schemas"),
+    path("schemas/<str:message>", schema_detail, name="schema-detail"),
     path("admin/", admin.site.urls),
     # Staff scripting the hub: management keys, not store tokens (ops/manage, docs/operations.md).
     path("manage/v1/", include("ops.manage.urls")),

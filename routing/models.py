@@ -300,6 +300,9 @@ class Attempt(models.Model):
     response_body = models.TextField(blank=True, default="")
     error = models.TextField(blank=True, default="")
     succeeded = models.BooleanField(default=False)
+    # What the endpoint said it did, in its reply's `summary` (routing.reply_forms): shown with the
+    # event's notifications, to its store too, where the reply's body is not.
+    summary = models.CharField(max_length=500, blank=True, default="")
 
     class Meta:
         ordering = ["delivery_id", "number"]

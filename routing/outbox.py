@@ -7,6 +7,7 @@ Every way in comes through here: a store's push or batch, an onward message an e
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -26,7 +27,8 @@ from events.services import (
 )
 from events.validation import Envelope
 from routing import sql
-from routing.models import Delivery, Subscription
+from routing.departures import departures_notes
+from routing.models import Delivery, Notification, Subscription
 from routing.subscriptions import (
     subscriptions_cache_clear,
     subscriptions_enabled,
@@ -101,9 +103,11 @@ def _accept(*, store: Store | None, events: list[Event], savepoint: bool = True)
     # a message an endpoint returned (store None, accepted by a worker, seldom) reads it fresh.
     subscriptions = subscriptions_enabled_for_routing() if store is not None else subscriptions_enabled()
     wanted = _route(events, subscriptions)
+    # Checked before anything is written: no row is locked while the payloads are walked.
+    notes = departures_notes(events)
     if len(events) == 1:
         deliveries = [Delivery.routed(event=events[0], subscription=sub) for sub in wanted[0]]
-        result = _event_with_deliveries_insert(events[0], deliveries, savepoint=savepoint)
+        result = _event_with_deliveries_insert(events[0], deliveries, savepoint=savepoint, notes=notes)
         if deliveries and result.created:
             # One message per endpoint, not per delivery: its worker sends all that is due there.
             transaction.on_commit(lambda: pumps_enqueue([d.subscription_id for d in deliveries], coalesce=True))
@@ -128,42 +132,56 @@ def _accept(*, store: Store | None, events: list[Event], savepoint: bool = True)
             Delivery.objects.bulk_create(deliveries)
             endpoints = [d.subscription_id for d in deliveries]
             transaction.on_commit(lambda: pumps_enqueue(endpoints, coalesce=True))
+        stored = {id(result.event) for result in results if result.created}
+        Notification.objects.bulk_create([note for note in notes if id(note.event) in stored])
     return results
 
 
-def _event_with_deliveries_insert(event: Event, deliveries: list[Delivery], *, savepoint: bool) -> IngestResult:
-    """The event and its deliveries, all or nothing; a repeated message_id writes neither. On
-    PostgreSQL one statement (a routed push is one round trip instead of BEGIN, two INSERTs and
-    COMMIT); elsewhere a transaction holds the event's INSERT and the deliveries' bulk_create."""
-    if not deliveries:
+def _event_with_deliveries_insert(
+    event: Event, deliveries: list[Delivery], *, savepoint: bool, notes: Sequence[Notification] = ()
+) -> IngestResult:
+    """The event, its deliveries and its notes (routing.departures), all or nothing; a repeated
+    message_id writes none of them. On PostgreSQL one statement (a routed push is one round trip
+    instead of BEGIN, two INSERTs and COMMIT); elsewhere a transaction holds the event's INSERT and
+    a bulk_create of the deliveries and of the notes."""
+    if not deliveries and not notes:
         return event_insert(event, savepoint=savepoint)
     db = connections[router.db_for_write(Delivery)]
     if events_sql.server_bound(db):
         return event_insert(
-            event, savepoint=savepoint, write=lambda: _event_with_deliveries_write(db, event, deliveries)
+            event, savepoint=savepoint, write=lambda: _event_with_deliveries_write(db, event, deliveries, notes)
         )
     with transaction.atomic():
         result = event_insert(event, savepoint=savepoint)
         if result.created:
             Delivery.objects.bulk_create(deliveries)
+            Notification.objects.bulk_create(notes)
     return result
 
 
-def _event_with_deliveries_write(db: Any, event: Event, deliveries: list[Delivery]) -> None:
+def _event_with_deliveries_write(
+    db: Any, event: Event, deliveries: list[Delivery], notes: Sequence[Notification]
+) -> None:
     params = event_values([event], db, "save")
-    fields = sql.delivery_fields()
-    for delivery in deliveries:
-        # Not _prepare_related_fields_for_save: it refuses the event, unsaved until this statement.
-        params.extend(f.get_db_prep_save(f.pre_save(delivery, True), db) for f in fields)
+    for rows, fields in ((deliveries, sql.delivery_fields()), (notes, sql.notification_fields())):
+        for row in rows:
+            # Not _prepare_related_fields_for_save: it refuses the event, unsaved until this statement.
+            params.extend(f.get_db_prep_save(f.pre_save(row, True), db) for f in fields)
     with events_sql.insert_cursor(db, prepared=settings.DB_PREPARED_STATEMENTS) as cursor:
-        cursor.execute(sql.event_with_deliveries(db.alias, len(deliveries)), params)
+        cursor.execute(sql.event_with_deliveries(db.alias, len(deliveries), len(notes)), params)
         written = cursor.fetchall()
-    event.pk = written[0][0]
+    if notes:
+        # Each row led by its kind: 0 a delivery, 1 a note.
+        by_kind = ([row[1:] for row in written if row[0] == 0], [row[1:] for row in written if row[0] == 1])
+    else:
+        by_kind = (written, [])
+    event.pk = (by_kind[0] or by_kind[1])[0][0]
     row_saved(event, db.alias)
-    for delivery, (event_id, pk) in zip(deliveries, written, strict=True):
-        delivery.pk = pk
-        delivery.event_id = event_id
-        row_saved(delivery, db.alias)
+    for rows, ids in zip((deliveries, notes), by_kind, strict=True):
+        for row, (event_id, pk) in zip(rows, ids, strict=True):
+            row.pk = pk
+            row.event_id = event_id
+            row_saved(row, db.alias)
 
 
 def _route(events: list[Event], subscriptions: list[Subscription]) -> list[list[Subscription]]:

@@ -14,6 +14,7 @@ from django.db.models import Case, F, Value, When
 from routing import retry, sql
 from routing.claim import Batch
 from routing.models import Attempt, Delivery, DeliveryState, Subscription
+from routing.reply_forms import attempt_summary
 from routing.send import Sent
 from routing.standing import subscription_disable, subscription_failing
 from routing.transport.exchange import ExchangeResult
@@ -132,6 +133,7 @@ _ATTEMPT_FIELDS = (
     "response_body",
     "error",
     "succeeded",
+    "summary",
 )
 
 
@@ -166,6 +168,12 @@ def _attempt_row(s: Sent) -> Attempt:
         response_body=result.response_body,
         error=result.error,
         succeeded=result.succeeded,
+        summary=attempt_summary(
+            reply=result.reply,
+            succeeded=result.succeeded,
+            status_code=result.status_code,
+            response_body=result.response_body,
+        ),
     )
 
 

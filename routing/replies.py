@@ -3,7 +3,6 @@ events through the outbox, returned parameters merged into the subscription."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +14,7 @@ from events.services import descendants_reserve, event_roots
 from events.validation import Envelope, envelope_validate, json_type
 from routing.models import Delivery, Notification, NotificationLevel, Subscription
 from routing.outbox import event_accept
+from routing.reply_forms import ParametersRefused, parameters_merged, parameters_returned
 from routing.returned_objects import ObjectsRead, objects_read, objects_take_in
 from routing.returned_types import objects_present
 
@@ -36,10 +36,6 @@ _REPLY_KEYS = ("notifications", "messages", "parameters")
 def reply_has_content(reply: Any) -> bool:
     """Whether a reply carries anything for replies_process to take in."""
     return isinstance(reply, Mapping) and (any(reply.get(key) for key in _REPLY_KEYS) or objects_present(reply))
-
-
-class ParametersRefused(ValueError):
-    """The parameters a reply returned would make the subscription's too many or too large."""
 
 
 @dataclass
@@ -118,12 +114,16 @@ def _reply_take_in(r: _Reply) -> None:
 
     for key in ("notifications", "messages", "parameters"):
         value = reply.get(key)
+        # The newer generation sends parameters as an object (routing.reply_forms).
+        if key == "parameters" and isinstance(value, Mapping):
+            continue
         if value not in (None, [], {}, "") and not isinstance(value, list):
             # Read past, it would be lost without a word: say so where the event's notes are shown.
+            wanted = "a JSON array or object" if key == "parameters" else "a JSON array"
             note(
                 NotificationLevel.WARN,
                 f"The reply's '{key}' was not read",
-                f"'{key}' must be a JSON array (PROTOCOL §3), not {json_type(value)}.",
+                f"'{key}' must be {wanted} (PROTOCOL §3), not {json_type(value)}.",
             )
 
     notifications = reply.get("notifications")
@@ -173,8 +173,8 @@ def _reply_take_in(r: _Reply) -> None:
         note=note,
     )
 
-    parameters = reply.get("parameters")
-    if isinstance(parameters, list) and parameters and left_out:
+    parameters = parameters_returned(reply.get("parameters"))
+    if parameters and left_out:
         # A `since` moved past objects that made no event would skip them for good.
         note(
             NotificationLevel.ERROR,
@@ -182,7 +182,7 @@ def _reply_take_in(r: _Reply) -> None:
             f"{left_out} of the new objects it returned were not made into events; with the parameters as "
             "they were, the next request asks for them again.",
         )
-    elif isinstance(parameters, list) and parameters:
+    elif parameters:
         try:
             subscription_parameters_merge(subscription_id=sub.pk, parameters=parameters)
         except ParametersRefused as exc:
@@ -190,37 +190,12 @@ def _reply_take_in(r: _Reply) -> None:
 
 
 def subscription_parameters_merge(*, subscription_id: int, parameters: list[Any]) -> list[dict[str, Any]]:
-    """Returned parameters replace those of the same name and add new ones; the rest stay.
-
-    Every later delivery to the endpoint carries them all, so a merge that would leave more than
-    HUB_MAX_PARAMETERS of them, or more than HUB_MAX_PARAMETERS_BYTES of JSON, is refused whole
-    (ParametersRefused, saying which): nothing of it is stored."""
+    """Merge returned parameters into the subscription's, under its row lock, by the rule of
+    routing.reply_forms.parameters_merged: a merge it refuses (ParametersRefused) stores nothing."""
     # FOR NO KEY UPDATE: a plain FOR UPDATE would also wait for, and block, the deliveries being
     # made to this subscription (their foreign key's share lock), by another reply's events too.
     sub = Subscription.objects.select_for_update(no_key=True).get(pk=subscription_id)
-    merged: dict[str, Any] = {}
-    for item in list(sub.parameters or []) + parameters:
-        if isinstance(item, Mapping) and isinstance(item.get("name"), str) and item["name"]:
-            merged[item["name"]] = item.get("value")
-    result = [{"name": name, "value": value} for name, value in merged.items()]
+    result = parameters_merged(list(sub.parameters or []), parameters)
     if result != sub.parameters:
-        _parameters_check(result, returned=len(parameters))
         Subscription.objects.filter(pk=subscription_id).update(parameters=result)
     return result
-
-
-def _parameters_check(parameters: list[dict[str, Any]], *, returned: int) -> None:
-    limit = settings.HUB_MAX_PARAMETERS
-    if len(parameters) > limit:
-        raise ParametersRefused(
-            f"With the {returned} parameters this reply returned the subscription would hold {len(parameters)}; "
-            f"at most {limit} are kept (HUB_MAX_PARAMETERS). Nothing of the reply's parameters was stored."
-        )
-    size = len(json.dumps(parameters, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace"))
-    limit = settings.HUB_MAX_PARAMETERS_BYTES
-    if size > limit:
-        raise ParametersRefused(
-            f"With the {returned} parameters this reply returned the subscription's parameters would take "
-            f"{size} bytes of JSON; at most {limit} are kept (HUB_MAX_PARAMETERS_BYTES), and every delivery "
-            "carries them. Nothing of the reply's parameters was stored."
-        )

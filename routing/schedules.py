@@ -216,8 +216,8 @@ def schedule_ticks_record(
     schedule learns how it went, and a tick whose reply says there is more (HTTP 206, or a `page`
     parameter past the one sent) asks for the next page at once, up to HUB_SCHEDULE_MAX_PAGES.
 
-    `subscription` is the pump's: its parameters are what was sent, and are read again here so the
-    pump's next round sends what the replies saved (the next page's number above all)."""
+    `subscription` is the pump's: its parameters are those the batch was sent with (the pump reads
+    them again after the batch, so the next page goes out with the number its reply saved)."""
     ticks = [(d, r, v) for d, r, v in outcomes if d.event.origin.startswith(TICK_ORIGIN)]
     if not ticks:
         return
@@ -233,8 +233,6 @@ def schedule_ticks_record(
             error = result.error or (f"HTTP {result.status_code}" if result.status_code else "no answer")
             changes["last_error"] = error[:1000]
         Schedule.objects.filter(pk=_schedule_id(delivery.event)).update(**changes)
-    if any(isinstance(r.reply, Mapping) and r.reply.get("parameters") for _, r, _ in ticks):
-        subscription.parameters = Subscription.objects.values_list("parameters", flat=True).get(pk=subscription.pk)
     for delivery, page in more:
         schedule = Schedule.objects.filter(pk=_schedule_id(delivery.event)).select_related("subscription").first()
         if schedule is None:

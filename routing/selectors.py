@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import heapq
 from typing import Any
 
 from django.db.models import Prefetch
 
 from events.models import Event
-from routing.models import DELIVERY_OPEN_STATES, Attempt, Delivery, Notification
+from routing.models import DELIVERY_OPEN_STATES, Attempt, Delivery, Notification, Subscription
+from routing.reply_forms import SummaryNote, summary_notes
 from routing.transport.exchange import attempt_outcome
 
 
@@ -17,7 +19,7 @@ def event_deliveries_describe(event: Event) -> dict[str, Any]:
     notifications endpoints addressed to the store. Never an endpoint's URL (its host, its
     credentials, a key in its query string), reply headers, reply body or error text: an endpoint
     that echoes its request shows its X-Hub-Token there. Those are the admin's."""
-    deliveries = (
+    deliveries = list(
         Delivery.objects.filter(event=event)
         .select_related("subscription")
         .prefetch_related(Prefetch("attempts", queryset=Attempt.objects.order_by("number")))
@@ -26,6 +28,7 @@ def event_deliveries_describe(event: Event) -> dict[str, Any]:
     notifications = Notification.objects.filter(event=event).order_by("id")
     return {
         "deliveries": [_delivery_public(d) for d in deliveries],
+        # With what the endpoints' replies summed up (routing.reply_forms), in time order.
         "notifications": [
             {
                 "level": n.level,
@@ -33,9 +36,20 @@ def event_deliveries_describe(event: Event) -> dict[str, Any]:
                 "description": n.description,
                 "created_at": n.created_at.isoformat(),
             }
-            for n in notifications
+            for n in heapq.merge(notifications, deliveries_summaries(deliveries), key=lambda n: n.created_at)
         ],
     }
+
+
+def deliveries_summaries(deliveries: list[Delivery]) -> list[SummaryNote]:
+    """The summaries of the attempts of deliveries read with their subscription and attempts."""
+    return summary_notes((d.subscription.name, a) for d in deliveries for a in d.attempts.all())
+
+
+def subscription_parameters_read(subscription_id: int) -> list[Any]:
+    """A subscription's parameters as stored now (a reply may just have merged some)."""
+    stored = Subscription.objects.filter(pk=subscription_id).values_list("parameters", flat=True).first()
+    return list(stored or [])
 
 
 def _delivery_public(d: Delivery) -> dict[str, Any]:
@@ -59,6 +73,7 @@ def _delivery_public(d: Delivery) -> dict[str, Any]:
                 "latency_ms": a.latency_ms,
                 "succeeded": a.succeeded,
                 "outcome": attempt_outcome(a),
+                "summary": a.summary,
             }
             for a in attempts
         ],

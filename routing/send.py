@@ -14,6 +14,7 @@ from django.utils import timezone
 from infra import metrics, tracing
 from routing.claim import Batch
 from routing.models import Delivery
+from routing.reply_forms import parameters_after_reply
 from routing.transport.exchange import ExchangeResult, attempt_outcome, request_send
 from routing.transport.request import request_build
 
@@ -33,6 +34,8 @@ def batch_send(batch: Batch, *, deadline: float) -> tuple[list[Sent], list[Deliv
     sub = batch.subscription
     previous_secret = sub.previous_signing_secret_active(timezone.now())
     sent: list[Sent] = []
+    # What a reply returns goes out with the next request, this batch's too.
+    parameters = list(sub.parameters or [])
     for index, delivery in enumerate(batch.deliveries):
         if index and time.monotonic() >= deadline:
             return sent, batch.deliveries[index:]
@@ -45,7 +48,7 @@ def batch_send(batch: Batch, *, deadline: float) -> tuple[list[Sent], list[Deliv
                 message=event.message,
                 message_id=event.message_id,
                 payload=event.payload,
-                parameters=sub.parameters or [],
+                parameters=parameters,
                 webhook_id=str(event.uid),
                 signing_secret=sub.signing_secret,
                 previous_signing_secret=previous_secret,
@@ -67,6 +70,7 @@ def batch_send(batch: Batch, *, deadline: float) -> tuple[list[Sent], list[Deliv
         tracing.attempt_end(span, result)
         metrics.attempt_observe(attempt_outcome(result), result.latency_ms / 1000)
         sent.append(Sent(delivery=delivery, result=result, started_at=started_at))
+        parameters = parameters_after_reply(parameters, succeeded=result.succeeded, reply=result.reply)
     return sent, []
 
 

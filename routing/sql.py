@@ -16,7 +16,14 @@ from django.db.models import Field, Model
 
 from events import sql as events_sql
 from events.models import Event, Store
-from routing.models import DELIVERY_OPEN_STATES, DELIVERY_UNFINISHED_STATES, Delivery, DeliveryState, Subscription
+from routing.models import (
+    DELIVERY_OPEN_STATES,
+    DELIVERY_UNFINISHED_STATES,
+    Delivery,
+    DeliveryState,
+    Notification,
+    Subscription,
+)
 
 _OPEN = ", ".join(f"'{state}'" for state in DELIVERY_OPEN_STATES)
 _UNFINISHED = ", ".join(f"'{state}'" for state in DELIVERY_UNFINISHED_STATES)
@@ -228,22 +235,42 @@ def events_status_set(count: int) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def event_with_deliveries(alias: str, count: int) -> str:
+def event_with_deliveries(alias: str, count: int, notes: int = 0) -> str:
     """PostgreSQL: one statement writes an event and its `count` deliveries, atomic in autocommit:
     WITH event AS (events.sql.event_insert) INSERT INTO delivery (event_id, delivery_fields())
     VALUES ((SELECT id FROM event), ...) x count RETURNING event_id, id. VALUES straight into the
     table, so that PostgreSQL takes every parameter's type from its column. Params: the event's
-    values (events.services.event_values), then each delivery's delivery_fields(). Numbered."""
+    values (events.services.event_values), then each delivery's delivery_fields(). Numbered.
+
+    With `notes`, the event's notifications (routing.departures) too, then each with its
+    notification_fields(): every INSERT is a WITH of its own, and each row returned is led by 0
+    for a delivery or 1 for a notification."""
+    inserts = [_rows_for_event(Delivery, delivery_fields(), count)] if count else []
+    if not notes:
+        return numbered(f"WITH event AS ({events_sql.event_insert(alias, 1, skip_conflicts=False)}) {inserts[0]}")
+    inserts.append(_rows_for_event(Notification, notification_fields(), notes))
+    kinds = [0, 1] if count else [1]
+    withs = ", ".join(f"rows{kind} AS ({insert})" for kind, insert in zip(kinds, inserts, strict=True))
+    selects = " UNION ALL ".join(f"SELECT {kind}, event_id, id FROM rows{kind}" for kind in kinds)
+    return numbered(f"WITH event AS ({events_sql.event_insert(alias, 1, skip_conflicts=False)}), {withs} {selects}")
+
+
+def _rows_for_event(model: type[Model], fields: list[Field], count: int) -> str:
     quote = connection.ops.quote_name
-    row = "((SELECT id FROM event), " + ", ".join(["%s"] * len(delivery_fields())) + ")"
-    return numbered(
-        "WITH event AS ({}) INSERT INTO {} ({}) VALUES {} RETURNING event_id, id".format(
-            events_sql.event_insert(alias, 1, skip_conflicts=False),
-            table(Delivery),
-            ", ".join(quote(f.column) for f in [Delivery._meta.get_field("event"), *delivery_fields()]),
-            ", ".join([row] * count),
-        )
+    row = "((SELECT id FROM event), " + ", ".join(["%s"] * len(fields)) + ")"
+    return "INSERT INTO {} ({}) VALUES {} RETURNING event_id, id".format(
+        table(model),
+        ", ".join(quote(f.column) for f in [model._meta.get_field("event"), *fields]),
+        ", ".join([row] * count),
     )
+
+
+@functools.cache
+def notification_fields() -> list[Field]:
+    """The fields of a notification event_with_deliveries writes: every concrete one but id and event."""
+    return [
+        f for f in Notification._meta.concrete_fields if not f.primary_key and not f.generated and f.name != "event"
+    ]
 
 
 @functools.cache

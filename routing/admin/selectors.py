@@ -3,6 +3,7 @@ to it, and the timeline of one order. Each is a fixed number of queries however 
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,8 +18,9 @@ from django.utils import timezone
 from events.models import Event, EventStatus
 from routing import sql
 from routing.backlog import OldestWaiting, delivery_oldest_open, delivery_state_counts
-from routing.models import Attempt, Delivery, DeliveryState, Notification, Subscription
+from routing.models import Attempt, Delivery, DeliveryState, Notification, NotificationLevel, Subscription
 from routing.operations import TEST_MESSAGE
+from routing.selectors import deliveries_summaries
 
 # A page lists at most this many of one kind of row; the rest is a click away in a filtered list.
 DETAIL_ROWS_MAX = 200
@@ -266,19 +268,48 @@ def deliveries_with_attempts(queryset: Any) -> list[Delivery]:
 
 
 @dataclass(frozen=True)
+class NoteRow:
+    """A row of the event page's notifications: a notification, or an attempt's summary."""
+
+    created_at: datetime
+    level: str
+    source: str
+    subject: str
+    description: str
+    summary: bool = False
+
+    @property
+    def level_label(self) -> str:
+        return NotificationLevel(self.level).label
+
+
+@dataclass(frozen=True)
 class EventDetail:
     deliveries: list[Delivery]
     notifications: list[Notification]
     children: list[Event]
+    # The notifications and the attempts' summaries, in time order.
+    notes: list[NoteRow] = field(default_factory=list)
 
 
 def event_detail(*, event: Event) -> EventDetail:
+    deliveries = deliveries_with_attempts(Delivery.objects.filter(event=event))
+    notifications = list(
+        Notification.objects.filter(event=event).select_related("subscription").order_by("id")[:DETAIL_ROWS_MAX]
+    )
+    rows = [
+        NoteRow(n.created_at, n.level, n.subscription.name if n.subscription else "hub", n.subject, n.description)
+        for n in notifications
+    ]
+    summaries = [
+        NoteRow(s.created_at, s.level, s.subscription, s.subject, s.description, summary=True)
+        for s in deliveries_summaries(deliveries)
+    ]
     return EventDetail(
-        deliveries=deliveries_with_attempts(Delivery.objects.filter(event=event)),
-        notifications=list(
-            Notification.objects.filter(event=event).select_related("subscription").order_by("id")[:DETAIL_ROWS_MAX]
-        ),
+        deliveries=deliveries,
+        notifications=notifications,
         children=list(Event.objects.filter(parent=event).order_by("id")[:DETAIL_ROWS_MAX]),
+        notes=list(heapq.merge(rows, summaries, key=lambda row: row.created_at)),
     )
 
 

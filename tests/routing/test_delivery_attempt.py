@@ -267,16 +267,37 @@ def test_reply_fields_that_are_not_arrays_are_noted_not_dropped_silently(subscri
         Reply.ok(
             notifications={"level": "error", "subject": "Customer unknown"},
             messages="shipment:confirm",
-            parameters={"name": "cursor", "value": "2"},
+            parameters="cursor=2",
         ),
     )
     delivery = make(subscriber, parameters=[{"name": "cursor", "value": "1"}])
     assert pump_for(delivery.pk) == "delivered"
     notes = {n.subject: (n.level, n.description) for n in Notification.objects.filter(event=delivery.event)}
     assert notes == {
-        f"The reply's '{key}' was not read": ("warn", f"'{key}' must be a JSON array (PROTOCOL §3), not {kind}.")
-        for key, kind in (("notifications", "an object"), ("messages", "a string"), ("parameters", "an object"))
+        f"The reply's '{key}' was not read": ("warn", f"'{key}' must be {wanted} (PROTOCOL §3), not {kind}.")
+        for key, wanted, kind in (
+            ("notifications", "a JSON array", "an object"),
+            ("messages", "a JSON array", "a string"),
+            ("parameters", "a JSON array or object", "a string"),
+        )
     }
     assert not Event.objects.filter(parent=delivery.event).exists()
     delivery.subscription.refresh_from_db()
     assert delivery.subscription.parameters == [{"name": "cursor", "value": "1"}]
+
+
+def test_parameters_as_an_object_are_merged_and_one_without_its_brackets_is_one_parameter(subscriber):
+    """The newer generation's object form (names to values); an object of just name and value,
+    which the object form read that way before, is the list form's one item without brackets."""
+    subscriber.program(
+        "/hook", Reply.ok(parameters={"name": "cursor", "value": "2"}), Reply.ok(parameters={"cursor": "3", "page": 4})
+    )
+    delivery = make(subscriber, parameters=[{"name": "cursor", "value": "1"}])
+    assert pump_for(delivery.pk) == "delivered"
+    delivery.subscription.refresh_from_db()
+    assert delivery.subscription.parameters == [{"name": "cursor", "value": "2"}]
+    second = DeliveryFactory(subscription=delivery.subscription)
+    assert pump_for(second.pk) == "delivered"
+    delivery.subscription.refresh_from_db()
+    assert delivery.subscription.parameters == [{"name": "cursor", "value": "3"}, {"name": "page", "value": 4}]
+    assert not Notification.objects.exists()

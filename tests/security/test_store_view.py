@@ -30,7 +30,8 @@ DELIVERY_KEYS = {
     "last_status_code",
     "attempts",
 }
-ATTEMPT_KEYS = {"number", "started_at", "status_code", "latency_ms", "succeeded", "outcome"}
+# `summary`: the sentence the endpoint's reply gave for the store to read (docs/protocol.md §3).
+ATTEMPT_KEYS = {"number", "started_at", "status_code", "latency_ms", "succeeded", "outcome", "summary"}
 
 
 def _echo(status: int, *, notify: bool = False):
@@ -108,6 +109,7 @@ def test_a_store_sees_how_its_event_fared_and_nothing_of_the_endpoints(worker, s
         "latency_ms": 0,
         "succeeded": True,
         "outcome": "success",
+        "summary": "",
     }
     assert by_name["down"]["state"] == "failed" and by_name["down"]["delivered_at"] is None
     assert by_name["down"]["last_status_code"] == 500

@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
     # No dependency on a later events migration: the foreign key needs only the events table, and
     # a test that migrates events back (tests/events/test_event_storage.py) must not take this with it.
     dependencies = [
-        ('routing', '0012_delivery_drop_enqueued_at'),
+        ('routing', '0013_attempt_summary'),
     ]
 
     operations = [
