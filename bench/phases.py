@@ -17,6 +17,7 @@ from bench import load
 from bench.data import database_settle, events_fill, events_truncate
 from bench.figures import chain_rates, stall_after_sigkill
 from bench.plan import HOST, SEED, Plan, Row
+from bench.pulls import pulls
 from bench.stack import (
     Processes,
     RssSampler,
@@ -28,6 +29,9 @@ from bench.stack import (
     queue_purge,
     wait_for,
 )
+
+# Phases run only when asked for with --only: they measure something the default table does not.
+OPT_IN = {"pulls"}
 
 
 class Bench:
@@ -785,6 +789,7 @@ class Bench:
             "stall": self.stall,
             "stored": self.stored,
             "memory": self.memory,
+            "pulls": lambda: pulls(self),
         }
         # e2e, fan-out, chain and stall need the worker and subscription the delivery phase starts; stored
         # compares with the bare baseline of the ingest phase.
@@ -795,7 +800,7 @@ class Bench:
         try:
             self.start()
             for name, phase in phases.items():
-                if not only or name in only:
+                if (not only and name not in OPT_IN) or name in only:
                     database_settle()
                     phase()
         finally:

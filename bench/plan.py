@@ -32,6 +32,8 @@ class Plan:
     stored_small: int
     stored_large: int
     stored_seconds: float
+    # Schedules all due at the same moment (the pulls phase, bench/pulls.py).
+    pull_schedules: int
     web_workers: int
     worker_concurrency: int
 
@@ -61,6 +63,7 @@ FULL = Plan(
     stored_small=10_000,
     stored_large=1_000_000,
     stored_seconds=8,
+    pull_schedules=1000,
     web_workers=int(os.environ.get("WEB_CONCURRENCY") or 2),
     worker_concurrency=int(os.environ.get("WORKER_CONCURRENCY") or 4),
 )
@@ -84,6 +87,7 @@ SMOKE = Plan(
     stored_small=100,
     stored_large=1000,
     stored_seconds=0.5,
+    pull_schedules=20,
     web_workers=2,
     worker_concurrency=2,
 )

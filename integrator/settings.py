@@ -257,6 +257,19 @@ HUB_MAX_DESCENDANTS = _env_int("HUB_MAX_DESCENDANTS", 1000)
 # What a subscription's parameters may grow to through replies (every delivery carries them all).
 HUB_MAX_PARAMETERS = _env_int("HUB_MAX_PARAMETERS", 50)
 HUB_MAX_PARAMETERS_BYTES = _env_int("HUB_MAX_PARAMETERS_BYTES", 64 * 1024)
+# Objects one reply may return by plural type ("orders": [...]); past it the rest are dropped, noted.
+HUB_REPLY_MAX_OBJECTS = _env_int("HUB_REPLY_MAX_OBJECTS", 500)
+
+# --- Schedules (routing/schedules.py, docs/protocol.md "Pulling") ------------------------------
+# How often beat looks for due schedules; a tick is late by at most this much.
+HUB_SCHEDULES_POLL_SECONDS = _env_float("HUB_SCHEDULES_POLL_SECONDS", 5)
+# Schedules claimed per transaction, and how long one look may go on claiming batches.
+HUB_SCHEDULES_BATCH_SIZE = _env_int("HUB_SCHEDULES_BATCH_SIZE", 100)
+HUB_SCHEDULES_RUN_SECONDS = _env_float("HUB_SCHEDULES_RUN_SECONDS", 20)
+# The shortest interval a schedule may have: a pull that runs all the time is a load, not a schedule.
+HUB_SCHEDULE_MIN_INTERVAL_SECONDS = _env_float("HUB_SCHEDULE_MIN_INTERVAL_SECONDS", 30)
+# Pages one tick follows (HTTP 206, or a `page` parameter past the one sent) before it stops.
+HUB_SCHEDULE_MAX_PAGES = _env_int("HUB_SCHEDULE_MAX_PAGES", 20)
 # An endpoint that has failed without a single success for this long is disabled.
 HUB_SUBSCRIPTION_DISABLE_AFTER_SECONDS = _env_float("HUB_SUBSCRIPTION_DISABLE_AFTER_SECONDS", 5 * 86400)
 # Short, so a dead worker's deliveries go out soon after their lease; an idle sweep is two reads.
@@ -298,6 +311,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "routing.deliveries_sweep",
         "schedule": HUB_SWEEP_INTERVAL_SECONDS,
         "options": {"expires": max(HUB_SWEEP_INTERVAL_SECONDS, 1.0)},
+    },
+    "schedules-run": {
+        "task": "routing.schedules_run",
+        "schedule": HUB_SCHEDULES_POLL_SECONDS,
+        "options": {"expires": max(HUB_SCHEDULES_POLL_SECONDS, 1.0)},
     },
     "events-retention": {
         "task": "ops.events_retention",

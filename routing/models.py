@@ -81,6 +81,7 @@ SUBSCRIPTION_EDITABLE_FIELDS: tuple[str, ...] = (
     "payload_format",
     "paths",
     "transform",
+    "object_messages",
     "http_method",
     "timeout_seconds",
     "max_in_flight",
@@ -107,6 +108,13 @@ class Subscription(models.Model):
     # rest like the token and secrets; Python sees the list.
     parameters = EncryptedJSONField(
         default=list, blank=True, help_text='Sent as payload.parameters: [{"name": ..., "value": ...}].'
+    )
+    # What an object the endpoint returns by plural type becomes (routing.returned_objects).
+    object_messages = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='The message each returned type makes, e.g. {"orders": "order:updated"}; a type not named '
+        "makes <type>:new the first time an object is seen, <type>:updated after.",
     )
     # Sent as X-Hub-Token / X-Augury-Token: as good as a password to the endpoint, so encrypted at
     # rest like the signing secret (HUB_ENCRYPTION_KEYS); Python sees it in clear.
@@ -183,6 +191,7 @@ class Subscription(models.Model):
         from routing.formats import paths_validate
         from routing.matching import filter_mode_validate, filters_validate, message_types_validate
         from routing.retry import schedule_validate
+        from routing.returned_types import object_messages_validate
 
         checks = (
             ("message_types", message_types_validate, self.message_types),
@@ -191,6 +200,7 @@ class Subscription(models.Model):
             ("retry_schedule", schedule_validate, self.retry_schedule),
             ("parameters", parameters_validate, self.parameters),
             ("paths", paths_validate, self.paths),
+            ("object_messages", object_messages_validate, self.object_messages),
         )
         errors: dict[str, str] = {}
         for field, check, value in checks:
@@ -370,3 +380,71 @@ class Notification(models.Model):
 
     def __str__(self) -> str:
         return f"{self.level}: {self.subject}"
+
+
+class Schedule(models.Model):
+    """A subscription's pull: its message (`get_orders`) sent to the endpoint every interval or on a
+    cron expression (routing.schedules). The next run is claimed in the database, so each tick runs
+    once however many schedulers look."""
+
+    subscription = models.OneToOneField(Subscription, on_delete=models.CASCADE, related_name="schedule")
+    message = models.CharField(
+        max_length=100, default="get_orders", help_text="What the endpoint is asked, e.g. get_orders."
+    )
+    interval_seconds = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Every this many seconds; leave empty to use a cron expression."
+    )
+    cron = models.CharField(
+        max_length=100, blank=True, default="", help_text="A cron expression in UTC, e.g. */15 * * * *."
+    )
+    is_paused = models.BooleanField(default=False)
+    next_run_at = models.DateTimeField(null=True, blank=True)
+    last_run_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # The tick event last made, and how its last attempt ended ("" when it succeeded).
+    last_event = models.ForeignKey(
+        Event, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
+    last_error = models.TextField(blank=True, default="", editable=False)
+    last_succeeded_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["subscription__name"]
+        indexes = [
+            # What the scheduler reads every few seconds: the running schedules that are due.
+            models.Index(fields=["next_run_at"], name="schedule_due", condition=models.Q(is_paused=False)),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.message} for {self.subscription}"
+
+    @property
+    def every(self) -> str:
+        return f"every {self.interval_seconds}s" if self.interval_seconds else f"cron {self.cron}"
+
+    def clean(self) -> None:
+        from routing.timing import schedule_validate
+
+        errors = schedule_validate(message=self.message, interval_seconds=self.interval_seconds, cron=self.cron)
+        if errors:
+            raise ValidationError(errors)
+
+
+class ReturnedObject(models.Model):
+    """An object an endpoint returned (routing.returned_objects) as it was, by type, id and a digest
+    of its content: the same object returned again unchanged makes no second event."""
+
+    subscription = models.ForeignKey(Subscription, on_delete=models.CASCADE, related_name="+")
+    # The object's type and id, e.g. "orders:R123" (the digest alone for an object without an id).
+    key = models.CharField(max_length=200)
+    digest = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["subscription", "key", "digest"], name="returned_object_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.digest[:12]})"

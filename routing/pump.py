@@ -31,6 +31,7 @@ from routing.models import Delivery, Subscription
 from routing.record import Outcome, endpoint_record, outcomes_record
 from routing.replies import replies_process, reply_has_content
 from routing.reply_forms import reply_returns_parameters
+from routing.schedules import schedule_ticks_record
 from routing.selectors import subscription_parameters_read
 from routing.send import Sent, batch_send
 from routing.standing import subscription_max_in_flight
@@ -94,6 +95,9 @@ def _batch_close(batch: Batch, *, sent: list[Sent], unsent: list[Delivery]) -> d
                 for s, decision in mine
                 if decision.verdict == retry.Verdict.DELIVERED and reply_has_content(s.result.reply)
             ]
+        )
+        schedule_ticks_record(
+            subscription=sub, outcomes=[(s.delivery, s.result, str(d.verdict)) for s, d in mine], now=now
         )
         endpoint_record(sub=sub, mine=mine, now=now)
         events_status_refresh(event_ids=[s.delivery.event_id for s, _ in mine])

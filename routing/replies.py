@@ -15,6 +15,8 @@ from events.validation import Envelope, envelope_validate, json_type
 from routing.models import Delivery, Notification, NotificationLevel, Subscription
 from routing.outbox import event_accept
 from routing.reply_forms import ParametersRefused, parameters_merged, parameters_returned
+from routing.returned_objects import ObjectsRead, objects_read, objects_take_in
+from routing.returned_types import objects_present
 
 # An endpoint may say a lot; past these we keep the first ones and note that the rest were dropped.
 REPLY_MAX_NOTIFICATIONS = 50
@@ -33,7 +35,7 @@ _REPLY_KEYS = ("notifications", "messages", "parameters")
 
 def reply_has_content(reply: Any) -> bool:
     """Whether a reply carries anything for replies_process to take in."""
-    return isinstance(reply, Mapping) and any(reply.get(key) for key in _REPLY_KEYS)
+    return isinstance(reply, Mapping) and (any(reply.get(key) for key in _REPLY_KEYS) or objects_present(reply))
 
 
 @dataclass
@@ -46,8 +48,14 @@ class _Reply:
     envelopes: list[Envelope] = field(default_factory=list)
     # (position in the reply, why) for each onward message that is not valid.
     invalid: list[tuple[int, str]] = field(default_factory=list)
-    # How many of the envelopes the root event's budget of descendants let through.
+    # Objects returned by plural type (routing.returned_objects), after the envelopes in the budget.
+    objects: ObjectsRead = field(default_factory=ObjectsRead)
+    # How many of the envelopes, then of the objects, the root event's budget of descendants let through.
     granted: int = 0
+
+    @property
+    def wanted(self) -> int:
+        return len(self.envelopes) + len(self.objects.envelopes)
 
 
 def replies_process(replies: Sequence[tuple[Delivery, Mapping[str, Any]]]) -> None:
@@ -57,18 +65,18 @@ def replies_process(replies: Sequence[tuple[Delivery, Mapping[str, Any]]]) -> No
     descendants (HUB_MAX_DESCENDANTS) at once, before anything else is locked: a batch locks the
     budgets, then subscriptions, then events, and two batches cannot wait on each other."""
     taken = [_reply_read(delivery, body) for delivery, body in replies]
-    wanted = [r for r in taken if r.envelopes]
+    wanted = [r for r in taken if r.wanted]
     if wanted:
         roots = event_roots(r.delivery.event for r in wanted)
         demand: dict[int, int] = {}
         for r in wanted:
             root = roots[r.delivery.event_id]
-            demand[root] = demand.get(root, 0) + len(r.envelopes)
+            demand[root] = demand.get(root, 0) + r.wanted
         left = descendants_reserve(demand, budget=settings.HUB_MAX_DESCENDANTS)
         # What a root was granted goes to its replies in the order they came.
         for r in wanted:
             root = roots[r.delivery.event_id]
-            r.granted = min(len(r.envelopes), left.get(root, 0))
+            r.granted = min(r.wanted, left.get(root, 0))
             left[root] = left.get(root, 0) - r.granted
     for r in taken:
         _reply_take_in(r)
@@ -83,6 +91,8 @@ def _reply_read(delivery: Delivery, body: Mapping[str, Any]) -> _Reply:
                 reply.envelopes.append(envelope_validate(item))
             except HubError as exc:
                 reply.invalid.append((index, exc.detail))
+    if delivery.event.depth + 1 <= settings.HUB_MAX_EVENT_DEPTH:
+        reply.objects = objects_read(subscription=delivery.subscription, body=body)
     return reply
 
 
@@ -141,7 +151,7 @@ def _reply_take_in(r: _Reply) -> None:
                 note(NotificationLevel.WARN, f"Returned message {index + 1} ignored", detail)
             for envelope in r.envelopes[: r.granted]:
                 event_accept(store=None, envelope=envelope, parent=event, origin=f"subscription:{sub.pk}")
-            over = len(r.envelopes) - r.granted
+            over = max(0, len(r.envelopes) - r.granted)
             if over:
                 budget = settings.HUB_MAX_DESCENDANTS
                 note(
@@ -155,8 +165,24 @@ def _reply_take_in(r: _Reply) -> None:
             if len(messages) > REPLY_MAX_MESSAGES:
                 note(NotificationLevel.WARN, f"{len(messages) - REPLY_MAX_MESSAGES} returned messages dropped")
 
+    left_out = objects_take_in(
+        event=event,
+        subscription=sub,
+        read=r.objects,
+        granted=r.granted - min(r.granted, len(r.envelopes)),
+        note=note,
+    )
+
     parameters = parameters_returned(reply.get("parameters"))
-    if parameters:
+    if parameters and left_out:
+        # A `since` moved past objects that made no event would skip them for good.
+        note(
+            NotificationLevel.ERROR,
+            "The reply's parameters were not stored",
+            f"{left_out} of the new objects it returned were not made into events; with the parameters as "
+            "they were, the next request asks for them again.",
+        )
+    elif parameters:
         try:
             subscription_parameters_merge(subscription_id=sub.pk, parameters=parameters)
         except ParametersRefused as exc:

@@ -9,6 +9,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from routing.pump import deliveries_pump
+from routing.schedules import schedules_run
 from routing.sweeper import deliveries_sweep
 from routing.wakeup import PUMP_TASK, pump_started
 
@@ -34,3 +35,8 @@ def deliveries_pump_task(self: Any, subscription_id: int) -> None:
 @shared_task(name="routing.deliveries_sweep", ignore_result=True)
 def deliveries_sweep_task() -> None:
     deliveries_sweep()
+
+
+@shared_task(name="routing.schedules_run", ignore_result=True)
+def schedules_run_task() -> None:
+    schedules_run()

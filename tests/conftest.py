@@ -22,6 +22,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
     os.environ["HUB_ALLOW_PRIVATE_DESTINATIONS"] = "1"
     settings.HUB_ALLOW_PRIVATE_DESTINATIONS = True
+    # Schedules of a second or two, so that live tests of pulling watch several ticks.
+    os.environ["HUB_SCHEDULE_MIN_INTERVAL_SECONDS"] = "1"
+    settings.HUB_SCHEDULE_MIN_INTERVAL_SECONDS = 1
 
 
 @pytest.fixture(autouse=True)
@@ -106,6 +109,7 @@ def _worker_env(database: dict) -> dict[str, str]:
         HUB_ALLOW_PRIVATE_DESTINATIONS="1",
         HUB_SWEEP_INTERVAL_SECONDS="1",
         HUB_SWEEP_LOST_AFTER_SECONDS="3",
+        HUB_SCHEDULES_POLL_SECONDS="0.5",
         LOG_JSON="true",  # as production logs: tests read the worker's JSON lines
         PYTHONUNBUFFERED="1",
     )

@@ -495,3 +495,52 @@ def pump_for(delivery_id: int) -> str | None:
     if subscription_id is None:
         return None
     return deliveries_pump(subscription_id=subscription_id).verdicts.get(delivery_id)
+
+
+class OrdersSource:
+    """A Spree-era pull endpoint (endpoint_base and the integrations built on it) as a responder
+    for Subscriber.respond_with: it answers `get_orders` with the orders changed since the `since`
+    parameter it was sent, `page_size` at a time. A page with more after it is HTTP 206 with the
+    next `page`; the last page is 200 with the new `since` and `page` back to 1 (ShipStation-style).
+    `fail_next(n)` answers the next n requests 500. Every request is kept with what it asked."""
+
+    def __init__(self, *, page_size: int = 100) -> None:
+        self.page_size = page_size
+        self.orders: dict[str, dict[str, Any]] = {}
+        self.clock = 0
+        self.failures = 0
+        # (message_id, since, page) of each request, in order.
+        self.asked: list[tuple[str, str | None, int]] = []
+
+    def add(self, number: str, **fields: Any) -> dict[str, Any]:
+        """Add or change an order; it is returned to pulls since before this moment."""
+        self.clock += 1
+        order = {**self.orders.get(number, {}), "id": number, "number": number, **fields}
+        order["updated_at"] = f"2026-01-01T00:{self.clock // 60:02d}:{self.clock % 60:02d}Z"
+        self.orders[number] = order
+        return order
+
+    def fail_next(self, count: int = 1) -> None:
+        self.failures = count
+
+    def __call__(self, received: Received) -> Reply:
+        body = received.json()
+        parameters = {p["name"]: p["value"] for p in body.get("payload", {}).get("parameters", [])}
+        since = parameters.get("since")
+        page = int(parameters.get("page") or 1)
+        self.asked.append((body.get("message_id"), since, page))
+        if self.failures:
+            self.failures -= 1
+            return Reply.error(500)
+        changed = sorted(
+            (o for o in self.orders.values() if since is None or o["updated_at"] > since),
+            key=lambda o: o["updated_at"],
+        )
+        start = (page - 1) * self.page_size
+        chunk = changed[start : start + self.page_size]
+        if start + self.page_size < len(changed):
+            return Reply(206, json={"orders": chunk, "parameters": [{"name": "page", "value": page + 1}]})
+        returned = [{"name": "page", "value": 1}]
+        if changed:
+            returned.append({"name": "since", "value": changed[-1]["updated_at"]})
+        return Reply(200, json={"orders": chunk, "parameters": returned})

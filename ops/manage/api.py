@@ -23,6 +23,8 @@ from ops.manage.serializers import (
     DeliveryActionResult,
     DeliveryFilterInput,
     RotateInput,
+    ScheduleInput,
+    ScheduleOutput,
     StoreChanged,
     StoreCreated,
     StoreInput,
@@ -36,6 +38,7 @@ from ops.manage.serializers import (
     SubscriptionOutput,
     SubscriptionRotated,
     TestSent,
+    TickSent,
     TokenInput,
     store_output,
     subscription_output,
@@ -377,6 +380,81 @@ class SubscriptionTestApi(_SubscriptionApi):
         subscription = services.subscription_by_name(name)
         delivery = services.subscription_test(subscription=subscription, actor=self.actor(request))
         return Response({"delivery_id": delivery.pk, "state": delivery.state}, status=202)
+
+
+# --- A subscription's schedule ------------------------------------------------------------------
+def schedule_output(schedule: Any, **extra: Any) -> dict[str, Any]:
+    return {**ScheduleOutput(schedule).data, **extra}
+
+
+class SubscriptionScheduleApi(_SubscriptionApi):
+    @extend_schema(
+        operation_id="manage_schedules_read",
+        summary="The subscription's schedule: what it pulls, how often, its last run, next run and last error",
+        parameters=[_SUB_NAME],
+        responses={200: ScheduleOutput, **_ONE_ERRORS},
+        tags=["manage: schedules"],
+    )
+    def get(self, request: Request, name: str) -> Response:
+        return Response(schedule_output(services.schedule_of(services.subscription_by_name(name))))
+
+    def _put(self, request: Request, name: str, *, partial: bool) -> Response:
+        subscription = services.subscription_by_name(name)
+        values = parsed(ScheduleInput, request.data, partial=partial)
+        schedule, created = services.schedule_put(
+            subscription=subscription, values=values, actor=self.actor(request), partial=partial
+        )
+        return Response(schedule_output(schedule), status=201 if created else 200)
+
+    @extend_schema(
+        operation_id="manage_schedules_put",
+        summary="Create or replace the subscription's schedule (an interval or a cron expression)",
+        parameters=[_SUB_NAME],
+        request=ScheduleInput,
+        responses={200: ScheduleOutput, 201: ScheduleOutput, **_WRITE_ERRORS},
+        tags=["manage: schedules"],
+    )
+    def put(self, request: Request, name: str) -> Response:
+        return self._put(request, name, partial=False)
+
+    @extend_schema(
+        operation_id="manage_schedules_change",
+        summary="Change the subscription's schedule (only the fields given): pause it with is_paused",
+        parameters=[_SUB_NAME],
+        request=ScheduleInput(partial=True),
+        responses={200: ScheduleOutput, 201: ScheduleOutput, **_WRITE_ERRORS},
+        tags=["manage: schedules"],
+    )
+    def patch(self, request: Request, name: str) -> Response:
+        return self._put(request, name, partial=True)
+
+    @extend_schema(
+        operation_id="manage_schedules_delete",
+        summary="Remove the subscription's schedule (its ticks so far stay)",
+        parameters=[_SUB_NAME],
+        request=None,
+        responses={204: None, **_ONE_ERRORS},
+        tags=["manage: schedules"],
+    )
+    def delete(self, request: Request, name: str) -> Response:
+        services.schedule_delete(subscription=services.subscription_by_name(name), actor=self.actor(request))
+        return Response(status=204)
+
+
+class SubscriptionScheduleRunApi(_SubscriptionApi):
+    write_only = True
+
+    @extend_schema(
+        operation_id="manage_schedules_run",
+        summary="Run the subscription's schedule now (its next run stays)",
+        parameters=[_SUB_NAME],
+        request=None,
+        responses={202: TickSent, **_ONE_ERRORS},
+        tags=["manage: schedules"],
+    )
+    def post(self, request: Request, name: str) -> Response:
+        tick = services.schedule_run(subscription=services.subscription_by_name(name), actor=self.actor(request))
+        return Response({"event_id": tick.event_id, "delivery_id": tick.delivery_id, "made": tick.made}, status=202)
 
 
 # --- Deliveries by filter -----------------------------------------------------------------------

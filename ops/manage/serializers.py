@@ -57,6 +57,10 @@ class SubscriptionInput(StrictSerializer):
     transform = serializers.CharField(
         allow_blank=True, required=False, trim_whitespace=False, help_text="The JSONata mapping (transform format)."
     )
+    object_messages = serializers.JSONField(
+        required=False,
+        help_text='The message each type of returned objects makes, e.g. {"orders": "order:updated"}.',
+    )
     http_method = serializers.ChoiceField(choices=HttpMethod.choices, allow_blank=True, required=False)
     timeout_seconds = serializers.FloatField(required=False)
     max_in_flight = serializers.IntegerField(allow_null=True, required=False, min_value=0, max_value=32767)
@@ -72,6 +76,8 @@ class SubscriptionInput(StrictSerializer):
                 attrs[name] = []
         if "paths" in attrs and attrs["paths"] in (None, ""):
             attrs["paths"] = {}
+        if "object_messages" in attrs and attrs["object_messages"] in (None, ""):
+            attrs["object_messages"] = {}
         return attrs
 
 
@@ -80,6 +86,17 @@ class TokenInput(StrictSerializer):
         trim_whitespace=False,
         help_text="What the subscription sends as X-Hub-Token from now on (the endpoint's own key). Never shown back.",
     )
+
+
+class ScheduleInput(StrictSerializer):
+    message = serializers.CharField(max_length=100, required=False, help_text="What is pulled, e.g. get_orders.")
+    interval_seconds = serializers.IntegerField(
+        allow_null=True, required=False, help_text="Every this many seconds (or give `cron`)."
+    )
+    cron = serializers.CharField(
+        max_length=100, allow_blank=True, required=False, help_text="A cron expression in UTC, e.g. */15 * * * *."
+    )
+    is_paused = serializers.BooleanField(required=False)
 
 
 class RotateInput(StrictSerializer):
@@ -146,6 +163,7 @@ class SubscriptionOutput(serializers.Serializer):
     payload_format = serializers.CharField()
     paths = serializers.JSONField()
     transform = serializers.CharField()
+    object_messages = serializers.JSONField()
     http_method = serializers.CharField()
     timeout_seconds = serializers.FloatField()
     max_in_flight = serializers.IntegerField(allow_null=True)
@@ -191,6 +209,25 @@ class StoreChanged(StoreOutput, ChangedOutput):
 
 class SubscriptionChanged(SubscriptionOutput, ChangedOutput):
     pass
+
+
+class ScheduleOutput(serializers.Serializer):
+    subscription = serializers.CharField(source="subscription.name")
+    message = serializers.CharField()
+    interval_seconds = serializers.IntegerField(allow_null=True)
+    cron = serializers.CharField()
+    is_paused = serializers.BooleanField()
+    next_run_at = serializers.DateTimeField(allow_null=True)
+    last_run_at = serializers.DateTimeField(allow_null=True)
+    last_succeeded_at = serializers.DateTimeField(allow_null=True)
+    last_error = serializers.CharField(help_text="How the last tick's last attempt failed; empty when it succeeded.")
+    last_event_id = serializers.IntegerField(allow_null=True, help_text="The last tick event.")
+
+
+class TickSent(serializers.Serializer):
+    event_id = serializers.IntegerField()
+    delivery_id = serializers.IntegerField()
+    made = serializers.BooleanField(help_text="False when the previous tick, still open, was made due now instead.")
 
 
 class TestSent(serializers.Serializer):

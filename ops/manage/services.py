@@ -30,8 +30,10 @@ from routing.models import (
     SUBSCRIPTION_EDITABLE_FIELDS,
     Delivery,
     DeliveryState,
+    Schedule,
     Subscription,
 )
+from routing.schedules import Tick, schedule_run_now, schedule_save
 from routing.standing import subscription_disable
 
 logger = logging.getLogger("ops.manage")
@@ -399,3 +401,47 @@ def deliveries_act(*, action: str, flt: DeliveryFilter, dry_run: bool, actor: st
     }
     write_logged(actor, f"deliveries.{action}", flt.subscription or "*", **result)
     return result
+
+
+# --- Schedules ----------------------------------------------------------------------------------
+def schedule_of(subscription: Subscription) -> Schedule:
+    schedule = Schedule.objects.select_related("subscription").filter(subscription=subscription).first()
+    if schedule is None:
+        raise NotFound(f"The subscription '{subscription.name}' has no schedule.", field="name")
+    return schedule
+
+
+def schedule_put(
+    *, subscription: Subscription, values: Mapping[str, Any], actor: str, partial: bool
+) -> tuple[Schedule, bool]:
+    """Create the subscription's schedule or change it (only the fields given when `partial`),
+    validated as the admin's form is. Returns it and whether it was created."""
+    with transaction.atomic():
+        schedule = Schedule.objects.select_for_update().filter(subscription=subscription).first()
+        created = schedule is None
+        if schedule is None:
+            schedule = Schedule(subscription=subscription)
+        elif not partial:
+            fresh = Schedule(subscription=subscription)
+            for name in ("message", "interval_seconds", "cron", "is_paused"):
+                setattr(schedule, name, getattr(fresh, name))
+        for name, value in values.items():
+            setattr(schedule, name, value if value is not None or name != "cron" else "")
+        try:
+            schedule.full_clean(exclude=["subscription"])
+        except ValidationError as exc:
+            raise _first_error(exc) from None
+        schedule_save(schedule=schedule)
+    write_logged(actor, "schedule.create" if created else "schedule.update", subscription.name, changed=sorted(values))
+    return schedule, created
+
+
+def schedule_delete(*, subscription: Subscription, actor: str) -> None:
+    schedule_of(subscription).delete()
+    write_logged(actor, "schedule.delete", subscription.name)
+
+
+def schedule_run(*, subscription: Subscription, actor: str) -> Tick:
+    tick = schedule_run_now(schedule_id=schedule_of(subscription).pk)
+    write_logged(actor, "schedule.run", subscription.name, event_id=tick.event_id)
+    return tick

@@ -3,7 +3,7 @@ subscriptions are registered by the modules below (stores in events/admin.py).""
 
 from django.contrib import admin
 
-from routing.admin import deliveries, events, login, subscriptions  # noqa: F401 - importing registers them
+from routing.admin import deliveries, events, login, schedules, subscriptions  # noqa: F401 - importing registers them
 
 admin.site.site_header = "Hub admin"
 admin.site.site_title = "Hub admin"

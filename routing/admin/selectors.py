@@ -344,8 +344,9 @@ _KIND_ORDER = {"event": 0, "attempt": 1, "delivered": 2, "notification": 3}
 
 
 def resource_timeline(*, resource_key: str) -> Timeline:
-    """Every event of one resource (an order), the events endpoints returned for them, their
-    deliveries, attempts and notifications, oldest first. Five queries."""
+    """Every event of one resource (an order), the events endpoints returned for them and the
+    events whose replies made them, their deliveries, attempts and notifications, oldest first.
+    At most six queries."""
     roots = list(
         Event.objects.filter(resource_key=resource_key)
         .select_related("store")
@@ -360,7 +361,16 @@ def resource_timeline(*, resource_key: str) -> Timeline:
         .select_related("store")
         .order_by("id")[:TIMELINE_EVENTS_MAX]
     )
-    events = {e.pk: e for e in [*roots, *children]}
+    # The event whose reply made one of them when it is about no resource of its own (a schedule's
+    # tick that returned the order): what asked for it shows here too, not its other children. A
+    # parent with a key of its own (another order) has its own timeline.
+    parent_ids = {e.parent_id for e in roots if e.parent_id is not None} - root_ids
+    parents = (
+        list(Event.objects.filter(pk__in=parent_ids, resource_key__isnull=True).select_related("store"))
+        if parent_ids
+        else []
+    )
+    events = {e.pk: e for e in [*parents, *roots, *children]}
     deliveries = deliveries_with_attempts(Delivery.objects.filter(event_id__in=events))
     notifications = list(
         Notification.objects.filter(event_id__in=events).select_related("subscription").order_by("id")[:DETAIL_ROWS_MAX]

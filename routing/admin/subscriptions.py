@@ -77,6 +77,10 @@ class SubscriptionForm(forms.ModelForm):
         # An emptied textarea means "the URL as it is"; Subscription.clean judges the rest.
         return self.cleaned_data.get("paths") or {}
 
+    def clean_object_messages(self) -> dict[str, Any]:
+        # An emptied textarea means the default names; Subscription.clean judges the rest.
+        return self.cleaned_data.get("object_messages") or {}
+
     def clean_filters(self) -> list[Any]:
         # An emptied textarea means "no filters", not SQL NULL; Subscription.clean judges the rest.
         return self.cleaned_data.get("filters") or []
@@ -112,6 +116,7 @@ class SubscriptionAdmin(admin.ModelAdmin):
     fieldsets = (
         (None, {"fields": ("name", "url", "store", "receive_own_events", "is_enabled", "disabled_reason")}),
         ("What it receives", {"fields": ("message_types", "filters", "filter_mode", "parameters")}),
+        ("What its replies return", {"fields": ("object_messages",)}),
         (
             "How it is sent",
             {
@@ -134,6 +139,10 @@ class SubscriptionAdmin(admin.ModelAdmin):
 
     class Media:
         css = {"all": ("routing/admin.css",)}
+
+    def get_queryset(self, request: HttpRequest) -> Any:
+        # The change page links to the schedule: read with the subscription, not after it.
+        return super().get_queryset(request).select_related("schedule")
 
     @admin.display(description="message types")
     def types(self, obj: Subscription) -> str:

@@ -13,6 +13,7 @@ from routing.admin.charts import BarChart, Point, bar_chart, latency_bars
 from routing.admin.display import badge
 from routing.admin.selectors import Bucket, dashboard_activity, dashboard_counts
 from routing.models import DELIVERY_OPEN_STATES, Delivery, DeliveryState
+from routing.schedules import schedules_overview
 
 register = template.Library()
 
@@ -71,6 +72,7 @@ def hub_dashboard() -> dict[str, Any]:
         "latency_sampled": activity.latency_sampled,
         "delivery_states": [(state, label, counts.deliveries[state]) for state, label in Delivery.state.field.choices],
         "event_statuses": [(status, label, counts.events[status]) for status, label in EventStatus.choices],
+        "schedules": schedules_overview(),
     }
 
 

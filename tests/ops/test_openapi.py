@@ -35,6 +35,8 @@ MANAGE_PATHS = {
     "/manage/v1/subscriptions/{name}/rotate": {"post"},
     "/manage/v1/subscriptions/{name}/token": {"post"},
     "/manage/v1/subscriptions/{name}/test": {"post"},
+    "/manage/v1/subscriptions/{name}/schedule": {"get", "put", "patch", "delete"},
+    "/manage/v1/subscriptions/{name}/schedule/run": {"post"},
     "/manage/v1/deliveries/retry": {"post"},
     "/manage/v1/deliveries/cancel": {"post"},
     "/manage/v1/deliveries/replay": {"post"},

@@ -12,6 +12,7 @@ from tests.factories import StoreFactory, SubscriptionFactory
 
 pytestmark = pytest.mark.django_db
 
+
 @pytest.fixture
 def failures():
     store = StoreFactory()

@@ -105,7 +105,6 @@ def test_rotating_and_delivering_log_no_secret_or_token(rotated, subscriber, cap
 
     from routing.operations import subscription_secret_rotate
 
-
     subscription, current, previous = rotated
     Subscription.objects.filter(pk=subscription.pk).update(url=subscriber.url("/logged"))
     caplog.set_level(logging.DEBUG)
