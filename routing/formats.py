@@ -101,7 +101,10 @@ def flat_body(
     key = object_key(message, payload)
     body: dict[str, Any] = {"request_id": message_id}
     if key is None:
-        body[message_parts(message)[0]] = {k: v for k, v in payload.items() if k not in _FLAT_RESERVED}
+        rest = {k: v for k, v in payload.items() if k not in _FLAT_RESERVED}
+        # A pull (`get_orders`, an empty payload) sends only its request_id and parameters.
+        if rest or ":" in message:
+            body[message_parts(message)[0]] = rest
     else:
         body[key] = payload[key]
         body.update((k, v) for k, v in payload.items() if k != key and k not in _FLAT_RESERVED)
@@ -176,8 +179,11 @@ def path_for(message: str, paths: Mapping[str, str] | None, payload_format: str)
         template = paths.get(f"{resource}:*")
     if template is None:
         template = paths.get("*", paths.get("*:*"))
+    if template is None and payload_format == FLAT:
+        # A message without an action (a pull's `get_orders`) is its own route.
+        template = FLAT_DEFAULT_PATH if action else "/{resource}"
     if template is None:
-        template = FLAT_DEFAULT_PATH if payload_format == FLAT else ""
+        template = ""
     return template.format(resource=resource, action=action, verb=_VERBS.get(action, action))
 
 

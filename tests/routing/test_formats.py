@@ -91,6 +91,7 @@ def test_flat_body_headers_method_and_path():
         ("shipment:confirm", "/update_shipment"),
         ("product:new", "/add_product"),
         ("stock:change", "/change_stock"),
+        ("get_orders", "/get_orders"),
     ],
 )
 def test_flat_default_paths_are_the_endpoint_base_routes(message, path):
@@ -152,6 +153,11 @@ def test_flat_object_key_from_the_payload():
         parameters=[],
     )
     assert body == {"request_id": "m", "order": {"n": 1}, "original": {"n": 0}, "parameters": {}}
+
+
+def test_a_pull_goes_flat_as_request_id_and_parameters_only():
+    body = flat_body(message="get_orders", message_id="t", payload={}, parameters=[{"name": "since", "value": "x"}])
+    assert body == {"request_id": "t", "parameters": {"since": "x"}}
 
 
 def test_transform_body_is_exactly_the_mapped_document_and_is_signed():
