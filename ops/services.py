@@ -17,7 +17,7 @@ from django.utils import timezone
 from events.models import Event, Store
 from events.services import IngestResult
 from events.validation import envelope_validate
-from routing.models import Delivery, DeliveryState
+from routing.models import Delivery, DeliveryState, ReturnedObject
 from routing.outbox import event_accept
 
 logger = logging.getLogger(__name__)
@@ -115,6 +115,27 @@ def events_retention_purge() -> int:
         include_unrouted=settings.HUB_RETENTION_INCLUDE_UNROUTED,
     ):
         purged += batch.events
-    if purged:
-        logger.info("retention purge", extra={"events": purged, "older_than": older_than.isoformat()})
+    forgotten = returned_objects_forget(older_than=older_than, batch_size=settings.HUB_RETENTION_BATCH_SIZE)
+    if purged or forgotten:
+        logger.info(
+            "retention purge",
+            extra={"events": purged, "returned_objects": forgotten, "older_than": older_than.isoformat()},
+        )
     return purged
+
+
+def returned_objects_forget(*, older_than: datetime, batch_size: int = 1000) -> int:
+    """Forget the objects endpoints returned before `older_than`, in batches: the table grows with
+    every new object, and an object returned again unchanged after the retention window makes an
+    event again, as after any purge."""
+    forgotten = 0
+    while True:
+        ids = list(
+            ReturnedObject.objects.filter(created_at__lt=older_than)
+            .order_by("id")
+            .values_list("id", flat=True)[:batch_size]
+        )
+        if not ids:
+            return forgotten
+        with transaction.atomic():
+            forgotten += ReturnedObject.objects.filter(id__in=ids).delete()[0]

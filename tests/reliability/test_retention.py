@@ -12,8 +12,8 @@ from django.utils import timezone
 from events.models import Event
 from ops.services import events_retention_purge
 from ops.tasks import events_retention_task
-from routing.models import Attempt
-from tests.factories import DeliveryFactory, EventFactory
+from routing.models import Attempt, ReturnedObject
+from tests.factories import DeliveryFactory, EventFactory, SubscriptionFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -62,3 +62,16 @@ def test_beat_runs_retention_periodically():
     entry = django_settings.CELERY_BEAT_SCHEDULE["events-retention"]
     assert entry["task"] == events_retention_task.name
     assert entry["schedule"] == django_settings.HUB_RETENTION_INTERVAL_SECONDS
+
+
+def test_returned_objects_older_than_the_window_are_forgotten_in_batches(settings):
+    settings.HUB_RETENTION_DAYS = 30
+    settings.HUB_RETENTION_BATCH_SIZE = 2
+    sub = SubscriptionFactory()
+    old = [ReturnedObject.objects.create(subscription=sub, key=f"orders:R{n}", digest="d") for n in range(5)]
+    ReturnedObject.objects.filter(pk__in=[o.pk for o in old]).update(created_at=timezone.now() - timedelta(days=31))
+    young = ReturnedObject.objects.create(subscription=sub, key="orders:R9", digest="d")
+
+    events_retention_task()
+
+    assert list(ReturnedObject.objects.values_list("pk", flat=True)) == [young.pk]

@@ -3,7 +3,7 @@ from datetime import timedelta
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from ops.services import events_purge
+from ops.services import events_purge, returned_objects_forget
 
 
 class Command(BaseCommand):
@@ -35,5 +35,9 @@ class Command(BaseCommand):
         when = cutoff.strftime("%Y-%m-%d %H:%M UTC")
         if dry_run:
             self.stdout.write(f"Dry run: {events} events created before {when} would be deleted.")
-        else:
-            self.stdout.write(f"Deleted {events} events created before {when} ({rows} rows in all).")
+            return
+        forgotten = returned_objects_forget(older_than=cutoff, batch_size=batch_size)
+        self.stdout.write(
+            f"Deleted {events} events created before {when} ({rows} rows in all); "
+            f"forgot {forgotten} objects endpoints returned before then."
+        )
