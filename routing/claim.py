@@ -12,6 +12,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from routing import sql
@@ -84,7 +85,7 @@ def batch_claim(*, sub: Subscription, budget: float) -> Batch | None:
     params += [sub.pk] + ([sub.pk, at, limit] if limit else [])
     statement = sql.claim(postgresql=postgresql, limited=bool(limit))
     if postgresql:
-        deliveries = _claim_postgresql(statement, params, sub_id=sub.pk, lock=bool(limit))
+        deliveries, parameters = _claim_postgresql(statement, [*params, sub.pk], sub_id=sub.pk, lock=bool(limit))
     else:
         with connection.cursor() as cursor:
             # SQLite: the atomic block's BEGIN IMMEDIATE makes claims one at a time.
@@ -93,17 +94,21 @@ def batch_claim(*, sub: Subscription, budget: float) -> Batch | None:
                 taken = [row[0] for row in cursor.fetchall()]
         deliveries = list(
             Delivery.objects.select_related("event", "event__store")
+            .annotate(subscription_parameters=F("subscription__parameters"))
             .filter(pk__in=taken)
             .order_by("next_attempt_at", "id")
         )
+        parameters = deliveries[0].subscription_parameters if deliveries else None
     if not deliveries:
         return None
+    # The batch sends the parameters stored when it was taken, not those of the pump's first read.
+    sub.parameters = list(parameters or [])
     for delivery in deliveries:
         delivery.subscription = sub
     return Batch(subscription=sub, claim=claim, deliveries=deliveries, hold_until=hold_until)
 
 
-def _claim_postgresql(statement: str, params: list[Any], *, sub_id: int, lock: bool) -> list[Delivery]:
+def _claim_postgresql(statement: str, params: list[Any], *, sub_id: int, lock: bool) -> tuple[list[Delivery], Any]:
     """The claim on PostgreSQL: the claimed rows come back with their events and stores in the
     same statement (the ORM read after the claim was a second one, and compiling it cost more CPU
     than running it).
@@ -120,7 +125,11 @@ def _claim_postgresql(statement: str, params: list[Any], *, sub_id: int, lock: b
             if lock:
                 cursor.execute(sql.subscription_lock(), [sub_id])
             cursor.execute(statement, params)
-            return [_claimed_delivery(row) for row in cursor.fetchall()]
+            rows = cursor.fetchall()
+    if not rows:
+        return [], None
+    field = Subscription._meta.get_field("parameters")
+    return [_claimed_delivery(row) for row in rows], field.from_db_value(rows[0][-1], None, connection)
 
 
 def _claimed_delivery(row: tuple[Any, ...]) -> Delivery:

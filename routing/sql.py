@@ -157,7 +157,8 @@ def claim(*, postgresql: bool, limited: bool) -> str:
     the query sees the table as it was before the UPDATE, so the rows are the UPDATE's own).
     SQLite: the ids taken, read by the ORM after.
     Params: lease until, claim, now, sendable's, subscription, and when `limited` subscription,
-    now, limit."""
+    now, limit; on PostgreSQL then the subscription again, whose parameters as they are now end
+    every row (another pump's reply may have merged some since this pump read its endpoint)."""
     taken = sendable(postgresql=postgresql)
     within_limit = f" AND ({_IN_FLIGHT.format(**_names())}) < %s" if limited else ""
     update = """
@@ -176,7 +177,8 @@ def claim(*, postgresql: bool, limited: bool) -> str:
         )
     )
     return numbered(f"""WITH claimed AS ({update})
-    SELECT {model_columns(Delivery, "claimed")}, {model_columns(Event, "e")}, {model_columns(Store, "s")}
+    SELECT {model_columns(Delivery, "claimed")}, {model_columns(Event, "e")}, {model_columns(Store, "s")},
+        (SELECT parameters FROM {table(Subscription)} WHERE id = %s)
     FROM claimed JOIN {table(Event)} e ON e.id = claimed.event_id
     LEFT JOIN {table(Store)} s ON s.id = e.store_id
     ORDER BY claimed.next_attempt_at, claimed.id""")

@@ -247,3 +247,22 @@ def test_claimed_rows_are_the_orms_rows():
     assert _values(claimed) == _values(orm)
     assert _values(claimed.event) == _values(orm.event)
     assert _values(claimed.event.store) == _values(orm.event.store)
+
+
+@pytest.mark.parametrize("max_in_flight", [2, 0])
+def test_a_batch_sends_the_parameters_stored_when_it_was_claimed_not_its_pumps_first_read(max_in_flight):
+    """Two pumps of one endpoint: the other's reply merged a parameter after this pump read the
+    endpoint; the batch this pump claims next carries it."""
+    from routing.claim import batch_claim, subscription_read
+
+    sub = SubscriptionFactory(max_in_flight=max_in_flight, parameters=[{"name": "store_id", "value": "42"}])
+    read_at_start = subscription_read(sub.pk)
+    merged = [{"name": "store_id", "value": "42"}, {"name": "since", "value": "2026-12-02"}]
+    stored = type(sub).objects.get(pk=sub.pk)
+    stored.parameters = merged
+    stored.save(update_fields=["parameters"])
+    DeliveryFactory(subscription=sub)
+
+    batch = batch_claim(sub=read_at_start, budget=5)
+
+    assert batch is not None and batch.subscription.parameters == merged
