@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+from django.core.cache import caches
+
 from infra import cache as hub_cache
 from routing.wakeup import pump_started, pumps_enqueue
 
@@ -55,3 +58,29 @@ def test_without_the_cache_each_process_still_coalesces(unconsumed_queue, settin
     pump_started(endpoint)
     assert pumps_enqueue([endpoint], coalesce=True) == [endpoint]
     pump_started(endpoint)
+
+
+def test_a_fan_out_publishes_for_the_endpoints_without_a_waiting_message(unconsumed_queue, settings):
+    settings.HUB_PUMP_COALESCE_SECONDS = 60
+    waiting, first, last = 10**9 + 5, 10**9 + 6, 10**9 + 7
+    assert pumps_enqueue([waiting], coalesce=True) == [waiting]
+    assert pumps_enqueue([first, waiting, last], coalesce=True) == [first, last]
+    assert pumps_enqueue([first, waiting, last], coalesce=True) == []
+    for endpoint in (waiting, first, last):
+        pump_started(endpoint)
+    assert pumps_enqueue([first, waiting, last], coalesce=True) == [first, waiting, last]
+    for endpoint in (waiting, first, last):
+        pump_started(endpoint)
+
+
+def test_the_redis_cache_adds_several_keys_as_add_does_each():
+    backend = caches["default"]
+    if not hasattr(backend, "add_all"):
+        pytest.skip("the Redis cache's")
+    keys = ["hub-test-add-all-a", "hub-test-add-all-b"]
+    backend.delete_many(keys)
+    assert backend.add("hub-test-add-all-a", 1, timeout=60)
+    assert backend.add_all(keys, 1, 60) == [False, True]
+    assert backend.get("hub-test-add-all-b") == 1
+    assert backend.add("hub-test-add-all-b", 1, timeout=60) is False
+    backend.delete_many(keys)
