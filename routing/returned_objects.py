@@ -23,10 +23,10 @@ from django.utils import timezone
 from events.errors import HubError
 from events.models import Event
 from events.validation import Envelope, envelope_validate, json_type
+from routing import sql
 from routing.models import NotificationLevel, ReturnedObject, Subscription
 from routing.outbox import event_accept
 from routing.returned_types import object_type_singular, returned_types
-from routing.sql import placeholders
 
 # How many invalid objects a reply's notification names before it only counts them.
 _INVALID_NAMED = 5
@@ -123,10 +123,6 @@ def objects_claim(subscription_id: int, pairs: Sequence[tuple[str, str]]) -> set
     recorded meanwhile by another reply (or earlier in this one) is that reply's to make an event of.
     Runs in the caller's transaction: should it roll back, no pair stays claimed."""
     claimed: set[tuple[str, str]] = set()
-    quote = connection.ops.quote_name
-    table = quote(ReturnedObject._meta.db_table)
-    columns = ", ".join(quote(name) for name in ("subscription_id", "key", "digest", "created_at"))
-    unique_on = ", ".join(quote(name) for name in ("subscription_id", "key", "digest"))
     now = timezone.now()
     unique = list(dict.fromkeys(pairs))
     for start in range(0, len(unique), 200):
@@ -134,13 +130,8 @@ def objects_claim(subscription_id: int, pairs: Sequence[tuple[str, str]]) -> set
         params: list[Any] = []
         for key, digest in chunk:
             params += [subscription_id, key, digest, now]
-        values = ", ".join(f"({placeholders(4)})" for _ in chunk)
         with connection.cursor() as cursor:
-            cursor.execute(
-                f"INSERT INTO {table} ({columns}) VALUES {values}"
-                f" ON CONFLICT ({unique_on}) DO NOTHING RETURNING {quote('key')}, {quote('digest')}",
-                params,
-            )
+            cursor.execute(sql.returned_objects_claim(len(chunk)), params)
             claimed.update((key, digest) for key, digest in cursor.fetchall())
     return claimed
 

@@ -22,6 +22,7 @@ from routing.models import (
     Delivery,
     DeliveryState,
     Notification,
+    ReturnedObject,
     Subscription,
 )
 
@@ -231,6 +232,20 @@ def events_with_deliveries_locked(count: int, *, postgresql: bool) -> str:
 def events_status_set(count: int) -> str:
     """Params: the status, the event ids."""
     return f"UPDATE {table(Event)} SET status = %s WHERE id IN ({placeholders(count)})"
+
+
+@functools.lru_cache(maxsize=64)
+def returned_objects_claim(count: int) -> str:
+    """Record `count` objects an endpoint returned; the rows written come back, a pair already
+    recorded (by another reply) is skipped. Params per row: subscription, key, digest, created at."""
+    columns = ", ".join(connection.ops.quote_name(name) for name in ("subscription_id", "key", "digest", "created_at"))
+    unique_on = ", ".join(connection.ops.quote_name(name) for name in ("subscription_id", "key", "digest"))
+    values = ", ".join(f"({placeholders(4)})" for _ in range(count))
+    return (
+        f"INSERT INTO {table(ReturnedObject)} ({columns}) VALUES {values}"
+        f" ON CONFLICT ({unique_on}) DO NOTHING RETURNING {connection.ops.quote_name('key')}, "
+        f"{connection.ops.quote_name('digest')}"
+    )
 
 
 # The outbox --------------------------------------------------------------------------------------

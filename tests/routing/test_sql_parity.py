@@ -117,3 +117,21 @@ def test_an_events_status_is_written_as_an_orm_update_writes_it():
     assert events_status_refresh(event_ids=[by_hand.pk]) == {by_hand.pk: EventStatus.DELIVERED}
     Event.objects.filter(pk=by_orm.pk).update(status=EventStatus.DELIVERED)
     assert _row(Event, by_hand.pk, drop=(*NAMING, "store_id")) == _row(Event, by_orm.pk, drop=(*NAMING, "store_id"))
+
+
+def test_recording_returned_objects_writes_what_create_writes_and_skips_what_is_recorded():
+    from routing.models import ReturnedObject
+    from routing.returned_objects import objects_claim
+
+    sub = SubscriptionFactory()
+    first = [("orders:R1", "d1"), ("orders:R2", "d2")]
+    assert objects_claim(sub.pk, first) == set(first)
+    # Recorded already (another reply's): not this call's.
+    assert objects_claim(sub.pk, [("orders:R1", "d1"), ("orders:R3", "d3")]) == {("orders:R3", "d3")}
+    by_hand = ReturnedObject.objects.get(subscription=sub, key="orders:R3")
+    by_orm = ReturnedObject.objects.create(
+        subscription=sub, key="orders:R4", digest="d3", created_at=by_hand.created_at
+    )
+    drop = (*NAMING, "key")
+    assert _row(ReturnedObject, by_hand.pk, drop=drop) == _row(ReturnedObject, by_orm.pk, drop=drop)
+    assert ReturnedObject.objects.filter(subscription=sub).count() == 4
