@@ -23,6 +23,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from events.messages import message_canonical, message_resource
+from events.validation import json_type
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 _SOURCE = Path(__file__).with_name("message_schemas.json")
@@ -188,19 +189,10 @@ def _quoted(text: str) -> str:
 
 
 def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
+    # A schema tells integers from numbers, so its departures do too.
+    if isinstance(value, int) and not isinstance(value, bool):
         return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
+    return json_type(value)
 
 
 def departures_text(departures: Departures) -> tuple[str, str]:
