@@ -30,9 +30,7 @@ from routing.leases import lease_held
 from routing.models import Delivery, Subscription
 from routing.record import Outcome, endpoint_record, outcomes_record
 from routing.replies import replies_process, reply_has_content
-from routing.reply_forms import reply_returns_parameters
 from routing.schedules import schedule_ticks_record
-from routing.selectors import subscription_parameters_read
 from routing.send import Sent, batch_send
 from routing.standing import subscription_max_in_flight
 from routing.status import events_status_refresh
@@ -59,8 +57,8 @@ def deliveries_pump(*, subscription_id: int) -> PumpResult:
     budget = settings.HUB_DELIVERY_PUMP_SECONDS
     deadline = time.monotonic() + budget
     outcome = PumpResult()
-    # Read once for the pump's few seconds (its parameters again after a reply returned some);
-    # every round's claim checks that it is still enabled.
+    # Read once for the pump's few seconds; every round's claim checks that it is still enabled and
+    # brings its parameters as stored then.
     sub = subscription_read(subscription_id)
     while sub is not None:
         batch = batch_claim(sub=sub, budget=budget)
@@ -72,9 +70,6 @@ def deliveries_pump(*, subscription_id: int) -> PumpResult:
         with lease_held(subscription_id=sub.pk, claim=batch.claim, hold_until=batch.hold_until):
             sent, unsent = batch_send(batch, deadline=deadline)
             outcome.verdicts.update(_batch_close(batch, sent=sent, unsent=unsent))
-        if any(reply_returns_parameters(succeeded=s.result.succeeded, reply=s.result.reply) for s in sent):
-            # The pump's next batch sends what is stored now: this batch's replies, merged.
-            sub.parameters = subscription_parameters_read(sub.pk)
         if unsent or time.monotonic() >= deadline:
             outcome.handed_on = bool(pumps_enqueue([subscription_id]))
             break

@@ -8,7 +8,7 @@ from typing import Any
 from django.db.models import Prefetch
 
 from events.models import Event
-from routing.models import DELIVERY_OPEN_STATES, Attempt, Delivery, Notification, Subscription
+from routing.models import DELIVERY_OPEN_STATES, Attempt, Delivery, Notification
 from routing.reply_forms import SummaryNote, summary_notes
 from routing.transport.exchange import attempt_outcome
 
@@ -40,12 +40,6 @@ def event_deliveries_describe(event: Event) -> dict[str, Any]:
 def deliveries_summaries(deliveries: list[Delivery]) -> list[SummaryNote]:
     """The summaries of the attempts of deliveries read with their subscription and attempts."""
     return summary_notes((d.subscription.name, a) for d in deliveries for a in d.attempts.all())
-
-
-def subscription_parameters_read(subscription_id: int) -> list[Any]:
-    """A subscription's parameters as stored now (a reply may just have merged some)."""
-    stored = Subscription.objects.filter(pk=subscription_id).values_list("parameters", flat=True).first()
-    return list(stored or [])
 
 
 def _delivery_public(d: Delivery) -> dict[str, Any]:

@@ -262,7 +262,7 @@ def test_latency_sample_says_when_it_was_cut(monkeypatch):
         )
     monkeypatch.setattr(selectors, "LATENCY_SAMPLE_MAX", 3)
     [row], sampled = endpoint_latency_sample(start=at(11, 35), end=at(12, 35))
-    # The three latest attempts: 10, 20 and 30 ms.
+    # Only the three latest attempts (numbers 1 to 3) are sampled: their median is the second's.
     assert sampled and (row.attempts, row.p50_ms) == (3, 20.0)
 
 
