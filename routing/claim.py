@@ -1,6 +1,7 @@
 """Claiming an endpoint's due deliveries for one pump: a batch taken in one statement, within the
-endpoint's in-flight limit and each resource's order, read back with the events and stores the
-send needs; and the pump's read of its endpoint. Written-out SQL throughout: the ORM took longer
+endpoint's in-flight limit and each resource's order (a resource's oldest unfinished delivery and
+the open, due ones that follow it), read back with the events and stores the send needs, in the
+order they are sent; and the pump's read of its endpoint. Written-out SQL throughout: the ORM took longer
 to build these statements than the database to run them."""
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ def lease_seconds(sub: Subscription, *, budget: float) -> float:
 def batch_claim(*, sub: Subscription, budget: float) -> Batch | None:
     """Take up to HUB_DELIVERY_BATCH_SIZE due deliveries of the endpoint for this worker, or None
     when there is nothing to send (none due, none whose turn has come, endpoint off or at its limit).
+    A resource whose turn has come goes with as many of its following deliveries as are open and
+    due, in a row: one order's chain takes a batch per claim, not a delivery.
 
     The lease runs HUB_LEASE_SECONDS: the caller keeps it alive while it sends the batch
     (routing.leases.lease_held, up to the batch's hold_until), so a worker that dies holds the
@@ -77,10 +80,7 @@ def batch_claim(*, sub: Subscription, budget: float) -> Batch | None:
     at = connection.ops.adapt_datetimefield_value(now)
     postgresql = connection.vendor == "postgresql"
     batch = settings.HUB_DELIVERY_BATCH_SIZE
-    if postgresql:
-        sendable_params: list[Any] = [*sql.candidates_params(sub.pk, at, batch), at, batch]
-    else:
-        sendable_params = [*sql.candidates_params(sub.pk, at, batch), sub.pk, at, batch]
+    sendable_params = sql.sendable_params(sub.pk, at, batch, postgresql=postgresql)
     params: list[Any] = [connection.ops.adapt_datetimefield_value(lease), claim, at, *sendable_params]
     params += [sub.pk] + ([sub.pk, at, limit] if limit else [])
     statement = sql.claim(postgresql=postgresql, limited=bool(limit))
@@ -96,7 +96,6 @@ def batch_claim(*, sub: Subscription, budget: float) -> Batch | None:
             Delivery.objects.select_related("event", "event__store")
             .annotate(subscription_parameters=F("subscription__parameters"))
             .filter(pk__in=taken)
-            .order_by("next_attempt_at", "id")
         )
         parameters = deliveries[0].subscription_parameters if deliveries else None
     if not deliveries:
@@ -105,7 +104,21 @@ def batch_claim(*, sub: Subscription, budget: float) -> Batch | None:
     sub.parameters = list(parameters or [])
     for delivery in deliveries:
         delivery.subscription = sub
-    return Batch(subscription=sub, claim=claim, deliveries=deliveries, hold_until=hold_until)
+    return Batch(subscription=sub, claim=claim, deliveries=send_order(deliveries), hold_until=hold_until)
+
+
+def send_order(deliveries: list[Delivery]) -> list[Delivery]:
+    """A batch in the order it is sent, the order the claim chose it in: each resource's first
+    delivery in claim order (next_attempt_at, id), then each resource's second in the same turn,
+    and so on. Each resource's deliveries go in id order, whatever their next_attempt_at (a head
+    retried is due later than the deliveries it held back); one without a resource key is a
+    resource of its own."""
+    runs: dict[tuple[str | None, int], list[Delivery]] = {}
+    for delivery in sorted(deliveries, key=lambda d: d.pk):
+        key = delivery.resource_key
+        runs.setdefault((key, 0) if key is not None else (None, delivery.pk), []).append(delivery)
+    turns = sorted(runs.values(), key=lambda run: (run[0].next_attempt_at, run[0].pk))
+    return [run[place] for place in range(max(map(len, turns), default=0)) for run in turns if place < len(run)]
 
 
 def _claim_postgresql(statement: str, params: list[Any], *, sub_id: int, lock: bool) -> tuple[list[Delivery], Any]:

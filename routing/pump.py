@@ -6,9 +6,11 @@ endpoint's standing (routing.record) -> the events' statuses (routing.status) ->
 retries due soon (routing.wakeup); all that follows the send is one transaction.
 
 An endpoint's in-flight limit counts batches, and a batch has one request on the wire at a time. A
-batch takes at most one delivery per resource, and only one no earlier delivery of that resource
-still holds back, so one order's events reach an endpoint in the order the hub accepted them. A
-pump whose time is up hands the endpoint to a fresh task: other endpoints' messages wait behind it.
+batch takes a resource's deliveries only from its oldest unfinished one on (its head, whose turn
+has come), with the open, due ones that follow it in a row, and sends them in id order; one that
+does not succeed holds back the rest of its resource, which go back unsent. So one order's events
+reach an endpoint in the order the hub accepted them, a long chain a batch at a time. A pump whose
+time is up hands the endpoint to a fresh task: other endpoints' messages wait behind it.
 """
 
 from __future__ import annotations
@@ -70,7 +72,9 @@ def deliveries_pump(*, subscription_id: int) -> PumpResult:
         with lease_held(subscription_id=sub.pk, claim=batch.claim, hold_until=batch.hold_until):
             sent, unsent = batch_send(batch, deadline=deadline)
             outcome.verdicts.update(_batch_close(batch, sent=sent, unsent=unsent))
-        if unsent or time.monotonic() >= deadline:
+        # Only the pump's time sends it on: what a failed delivery held back is not due until the
+        # failed one's retry, and the next claim takes whatever else is.
+        if time.monotonic() >= deadline:
             outcome.handed_on = bool(pumps_enqueue([subscription_id]))
             break
     return outcome

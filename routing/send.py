@@ -1,5 +1,7 @@
 """Sending a claimed batch: one request per delivery, in claim order, over this process's
-keep-alive session, until the pump's time is spent (the rest go back unsent)."""
+keep-alive session, until the pump's time is spent (the rest go back unsent). A resource's
+delivery that does not succeed holds back the resource's later ones in the batch: they go back
+unsent, and the other resources carry on."""
 
 from __future__ import annotations
 
@@ -30,15 +32,22 @@ class Sent:
 
 def batch_send(batch: Batch, *, deadline: float) -> tuple[list[Sent], list[Delivery]]:
     """One request per delivery, in claim order, until `deadline` (time.monotonic) has passed:
-    what was sent, and what was not."""
+    what was sent, and what was not (the pump's time spent, or held back by an earlier delivery of
+    its resource that did not succeed in this batch)."""
     sub = batch.subscription
     previous_secret = sub.previous_signing_secret_active(timezone.now())
     sent: list[Sent] = []
+    held: list[Delivery] = []
+    # Resources whose delivery in this batch did not succeed: their later ones wait for its retry.
+    stopped: set[str] = set()
     # What a reply returns goes out with the next request, this batch's too.
     parameters = list(sub.parameters or [])
     for index, delivery in enumerate(batch.deliveries):
         if index and time.monotonic() >= deadline:
-            return sent, batch.deliveries[index:]
+            return sent, held + batch.deliveries[index:]
+        if delivery.resource_key in stopped:
+            held.append(delivery)
+            continue
         event = delivery.event
         started_at = timezone.now()
         span = tracing.attempt_start(delivery, sub)
@@ -67,7 +76,9 @@ def batch_send(batch: Batch, *, deadline: float) -> tuple[list[Sent], list[Deliv
         metrics.attempt_observe(attempt_outcome(result), result.latency_ms / 1000)
         sent.append(Sent(delivery=delivery, result=result, started_at=started_at))
         parameters = parameters_after_reply(parameters, succeeded=result.succeeded, reply=result.reply)
-    return sent, []
+        if not result.succeeded and delivery.resource_key is not None:
+            stopped.add(delivery.resource_key)
+    return sent, held
 
 
 def _store_name(delivery: Delivery) -> str:

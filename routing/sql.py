@@ -127,10 +127,38 @@ def candidates_params(sub_id: int, at: object, batch: int) -> list[object]:
     return [sub_id, at, window, sub_id, window, batch, sub_id, sub_id, sub_id, sub_id, at, batch]
 
 
+# Each head's run: the unfinished deliveries of its resource that follow it, in id order, read in
+# the index of unfinished ones (delivery_holding) from the head's entry on, never more than a batch;
+# kept up to the first one not open and due (a running AND): a resource's deliveries go in order
+# or not at all. Asked as the entries after the head's within its resource: asked as
+# resource_key = and id >, PostgreSQL walked the primary key from the head through every
+# endpoint's later rows. {bound}: how many to read at most.
+_FOLLOWING = """
+            SELECT {columns} FROM {delivery} {a}
+            WHERE {a}.subscription_id = %s AND {a}.state IN ({unfinished})
+            AND ({a}.resource_key, {a}.id) > (r.resource_key, r.id) AND {a}.resource_key <= r.resource_key
+            ORDER BY {a}.resource_key, {a}.id LIMIT {bound}"""
+
+# The batch: every head (place 0) in claim order (turn), then each head's run, its second
+# delivery (place 1) in the heads' turn, then the third...: a backlog of many orders takes their
+# heads as before, one order's chain fills the batch.
+_BATCH = """
+    SELECT t.id FROM (
+        SELECT r.id, 0 AS place, r.turn FROM ranked r
+        UNION ALL
+        SELECT f.id, f.place, f.turn FROM following f WHERE f.ready
+    ) t
+    ORDER BY t.place, t.turn LIMIT %s"""
+
+
 @functools.lru_cache(maxsize=64)
 def sendable(*, postgresql: bool) -> str:
-    """The SELECT of the ids a batch takes: due, their turn come, in claim order, at most a batch.
-    Params: candidates_params(), then (SQLite) subscription, now, batch size."""
+    """The SELECT of the ids a batch takes: the heads (each resource's oldest unfinished delivery,
+    when it is due), in claim order, at most a batch; then the run of open, due deliveries that
+    follow each head, up to a batch in all. Params: sendable_params().
+
+    PostgreSQL locks the heads it takes (SKIP LOCKED: another claim's are not ours to take), and
+    a run only follows a head this claim holds, so no two claims take parts of one resource."""
     names = _names()
     names["head_r"] = _HEAD.format(**_names(alias="r", key="resource_key"))
     names["head_k"] = _HEAD.format(**_names(alias="resources", key="k"))
@@ -138,14 +166,50 @@ def sendable(*, postgresql: bool) -> str:
     if postgresql:
         # The candidates' rows looked up by their keys, one by one: joined as IN (subquery),
         # PostgreSQL scanned every row of the endpoint to match them.
+        following = _FOLLOWING.format(**_names(a="e", columns="e.id, e.state, e.next_attempt_at", bound="%s - r.heads"))
         return f"""
-            SELECT d.id FROM unnest(ARRAY({candidates})) AS c(id) JOIN {table(Delivery)} d ON d.id = c.id
-            WHERE d.state IN ({_OPEN}) AND d.next_attempt_at <= %s
-            ORDER BY d.next_attempt_at, d.id LIMIT %s"""
+    WITH heads AS MATERIALIZED (
+        SELECT d.id, d.resource_key, d.next_attempt_at
+        FROM unnest(ARRAY({candidates})) AS c(id) JOIN {table(Delivery)} d ON d.id = c.id
+        WHERE d.state IN ({_OPEN}) AND d.next_attempt_at <= %s
+        ORDER BY d.next_attempt_at, d.id LIMIT %s
+        FOR UPDATE OF d SKIP LOCKED),
+    ranked AS (
+        SELECT h.id, h.resource_key, ROW_NUMBER() OVER (ORDER BY h.next_attempt_at, h.id) AS turn,
+            COUNT(*) OVER () AS heads
+        FROM heads h),
+    following AS (
+        SELECT n.id, n.place, r.turn, n.ready FROM ranked r CROSS JOIN LATERAL (
+            SELECT e.id, ROW_NUMBER() OVER w AS place,
+                bool_and(e.state IN ({_OPEN}) AND e.next_attempt_at <= %s) OVER w AS ready
+            FROM ({following}) e
+            WINDOW w AS (ORDER BY e.id)) n
+        WHERE r.resource_key IS NOT NULL){_BATCH}"""
+    # SQLite has no LATERAL: each head's run is a correlated IN list on the primary key (a LIMIT
+    # there cannot name the head's columns: a run reads at most a batch), its window partitioned
+    # by head.
+    following = _FOLLOWING.format(**_names(a="x", columns="x.id", bound="%s"))
     return f"""
-        SELECT d.id FROM {table(Delivery)} d
+    WITH heads AS (
+        SELECT d.id, d.resource_key, d.next_attempt_at FROM {table(Delivery)} d
         WHERE d.id IN ({candidates}) AND d.subscription_id = %s AND d.state IN ({_OPEN}) AND d.next_attempt_at <= %s
-        ORDER BY d.next_attempt_at, d.id LIMIT %s"""
+        ORDER BY d.next_attempt_at, d.id LIMIT %s),
+    ranked AS (
+        SELECT h.id, h.resource_key, ROW_NUMBER() OVER (ORDER BY h.next_attempt_at, h.id) AS turn
+        FROM heads h),
+    following AS (
+        SELECT e.id, ROW_NUMBER() OVER w AS place, r.turn,
+            MIN(e.state IN ({_OPEN}) AND e.next_attempt_at <= %s) OVER w AS ready
+        FROM ranked r JOIN {table(Delivery)} e ON e.id IN ({following})
+        WHERE r.resource_key IS NOT NULL
+        WINDOW w AS (PARTITION BY r.id ORDER BY e.id)){_BATCH}"""
+
+
+def sendable_params(sub_id: int, at: object, batch: int, *, postgresql: bool) -> list[object]:
+    """The parameters of sendable(), in its order."""
+    heads = [*candidates_params(sub_id, at, batch)] + ([] if postgresql else [sub_id]) + [at, batch]
+    # The due check of a run, the endpoint, the most a run reads, then the batch.
+    return [*heads, at, sub_id, batch if postgresql else batch - 1, batch]
 
 
 @functools.lru_cache(maxsize=64)
@@ -165,14 +229,14 @@ def claim(*, postgresql: bool, limited: bool) -> str:
     update = """
         UPDATE {delivery} SET state = {delivering}, attempt_count = attempt_count + 1,
             lease_expires_at = %s, claim = %s, updated_at = %s
-        WHERE {taken}
+        WHERE {taken} AND state IN ({open})
         AND EXISTS (SELECT 1 FROM {subscription} s WHERE s.id = %s AND s.is_enabled){within_limit}
         RETURNING {returning}"""
     if not postgresql:
         return update.format(**_names(taken=f"id IN ({taken})", within_limit=within_limit, returning="id"))
     update = update.format(
         **_names(
-            taken=f"id = ANY(ARRAY({taken} FOR UPDATE OF d SKIP LOCKED))",
+            taken=f"id = ANY(ARRAY({taken}))",
             within_limit=within_limit,
             returning=model_columns(Delivery, table(Delivery)),
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.db.models import Q
 from django.utils import timezone
 
 from events.models import Event, EventStatus
@@ -14,7 +15,7 @@ from events.services import event_build, event_insert, events_insert
 from events.validation import envelope_validate
 from routing.claim import batch_claim, subscription_read
 from routing.leases import Held, leases_renew
-from routing.models import Delivery, DeliveryState, Subscription
+from routing.models import DELIVERY_OPEN_STATES, DELIVERY_UNFINISHED_STATES, Delivery, DeliveryState, Subscription
 from routing.record import batch_finish
 from routing.status import events_status_refresh
 from tests.factories import DeliveryFactory, EventFactory, StoreFactory, SubscriptionFactory
@@ -79,6 +80,67 @@ def test_the_claim_takes_the_rows_an_orm_update_would_and_reads_them_as_select_r
         assert _fields(claimed.event) == _fields(by_orm.event)
         assert _fields(claimed.event.store) == _fields(by_orm.event.store)
         assert (by_orm.state, by_orm.attempt_count, by_orm.claim) == (DeliveryState.DELIVERING, 1, batch.claim)
+
+
+def _runs_by_orm(sub, *, now, batch: int) -> list[int]:
+    """The batch the claim's rule gives, read through the ORM: every resource's oldest unfinished
+    delivery when it is open and due (and every open, due one without a key) in claim order, a
+    batch at most; then, place by place in the heads' turn, the open, due deliveries that follow
+    each head in a row."""
+    unfinished = Delivery.objects.filter(subscription=sub, state__in=DELIVERY_UNFINISHED_STATES)
+    sendable = Q(state__in=DELIVERY_OPEN_STATES, next_attempt_at__lte=now)
+    keys = set(unfinished.exclude(resource_key=None).values_list("resource_key", flat=True))
+    heads = [unfinished.filter(resource_key=key).order_by("id").first() for key in keys]
+    heads = [d for d in heads if d.state in DELIVERY_OPEN_STATES and d.next_attempt_at <= now]
+    heads += list(unfinished.filter(sendable, resource_key=None))
+    heads = sorted(heads, key=lambda d: (d.next_attempt_at, d.pk))[:batch]
+    runs = []
+    for head in heads:
+        run = []
+        if head.resource_key is not None:
+            for d in unfinished.filter(resource_key=head.resource_key, pk__gt=head.pk).order_by("id"):
+                if len(run) == batch - len(heads) or not (d.state in DELIVERY_OPEN_STATES and d.next_attempt_at <= now):
+                    break
+                run.append(d.pk)
+        runs.append([head.pk, *run])
+    placed = sorted((place, turn, pk) for turn, run in enumerate(runs) for place, pk in enumerate(run))
+    return [pk for _, _, pk in placed][:batch]
+
+
+def test_the_claim_takes_each_resources_run_as_the_orm_states_its_rule(settings):
+    """Orders with a retried head (due, and not yet), a gap in a run, one still on the wire,
+    finished ones before and within, and deliveries without a key: the hand-written claim takes
+    what the rule read through the ORM takes, in that order."""
+    settings.HUB_DELIVERY_BATCH_SIZE = 9
+    sub = SubscriptionFactory(max_in_flight=0)
+    now = timezone.now()
+    later, earlier = now + timedelta(hours=1), now - timedelta(minutes=1)
+    layout = {
+        "order:A": ["delivered", "pending", "pending", "cancelled", "pending", "pending", "pending"],
+        "order:B": [("retrying", earlier), "pending", "pending", ("retrying", later), "pending"],
+        "order:C": [("retrying", later), "pending"],
+        "order:D": ["delivering", "pending"],
+        "order:E": ["pending", "pending", "pending"],
+        None: ["pending", ("retrying", later), "pending"],
+    }
+    for key, states in layout.items():
+        for n, state in enumerate(states):
+            state, due = state if isinstance(state, tuple) else (state, now - timedelta(hours=1, seconds=-n))
+            DeliveryFactory(
+                subscription=sub,
+                event=EventFactory(resource_key=key, payload={"n": n}),
+                state=state,
+                next_attempt_at=due,
+                attempt_count=0 if state == "pending" else 1,
+            )
+    expected = _runs_by_orm(sub, now=now, batch=9)
+    assert len(expected) == 9
+    batch = batch_claim(sub=subscription_read(sub.pk), budget=1.0)
+    assert [d.pk for d in batch.deliveries] == expected
+    # A run past its head on this data: the test exercises what it names.
+    assert len({d.resource_key for d in batch.deliveries if d.resource_key}) < len(
+        [d for d in batch.deliveries if d.resource_key]
+    )
 
 
 def test_finishing_a_batch_writes_what_an_orm_update_writes():
