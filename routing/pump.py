@@ -66,7 +66,7 @@ def deliveries_pump(*, subscription_id: int) -> PumpResult:
         batch = batch_claim(sub=sub, budget=budget)
         if batch is None:
             break
-        if len(batch.deliveries) >= settings.HUB_DELIVERY_BATCH_SIZE:
+        if _resources(batch) >= settings.HUB_DELIVERY_BATCH_SIZE:
             outcome.helpers += _helper_wake(sub)
         # The lease is short: the process's heartbeat keeps it alive until the batch is recorded.
         with lease_held(subscription_id=sub.pk, claim=batch.claim, hold_until=batch.hold_until):
@@ -119,11 +119,18 @@ def _retries_wake(sub: Subscription, mine: list[Outcome]) -> None:
         transaction.on_commit(lambda c=countdown: pumps_enqueue([sub.pk], countdown=c))
 
 
+def _resources(batch: Batch) -> int:
+    """How many resources a batch holds (a delivery without a key is one of its own)."""
+    return len({d.resource_key if d.resource_key is not None else -d.pk for d in batch.deliveries})
+
+
 def _helper_wake(sub: Subscription) -> int:
-    """A full batch means more is likely due: ask for another pump of this endpoint, so that a
-    backlog is sent by as many processes as the endpoint's in-flight limit allows instead of one.
-    The helper's own claim checks the limit and the per-resource order, and the pending mark
-    keeps one such message waiting at a time."""
+    """A batch full of resources means more are likely due: ask for another pump of this endpoint,
+    so that a backlog is sent by as many processes as the endpoint's in-flight limit allows
+    instead of one. A batch with room for runs took every resource whose turn had come: another
+    pump would find none of theirs until this one is recorded. The helper's own claim checks the
+    limit and the per-resource order, and the pending mark keeps one such message waiting at a
+    time."""
     if subscription_max_in_flight(sub) == 1:
         return 0
     return len(pumps_enqueue([sub.pk], coalesce=True))

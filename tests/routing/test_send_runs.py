@@ -89,3 +89,24 @@ def test_a_delivery_without_a_resource_key_holds_back_nothing(subscriber):
         for n in (1, 2)
     )
     assert deliveries_pump(subscription_id=sub.pk).verdicts == {first.pk: "retry", second.pk: "delivered"}
+
+
+def test_a_batch_full_of_one_orders_run_wakes_no_helper_that_would_find_nothing(subscriber, settings, monkeypatch):
+    """Another pump helps with other resources only, and a batch with room for a run took every
+    one whose turn had come; a batch full of resources still asks for one."""
+    settings.HUB_DELIVERY_BATCH_SIZE = 4
+    woken: list[list[int]] = []
+    monkeypatch.setattr("routing.pump.pumps_enqueue", lambda ids, **kw: woken.append(list(ids)) or list(ids))
+    sub = SubscriptionFactory(url=subscriber.url("/erp"), max_in_flight=2)
+    chain = order(sub, "RA", range(10))
+    result = deliveries_pump(subscription_id=sub.pk)
+    assert result.verdicts == {d.pk: "delivered" for d in chain}
+    assert seqs(subscriber, "/erp") == list(range(10))
+    assert (result.helpers, woken) == (0, [])
+
+    # Five orders' heads: a batch of four resources (a helper asked for), then one.
+    for n in range(5):
+        order(sub, f"R{n}", range(1))
+    result = deliveries_pump(subscription_id=sub.pk)
+    assert len(result.verdicts) == 5
+    assert (result.helpers, woken) == (1, [[sub.pk]])
