@@ -32,6 +32,7 @@ from django.utils import timezone
 from infra import metrics
 from routing import retry, sql
 from routing.claim import Batch, lease_seconds
+from routing.formats import TRANSFORM
 from routing.leases import lease_held
 from routing.models import DELIVERY_OPEN_STATES, Delivery, Subscription
 from routing.perprocess import PerProcess
@@ -117,11 +118,14 @@ def fanout_claim(delivery_ids: list[int]) -> list[Batch]:
             .filter(pk__in=taken)
             .order_by("subscription_id", "id")
         )
+    # Sent at once, a thread each: no pump's budget to wait for, only the process's one mapping
+    # sandbox (routing.transform), which renders one request at a time.
+    mapped = sum(1 for d in deliveries if d.subscription.payload_format == TRANSFORM or d.subscription.transform)
+    budget = mapped * settings.HUB_TRANSFORM_SECONDS
     batches: list[Batch] = []
     for delivery in deliveries:
         sub = delivery.subscription
-        # Sent at once (a thread each): nothing of a pump's budget to wait for.
-        hold_until = now + timedelta(seconds=lease_seconds(sub, budget=0))
+        hold_until = now + timedelta(seconds=lease_seconds(sub, budget=budget))
         batches.append(Batch(subscription=sub, claim=token + sub.pk, deliveries=[delivery], hold_until=hold_until))
     return batches
 
@@ -143,23 +147,27 @@ class _Pools:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.idle: list[ThreadPoolExecutor] = []
+        self.idle: list[tuple[int, ThreadPoolExecutor]] = []
 
     @contextmanager
-    def pool(self) -> Iterator[ThreadPoolExecutor]:
+    def pool(self, width: int) -> Iterator[ThreadPoolExecutor]:
         with self.lock:
-            pool = self.idle.pop() if self.idle else None
-        if pool is None:
-            width = max(settings.HUB_FANOUT_MAX_ENDPOINTS, 2)
-            pool = ThreadPoolExecutor(max_workers=width, thread_name_prefix="hub-fanout")
+            wide = [item for item in self.idle if item[0] >= width]
+            if wide:
+                self.idle.remove(wide[0])
+            taken = wide[0] if wide else None
+        if taken is None:
+            # A message's fan-out may be one wider than the setting (deliveries_wake).
+            width = max(width, settings.HUB_FANOUT_MAX_ENDPOINTS + 1)
+            taken = (width, ThreadPoolExecutor(max_workers=width, thread_name_prefix="hub-fanout"))
         try:
-            yield pool
+            yield taken[1]
         except BaseException:
             # A time limit or a fault while its requests may still be on the wire: not reused.
-            pool.shutdown(wait=False)
+            taken[1].shutdown(wait=False)
             raise
         with self.lock:
-            self.idle.append(pool)
+            self.idle.append(taken)
 
 
 _pools = PerProcess(lambda: _Pools()).get
@@ -169,7 +177,7 @@ def _send_all(batches: list[Batch]) -> list[Sent]:
     """Each batch's delivery sent from a thread of its own; what each got, in the batches' order.
     Each exchange keeps its own wall-clock deadline (the watchdog watches each thread's exchange)."""
     now = timezone.now()
-    with _pools().pool() as pool:
+    with _pools().pool(len(batches)) as pool:
         futures = [
             pool.submit(
                 delivery_send,

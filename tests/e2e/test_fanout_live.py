@@ -81,6 +81,7 @@ def test_a_failing_endpoint_among_them_is_retried_by_its_pump(worker, subscriber
     subscriber.program("/some/flaky", Reply.error(500), Reply.ok())
     good = SubscriptionFactory(url=subscriber.url("/some/good"), message_types=["order:*"])
     flaky = SubscriptionFactory(url=subscriber.url("/some/flaky"), message_types=["order:*"], retry_schedule=[0.2])
+    since = len(worker.log())
     event = push(api, {"message": "order:new", "payload": {"order": {"number": "F2"}}})
 
     def delivered() -> bool:
@@ -94,3 +95,13 @@ def test_a_failing_endpoint_among_them_is_retried_by_its_pump(worker, subscriber
     assert Delivery.objects.get(event=event, subscription=good).attempts.count() == 1
     flaky.refresh_from_db()
     assert flaky.failing_since is None
+    # The first attempts were the fan-out's, the retry the endpoint's pump's.
+    lines = {
+        (line["delivery_id"], line["attempt"]): line
+        for line in worker_lines(worker, since)
+        if line.get("message") == "delivery attempt"
+    }
+    good_delivery = Delivery.objects.get(event=event, subscription=good)
+    assert lines[(good_delivery.pk, 1)].get("fan_out")
+    assert lines[(flaky_delivery.pk, 1)].get("fan_out")
+    assert lines[(flaky_delivery.pk, 2)]["name"] == "routing.pump"
