@@ -157,8 +157,7 @@ class _Pools:
                 self.idle.remove(wide[0])
             taken = wide[0] if wide else None
         if taken is None:
-            # A message's fan-out may be one wider than the setting (deliveries_wake).
-            width = max(width, settings.HUB_FANOUT_MAX_ENDPOINTS + 1)
+            width = max(width, settings.HUB_FANOUT_MAX_ENDPOINTS)
             taken = (width, ThreadPoolExecutor(max_workers=width, thread_name_prefix="hub-fanout"))
         try:
             yield taken[1]

@@ -96,8 +96,8 @@ def _already_pending_locally(subscription_id: int) -> bool:
 def deliveries_wake(deliveries: Sequence[tuple[int, int]]) -> list[tuple[str, list[Any]]]:
     """New deliveries of one event, (delivery, endpoint) pairs, once committed. Those to endpoints
     with no message waiting (the pending marks, as pumps_enqueue's `coalesce`) go out in one
-    fan-out message per HUB_FANOUT_MAX_ENDPOINTS of them, instead of a pump message each: one
-    worker sends them at once. One such endpoint alone, or fan-out off, gets a pump message.
+    fan-out message per HUB_FANOUT_MAX_ENDPOINTS of them (split evenly), instead of a pump message
+    each: one worker sends them at once. One such endpoint alone, or fan-out off, gets a pump message.
     Returns the messages published, (task, arguments).
 
     The fan-out's task clears the marks when it starts, and wakes the pumps of the endpoints it
@@ -112,10 +112,9 @@ def deliveries_wake(deliveries: Sequence[tuple[int, int]]) -> list[tuple[str, li
         endpoints = _newly_pending(endpoints)
     wanted = set(endpoints)
     named = [d for d, s in deliveries if s in wanted]
-    chunks = [named[at : at + size] for at in range(0, len(named), size)]
-    if len(chunks) > 1 and len(chunks[-1]) == 1:
-        # The last one goes with the chunk before rather than make a fan-out of one.
-        chunks[-2].extend(chunks.pop())
+    # As few messages as the limit allows, as even as can be: each is a worker process's.
+    parts = -(-len(named) // size)
+    chunks = [named[part * len(named) // parts : (part + 1) * len(named) // parts] for part in range(parts)]
     messages: list[tuple[str, list[Any]]] = []
     at = 0
     for chunk in chunks:

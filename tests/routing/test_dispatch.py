@@ -105,18 +105,22 @@ def test_an_event_to_several_endpoints_is_one_fan_out_message_naming_its_deliver
     pumps_started([waiting, first, second, third])
 
 
-def test_a_fan_out_wider_than_the_limit_is_split_and_off_is_a_pump_each(unconsumed_queue, settings):
+def test_a_fan_out_wider_than_the_limit_is_split_evenly_and_off_is_a_pump_each(unconsumed_queue, settings):
     from routing.wakeup import FANOUT_TASK, PUMP_TASK, deliveries_wake, pumps_started
 
     settings.HUB_PUMP_COALESCE_SECONDS = 60
     endpoints = [10**9 + 20 + n for n in range(5)]
     pairs = [(100 + n, endpoint) for n, endpoint in enumerate(endpoints)]
-    settings.HUB_FANOUT_MAX_ENDPOINTS = 2
-    # 2 + 2 + 1: the one left over goes with the chunk before, never a fan-out of one.
+    settings.HUB_FANOUT_MAX_ENDPOINTS = 4
+    # 5 over at most 4 a message: two messages, as even as can be.
     assert deliveries_wake(pairs) == [
         (FANOUT_TASK, [[100, 101], endpoints[:2]]),
         (FANOUT_TASK, [[102, 103, 104], endpoints[2:]]),
     ]
+    pumps_started(endpoints)
+    settings.HUB_FANOUT_MAX_ENDPOINTS = 2
+    # A share of one is its endpoint's pump message.
+    assert deliveries_wake(pairs[:3]) == [(PUMP_TASK, [endpoints[0]]), (FANOUT_TASK, [[101, 102], endpoints[1:3]])]
     pumps_started(endpoints)
     settings.HUB_FANOUT_MAX_ENDPOINTS = 0
     assert deliveries_wake(pairs) == [(PUMP_TASK, [endpoint]) for endpoint in endpoints]
