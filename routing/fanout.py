@@ -17,7 +17,7 @@ import logging
 import math
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -57,9 +57,12 @@ class FanOutResult:
     due: list[int] = field(default_factory=list)
 
 
-def deliveries_fan_out(*, delivery_ids: list[int]) -> FanOutResult:
+def deliveries_fan_out(*, delivery_ids: list[int], endpoints: Sequence[int] = ()) -> FanOutResult:
     """Send these deliveries (one event's, one per endpoint) at once, each in its own thread, and
-    record them in one transaction (more only when several endpoints' rows must be written)."""
+    record them in one transaction (more only when several endpoints' rows must be written).
+
+    `endpoints`: those whose pending marks the task cleared, which a push may have coalesced into
+    its message: each is woken at the end if something is due there, whatever this call took."""
     result = FanOutResult()
     batches = fanout_claim(delivery_ids)
     taken = {d.pk for b in batches for d in b.deliveries}
@@ -69,17 +72,19 @@ def deliveries_fan_out(*, delivery_ids: list[int]) -> FanOutResult:
         owed = Delivery.objects.filter(pk__in=left, state__in=DELIVERY_OPEN_STATES)
         result.left = sorted(set(owed.values_list("subscription_id", flat=True)))
         pumps_enqueue(result.left, coalesce=True)
-    if not batches:
-        return result
-    with ExitStack() as held:
-        # Each endpoint's claim kept alive until its outcome is recorded, as a pump's batch.
-        for batch in batches:
-            held.enter_context(
-                lease_held(subscription_id=batch.subscription.pk, claim=batch.claim, hold_until=batch.hold_until)
-            )
-        sent = _send_all(batches)
-        result.verdicts = _close(batches, sent)
-    result.due = _due_wake([b.subscription.pk for b in batches])
+    if batches:
+        with ExitStack() as held:
+            # Each endpoint's claim kept alive until its outcome is recorded, as a pump's batch.
+            for batch in batches:
+                held.enter_context(
+                    lease_held(subscription_id=batch.subscription.pk, claim=batch.claim, hold_until=batch.hold_until)
+                )
+            sent = _send_all(batches)
+            result.verdicts = _close(batches, sent)
+    looked = set(result.left)
+    others = sorted({*endpoints, *(b.subscription.pk for b in batches)} - looked)
+    if others:
+        result.due = _due_wake(others)
     return result
 
 

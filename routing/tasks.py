@@ -37,7 +37,7 @@ def deliveries_pump_task(self: Any, subscription_id: int) -> None:
 def deliveries_fan_out_task(self: Any, delivery_ids: list[int], subscription_ids: list[int]) -> None:
     try:
         pumps_started(subscription_ids)
-        deliveries_fan_out(delivery_ids=delivery_ids)
+        deliveries_fan_out(delivery_ids=delivery_ids, endpoints=subscription_ids)
     except DATABASE_UNAVAILABLE as exc:
         raise self.retry(exc=exc, countdown=database_retry_countdown(self.request.retries)) from exc
 

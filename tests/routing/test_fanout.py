@@ -189,3 +189,19 @@ def test_replies_with_content_at_several_endpoints_are_all_taken_in(subscriber):
         sub.refresh_from_db()
         assert sub.parameters == [{"name": "since", "value": str(n + 1)}]
         assert list(sub.notifications.values_list("subject", flat=True)) == [f"seen by {n}"]
+
+
+def test_a_push_coalesced_into_its_message_is_woken_even_when_it_takes_nothing(subscriber):
+    first_sub, other = (SubscriptionFactory(url=subscriber.url(f"/coalesced/{n}")) for n in range(2))
+    named = fan(EventFactory(resource_key=None), [first_sub, other])
+    # A pump took both before the fan-out's task ran; meanwhile a push to the first endpoint
+    # published nothing, its pending mark standing for the fan-out's message.
+    Delivery.objects.filter(pk__in=[d.pk for d in named]).update(
+        state=DeliveryState.DELIVERING, claim=5, attempt_count=1, lease_expires_at=timezone.now() + timedelta(minutes=1)
+    )
+    DeliveryFactory(subscription=first_sub, event=EventFactory(resource_key=None))
+
+    result = deliveries_fan_out(delivery_ids=[d.pk for d in named], endpoints=[first_sub.pk, other.pk])
+
+    assert result.verdicts == {} and result.left == []
+    assert result.due == [first_sub.pk]
