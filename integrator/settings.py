@@ -235,6 +235,10 @@ HUB_DELIVERY_PUMP_SECONDS = _env_float("HUB_DELIVERY_PUMP_SECONDS", 5)
 # No new message for an endpoint whose last one still waits for a worker (it will see the push's
 # deliveries); the mark lasts this long at most. 0 = a message for every push.
 HUB_PUMP_COALESCE_SECONDS = _env_float("HUB_PUMP_COALESCE_SECONDS", 2)
+# A new event's deliveries to several endpoints go out in one message whose worker sends them at
+# once (routing.fanout), this many endpoints to a message (and threads to a worker process at
+# most); below 2 = a pump message per endpoint, as for one endpoint.
+HUB_FANOUT_MAX_ENDPOINTS = _env_int("HUB_FANOUT_MAX_ENDPOINTS", 32)
 # Short and renewed while the batch is sent (routing.leases): a dead worker's deliveries and
 # in-flight slots free this long after its last renewal.
 HUB_LEASE_SECONDS = _env_float("HUB_LEASE_SECONDS", 6)

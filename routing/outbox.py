@@ -35,7 +35,7 @@ from routing.subscriptions import (
     subscriptions_enabled_for_routing,
     subscriptions_for_event,
 )
-from routing.wakeup import pumps_enqueue
+from routing.wakeup import deliveries_wake, pumps_enqueue
 
 
 def event_accept(
@@ -109,8 +109,8 @@ def _accept(*, store: Store | None, events: list[Event], savepoint: bool = True)
         deliveries = [Delivery.routed(event=events[0], subscription=sub) for sub in wanted[0]]
         result = _event_with_deliveries_insert(events[0], deliveries, savepoint=savepoint, notes=notes)
         if deliveries and result.created:
-            # One message per endpoint, not per delivery: its worker sends all that is due there.
-            transaction.on_commit(lambda: pumps_enqueue([d.subscription_id for d in deliveries], coalesce=True))
+            # Several endpoints: one fan-out message; one: its pump's, which sends all due there.
+            transaction.on_commit(lambda: deliveries_wake([(d.pk, d.subscription_id) for d in deliveries]))
         return [result]
     with transaction.atomic():
         if store is not None and not _subscriptions_kept([s.pk for subs in wanted for s in subs]):

@@ -4,6 +4,7 @@ request made, the unsent deliveries put back, and the endpoint's standing after 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -53,33 +54,43 @@ def outcomes_record(batch: Batch, *, sent: list[Sent], unsent: list[Delivery], n
     else is theirs now; ours is only the attempt row. A batch mostly ends one way (all
     delivered): one UPDATE per distinct outcome. The outcomes go first, locking the rows in the
     order the sweeper does (delivery, then attempt), so the two never deadlock."""
-    decisions = outcomes_decide(batch, sent, now=now)
-    groups: dict[tuple[tuple[str, Any], ...], list[Outcome]] = {}
-    for s, decision in zip(sent, decisions, strict=True):
-        groups.setdefault(tuple(_changes(decision, s.result, now).items()), []).append((s, decision))
-    mine: list[Outcome] = []
+    [mine] = batches_outcomes_record([(batch, sent)], now=now)
+    if unsent:
+        _unsent_return(batch, unsent, now=now)
+    return mine
+
+
+def batches_outcomes_record(batches: Sequence[tuple[Batch, list[Sent]]], *, now: datetime) -> list[list[Outcome]]:
+    """outcomes_record for several batches at once (a fan-out's, one per endpoint), everything
+    sent: one UPDATE per distinct outcome across them all and one INSERT of their attempts.
+    Returns each batch's outcomes still its own, in claim order."""
+    groups: dict[tuple[tuple[str, Any], ...], list[tuple[Outcome, int]]] = {}
+    decided: list[list[Outcome]] = []
+    for batch, sent in batches:
+        outcomes = list(zip(sent, outcomes_decide(batch, sent, now=now), strict=True))
+        decided.append(outcomes)
+        for s, decision in outcomes:
+            groups.setdefault(tuple(_changes(decision, s.result, now).items()), []).append(((s, decision), batch.claim))
+    kept: set[int] = set()
     for key, members in groups.items():
-        ids = [s.delivery.pk for s, _ in members]
-        if batch_finish(ids, claim=batch.claim, changes=dict(key)) == len(ids):
-            mine += members
+        ids = [s.delivery.pk for (s, _), _ in members]
+        claims = sorted({claim for _, claim in members})
+        if batch_finish(ids, claims=claims, changes=dict(key)) == len(ids):
+            kept.update(ids)
             continue
         # Some changed hands (rare: only a lease that ran out). Ours are those this UPDATE just
         # stamped: no claim any more, and this very updated_at.
         owned = set(Delivery.objects.filter(pk__in=ids, claim=None, updated_at=now).values_list("pk", flat=True))
-        for s, decision in members:
-            if s.delivery.pk in owned:
-                mine.append((s, decision))
-            else:
+        kept |= owned
+        for (s, _), _ in members:
+            if s.delivery.pk not in owned:
                 logger.warning(
                     "delivery changed hands during the attempt; its outcome is the new holder's",
                     extra={"delivery_id": s.delivery.pk, "attempt": s.delivery.attempt_count},
                 )
     # Claim order, whatever the grouping: the endpoint's standing follows its last answer.
-    order = {s.delivery.pk: index for index, s in enumerate(sent)}
-    mine.sort(key=lambda pair: order[pair[0].delivery.pk])
-    _attempts_record(sent, mine=[s for s, _ in mine])
-    if unsent:
-        _unsent_return(batch, unsent, now=now)
+    mine = [[(s, d) for s, d in outcomes if s.delivery.pk in kept] for outcomes in decided]
+    _attempts_record([s for _, sent in batches for s in sent], kept=kept)
     return mine
 
 
@@ -111,15 +122,15 @@ def _unsent_return(batch: Batch, unsent: list[Delivery], *, now: datetime) -> No
     )
 
 
-def batch_finish(ids: list[int], *, claim: int, changes: dict[str, Any]) -> int:
-    """UPDATE the deliveries of `ids` still delivering under `claim` (the fence: one whose lease ran
-    out and that the sweeper handed on is no longer this batch's) with `changes`, values through
-    their fields, as Delivery.objects.filter(...).update(**changes) would; how many it changed."""
+def batch_finish(ids: list[int], *, claims: Sequence[int], changes: dict[str, Any]) -> int:
+    """UPDATE the deliveries of `ids` still delivering under one of `claims` (the fence: one whose
+    lease ran out and that the sweeper handed on is no longer this batch's) with `changes`, values
+    through their fields, as Delivery.objects.filter(...).update(**changes) would; how many it changed."""
     fields = [Delivery._meta.get_field(name) for name in changes]
     params = [f.get_db_prep_save(changes[f.name], connection) for f in fields]
-    params += [*ids, DeliveryState.DELIVERING, claim]
+    params += [*ids, DeliveryState.DELIVERING, *claims]
     with connection.cursor() as cursor:
-        cursor.execute(sql.deliveries_finish(tuple(f.column for f in fields), len(ids)), params)
+        cursor.execute(sql.deliveries_finish(tuple(f.column for f in fields), len(ids), len(claims)), params)
         return cursor.rowcount
 
 
@@ -137,7 +148,7 @@ _ATTEMPT_FIELDS = (
 )
 
 
-def _attempts_record(sent: list[Sent], *, mine: list[Sent]) -> None:
+def _attempts_record(sent: list[Sent], *, kept: set[int]) -> None:
     """One row per request made, whatever the fence decided: each was made. Should the batch's
     transaction fail, the leases run out and the sweeper records each attempt as unanswered, so
     no attempt goes unrecorded.
@@ -145,7 +156,6 @@ def _attempts_record(sent: list[Sent], *, mine: list[Sent]) -> None:
     A delivery that changed hands was reclaimed by the sweeper, which recorded this very attempt
     number as unanswered; the answer it did get replaces that guess (an INSERT would collide with
     it). Deliveries still ours cannot collide: their number is theirs since the claim."""
-    kept = {s.delivery.pk for s in mine}
     Attempt.objects.bulk_create([_attempt_row(s) for s in sent if s.delivery.pk in kept])
     stale = [_attempt_row(s) for s in sent if s.delivery.pk not in kept]
     if stale:

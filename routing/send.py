@@ -9,6 +9,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
@@ -16,7 +17,7 @@ from django.utils import timezone
 from infra import metrics, tracing
 from routing.claim import Batch
 from routing.formats import RenderFailed, delivery_request
-from routing.models import Delivery
+from routing.models import Delivery, Subscription
 from routing.reply_forms import parameters_after_reply
 from routing.transport.exchange import ExchangeResult, attempt_outcome, request_send
 
@@ -48,37 +49,44 @@ def batch_send(batch: Batch, *, deadline: float) -> tuple[list[Sent], list[Deliv
         if delivery.resource_key in stopped:
             held.append(delivery)
             continue
-        event = delivery.event
-        started_at = timezone.now()
-        span = tracing.attempt_start(delivery, sub)
-        try:
-            request = delivery_request(
-                sub,
-                event,
-                store_name=_store_name(delivery),
-                previous_signing_secret=previous_secret,
-                parameters=parameters,
-            )
-            result = request_send(
-                request,
-                timeout=sub.timeout_seconds,
-                body_max_chars=settings.HUB_RESPONSE_BODY_MAX_CHARS,
-                read_max_bytes=settings.HUB_RESPONSE_READ_MAX_BYTES,
-            )
-        except RenderFailed as exc:
-            result = exc.exchange_result()
-        except Exception as exc:  # noqa: BLE001 - one delivery's fault must not lose the batch's outcomes
-            logger.exception("could not send a delivery", extra={"delivery_id": delivery.pk})
-            result = ExchangeResult(
-                method="", url=sub.url, status_code=None, latency_ms=0, error=f"the hub could not send it: {exc!r}"
-            )
-        tracing.attempt_end(span, result)
-        metrics.attempt_observe(attempt_outcome(result), result.latency_ms / 1000)
-        sent.append(Sent(delivery=delivery, result=result, started_at=started_at))
+        sent.append(delivery_send(delivery, sub=sub, parameters=parameters, previous_secret=previous_secret))
+        result = sent[-1].result
         parameters = parameters_after_reply(parameters, succeeded=result.succeeded, reply=result.reply)
         if not result.succeeded and delivery.resource_key is not None:
             stopped.add(delivery.resource_key)
     return sent, held
+
+
+def delivery_send(delivery: Delivery, *, sub: Subscription, parameters: list[Any], previous_secret: str) -> Sent:
+    """One claimed delivery's request, built, signed and sent; never raises, and touches no database
+    (a fan-out calls it from threads of its own)."""
+    event = delivery.event
+    started_at = timezone.now()
+    span = tracing.attempt_start(delivery, sub)
+    try:
+        request = delivery_request(
+            sub,
+            event,
+            store_name=_store_name(delivery),
+            previous_signing_secret=previous_secret,
+            parameters=parameters,
+        )
+        result = request_send(
+            request,
+            timeout=sub.timeout_seconds,
+            body_max_chars=settings.HUB_RESPONSE_BODY_MAX_CHARS,
+            read_max_bytes=settings.HUB_RESPONSE_READ_MAX_BYTES,
+        )
+    except RenderFailed as exc:
+        result = exc.exchange_result()
+    except Exception as exc:  # noqa: BLE001 - one delivery's fault must not lose the batch's outcomes
+        logger.exception("could not send a delivery", extra={"delivery_id": delivery.pk})
+        result = ExchangeResult(
+            method="", url=sub.url, status_code=None, latency_ms=0, error=f"the hub could not send it: {exc!r}"
+        )
+    tracing.attempt_end(span, result)
+    metrics.attempt_observe(attempt_outcome(result), result.latency_ms / 1000)
+    return Sent(delivery=delivery, result=result, started_at=started_at)
 
 
 def _store_name(delivery: Delivery) -> str:

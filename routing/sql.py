@@ -269,13 +269,15 @@ def leases_renew() -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def deliveries_finish(columns: tuple[str, ...], count: int) -> str:
-    """The outcome of `count` deliveries still delivering under a claim. Params: one value per
-    column, the ids, the delivering state, the claim."""
+def deliveries_finish(columns: tuple[str, ...], count: int, claims: int = 1) -> str:
+    """The outcome of `count` deliveries still delivering under one of `claims` claims (a fan-out
+    records several endpoints' at once; a token is drawn at random per claim, so a delivery that
+    changed hands holds none of them). Params: one value per column, the ids, the delivering
+    state, the claims."""
     quote = connection.ops.quote_name
     return (
         f"UPDATE {table(Delivery)} SET {', '.join(f'{quote(column)} = %s' for column in columns)}"
-        f" WHERE id IN ({placeholders(count)}) AND state = %s AND claim = %s"
+        f" WHERE id IN ({placeholders(count)}) AND state = %s AND claim IN ({placeholders(claims)})"
     )
 
 
@@ -309,6 +311,85 @@ def returned_objects_claim(count: int) -> str:
         f"INSERT INTO {table(ReturnedObject)} ({columns}) VALUES {values}"
         f" ON CONFLICT ({unique_on}) DO NOTHING RETURNING {connection.ops.quote_name('key')}, "
         f"{connection.ops.quote_name('digest')}"
+    )
+
+
+# The fan-out -------------------------------------------------------------------------------------
+
+# The endpoint's oldest unfinished delivery of the resource of `d` (see _HEAD), correlated.
+_FANOUT_HEAD = """
+    SELECT h.id FROM {delivery} h
+    WHERE h.subscription_id = d.subscription_id AND h.state IN ({unfinished}) AND h.resource_key >= d.resource_key
+    ORDER BY h.resource_key, h.id LIMIT 1"""
+
+# The named deliveries that may go now: due, their endpoint enabled and below its in-flight limit
+# (a subscription's own, else the default; 0 for none), each its resource's head at its endpoint.
+# Params: the ids, now, the default limit, now, the default limit.
+_FANOUT_SENDABLE = """
+    SELECT d.id FROM {delivery} d JOIN {subscription} s ON s.id = d.subscription_id
+    WHERE d.id {ids} AND d.state IN ({open}) AND d.next_attempt_at <= %s AND s.is_enabled
+    AND (d.resource_key IS NULL OR d.id = ({head}))
+    AND (COALESCE(s.max_in_flight, %s) = 0 OR (
+        SELECT COUNT(DISTINCT COALESCE(f.claim, -f.id)) FROM {delivery} f
+        WHERE f.subscription_id = d.subscription_id AND f.state = {delivering} AND f.lease_expires_at > %s
+    ) < COALESCE(s.max_in_flight, %s))"""
+
+
+@functools.cache
+def fanout_lock() -> str:
+    """PostgreSQL, before a fan-out's claim: the rows of the named deliveries' endpoints that have an
+    in-flight limit, NO KEY (as subscription_lock), in id order, so that two fan-outs never wait on
+    each other in a cycle and a pump, which holds one such lock at a time, never closes one.
+    Params: the delivery ids (an array), the default limit. Numbered."""
+    return numbered(f"""
+        SELECT 1 FROM {table(Subscription)} WHERE id IN (
+            SELECT subscription_id FROM {table(Delivery)} WHERE id = ANY(%s::bigint[]))
+        AND COALESCE(max_in_flight, %s) <> 0
+        ORDER BY id FOR NO KEY UPDATE""")
+
+
+@functools.lru_cache(maxsize=64)
+def fanout_claim(count: int, *, postgresql: bool) -> str:
+    """A fan-out's claiming UPDATE: those of the named deliveries that may go now become delivering,
+    each under a claim of its endpoint's own (the task's token plus the endpoint's id: the
+    in-flight limit counts claims per endpoint, and the lease heartbeat renews one per endpoint).
+    PostgreSQL: rows another worker is claiming are skipped, and the rows taken come back with
+    their events, the events' stores, their subscriptions and the subscriptions' stores, in
+    endpoint order. SQLite: the ids taken (`count` of them named).
+    Params: lease until, the claim token, now, then the ids (PostgreSQL: one array; SQLite: each),
+    now, the default limit, now, the default limit."""
+    names = _names()
+    if postgresql:
+        ids = "= ANY(%s::bigint[])"
+        token = "%s::bigint"
+    else:
+        ids = f"IN ({placeholders(count)})"
+        token = "%s"
+    sendable = _FANOUT_SENDABLE.format(**_names(ids=ids, head=_FANOUT_HEAD.format(**names)))
+    update = f"""
+        UPDATE {table(Delivery)} SET state = {_DELIVERING}, attempt_count = attempt_count + 1,
+            lease_expires_at = %s, claim = {token} + subscription_id, updated_at = %s"""
+    if not postgresql:
+        return f"{update} WHERE id IN ({sendable}) RETURNING id"
+    return numbered(f"""WITH claimed AS (
+        {update} WHERE id = ANY(ARRAY({sendable} FOR UPDATE OF d SKIP LOCKED))
+        RETURNING {model_columns(Delivery, table(Delivery))})
+    SELECT {model_columns(Delivery, "claimed")}, {model_columns(Event, "e")}, {model_columns(Store, "es")},
+        {model_columns(Subscription, "sub")}, {model_columns(Store, "ss")}
+    FROM claimed JOIN {table(Event)} e ON e.id = claimed.event_id
+    LEFT JOIN {table(Store)} es ON es.id = e.store_id
+    JOIN {table(Subscription)} sub ON sub.id = claimed.subscription_id
+    LEFT JOIN {table(Store)} ss ON ss.id = sub.store_id
+    ORDER BY claimed.subscription_id, claimed.id""")
+
+
+@functools.lru_cache(maxsize=64)
+def endpoints_due(count: int) -> str:
+    """Which of `count` endpoints have a delivery due now (after a fan-out: one its claim held back
+    may be due since). Params: the subscription ids, now."""
+    return (
+        f"SELECT DISTINCT subscription_id FROM {table(Delivery)}"
+        f" WHERE subscription_id IN ({placeholders(count)}) AND state IN ({_OPEN}) AND next_attempt_at <= %s"
     )
 
 

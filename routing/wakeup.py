@@ -1,7 +1,10 @@
-"""Waking the workers: one broker message per endpoint with deliveries due.
+"""Waking the workers: one broker message per endpoint with deliveries due, or one for a new event's
+deliveries to several endpoints.
 
-A message names a subscription, not a delivery: the worker that takes it sends that endpoint's due
-deliveries until none is left (routing.pump). The database is the memory of what is owed; a message
+A pump message names a subscription, not a delivery: the worker that takes it sends that endpoint's due
+deliveries until none is left (routing.pump). A fan-out message names the deliveries of one event
+to several endpoints, which its worker sends at once (routing.fanout); what it cannot send, it
+leaves to the endpoints' pumps. The database is the memory of what is owed; a message
 is only a wake-up, so a repeated one costs a look and a lost one is made good by the sweeper.
 Published by task name, so that nothing on the way to the broker imports the tasks.
 """
@@ -10,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from celery import current_app
 from django.conf import settings
@@ -24,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 # The task that sends an endpoint's due deliveries (routing.tasks).
 PUMP_TASK = "routing.deliveries_pump"
+# The task that sends one event's deliveries to several endpoints at once (routing.tasks).
+FANOUT_TASK = "routing.deliveries_fan_out"
 
 # Until when (time.monotonic) this process leaves publishing to the sweeper after a broker failure.
 _broker_down_until = [0.0]
@@ -41,10 +47,19 @@ def _pending_key(subscription_id: int) -> str:
 def pump_started(subscription_id: int) -> None:
     """A worker is about to look at the endpoint: whatever is committed from now on, it may miss,
     so the next push must publish again (see pumps_enqueue's `coalesce`)."""
-    _local_pending.discard(subscription_id)
-    if settings.HUB_PUMP_COALESCE_SECONDS > 0 and cache_available():
+    pumps_started([subscription_id])
+
+
+def pumps_started(subscription_ids: Sequence[int]) -> None:
+    """pump_started for several endpoints (a fan-out's), in one cache round trip."""
+    for subscription_id in subscription_ids:
+        _local_pending.discard(subscription_id)
+    if settings.HUB_PUMP_COALESCE_SECONDS > 0 and subscription_ids and cache_available():
         try:
-            cache.delete(_pending_key(subscription_id))
+            if len(subscription_ids) == 1:
+                cache.delete(_pending_key(subscription_ids[0]))
+            else:
+                cache.delete_many([_pending_key(i) for i in subscription_ids])
         except Exception as exc:  # noqa: BLE001 - the mark only saves messages; its expiry ends it anyway
             cache_failed("pending_mark", exc)
 
@@ -76,6 +91,56 @@ def _already_pending_locally(subscription_id: int) -> bool:
     """The mark kept in this process only. No worker clears it, so a push in its last moments may
     wait for the next push's message (or the sweeper) instead of its own: the price of no cache."""
     return not _local_pending.add(subscription_id, True, settings.HUB_PUMP_COALESCE_SECONDS)
+
+
+def deliveries_wake(deliveries: Sequence[tuple[int, int]]) -> list[tuple[str, list[Any]]]:
+    """New deliveries of one event, (delivery, endpoint) pairs, once committed. Those to endpoints
+    with no message waiting (the pending marks, as pumps_enqueue's `coalesce`) go out in one
+    fan-out message per HUB_FANOUT_MAX_ENDPOINTS of them (split evenly), instead of a pump message
+    each: one worker sends them at once. One such endpoint alone, or fan-out off, gets a pump message.
+    Returns the messages published, (task, arguments).
+
+    The fan-out's task clears the marks when it starts, and wakes the pumps of the endpoints it
+    leaves something due at: a push coalesced into its message meanwhile is sent by them."""
+    size = settings.HUB_FANOUT_MAX_ENDPOINTS
+    endpoints = list(dict.fromkeys(s for _, s in deliveries))
+    if size < 2 or len(endpoints) < 2 or len(endpoints) != len(deliveries):
+        return [(PUMP_TASK, [i]) for i in pumps_enqueue(endpoints, coalesce=True)]
+    if time.monotonic() < _broker_down_until[0]:
+        return []
+    if settings.HUB_PUMP_COALESCE_SECONDS > 0:
+        endpoints = _newly_pending(endpoints)
+    wanted = set(endpoints)
+    named = [d for d, s in deliveries if s in wanted]
+    # As few messages as the limit allows, as even as can be: each is a worker process's.
+    parts = -(-len(named) // size)
+    chunks = [named[part * len(named) // parts : (part + 1) * len(named) // parts] for part in range(parts)]
+    messages: list[tuple[str, list[Any]]] = []
+    at = 0
+    for chunk in chunks:
+        # The endpoints too: the task clears their marks before it looks.
+        named_endpoints = endpoints[at : at + len(chunk)]
+        task, args = (PUMP_TASK, named_endpoints) if len(chunk) == 1 else (FANOUT_TASK, [chunk, named_endpoints])
+        if not _publish(task, args, unpublished=endpoints[at:]):
+            break
+        messages.append((task, args))
+        at += len(chunk)
+    return messages
+
+
+def _publish(task: str, args: list[Any], *, unpublished: Sequence[int]) -> bool:
+    """One message; on a broker failure, back off (the sweeper publishes later) and clear the
+    pending marks of `unpublished`, so that the next push tries again."""
+    try:
+        current_app.send_task(task, args=args)
+    except Exception:  # noqa: BLE001 - any broker failure; the database still holds the deliveries
+        logger.warning("broker unavailable; deliveries left for the sweeper", extra={"task": task, "args": args})
+        if str(current_app.conf.broker_url or "").startswith(("redis://", "rediss://")):
+            redis_error_count("publish")
+        _broker_down_until[0] = time.monotonic() + settings.HUB_BROKER_BACKOFF_SECONDS
+        pumps_started(unpublished)
+        return False
+    return True
 
 
 def pumps_enqueue(

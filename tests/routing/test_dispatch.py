@@ -84,3 +84,44 @@ def test_the_redis_cache_adds_several_keys_as_add_does_each():
     assert backend.get("hub-test-add-all-b") == 1
     assert backend.add("hub-test-add-all-b", 1, timeout=60) is False
     backend.delete_many(keys)
+
+
+def test_an_event_to_several_endpoints_is_one_fan_out_message_naming_its_deliveries(unconsumed_queue, settings):
+    from routing.wakeup import FANOUT_TASK, PUMP_TASK, deliveries_wake, pumps_started
+
+    settings.HUB_PUMP_COALESCE_SECONDS = 60
+    settings.HUB_FANOUT_MAX_ENDPOINTS = 32
+    waiting, first, second, third = 10**9 + 11, 10**9 + 12, 10**9 + 13, 10**9 + 14
+    assert pumps_enqueue([waiting], coalesce=True) == [waiting]
+    # The endpoint whose pump message still waits needs none: that pump will see its delivery.
+    assert deliveries_wake([(1, first), (2, waiting), (3, second), (4, third)]) == [
+        (FANOUT_TASK, [[1, 3, 4], [first, second, third]])
+    ]
+    # Their marks stand until the fan-out's task starts: a push meanwhile publishes nothing.
+    assert deliveries_wake([(5, first), (6, second)]) == []
+    pumps_started([first, second])
+    # One endpoint left without a message: a pump's, as for an event to one endpoint.
+    assert deliveries_wake([(7, first), (8, third)]) == [(PUMP_TASK, [first])]
+    pumps_started([waiting, first, second, third])
+
+
+def test_a_fan_out_wider_than_the_limit_is_split_evenly_and_off_is_a_pump_each(unconsumed_queue, settings):
+    from routing.wakeup import FANOUT_TASK, PUMP_TASK, deliveries_wake, pumps_started
+
+    settings.HUB_PUMP_COALESCE_SECONDS = 60
+    endpoints = [10**9 + 20 + n for n in range(5)]
+    pairs = [(100 + n, endpoint) for n, endpoint in enumerate(endpoints)]
+    settings.HUB_FANOUT_MAX_ENDPOINTS = 4
+    # 5 over at most 4 a message: two messages, as even as can be.
+    assert deliveries_wake(pairs) == [
+        (FANOUT_TASK, [[100, 101], endpoints[:2]]),
+        (FANOUT_TASK, [[102, 103, 104], endpoints[2:]]),
+    ]
+    pumps_started(endpoints)
+    settings.HUB_FANOUT_MAX_ENDPOINTS = 2
+    # A share of one is its endpoint's pump message.
+    assert deliveries_wake(pairs[:3]) == [(PUMP_TASK, [endpoints[0]]), (FANOUT_TASK, [[101, 102], endpoints[1:3]])]
+    pumps_started(endpoints)
+    settings.HUB_FANOUT_MAX_ENDPOINTS = 0
+    assert deliveries_wake(pairs) == [(PUMP_TASK, [endpoint]) for endpoint in endpoints]
+    pumps_started(endpoints)

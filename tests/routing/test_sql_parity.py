@@ -155,7 +155,7 @@ def test_finishing_a_batch_writes_what_an_orm_update_writes():
         "updated_at": now,
     }
     by_hand, by_orm = (DeliveryFactory(state=DeliveryState.DELIVERING, claim=7) for _ in range(2))
-    assert batch_finish([by_hand.pk], claim=7, changes=changes) == 1
+    assert batch_finish([by_hand.pk], claims=[7], changes=changes) == 1
     assert Delivery.objects.filter(pk=by_orm.pk, state=DeliveryState.DELIVERING, claim=7).update(**changes) == 1
     drop = ("id", "event_id", "subscription_id", "created_at", "resource_key")
     assert _row(Delivery, by_hand.pk, drop=drop) == _row(Delivery, by_orm.pk, drop=drop)
@@ -197,3 +197,49 @@ def test_recording_returned_objects_writes_what_create_writes_and_skips_what_is_
     drop = (*NAMING, "key")
     assert _row(ReturnedObject, by_hand.pk, drop=drop) == _row(ReturnedObject, by_orm.pk, drop=drop)
     assert ReturnedObject.objects.filter(subscription=sub).count() == 4
+
+
+def test_the_fan_out_claim_takes_what_the_pumps_claim_would_and_reads_it_as_select_related():
+    from routing.fanout import fanout_claim
+
+    event = EventFactory(resource_key=None)
+    subs = [SubscriptionFactory(store=StoreFactory()), SubscriptionFactory()]
+    named = [DeliveryFactory(event=event, subscription=sub) for sub in subs]
+    batches = fanout_claim([d.pk for d in named])
+    assert [b.deliveries[0].pk for b in batches] == [d.pk for d in named]
+    for batch in batches:
+        [claimed] = batch.deliveries
+        by_orm = Delivery.objects.select_related("event", "event__store", "subscription", "subscription__store").get(
+            pk=claimed.pk
+        )
+        assert _fields(claimed) == _fields(by_orm)
+        assert _fields(claimed.event) == _fields(by_orm.event)
+        assert _fields(claimed.event.store) == _fields(by_orm.event.store)
+        assert _fields(claimed.subscription) == _fields(by_orm.subscription)
+        assert (claimed.subscription.store and _fields(claimed.subscription.store)) == (
+            by_orm.subscription.store and _fields(by_orm.subscription.store)
+        )
+        assert batch.subscription is claimed.subscription
+        assert (by_orm.state, by_orm.attempt_count, by_orm.claim) == (DeliveryState.DELIVERING, 1, batch.claim)
+
+
+def test_the_endpoints_due_are_those_an_orm_query_finds():
+    from django.db import connection
+
+    from routing import sql
+    from routing.models import DELIVERY_OPEN_STATES
+
+    due, later, done, none = (SubscriptionFactory() for _ in range(4))
+    DeliveryFactory(subscription=due)
+    DeliveryFactory(subscription=due, state=DeliveryState.RETRYING)
+    DeliveryFactory(
+        subscription=later, state=DeliveryState.RETRYING, next_attempt_at=timezone.now() + timedelta(minutes=5)
+    )
+    DeliveryFactory(subscription=done, state=DeliveryState.DELIVERED)
+    now = timezone.now()
+    ids = [due.pk, later.pk, done.pk, none.pk]
+    with connection.cursor() as cursor:
+        cursor.execute(sql.endpoints_due(len(ids)), [*ids, connection.ops.adapt_datetimefield_value(now)])
+        by_hand = sorted(row[0] for row in cursor.fetchall())
+    by_orm = Delivery.objects.filter(subscription_id__in=ids, state__in=DELIVERY_OPEN_STATES, next_attempt_at__lte=now)
+    assert by_hand == sorted(set(by_orm.values_list("subscription_id", flat=True))) == [due.pk]

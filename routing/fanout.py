@@ -1,0 +1,294 @@
+"""The fan-out: one new event's deliveries to several endpoints, claimed in one statement, sent at
+once from threads, recorded in one transaction, instead of a pump per endpoint.
+
+What it may take, it takes as a pump's claim would (routing.claim): a due delivery, its endpoint
+enabled and below its in-flight limit, the first of its resource still owed to that endpoint.
+Each endpoint's share is a claim of its own, with its own short lease renewed by the heartbeat
+(routing.leases), so the limit, the sweeper and the fence on recording see what they see of a pump's
+batch of one. What it may not take it leaves to the endpoints' pumps, woken at once; once its
+outcomes are committed it wakes the pumps of its endpoints that have something due (a delivery its
+claim held back, a push coalesced into its message): a pump claims again after its commit, and so
+does the fan-out, through them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from infra import metrics
+from routing import retry, sql
+from routing.claim import Batch, lease_seconds
+from routing.formats import TRANSFORM
+from routing.leases import lease_held
+from routing.models import DELIVERY_OPEN_STATES, Delivery, Subscription
+from routing.perprocess import PerProcess
+from routing.record import Outcome, batches_outcomes_record, endpoint_record
+from routing.replies import replies_process, reply_has_content
+from routing.rows import row_instance, row_related
+from routing.schedules import schedule_ticks_record
+from routing.send import Sent, delivery_send
+from routing.status import events_status_refresh
+from routing.wakeup import pumps_enqueue
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FanOutResult:
+    # The verdict of each delivery it sent and recorded, by delivery id.
+    verdicts: dict[int, str] = field(default_factory=dict)
+    # Endpoints whose named delivery it did not take, still owed: their pumps were woken.
+    left: list[int] = field(default_factory=list)
+    # Endpoints it sent to with something due once it was done: their pumps were woken.
+    due: list[int] = field(default_factory=list)
+
+
+def deliveries_fan_out(*, delivery_ids: list[int], endpoints: Sequence[int] = ()) -> FanOutResult:
+    """Send these deliveries (one event's, one per endpoint) at once, each in its own thread, and
+    record them in one transaction (more only when several endpoints' rows must be written).
+
+    `endpoints`: those whose pending marks the task cleared, which a push may have coalesced into
+    its message: each is woken at the end if something is due there, whatever this call took."""
+    result = FanOutResult()
+    batches = fanout_claim(delivery_ids)
+    taken = {d.pk for b in batches for d in b.deliveries}
+    left = [pk for pk in delivery_ids if pk not in taken]
+    if left:
+        # Held back, at the limit, off, or taken by a pump first: still owed ones are their pumps'.
+        owed = Delivery.objects.filter(pk__in=left, state__in=DELIVERY_OPEN_STATES)
+        result.left = sorted(set(owed.values_list("subscription_id", flat=True)))
+        pumps_enqueue(result.left, coalesce=True)
+    if batches:
+        with ExitStack() as held:
+            # Each endpoint's claim kept alive until its outcome is recorded, as a pump's batch.
+            for batch in batches:
+                held.enter_context(
+                    lease_held(subscription_id=batch.subscription.pk, claim=batch.claim, hold_until=batch.hold_until)
+                )
+            sent = _send_all(batches)
+            result.verdicts = _close(batches, sent)
+    looked = set(result.left)
+    others = sorted({*endpoints, *(b.subscription.pk for b in batches)} - looked)
+    if others:
+        result.due = _due_wake(others)
+    return result
+
+
+def fanout_claim(delivery_ids: list[int]) -> list[Batch]:
+    """Take those of the named deliveries that may go now, each as a batch of one under a claim of
+    its endpoint's own; in endpoint order.
+
+    PostgreSQL: the limited endpoints' rows are locked first, in id order, in the claim's
+    transaction (as batch_claim's lock: the UPDATE's snapshot, taken after, sees every claim
+    committed before), then one UPDATE takes the deliveries and brings back their events,
+    subscriptions and stores. SQLite: its BEGIN IMMEDIATE makes claims one at a time."""
+    ids = sorted(set(delivery_ids))
+    if not ids:
+        return []
+    now = timezone.now()
+    token = secrets.randbits(62) + 1
+    # No lease may outlive its hold limit, which is at least the margin (lease_seconds).
+    lease = now + timedelta(seconds=min(settings.HUB_LEASE_SECONDS, settings.HUB_DELIVERY_LEASE_MARGIN_SECONDS))
+    at = connection.ops.adapt_datetimefield_value(now)
+    default = settings.HUB_SUBSCRIPTION_MAX_IN_FLIGHT
+    head: list[Any] = [connection.ops.adapt_datetimefield_value(lease), token, at]
+    tail: list[Any] = [at, default, at, default]
+    if connection.vendor == "postgresql":
+        with transaction.atomic():
+            with connection.cursor_server_bound(prepared=settings.DB_PREPARED_STATEMENTS) as cursor:
+                cursor.execute(sql.fanout_lock(), [ids, default])
+                cursor.execute(sql.fanout_claim(0, postgresql=True), [*head, ids, *tail])
+                rows = cursor.fetchall()
+        deliveries = [_claimed_delivery(row) for row in rows]
+    else:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(sql.fanout_claim(len(ids), postgresql=False), [*head, *ids, *tail])
+            taken = [row[0] for row in cursor.fetchall()]
+        deliveries = list(
+            Delivery.objects.select_related("event", "event__store", "subscription", "subscription__store")
+            .filter(pk__in=taken)
+            .order_by("subscription_id", "id")
+        )
+    # Sent at once, a thread each: no pump's budget to wait for, only the process's one mapping
+    # sandbox (routing.transform), which renders one request at a time.
+    mapped = sum(1 for d in deliveries if d.subscription.payload_format == TRANSFORM or d.subscription.transform)
+    budget = mapped * settings.HUB_TRANSFORM_SECONDS
+    batches: list[Batch] = []
+    for delivery in deliveries:
+        sub = delivery.subscription
+        hold_until = now + timedelta(seconds=lease_seconds(sub, budget=budget))
+        batches.append(Batch(subscription=sub, claim=token + sub.pk, deliveries=[delivery], hold_until=hold_until))
+    return batches
+
+
+def _claimed_delivery(row: tuple[Any, ...]) -> Delivery:
+    delivery, at = row_instance(Delivery, row, 0)
+    event, at = row_related(delivery, "event", row, at)
+    _, at = row_related(event, "store", row, at)
+    sub, at = row_related(delivery, "subscription", row, at)
+    row_related(sub, "store", row, at)
+    return delivery
+
+
+class _Pools:
+    """Idle thread pools of this process, each as wide as a fan-out: a fan-out takes one of its own,
+    so that each of its requests starts at once (the hold limit counts no wait for a thread),
+    and gives it back; a pool's threads keep their keep-alive sessions (routing.transport.exchange)
+    from one fan-out to the next."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.idle: list[tuple[int, ThreadPoolExecutor]] = []
+
+    @contextmanager
+    def pool(self, width: int) -> Iterator[ThreadPoolExecutor]:
+        with self.lock:
+            wide = [item for item in self.idle if item[0] >= width]
+            if wide:
+                self.idle.remove(wide[0])
+            taken = wide[0] if wide else None
+        if taken is None:
+            width = max(width, settings.HUB_FANOUT_MAX_ENDPOINTS)
+            taken = (width, ThreadPoolExecutor(max_workers=width, thread_name_prefix="hub-fanout"))
+        try:
+            yield taken[1]
+        except BaseException:
+            # A time limit or a fault while its requests may still be on the wire: not reused.
+            taken[1].shutdown(wait=False)
+            raise
+        with self.lock:
+            self.idle.append(taken)
+
+
+_pools = PerProcess(lambda: _Pools()).get
+
+
+def _send_all(batches: list[Batch]) -> list[Sent]:
+    """Each batch's delivery sent from a thread of its own; what each got, in the batches' order.
+    Each exchange keeps its own wall-clock deadline (the watchdog watches each thread's exchange)."""
+    now = timezone.now()
+    with _pools().pool(len(batches)) as pool:
+        futures = [
+            pool.submit(
+                delivery_send,
+                batch.deliveries[0],
+                sub=batch.subscription,
+                parameters=list(batch.subscription.parameters or []),
+                previous_secret=batch.subscription.previous_signing_secret_active(now),
+            )
+            for batch in batches
+        ]
+        return [future.result() for future in futures]
+
+
+def _close(batches: list[Batch], sent: list[Sent]) -> dict[int, str]:
+    """Everything that follows the sends; returns the verdicts recorded.
+
+    One transaction for them all, in which at most one endpoint's row (or its replies' budgets of
+    descendants) is written: as in a pump's, the budgets then come before the subscription's row.
+    Each further endpoint that needs its row written (a failure, the end of a failing streak, a
+    reply with content) is recorded in a transaction of its own, as its pump would: two fan-outs
+    writing the same endpoints' rows in two orders could otherwise deadlock."""
+    pairs = [(batch, [s]) for batch, s in zip(batches, sent, strict=True)]
+    writes = [p for p in pairs if _writes_endpoint(p[0].subscription, p[1][0])]
+    plain = [p for p in pairs if not _writes_endpoint(p[0].subscription, p[1][0])]
+    verdicts: dict[int, str] = {}
+    for group in [plain + writes[:1], *([p] for p in writes[1:])]:
+        verdicts.update(_record(group))
+    return verdicts
+
+
+def _writes_endpoint(sub: Subscription, s: Sent) -> bool:
+    """Whether recording this answer writes the endpoint's row: its standing changes, or the reply
+    has something to take in (parameters, budgets of descendants)."""
+    if not s.result.succeeded:
+        return True
+    return sub.failing_since is not None or reply_has_content(s.result.reply)
+
+
+def _record(pairs: list[tuple[Batch, list[Sent]]]) -> dict[int, str]:
+    now = timezone.now()
+    with transaction.atomic():
+        outcomes = batches_outcomes_record(pairs, now=now)
+        for (batch, _), mine in sorted(zip(pairs, outcomes, strict=True), key=lambda item: item[0][0].subscription.pk):
+            sub = batch.subscription
+            replies_process(
+                [
+                    (s.delivery, s.result.reply)
+                    for s, d in mine
+                    if d.verdict == retry.Verdict.DELIVERED and reply_has_content(s.result.reply)
+                ]
+            )
+            schedule_ticks_record(
+                subscription=sub, outcomes=[(s.delivery, s.result, str(d.verdict)) for s, d in mine], now=now
+            )
+            endpoint_record(sub=sub, mine=mine, now=now)
+        events_status_refresh(event_ids=[s.delivery.event_id for mine in outcomes for s, _ in mine])
+        for (batch, _), mine in zip(pairs, outcomes, strict=True):
+            _retries_wake(batch.subscription, mine)
+    verdicts: dict[int, str] = {}
+    for (batch, _), mine in zip(pairs, outcomes, strict=True):
+        _outcomes_log(batch.subscription, mine)
+        verdicts.update({s.delivery.pk: str(d.verdict) for s, d in mine})
+    return verdicts
+
+
+def _retries_wake(sub: Subscription, mine: list[Outcome]) -> None:
+    """As a pump's: retries due within HUB_RETRY_COUNTDOWN_MAX_SECONDS get a delayed wake-up of
+    their endpoint once committed; later ones are the sweeper's."""
+    countdowns = sorted(
+        {
+            math.ceil(d.delay_seconds)
+            for _, d in mine
+            if d.verdict == retry.Verdict.RETRY and d.delay_seconds <= settings.HUB_RETRY_COUNTDOWN_MAX_SECONDS
+        }
+    )
+    for countdown in countdowns:
+        transaction.on_commit(lambda c=countdown: pumps_enqueue([sub.pk], countdown=c))
+
+
+def _due_wake(subscription_ids: list[int]) -> list[int]:
+    """After the commit, as a pump claims again after its own: the endpoints with a delivery due
+    now get their pumps."""
+    with connection.cursor() as cursor:
+        now = connection.ops.adapt_datetimefield_value(timezone.now())
+        cursor.execute(sql.endpoints_due(len(subscription_ids)), [*subscription_ids, now])
+        due = sorted(row[0] for row in cursor.fetchall())
+    if due:
+        pumps_enqueue(due, coalesce=True)
+    return due
+
+
+def _outcomes_log(sub: Subscription, mine: list[Outcome]) -> None:
+    for s, decision in mine:
+        metrics.delivery_outcome_count(str(decision.verdict))
+        logger.info(
+            "delivery attempt",
+            extra={
+                "event_id": str(s.delivery.event.uid),
+                "delivery_id": s.delivery.pk,
+                "subscription": sub.name,
+                "subscription_id": sub.pk,
+                "attempt": s.delivery.attempt_count,
+                "status_code": s.result.status_code,
+                "latency_ms": s.result.latency_ms,
+                "destination_host": urlsplit(s.result.url).hostname,
+                "verdict": str(decision.verdict),
+                "error": s.result.error[:200] or None,
+                "fan_out": True,
+            },
+        )

@@ -1,0 +1,107 @@
+"""An event routed to several endpoints, for real: POST /events -> one fan-out message -> a Celery
+worker process -> HTTP to each endpoint at once -> outcomes and attempts; a failing endpoint among
+them retried by its pump. No mocks; every wait has a deadline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from events.models import Event
+from routing.models import Attempt, Delivery
+from tests.factories import SubscriptionFactory
+from tests.live import Reply, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+def push(api, body: dict) -> Event:
+    response = api.post("/events", body, format="json")
+    assert response.status_code == 202, response.content
+    return Event.objects.get(uid=response.json()["event_id"])
+
+
+def worker_lines(worker, since: int = 0) -> list[dict]:
+    """The worker's JSON log lines from character `since` of its log on."""
+    return [json.loads(raw) for raw in worker.log()[since:].splitlines() if raw[:1] == "{"]
+
+
+def tasks_received(lines: list[dict], name: str) -> list[list]:
+    """The arguments of each `name` task the worker took."""
+    return [
+        json.loads(line["data"]["args"])
+        for line in lines
+        if line.get("name") == "celery.worker.strategy" and (line.get("data") or {}).get("name") == name
+    ]
+
+
+def test_an_event_to_several_endpoints_is_sent_by_one_fan_out_task_once_each_signed(worker, subscriber, api):
+    subs = [SubscriptionFactory(url=subscriber.url(f"/many/{n}"), message_types=["order:*"]) for n in range(5)]
+    since = len(worker.log())
+    event = push(api, {"message": "order:new", "payload": {"order": {"number": "F1"}}})
+
+    for n, sub in enumerate(subs):
+        [request] = subscriber.wait_for(f"/many/{n}")
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        verified = Webhook(sub.signing_secret).verify(request.body, headers)
+        assert verified["message_id"] == event.message_id
+        assert headers["webhook-id"] == str(event.uid)
+    deliveries = {d.pk: d for d in Delivery.objects.filter(event=event)}
+    wait_until(
+        lambda: set(Delivery.objects.filter(event=event).values_list("state", flat=True)) == {"delivered"},
+        30,
+        message="every delivery delivered",
+    )
+    assert Attempt.objects.filter(delivery__event=event, succeeded=True).count() == 5
+
+    # Every attempt was the fan-out's, all from one task.
+    def attempt_lines() -> list[dict] | None:
+        lines = [
+            line
+            for line in worker_lines(worker, since)
+            if line.get("message") == "delivery attempt" and line.get("delivery_id") in deliveries
+        ]
+        return lines if len(lines) == 5 else None
+
+    attempts = wait_until(attempt_lines, 10, message="the worker's lines of the attempts")
+    assert all(line.get("fan_out") for line in attempts)
+    assert sorted(line["delivery_id"] for line in attempts) == sorted(deliveries)
+    # One task took them all, and no endpoint's pump was asked to look.
+    lines = worker_lines(worker, since)
+    assert tasks_received(lines, "routing.deliveries_fan_out") == [[sorted(deliveries), [s.pk for s in subs]]]
+    assert tasks_received(lines, "routing.deliveries_pump") == []
+    event.refresh_from_db()
+    assert event.status == "delivered"
+    assert all(len(subscriber.received(f"/many/{n}")) == 1 for n in range(5))
+
+
+def test_a_failing_endpoint_among_them_is_retried_by_its_pump(worker, subscriber, api):
+    subscriber.program("/some/flaky", Reply.error(500), Reply.ok())
+    good = SubscriptionFactory(url=subscriber.url("/some/good"), message_types=["order:*"])
+    flaky = SubscriptionFactory(url=subscriber.url("/some/flaky"), message_types=["order:*"], retry_schedule=[0.2])
+    since = len(worker.log())
+    event = push(api, {"message": "order:new", "payload": {"order": {"number": "F2"}}})
+
+    def delivered() -> bool:
+        return set(Delivery.objects.filter(event=event).values_list("state", flat=True)) == {"delivered"}
+
+    wait_until(delivered, 30, message="both delivered")
+    assert len(subscriber.received("/some/good")) == 1
+    flaky_delivery = Delivery.objects.get(event=event, subscription=flaky)
+    attempts = list(flaky_delivery.attempts.order_by("number").values_list("number", "status_code"))
+    assert attempts == [(1, 500), (2, 200)]
+    assert Delivery.objects.get(event=event, subscription=good).attempts.count() == 1
+    flaky.refresh_from_db()
+    assert flaky.failing_since is None
+    # The first attempts were the fan-out's, the retry the endpoint's pump's.
+    lines = {
+        (line["delivery_id"], line["attempt"]): line
+        for line in worker_lines(worker, since)
+        if line.get("message") == "delivery attempt"
+    }
+    good_delivery = Delivery.objects.get(event=event, subscription=good)
+    assert lines[(good_delivery.pk, 1)].get("fan_out")
+    assert lines[(flaky_delivery.pk, 1)].get("fan_out")
+    assert lines[(flaky_delivery.pk, 2)]["name"] == "routing.pump"

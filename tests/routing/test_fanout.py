@@ -1,0 +1,207 @@
+"""The fan-out (routing.fanout) against the real local subscriber, called directly (no broker): one
+event's deliveries to several endpoints claimed by one call and sent at once, each signed as a
+pump signs it; what it may not take (an endpoint at its in-flight limit, a delivery held back by an
+earlier one of its resource, an endpoint off) left to the endpoints' pumps, which send it in order;
+a failing endpoint among them retried as a pump retries it. The wake-up's choice of messages is
+in tests/routing/test_dispatch.py; the whole path with a worker in tests/e2e/test_fanout_live.py."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from standardwebhooks.webhooks import Webhook
+
+from events.models import Event
+from routing.fanout import deliveries_fan_out, fanout_claim
+from routing.models import Attempt, Delivery, DeliveryState
+from routing.pump import deliveries_pump
+from tests.factories import DeliveryFactory, EventFactory, SubscriptionFactory
+from tests.live import Reply
+
+pytestmark = pytest.mark.django_db
+
+
+def fan(event: Event, subs: list) -> list[Delivery]:
+    return [DeliveryFactory(event=event, subscription=sub) for sub in subs]
+
+
+def headers_of(request) -> dict[str, str]:
+    return {k.lower(): v for k, v in request.headers.items()}
+
+
+def test_one_event_to_several_endpoints_is_sent_by_one_call_once_each_and_signed(subscriber):
+    subs = [SubscriptionFactory(url=subscriber.url(f"/fan/{n}")) for n in range(4)]
+    event = EventFactory(payload={"order": {"number": "R7"}})
+    deliveries = fan(event, subs)
+
+    result = deliveries_fan_out(delivery_ids=[d.pk for d in deliveries])
+
+    assert result.verdicts == {d.pk: "delivered" for d in deliveries}
+    assert result.left == [] and result.due == []
+    for sub in subs:
+        [request] = subscriber.received(f"/fan/{sub.url.rsplit('/', 1)[-1]}")
+        verified = Webhook(sub.signing_secret).verify(request.body, headers_of(request))
+        assert verified["message_id"] == event.message_id
+        assert verified["payload"]["order"] == {"number": "R7"}
+    rows = Delivery.objects.filter(pk__in=[d.pk for d in deliveries])
+    assert set(rows.values_list("state", "attempt_count", "claim", "lease_expires_at")) == {
+        ("delivered", 1, None, None)
+    }
+    assert Attempt.objects.filter(delivery__in=deliveries, number=1, succeeded=True).count() == 4
+    event.refresh_from_db()
+    assert event.status == "delivered"
+    # Sent once: a second look finds nothing of them left.
+    assert deliveries_fan_out(delivery_ids=[d.pk for d in deliveries]).verdicts == {}
+    assert sum(len(subscriber.received(f"/fan/{n}")) for n in range(4)) == 4
+
+
+def test_the_claim_gives_each_endpoint_a_claim_of_its_own_under_a_lease(subscriber):
+    subs = [SubscriptionFactory(url=subscriber.url(f"/own/{n}")) for n in range(3)]
+    deliveries = fan(EventFactory(), subs)
+    batches = fanout_claim([d.pk for d in deliveries])
+    assert [b.subscription.pk for b in batches] == sorted(s.pk for s in subs)
+    assert [[d.pk for d in b.deliveries] for b in batches] == [[d.pk] for d in sorted(deliveries, key=lambda d: d.pk)]
+    claimed = Delivery.objects.filter(pk__in=[d.pk for d in deliveries])
+    rows = {d.pk: (d.state, d.claim, d.subscription_id) for d in claimed}
+    claims = {b.claim for b in batches}
+    assert len(claims) == 3
+    assert {state for state, _, _ in rows.values()} == {DeliveryState.DELIVERING}
+    assert {claim for _, claim, _ in rows.values()} == claims
+    now = timezone.now()
+    for batch in batches:
+        assert batch.hold_until > now
+        leased = Delivery.objects.get(pk=batch.deliveries[0].pk).lease_expires_at
+        assert now < leased <= batch.hold_until
+
+
+def test_what_it_may_not_take_is_left_to_the_pumps_which_send_it_in_order(subscriber):
+    free = SubscriptionFactory(url=subscriber.url("/free"))
+    limited = SubscriptionFactory(url=subscriber.url("/limited"), max_in_flight=1)
+    holding = SubscriptionFactory(url=subscriber.url("/holding"))
+    off = SubscriptionFactory(url=subscriber.url("/off"))
+    # The limited endpoint's one slot is taken by a batch on the wire.
+    busy = DeliveryFactory(
+        subscription=limited,
+        event=EventFactory(resource_key="order:R0"),
+        state=DeliveryState.DELIVERING,
+        claim=42,
+        attempt_count=1,
+        lease_expires_at=timezone.now() + timedelta(minutes=1),
+    )
+    # An earlier delivery of the same order is still owed to the holding endpoint.
+    earlier = DeliveryFactory(subscription=holding, event=EventFactory(resource_key="order:R9", payload={"n": 1}))
+    event = EventFactory(resource_key="order:R9", payload={"n": 2})
+    d_free, d_limited, d_holding, d_off = fan(event, [free, limited, holding, off])
+    off.is_enabled = False
+    off.save(update_fields=["is_enabled"])
+
+    result = deliveries_fan_out(delivery_ids=[d_free.pk, d_limited.pk, d_holding.pk, d_off.pk])
+
+    assert result.verdicts == {d_free.pk: "delivered"}
+    assert result.left == sorted([limited.pk, holding.pk, off.pk])
+    assert subscriber.received("/limited") == [] and subscriber.received("/holding") == []
+    assert subscriber.received("/off") == []
+    assert Delivery.objects.get(pk=d_holding.pk).state == DeliveryState.PENDING
+    # Their pumps: the holding endpoint gets the order's events in the order they were accepted.
+    deliveries_pump(subscription_id=holding.pk)
+    assert [r.json()["payload"]["n"] for r in subscriber.received("/holding")] == [1, 2]
+    assert set(Delivery.objects.filter(pk__in=[earlier.pk, d_holding.pk]).values_list("state", flat=True)) == {
+        "delivered"
+    }
+    # The limited endpoint's pump sends nothing while the slot is taken, and its delivery once free.
+    assert deliveries_pump(subscription_id=limited.pk).verdicts == {}
+    Delivery.objects.filter(pk=busy.pk).update(state=DeliveryState.DELIVERED, claim=None, lease_expires_at=None)
+    assert deliveries_pump(subscription_id=limited.pk).verdicts == {d_limited.pk: "delivered"}
+    assert Delivery.objects.get(pk=d_off.pk).state == DeliveryState.PENDING
+
+
+def test_a_delivery_its_claim_held_back_is_woken_once_it_is_done(subscriber):
+    first_sub, other = (SubscriptionFactory(url=subscriber.url(f"/held/{n}")) for n in range(2))
+    head = fan(EventFactory(resource_key="order:R5", payload={"n": 1}), [first_sub, other])
+    batches = fanout_claim([d.pk for d in head])
+    assert len(batches) == 2
+    # Pushed while the first event is on the wire: its fan-out leaves it (the order's head is
+    # delivering), and the first one's pump finds nothing it may take yet.
+    after = fan(EventFactory(resource_key="order:R5", payload={"n": 2}), [first_sub, other])
+    assert deliveries_fan_out(delivery_ids=[d.pk for d in after]).verdicts == {}
+    Delivery.objects.filter(pk__in=[d.pk for d in head]).update(
+        state=DeliveryState.PENDING, claim=None, lease_expires_at=None, attempt_count=0
+    )
+    # Sent now, the first fan-out finds the second event due at both endpoints once done.
+    result = deliveries_fan_out(delivery_ids=[d.pk for d in head])
+    assert set(result.verdicts.values()) == {"delivered"}
+    assert result.due == sorted([first_sub.pk, other.pk])
+
+
+def test_a_failing_endpoint_among_them_is_retried_as_a_pump_retries_it(subscriber, settings):
+    settings.HUB_RETRY_JITTER = 0
+    good = SubscriptionFactory(url=subscriber.url("/good"))
+    bad = SubscriptionFactory(url=subscriber.url("/bad"), retry_schedule=[30])
+    gone = SubscriptionFactory(url=subscriber.url("/gone"))
+    subscriber.program("/bad", Reply.error(503), Reply.ok())
+    subscriber.program("/gone", Reply.gone())
+    event = EventFactory()
+    d_good, d_bad, d_gone = fan(event, [good, bad, gone])
+
+    before = timezone.now()
+    result = deliveries_fan_out(delivery_ids=[d_good.pk, d_bad.pk, d_gone.pk])
+
+    assert result.verdicts == {d_good.pk: "delivered", d_bad.pk: "retry", d_gone.pk: "gone"}
+    d_bad.refresh_from_db()
+    assert (d_bad.state, d_bad.attempt_count, d_bad.last_status_code, d_bad.claim) == ("retrying", 1, 503, None)
+    assert d_bad.next_attempt_at >= before + timedelta(seconds=30)
+    assert Attempt.objects.get(delivery=d_bad, number=1).status_code == 503
+    bad.refresh_from_db()
+    gone.refresh_from_db()
+    assert bad.failing_since is not None and bad.is_enabled
+    assert not gone.is_enabled
+    event.refresh_from_db()
+    assert event.status == "delivering"  # the retry is still owed
+    # Its retry comes due; the endpoint's pump sends it, and the failing streak ends.
+    Delivery.objects.filter(pk=d_bad.pk).update(next_attempt_at=timezone.now())
+    assert deliveries_pump(subscription_id=bad.pk).verdicts == {d_bad.pk: "delivered"}
+    assert Attempt.objects.filter(delivery=d_bad).count() == 2
+    bad.refresh_from_db()
+    assert bad.failing_since is None
+    event.refresh_from_db()
+    assert event.status == "partially_failed"
+
+
+def test_replies_with_content_at_several_endpoints_are_all_taken_in(subscriber):
+    subs = [
+        SubscriptionFactory(url=subscriber.url(f"/reply/{n}"), parameters=[{"name": "since", "value": "0"}])
+        for n in range(3)
+    ]
+    for n in range(3):
+        subscriber.program(
+            f"/reply/{n}",
+            Reply.ok(
+                notifications=[{"level": "info", "subject": f"seen by {n}"}],
+                parameters=[{"name": "since", "value": str(n + 1)}],
+            ),
+        )
+    deliveries = fan(EventFactory(), subs)
+    result = deliveries_fan_out(delivery_ids=[d.pk for d in deliveries])
+    assert set(result.verdicts.values()) == {"delivered"}
+    for n, sub in enumerate(subs):
+        sub.refresh_from_db()
+        assert sub.parameters == [{"name": "since", "value": str(n + 1)}]
+        assert list(sub.notifications.values_list("subject", flat=True)) == [f"seen by {n}"]
+
+
+def test_a_push_coalesced_into_its_message_is_woken_even_when_it_takes_nothing(subscriber):
+    first_sub, other = (SubscriptionFactory(url=subscriber.url(f"/coalesced/{n}")) for n in range(2))
+    named = fan(EventFactory(resource_key=None), [first_sub, other])
+    # A pump took both before the fan-out's task ran; meanwhile a push to the first endpoint
+    # published nothing, its pending mark standing for the fan-out's message.
+    Delivery.objects.filter(pk__in=[d.pk for d in named]).update(
+        state=DeliveryState.DELIVERING, claim=5, attempt_count=1, lease_expires_at=timezone.now() + timedelta(minutes=1)
+    )
+    DeliveryFactory(subscription=first_sub, event=EventFactory(resource_key=None))
+
+    result = deliveries_fan_out(delivery_ids=[d.pk for d in named], endpoints=[first_sub.pk, other.pk])
+
+    assert result.verdicts == {} and result.left == []
+    assert result.due == [first_sub.pk]
