@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import re
 import secrets
 from datetime import datetime
 from typing import Any
@@ -99,8 +98,17 @@ def payload_dumps(value: Any) -> bytes | str:
     return written if written is not None else json.dumps(value)
 
 
-# An integer that may not fit 64 bits, which orjson would read as a float.
-_LONG_DIGITS = re.compile(r"\d{19}")
+# Every ASCII digit as "0", so that a run of 19 (an integer that may not fit 64 bits, which orjson
+# would read as a float) is a plain substring search: the regex `\d{19}` tried a match at every
+# digit and took longer than orjson's whole read of a payload.
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_RUN = b"0" * 19
+
+
+def long_digits(text: str) -> bool:
+    """Whether `text` holds 19 or more ASCII digits in a row. Digits of other scripts can only be
+    in a JSON string, which either reader reads alike."""
+    return _LONG_RUN in text.encode("utf-8", "surrogatepass").translate(_DIGITS_AS_ZERO)
 
 
 class PayloadField(models.JSONField):
@@ -128,7 +136,7 @@ class PayloadField(models.JSONField):
             isinstance(value, str)
             and self.decoder is None
             and not isinstance(expression, KeyTransform)
-            and _LONG_DIGITS.search(value) is None
+            and not long_digits(value)
         ):
             try:
                 return orjson.loads(value)

@@ -169,6 +169,9 @@ def path_for(message: str, paths: Mapping[str, str] | None, payload_format: str)
     """The path a message goes to: the subscription's entry for it (its exact name, else
     `resource:*`, else `*`), else the format's default (flat: `/{verb}_{resource}`; the others:
     the URL as it is). Placeholders filled in."""
+    if not paths and payload_format != FLAT:
+        # No entry and no default: the URL as it is, as the walk below finds.
+        return ""
     from routing.matching import message_matches
 
     paths = {k.strip().lower(): v for k, v in (paths or {}).items()}

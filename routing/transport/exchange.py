@@ -21,7 +21,7 @@ from requests.utils import check_header_validity, get_auth_from_url
 
 from infra import tracing
 from routing.transport.deadline import deadline_watch
-from routing.transport.netguard import DestinationBlocked, HostUnresolvable, session_guard
+from routing.transport.netguard import DestinationBlocked, GuardedAdapter, HostUnresolvable, session_guard
 from routing.transport.reply import NOT_JSON, reply_json, reply_text, storable
 from routing.transport.request import OutboundRequest
 
@@ -219,19 +219,27 @@ def _response_get(
             allow_redirects=False,
             stream=True,
         )
-    headers: CaseInsensitiveDict[str] = CaseInsensitiveDict(session.headers)
-    headers.update(request.headers)
-    for item in headers.items():
+    # CaseInsensitiveDict(session.headers) updated with the request's, as a plain dict: a name
+    # keeps its first place and takes its last spelling. urllib3 writes the same lines from either.
+    merged: dict[str, tuple[str, str]] = {}
+    for key, value in (*session.headers.items(), *request.headers.items()):
+        merged[key.lower()] = (key, value)
+    for item in merged.values():
         check_header_validity(item)
-    headers["Content-Length"] = str(len(body))
+    merged["content-length"] = ("Content-Length", str(len(body)))
+    wire = dict(merged.values())
     prepared = requests.PreparedRequest()
     prepared.method = request.method.upper()
     prepared.url = url
-    prepared.headers = headers
+    prepared.headers = CaseInsensitiveDict(wire)
     prepared.body = body
-    response = session.get_adapter(url).send(
-        prepared, stream=True, timeout=timeout, verify=session.verify, cert=session.cert, proxies={}
-    )
+    adapter = session.get_adapter(url)
+    if type(adapter) is GuardedAdapter:
+        response = adapter.send_plain(prepared, timeout=timeout, verify=session.verify, cert=session.cert, headers=wire)
+    else:
+        response = adapter.send(
+            prepared, stream=True, timeout=timeout, verify=session.verify, cert=session.cert, proxies={}
+        )
     if "set-cookie" in response.raw.headers and session.cookies.get_policy() is not _NO_COOKIES:
         # As requests would for a session a caller made with a cookie policy of its own: the
         # session sends them back next time, through requests' whole path. session_new's keeps

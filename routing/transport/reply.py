@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import functools
 import json
 import math
 import re
@@ -43,6 +44,12 @@ def reply_text(raw: bytes, content_type: str) -> str:
     media type: requests would read a `text/plain` or `text/html` reply without a charset as
     ISO-8859-1 and garble every accented notification. A charset the endpoint names is honoured,
     and a byte order mark (some .NET and Windows endpoints send one) is dropped."""
+    charset = _charset_cached(content_type) if len(content_type) <= 200 else _charset(content_type)
+    return raw.decode(charset or "utf-8", errors="replace").removeprefix("\ufeff")
+
+
+def _charset(content_type: str) -> str | None:
+    """The charset a Content-Type names, if Python knows it."""
     header = Message()
     header["content-type"] = content_type
     charset = header.get_content_charset()
@@ -51,7 +58,11 @@ def reply_text(raw: bytes, content_type: str) -> str:
             codecs.lookup(charset)
         except LookupError:
             charset = None
-    return raw.decode(charset or "utf-8", errors="replace").removeprefix("\ufeff")
+    return charset
+
+
+# An endpoint sends the same Content-Type each time; a long one (an endpoint's own choice) is not kept.
+_charset_cached = functools.lru_cache(maxsize=256)(_charset)
 
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")

@@ -5,6 +5,7 @@ Plain values in, a frozen OutboundRequest out; serialized once, so the bytes sig
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -90,13 +91,19 @@ def signature_headers(
     grace period signs with both), for every payload format (routing.formats)."""
     when = (timestamp or datetime.now(UTC)).astimezone(UTC)
     signature = " ".join(
-        Webhook(secret).sign(msg_id=webhook_id, timestamp=when, data=body) for secret in secrets if secret
+        _webhook(secret).sign(msg_id=webhook_id, timestamp=when, data=body) for secret in secrets if secret
     )
     return {
         "webhook-id": webhook_id,
         "webhook-timestamp": str(int(when.timestamp())),
         "webhook-signature": signature,
     }
+
+
+@functools.lru_cache(maxsize=64)
+def _webhook(secret: str) -> Webhook:
+    """The signer of a secret, its base64 decoded once: an endpoint signs every delivery with the same one."""
+    return Webhook(secret)
 
 
 # Where orjson and json.dumps spell the same number differently: only floats that Python writes in
@@ -146,4 +153,7 @@ def header_value(value: str) -> str:
     named 'Boutique Müller' or '東京店', a control character) percent-encoded as UTF-8. http.client
     cannot send it otherwise (it crashed the attempt, and the delivery never got an answer), and
     latin-1 bytes would reach a UTF-8 reader garbled."""
+    if value.isascii() and value.isprintable():
+        # Every character is in _HEADER_SAFE: what quote would return, without its walk.
+        return value
     return quote(value, safe=_HEADER_SAFE)
