@@ -36,20 +36,21 @@ def _until(condition, what: str) -> None:
 
 
 class Pushes:
-    """Pushes sent from threads of their own, as gunicorn's would; their answers by message_id."""
+    """Pushes sent from threads of their own, as gunicorn's would; their answers by label (the
+    message_id unless told)."""
 
     def __init__(self) -> None:
         self.answers: dict[str, tuple[int, dict]] = {}
         self.threads: list[threading.Thread] = []
 
-    def send(self, store, message_id: str) -> None:
+    def send(self, store, message_id: str, label: str | None = None) -> None:
         def push() -> None:
             try:
                 client = APIClient()
                 client.raise_request_exception = False
                 client.credentials(HTTP_AUTHORIZATION=f"Bearer {store.token}")
                 response = client.post("/events", _envelope(message_id), format="json")
-                self.answers[message_id] = (response.status_code, json.loads(response.content))
+                self.answers[label or message_id] = (response.status_code, json.loads(response.content))
             finally:
                 connections.close_all()
 
@@ -91,8 +92,8 @@ def events_locked():
         holder.execute("LOCK TABLE events_event IN EXCLUSIVE MODE")
         pushes.send(store, first)
         _until(lambda: _lock_waits() == 1, "the first push waits for the lock")
-        for count, (other_store, message_id) in enumerate(others, 1):
-            pushes.send(other_store, message_id)
+        for count, (other_store, message_id, *label) in enumerate(others, 1):
+            pushes.send(other_store, message_id, *label)
             _until(lambda count=count: _waiting() == count, "each push waits behind the first, in order")
         holder.commit()
 
@@ -135,17 +136,18 @@ def test_a_repeated_message_id_among_them_is_answered_as_a_duplicate(events_lock
     store = StoreFactory()
     SubscriptionFactory(message_types=["order:new"])
     pushes = Pushes()
-    events_locked(pushes, store, "first", [(store, "twice"), (store, "first"), (store, "twice"), (store, "new")])
+    others = [(store, "twice", "twice-1"), (store, "first", "first-again"), (store, "twice", "twice-2"), (store, "new")]
+    events_locked(pushes, store, "first", others)
     pushes.join()
 
-    # Four requests for three message_ids (answers keyed by message_id: each repeat overwrote one).
     assert Event.objects.filter(store=store).count() == 3
     assert Delivery.objects.count() == 3
-    for message_id in ("first", "twice", "new"):
-        event = Event.objects.get(store=store, message_id=message_id)
-        status, body = pushes.answers[message_id]
+    expected = {"first": 202, "twice-1": 202, "first-again": 200, "twice-2": 200, "new": 202}
+    assert {label: answer[0] for label, answer in pushes.answers.items()} == expected
+    for label, status in expected.items():
+        body = pushes.answers[label][1]
+        event = Event.objects.get(store=store, message_id=label.split("-")[0])
         assert body["event_id"] == str(event.uid)
-        assert status == (200 if message_id in ("first", "twice") else 202)
         assert body["duplicate"] is (status == 200)
 
 
