@@ -69,12 +69,18 @@ def _waiting() -> int:
         return len(outbox._group_commit._waiting)
 
 
-def _lock_waits() -> int:
+def _first_held() -> bool:
+    """The first push is the one being written, and it waits for the lock in its INSERT."""
+    with outbox._group_commit._lock:
+        if not outbox._group_commit._writing:
+            return False
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND query LIKE %s",
+            ['%INSERT INTO "events_event"%'],
         )
-        return cursor.fetchone()[0]
+        return cursor.fetchone()[0] == 1
 
 
 @pytest.fixture
@@ -91,7 +97,7 @@ def events_locked():
     def held(pushes: Pushes, store, first: str, others: list[tuple]) -> None:
         holder.execute("LOCK TABLE events_event IN EXCLUSIVE MODE")
         pushes.send(store, first)
-        _until(lambda: _lock_waits() == 1, "the first push waits for the lock")
+        _until(_first_held, "the first push waits for the lock")
         for count, (other_store, message_id, *label) in enumerate(others, 1):
             pushes.send(other_store, message_id, *label)
             _until(lambda count=count: _waiting() == count, "each push waits behind the first, in order")
