@@ -4,7 +4,7 @@ what arrived. Bounded in time; runs on a database and a Redis of its own.
     python bench/chaos.py [--scenario flood|redis|slots|hot] [--seconds S] [--orders 40] [--workers 2]
                           [--concurrency 2] [--rate R] [--drain 120] [--redis-down S] [--hot-events 3000]
 
-The stack: gunicorn (2 workers x 4 threads, the repository's gunicorn.conf.py), `--workers` Celery
+The stack: gunicorn (2 workers, the repository's gunicorn.conf.py and its threads), `--workers` Celery
 workers (prefork, `--concurrency` each, no embedded beat), one `celery beat`, a private
 redis-server that is both the broker and the cache (rate limits, pending marks), and PostgreSQL
 when DATABASE_URL is set (a throwaway database `<name>_chaos_<pid>` on the same server, dropped at
@@ -463,7 +463,7 @@ def main() -> int:
         for name, command in (
             (
                 "web",
-                ["gunicorn", "integrator.wsgi:application", f"--bind=127.0.0.1:{port}", "--workers=2", "--threads=4"],
+                ["gunicorn", "integrator.wsgi:application", f"--bind=127.0.0.1:{port}", "--workers=2"],
             ),
             ("beat", ["celery", "-A", "integrator", "beat", "-s", str(logs / "beat-schedule")]),
         ):

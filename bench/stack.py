@@ -101,9 +101,16 @@ def peer_environment(env: dict[str, str]) -> dict[str, str]:
     return peer
 
 
+def hub_threads() -> int:
+    """The threads per web worker of the hub's gunicorn.conf.py, which the peer gets too: like for like."""
+    namespace: dict[str, object] = {}
+    exec(compile((ROOT / "gunicorn.conf.py").read_text(), "gunicorn.conf.py", "exec"), namespace)
+    return int(namespace["threads"])  # type: ignore[call-overload]
+
+
 def peer_start(procs: Processes, env: dict[str, str], *, port: int, workers: int, webhook_url: str) -> None:
     """Tables and one webhook subscribed to the peer's events (python -m bench.peer), then gunicorn
-    in the hub's shape: the same workers, 4 threads each, access log on."""
+    in the hub's shape: the same workers and threads as the hub's gunicorn.conf.py, access log on."""
     done = subprocess.run(
         [sys.executable, "-W", "ignore", "-m", "bench.peer", webhook_url], cwd=ROOT, env=env, capture_output=True
     )
@@ -122,6 +129,8 @@ def peer_start(procs: Processes, env: dict[str, str], *, port: int, workers: int
             f"{HOST}:{port}",
             "--workers",
             str(workers),
+            "--threads",
+            str(hub_threads()),
             "--access-logfile",
             "-",
             "--graceful-timeout",

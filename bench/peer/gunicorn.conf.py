@@ -1,8 +1,8 @@
-"""gunicorn settings of the peer: the hub's production shape (the bench passes --workers) with
-gunicorn's stock threaded worker (the hub's own worker class reads the hub's settings)."""
+"""gunicorn settings of the peer: the hub's production shape (the bench passes --workers and the
+hub's --threads) with gunicorn's stock threaded worker (the hub's own worker class reads the hub's
+settings)."""
 
 worker_class = "gthread"
-threads = 4
 # Not the per-user default path, which the hub's gunicorn or another bench would share.
 control_socket_disable = True
 
