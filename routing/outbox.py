@@ -266,12 +266,25 @@ def _batch_write(
         for sub in subs
     ]
     if deliveries:
-        Delivery.objects.bulk_create(deliveries)
+        _deliveries_insert(deliveries)
         endpoints = [d.subscription_id for d in deliveries]
         transaction.on_commit(lambda: pumps_enqueue(endpoints, coalesce=True))
     stored = {id(result.event) for result in results if result.created}
     Notification.objects.bulk_create([note for note in notes if id(note.event) in stored])
     return results
+
+
+def _deliveries_insert(deliveries: list[Delivery]) -> None:
+    """The deliveries of stored events by one written-out INSERT, ids set as bulk_create sets them."""
+    db = connections[router.db_for_write(Delivery)]
+    fields = [Delivery._meta.get_field("event"), *sql.delivery_fields()]
+    params = [f.get_db_prep_save(f.pre_save(row, True), db) for row in deliveries for f in fields]
+    with db.cursor() as cursor:
+        cursor.execute(sql.deliveries_insert(len(deliveries)), params)
+        ids = [row[0] for row in cursor.fetchall()]
+    for row, pk in zip(deliveries, ids, strict=True):
+        row.pk = pk
+        row_saved(row, db.alias)
 
 
 def _event_with_deliveries_insert(

@@ -427,6 +427,20 @@ def _rows_for_event(model: type[Model], fields: list[Field], count: int) -> str:
     )
 
 
+@functools.lru_cache(maxsize=64)
+def deliveries_insert(count: int) -> str:
+    """`count` deliveries of stored events, the ids back in row order (bulk_create compiled the same
+    statement on every batch, and a group of pushes is one). Params per row: the event, then each
+    of delivery_fields()."""
+    quote = connection.ops.quote_name
+    fields = [Delivery._meta.get_field("event"), *delivery_fields()]
+    row = f"({placeholders(len(fields))})"
+    return (
+        f"INSERT INTO {table(Delivery)} ({', '.join(quote(f.column) for f in fields)})"
+        f" VALUES {', '.join([row] * count)} RETURNING id"
+    )
+
+
 @functools.cache
 def notification_fields() -> list[Field]:
     """The fields of a notification event_with_deliveries writes: every concrete one but id and event."""

@@ -59,6 +59,26 @@ def test_the_batch_insert_writes_the_rows_bulk_create_writes():
     assert [_row(Event, e.pk) for e in written] == [_row(Event, e.pk) for e in by_orm]
 
 
+def test_the_deliveries_insert_writes_the_rows_bulk_create_writes():
+    from routing.outbox import _deliveries_insert
+
+    subs = [SubscriptionFactory(), SubscriptionFactory()]
+
+    def built() -> list[Delivery]:
+        return [Delivery.routed(event=e, subscription=sub) for e in (EventFactory(), EventFactory()) for sub in subs]
+
+    by_hand = built()
+    _deliveries_insert(by_hand)
+    by_orm = Delivery.objects.bulk_create(built())
+    assert all(not d._state.adding for d in by_hand)
+    # Each id set on the row it belongs to.
+    assert [(d.event_id, d.subscription_id) for d in by_hand] == [
+        Delivery.objects.filter(pk=d.pk).values_list("event_id", "subscription_id").get() for d in by_hand
+    ]
+    drop = (*NAMING, "event_id", "next_attempt_at")
+    assert [_row(Delivery, d.pk, drop=drop) for d in by_hand] == [_row(Delivery, d.pk, drop=drop) for d in by_orm]
+
+
 def test_the_pumps_read_of_its_endpoint_is_select_related():
     sub = SubscriptionFactory(store=StoreFactory(), parameters=[{"name": "k", "value": "v"}])
     bare = SubscriptionFactory()
