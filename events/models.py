@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 from django.db import models
-from django.db.models.query_utils import DeferredAttribute
 from django.db.models.fields.json import KeyTransform
+from django.db.models.query_utils import DeferredAttribute
 from django.utils import timezone
 from psycopg.types.json import Json, Jsonb
 
