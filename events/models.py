@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from django.db import models
 from django.db.models.fields.json import KeyTransform
+from django.db.models.query_utils import DeferredAttribute
 from django.utils import timezone
 from psycopg.types.json import Json, Jsonb
 
@@ -111,8 +112,62 @@ def long_digits(text: str) -> bool:
     return _LONG_RUN in text.encode("utf-8", "surrogatepass").translate(_DIGITS_AS_ZERO)
 
 
+class StoredPayload:
+    """A payload as its column holds it, JSON text read back by the delivery claim, parsed on first
+    use: the envelope format sends the text as it is (routing.formats), so most deliveries never
+    need it as Python objects."""
+
+    __slots__ = ("_field", "_value", "text")
+
+    def __init__(self, text: str, field: PayloadField) -> None:
+        self.text, self._field = text, field
+        self._value: Any = _UNPARSED
+
+    def value(self) -> Any:
+        """The payload as PayloadField reads it, parsed once."""
+        if self._value is _UNPARSED:
+            self._value = self._field.from_db_value(self.text, None, None)
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"StoredPayload({self.text[:40]!r})"
+
+
+_UNPARSED = object()
+
+
+class PayloadAttribute(DeferredAttribute):
+    """`event.payload`, parsed on first access when the row left it as a StoredPayload; a data
+    descriptor so that the access always comes here."""
+
+    def __get__(self, instance: Any, cls: Any = None) -> Any:
+        value = super().__get__(instance, cls)
+        if type(value) is StoredPayload:
+            value = instance.__dict__[self.field.attname] = value.value()
+        return value
+
+    def __set__(self, instance: Any, value: Any) -> None:
+        instance.__dict__[self.field.attname] = value
+
+
+def payload_stored(instance: Any, name: str = "payload") -> Any:
+    """The instance's payload as it is held: a StoredPayload while unparsed, else the value, without
+    parsing it."""
+    value = instance.__dict__.get(name, _UNPARSED)
+    return getattr(instance, name) if value is _UNPARSED else value
+
+
 class PayloadField(models.JSONField):
     """A JSONField in a PostgreSQL `json` column (not `jsonb`), one parameter per row (docs/performance.md)."""
+
+    descriptor_class = PayloadAttribute
+
+    def from_db_lazy(self, value: Any, expression: Any, connection: Any) -> Any:
+        """What the claim's row building reads instead of from_db_value: the text kept, parsed
+        when first needed (routing.rows)."""
+        if isinstance(value, str) and self.decoder is None:
+            return StoredPayload(value, self)
+        return self.from_db_value(value, expression, connection)
 
     def db_type(self, connection: Any) -> str | None:
         if connection.vendor == "postgresql":

@@ -8,6 +8,7 @@ the logging module itself).
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Mapping
@@ -91,11 +92,21 @@ class SecretRedactionFilter(logging.Filter):
             # masked traceback is the one written.
             record.exc_text = secrets_redact(record.exc_text)
             record.exc_info = None
-        for name, value in list(record.__dict__.items()):
-            if name in _RECORD_ATTRIBUTES:
-                continue
-            if _SECRET_KEY_NAMES.search(name) and not _is_id_name(name):
-                record.__dict__[name] = REDACTED
-            else:
-                record.__dict__[name] = secrets_redact(value)
+        fields = record.__dict__
+        for name in fields.keys() - _RECORD_ATTRIBUTES:
+            if _secret_name(name):
+                fields[name] = REDACTED
+            elif type(fields[name]) not in _PLAIN_TYPES:
+                fields[name] = secrets_redact(fields[name])
         return True
+
+
+# Values that cannot hold a secret's text: left as they are without a look.
+_PLAIN_TYPES = frozenset({int, float, bool, type(None)})
+
+
+@functools.lru_cache(maxsize=1024)
+def _secret_name(name: str) -> bool:
+    """Whether an `extra=` field's name says its value is a secret. The names come from the code,
+    a few dozen of them: each is searched once."""
+    return bool(_SECRET_KEY_NAMES.search(name)) and not _is_id_name(name)

@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from events.models import StoredPayload, payload_stored
 from routing.transform import TransformError, transform_run
 from routing.transport.exchange import ExchangeResult
 from routing.transport.request import (
@@ -27,6 +28,7 @@ from routing.transport.request import (
     OutboundRequest,
     header_value,
     json_compact,
+    json_object_spliceable,
     method_for,
     request_build,
     signature_headers,
@@ -206,7 +208,7 @@ def request_render(
     url: str,
     message: str,
     message_id: str,
-    payload: Mapping[str, Any],
+    payload: Mapping[str, Any] | StoredPayload,
     parameters: Sequence[Any],
     webhook_id: str,
     signing_secret: str,
@@ -219,9 +221,12 @@ def request_render(
     previous_signing_secret: str = "",
 ) -> OutboundRequest:
     """The signed request of one delivery in the subscription's format; RenderFailed when its
-    mapping fails."""
+    mapping fails. A StoredPayload goes into an envelope as its text when that writes the same
+    bytes (json_object_spliceable), and is parsed otherwise."""
     target = url_with_path(url, path_for(message, paths, payload_format))
     if payload_format not in (FLAT, TRANSFORM):
+        if isinstance(payload, StoredPayload):
+            payload = payload.text if json_object_spliceable(payload.text) else payload.value()
         request = request_build(
             url=target,
             message=message,
@@ -237,6 +242,8 @@ def request_render(
             timestamp=timestamp,
         )
         return request
+    if isinstance(payload, StoredPayload):
+        payload = payload.value()
     if payload_format == FLAT:
         method = method_override.upper() if method_override else "POST"
         body = json_compact(flat_body(message=message, message_id=message_id, payload=payload, parameters=parameters))
@@ -288,7 +295,7 @@ def delivery_request(
         url=subscription.url,
         message=event.message,
         message_id=event.message_id,
-        payload=event.payload,
+        payload=payload_stored(event),
         parameters=(subscription.parameters or []) if parameters is None else parameters,
         webhook_id=str(event.uid),
         signing_secret=subscription.signing_secret,

@@ -38,6 +38,10 @@ def _layout(model: type[Model]) -> tuple[list[str], list[tuple[int, Any, list[An
     for index, f in enumerate(fields):
         column = f.get_col(model._meta.db_table)
         found = connection.ops.get_db_converters(column) + f.get_db_converters(connection)
+        lazy = getattr(f, "from_db_lazy", None)
+        if lazy is not None:
+            # A payload is kept as its stored text until something needs it parsed (events.models).
+            found = [*connection.ops.get_db_converters(column), lazy]
         if found:
             converters.append((index, column, found))
     return [f.attname for f in fields], converters

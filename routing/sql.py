@@ -19,6 +19,7 @@ from events.models import Event, Store
 from routing.models import (
     DELIVERY_OPEN_STATES,
     DELIVERY_UNFINISHED_STATES,
+    Attempt,
     Delivery,
     DeliveryState,
     Notification,
@@ -279,6 +280,37 @@ def deliveries_finish(columns: tuple[str, ...], count: int, claims: int = 1) -> 
         f"UPDATE {table(Delivery)} SET {', '.join(f'{quote(column)} = %s' for column in columns)}"
         f" WHERE id IN ({placeholders(count)}) AND state = %s AND claim IN ({placeholders(claims)})"
     )
+
+
+@functools.cache
+def attempt_fields() -> list[Field]:
+    """The fields of an attempt attempts_insert writes: every concrete one but id."""
+    return [f for f in Attempt._meta.concrete_fields if not f.primary_key and not f.generated]
+
+
+@functools.cache
+def attempts_per_insert() -> int:
+    """Rows per attempts_insert: within SQLite's oldest limit of 999 parameters, as bulk_create keeps to."""
+    return 999 // len(attempt_fields())
+
+
+@functools.lru_cache(maxsize=64)
+def attempts_insert(count: int, *, replace: bool) -> str:
+    """`count` attempts, as Attempt.objects.bulk_create writes them; with `replace`, one whose
+    (delivery, number) is taken (the sweeper's guess for a delivery that changed hands) gets this
+    row's values instead, as bulk_create(update_conflicts=True) does. The same text on PostgreSQL
+    and SQLite. Params: each row's attempt_fields(), prepared."""
+    quote = connection.ops.quote_name
+    fields = attempt_fields()
+    row = "(" + placeholders(len(fields)) + ")"
+    statement = "INSERT INTO {} ({}) VALUES {}".format(
+        table(Attempt), ", ".join(quote(f.column) for f in fields), ", ".join([row] * count)
+    )
+    if replace:
+        keys = ("delivery_id", "number")
+        updated = ", ".join(f"{quote(f.column)} = EXCLUDED.{quote(f.column)}" for f in fields if f.column not in keys)
+        statement += f" ON CONFLICT ({', '.join(quote(k) for k in keys)}) DO UPDATE SET {updated}"
+    return statement
 
 
 @functools.lru_cache(maxsize=64)

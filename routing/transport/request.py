@@ -47,7 +47,7 @@ def request_build(
     url: str,
     message: str,
     message_id: str,
-    payload: Mapping[str, Any],
+    payload: Mapping[str, Any] | str,
     parameters: Sequence[Mapping[str, Any]],
     webhook_id: str,
     signing_secret: str,
@@ -58,15 +58,23 @@ def request_build(
     previous_signing_secret: str = "",
 ) -> OutboundRequest:
     """The envelope with payload.parameters, serialized once so that the bytes signed are the bytes sent.
+    `payload` is the payload's value, or its JSON text when json_object_spliceable holds for it.
 
     With a previous secret (a rotation's grace period) the request carries both signatures,
     space-separated as Standard Webhooks allows, so a verifier with either secret accepts it.
     """
-    body_payload = dict(payload)
-    body_payload["parameters"] = [
-        {"name": p.get("name"), "value": p.get("value")} for p in parameters if isinstance(p, Mapping)
-    ]
-    body = json_compact({"message": message, "message_id": message_id, "payload": body_payload})
+    listed = [{"name": p.get("name"), "value": p.get("value")} for p in parameters if isinstance(p, Mapping)]
+    if isinstance(payload, str):
+        # The payload's JSON text, canonical (json_object_spliceable): spliced in as it is, the
+        # same bytes as writing its value again.
+        head = json_compact({"message": message, "message_id": message_id})
+        rest = json_compact(listed)
+        comma = "" if payload == "{}" else ","
+        body = f'{head[:-1]},"payload":{payload[:-1]}{comma}"parameters":{rest}}}}}'
+    else:
+        body_payload = dict(payload)
+        body_payload["parameters"] = listed
+        body = json_compact({"message": message, "message_id": message_id, "payload": body_payload})
     headers = {
         "Content-Type": "application/json",
         "Accept": "application/json",
@@ -127,6 +135,23 @@ def json_compact(value: Any) -> str:
     if data is None or _float_spelled_differently(data):
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     return data.decode("utf-8")
+
+
+# An object's opening and first key, then the separator json_compact writes (`:`, no space after).
+_COMPACT_OPENING = re.compile(r'\{"(?:[^"\\]|\\.)*":(?! )', re.DOTALL)
+
+
+def json_object_spliceable(text: str) -> bool:
+    """Whether a stored payload's JSON text can go into an envelope as it is: an object without a
+    `parameters` key (the envelope writes its own), whose text is what json_compact writes for its
+    value when the text comes from the hub's writers (orjson, or json.dumps compact). json.dumps'
+    default spacing (the SQLite column, what orjson cannot write) and floats orjson spells
+    otherwise are not. Any other valid text gives the same JSON value, if not the same bytes."""
+    if text == "{}":
+        return True
+    if text[-1:] != "}" or _COMPACT_OPENING.match(text) is None or '"parameters"' in text:
+        return False
+    return not _float_spelled_differently(text.encode("utf-8", "surrogatepass"))
 
 
 def _float_spelled_differently(data: bytes) -> bool:

@@ -127,3 +127,22 @@ def test_gunicorn_access_lines_are_json_fields_with_secrets_masked(python):
     # gunicorn's own error log (start, workers booting) is JSON too.
     errors = [json.loads(line) for line in err.decode().splitlines() if line.strip()]
     assert any(item["name"] == "gunicorn.error" for item in errors)
+
+
+def test_extra_fields_are_masked_by_name_whatever_their_type_and_on_every_line():
+    extra = {
+        "api_key": 123456,
+        "password": None,
+        "delivery_id": 9,
+        "latency_ms": 1.5,
+        "succeeded": True,
+        "error": None,
+        "destination_host": f"postgres://u:{WHSEC}@db",
+        "verdict": "delivered",
+    }
+    lines = log_lines(lambda log: [log.info("delivery attempt", extra=extra) for _ in range(2)])
+    for line in lines:
+        assert line["api_key"] == line["password"] == REDACTED
+        assert (line["delivery_id"], line["latency_ms"], line["succeeded"], line["error"]) == (9, 1.5, True, None)
+        assert line["destination_host"] == f"postgres://u:{REDACTED}@db" and line["verdict"] == "delivered"
+    assert len(lines) == 2

@@ -13,11 +13,22 @@ from django.utils import timezone
 from events.models import Event, EventStatus
 from events.services import event_build, event_insert, events_insert
 from events.validation import envelope_validate
+from routing import sql
 from routing.claim import batch_claim, subscription_read
 from routing.leases import Held, leases_renew
-from routing.models import DELIVERY_OPEN_STATES, DELIVERY_UNFINISHED_STATES, Delivery, DeliveryState, Subscription
-from routing.record import batch_finish
+from routing.models import (
+    DELIVERY_OPEN_STATES,
+    DELIVERY_UNFINISHED_STATES,
+    Attempt,
+    Delivery,
+    DeliveryState,
+    Subscription,
+)
+from routing.record import _attempts_record, batch_finish
+from routing.reply_forms import attempt_summary
+from routing.send import Sent
 from routing.status import events_status_refresh
+from routing.transport.exchange import ExchangeResult
 from tests.factories import DeliveryFactory, EventFactory, StoreFactory, SubscriptionFactory
 
 pytestmark = pytest.mark.django_db
@@ -263,3 +274,90 @@ def test_the_endpoints_due_are_those_an_orm_query_finds():
         by_hand = sorted(row[0] for row in cursor.fetchall())
     by_orm = Delivery.objects.filter(subscription_id__in=ids, state__in=DELIVERY_OPEN_STATES, next_attempt_at__lte=now)
     assert by_hand == sorted(set(by_orm.values_list("subscription_id", flat=True))) == [due.pk]
+
+
+def _sent(delivery, *, status: int | None, headers: dict, body: str, error: str = "", reply=None) -> Sent:
+    result = ExchangeResult(
+        method="POST",
+        url="https://erp.example/hub/" + "x" * 600,
+        status_code=status,
+        latency_ms=12,
+        response_headers=headers,
+        response_body=body,
+        reply=reply,
+        error=error,
+        succeeded=status == 200,
+    )
+    return Sent(delivery=delivery, result=result, started_at=timezone.now() - timedelta(seconds=3))
+
+
+def _attempt_orm(s: Sent) -> Attempt:
+    """The row the record step wrote by bulk_create before its INSERT was written out."""
+    r = s.result
+    return Attempt(
+        delivery_id=s.delivery.pk,
+        number=s.delivery.attempt_count,
+        started_at=s.started_at,
+        request_method=r.method,
+        request_url=r.url[:500],
+        status_code=r.status_code,
+        latency_ms=r.latency_ms,
+        response_headers=dict(r.response_headers),
+        response_body=r.response_body,
+        error=r.error,
+        succeeded=r.succeeded,
+        summary=attempt_summary(
+            reply=r.reply, succeeded=r.succeeded, status_code=r.status_code, response_body=r.response_body
+        ),
+    )
+
+
+def _attempt_rows(delivery_ids) -> list[dict]:
+    rows = Attempt.objects.filter(delivery_id__in=delivery_ids).order_by("delivery_id", "number").values()
+    return [{k: v for k, v in row.items() if k not in ("id", "delivery_id")} for row in rows]
+
+
+def test_recording_attempts_writes_what_bulk_create_writes_and_replaces_the_sweepers_guess():
+    sub = SubscriptionFactory()
+    by_hand = [DeliveryFactory(subscription=sub, attempt_count=n) for n in (1, 2, 3)]
+    by_orm = [DeliveryFactory(subscription=sub, attempt_count=n) for n in (1, 2, 3)]
+    answers = [
+        {
+            "status": 200,
+            "headers": {"Content-Type": "application/json", "X-Ü": "é"},
+            "body": '{"summary": "ok ✓"}',
+            "reply": {"summary": "ok ✓"},
+        },
+        {"status": None, "headers": {}, "body": "", "error": "timed out"},
+        {"status": 500, "headers": {"Retry-After": "3"}, "body": "oops\t and 'quotes'"},
+    ]
+    hand_sent = [_sent(d, **a) for d, a in zip(by_hand, answers, strict=True)]
+    orm_sent = [_sent(d, **a) for d, a in zip(by_orm, answers, strict=True)]
+    orm_sent = [
+        Sent(delivery=o.delivery, result=o.result, started_at=h.started_at)
+        for h, o in zip(hand_sent, orm_sent, strict=True)
+    ]
+    # The third changed hands: the sweeper recorded its attempt as unanswered.
+    for d in (by_hand[2], by_orm[2]):
+        Attempt.objects.create(
+            delivery=d, number=3, request_method="POST", request_url="https://x", error="lease ran out"
+        )
+    _attempts_record(hand_sent, kept={by_hand[0].pk, by_hand[1].pk})
+    Attempt.objects.bulk_create([_attempt_orm(s) for s in orm_sent[:2]])
+    Attempt.objects.bulk_create(
+        [_attempt_orm(orm_sent[2])],
+        update_conflicts=True,
+        unique_fields=["delivery", "number"],
+        update_fields=[f.name for f in Attempt._meta.concrete_fields if f.name not in ("id", "delivery", "number")],
+    )
+    assert _attempt_rows([d.pk for d in by_hand]) == _attempt_rows([d.pk for d in by_orm])
+    assert [a.error for a in Attempt.objects.filter(delivery=by_hand[2])] == [""]
+    assert Attempt.objects.get(delivery=by_hand[0]).response_headers == answers[0]["headers"]
+
+
+def test_recording_more_attempts_than_one_statement_takes_writes_them_all():
+    sub = SubscriptionFactory()
+    deliveries = [DeliveryFactory(subscription=sub, attempt_count=1) for _ in range(sql.attempts_per_insert() + 5)]
+    sent = [_sent(d, status=200, headers={}, body="{}") for d in deliveries]
+    _attempts_record(sent, kept={d.pk for d in deliveries})
+    assert Attempt.objects.filter(delivery__in=deliveries).count() == len(deliveries)
