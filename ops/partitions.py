@@ -57,6 +57,7 @@ class Dropped:
     kept_deliveries: int = 0
     kept_attempts: int = 0
     deleted_deliveries: int = 0
+    keys_forgotten: int = 0
 
 
 def partitions_retention_drop(*, older_than: datetime, include_unrouted: bool = False) -> Dropped:
@@ -116,7 +117,6 @@ def partitions_retention_drop(*, older_than: datetime, include_unrouted: bool = 
             f"UPDATE {schedules} SET last_event_id = NULL WHERE {gone_events.replace('event_id', 'last_event_id')}",
             [keepers],
         )
-        cursor.execute(f"DELETE FROM events_event_key WHERE {gone_events}", [keepers])
 
         kept = {
             ATTEMPTS: ("delivery_id", kept_deliveries),
@@ -145,6 +145,9 @@ def partitions_retention_drop(*, older_than: datetime, include_unrouted: bool = 
         for table, stash in referencing:
             cursor.execute(f"INSERT INTO {table} SELECT * FROM {stash}")
 
+    # After the commit, while pushes go on: until then a dropped event's key refuses its
+    # message_id, after it the key is taken over (events_event_key_take).
+    dropped.keys_forgotten = keys_forget(ranges)
     dropped.kept_events = len(keepers)
     dropped.kept_deliveries = len(kept_deliveries)
     dropped.deleted_deliveries = len(stragglers)
@@ -155,6 +158,7 @@ def partitions_retention_drop(*, older_than: datetime, include_unrouted: bool = 
             "kept_events": dropped.kept_events,
             "kept_deliveries": dropped.kept_deliveries,
             "deleted_deliveries": dropped.deleted_deliveries,
+            "keys_forgotten": dropped.keys_forgotten,
             "older_than": older_than.isoformat(),
         },
     )
@@ -191,6 +195,26 @@ def _referencing_taken_out(cursor, ranges: list[tuple[int, int]], kept: dict[str
         cursor.execute(f"DELETE FROM {table} WHERE {where}", [ids for _, ids in pairs])
         taken.append((table, stash))
     return taken
+
+
+def keys_forget(ranges: list[tuple[int, int]], *, batch_size: int = 10_000) -> int:
+    """Delete the (store, message_id) keys of the events gone from `ranges`, in batches of short
+    transactions; a key whose event was kept (now in a default partition) stays."""
+    forgotten = 0
+    for low, high in ranges:
+        while True:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(
+                    "DELETE FROM events_event_key WHERE ctid = ANY(ARRAY("
+                    " SELECT k.ctid FROM events_event_key k WHERE k.event_id >= %s AND k.event_id < %s"
+                    f" AND NOT EXISTS (SELECT 1 FROM {EVENTS} e WHERE e.id = k.event_id) LIMIT %s))",
+                    [low, high, batch_size],
+                )
+                deleted = cursor.rowcount
+            forgotten += deleted
+            if deleted < batch_size:
+                break
+    return forgotten
 
 
 def ranges_partitioned() -> tuple[int, int] | None:

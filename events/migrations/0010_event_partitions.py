@@ -17,24 +17,36 @@ CREATE INDEX events_event_key_event_id ON events_event_key (event_id);
 INSERT INTO events_event_key (store_id, message_id, event_id)
     SELECT store_id, message_id, id FROM events_event WHERE store_id IS NOT NULL;
 
--- A store's message_id is taken once, whichever partition its event is in; the same event
--- inserted again (moved to the default partition by retention) keeps its key.
+-- A store's message_id is taken once, whichever partition its event is in. The same event
+-- inserted again (moved to a default partition by retention) keeps its key; a key whose event is
+-- gone (its partition dropped, the key not yet deleted) is taken over. FOR UPDATE: two pushes
+-- taking over one key take turns, and the second sees the first's event.
 CREATE FUNCTION events_event_key_take() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    owner bigint;
 BEGIN
-    IF NEW.store_id IS NOT NULL THEN
-        INSERT INTO events_event_key (store_id, message_id, event_id)
-            VALUES (NEW.store_id, NEW.message_id, NEW.id) ON CONFLICT (store_id, message_id) DO NOTHING;
-        IF NOT FOUND AND NOT EXISTS (
-            SELECT 1 FROM events_event_key k
-            WHERE k.store_id = NEW.store_id AND k.message_id = NEW.message_id AND k.event_id = NEW.id
-        ) THEN
-            RAISE unique_violation USING
-                MESSAGE = 'duplicate key value violates unique constraint "event_unique_store_message_id"',
-                DETAIL = format('Key (store_id, message_id)=(%s, %s) already exists.', NEW.store_id, NEW.message_id),
-                CONSTRAINT = 'event_unique_store_message_id', TABLE = 'events_event';
-        END IF;
+    IF NEW.store_id IS NULL THEN
+        RETURN NEW;
     END IF;
-    RETURN NEW;
+    INSERT INTO events_event_key (store_id, message_id, event_id)
+        VALUES (NEW.store_id, NEW.message_id, NEW.id) ON CONFLICT (store_id, message_id) DO NOTHING;
+    IF FOUND THEN
+        RETURN NEW;
+    END IF;
+    SELECT k.event_id INTO owner FROM events_event_key k
+        WHERE k.store_id = NEW.store_id AND k.message_id = NEW.message_id FOR UPDATE;
+    IF owner = NEW.id THEN
+        RETURN NEW;
+    END IF;
+    IF owner IS NOT NULL AND NOT EXISTS (SELECT 1 FROM events_event e WHERE e.id = owner) THEN
+        UPDATE events_event_key SET event_id = NEW.id
+            WHERE store_id = NEW.store_id AND message_id = NEW.message_id;
+        RETURN NEW;
+    END IF;
+    RAISE unique_violation USING
+        MESSAGE = 'duplicate key value violates unique constraint "event_unique_store_message_id"',
+        DETAIL = format('Key (store_id, message_id)=(%s, %s) already exists.', NEW.store_id, NEW.message_id),
+        CONSTRAINT = 'event_unique_store_message_id', TABLE = 'events_event';
 END $$;
 CREATE TRIGGER events_event_key_take BEFORE INSERT ON events_event
     FOR EACH ROW EXECUTE FUNCTION events_event_key_take();
