@@ -133,7 +133,8 @@ def measure(way: str) -> float:
         assert dropped.kept_events == 10, dropped
         keys = sum(seconds for seconds, sql in slow if sql.startswith("DELETE FROM events_event_key"))
         print(f"    of which {keys:.3f} s deleting the keys after the commit ({dropped.keys_forgotten:,} keys)")
-        for seconds, sql in sorted(slow, reverse=True)[:5]:
+        print(f"    {len(slow)} statements, {sum(seconds for seconds, _ in slow):.3f} s in all; the slowest:")
+        for seconds, sql in sorted(slow, reverse=True)[:8]:
             print(f"    {seconds:.3f} s  {sql}")
     else:
         with transaction.atomic(), connection.cursor() as cursor:

@@ -73,6 +73,13 @@ def partitions_retention_drop(*, older_than: datetime, include_unrouted: bool = 
     copied out, and the rows elsewhere that reference them are taken out until the ranges are
     gone (a foreign key is checked on DETACH), then all are written back."""
     dropped = Dropped()
+    unrouted: set[int] = set()
+    if not include_unrouted:
+        # Read before the lock, the longest look: an event that gets a delivery meanwhile is kept
+        # all the same, and an unfinished one is seen under the lock.
+        with connection.cursor() as cursor:
+            spans = _expired_spans(cursor, older_than)
+            unrouted = _unrouted(cursor, [(low, high) for low, high, _ in spans]) if spans else set()
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}")
         # Checks left pending by an enclosing transaction's writes (none when beat runs it) would
@@ -85,19 +92,18 @@ def partitions_retention_drop(*, older_than: datetime, include_unrouted: bool = 
             return dropped
         ranges = [(low, high) for low, high, _ in spans]
 
-        keepers = _keepers(cursor, ranges, include_unrouted=include_unrouted)
+        keepers = _keepers(cursor, ranges, unrouted=unrouted)
         in_events = _in_ranges("event_id", ranges)
         # Deliveries in the ranges whose event stays (a keeper, or an event outside the ranges).
         cursor.execute(
             f"SELECT id FROM {DELIVERIES} WHERE {_in_ranges('id', ranges)}"
-            f" AND (event_id = ANY(%s) OR NOT ({in_events}))",
+            f" AND (event_id = ANY(%s) OR {_outside('event_id', ranges)})",
             [keepers],
         )
         kept_deliveries = [row[0] for row in cursor.fetchall()]
         # Deliveries outside the ranges of events that go (a replay made later, delivered).
         cursor.execute(
-            f"SELECT id FROM {DELIVERIES} WHERE NOT ({_in_ranges('id', ranges)}) AND {in_events}"
-            " AND NOT (event_id = ANY(%s))",
+            f"SELECT id FROM {DELIVERIES} WHERE {_outside('id', ranges)} AND {in_events} AND NOT (event_id = ANY(%s))",
             [keepers],
         )
         stragglers = [row[0] for row in cursor.fetchall()]
@@ -189,7 +195,7 @@ def _referencing_taken_out(cursor, ranges: list[tuple[int, int]], kept: dict[str
     for table, pairs in sorted(conditions.items()):
         where = " OR ".join(condition for condition, _ in pairs)
         if table in parts.PARTITIONED:
-            where = f"({where}) AND NOT {_in_ranges(parts.PARTITIONED[table][0], ranges)}"
+            where = f"({where}) AND {_outside(parts.PARTITIONED[table][0], ranges)}"
         stash = f"{table}_referencing"
         _stash(cursor, stash, f"SELECT * FROM {table} WHERE {where}", [ids for _, ids in pairs])
         cursor.execute(f"DELETE FROM {table} WHERE {where}", [ids for _, ids in pairs])
@@ -248,24 +254,19 @@ def _expired_spans(cursor, older_than: datetime) -> list[tuple[int, int, dict[st
     return spans
 
 
-def _keepers(cursor, ranges: list[tuple[int, int]], *, include_unrouted: bool) -> list[int]:
-    """The events in `ranges` that must stay: owed or failed deliveries, no delivery (unless
-    `include_unrouted`), or a descendant that stays; and their ancestors in the ranges."""
+def _keepers(cursor, ranges: list[tuple[int, int]], *, unrouted: set[int]) -> list[int]:
+    """The events in `ranges` that must stay: owed or failed deliveries, no delivery (`unrouted`,
+    read by _unrouted), or a descendant that stays; and their ancestors in the ranges."""
     in_ids = _in_ranges("id", ranges)
     cursor.execute(
         f"SELECT DISTINCT event_id FROM {DELIVERIES} WHERE state = ANY(%s) AND {_in_ranges('event_id', ranges)}",
         [list(_KEEPS_EVENT)],
     )
     seeds = {row[0] for row in cursor.fetchall()}
-    if not include_unrouted:
-        cursor.execute(
-            f"SELECT e.id FROM {EVENTS} e WHERE {_in_ranges('e.id', ranges)}"
-            f" AND NOT EXISTS (SELECT 1 FROM {DELIVERIES} d WHERE d.event_id = e.id)"
-        )
-        seeds.update(row[0] for row in cursor.fetchall())
+    seeds.update(event for event in unrouted if any(low <= event < high for low, high in ranges))
     # A child that stays outside the ranges keeps its parent (its foreign key would dangle).
     cursor.execute(
-        f"SELECT DISTINCT parent_id FROM {EVENTS} WHERE {_in_ranges('parent_id', ranges)} AND NOT ({in_ids})"
+        f"SELECT DISTINCT parent_id FROM {EVENTS} WHERE {_in_ranges('parent_id', ranges)} AND {_outside('id', ranges)}"
     )
     seeds.update(row[0] for row in cursor.fetchall())
     if not seeds:
@@ -278,6 +279,28 @@ def _keepers(cursor, ranges: list[tuple[int, int]], *, include_unrouted: bool) -
         [sorted(seeds)],
     )
     return sorted(row[0] for row in cursor.fetchall())
+
+
+def _outside(column: str, ranges: list[tuple[int, int]]) -> str:
+    """`column` in none of the ranges, as SQL bounds PostgreSQL prunes partitions and scans indexes by."""
+    bounds, below = [], None
+    for low, high in sorted(ranges):
+        if below is None:
+            bounds.append(f"{column} < {int(low)}")
+        elif below < low:
+            bounds.append(f"({column} >= {int(below)} AND {column} < {int(low)})")
+        below = high
+    bounds.append(f"{column} >= {int(below)}")
+    return "(" + " OR ".join(bounds) + ")"
+
+
+def _unrouted(cursor, ranges: list[tuple[int, int]]) -> set[int]:
+    """The events in `ranges` without any delivery."""
+    cursor.execute(
+        f"SELECT e.id FROM {EVENTS} e WHERE {_in_ranges('e.id', ranges)}"
+        f" AND NOT EXISTS (SELECT 1 FROM {DELIVERIES} d WHERE d.event_id = e.id)"
+    )
+    return {row[0] for row in cursor.fetchall()}
 
 
 def _in_ranges(column: str, ranges: list[tuple[int, int]]) -> str:
