@@ -118,6 +118,7 @@ def measure(way: str) -> float:
 
     older_than = timezone.now() - timedelta(days=1)
     slow: list[tuple[float, str]] = []
+    marks: list[tuple[float, float, str]] = []
 
     def timed(execute, sql, params, many, context):
         began = time.perf_counter()
@@ -125,6 +126,7 @@ def measure(way: str) -> float:
             return execute(sql, params, many, context)
         finally:
             slow.append((time.perf_counter() - began, " ".join(sql.split())[:110]))
+            marks.append((began, time.perf_counter(), sql))
 
     started = time.perf_counter()
     if way == "drop":
@@ -132,6 +134,11 @@ def measure(way: str) -> float:
             dropped = partitions_retention_drop(older_than=older_than)
         assert dropped.kept_events == 10, dropped
         keys = sum(seconds for seconds, sql in slow if sql.startswith("DELETE FROM events_event_key"))
+        # The tables' exclusive lock: from the LOCK to the last statement before the keys' batches
+        # (the commit itself is not seen here; it ends before the first batch starts).
+        locked = next(began for began, _, sql in marks if sql.startswith("LOCK TABLE"))
+        first_key = next(began for began, _, sql in marks if sql.startswith("DELETE FROM events_event_key"))
+        print(f"    the exclusive lock held {first_key - locked:.3f} s (up to the commit's end)")
         print(f"    of which {keys:.3f} s deleting the keys after the commit ({dropped.keys_forgotten:,} keys)")
         print(f"    {len(slow)} statements, {sum(seconds for seconds, _ in slow):.3f} s in all; the slowest:")
         for seconds, sql in sorted(slow, reverse=True)[:8]:

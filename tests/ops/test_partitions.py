@@ -233,3 +233,13 @@ def test_a_key_left_by_a_dropped_event_is_taken_over_by_the_next_push(ranges):
     again = services.envelope_push(store=store, data=data)
     assert again.created and again.event.pk != first.pk
     assert services.envelope_push(store=store, data=data).event.pk == again.event.pk
+
+
+def test_beat_runs_the_partitions_upkeep_and_it_does_nothing_without_partitions(settings):
+    entry = settings.CELERY_BEAT_SCHEDULE["partitions-ahead"]
+    assert entry["task"] == partitions_ahead_task.name
+    assert entry["schedule"] == settings.HUB_PARTITION_INTERVAL_SECONDS
+    if connection.vendor != "postgresql":
+        from ops.partitions import partitions_ahead
+
+        assert partitions_ahead() == []
