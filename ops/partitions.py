@@ -55,7 +55,6 @@ class Dropped:
     partitions: dict[str, list[str]] = field(default_factory=dict)
     kept_events: int = 0
     kept_deliveries: int = 0
-    kept_attempts: int = 0
     deleted_deliveries: int = 0
     keys_forgotten: int = 0
 
