@@ -234,6 +234,8 @@ class Event(models.Model):
 
     class Meta:
         ordering = ["-id"]
+        # On PostgreSQL the table is partitioned by ranges of id (docs/storage.md): this constraint is
+        # the primary key of events_event_key, kept by a trigger, and uid's uniqueness a plain index.
         constraints = [
             models.UniqueConstraint(fields=["store", "message_id"], name="event_unique_store_message_id"),
         ]

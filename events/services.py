@@ -161,26 +161,35 @@ def _events_insert_new(events: list[Event]) -> set[str]:
     connection = connections[router.db_for_write(Event)]
     if not connection.features.can_return_rows_from_bulk_insert:
         # A database that cannot return a multi-row INSERT's rows: one by one, each in a savepoint.
-        written: set[str] = set()
-        for event in events:
-            try:
-                with transaction.atomic():
-                    _event_row_insert(event)
-            except IntegrityError:
-                event_unsaved(event)
-            else:
-                written.add(event.message_id)
-        return written
+        return _events_insert_one_by_one(events)
     statement = sql.for_cursor(connection, sql.event_insert(connection.alias, len(events), skip_conflicts=True))
-    with sql.insert_cursor(connection) as cursor:
-        cursor.execute(statement, event_values(events, connection, "bulk_create"))
-        ids = {message_id: pk for pk, message_id in cursor.fetchall()}
+    try:
+        # A savepoint: on partitioned PostgreSQL the key table's trigger refuses a stored message_id
+        # with an error, which ON CONFLICT does not skip (docs/storage.md).
+        with transaction.atomic(), sql.insert_cursor(connection) as cursor:
+            cursor.execute(statement, event_values(events, connection, "bulk_create"))
+            ids = {message_id: pk for pk, message_id in cursor.fetchall()}
+    except IntegrityError:
+        return _events_insert_one_by_one([event_unsaved(event) for event in events])
     for event in events:
         pk = ids.get(event.message_id)
         if pk is not None:
             event.pk = pk
             row_saved(event, connection.alias)
     return set(ids)
+
+
+def _events_insert_one_by_one(events: list[Event]) -> set[str]:
+    written: set[str] = set()
+    for event in events:
+        try:
+            with transaction.atomic():
+                _event_row_insert(event)
+        except IntegrityError:
+            event_unsaved(event)
+        else:
+            written.add(event.message_id)
+    return written
 
 
 def event_unsaved(event: Event) -> Event:

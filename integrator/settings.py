@@ -308,6 +308,11 @@ HUB_RETENTION_INTERVAL_SECONDS = _env_float("HUB_RETENTION_INTERVAL_SECONDS", 36
 HUB_RETENTION_BATCH_SIZE = _env_int("HUB_RETENTION_BATCH_SIZE", 1000)
 # Events no subscription wanted were owed to nobody; purge them with the rest only when this is on.
 HUB_RETENTION_INCLUDE_UNROUTED = _env_bool("HUB_RETENTION_INCLUDE_UNROUTED", False)
+# PostgreSQL: events, deliveries and attempts are partitioned by ranges of this many ids, created
+# ahead by beat every HUB_PARTITION_INTERVAL_SECONDS; retention drops whole partitions (docs/storage.md).
+HUB_PARTITION_SPAN = _env_int("HUB_PARTITION_SPAN", 1_000_000)
+HUB_PARTITION_AHEAD = _env_int("HUB_PARTITION_AHEAD", 2)
+HUB_PARTITION_INTERVAL_SECONDS = _env_float("HUB_PARTITION_INTERVAL_SECONDS", 300)
 
 CELERY_BEAT_SCHEDULE = {
     # Expiring: sweeps piled up while no worker ran are worthless, the next one does the same job.
@@ -320,6 +325,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "routing.schedules_run",
         "schedule": HUB_SCHEDULES_POLL_SECONDS,
         "options": {"expires": max(HUB_SCHEDULES_POLL_SECONDS, 1.0)},
+    },
+    "partitions-ahead": {
+        "task": "ops.partitions_ahead",
+        "schedule": HUB_PARTITION_INTERVAL_SECONDS,
+        "options": {"expires": max(HUB_PARTITION_INTERVAL_SECONDS, 1.0)},
     },
     "events-retention": {
         "task": "ops.events_retention",

@@ -17,6 +17,7 @@ from django.utils import timezone
 from events.models import Event, Store
 from events.services import IngestResult
 from events.validation import envelope_validate
+from ops import partitions
 from routing.models import Delivery, DeliveryState, ReturnedObject
 from routing.outbox import event_accept
 
@@ -53,16 +54,23 @@ class PurgeBatch:
 
 
 def events_purge(
-    *, older_than: datetime, batch_size: int = 1000, dry_run: bool = False, include_unrouted: bool = False
+    *,
+    older_than: datetime,
+    batch_size: int = 1000,
+    dry_run: bool = False,
+    include_unrouted: bool = False,
+    within: Q | None = None,
 ) -> Iterator[PurgeBatch]:
     """Delete purgeable events (with their deliveries, attempts and notifications) in batches of
     `batch_size`, each in its own short transaction, so the tables are never locked for long.
 
     Deleting an event deletes the events its endpoints' replies created (they cascade), so an
     event whose descendants are not purgeable themselves is kept. Yields one PurgeBatch per batch;
-    with `dry_run`, counts what would go and deletes nothing.
+    with `dry_run`, counts what would go and deletes nothing. `within` narrows the events looked at.
     """
     purgeable = events_purgeable(older_than=older_than, include_unrouted=include_unrouted)
+    if within is not None:
+        purgeable = purgeable.filter(within)
     last_id = 0
     while True:
         ids = list(purgeable.filter(id__gt=last_id).order_by("id").values_list("id", flat=True)[:batch_size])
@@ -104,15 +112,26 @@ def _without_unpurgeable_descendants(ids: list[int], purgeable: QuerySet[Event])
 def events_retention_purge() -> int:
     """The periodic retention job: purge events older than HUB_RETENTION_DAYS whose every delivery
     was delivered (or cancelled); failed ones stay until someone handles them. Returns how many
-    events went; 0 days keeps everything."""
+    events were deleted row by row (on partitioned PostgreSQL, besides the partitions dropped);
+    0 days keeps everything."""
     if settings.HUB_RETENTION_DAYS <= 0:
         return 0
     older_than = timezone.now() - timedelta(days=settings.HUB_RETENTION_DAYS)
+    within = None
+    if partitions.partitioned():
+        # PostgreSQL: whole ranges of ids dropped; then deleted row by row only what lives in the
+        # default partitions (the events kept by earlier drops), never inside a range partition.
+        partitions.partitions_retention_drop(
+            older_than=older_than, include_unrouted=settings.HUB_RETENTION_INCLUDE_UNROUTED
+        )
+        covered = partitions.ranges_partitioned()
+        within = ~Q(id__gte=covered[0], id__lt=covered[1]) if covered else None
     purged = 0
     for batch in events_purge(
         older_than=older_than,
         batch_size=settings.HUB_RETENTION_BATCH_SIZE,
         include_unrouted=settings.HUB_RETENTION_INCLUDE_UNROUTED,
+        within=within,
     ):
         purged += batch.events
     forgotten = returned_objects_forget(older_than=older_than, batch_size=settings.HUB_RETENTION_BATCH_SIZE)

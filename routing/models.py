@@ -274,6 +274,8 @@ class Delivery(models.Model):
 
     class Meta:
         ordering = ["-id"]
+        # On PostgreSQL partitioned by ranges of id, drawn from the events' sequence, and the
+        # constraint below a plain index (docs/storage.md).
         constraints = [
             # Routing makes one delivery per (event, subscription); replays are the deliberate extras.
             models.UniqueConstraint(
@@ -341,6 +343,7 @@ class Attempt(models.Model):
     summary = models.CharField(max_length=500, blank=True, default="")
 
     class Meta:
+        # On PostgreSQL partitioned by ranges of delivery_id, the delivery's (docs/storage.md).
         ordering = ["delivery_id", "number"]
         constraints = [
             models.UniqueConstraint(fields=["delivery", "number"], name="attempt_unique_delivery_number"),

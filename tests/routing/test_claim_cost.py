@@ -50,13 +50,20 @@ def chain(sub, *, sent: int, pending: int, key: str = "order:R1") -> list[Delive
 def rows_read() -> dict[str, int]:
     """Rows read from routing_delivery in this transaction so far: through each index, and by
     sequential scans."""
+    # Summed over the partitions (docs/storage.md), each index under its parent index's name.
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT c.relname, pg_stat_get_xact_tuples_returned(c.oid) FROM pg_index i"
-            " JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = 'routing_delivery'::regclass"
+            "SELECT COALESCE(p.relname, c.relname), SUM(pg_stat_get_xact_tuples_returned(c.oid)) FROM pg_index i"
+            " JOIN pg_class c ON c.oid = i.indexrelid"
+            " LEFT JOIN pg_inherits h ON h.inhrelid = c.oid LEFT JOIN pg_class p ON p.oid = h.inhparent"
+            " WHERE i.indrelid IN (SELECT relid FROM pg_partition_tree('routing_delivery'))"
+            " GROUP BY 1"
         )
         read = dict(cursor.fetchall())
-        cursor.execute("SELECT seq_tup_read FROM pg_stat_xact_user_tables WHERE relname = 'routing_delivery'")
+        cursor.execute(
+            "SELECT SUM(seq_tup_read) FROM pg_stat_xact_user_tables"
+            " WHERE relid IN (SELECT relid FROM pg_partition_tree('routing_delivery'))"
+        )
         read["(sequential)"] = cursor.fetchone()[0]
     return read
 
