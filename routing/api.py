@@ -6,7 +6,10 @@ routing, not events, because accepting an event is storing and routing it (routi
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import string
+import threading
 from datetime import datetime
 from typing import Any
 
@@ -184,6 +187,10 @@ class StoreApi(APIView):
 class EventCollectionApi(StoreApi):
     @EVENT_PUSH
     def post(self, request: Request) -> Response:
+        with body_slot(request):
+            return self._post(request)
+
+    def _post(self, request: Request) -> Response:
         data = request.data
         if isinstance(data, list):
             return batch_response(request, data)
@@ -213,9 +220,36 @@ class EventCollectionApi(StoreApi):
         return paginator.get_paginated_response([event_public(e) for e in page])
 
 
+# Bodies from this size on parse into enough objects to count against the batch slots (a single
+# order push is about 9 KB).
+LARGE_BODY_BYTES = 64 * 1024
+
+
+@functools.cache
+def batch_slots(count: int) -> threading.BoundedSemaphore:
+    """Large bodies a web process may parse and write at once: their parsed objects are many times
+    the body, and with 16 threads each could hold one (settings.HUB_BATCH_CONCURRENCY)."""
+    return threading.BoundedSemaphore(count)
+
+
+def body_slot(request: Request) -> threading.BoundedSemaphore | contextlib.nullcontext[None]:
+    """A batch slot for a large body, or one of unknown size (chunked); nothing for the rest."""
+    try:
+        size = int(request.META.get("CONTENT_LENGTH") or -1)
+    except ValueError:
+        size = -1
+    if 0 <= size < LARGE_BODY_BYTES:
+        return contextlib.nullcontext()
+    return batch_slots(settings.HUB_BATCH_CONCURRENCY)
+
+
 class EventBatchApi(StoreApi):
     @EVENT_BATCH
     def post(self, request: Request) -> Response:
+        with body_slot(request):
+            return self._post(request)
+
+    def _post(self, request: Request) -> Response:
         data = request.data
         if isinstance(data, dict) and "events" in data:
             data = data["events"]

@@ -102,3 +102,37 @@ def test_batch_is_stored_in_one_transaction(api):
     commits = [q["sql"] for q in queries.captured_queries if q["sql"].upper().startswith("COMMIT")]
     assert len(commits) == 1
     assert sorted(Event.objects.values_list("message_id", flat=True)) == ["b-1", "b-2"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_large_body_waits_for_a_batch_slot_and_a_single_push_does_not(store, client_for, settings):
+    """With every batch slot taken, a large batch is not parsed or stored until one frees, while an
+    ordinary push goes through: 16 threads never hold 16 parsed batches at once."""
+    import threading
+
+    from routing.api import LARGE_BODY_BYTES, batch_slots
+
+    settings.HUB_BATCH_CONCURRENCY = 1
+    padding = "x" * 4096
+    batch = [
+        {"message": "order:new", "message_id": f"big-{n}", "payload": {"order": {"number": f"B{n}", "note": padding}}}
+        for n in range(LARGE_BODY_BYTES // 4096 + 4)
+    ]
+    answers: list = []
+    slot = batch_slots(1)
+    slot.acquire()
+    try:
+        waiting = threading.Thread(
+            target=lambda: answers.append(client_for(store).post("/events/batch", batch, format="json"))
+        )
+        waiting.start()
+        single = client_for(store).post("/events", GOOD, format="json")
+        assert single.status_code == 202
+        waiting.join(timeout=1)
+        assert waiting.is_alive() and not answers
+        assert list(Event.objects.values_list("message_id", flat=True)) == ["b-1"]
+    finally:
+        slot.release()
+    waiting.join(timeout=30)
+    assert answers and answers[0].status_code == 200 and answers[0].json()["accepted"] == len(batch)
+    assert Event.objects.count() == len(batch) + 1
