@@ -14,7 +14,6 @@ does the fan-out, through them.
 from __future__ import annotations
 
 import logging
-import math
 import secrets
 import threading
 from collections.abc import Iterator, Sequence
@@ -23,23 +22,21 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from infra import metrics
-from routing import retry, sql
+from routing import sql
 from routing.claim import Batch, lease_seconds
+from routing.close import outcomes_log, outcomes_take, retries_wake
 from routing.formats import TRANSFORM
 from routing.leases import lease_held
 from routing.models import DELIVERY_OPEN_STATES, Delivery, Subscription
 from routing.perprocess import PerProcess
-from routing.record import Outcome, batches_outcomes_record, endpoint_record
-from routing.replies import replies_process, reply_has_content
+from routing.record import batches_outcomes_record
+from routing.replies import reply_has_content
 from routing.rows import row_instance, row_related
-from routing.schedules import schedule_ticks_record
 from routing.send import Sent, delivery_send
 from routing.status import events_status_refresh
 from routing.wakeup import pumps_enqueue
@@ -226,39 +223,15 @@ def _record(pairs: list[tuple[Batch, list[Sent]]]) -> dict[int, str]:
         outcomes = batches_outcomes_record(pairs, now=now)
         for (batch, _), mine in sorted(zip(pairs, outcomes, strict=True), key=lambda item: item[0][0].subscription.pk):
             sub = batch.subscription
-            replies_process(
-                [
-                    (s.delivery, s.result.reply)
-                    for s, d in mine
-                    if d.verdict == retry.Verdict.DELIVERED and reply_has_content(s.result.reply)
-                ]
-            )
-            schedule_ticks_record(
-                subscription=sub, outcomes=[(s.delivery, s.result, str(d.verdict)) for s, d in mine], now=now
-            )
-            endpoint_record(sub=sub, mine=mine, now=now)
+            outcomes_take(sub, mine, now=now)
         events_status_refresh(event_ids=[s.delivery.event_id for mine in outcomes for s, _ in mine])
         for (batch, _), mine in zip(pairs, outcomes, strict=True):
-            _retries_wake(batch.subscription, mine)
+            retries_wake(batch.subscription, mine)
     verdicts: dict[int, str] = {}
     for (batch, _), mine in zip(pairs, outcomes, strict=True):
-        _outcomes_log(batch.subscription, mine)
+        outcomes_log(logger, batch.subscription, mine, fan_out=True)
         verdicts.update({s.delivery.pk: str(d.verdict) for s, d in mine})
     return verdicts
-
-
-def _retries_wake(sub: Subscription, mine: list[Outcome]) -> None:
-    """As a pump's: retries due within HUB_RETRY_COUNTDOWN_MAX_SECONDS get a delayed wake-up of
-    their endpoint once committed; later ones are the sweeper's."""
-    countdowns = sorted(
-        {
-            math.ceil(d.delay_seconds)
-            for _, d in mine
-            if d.verdict == retry.Verdict.RETRY and d.delay_seconds <= settings.HUB_RETRY_COUNTDOWN_MAX_SECONDS
-        }
-    )
-    for countdown in countdowns:
-        transaction.on_commit(lambda c=countdown: pumps_enqueue([sub.pk], countdown=c))
 
 
 def _due_wake(subscription_ids: list[int]) -> list[int]:
@@ -271,24 +244,3 @@ def _due_wake(subscription_ids: list[int]) -> list[int]:
     if due:
         pumps_enqueue(due, coalesce=True)
     return due
-
-
-def _outcomes_log(sub: Subscription, mine: list[Outcome]) -> None:
-    for s, decision in mine:
-        metrics.delivery_outcome_count(str(decision.verdict))
-        logger.info(
-            "delivery attempt",
-            extra={
-                "event_id": str(s.delivery.event.uid),
-                "delivery_id": s.delivery.pk,
-                "subscription": sub.name,
-                "subscription_id": sub.pk,
-                "attempt": s.delivery.attempt_count,
-                "status_code": s.result.status_code,
-                "latency_ms": s.result.latency_ms,
-                "destination_host": urlsplit(s.result.url).hostname,
-                "verdict": str(decision.verdict),
-                "error": s.result.error[:200] or None,
-                "fan_out": True,
-            },
-        )

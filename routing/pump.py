@@ -15,25 +15,19 @@ time is up hands the endpoint to a fresh task: other endpoints' messages wait be
 
 from __future__ import annotations
 
-import functools
 import logging
-import math
 import time
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from infra import metrics
-from routing import retry
 from routing.claim import Batch, batch_claim, subscription_read
+from routing.close import outcomes_log, outcomes_take, retries_wake
 from routing.leases import lease_held
 from routing.models import Delivery, Subscription
-from routing.record import Outcome, endpoint_record, outcomes_record
-from routing.replies import replies_process, reply_has_content
-from routing.schedules import schedule_ticks_record
+from routing.record import outcomes_record
 from routing.send import Sent, batch_send
 from routing.standing import subscription_max_in_flight
 from routing.status import events_status_refresh
@@ -87,37 +81,11 @@ def _batch_close(batch: Batch, *, sent: list[Sent], unsent: list[Delivery]) -> d
     now = timezone.now()
     with transaction.atomic():
         mine = outcomes_record(batch, sent=sent, unsent=unsent, now=now)
-        # The replies before the endpoint's standing: they lock the root events' budgets of
-        # descendants, which must come before the subscription's row in every batch.
-        replies_process(
-            [
-                (s.delivery, s.result.reply)
-                for s, decision in mine
-                if decision.verdict == retry.Verdict.DELIVERED and reply_has_content(s.result.reply)
-            ]
-        )
-        schedule_ticks_record(
-            subscription=sub, outcomes=[(s.delivery, s.result, str(d.verdict)) for s, d in mine], now=now
-        )
-        endpoint_record(sub=sub, mine=mine, now=now)
+        outcomes_take(sub, mine, now=now)
         events_status_refresh(event_ids=[s.delivery.event_id for s, _ in mine])
-        _retries_wake(sub, mine)
-    _outcomes_log(sub, mine)
+        retries_wake(sub, mine)
+    outcomes_log(logger, sub, mine)
     return {s.delivery.pk: str(decision.verdict) for s, decision in mine}
-
-
-def _retries_wake(sub: Subscription, mine: list[Outcome]) -> None:
-    """Retries due within HUB_RETRY_COUNTDOWN_MAX_SECONDS get a delayed wake-up once committed; later
-    ones are the sweeper's."""
-    countdowns = sorted(
-        {
-            math.ceil(d.delay_seconds)
-            for _, d in mine
-            if d.verdict == retry.Verdict.RETRY and d.delay_seconds <= settings.HUB_RETRY_COUNTDOWN_MAX_SECONDS
-        }
-    )
-    for countdown in countdowns:
-        transaction.on_commit(lambda c=countdown: pumps_enqueue([sub.pk], countdown=c))
 
 
 def _resources(batch: Batch) -> int:
@@ -135,32 +103,3 @@ def _helper_wake(sub: Subscription) -> int:
     if subscription_max_in_flight(sub) == 1:
         return 0
     return len(pumps_enqueue([sub.pk], coalesce=True))
-
-
-def _outcomes_log(sub: Subscription, mine: list[Outcome]) -> None:
-    logged = logger.isEnabledFor(logging.INFO)
-    for s, decision in mine:
-        metrics.delivery_outcome_count(str(decision.verdict))
-        if not logged:
-            continue
-        logger.info(
-            "delivery attempt",
-            extra={
-                "event_id": str(s.delivery.event.uid),
-                "delivery_id": s.delivery.pk,
-                "subscription": sub.name,
-                "subscription_id": sub.pk,
-                "attempt": s.delivery.attempt_count,
-                "status_code": s.result.status_code,
-                "latency_ms": s.result.latency_ms,
-                "destination_host": _hostname(s.result.url),
-                "verdict": str(decision.verdict),
-                "error": s.result.error[:200] or None,
-            },
-        )
-
-
-@functools.lru_cache(maxsize=256)
-def _hostname(url: str) -> str | None:
-    # A batch's deliveries go to one endpoint: its URL is parsed once, not once per log line.
-    return urlsplit(url).hostname
