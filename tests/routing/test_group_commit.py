@@ -109,8 +109,14 @@ def events_locked():
 
 
 def _xmin(message_id: str) -> str:
+    """The transaction that wrote the event's delivery: the events' own INSERT may run in a
+    savepoint (a subtransaction, an xid of its own), the deliveries' never does."""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT xmin::text FROM events_event WHERE message_id = %s", [message_id])
+        cursor.execute(
+            "SELECT d.xmin::text FROM routing_delivery d JOIN events_event e ON e.id = d.event_id"
+            " WHERE e.message_id = %s",
+            [message_id],
+        )
         return cursor.fetchone()[0]
 
 
