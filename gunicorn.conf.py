@@ -35,12 +35,12 @@ def child_exit(server, worker):
         multiprocess.mark_process_dead(worker.pid, _multiproc_dir)
 
 
-# Threads serve other requests while one waits on PostgreSQL's commit, and the pushes waiting
-# meanwhile share the next commit (routing.outbox's group commit): more threads, larger groups and
-# fewer commits. A thread keeps its own database connection once it has written. The worker
-# receives a request before a thread takes it, so slow clients hold none.
+# Pushes that wait while another is committing share the next commit (routing.outbox's group
+# commit). 16 threads made larger groups but cost more than they gave on two cores: batch and
+# stored ingest fell by a third and a web worker's peak RSS passed 200 MB (docs/performance.md).
+# The worker receives a request before a thread takes it, so slow clients hold none.
 worker_class = "integrator.gunicorn_worker.BufferingThreadWorker"
-threads = 16
+threads = 4
 
 # gunicorn's access and error lines in the hub's JSON shape, under the same switch as Django's
 # LOGGING in integrator/settings.py (JSON unless LOG_JSON says otherwise).

@@ -228,7 +228,7 @@ LARGE_BODY_BYTES = 64 * 1024
 @functools.cache
 def batch_slots(count: int) -> threading.BoundedSemaphore:
     """Large bodies a web process may parse and write at once: their parsed objects are many times
-    the body, and with 16 threads each could hold one (settings.HUB_BATCH_CONCURRENCY)."""
+    the body, and every thread could hold one (settings.HUB_BATCH_CONCURRENCY)."""
     return threading.BoundedSemaphore(count)
 
 

@@ -36,7 +36,7 @@ def test_workers_receive_requests_before_a_thread_takes_them(config):
     from integrator.gunicorn_worker import BufferingThreadWorker
 
     assert load_class(config["worker_class"]) is BufferingThreadWorker
-    assert config["threads"] == 16
+    assert config["threads"] == 4
 
 
 @pytest.mark.parametrize(("reset", "kept"), [("", False), ("1", False), ("0", True), ("false", True)])
