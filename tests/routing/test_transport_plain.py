@@ -15,24 +15,9 @@ from routing.models import signing_secret_new
 from routing.transport.exchange import _NO_COOKIES, request_send, session_new
 from routing.transport.netguard import session_guard
 from routing.transport.reply import reply_text
-from routing.transport.request import _HEADER_SAFE, header_value, request_build, signature_headers
+from routing.transport.request import _HEADER_SAFE, header_value, signature_headers
 from tests.live import Reply, free_port
-
-SECRET = signing_secret_new()
-
-
-def build(url: str):
-    return request_build(
-        url=url,
-        message="order:new",
-        message_id="m-1",
-        payload={"order": {"number": "R1"}},
-        parameters=[{"name": "key", "value": "v"}],
-        webhook_id="evt-1",
-        signing_secret=SECRET,
-        token="tok",
-        store_name="shop",
-    )
+from tests.routing.test_transport import SECRET, build
 
 
 def whole_path_session(**guard: object) -> requests.Session:
