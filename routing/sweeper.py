@@ -77,9 +77,10 @@ def leases_reclaim(*, now: datetime) -> tuple[int, int, list[int]]:
         for row in rows:
             if row["claim"] is not None:
                 sizes[row["claim"]] = sizes.get(row["claim"], 0) + 1
-        if len(rows) == limit and rows[-1]["claim"] is not None and sizes[rows[-1]["claim"]] == 1:
-            # The limit may have cut that claim's batch: how many it holds is the next sweep's to see.
-            rows.pop()
+        last = rows[-1]["claim"] if len(rows) == limit else None
+        if last is not None and any(row["claim"] != last for row in rows):
+            # The limit may have cut the last claim's batch: how many it holds is the next sweep's to see.
+            rows = [row for row in rows if row["claim"] != last]
         alone = [row for row in rows if row["claim"] is None or sizes[row["claim"]] == 1]
         several = [row for row in rows if not (row["claim"] is None or sizes[row["claim"]] == 1)]
         failed = _charge(alone, now=now)

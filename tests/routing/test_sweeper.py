@@ -80,6 +80,22 @@ def test_a_dead_batch_of_several_goes_back_unsent_and_a_dead_batch_of_one_is_cha
     assert claimed(sub) == [run[1].pk]
 
 
+def test_a_sweep_whose_limit_cuts_a_batch_leaves_that_batch_whole_to_the_next(settings):
+    settings.HUB_DELIVERY_BATCH_SIZE = 10
+    settings.HUB_SWEEP_BATCH_SIZE = 3
+    runs = []
+    for order in ("A", "B"):
+        sub = SubscriptionFactory(max_in_flight=0)
+        runs += order_chain(sub, 2, order=order)
+        assert len(claimed(sub)) == 2
+    leases_expire()
+    assert (deliveries_sweep().reclaimed, deliveries_sweep().reclaimed) == (2, 2)
+    assert not Attempt.objects.filter(delivery__in=runs).exists()
+    assert set(Delivery.objects.filter(pk__in=[d.pk for d in runs]).values_list("state", "send_alone")) == {
+        ("pending", True)
+    }
+
+
 def test_a_batch_before_a_delivery_to_send_alone_goes_without_it(settings):
     """Orders due before the marked one go in a batch as usual; the marked one waits for the next."""
     settings.HUB_DELIVERY_BATCH_SIZE = 10
