@@ -192,6 +192,10 @@ HUB_WORKER_ASYNC_COMMIT = _env_bool("HUB_WORKER_ASYNC_COMMIT", True)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # A worker waits for its broker however long it is away: the deliveries are safe in the database.
 CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+# How often a worker that lost its broker tries it again (integrator/consumer.py): Celery's default
+# backoff grows to 30 s, which kept workers ~12 s behind a Redis back from a 60 s outage.
+CELERY_WORKER_CONSUMER = "integrator.consumer:Consumer"
+HUB_BROKER_RECONNECT_SECONDS = _env_float("HUB_BROKER_RECONNECT_SECONDS", 1.0)
 # A lost late ack only costs a repeated wake-up, so running tasks finish.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # A broker outage must not hang the request: the sweeper wakes what could not be published.

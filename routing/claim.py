@@ -7,17 +7,18 @@ to build these statements than the database to run them."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
 from routing import sql
-from routing.models import Delivery, Subscription
+from routing.models import Delivery, DeliveryState, Subscription
 from routing.rows import row_instance, row_related
 from routing.standing import subscription_max_in_flight
 from routing.transport.exchange import timeout_bounded
@@ -104,7 +105,36 @@ def batch_claim(*, sub: Subscription, budget: float) -> Batch | None:
     sub.parameters = list(parameters or [])
     for delivery in deliveries:
         delivery.subscription = sub
-    return Batch(subscription=sub, claim=claim, deliveries=send_order(deliveries), hold_until=hold_until)
+    ordered = send_order(deliveries)
+    kept = alone_cut(ordered)
+    if len(kept) < len(ordered):
+        deliveries_unclaim([d.pk for d in ordered[len(kept) :]], claims=[claim], now=now)
+    return Batch(subscription=sub, claim=claim, deliveries=kept, hold_until=hold_until)
+
+
+def alone_cut(ordered: list[Delivery]) -> list[Delivery]:
+    """What of a batch (in send order) may go: a delivery marked send_alone goes in a batch of its
+    own, so that a worker that dies sending it can be blamed on it (routing.sweeper); the batch
+    before it goes without it. A prefix of the send order, so each resource's order holds."""
+    first = next((place for place, d in enumerate(ordered) if d.send_alone), None)
+    if first is None:
+        return ordered
+    return ordered[: first or 1]
+
+
+def deliveries_unclaim(ids: list[int], *, claims: Sequence[int], now: datetime, **marks: Any) -> int:
+    """Claimed deliveries that were not sent go back as they were before the claim: their attempt
+    number given back, pending again if it was their first; fenced on their claims (tokens drawn
+    at random: a delivery claimed again since holds none of them). `marks`: other fields to set.
+    How many."""
+    return Delivery.objects.filter(pk__in=ids, state=DeliveryState.DELIVERING, claim__in=claims).update(
+        state=Case(When(attempt_count__gt=1, then=Value(DeliveryState.RETRYING)), default=Value(DeliveryState.PENDING)),
+        attempt_count=F("attempt_count") - 1,
+        lease_expires_at=None,
+        claim=None,
+        updated_at=now,
+        **marks,
+    )
 
 
 def send_order(deliveries: list[Delivery]) -> list[Delivery]:

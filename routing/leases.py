@@ -31,6 +31,10 @@ from routing.perprocess import PerProcess
 
 logger = logging.getLogger(__name__)
 
+# The attempt the sweeper records for a delivery sent alone whose lease ran out: the request may
+# have been made, its answer is unknown. A stale worker's real answer replaces it (routing.record).
+LEASE_EXPIRED_ERROR = "the worker sending this attempt stopped before recording an answer (lease expired)"
+
 
 @dataclass
 class Held:

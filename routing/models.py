@@ -262,6 +262,9 @@ class Delivery(models.Model):
     # Which batch holds the delivery while it is delivering (routing.pump): a worker's outcome counts
     # only for its own claim, and an endpoint's in-flight limit counts distinct claims.
     claim = models.BigIntegerField(null=True, blank=True, editable=False)
+    # Sent in a batch of its own until it gets an answer: it was in a batch whose worker died before
+    # recording it (routing.sweeper), and only a batch of one tells which delivery was on the wire.
+    send_alone = models.BooleanField(default=False, db_default=False, editable=False)
     last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
     last_error = models.TextField(blank=True, default="")
     delivered_at = models.DateTimeField(null=True, blank=True)

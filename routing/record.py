@@ -11,11 +11,11 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, models
-from django.db.models import Case, F, Value, When
 
 from routing import retry, sql
-from routing.claim import Batch
-from routing.models import Delivery, DeliveryState, Subscription
+from routing.claim import Batch, deliveries_unclaim
+from routing.leases import LEASE_EXPIRED_ERROR
+from routing.models import Attempt, Delivery, DeliveryState, Subscription
 from routing.reply_forms import attempt_summary
 from routing.send import Sent
 from routing.standing import subscription_disable, subscription_failing
@@ -99,6 +99,8 @@ def _changes(decision: retry.Decision, result: ExchangeResult, now: datetime) ->
     changes: dict[str, Any] = {
         "lease_expires_at": None,
         "claim": None,
+        # An answer clears a mark the sweeper left: the delivery goes in batches again.
+        "send_alone": False,
         "last_status_code": result.status_code,
         "last_error": result.error,
         "updated_at": now,
@@ -113,14 +115,9 @@ def _changes(decision: retry.Decision, result: ExchangeResult, now: datetime) ->
 
 
 def _unsent_return(batch: Batch, unsent: list[Delivery], *, now: datetime) -> None:
-    """Deliveries the pump had no time for go back as they were before the claim."""
-    Delivery.objects.filter(pk__in=[d.pk for d in unsent], state=DeliveryState.DELIVERING, claim=batch.claim).update(
-        state=Case(When(attempt_count__gt=1, then=Value(DeliveryState.RETRYING)), default=Value(DeliveryState.PENDING)),
-        attempt_count=F("attempt_count") - 1,
-        lease_expires_at=None,
-        claim=None,
-        updated_at=now,
-    )
+    """Deliveries the pump had no time for go back as they were before the claim (a send_alone
+    mark stays: they got no answer)."""
+    deliveries_unclaim([d.pk for d in unsent], claims=[batch.claim], now=now)
 
 
 def batch_finish(ids: list[int], *, claims: Sequence[int], changes: dict[str, Any]) -> int:
@@ -147,13 +144,34 @@ def _attempts_record(sent: list[Sent], *, kept: set[int]) -> None:
     Written-out INSERTs (routing.sql.attempts_insert): bulk_create's compiling cost more CPU than
     the database's writing."""
     fresh = [_attempt_values(s) for s in sent if s.delivery.pk in kept]
-    stale = [_attempt_values(s) for s in sent if s.delivery.pk not in kept]
+    stale = [_attempt_values(s) for s in _guessed([s for s in sent if s.delivery.pk not in kept])]
     step = sql.attempts_per_insert()
     with connection.cursor() as cursor:
         for rows, replace in ((fresh, False), (stale, True)):
             for start in range(0, len(rows), step):
                 chunk = rows[start : start + step]
                 cursor.execute(sql.attempts_insert(len(chunk), replace=replace), [v for row in chunk for v in row])
+
+
+def _guessed(stale: list[Sent]) -> list[Sent]:
+    """Of the attempts of deliveries that changed hands, those whose number holds the sweeper's
+    guess, which their answer replaces. The others were given back unsent (a batch of several
+    whose worker seemed dead, routing.sweeper): their number is the next claim's, so this attempt
+    is only logged, never written where the next claim's answer goes."""
+    if not stale:
+        return []
+    guesses = set(
+        Attempt.objects.filter(delivery_id__in=[s.delivery.pk for s in stale], error=LEASE_EXPIRED_ERROR).values_list(
+            "delivery_id", "number"
+        )
+    )
+    for s in stale:
+        if (s.delivery.pk, s.delivery.attempt_count) not in guesses:
+            logger.warning(
+                "an attempt of a delivery given back unsent meanwhile is not recorded",
+                extra={"delivery_id": s.delivery.pk, "attempt": s.delivery.attempt_count, "error": s.result.error},
+            )
+    return [s for s in stale if (s.delivery.pk, s.delivery.attempt_count) in guesses]
 
 
 def _attempt_values(s: Sent) -> list[Any]:

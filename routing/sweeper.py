@@ -5,60 +5,144 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
+from routing import retry
+from routing.claim import deliveries_unclaim
+from routing.leases import LEASE_EXPIRED_ERROR
 from routing.models import DELIVERY_OPEN_STATES, Attempt, Delivery, DeliveryState, Subscription
+from routing.status import events_status_refresh
 from routing.wakeup import pumps_enqueue
 
 logger = logging.getLogger(__name__)
+
+# What a delivery given back unsent says until its next answer (no attempt of it is recorded).
+UNSENT_NOTE = "the worker sending its batch stopped before recording it; sent again alone, no attempt spent"
 
 
 @dataclass(frozen=True)
 class SweepResult:
     reclaimed: int
     enqueued: int
+    # Of those reclaimed, given back unsent with no attempt spent (the rest were charged one).
+    unsent: int = 0
 
 
 def deliveries_sweep() -> SweepResult:
     """Take back expired leases and wake endpoints whose message was lost; a message too many costs a look."""
     now = timezone.now()
-    reclaimed = 0
-    # Endpoints of reclaimed deliveries, due again at once and with no message on the way.
-    woken: list[int] = []
-    expired = Delivery.objects.filter(state=DeliveryState.DELIVERING, lease_expires_at__lt=now)
-    error = "the worker sending this attempt stopped before recording an answer (lease expired)"
-    rows = expired.values_list("id", "attempt_count", "subscription_id", "subscription__url")
-    for delivery_id, number, subscription_id, url in rows[: settings.HUB_SWEEP_BATCH_SIZE]:
-        with transaction.atomic():
-            taken = Delivery.objects.filter(
-                pk=delivery_id, state=DeliveryState.DELIVERING, attempt_count=number, lease_expires_at__lt=now
-            ).update(
-                state=DeliveryState.RETRYING,
-                next_attempt_at=now,
-                lease_expires_at=None,
-                claim=None,
-                last_error=error,
-                last_status_code=None,
-                updated_at=now,
-            )
-            if not taken:
-                continue
-            reclaimed += 1
-            woken.append(subscription_id)
-            if not Attempt.objects.filter(delivery_id=delivery_id, number=number).exists():
-                Attempt.objects.create(
-                    delivery_id=delivery_id, number=number, request_method="", request_url=url, error=error
-                )
-        logger.warning("reclaimed a delivery whose lease expired", extra={"delivery_id": delivery_id})
-
+    reclaimed, unsent, woken = leases_reclaim(now=now)
     published = pumps_enqueue([*woken, *endpoints_lost(now=now)])
     if reclaimed or published:
-        logger.info("sweep", extra={"reclaimed": reclaimed, "enqueued": len(published)})
-    return SweepResult(reclaimed=reclaimed, enqueued=len(published))
+        logger.info("sweep", extra={"reclaimed": reclaimed, "unsent": unsent, "enqueued": len(published)})
+    return SweepResult(reclaimed=reclaimed, enqueued=len(published), unsent=unsent)
+
+
+def leases_reclaim(*, now: datetime) -> tuple[int, int, list[int]]:
+    """The deliveries whose lease ran out, taken back in one transaction: (reclaimed, of them given
+    back unsent, their endpoints).
+
+    A batch sends one request at a time, so of a dead worker's batch of several only one was on the
+    wire, and the hub cannot tell which: none is charged, all go back as they were before the claim
+    (no attempt spent, its number given back) and marked send_alone, so that each is sent next in a
+    batch of its own. A batch of one is the request on the wire: charged an unanswered attempt, and
+    failed once that spends its budget, so that a delivery that kills its worker every time ends
+    up failed rather than sent forever. Its retry is due at once: the crash was the worker's.
+
+    Rows a pump is recording right now are skipped (SKIP LOCKED), left to the next sweep."""
+    expired = Delivery.objects.filter(state=DeliveryState.DELIVERING, lease_expires_at__lt=now)
+    limit = settings.HUB_SWEEP_BATCH_SIZE
+    with transaction.atomic():
+        rows = list(
+            expired.select_for_update(skip_locked=True, of=("self",))
+            .order_by("claim", "id")
+            .values(
+                "id",
+                "claim",
+                "attempt_count",
+                "event_id",
+                "subscription_id",
+                "subscription__url",
+                "subscription__retry_schedule",
+                "subscription__retry_enabled",
+                "event__origin",
+            )[:limit]
+        )
+        sizes: dict[int, int] = {}
+        for row in rows:
+            if row["claim"] is not None:
+                sizes[row["claim"]] = sizes.get(row["claim"], 0) + 1
+        last = rows[-1]["claim"] if len(rows) == limit else None
+        if last is not None and any(row["claim"] != last for row in rows):
+            # The limit may have cut the last claim's batch: how many it holds is the next sweep's to see.
+            rows = [row for row in rows if row["claim"] != last]
+        alone = [row for row in rows if row["claim"] is None or sizes[row["claim"]] == 1]
+        several = [row for row in rows if not (row["claim"] is None or sizes[row["claim"]] == 1)]
+        failed = _charge(alone, now=now)
+        if several:
+            claims = sorted({row["claim"] for row in several})
+            ids = [row["id"] for row in several]
+            deliveries_unclaim(ids, claims=claims, now=now, send_alone=True, last_error=UNSENT_NOTE)
+        if failed:
+            events_status_refresh(event_ids=[row["event_id"] for row in failed])
+    charged = {row["id"] for row in alone}
+    for row in rows:
+        logger.warning(
+            "reclaimed a delivery whose lease expired",
+            extra={"delivery_id": row["id"], "charged": row["id"] in charged},
+        )
+    return len(rows), len(several), sorted({row["subscription_id"] for row in rows})
+
+
+def _charge(rows: list[dict[str, Any]], *, now: datetime) -> list[dict[str, Any]]:
+    """Each delivery sent alone whose lease ran out: an unanswered attempt, and retried at once or
+    failed by its endpoint's budget, in one UPDATE per verdict and one INSERT. Returns those failed."""
+    if not rows:
+        return []
+    failed = [row for row in rows if _verdict(row) == retry.Verdict.FAILED]
+    retried = [row for row in rows if row not in failed]
+    changes = {"lease_expires_at": None, "claim": None, "last_error": LEASE_EXPIRED_ERROR, "last_status_code": None}
+    # The rows are locked: still delivering with their lease run out, as the SELECT read them.
+    if retried:
+        Delivery.objects.filter(pk__in=[row["id"] for row in retried]).update(
+            **changes, state=DeliveryState.RETRYING, next_attempt_at=now, send_alone=True, updated_at=now
+        )
+    if failed:
+        Delivery.objects.filter(pk__in=[row["id"] for row in failed]).update(
+            **changes, state=DeliveryState.FAILED, send_alone=False, updated_at=now
+        )
+    # A stale worker's real answer may be in already: it is kept (ignore_conflicts).
+    Attempt.objects.bulk_create(
+        [
+            Attempt(
+                delivery_id=row["id"],
+                number=row["attempt_count"],
+                request_method="",
+                request_url=row["subscription__url"],
+                error=LEASE_EXPIRED_ERROR,
+            )
+            for row in rows
+        ],
+        ignore_conflicts=True,
+    )
+    return failed
+
+
+def _verdict(row: dict[str, Any]) -> retry.Verdict:
+    """What an unanswered attempt means for the delivery's budget: retry, or failed once spent."""
+    schedule = row["subscription__retry_schedule"]
+    return retry.decide(
+        succeeded=False,
+        status_code=None,
+        attempt_number=row["attempt_count"],
+        schedule=schedule if schedule is not None else settings.HUB_RETRY_SCHEDULE,
+        retries_enabled=row["subscription__retry_enabled"] and not row["event__origin"].startswith("test:"),
+    ).verdict
 
 
 def endpoints_lost(*, now: datetime) -> list[int]:

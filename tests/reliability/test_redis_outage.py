@@ -135,6 +135,9 @@ def test_worker_busy_when_its_broker_dies_survives_and_delivers_after(private_re
             )
             assert worker.process.poll() is None, worker.log()[-3000:]
             assert "Unrecoverable error" not in worker.log()
+            # It tried Redis again every HUB_BROKER_RECONNECT_SECONDS (1), not on kombu's growing backoff.
+            assert "Trying again in 1.00 second" in worker.log()
+            assert "Trying again in 4.00 seconds" not in worker.log()
         finally:
             deliveries_settle()
             worker.stop()

@@ -11,6 +11,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from routing.leases import LEASE_EXPIRED_ERROR
 from routing.models import Attempt, Delivery
 from routing.pump import PumpResult, deliveries_pump
 from routing.sweeper import deliveries_sweep
@@ -106,6 +107,8 @@ def test_an_outcome_counts_only_while_the_batch_still_holds_its_delivery(subscri
     Delivery.objects.filter(pk=taken.pk).update(
         state="retrying", claim=None, lease_expires_at=None, next_attempt_at=later
     )
+    # As the sweeper charges a delivery it takes back: the attempt on the wire, unanswered.
+    Attempt.objects.create(delivery=taken, number=1, request_url=sub.url, error=LEASE_EXPIRED_ERROR)
     thread.join(timeout=30)
     assert outcome and outcome[0].verdicts == {kept.pk: "delivered"}
     assert Delivery.objects.get(pk=taken.pk).state == "retrying"

@@ -15,7 +15,7 @@ from events.services import event_build, event_insert, events_insert
 from events.validation import envelope_validate
 from routing import sql
 from routing.claim import batch_claim, subscription_read
-from routing.leases import Held, leases_renew
+from routing.leases import LEASE_EXPIRED_ERROR, Held, leases_renew
 from routing.models import (
     DELIVERY_OPEN_STATES,
     DELIVERY_UNFINISHED_STATES,
@@ -340,7 +340,7 @@ def test_recording_attempts_writes_what_bulk_create_writes_and_replaces_the_swee
     # The third changed hands: the sweeper recorded its attempt as unanswered.
     for d in (by_hand[2], by_orm[2]):
         Attempt.objects.create(
-            delivery=d, number=3, request_method="POST", request_url="https://x", error="lease ran out"
+            delivery=d, number=3, request_method="POST", request_url="https://x", error=LEASE_EXPIRED_ERROR
         )
     _attempts_record(hand_sent, kept={by_hand[0].pk, by_hand[1].pk})
     Attempt.objects.bulk_create([_attempt_orm(s) for s in orm_sent[:2]])
