@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,37 @@ def pytest_configure(config: pytest.Config) -> None:
     # Schedules of a second or two, so that live tests of pulling watch several ticks.
     os.environ["HUB_SCHEDULE_MIN_INTERVAL_SECONDS"] = "1"
     settings.HUB_SCHEDULE_MIN_INTERVAL_SECONDS = 1
+    _flush_retry_deadlocks()
+
+
+def _flush_retry_deadlocks() -> None:
+    """A transactional test's closing flush (TRUNCATE of every table) locks each partition of the
+    partitioned tables, and the session's worker (its beat sweeps) may hold some of them while
+    waiting for another: PostgreSQL breaks that deadlock by failing one side, the flush included.
+    The flush is retried (the sweep just runs again at its next beat); any other error still fails."""
+    from django.test import TransactionTestCase
+
+    teardown = TransactionTestCase._fixture_teardown
+
+    def retrying(self: TransactionTestCase) -> None:
+        for attempt in range(5):
+            try:
+                return teardown(self)
+            except Exception as exc:  # noqa: BLE001 - flush wraps the database's error in a CommandError
+                if not _deadlock(exc) or attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+
+    TransactionTestCase._fixture_teardown = retrying
+
+
+def _deadlock(exc: BaseException | None) -> bool:
+    """PostgreSQL's deadlock_detected anywhere in the chain of causes."""
+    while exc is not None:
+        if getattr(exc, "sqlstate", None) == "40P01":
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 @pytest.fixture(autouse=True)
