@@ -21,6 +21,7 @@ from requests.utils import check_header_validity, get_auth_from_url
 
 from infra import tracing
 from routing.transport.deadline import deadline_watch
+from routing.transport.kept import KeptReply
 from routing.transport.netguard import DestinationBlocked, GuardedAdapter, HostUnresolvable, session_guard
 from routing.transport.reply import NOT_JSON, reply_json, reply_text, storable
 from routing.transport.request import OutboundRequest
@@ -194,7 +195,7 @@ def deadline_error(timeout: float, status: int | None = None) -> str:
 
 def _response_get(
     session: requests.Session, request: OutboundRequest, body: bytes, timeout: float
-) -> requests.Response:
+) -> requests.Response | KeptReply:
     """What `session.request(..., allow_redirects=False, stream=True)` does, without the parts of
     requests' per-request work that a delivery session never needs: merging cookies, hooks, auth,
     params and environment settings it does not have, and preparing the same endpoint URL again.
@@ -274,7 +275,7 @@ def _url_prepared(url: str) -> str | None:
     return prepared.url
 
 
-def _read_capped(response: requests.Response, limit: int) -> tuple[bytes, bool]:
+def _read_capped(response: requests.Response | KeptReply, limit: int) -> tuple[bytes, bool]:
     """Read at most `limit` bytes. Time is the deadline's (request_send): a reply that trickles is
     cut there, however small each piece."""
     chunks: list[bytes] = []

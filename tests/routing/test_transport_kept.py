@@ -1,0 +1,114 @@
+"""The second exchange on a kept-alive connection (routing.transport.kept, http.client without
+urlopen) against requests' whole path on the same kind of connection: the same result for every way
+the endpoint answers or fails; no database."""
+
+import gzip
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from routing.transport import netguard
+from routing.transport.exchange import request_send, session_new
+from routing.transport.kept import kept_exchange
+from tests.routing.test_transport import build
+from tests.routing.test_transport_plain import outcome, whole_path_session
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+ZIPPED = gzip.compress(b'{"zipped": true}')
+
+# What the endpoint does with the second request on a connection; None: hang up without a word.
+SECOND = {
+    "json": OK,
+    "hang-up": None,
+    "short-body": b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"a"',
+    "garbage-status": b"NOT HTTP AT ALL\r\n\r\n",
+    "empty-302": b"HTTP/1.1 302 Found\r\nLocation: /else\r\nContent-Length: 0\r\n\r\n",
+    "repeated-headers": b"HTTP/1.1 503 No\r\nRetry-After: 1\r\nRetry-After: 2\r\nContent-Length: 1\r\n\r\nx",
+    "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+    "chunked-broken": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n",
+    "gzip": b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%b" % (len(ZIPPED), ZIPPED),
+    "gzip-broken": b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 5\r\n\r\nnotgz",
+    "too-large": b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000,
+    "until-close": b'HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{"b": 1}',
+}
+
+
+def _read_request(conn: socket.socket) -> bool:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return False
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+    )
+    while len(body) < length:
+        body += conn.recv(65536)
+    return True
+
+
+@pytest.fixture
+def second_fails() -> Iterator[str]:
+    """Answers a connection's first request with `{}` and its second as SECOND[path] says."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def handle(conn: socket.socket) -> None:
+        with conn:
+            if not _read_request(conn):
+                return
+            conn.sendall(OK)
+            if not _read_request(conn):
+                return
+            # The path is the second request's: read it from what the client named in the URL.
+            reply = SECOND[handle.path]  # type: ignore[attr-defined]
+            if reply is not None:
+                conn.sendall(reply)
+
+    def serve() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    handle.path = ""  # type: ignore[attr-defined]
+
+    def url(case: str) -> str:
+        handle.path = case  # type: ignore[attr-defined]
+        return f"http://127.0.0.1:{server.getsockname()[1]}/{case}"
+
+    yield url  # type: ignore[misc]
+    stop.set()
+    thread.join(timeout=2)
+    server.close()
+
+
+@pytest.mark.parametrize("case", sorted(SECOND))
+def test_a_kept_connection_answers_alike_on_both_paths(second_fails, case, monkeypatch):
+    kept_calls = []
+    monkeypatch.setattr(netguard, "kept_exchange", lambda *a, **k: kept_calls.append(1) or kept_exchange(*a, **k))
+    results = []
+    for session in (whole_path_session(), session_new()):
+        url = second_fails(case)
+        first = request_send(build(url), timeout=2, session=session)
+        assert first.succeeded, first.error
+        results.append(request_send(build(url), timeout=2, session=session, read_max_bytes=1000))
+    whole, kept = results
+    assert kept_calls == [1], "the second exchange of the short path went through urlopen"
+    assert outcome(kept) == outcome(whole)
+    assert (kept.reply, kept.response_headers, kept.retry_after) == (
+        whole.reply,
+        whole.response_headers,
+        whole.retry_after,
+    )
+    # The connection is left fit for the next exchange either way.
+    assert request_send(build(second_fails("json")), timeout=2, session=session).succeeded
