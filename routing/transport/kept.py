@@ -18,7 +18,7 @@ from typing import Any
 import requests
 from urllib3 import HTTPResponse
 from urllib3._collections import HTTPHeaderDict
-from urllib3.connection import _normalize_header_values
+from urllib3.connection import _get_default_user_agent, _normalize_header_values
 from urllib3.connectionpool import HTTPConnectionPool
 from urllib3.exceptions import DecodeError, IncompleteRead, ProtocolError, ReadTimeoutError, SSLError
 from urllib3.util import SKIP_HEADER
@@ -61,10 +61,13 @@ def kept_exchange(
             keys = {k.lower() for k in headers}
             conn.putrequest(method, path, skip_accept_encoding="accept-encoding" in keys, skip_host="host" in keys)
             if "user-agent" not in keys:
-                conn.putheader("User-Agent", requests.utils.default_user_agent())
+                conn.putheader("User-Agent", _get_default_user_agent())
             for name, value in headers.items():
                 _HTTPConnection.putheader(conn, name, value)
-            conn.endheaders(body)
+            # Head and body in one write (KeptConnectionMixin.send): one loopback or network
+            # round of the kernel's, not two.
+            conn.kept_body = body
+            conn.endheaders()
         except BrokenPipeError:
             # As urllib3: the endpoint may have answered and closed; its reply is still readable.
             pass
@@ -77,6 +80,7 @@ def kept_exchange(
             pool._raise_timeout(err=e, url=path, timeout_value=timeout)
             raise
     except (ReadTimeoutError, http.client.HTTPException, OSError, BaseSSLError) as e:
+        conn.kept_body = None
         conn.close()
         pool._put_conn(None)
         # urlopen's except clause: the same wrapping, then Retry(0, read=False) raises it.
@@ -88,11 +92,23 @@ def kept_exchange(
         retries.increment(method, path, error=new_e, _pool=pool, _stacktrace=sys.exc_info()[2])
         raise  # increment raises for every error with read=False; this is for the type checker
     except BaseException:
+        conn.kept_body = None
         # A header http.client refuses (ValueError) and the like: urlopen discards the connection.
         conn.close()
         pool._put_conn(None)
         raise
     return KeptReply(pool, conn, raw, method, path)
+
+
+class KeptConnectionMixin:
+    """For the guarded connection classes: http.client writes the head, then the body; with
+    `kept_body` set, the body goes out in the head's write."""
+
+    kept_body: bytes | None = None
+
+    def send(self, data: Any) -> None:
+        body, self.kept_body = self.kept_body, None
+        super().send(data + body if body is not None else data)  # type: ignore[misc]
 
 
 class KeptReply:

@@ -34,7 +34,7 @@ from urllib3.exceptions import SSLError as Urllib3SSLError
 from urllib3.util.url import _encode_target
 
 from routing.transport.deadline import DeadlineConnectionMixin
-from routing.transport.kept import KeptReply, kept_exchange, kept_usable
+from routing.transport.kept import KeptConnectionMixin, KeptReply, kept_exchange, kept_usable
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -243,7 +243,7 @@ class GuardedAdapter(HTTPAdapter):
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         attrs = {"guard_allow_private": staticmethod(self.guard_allow_private)}
-        bases = (_GuardedConnectionMixin, DeadlineConnectionMixin)
+        bases = (_GuardedConnectionMixin, DeadlineConnectionMixin, KeptConnectionMixin)
         http_conn = type("GuardedHTTPConnection", (*bases, HTTPConnection), attrs)
         https_conn = type("GuardedHTTPSConnection", (*bases, HTTPSConnection), attrs)
         self.poolmanager.pool_classes_by_scheme = {

@@ -18,10 +18,12 @@ from tests.routing.test_transport_plain import outcome, whole_path_session
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 ZIPPED = gzip.compress(b'{"zipped": true}')
 
-# What the endpoint does with the second request on a connection; None: hang up without a word.
+# What the endpoint does with the second request on a connection; None: hang up without a word,
+# b"": say nothing until the client gives up.
 SECOND = {
     "json": OK,
     "hang-up": None,
+    "silent": b"",
     "short-body": b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"a"',
     "garbage-status": b"NOT HTTP AT ALL\r\n\r\n",
     "empty-302": b"HTTP/1.1 302 Found\r\nLocation: /else\r\nContent-Length: 0\r\n\r\n",
@@ -33,6 +35,9 @@ SECOND = {
     "too-large": b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000,
     "until-close": b'HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{"b": 1}',
 }
+
+# Replies the endpoint sends and then hangs up on, mid-body.
+HANGS_UP_AFTER = {"short-body", "chunked-broken"}
 
 
 def _read_request(conn: socket.socket) -> bool:
@@ -53,21 +58,25 @@ def _read_request(conn: socket.socket) -> bool:
 
 @pytest.fixture
 def second_fails() -> Iterator[str]:
-    """Answers a connection's first request with `{}` and its second as SECOND[path] says."""
+    """Answers a connection's second request as SECOND[path] says, the others with `{}`."""
     server = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()
 
     def handle(conn: socket.socket) -> None:
+        # The path is the second request's: the test names it before each request (url below).
         with conn:
-            if not _read_request(conn):
-                return
-            conn.sendall(OK)
-            if not _read_request(conn):
-                return
-            # The path is the second request's: read it from what the client named in the URL.
-            reply = SECOND[handle.path]  # type: ignore[attr-defined]
-            if reply is not None:
+            served = 0
+            while _read_request(conn):
+                reply = SECOND[handle.path] if served == 1 else OK  # type: ignore[attr-defined]
+                if reply is None:
+                    return
+                if not reply:
+                    conn.recv(1)  # no answer: wait for the client to give up
+                    return
                 conn.sendall(reply)
+                if b"Connection: close" in reply or (served == 1 and handle.path in HANGS_UP_AFTER):  # type: ignore[attr-defined]
+                    return
+                served += 1
 
     def serve() -> None:
         server.settimeout(0.2)
@@ -101,7 +110,7 @@ def test_a_kept_connection_answers_alike_on_both_paths(second_fails, case, monke
         url = second_fails(case)
         first = request_send(build(url), timeout=2, session=session)
         assert first.succeeded, first.error
-        results.append(request_send(build(url), timeout=2, session=session, read_max_bytes=1000))
+        results.append(request_send(build(url), timeout=1, session=session, read_max_bytes=1000))
     whole, kept = results
     assert kept_calls == [1], "the second exchange of the short path went through urlopen"
     assert outcome(kept) == outcome(whole)
