@@ -226,7 +226,15 @@ def _response_get(
     for key, value in (*session.headers.items(), *request.headers.items()):
         merged[key.lower()] = (key, value)
     for item in merged.values():
+        # Most of a delivery's headers are the same each time (only the signature's three change):
+        # a (name, value) found valid once is valid again.
+        if type(item[1]) is str and item in _HEADERS_VALID:
+            continue
         check_header_validity(item)
+        if type(item[1]) is str:
+            if len(_HEADERS_VALID) >= 4096:
+                _HEADERS_VALID.clear()
+            _HEADERS_VALID.add(item)
     merged["content-length"] = ("Content-Length", str(len(body)))
     wire = dict(merged.values())
     prepared = requests.PreparedRequest()
@@ -247,6 +255,10 @@ def _response_get(
         # none, so a load balancer's cookie on every reply costs nothing to read.
         extract_cookies_to_jar(session.cookies, prepared, response.raw)
     return response
+
+
+# Header lines check_header_validity passed (bounded: cleared when full).
+_HEADERS_VALID: set[tuple[str, str]] = set()
 
 
 def _session_plain(session: requests.Session) -> bool:
