@@ -21,6 +21,7 @@ from requests.utils import check_header_validity, get_auth_from_url
 
 from infra import tracing
 from routing.transport.deadline import deadline_watch
+from routing.transport.kept import KeptReply
 from routing.transport.netguard import DestinationBlocked, GuardedAdapter, HostUnresolvable, session_guard
 from routing.transport.reply import NOT_JSON, reply_json, reply_text, storable
 from routing.transport.request import OutboundRequest
@@ -194,7 +195,7 @@ def deadline_error(timeout: float, status: int | None = None) -> str:
 
 def _response_get(
     session: requests.Session, request: OutboundRequest, body: bytes, timeout: float
-) -> requests.Response:
+) -> requests.Response | KeptReply:
     """What `session.request(..., allow_redirects=False, stream=True)` does, without the parts of
     requests' per-request work that a delivery session never needs: merging cookies, hooks, auth,
     params and environment settings it does not have, and preparing the same endpoint URL again.
@@ -225,7 +226,15 @@ def _response_get(
     for key, value in (*session.headers.items(), *request.headers.items()):
         merged[key.lower()] = (key, value)
     for item in merged.values():
+        # Most of a delivery's headers are the same each time (only the signature's three change):
+        # a (name, value) found valid once is valid again.
+        if type(item[1]) is str and item in _HEADERS_VALID:
+            continue
         check_header_validity(item)
+        if type(item[1]) is str:
+            if len(_HEADERS_VALID) >= 4096:
+                _HEADERS_VALID.clear()
+            _HEADERS_VALID.add(item)
     merged["content-length"] = ("Content-Length", str(len(body)))
     wire = dict(merged.values())
     prepared = requests.PreparedRequest()
@@ -246,6 +255,10 @@ def _response_get(
         # none, so a load balancer's cookie on every reply costs nothing to read.
         extract_cookies_to_jar(session.cookies, prepared, response.raw)
     return response
+
+
+# Header lines check_header_validity passed (bounded: cleared when full).
+_HEADERS_VALID: set[tuple[str, str]] = set()
 
 
 def _session_plain(session: requests.Session) -> bool:
@@ -274,7 +287,7 @@ def _url_prepared(url: str) -> str | None:
     return prepared.url
 
 
-def _read_capped(response: requests.Response, limit: int) -> tuple[bytes, bool]:
+def _read_capped(response: requests.Response | KeptReply, limit: int) -> tuple[bytes, bool]:
     """Read at most `limit` bytes. Time is the deadline's (request_send): a reply that trickles is
     cut there, however small each piece."""
     chunks: list[bytes] = []

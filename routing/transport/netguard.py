@@ -31,8 +31,10 @@ from urllib3.exceptions import HTTPError as Urllib3HTTPError
 from urllib3.exceptions import InvalidHeader as Urllib3InvalidHeader
 from urllib3.exceptions import ProxyError as Urllib3ProxyError
 from urllib3.exceptions import SSLError as Urllib3SSLError
+from urllib3.util.url import _encode_target
 
 from routing.transport.deadline import DeadlineConnectionMixin
+from routing.transport.kept import KeptConnectionMixin, KeptReply, kept_exchange, kept_usable
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -241,7 +243,7 @@ class GuardedAdapter(HTTPAdapter):
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         attrs = {"guard_allow_private": staticmethod(self.guard_allow_private)}
-        bases = (_GuardedConnectionMixin, DeadlineConnectionMixin)
+        bases = (_GuardedConnectionMixin, DeadlineConnectionMixin, KeptConnectionMixin)
         http_conn = type("GuardedHTTPConnection", (*bases, HTTPConnection), attrs)
         https_conn = type("GuardedHTTPSConnection", (*bases, HTTPSConnection), attrs)
         self.poolmanager.pool_classes_by_scheme = {
@@ -286,13 +288,15 @@ class GuardedAdapter(HTTPAdapter):
         verify: Any = True,
         cert: Any = None,
         headers: Mapping[str, str] | None = None,
-    ) -> requests.Response:
+    ) -> requests.Response | KeptReply:
         """What `send(request, stream=True, timeout=timeout, verify=verify, cert=cert, proxies={})`
         does, with less work per request: the URL's connection pool and path are looked up once,
-        not parsed again each time. The same guard (credentials, every new connection resolved and
-        checked), the same urllib3 call with the same arguments, requests' exceptions for urllib3's
-        as HTTPAdapter.send raises them, and its Response. `headers`: request.headers as a plain
-        dict in the same order, which urllib3 reads faster."""
+        not parsed again each time, and an open keep-alive connection is used by http.client itself
+        (routing.transport.kept), which returns a KeptReply in place of a Response. The same guard
+        (credentials, every new connection resolved and checked), the same urllib3 call with the
+        same arguments for a new connection, requests' exceptions for urllib3's as HTTPAdapter.send
+        raises them. `headers`: request.headers as a plain dict in the same order, which urllib3
+        reads faster."""
         url = request.url or ""
         if url_has_credentials(url):
             raise CredentialsInUrl(
@@ -319,7 +323,7 @@ class GuardedAdapter(HTTPAdapter):
         verify: Any,
         cert: Any,
         headers: Mapping[str, str],
-    ) -> requests.Response:
+    ) -> requests.Response | KeptReply:
         key = (url, verify, cert)
         pool = self._plain_pools.get(key)
         if pool is None or pool.pool is None:
@@ -333,6 +337,22 @@ class GuardedAdapter(HTTPAdapter):
         self.cert_verify(pool, url, verify, cert)
         # HTTPAdapter.send's except clauses, in its order: the same exception for the same failure.
         try:
+            conn = pool._get_conn() if kept_usable(headers) else None
+            if conn is not None and conn.sock is not None:
+                # An open keep-alive connection: the exchange without urlopen (routing.transport.kept).
+                return kept_exchange(
+                    pool,
+                    conn,
+                    method=request.method or "",
+                    path=_target(url),
+                    headers=headers,
+                    body=request.body,  # type: ignore[arg-type]
+                    timeout=timeout,
+                    retries=self.max_retries,
+                )
+            if conn is not None:
+                # A new (or dropped) connection: urlopen takes it from the pool again and connects it.
+                pool._put_conn(conn)
             response = pool.urlopen(
                 method=request.method,
                 url=_path_url(url),
@@ -392,6 +412,12 @@ def _path_url(url: str) -> str:
     """requests' PreparedRequest.path_url of a prepared URL: its path (at least `/`) and query."""
     parts = urlsplit(url)
     return (parts.path or "/") + ("?" + parts.query if parts.query else "")
+
+
+@functools.lru_cache(maxsize=1024)
+def _target(url: str) -> str:
+    """The request target urlopen writes for _path_url(url)."""
+    return _encode_target(_path_url(url))
 
 
 def _no_redirect_target(response: requests.Response) -> None:

@@ -4,6 +4,7 @@ early returns, the cached charset and signer) against what the longer paths give
 import socket
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from urllib.parse import quote
 
 import pytest
@@ -140,3 +141,17 @@ def test_signatures_from_the_kept_signer_verify_with_each_secret():
         headers = signature_headers(body='{"a":1}', webhook_id="evt-9", secrets=(SECRET, previous))
         Webhook(SECRET).verify('{"a":1}', headers)
         Webhook(previous).verify('{"a":1}', headers)
+
+
+def test_a_header_requests_refuses_is_refused_alike_every_time(subscriber):
+    """The short path remembers header lines found valid, never invalid ones: a value requests
+    refuses fails each attempt as requests' whole path fails it, and nothing is sent."""
+    good = build(subscriber.url("/h"))
+    bad = replace(good, headers={**good.headers, "X-Hub-Store": " leading space"})
+    for _ in range(2):
+        assert request_send(good, timeout=2, session=session_new()).succeeded
+        whole = request_send(bad, timeout=2, session=whole_path_session())
+        short = request_send(bad, timeout=2, session=session_new())
+        assert short.error.startswith("request failed: Invalid leading whitespace"), short.error
+        assert outcome(short) == outcome(whole)
+    assert len(subscriber.received("/h")) == 2
