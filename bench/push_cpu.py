@@ -1,0 +1,127 @@
+"""A routed push's CPU in one web process, without HTTP or load: `python -m bench.push_cpu [N] [--profile OUT]`.
+
+Calls the WSGI application directly with the single-ingest phase's body (the seed, a unique
+message_id and order number each) against a store and one subscription that wants it, as the
+bench's hub side does, on the DATABASE_URL and REDIS_URL of the environment (production shape:
+PostgreSQL, Redis cache and broker, multiprocess metrics). No worker runs, so each push finds its
+endpoint's wake-up pending, as in the bench. Prints the process CPU per push (time.process_time),
+median of `--rounds` rounds (5); with --profile, writes a cProfile of one more round to OUT.
+
+On a shared machine CPU time moves with the load; instructions do not. Under valgrind, a run of
+N pushes less a run of none is the instructions of N pushes:
+  valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null \
+    python -m bench.push_cpu N --rounds 1      (and again with 0)
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.plan import SEED
+
+
+def _environ(body: bytes, token: str) -> dict[str, Any]:
+    return {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/events",
+        "SCRIPT_NAME": "",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(len(body)),
+        "HTTP_AUTHORIZATION": f"Bearer {token}",
+        "HTTP_HOST": "127.0.0.1:8000",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+        "wsgi.version": (1, 0),
+    }
+
+
+def main(argv: list[str]) -> None:
+    count = int(argv[0]) if argv and argv[0].isdigit() else 500
+    profile_to = argv[argv.index("--profile") + 1] if "--profile" in argv else None
+    rounds_count = int(argv[argv.index("--rounds") + 1]) if "--rounds" in argv else 5
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "integrator.settings")
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="push-cpu-"))
+    os.environ.setdefault("HUB_RATE_LIMIT_WRITE", "100000000/second")
+    os.environ["LOG_LEVEL"] = os.environ.get("LOG_LEVEL", "INFO")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0, interactive=False)
+    from django.core.wsgi import get_wsgi_application
+
+    from events.models import Store
+    from routing.models import Subscription
+
+    app = get_wsgi_application()
+    tag = f"cpu{os.getpid()}"
+    store = Store(name=f"push-cpu-{tag}")
+    token = store.token_set_new()
+    store.save()
+    Subscription.objects.filter(name="push-cpu").delete()
+    subscription = Subscription.objects.create(
+        name="push-cpu", url="http://127.0.0.1:9/push-cpu", message_types=["order:new"], max_in_flight=4
+    )
+    seed = json.loads(Path(SEED).read_text())
+    number = seed["payload"]["order"]["number"]
+    spaced = json.dumps(seed).encode()
+    at = spaced.index(b'"number": "%s"' % number.encode()) + len(b'"number": "')
+    head, tail = spaced[1:at], spaced[at + len(number) :]
+    serial = iter(range(10**9))
+
+    def push() -> None:
+        n = next(serial)
+        body = b'{"message_id": "%s-%d", ' % (tag.encode(), n) + head + b"R%s-%d" % (tag.encode(), n) + tail
+        statuses: list[str] = []
+        chunks = app(_environ(body, token), lambda status, headers, *_: statuses.append(status))
+        b"".join(chunks)
+        getattr(chunks, "close", lambda: None)()
+        if not statuses[0].startswith("202"):
+            raise SystemExit(f"push answered {statuses[0]}: {b''.join(chunks)!r}")
+
+    try:
+        for _ in range(100):  # warm: caches, prepared statements, connections
+            push()
+        rounds = []
+        for _ in range(rounds_count):
+            started = time.process_time()
+            for _ in range(count):
+                push()
+            rounds.append((time.process_time() - started) / max(count, 1) * 1e6)
+        each = ", ".join(f"{r:.0f}" for r in rounds)
+        print(f"CPU per push: {statistics.median(rounds or [0]):.0f} µs (rounds: {each})")
+        if profile_to:
+            profiler = cProfile.Profile(time.process_time)  # CPU, not waits on PostgreSQL or Redis
+            profiler.enable()
+            for _ in range(count):
+                push()
+            profiler.disable()
+            profiler.dump_stats(profile_to)
+    finally:
+        from routing.models import Delivery
+
+        Delivery.objects.filter(subscription=subscription).delete()
+        subscription.delete()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
