@@ -23,9 +23,10 @@ class SweepResult:
     enqueued: int
 
 
-def deliveries_sweep() -> SweepResult:
-    """Take back expired leases and wake endpoints whose message was lost; a message too many costs a look."""
-    now = timezone.now()
+def deliveries_sweep(*, now: datetime | None = None) -> SweepResult:
+    """Take back expired leases and wake endpoints whose message was lost; a message too many costs a look.
+    `now`: the time the sweep takes for now (tests: a sweep as it would run later)."""
+    now = now or timezone.now()
     reclaimed = 0
     # Endpoints of reclaimed deliveries, due again at once and with no message on the way.
     woken: list[int] = []
