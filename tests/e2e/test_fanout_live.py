@@ -17,14 +17,6 @@ from tests.live import Reply, wait_until
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
-@pytest.fixture(autouse=True)
-def _postgresql_only() -> None:
-    from django.db import connection
-
-    if connection.vendor != "postgresql":
-        pytest.skip("the fan-out is off on the embedded SQLite (HUB_FANOUT_MAX_ENDPOINTS defaults to 0 there)")
-
-
 def push(api, body: dict) -> Event:
     response = api.post("/events", body, format="json")
     assert response.status_code == 202, response.content
