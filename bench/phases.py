@@ -592,6 +592,47 @@ class Bench:
         self.deliveries_settled()
         Subscription.objects.update(is_enabled=False)
 
+    def batch_fanout(self) -> None:
+        """A small batch to many endpoints (2 events to the fan-out's subscriptions): ms from the POST
+        to the last arrival, p50, next to the same requests straight to the subscriber."""
+        from routing.models import Subscription
+
+        count, size = self.plan.fanout_subscriptions, 2
+        log(f"batch fan-out: {size} events to {count} subscriptions, {self.plan.fanout_events} times")
+        Subscription.objects.update(is_enabled=False)
+        for index in range(count):
+            self.subscription(f"bench-batchfan-{index}", f"/bf/{index}")
+        self.routing_settle()
+        signed_like = self.envelope("direct", 0)
+        baseline_times = []
+        for _ in range(self.plan.fanout_events):
+            started = time.perf_counter()
+            asyncio.run(self._burst(count * size, signed_like))
+            baseline_times.append(time.perf_counter() - started)
+        times = []
+        for number in range(self.plan.fanout_events):
+            self.subscriber_reset()
+            wall = time.time()
+            body = self.batch("batchfan", size=size)(number)[1]
+            response = asyncio.run(self._post(self.web_port, "/events/batch", body, self.headers))
+            assert response.status == 200, response.body
+            wait_for(lambda: self.subscriber_stats()["count"] >= count * size, 60, "batch fan-out deliveries", 0.01)
+            times.append(max(self.subscriber_stats()["received"].values()) - wall)
+        hub_ms = load.LoadResult(latencies=times).percentile(50)
+        base_ms = load.LoadResult(latencies=baseline_times).percentile(50)
+        self.add(
+            "batch_fanout_ms",
+            f"Batch of {size} events to {count} subscriptions, p50 (ms to last)",
+            hub_ms,
+            "ms",
+            base_ms,
+            f"{count * size} direct sends",
+            "",
+            None,
+        )
+        self.deliveries_settled()
+        Subscription.objects.update(is_enabled=False)
+
     async def _burst(self, count: int, body: bytes) -> None:
         remaining = count
 
@@ -785,15 +826,16 @@ class Bench:
             "delivery": self.delivery,
             "e2e": self.e2e,
             "fanout": self.fanout,
+            "batchfan": self.batch_fanout,
             "chain": self.chain,
             "stall": self.stall,
             "stored": self.stored,
             "memory": self.memory,
             "pulls": lambda: pulls(self),
         }
-        # e2e, fan-out, chain and stall need the worker and subscription the delivery phase starts; stored
-        # compares with the bare baseline of the ingest phase.
-        if only & {"e2e", "fanout", "chain", "stall"}:
+        # e2e, fan-out, batch fan-out, chain and stall need the worker and subscription the delivery
+        # phase starts; stored compares with the bare baseline of the ingest phase.
+        if only & {"e2e", "fanout", "batchfan", "chain", "stall"}:
             only.add("delivery")
         if "stored" in only:
             only.add("ingest")

@@ -244,11 +244,8 @@ HUB_DELIVERY_PUMP_SECONDS = _env_float("HUB_DELIVERY_PUMP_SECONDS", 5)
 HUB_PUMP_COALESCE_SECONDS = _env_float("HUB_PUMP_COALESCE_SECONDS", 2)
 # A new event's deliveries to several endpoints go out in one message whose worker sends them at
 # once (routing.fanout), this many endpoints to a message (and threads to a worker process at
-# most); below 2 = a pump message per endpoint, as for one endpoint. Off by default on the embedded
-# SQLite, which takes one writer at a time (and where a fan-out's leases were seen reclaimed early).
-HUB_FANOUT_MAX_ENDPOINTS = _env_int(
-    "HUB_FANOUT_MAX_ENDPOINTS", 32 if DATABASES["default"]["ENGINE"].endswith("postgresql") else 0
-)
+# most); below 2 = a pump message per endpoint, as for one endpoint.
+HUB_FANOUT_MAX_ENDPOINTS = _env_int("HUB_FANOUT_MAX_ENDPOINTS", 32)
 # Short and renewed while the batch is sent (routing.leases): a dead worker's deliveries and
 # in-flight slots free this long after its last renewal.
 HUB_LEASE_SECONDS = _env_float("HUB_LEASE_SECONDS", 6)

@@ -98,8 +98,9 @@ def fanout_claim(delivery_ids: list[int]) -> list[Batch]:
         return []
     now = timezone.now()
     token = secrets.randbits(62) + 1
-    # No lease may outlive its hold limit, which is at least the margin (lease_seconds).
-    lease = now + timedelta(seconds=min(settings.HUB_LEASE_SECONDS, settings.HUB_DELIVERY_LEASE_MARGIN_SECONDS))
+    # A whole HUB_LEASE_SECONDS, the lease the heartbeat's rounds are paced for (a quarter of it):
+    # a shorter one (the margin was) can run out before its first round and be swept mid-request.
+    lease = now + timedelta(seconds=settings.HUB_LEASE_SECONDS)
     at = connection.ops.adapt_datetimefield_value(now)
     default = settings.HUB_SUBSCRIPTION_MAX_IN_FLIGHT
     head: list[Any] = [connection.ops.adapt_datetimefield_value(lease), token, at]
@@ -127,7 +128,9 @@ def fanout_claim(delivery_ids: list[int]) -> list[Batch]:
     batches: list[Batch] = []
     for delivery in deliveries:
         sub = delivery.subscription
-        hold_until = now + timedelta(seconds=lease_seconds(sub, budget=budget))
+        # Never short of the first lease: the pump's lease is the hold limit itself when that is
+        # shorter, which one statement for several endpoints cannot write.
+        hold_until = max(now + timedelta(seconds=lease_seconds(sub, budget=budget)), lease)
         batches.append(Batch(subscription=sub, claim=token + sub.pk, deliveries=[delivery], hold_until=hold_until))
     return batches
 

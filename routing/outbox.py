@@ -36,7 +36,7 @@ from routing.subscriptions import (
     subscriptions_enabled_for_routing,
     subscriptions_for_event,
 )
-from routing.wakeup import deliveries_wake, pumps_enqueue
+from routing.wakeup import batch_wake, deliveries_wake, pumps_enqueue
 
 
 def event_accept(
@@ -267,8 +267,9 @@ def _batch_write(
     ]
     if deliveries:
         _deliveries_insert(deliveries)
-        endpoints = [d.subscription_id for d in deliveries]
-        transaction.on_commit(lambda: pumps_enqueue(endpoints, coalesce=True))
+        # A pump message per endpoint, or a fan-out per event when the events are few for them.
+        woken = [(d.event_id, d.pk, d.subscription_id) for d in deliveries]
+        transaction.on_commit(lambda: batch_wake(woken))
     stored = {id(result.event) for result in results if result.created}
     Notification.objects.bulk_create([note for note in notes if id(note.event) in stored])
     return results

@@ -33,9 +33,10 @@ class SweepResult:
     unsent: int = 0
 
 
-def deliveries_sweep() -> SweepResult:
-    """Take back expired leases and wake endpoints whose message was lost; a message too many costs a look."""
-    now = timezone.now()
+def deliveries_sweep(*, now: datetime | None = None) -> SweepResult:
+    """Take back expired leases and wake endpoints whose message was lost; a message too many costs a look.
+    `now`: the time the sweep takes for now (tests: a sweep as it would run later)."""
+    now = now or timezone.now()
     reclaimed, unsent, woken = leases_reclaim(now=now)
     published = pumps_enqueue([*woken, *endpoints_lost(now=now)])
     if reclaimed or published:

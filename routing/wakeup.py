@@ -1,5 +1,5 @@
 """Waking the workers: one broker message per endpoint with deliveries due, or one for a new event's
-deliveries to several endpoints.
+deliveries to several endpoints (a batch's events too, when few for their endpoints: batch_wake).
 
 A pump message names a subscription, not a delivery: the worker that takes it sends that endpoint's due
 deliveries until none is left (routing.pump). A fan-out message names the deliveries of one event
@@ -108,24 +108,63 @@ def deliveries_wake(deliveries: Sequence[tuple[int, int]]) -> list[tuple[str, li
         return [(PUMP_TASK, [i]) for i in pumps_enqueue(endpoints, coalesce=True)]
     if time.monotonic() < _broker_down_until[0]:
         return []
-    if settings.HUB_PUMP_COALESCE_SECONDS > 0:
-        endpoints = _newly_pending(endpoints)
-    wanted = set(endpoints)
-    named = [d for d, s in deliveries if s in wanted]
-    # As few messages as the limit allows, as even as can be: each is a worker process's.
-    parts = -(-len(named) // size)
-    chunks = [named[part * len(named) // parts : (part + 1) * len(named) // parts] for part in range(parts)]
+    wanted = set(_newly_pending(endpoints) if settings.HUB_PUMP_COALESCE_SECONDS > 0 else endpoints)
+    return _messages_publish(_event_messages([d for d in deliveries if d[1] in wanted]))
+
+
+def batch_wake(deliveries: Sequence[tuple[int, int, int]]) -> list[tuple[str, list[Any]]]:
+    """New deliveries of several events (a batch, or pushes committed together), (event, delivery,
+    endpoint) triples, once committed. A pump sends all of its endpoint's deliveries of the batch
+    on one claim and one commit, a fan-out one event's on one claim and one commit: so a pump
+    message per endpoint, unless the events are at most half as many as the endpoints, when each
+    event's deliveries go out as deliveries_wake sends them (measured: a fan-out per event took
+    0.7-0.9x the pumps' CPU for 2-3 events to 5-10 endpoints, the same at 10 to 20, 1.3-2.4x from
+    4 to 5 on). Each endpoint is marked pending once; one with a message waiting gets none."""
+    by_event: dict[int, list[tuple[int, int]]] = {}
+    for event_id, delivery_id, subscription_id in deliveries:
+        by_event.setdefault(event_id, []).append((delivery_id, subscription_id))
+    endpoints = list(dict.fromkeys(s for _, _, s in deliveries))
+    if settings.HUB_FANOUT_MAX_ENDPOINTS < 2 or 2 * len(by_event) > len(endpoints):
+        return [(PUMP_TASK, [i]) for i in pumps_enqueue(endpoints, coalesce=True)]
+    if time.monotonic() < _broker_down_until[0]:
+        return []
+    wanted = set(_newly_pending(endpoints) if settings.HUB_PUMP_COALESCE_SECONDS > 0 else endpoints)
     messages: list[tuple[str, list[Any]]] = []
-    at = 0
-    for chunk in chunks:
-        # The endpoints too: the task clears their marks before it looks.
-        named_endpoints = endpoints[at : at + len(chunk)]
-        task, args = (PUMP_TASK, named_endpoints) if len(chunk) == 1 else (FANOUT_TASK, [chunk, named_endpoints])
-        if not _publish(task, args, unpublished=endpoints[at:]):
+    for pairs in by_event.values():
+        for message in _event_messages([d for d in pairs if d[1] in wanted]):
+            # An endpoint that has its pump's message already needs no second one.
+            if message[0] != PUMP_TASK or message not in messages:
+                messages.append(message)
+    return _messages_publish(messages)
+
+
+def _event_messages(deliveries: list[tuple[int, int]]) -> list[tuple[str, list[Any]]]:
+    """One event's deliveries, (delivery, endpoint) pairs: as few fan-out messages as
+    HUB_FANOUT_MAX_ENDPOINTS allows, as even as can be (each is a worker process's); a share of one
+    is its endpoint's pump message."""
+    if not deliveries:
+        return []
+    size = max(settings.HUB_FANOUT_MAX_ENDPOINTS, 1)
+    count = len(deliveries)
+    parts = -(-count // size)
+    chunks = [deliveries[part * count // parts : (part + 1) * count // parts] for part in range(parts)]
+    # The endpoints too: the task clears their marks before it looks.
+    return [
+        (PUMP_TASK, [chunk[0][1]]) if len(chunk) == 1 else (FANOUT_TASK, [[d for d, _ in chunk], [s for _, s in chunk]])
+        for chunk in chunks
+    ]
+
+
+def _messages_publish(messages: list[tuple[str, list[Any]]]) -> list[tuple[str, list[Any]]]:
+    """Publish in order until the broker fails; those published. On a failure the endpoints of the
+    rest have their marks cleared (_publish)."""
+    published: list[tuple[str, list[Any]]] = []
+    for at, (task, args) in enumerate(messages):
+        rest = [s for t, a in messages[at:] for s in (a if t == PUMP_TASK else a[1])]
+        if not _publish(task, args, unpublished=list(dict.fromkeys(rest))):
             break
-        messages.append((task, args))
-        at += len(chunk)
-    return messages
+        published.append((task, args))
+    return published
 
 
 def _publish(task: str, args: list[Any], *, unpublished: Sequence[int]) -> bool:

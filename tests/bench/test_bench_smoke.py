@@ -28,6 +28,7 @@ FIGURES = {
     "e2e_light_p50",
     "e2e_light_p99",
     "fanout_ms",
+    "batch_fanout_ms",
     "chain_first",
     "chain_last",
     "stall_other",

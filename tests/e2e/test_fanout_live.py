@@ -17,14 +17,6 @@ from tests.live import Reply, wait_until
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
-@pytest.fixture(autouse=True)
-def _postgresql_only() -> None:
-    from django.db import connection
-
-    if connection.vendor != "postgresql":
-        pytest.skip("the fan-out is off on the embedded SQLite (HUB_FANOUT_MAX_ENDPOINTS defaults to 0 there)")
-
-
 def push(api, body: dict) -> Event:
     response = api.post("/events", body, format="json")
     assert response.status_code == 202, response.content
@@ -113,3 +105,31 @@ def test_a_failing_endpoint_among_them_is_retried_by_its_pump(worker, subscriber
     assert lines[(good_delivery.pk, 1)].get("fan_out")
     assert lines[(flaky_delivery.pk, 1)].get("fan_out")
     assert lines[(flaky_delivery.pk, 2)]["name"] == "routing.pump"
+
+
+def test_a_batch_of_few_events_for_many_endpoints_is_a_fan_out_per_event(worker, subscriber, api):
+    subs = [SubscriptionFactory(url=subscriber.url(f"/batch/{n}"), message_types=["order:*"]) for n in range(5)]
+    since = len(worker.log())
+    response = api.post(
+        "/events/batch",
+        [{"message": "order:new", "payload": {"order": {"number": f"FB{n}"}}} for n in range(2)],
+        format="json",
+    )
+    assert response.status_code == 200 and response.json()["accepted"] == 2, response.content
+    events = list(Event.objects.filter(uid__in=[item["event_id"] for item in response.json()["results"]]))
+
+    def delivered() -> bool:
+        return set(Delivery.objects.filter(event__in=events).values_list("state", flat=True)) == {"delivered"}
+
+    wait_until(delivered, 30, message="every delivery delivered")
+    assert all(len(subscriber.received(f"/batch/{n}")) == 2 for n in range(5))
+    assert Attempt.objects.filter(delivery__event__in=events).count() == 10
+    # A task per event, naming its deliveries to the five endpoints. (The first to finish wakes the
+    # pumps of its endpoints if the other event's deliveries are still due there, as a pump claims
+    # again after its commit: either sends them, once.)
+    lines = worker_lines(worker, since)
+    expected = sorted(
+        [sorted(Delivery.objects.filter(event=event).values_list("pk", flat=True)), [s.pk for s in subs]]
+        for event in events
+    )
+    assert sorted(tasks_received(lines, "routing.deliveries_fan_out")) == expected

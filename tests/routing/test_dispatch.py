@@ -125,3 +125,32 @@ def test_a_fan_out_wider_than_the_limit_is_split_evenly_and_off_is_a_pump_each(u
     settings.HUB_FANOUT_MAX_ENDPOINTS = 0
     assert deliveries_wake(pairs) == [(PUMP_TASK, [endpoint]) for endpoint in endpoints]
     pumps_started(endpoints)
+
+
+def test_a_batch_of_few_events_for_its_endpoints_is_a_fan_out_each_else_a_pump_each(unconsumed_queue, settings):
+    from routing.wakeup import FANOUT_TASK, PUMP_TASK, batch_wake, pumps_started
+
+    settings.HUB_PUMP_COALESCE_SECONDS = 60
+    settings.HUB_FANOUT_MAX_ENDPOINTS = 32
+    waiting, *e = [10**9 + 40 + n for n in range(9)]
+    assert pumps_enqueue([waiting], coalesce=True) == [waiting]
+    # Four events for nine endpoints: a message each, but none for the endpoint whose message
+    # waits, and one pump message for an endpoint two events go to alone.
+    first = [(1, 11, waiting), (1, 12, e[0]), (1, 13, e[1])]
+    second = [(2, 20 + n, e[2 + n]) for n in range(6)]
+    assert batch_wake([*first, *second, (3, 31, e[7]), (4, 41, e[7])]) == [
+        (FANOUT_TASK, [[12, 13], e[:2]]),
+        (FANOUT_TASK, [[20, 21, 22, 23, 24, 25], e[2:8]]),
+        (PUMP_TASK, [e[7]]),
+    ]
+    # Their marks stand until their tasks start: a batch meanwhile publishes nothing.
+    assert batch_wake([(5, 51, e[0]), (5, 52, e[1])]) == []
+    pumps_started([waiting, *e])
+    # More than half as many events as endpoints: each endpoint's pump sends all of its share.
+    many = [(event, event * 10 + n, e[n]) for event in range(6, 10) for n in range(3)]
+    assert batch_wake(many) == [(PUMP_TASK, [endpoint]) for endpoint in e[:3]]
+    pumps_started(e)
+    # Off: a pump message each, whatever the shape.
+    settings.HUB_FANOUT_MAX_ENDPOINTS = 0
+    assert batch_wake(second) == [(PUMP_TASK, [endpoint]) for endpoint in e[2:8]]
+    pumps_started(e)

@@ -15,8 +15,10 @@ from standardwebhooks.webhooks import Webhook
 
 from events.models import Event
 from routing.fanout import deliveries_fan_out, fanout_claim
+from routing.leases import renew_interval
 from routing.models import Attempt, Delivery, DeliveryState
 from routing.pump import deliveries_pump
+from routing.sweeper import deliveries_sweep
 from tests.factories import DeliveryFactory, EventFactory, SubscriptionFactory
 from tests.live import Reply
 
@@ -205,3 +207,28 @@ def test_a_push_coalesced_into_its_message_is_woken_even_when_it_takes_nothing(s
 
     assert result.verdicts == {} and result.left == []
     assert result.due == [first_sub.pk]
+
+
+def test_a_sweep_before_the_heartbeats_first_renewal_leaves_its_claims_alone(subscriber, settings):
+    """A lease margin shorter than a quarter lease (the reliability tests' worker: 1 s) once made
+    the fan-out's first lease the margin alone, which ran out before the heartbeat's first round
+    (a quarter of HUB_LEASE_SECONDS later at most): a sweep in between took the deliveries back
+    while they were on the wire, and the endpoints' pumps sent them a second time."""
+    settings.HUB_LEASE_SECONDS = 6
+    settings.HUB_DELIVERY_LEASE_MARGIN_SECONDS = 1
+    subs = [SubscriptionFactory(url=subscriber.url(f"/early/{n}"), timeout_seconds=2) for n in range(2)]
+    deliveries = fan(EventFactory(), subs)
+    claimed_at = timezone.now()
+    batches = fanout_claim([d.pk for d in deliveries])
+    assert len(batches) == 2
+
+    # The latest the heartbeat's first round can come: it renews every quarter lease.
+    result = deliveries_sweep(now=claimed_at + timedelta(seconds=renew_interval()))
+
+    assert result.reclaimed == 0
+    rows = Delivery.objects.filter(pk__in=[d.pk for d in deliveries])
+    assert set(rows.values_list("state", flat=True)) == {DeliveryState.DELIVERING}
+    for batch in batches:
+        leased = Delivery.objects.get(pk=batch.deliveries[0].pk).lease_expires_at
+        # Renewed from then on, never past the hold limit.
+        assert leased <= batch.hold_until

@@ -121,7 +121,8 @@ def _xmin(message_id: str) -> str:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_pushes_waiting_together_share_one_commit_and_each_gets_its_own_answer(events_locked):
+def test_pushes_waiting_together_share_one_commit_and_each_gets_its_own_answer(events_locked, unconsumed_queue):
+    # No worker takes their messages: a pump recording the four at once would give them one xmin.
     store, other_store = StoreFactory(), StoreFactory()
     subscription = SubscriptionFactory(message_types=["order:new"])
     pushes = Pushes()
