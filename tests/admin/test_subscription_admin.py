@@ -58,7 +58,7 @@ def test_a_subscription_that_only_pulls_is_saved_without_message_types_and_liste
     assert response.status_code == 200 and "adminform" not in response.context
     pull = Subscription.objects.get(name="erp")
     assert pull.message_types == []
-    assert "<td class=\"field-types\">none</td>" in admin_client.get(LIST).content.decode()
+    assert '<td class="field-types">none</td>' in admin_client.get(LIST).content.decode()
     Schedule.objects.create(subscription=pull, interval_seconds=300)
     assert "none (its schedule&#x27;s ticks only)" in admin_client.get(LIST).content.decode()
 
