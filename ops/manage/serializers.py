@@ -103,6 +103,13 @@ class ScheduleInput(StrictSerializer):
     is_paused = serializers.BooleanField(required=False)
 
 
+class ScheduleItem(ScheduleInput):
+    """A schedule in the declarative file: the API's input, and the subscription it pulls for (in
+    the API that is the URL's)."""
+
+    subscription = serializers.CharField(max_length=100, help_text="The subscription, by name.")
+
+
 class RotateInput(StrictSerializer):
     grace_seconds = serializers.IntegerField(
         required=False, min_value=0, help_text="How long the old token keeps working (default: the hub's)."
