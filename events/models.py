@@ -79,6 +79,8 @@ class EventStatus(models.TextChoices):
 class EventSource(models.TextChoices):
     STORE = "store", "Pushed by a store"
     REPLY = "reply", "Returned by an endpoint"
+    # A tick: the request a subscription's schedule sends to pull from its endpoint (routing.schedules).
+    SCHEDULE = "schedule", "Made by a schedule"
 
 
 # Types json.dumps would refuse are passed through, so they still fail there.

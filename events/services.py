@@ -35,14 +35,16 @@ def event_build(
     envelope: Envelope,
     parent: Event | None = None,
     origin: str = "",
+    source: EventSource | None = None,
 ) -> Event:
-    """The event an envelope makes, not yet saved (routing reads it to decide its status first)."""
+    """The event an envelope makes, not yet saved (routing reads it to decide its status first).
+    Its source is the store's or, with a parent, a reply's, unless `source` says otherwise."""
     event = Event(
         store=store,
         message=envelope.message,
         payload=envelope.payload,
         resource_key=resource_key(envelope.message, envelope.payload),
-        source=EventSource.STORE if parent is None else EventSource.REPLY,
+        source=source or (EventSource.STORE if parent is None else EventSource.REPLY),
         origin=origin,
         parent=parent,
         depth=0 if parent is None else parent.depth + 1,

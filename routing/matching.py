@@ -40,9 +40,14 @@ def message_types_match(patterns: Iterable[str], message: str) -> bool:
 
 
 def message_types_validate(patterns: Any) -> None:
-    """Raise ValueError with a sentence when `patterns` is not a usable list of message types."""
-    if not isinstance(patterns, list) or not patterns:
-        raise ValueError('Message types must be a non-empty list, e.g. ["order:new", "shipment:*"] or ["*"].')
+    """Raise ValueError with a sentence when `patterns` is not a usable list of message types. An
+    empty list is one: the subscription gets no pushed event (nothing matches it), only the ticks
+    of its schedule, which are sent to it whatever its message types (routing.schedules)."""
+    if not isinstance(patterns, list):
+        raise ValueError(
+            'Message types must be a list, e.g. ["order:new", "shipment:*"] or ["*"]; [] for none '
+            "(a subscription that only pulls, on its schedule)."
+        )
     for index, pattern in enumerate(patterns, start=1):
         if not isinstance(pattern, str) or not pattern.strip():
             raise ValueError(f"Message type {index} must be a non-empty string.")

@@ -25,7 +25,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from events.models import Event
+from events.models import Event, EventSource
 from events.services import event_build, event_insert
 from events.validation import Envelope
 from routing.models import (
@@ -148,7 +148,9 @@ def _open_tick_due(schedule: Schedule, open_tick: Delivery, *, now: datetime) ->
 def _tick_event(schedule: Schedule, *, now: datetime, message_id: str) -> tuple[Event, Delivery]:
     """The tick event, stored in the caller's transaction, and its one delivery (not yet saved)."""
     envelope = Envelope(message=schedule.message, message_id=message_id[:255], payload={})
-    event = event_build(store=None, envelope=envelope, origin=f"{TICK_ORIGIN}{schedule.pk}")
+    event = event_build(
+        store=None, envelope=envelope, origin=f"{TICK_ORIGIN}{schedule.pk}", source=EventSource.SCHEDULE
+    )
     event.created_at = now
     event_insert(event, savepoint=False)
     return event, Delivery.routed(event=event, subscription=schedule.subscription)

@@ -1,5 +1,5 @@
-"""The hub as code: a file (YAML or JSON) of stores and subscriptions that `hubapply` makes true
-and `hubexport` writes from the hub.
+"""The hub as code: a file (YAML or JSON) of stores, subscriptions and their schedules that
+`hubapply` makes true and `hubexport` writes from the hub.
 
     version: 1
     stores:
@@ -10,10 +10,17 @@ and `hubexport` writes from the hub.
         url: https://erp.example.com/hub
         store: acme
         message_types: ["order:*"]
+      - name: acme-shop
+        url: https://shop.example.com/hub   # no message types: it only pulls
+    schedules:
+      - subscription: acme-shop
+        message: get_orders
+        interval_seconds: 300
 
-Each item has the API's input shape (ops.manage.serializers) and is validated as the API and the
-admin's form validate it. Applying is idempotent (a second run changes nothing), validates every
-item before writing anything, writes in one transaction, and deletes only with `prune`.
+Each item has the API's input shape (ops.manage.serializers; a schedule also names its subscription,
+which the API takes from its URL) and is validated as the API and the admin's form validate it.
+Applying is idempotent (a second run changes nothing), validates every item before writing
+anything, writes in one transaction, and deletes only with `prune`.
 
 Secrets are never in the file: an export leaves out signing secrets, endpoint tokens, store tokens
 and the subscriptions' parameters (where endpoints keep credentials); applying never touches a
@@ -21,7 +28,8 @@ secret, makes new ones for what it creates (returned to be shown once), and leav
 subscription's parameters alone unless the file gives `parameters`. A field absent from an item
 takes the hub's default, except what the hub itself changes while running (`is_enabled` and
 `disabled_reason`: the hub disables a failing endpoint; `parameters`: endpoints send them back),
-which an item changes only when it names them.
+which an item changes only when it names them. A schedule's run state (last and next run, last
+error) is the hub's and never in the file.
 """
 
 from __future__ import annotations
@@ -39,14 +47,18 @@ from rest_framework import serializers
 from events.errors import HubError, _first_validation_error
 from events.models import Event, Store
 from ops.manage import services
-from ops.manage.serializers import StoreInput, SubscriptionInput
-from routing.models import Subscription
+from ops.manage.serializers import ScheduleItem, StoreInput, SubscriptionInput
+from routing.models import Schedule, Subscription
+from routing.timing import schedule_validate
 
 DOCUMENT_VERSION = 1
 # What the hub changes by itself while running: applied only when an item names it.
 KEPT_WHEN_ABSENT = ("parameters", "is_enabled", "disabled_reason")
 # Never written to a file: credentials.
 NOT_EXPORTED = ("parameters",)
+# What a file says of a schedule, besides its subscription.
+SCHEDULE_FIELDS = ("message", "interval_seconds", "cron", "is_paused")
+DOCUMENT_KEYS = ("version", "stores", "subscriptions", "schedules")
 
 
 class DocumentInvalid(Exception):
@@ -60,7 +72,7 @@ class DocumentInvalid(Exception):
 @dataclass(frozen=True)
 class Change:
     action: str  # create, update, delete, disable
-    kind: str  # store, subscription
+    kind: str  # store, subscription, schedule (named by its subscription)
     name: str
     fields: tuple[str, ...] = ()
 
@@ -74,6 +86,8 @@ class Plan:
     changes: list[Change] = field(default_factory=list)
     stores: dict[str, dict[str, Any]] = field(default_factory=dict)
     subscriptions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # By subscription name.
+    schedules: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -105,13 +119,18 @@ def document_dump(document: Mapping[str, Any], *, as_json: bool = False) -> str:
 
 # --- Export -------------------------------------------------------------------------------------
 def hub_export() -> dict[str, Any]:
-    """The hub's stores and subscriptions as a document, sorted by name, without secrets."""
+    """The hub's stores, subscriptions and schedules as a document, sorted by (subscription) name,
+    without secrets."""
     stores = [{"name": s.name, "is_active": s.is_active} for s in Store.objects.order_by("name")]
     subscriptions = [
         {f: services.subscription_field_value(s, f) for f in services.SUBSCRIPTION_FIELDS if f not in NOT_EXPORTED}
         for s in Subscription.objects.select_related("store").order_by("name")
     ]
-    return {"version": DOCUMENT_VERSION, "stores": stores, "subscriptions": subscriptions}
+    schedules = [
+        {"subscription": s.subscription.name, **{f: getattr(s, f) for f in SCHEDULE_FIELDS}}
+        for s in Schedule.objects.select_related("subscription").order_by("subscription__name")
+    ]
+    return {"version": DOCUMENT_VERSION, "stores": stores, "subscriptions": subscriptions, "schedules": schedules}
 
 
 # --- Plan and apply -----------------------------------------------------------------------------
@@ -130,18 +149,20 @@ def _validated(serializer_class: type[serializers.Serializer], item: Any, where:
     return dict(serializer.validated_data)
 
 
-def _where(key: str, index: int, item: Any) -> str:
-    name = item.get("name") if isinstance(item, Mapping) else None
+def _where(key: str, index: int, item: Any, by: str = "name") -> str:
+    name = item.get(by) if isinstance(item, Mapping) else None
     return f"{key}[{index}] ('{name}')" if isinstance(name, str) else f"{key}[{index}]"
 
 
 def hub_plan(document: Any, *, prune: bool = False) -> Plan:
     """What applying `document` would change, every item validated; writes nothing."""
     if not isinstance(document, Mapping):
-        raise DocumentInvalid("document", "The file must hold an object with 'stores' and 'subscriptions'.")
-    unknown = sorted(set(document) - {"version", "stores", "subscriptions"})
+        raise DocumentInvalid(
+            "document", "The file must hold an object with 'stores', 'subscriptions' and 'schedules'."
+        )
+    unknown = sorted(set(document) - set(DOCUMENT_KEYS))
     if unknown:
-        raise DocumentInvalid("document", f"Unknown key '{unknown[0]}'; use version, stores and subscriptions.")
+        raise DocumentInvalid("document", f"Unknown key '{unknown[0]}'; use {', '.join(DOCUMENT_KEYS)}.")
     if document.get("version", DOCUMENT_VERSION) != DOCUMENT_VERSION:
         raise DocumentInvalid("document", f"This hub reads version {DOCUMENT_VERSION} files.", "version")
     plan = Plan()
@@ -189,7 +210,12 @@ def hub_plan(document: Any, *, prune: bool = False) -> Plan:
         except services.InvalidField as exc:
             raise DocumentInvalid(where, exc.detail, exc.field) from None
 
+    existing_schedules = _schedules_plan(document, plan, set(existing_subscriptions), prune=prune)
+
     if prune:
+        # Before the subscriptions: a schedule goes with its subscription anyway.
+        for name in sorted(set(existing_schedules) - set(plan.schedules)):
+            plan.changes.append(Change("delete", "schedule", name))
         for name in sorted(set(existing_subscriptions) - set(plan.subscriptions)):
             plan.changes.append(Change("delete", "subscription", name))
         for name in sorted(set(existing_stores) - set(plan.stores)):
@@ -201,6 +227,43 @@ def hub_plan(document: Any, *, prune: bool = False) -> Plan:
             else:
                 plan.changes.append(Change("delete", "store", name))
     return plan
+
+
+def _schedules_plan(document: Mapping[str, Any], plan: Plan, existing: set[str], *, prune: bool) -> dict[str, Schedule]:
+    """The file's schedules into `plan`, each validated as the API and the admin's form validate
+    one; returns the hub's schedules by subscription name."""
+    current_schedules = {s.subscription.name: s for s in Schedule.objects.select_related("subscription")}
+    defaults = {f: Schedule._meta.get_field(f).get_default() for f in SCHEDULE_FIELDS}
+    for index, item in enumerate(_items(document, "schedules")):
+        where = _where("schedules", index, item, by="subscription")
+        values = {**defaults, **_validated(ScheduleItem, item, where)}
+        name = values.pop("subscription")
+        if name in plan.schedules:
+            raise DocumentInvalid(
+                where, f"The subscription '{name}' has two schedules; it may have one.", "subscription"
+            )
+        if name not in plan.subscriptions:
+            if name not in existing:
+                raise DocumentInvalid(where, f"No subscription named '{name}'.", "subscription")
+            if prune:
+                raise DocumentInvalid(
+                    where, f"The subscription '{name}' is not in the file, so --prune would delete it.", "subscription"
+                )
+        errors = schedule_validate(
+            message=values["message"], interval_seconds=values["interval_seconds"], cron=values["cron"]
+        )
+        if errors:
+            field_name = next(f for f in SCHEDULE_FIELDS if f in errors)
+            raise DocumentInvalid(where, errors[field_name], field_name)
+        plan.schedules[name] = values
+        current = current_schedules.get(name)
+        if current is None:
+            plan.changes.append(Change("create", "schedule", name))
+        else:
+            changed = tuple(f for f, v in values.items() if getattr(current, f) != v)
+            if changed:
+                plan.changes.append(Change("update", "schedule", name, changed))
+    return current_schedules
 
 
 def hub_apply(document: Any, *, actor: str, dry_run: bool = False, prune: bool = False) -> ApplyResult:
@@ -234,6 +297,16 @@ def _change_write(change: Change, plan: Plan, actor: str, result: ApplyResult) -
         else:
             Store.objects.filter(name=change.name).delete()
             services.write_logged(actor, "store.delete", change.name)
+        return
+    if change.kind == "schedule":
+        subscription = Subscription.objects.get(name=change.name)
+        if change.action == "delete":
+            services.schedule_delete(subscription=subscription, actor=actor)
+        else:
+            # The whole schedule, as the API's PUT: its next run is worked out again only when its
+            # timing changed or it was resumed (routing.schedules.schedule_save).
+            values = plan.schedules[change.name]
+            services.schedule_put(subscription=subscription, values=values, actor=actor, partial=False)
         return
     if change.action == "create":
         subscription = services.subscription_create(values=plan.subscriptions[change.name], actor=actor)

@@ -39,7 +39,11 @@ class SubscriptionInput(StrictSerializer):
         allow_null=True, required=False, help_text="The store (by name) whose own events it does not get back."
     )
     receive_own_events = serializers.BooleanField(required=False)
-    message_types = serializers.JSONField(required=False, help_text='e.g. ["order:new", "shipment:*"] or ["*"].')
+    message_types = serializers.JSONField(
+        required=False,
+        help_text='e.g. ["order:new", "shipment:*"] or ["*"]; [] (the default) for none: a subscription that only '
+        "pulls gets its schedule's ticks and no pushed event.",
+    )
     filters = serializers.JSONField(
         required=False, help_text='[{"path": "order.channel", "op": "eq", "value": "spree"}]'
     )
@@ -71,7 +75,7 @@ class SubscriptionInput(StrictSerializer):
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         # An emptied list means "none", as in the admin's form.
-        for name in ("filters", "parameters"):
+        for name in ("message_types", "filters", "parameters"):
             if name in attrs and attrs[name] in (None, ""):
                 attrs[name] = []
         if "paths" in attrs and attrs["paths"] in (None, ""):
@@ -97,6 +101,13 @@ class ScheduleInput(StrictSerializer):
         max_length=100, allow_blank=True, required=False, help_text="A cron expression in UTC, e.g. */15 * * * *."
     )
     is_paused = serializers.BooleanField(required=False)
+
+
+class ScheduleItem(ScheduleInput):
+    """A schedule in the declarative file: the API's input, and the subscription it pulls for (in
+    the API that is the URL's)."""
+
+    subscription = serializers.CharField(max_length=100, help_text="The subscription, by name.")
 
 
 class RotateInput(StrictSerializer):

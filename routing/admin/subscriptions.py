@@ -9,7 +9,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, ValidationError
 from django.db import models
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -44,13 +44,19 @@ class SubscriptionForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # An empty list gets the sentence from message_types_validate, not a bare "required".
+        # Empty means none: a subscription that only pulls gets its schedule's ticks and nothing pushed.
         self.fields["message_types"].required = False
+        self.fields["message_types"].help_text = (
+            'Message names or wildcards, e.g. ["order:new", "shipment:*"] or ["*"]. Leave empty for a '
+            "subscription that only pulls: it gets its schedule's ticks and no pushed event."
+        )
         # Left out (a form saved before formats existed), it means the envelope, as it always did.
         self.fields["payload_format"].required = False
 
     def clean_message_types(self) -> list[Any]:
         types = self.cleaned_data.get("message_types")
+        if types in (None, ""):
+            return []
         try:
             message_types_validate(types)
         except ValueError as exc:
@@ -146,7 +152,10 @@ class SubscriptionAdmin(admin.ModelAdmin):
 
     @admin.display(description="message types")
     def types(self, obj: Subscription) -> str:
-        return ", ".join(str(t) for t in obj.message_types or [])
+        if obj.message_types:
+            return ", ".join(str(t) for t in obj.message_types)
+        # Said in words: an empty cell would read as "everything".
+        return "none (its schedule's ticks only)" if _has_schedule(obj) else "none"
 
     @admin.display(description="enabled", ordering="is_enabled")
     def enabled_badge(self, obj: Subscription) -> str:
@@ -282,3 +291,10 @@ class SubscriptionAdmin(admin.ModelAdmin):
         secret = operations.subscription_secret_rotate(subscription_id=subscription.pk)
         self.log_change(request, subscription, "Rotated the signing secret.")
         return self._secrets_page(request, [(subscription, secret)], "New signing secret")
+
+
+def _has_schedule(subscription: Subscription) -> bool:
+    try:
+        return subscription.schedule is not None
+    except ObjectDoesNotExist:
+        return False

@@ -66,6 +66,8 @@ def test_pause_resume_and_run_now(admin_client, unconsumed_queue):
     page = admin_client.get(response["Location"]).content.decode()
     assert 'id="run-now"' in page
     assert f'href="/admin/events/event/{tick.pk}/change/"' in page
+    # The tick's page says where it came from: a schedule, not a store's push.
+    assert "Made by a schedule" in admin_client.get(f"/admin/events/event/{tick.pk}/change/").content.decode()
 
 
 def test_the_dashboard_shows_each_schedules_last_run_next_run_and_last_error(admin_client):

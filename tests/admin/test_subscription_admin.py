@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.test import override_settings
 
-from routing.models import Delivery, Notification, Subscription
+from routing.models import Delivery, Notification, Schedule, Subscription
 from tests.factories import SubscriptionFactory
 
 pytestmark = pytest.mark.django_db
@@ -51,10 +51,22 @@ def test_create_shows_the_signing_secret_once(admin_client):
         assert "whsec_••••••••" + subscription.signing_secret[-4:] in text
 
 
+@pytest.mark.parametrize("types", ["", "[]"])
+def test_a_subscription_that_only_pulls_is_saved_without_message_types_and_listed_so(admin_client, types):
+    response = admin_client.post(f"{LIST}add/", {**VALID, "message_types": types})
+    # Saved: the page that shows the new secret once, not the form again.
+    assert response.status_code == 200 and "adminform" not in response.context
+    pull = Subscription.objects.get(name="erp")
+    assert pull.message_types == []
+    assert '<td class="field-types">none</td>' in admin_client.get(LIST).content.decode()
+    Schedule.objects.create(subscription=pull, interval_seconds=300)
+    assert "none (its schedule&#x27;s ticks only)" in admin_client.get(LIST).content.decode()
+
+
 @pytest.mark.parametrize(
     ("field", "value", "says"),
     [
-        ("message_types", "[]", "Message types must be a non-empty list"),
+        ("message_types", '"order:new"', "Message types must be a list"),
         ("message_types", '["order new"]', "Message type 1 ('order new') is not a message name"),
         ("filters", '[{"path": "a.b", "op": "like", "value": 1}]', "Filter 1 has op 'like'; it must be one of"),
         ("filters", '[{"path": "x", "op": "match", "value": "("}]', "Filter 1 (match) is not a valid regular"),

@@ -152,7 +152,7 @@ def test_a_file_enabling_a_subscription_goes_through_the_enable_service(tmp_path
     "change,message",
     [
         (("https://wms.example.com/in", "http://169.254.169.254/x"), "subscriptions[1] ('warehouse'): url: "),
-        (('["*"]', "[]"), "subscriptions[1] ('warehouse'): message_types: "),
+        (('["*"]', "order:new"), "subscriptions[1] ('warehouse'): message_types: "),
         (("store: acme", "store: initech"), "subscriptions[0] ('acme-erp'): store: No store named 'initech'"),
         (("op: eq", "op: equals"), "subscriptions[0] ('acme-erp'): filters: "),
         (("timeout_seconds: 5", "timeout_seconds: soon"), "subscriptions[0] ('acme-erp'): timeout_seconds: "),

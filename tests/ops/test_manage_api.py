@@ -205,7 +205,7 @@ BAD_SUBSCRIPTIONS = [
     ({"url": "http://169.254.169.254/latest/meta-data"}, "url"),
     ({"url": "ftp://example.com/x"}, "url"),
     ({"url": "https://user:pw@example.com/x"}, "url"),
-    ({"message_types": []}, "message_types"),
+    ({"message_types": "order:new"}, "message_types"),
     ({"message_types": ["not a message"]}, "message_types"),
     ({"filters": [{"path": "order.x", "op": "nope", "value": 1}]}, "filters"),
     ({"parameters": [{"name": "a"}]}, "parameters"),

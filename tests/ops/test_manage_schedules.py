@@ -98,3 +98,27 @@ def test_object_messages_are_set_and_shown_on_the_subscription(manage, erp):  # 
     assert response.json()["object_messages"] == {"orders": "order:update"}
     bad = manage.patch(f"{M}/subscriptions/erp", {"object_messages": {"orders": "orders"}}, format="json")
     assert bad.status_code == 422 and bad.json()["field"] == "object_messages"
+
+
+def test_a_subscription_that_only_pulls_needs_no_message_types_and_gets_only_its_ticks(
+    manage,  # noqa: F811 - a fixture
+    api,
+    unconsumed_queue,
+):
+    everything = SubscriptionFactory(name="everything", message_types=["*"])
+    created = manage.post(f"{M}/subscriptions", {"name": "pull", "url": "https://pull.example.com/"}, format="json")
+    assert created.status_code == 201, created.content
+    assert created.json()["message_types"] == []
+    pull = Subscription.objects.get(name="pull")
+    assert pull.message_types == []
+    assert manage.put(f"{M}/subscriptions/pull/schedule", {"interval_seconds": 3600}, format="json").status_code == 201
+
+    assert (
+        api.post("/events", {"message": "order:new", "payload": {"order": {"number": "R1"}}}, format="json").status_code
+        == 202
+    )
+    pushed = Event.objects.get(message="order:new")
+    assert [d.subscription_id for d in pushed.deliveries.all()] == [everything.pk]
+
+    tick = manage.post(f"{M}/subscriptions/pull/schedule/run").json()
+    assert [d.subscription_id for d in Event.objects.get(pk=tick["event_id"]).deliveries.all()] == [pull.pk]

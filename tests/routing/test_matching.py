@@ -146,9 +146,11 @@ def test_invalid_filters_raise_a_sentence(filters, sentence):
 
 def test_message_types_validation():
     message_types_validate(["order:new", "shipment:*", "*", "order:update", "stock:change"])
+    # None: a subscription that only pulls.
+    message_types_validate([])
     for bad, sentence in [
-        ([], "non-empty list"),
-        ("order:new", "non-empty list"),
+        ("order:new", "must be a list"),
+        (None, "must be a list"),
         (["order:new", ""], "Message type 2 must be a non-empty string"),
         (["order new"], "is not a message name"),
         (["*:new"], "is not a message name"),

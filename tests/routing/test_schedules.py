@@ -5,6 +5,7 @@ the real local endpoint (tests/live.py's OrdersSource); the live tests are tests
 
 from __future__ import annotations
 
+import importlib
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -12,12 +13,12 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from events.models import Event
+from events.models import Event, EventSource
 from routing.models import Delivery, Notification, Schedule
 from routing.pump import deliveries_pump
 from routing.schedules import schedule_run_now, schedules_run
 from routing.timing import schedule_next_run, schedule_validate
-from tests.factories import SubscriptionFactory
+from tests.factories import EventFactory, SubscriptionFactory
 from tests.live import OrdersSource
 
 pytestmark = pytest.mark.django_db
@@ -147,6 +148,34 @@ def test_run_now_ticks_at_once_and_keeps_the_next_run(subscriber, unconsumed_que
     assert [e.pk for e in ticks(schedule)] == [tick.event_id]
 
 
+def test_ticks_say_they_were_made_by_a_schedule_and_what_they_return_by_a_reply(subscriber, unconsumed_queue):
+    source = OrdersSource()
+    source.add("R1")
+    schedule = schedule_for(subscriber, source)
+    schedules_run(now=T0)
+    deliveries_pump(subscription_id=schedule.subscription_id)
+    assert schedule_run_now(schedule_id=schedule.pk).made
+    deliveries_pump(subscription_id=schedule.subscription_id)
+    made = ticks(schedule)
+    assert len(made) == 2 and {tick.source for tick in made} == {EventSource.SCHEDULE}
+    assert made[0].get_source_display() == "Made by a schedule"
+    assert {child.source for child in Event.objects.filter(parent__in=made)} == {EventSource.REPLY}
+
+
+def test_the_migration_relabels_ticks_stored_as_pushed_by_a_store_and_nothing_else(subscriber, unconsumed_queue):
+    from django.apps import apps
+
+    relabel = importlib.import_module("events.migrations.0011_event_source_schedule").ticks_relabel
+    schedule = schedule_for(subscriber)
+    schedules_run(now=T0)
+    [tick] = ticks(schedule)
+    Event.objects.filter(pk=tick.pk).update(source=EventSource.STORE)
+    pushed = EventFactory(origin="")
+    relabel(apps, None)
+    assert Event.objects.get(pk=tick.pk).source == EventSource.SCHEDULE
+    assert Event.objects.get(pk=pushed.pk).source == EventSource.STORE
+
+
 # --- What a tick's reply means -------------------------------------------------------------------
 
 
@@ -204,6 +233,7 @@ def test_pages_are_fetched_at_once_until_the_last(subscriber, unconsumed_queue):
     deliveries_pump(subscription_id=schedule.subscription_id)
     assert [page for _, _, page in source.asked] == [1, 2, 3]
     assert len(ticks(schedule)) == 3
+    assert {tick.source for tick in ticks(schedule)} == {EventSource.SCHEDULE}
     assert Event.objects.filter(parent__origin=f"schedule:{schedule.pk}").count() == 5
     assert parameters(schedule) == {"page": 1, "since": source.orders["R4"]["updated_at"]}
 

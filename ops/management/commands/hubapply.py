@@ -9,7 +9,7 @@ from ops.manage.document import DocumentInvalid, document_load, hub_apply
 
 class Command(BaseCommand):
     help = (
-        "Make the hub's stores and subscriptions match a file (YAML or JSON, as hubexport writes). "
+        "Make the hub's stores, subscriptions and schedules match a file (YAML or JSON, as hubexport writes). "
         "Idempotent: a second run changes nothing. Every item is validated before anything is written, "
         "all in one transaction. Nothing is deleted without --prune."
     )
@@ -20,7 +20,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--prune",
             action="store_true",
-            help="Delete subscriptions and stores the file does not name (a store with events is disabled instead).",
+            help="Delete schedules, subscriptions and stores the file does not name (a store with events is "
+            "disabled instead).",
         )
 
         parser.add_argument(

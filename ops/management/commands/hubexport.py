@@ -7,8 +7,9 @@ from ops.manage.document import document_dump, hub_export
 
 class Command(BaseCommand):
     help = (
-        "Write the hub's stores and subscriptions as a file hubapply reads (YAML, or JSON for a .json "
-        "file or --json). Secrets, tokens and subscription parameters are left out."
+        "Write the hub's stores, subscriptions and their schedules as a file hubapply reads (YAML, or JSON "
+        "for a .json file or --json). Secrets, tokens, subscription parameters and schedules' run state "
+        "are left out."
     )
 
     def add_arguments(self, parser):
