@@ -13,6 +13,7 @@ import pytest
 from routing.transport import netguard
 from routing.transport.exchange import request_send, session_new
 from routing.transport.kept import kept_exchange
+from tests.live import https_endpoint
 from tests.routing.test_transport import build
 from tests.routing.test_transport_plain import outcome, whole_path_session
 
@@ -146,60 +147,8 @@ def test_a_kept_connection_answers_alike_on_both_paths(second_fails, case, monke
 @pytest.fixture
 def tls_endpoint(tmp_path) -> Iterator[tuple[str, str]]:
     """An HTTPS endpoint on 127.0.0.1 with keep-alive, its self-signed certificate in a file."""
-    import datetime
-    import ipaddress
-    import ssl
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
-            self.rfile.read(int(self.headers["Content-Length"]))
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert_file, key_file)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"https://127.0.0.1:{server.server_address[1]}/hook", str(cert_file)
-    server.shutdown()
-    server.server_close()
+    with https_endpoint(tmp_path, "127.0.0.1") as (port, cert_file):
+        yield f"https://127.0.0.1:{port}/hook", str(cert_file)
 
 
 def test_tls_is_verified_and_kept_alive_on_the_kept_path(tls_endpoint, monkeypatch):

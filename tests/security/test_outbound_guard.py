@@ -16,7 +16,7 @@ from routing.models import Delivery, DeliveryState
 from routing.transport import exchange
 from routing.transport.request import request_build
 from tests.factories import DeliveryFactory, SubscriptionFactory
-from tests.live import Subscriber, Worker, pump_for, queue_purge, wait_until, workers_paused
+from tests.live import Subscriber, Worker, https_endpoint, pump_for, queue_purge, wait_until, workers_paused
 
 GUARDED_QUEUE = "hub-test-guarded"
 
@@ -181,59 +181,8 @@ def test_a_worker_with_default_settings_refuses_loopback_and_metadata_destinatio
 @pytest.fixture
 def https_localhost(tmp_path) -> Iterator[tuple[int, Path]]:
     """An HTTPS server on 127.0.0.1 whose self-signed certificate names only 'localhost'."""
-    import datetime as dt
-    import ssl
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server's naming
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            body = b'{"ok": true}'
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert_path, key_path)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1], cert_path
-    server.shutdown()
-    server.server_close()
+    with https_endpoint(tmp_path, "localhost") as served:
+        yield served
 
 
 def test_tls_verifies_the_host_name_while_the_dial_is_pinned_to_the_checked_address(https_localhost):
