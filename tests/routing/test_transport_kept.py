@@ -15,7 +15,7 @@ from routing.transport.exchange import request_send, session_new
 from routing.transport.kept import kept_exchange
 from tests.live import https_endpoint
 from tests.routing.test_transport import build
-from tests.routing.test_transport_plain import outcome, whole_path_session
+from tests.routing.test_transport_plain import outcome, request_read, whole_path_session
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 ZIPPED = gzip.compress(b'{"zipped": true}')
@@ -55,22 +55,6 @@ def _drip(conn: socket.socket) -> None:
         pass  # the client hung up at its deadline
 
 
-def _read_request(conn: socket.socket) -> bool:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(65536)
-        if not chunk:
-            return False
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
-    )
-    while len(body) < length:
-        body += conn.recv(65536)
-    return True
-
-
 @pytest.fixture
 def second_fails() -> Iterator[str]:
     """Answers a connection's second request as SECOND[path] says, the others with `{}`."""
@@ -81,7 +65,7 @@ def second_fails() -> Iterator[str]:
         # The path is the second request's: the test names it before each request (url below).
         with conn:
             served = 0
-            while _read_request(conn):
+            while request_read(conn):
                 reply = SECOND[handle.path] if served == 1 else OK  # type: ignore[attr-defined]
                 if reply is None:
                     return

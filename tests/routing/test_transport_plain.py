@@ -35,9 +35,31 @@ def plain_session(**guard: object) -> requests.Session:
     return session_guard(session, max_retries=0, **guard)  # type: ignore[arg-type]
 
 
+def request_read(conn: socket.socket) -> bool:
+    """Reads one whole request (head and Content-Length body) off `conn`; False if the client
+    closed first. A server that closes with part of a request unread makes the kernel reset the
+    connection, which the client reads as another error than a plain hang-up."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return False
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+    )
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return False
+        body += chunk
+    return True
+
+
 @pytest.fixture
 def hangs_up() -> Iterator[str]:
-    """A server that reads each request and closes the connection without a word."""
+    """A server that reads each request whole and closes the connection without a word."""
     server = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()
 
@@ -49,7 +71,8 @@ def hangs_up() -> Iterator[str]:
             except OSError:
                 continue
             with conn:
-                conn.recv(65536)
+                conn.settimeout(5)
+                request_read(conn)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
