@@ -27,17 +27,24 @@ logger = logging.getLogger(__name__)
 Outcome = tuple[Sent, retry.Decision]
 
 
+def retry_terms(*, schedule: Sequence[float] | None, enabled: bool, origin: str) -> dict[str, Any]:
+    """retry.decide's schedule and retries_enabled for an endpoint's delivery: its own schedule or
+    the hub's, and no retry of a test event (origin "test:..."), which is tried once."""
+    return {
+        "schedule": schedule if schedule is not None else settings.HUB_RETRY_SCHEDULE,
+        "retries_enabled": enabled and not origin.startswith("test:"),
+    }
+
+
 def outcomes_decide(batch: Batch, sent: list[Sent], *, now: datetime) -> list[retry.Decision]:
     """What each answer means for its delivery: delivered, retried (when), failed or gone."""
     sub = batch.subscription
-    schedule = sub.retry_schedule if sub.retry_schedule is not None else settings.HUB_RETRY_SCHEDULE
     return [
         retry.decide(
             succeeded=s.result.succeeded,
             status_code=s.result.status_code,
             attempt_number=s.delivery.attempt_count,
-            schedule=schedule,
-            retries_enabled=sub.retry_enabled and not s.delivery.event.origin.startswith("test:"),
+            **retry_terms(schedule=sub.retry_schedule, enabled=sub.retry_enabled, origin=s.delivery.event.origin),
             retry_after=retry.retry_after_seconds(s.result.retry_after, now=now),
             retry_after_max=settings.HUB_RETRY_AFTER_MAX_SECONDS,
             jitter=settings.HUB_RETRY_JITTER,

@@ -16,6 +16,7 @@ from routing import retry
 from routing.claim import deliveries_unclaim
 from routing.leases import LEASE_EXPIRED_ERROR
 from routing.models import DELIVERY_OPEN_STATES, Attempt, Delivery, DeliveryState, Subscription
+from routing.record import retry_terms
 from routing.status import events_status_refresh
 from routing.wakeup import pumps_enqueue
 
@@ -136,14 +137,12 @@ def _charge(rows: list[dict[str, Any]], *, now: datetime) -> list[dict[str, Any]
 
 def _verdict(row: dict[str, Any]) -> retry.Verdict:
     """What an unanswered attempt means for the delivery's budget: retry, or failed once spent."""
-    schedule = row["subscription__retry_schedule"]
-    return retry.decide(
-        succeeded=False,
-        status_code=None,
-        attempt_number=row["attempt_count"],
-        schedule=schedule if schedule is not None else settings.HUB_RETRY_SCHEDULE,
-        retries_enabled=row["subscription__retry_enabled"] and not row["event__origin"].startswith("test:"),
-    ).verdict
+    terms = retry_terms(
+        schedule=row["subscription__retry_schedule"],
+        enabled=row["subscription__retry_enabled"],
+        origin=row["event__origin"],
+    )
+    return retry.decide(succeeded=False, status_code=None, attempt_number=row["attempt_count"], **terms).verdict
 
 
 def endpoints_lost(*, now: datetime) -> list[int]:
