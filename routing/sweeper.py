@@ -9,7 +9,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Case, DateTimeField, Exists, OuterRef, Value, When
 from django.utils import timezone
 
 from routing import retry
@@ -54,7 +54,8 @@ def leases_reclaim(*, now: datetime) -> tuple[int, int, list[int]]:
     (no attempt spent, its number given back) and marked send_alone, so that each is sent next in a
     batch of its own. A batch of one is the request on the wire: charged an unanswered attempt, and
     failed once that spends its budget, so that a delivery that kills its worker every time ends
-    up failed rather than sent forever. Its retry is due at once: the crash was the worker's.
+    up failed rather than sent forever. Its retry is due by the endpoint's schedule, as any failed
+    attempt's: due at once, a delivery that kills its worker would take down a worker every sweep.
 
     Rows a pump is recording right now are skipped (SKIP LOCKED), left to the next sweep."""
     expired = Delivery.objects.filter(state=DeliveryState.DELIVERING, lease_expires_at__lt=now)
@@ -102,17 +103,26 @@ def leases_reclaim(*, now: datetime) -> tuple[int, int, list[int]]:
 
 
 def _charge(rows: list[dict[str, Any]], *, now: datetime) -> list[dict[str, Any]]:
-    """Each delivery sent alone whose lease ran out: an unanswered attempt, and retried at once or
-    failed by its endpoint's budget, in one UPDATE per verdict and one INSERT. Returns those failed."""
+    """Each delivery sent alone whose lease ran out: an unanswered attempt, and retried when its
+    endpoint's schedule says or failed by its budget, in one UPDATE per verdict and one INSERT.
+    Returns those failed."""
     if not rows:
         return []
-    failed = [row for row in rows if _verdict(row) == retry.Verdict.FAILED]
-    retried = [row for row in rows if row not in failed]
+    failed: list[dict[str, Any]] = []
+    due: dict[int, datetime] = {}
+    for row in rows:
+        decision = _decision(row)
+        if decision.verdict == retry.Verdict.FAILED:
+            failed.append(row)
+        else:
+            due[row["id"]] = now + timedelta(seconds=decision.delay_seconds or 0)
     changes = {"lease_expires_at": None, "claim": None, "last_error": LEASE_EXPIRED_ERROR, "last_status_code": None}
     # The rows are locked: still delivering with their lease run out, as the SELECT read them.
-    if retried:
-        Delivery.objects.filter(pk__in=[row["id"] for row in retried]).update(
-            **changes, state=DeliveryState.RETRYING, next_attempt_at=now, send_alone=True, updated_at=now
+    if due:
+        # Jitter gives each its own time: one CASE in the one UPDATE.
+        when = Case(*(When(pk=pk, then=Value(at)) for pk, at in due.items()), output_field=DateTimeField())
+        Delivery.objects.filter(pk__in=list(due)).update(
+            **changes, state=DeliveryState.RETRYING, next_attempt_at=when, send_alone=True, updated_at=now
         )
     if failed:
         Delivery.objects.filter(pk__in=[row["id"] for row in failed]).update(
@@ -135,14 +145,21 @@ def _charge(rows: list[dict[str, Any]], *, now: datetime) -> list[dict[str, Any]
     return failed
 
 
-def _verdict(row: dict[str, Any]) -> retry.Verdict:
-    """What an unanswered attempt means for the delivery's budget: retry, or failed once spent."""
+def _decision(row: dict[str, Any]) -> retry.Decision:
+    """What an unanswered attempt means for the delivery: retried after its schedule's delay (as
+    any failed attempt, jittered), or failed once its budget is spent."""
     terms = retry_terms(
         schedule=row["subscription__retry_schedule"],
         enabled=row["subscription__retry_enabled"],
         origin=row["event__origin"],
     )
-    return retry.decide(succeeded=False, status_code=None, attempt_number=row["attempt_count"], **terms).verdict
+    return retry.decide(
+        succeeded=False,
+        status_code=None,
+        attempt_number=row["attempt_count"],
+        jitter=settings.HUB_RETRY_JITTER,
+        **terms,
+    )
 
 
 def endpoints_lost(*, now: datetime) -> list[int]:

@@ -80,6 +80,43 @@ def test_a_dead_batch_of_several_goes_back_unsent_and_a_dead_batch_of_one_is_cha
     assert claimed(sub) == [run[1].pk]
 
 
+def test_a_charged_retry_is_due_by_the_endpoints_schedule_not_at_once(settings):
+    """The unanswered attempt of a batch of one waits as any failed attempt does: the endpoint's
+    own schedule, else the hub's. Due at once, a delivery that kills its worker every time would
+    take down a worker each sweep until its budget ran out."""
+    settings.HUB_RETRY_JITTER = 0
+    settings.HUB_RETRY_SCHEDULE = [30, 90]
+    own = SubscriptionFactory(max_in_flight=0, retry_schedule=[120, 600])
+    hubs = SubscriptionFactory(max_in_flight=0, retry_schedule=None)
+    [mine] = order_chain(own, 1, order="A")
+    [theirs] = order_chain(hubs, 1, order="B")
+    assert claimed(own) == [mine.pk] and claimed(hubs) == [theirs.pk]
+    leases_expire()
+    now = timezone.now()
+
+    assert deliveries_sweep(now=now).reclaimed == 2
+
+    for delivery, delay in ((mine, 120), (theirs, 30)):
+        delivery.refresh_from_db()
+        assert (delivery.state, delivery.attempt_count, delivery.send_alone) == ("retrying", 1, True)
+        assert delivery.next_attempt_at == now + timedelta(seconds=delay)
+    assert claimed(own) == [] and claimed(hubs) == []
+
+
+def test_charged_retries_are_jittered_within_the_hubs_bounds(settings):
+    settings.HUB_DELIVERY_BATCH_SIZE = 1
+    settings.HUB_RETRY_JITTER = 0.2
+    subs = [SubscriptionFactory(max_in_flight=0, retry_schedule=[100]) for _ in range(6)]
+    for n, sub in enumerate(subs):
+        order_chain(sub, 1, order=f"J{n}")
+        assert len(claimed(sub)) == 1
+    leases_expire()
+    now = timezone.now()
+    deliveries_sweep(now=now)
+    delays = [(at - now).total_seconds() for at in Delivery.objects.values_list("next_attempt_at", flat=True)]
+    assert len(delays) == 6 and all(80 <= d <= 120 for d in delays)
+
+
 def test_a_sweep_whose_limit_cuts_a_batch_leaves_that_batch_whole_to_the_next(settings):
     settings.HUB_DELIVERY_BATCH_SIZE = 10
     settings.HUB_SWEEP_BATCH_SIZE = 3
