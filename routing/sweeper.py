@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -76,16 +77,15 @@ def leases_reclaim(*, now: datetime) -> tuple[int, int, list[int]]:
                 "event__origin",
             )[:limit]
         )
-        sizes: dict[int, int] = {}
-        for row in rows:
-            if row["claim"] is not None:
-                sizes[row["claim"]] = sizes.get(row["claim"], 0) + 1
+        sizes = Counter(row["claim"] for row in rows if row["claim"] is not None)
         last = rows[-1]["claim"] if len(rows) == limit else None
         if last is not None and any(row["claim"] != last for row in rows):
             # The limit may have cut the last claim's batch: how many it holds is the next sweep's to see.
             rows = [row for row in rows if row["claim"] != last]
-        alone = [row for row in rows if row["claim"] is None or sizes[row["claim"]] == 1]
-        several = [row for row in rows if not (row["claim"] is None or sizes[row["claim"]] == 1)]
+        alone: list[dict[str, Any]] = []
+        several: list[dict[str, Any]] = []
+        for row in rows:
+            (alone if row["claim"] is None or sizes[row["claim"]] == 1 else several).append(row)
         failed = _charge(alone, now=now)
         if several:
             claims = sorted({row["claim"] for row in several})
