@@ -173,7 +173,7 @@ def _publish(task: str, args: list[Any], *, unpublished: Sequence[int]) -> bool:
     try:
         current_app.send_task(task, args=args)
     except Exception:  # noqa: BLE001 - any broker failure; the database still holds the deliveries
-        logger.warning("broker unavailable; deliveries left for the sweeper", extra={"task": task, "args": args})
+        logger.warning("broker unavailable; deliveries left for the sweeper", extra={"task": task, "task_args": args})
         if str(current_app.conf.broker_url or "").startswith(("redis://", "rediss://")):
             redis_error_count("publish")
         _broker_down_until[0] = time.monotonic() + settings.HUB_BROKER_BACKOFF_SECONDS

@@ -154,3 +154,41 @@ def test_a_batch_of_few_events_for_its_endpoints_is_a_fan_out_each_else_a_pump_e
     settings.HUB_FANOUT_MAX_ENDPOINTS = 0
     assert batch_wake(second) == [(PUMP_TASK, [endpoint]) for endpoint in e[2:8]]
     pumps_started(e)
+
+
+def test_a_broker_failure_mid_fan_out_clears_the_marks_of_the_unpublished_only(unconsumed_queue, settings, monkeypatch):
+    """The first message goes out, the broker fails on the second: the endpoints of the second
+    and of every later message lose their marks (the next push publishes for them), the first's
+    keep theirs (its message waits for a worker). The failure is logged, not raised: its log line
+    once carried an extra named 'args', which logging refuses with a KeyError, out of the push's
+    on_commit after the event was committed."""
+    from celery import current_app
+
+    from routing import wakeup
+    from routing.wakeup import FANOUT_TASK, deliveries_wake, pumps_started
+
+    settings.HUB_PUMP_COALESCE_SECONDS = 60
+    settings.HUB_FANOUT_MAX_ENDPOINTS = 2
+    endpoints = [10**9 + 60 + n for n in range(6)]
+    pairs = [(200 + n, endpoint) for n, endpoint in enumerate(endpoints)]
+    real_send = current_app.send_task
+    sent: list[object] = []
+
+    def second_fails(name, *args, **kwargs):
+        if sent:
+            raise ConnectionError("broker down")
+        sent.append(name)
+        return real_send(name, *args, **kwargs)
+
+    monkeypatch.setattr(current_app, "send_task", second_fails)
+    try:
+        assert deliveries_wake(pairs) == [(FANOUT_TASK, [[200, 201], endpoints[:2]])]
+        monkeypatch.setattr(current_app, "send_task", real_send)
+        wakeup._broker_down_until[0] = 0.0
+        assert deliveries_wake(pairs) == [
+            (FANOUT_TASK, [[202, 203], endpoints[2:4]]),
+            (FANOUT_TASK, [[204, 205], endpoints[4:]]),
+        ]
+    finally:
+        wakeup._broker_down_until[0] = 0.0
+        pumps_started(endpoints)
