@@ -130,11 +130,15 @@ def batch_wake(deliveries: Sequence[tuple[int, int, int]]) -> list[tuple[str, li
         return []
     wanted = set(_newly_pending(endpoints) if settings.HUB_PUMP_COALESCE_SECONDS > 0 else endpoints)
     messages: list[tuple[str, list[Any]]] = []
+    pumped: set[int] = set()
     for pairs in by_event.values():
         for message in _event_messages([d for d in pairs if d[1] in wanted]):
             # An endpoint that has its pump's message already needs no second one.
-            if message[0] != PUMP_TASK or message not in messages:
-                messages.append(message)
+            if message[0] == PUMP_TASK:
+                if message[1][0] in pumped:
+                    continue
+                pumped.add(message[1][0])
+            messages.append(message)
     return _messages_publish(messages)
 
 
@@ -157,19 +161,20 @@ def _event_messages(deliveries: list[tuple[int, int]]) -> list[tuple[str, list[A
 
 def _messages_publish(messages: list[tuple[str, list[Any]]]) -> list[tuple[str, list[Any]]]:
     """Publish in order until the broker fails; those published. On a failure the endpoints of the
-    rest have their marks cleared (_publish)."""
+    rest have their marks cleared, so that the next push tries again; they are listed only then
+    (once per publish, it was quadratic in the messages)."""
     published: list[tuple[str, list[Any]]] = []
     for at, (task, args) in enumerate(messages):
-        rest = [s for t, a in messages[at:] for s in (a if t == PUMP_TASK else a[1])]
-        if not _publish(task, args, unpublished=list(dict.fromkeys(rest))):
+        if not _publish(task, args):
+            rest = [s for t, a in messages[at:] for s in (a if t == PUMP_TASK else a[1])]
+            pumps_started(list(dict.fromkeys(rest)))
             break
         published.append((task, args))
     return published
 
 
-def _publish(task: str, args: list[Any], *, unpublished: Sequence[int]) -> bool:
-    """One message; on a broker failure, back off (the sweeper publishes later) and clear the
-    pending marks of `unpublished`, so that the next push tries again."""
+def _publish(task: str, args: list[Any]) -> bool:
+    """One message; on a broker failure, back off (the sweeper publishes later)."""
     try:
         current_app.send_task(task, args=args)
     except Exception:  # noqa: BLE001 - any broker failure; the database still holds the deliveries
@@ -177,7 +182,6 @@ def _publish(task: str, args: list[Any], *, unpublished: Sequence[int]) -> bool:
         if str(current_app.conf.broker_url or "").startswith(("redis://", "rediss://")):
             redis_error_count("publish")
         _broker_down_until[0] = time.monotonic() + settings.HUB_BROKER_BACKOFF_SECONDS
-        pumps_started(unpublished)
         return False
     return True
 
