@@ -3,7 +3,11 @@ ones among them that want a given event."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from django.conf import settings
+from django.core.exceptions import ObjectDoesNotExist
 
 from events.models import Event
 from infra.ttl import TtlCache
@@ -12,6 +16,37 @@ from routing.fields import encrypted_fields
 from routing.models import Subscription
 
 _enabled: TtlCache[None, tuple[Subscription, ...]] = TtlCache()
+
+# Said on the message types wherever the schedule is known with them (hubapply's file): no type
+# matches no pushed event, and with no schedule there is no tick either.
+RECEIVES_NOTHING = (
+    "A subscription with no message types and no schedule receives nothing: give it message types "
+    '(e.g. ["order:*"]) or a schedule.'
+)
+
+
+def receives_nothing(*, message_types: Sequence[Any] | None, has_schedule: bool) -> bool:
+    """No pushed event matches an empty list of message types, and only a schedule makes ticks."""
+    return not message_types and not has_schedule
+
+
+def subscription_has_schedule(subscription: Subscription) -> bool:
+    """Whether it pulls: read with select_related("schedule") to spare a query per subscription."""
+    try:
+        return subscription.schedule is not None
+    except ObjectDoesNotExist:
+        return False
+
+
+def subscription_receives(subscription: Subscription, *, separator: str = ", ") -> str:
+    """What it receives in words, for lists: an empty cell would read as "everything". The API
+    creates a subscription before its schedule, so one that receives nothing (yet) is said so
+    here rather than refused there."""
+    if subscription.message_types:
+        return separator.join(str(t) for t in subscription.message_types)
+    if subscription_has_schedule(subscription):
+        return "none (its schedule's ticks only)"
+    return "nothing (no message types, no schedule)"
 
 
 def subscriptions_enabled() -> list[Subscription]:

@@ -18,7 +18,9 @@
         interval_seconds: 300
 
 Each item has the API's input shape (ops.manage.serializers; a schedule also names its subscription,
-which the API takes from its URL) and is validated as the API and the admin's form validate it.
+which the API takes from its URL) and is validated as the API and the admin's form validate it;
+and since the file carries the schedules, a subscription it leaves with neither message types nor a
+schedule is refused (the API, which makes a subscription before its schedule, cannot tell).
 Applying is idempotent (a second run changes nothing), validates every item before writing
 anything, writes in one transaction, and deletes only with `prune`.
 
@@ -49,6 +51,7 @@ from events.models import Event, Store
 from ops.manage import services
 from ops.manage.serializers import ScheduleItem, StoreInput, SubscriptionInput
 from routing.models import Schedule, Subscription
+from routing.subscriptions import RECEIVES_NOTHING, receives_nothing
 from routing.timing import schedule_validate
 
 DOCUMENT_VERSION = 1
@@ -189,6 +192,7 @@ def hub_plan(document: Any, *, prune: bool = False) -> Plan:
 
     existing_subscriptions = {s.name: s for s in Subscription.objects.select_related("store")}
     defaults = services.subscription_defaults()
+    places: dict[str, str] = {}
     for index, item in enumerate(_items(document, "subscriptions")):
         where = _where("subscriptions", index, item)
         declared = _validated(SubscriptionInput, item, where)
@@ -198,6 +202,7 @@ def hub_plan(document: Any, *, prune: bool = False) -> Plan:
         current = existing_subscriptions.get(name)
         values = {**{f: v for f, v in defaults.items() if f not in KEPT_WHEN_ABSENT}, **declared}
         plan.subscriptions[name] = values
+        places[name] = where
         try:
             if current is None:
                 services.subscription_check(values, store_lookup=store_lookup)
@@ -211,6 +216,12 @@ def hub_plan(document: Any, *, prune: bool = False) -> Plan:
             raise DocumentInvalid(where, exc.detail, exc.field) from None
 
     existing_schedules = _schedules_plan(document, plan, set(existing_subscriptions), prune=prune)
+    for name, values in plan.subscriptions.items():
+        # The file carries the schedules, so here, unlike the API (subscription first, schedule
+        # after), a subscription left with neither message types nor a schedule is known to get nothing.
+        kept = name in plan.schedules or (not prune and name in existing_schedules)
+        if receives_nothing(message_types=values.get("message_types"), has_schedule=kept):
+            raise DocumentInvalid(places[name], RECEIVES_NOTHING, "message_types")
 
     if prune:
         # Before the subscriptions: a schedule goes with its subscription anyway.

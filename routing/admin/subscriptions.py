@@ -9,7 +9,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -23,6 +23,7 @@ from routing.admin.display import badge, secret_mask
 from routing.matching import message_types_validate
 from routing.models import SUBSCRIPTION_EDITABLE_FIELDS, PayloadFormat, Subscription, parameters_validate
 from routing.standing import subscription_disable
+from routing.subscriptions import receives_nothing, subscription_has_schedule, subscription_receives
 from routing.transport.netguard import subscription_url_validate
 
 
@@ -152,10 +153,23 @@ class SubscriptionAdmin(admin.ModelAdmin):
 
     @admin.display(description="message types")
     def types(self, obj: Subscription) -> str:
-        if obj.message_types:
-            return ", ".join(str(t) for t in obj.message_types)
-        # Said in words: an empty cell would read as "everything".
-        return "none (its schedule's ticks only)" if _has_schedule(obj) else "none"
+        return subscription_receives(obj)
+
+    def save_model(self, request: HttpRequest, obj: Subscription, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        # Not refused: the schedule is made after its subscription (on its own page), as in the API.
+        if receives_nothing(message_types=obj.message_types, has_schedule=subscription_has_schedule(obj)):
+            url = f"{reverse('admin:routing_schedule_add')}?subscription={obj.pk}"
+            self.message_user(
+                request,
+                format_html(
+                    "“{}” receives nothing until it has message types or a schedule: "
+                    '<a href="{}" id="schedule-add">add a schedule</a>.',
+                    obj.name,
+                    url,
+                ),
+                messages.WARNING,
+            )
 
     @admin.display(description="enabled", ordering="is_enabled")
     def enabled_badge(self, obj: Subscription) -> str:
@@ -291,10 +305,3 @@ class SubscriptionAdmin(admin.ModelAdmin):
         secret = operations.subscription_secret_rotate(subscription_id=subscription.pk)
         self.log_change(request, subscription, "Rotated the signing secret.")
         return self._secrets_page(request, [(subscription, secret)], "New signing secret")
-
-
-def _has_schedule(subscription: Subscription) -> bool:
-    try:
-        return subscription.schedule is not None
-    except ObjectDoesNotExist:
-        return False

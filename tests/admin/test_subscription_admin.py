@@ -58,9 +58,23 @@ def test_a_subscription_that_only_pulls_is_saved_without_message_types_and_liste
     assert response.status_code == 200 and "adminform" not in response.context
     pull = Subscription.objects.get(name="erp")
     assert pull.message_types == []
-    assert '<td class="field-types">none</td>' in admin_client.get(LIST).content.decode()
+    # Its schedule is made after it, on its own page: not refused, but said, with the way to one.
+    [said] = [str(m) for m in response.context["messages"] if "receives nothing" in str(m)]
+    assert said.startswith("“erp” receives nothing until it has message types or a schedule")
+    assert f'href="/admin/routing/schedule/add/?subscription={pull.pk}"' in said
+    listed = admin_client.get(LIST).content.decode()
+    assert '<td class="field-types">nothing (no message types, no schedule)</td>' in listed
     Schedule.objects.create(subscription=pull, interval_seconds=300)
     assert "none (its schedule&#x27;s ticks only)" in admin_client.get(LIST).content.decode()
+    # Saved again with its schedule: nothing to warn of.
+    response = admin_client.post(f"{LIST}{pull.pk}/change/", {**VALID, "message_types": types}, follow=True)
+    assert not [m for m in response.context["messages"] if "receives nothing" in str(m)]
+
+
+def test_a_subscription_with_message_types_is_saved_with_no_warning(admin_client):
+    response = admin_client.post(f"{LIST}add/", VALID)
+    assert not [m for m in response.context["messages"] if "receives nothing" in str(m)]
+    assert '<td class="field-types">order:new, shipment:*</td>' in admin_client.get(LIST).content.decode()
 
 
 @pytest.mark.parametrize(

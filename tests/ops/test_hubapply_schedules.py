@@ -121,8 +121,17 @@ def test_schedules_are_removed_only_with_prune(tmp_path):
     without = PULLS.split("schedules:")[0]
     assert apply(tmp_path, without).strip() == "0 changes."
     assert Schedule.objects.count() == 2
+    # Pruned of its schedule, the subscription that only pulls would receive nothing: refused.
+    with pytest.raises(CommandError, match=r"subscriptions\[2\] \('shop-pull'\): message_types: A subscription"):
+        apply(tmp_path, without, "--prune")
+    assert Schedule.objects.count() == 2
+    without = without.replace(
+        "url: https://shop.example.com/pull\n    store: acme\n",
+        'url: https://shop.example.com/pull\n    store: acme\n    message_types: ["order:new"]\n',
+    )
     out = apply(tmp_path, without, "--prune")
-    assert "delete schedule 'acme-erp'" in out and "delete schedule 'shop-pull'" in out and "2 changes." in out
+    assert "delete schedule 'acme-erp'" in out and "delete schedule 'shop-pull'" in out
+    assert "update subscription 'shop-pull': message_types" in out and "3 changes." in out
     assert not Schedule.objects.exists()
     # The subscriptions stay: the file names them.
     assert set(Subscription.objects.values_list("name", flat=True)) == {"acme-erp", "shop-pull", "warehouse"}
@@ -180,3 +189,31 @@ def test_schedules_that_are_not_a_list_are_refused(tmp_path):
     with pytest.raises(CommandError, match="schedules: 'schedules' must be a list of items"):
         apply(tmp_path, HUB + "schedules: {subscription: acme-erp, interval_seconds: 60}\n")
     assert not Store.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        # A new subscription with neither message types nor a schedule in the file.
+        (HUB + "  - name: idle\n    url: https://idle.example.com/hub\n", "subscriptions[2] ('idle')"),
+        # An existing one whose message types the file empties, with no schedule.
+        (HUB.replace('message_types: ["*"]', "message_types: []"), "subscriptions[1] ('warehouse')"),
+    ],
+)
+def test_a_subscription_that_would_receive_nothing_is_refused_by_item_and_field(tmp_path, text, where):
+    apply(tmp_path, HUB)
+    before = (list(Subscription.objects.values_list("name", "message_types")), Schedule.objects.count())
+    with pytest.raises(CommandError) as raised:
+        apply(tmp_path, text)
+    assert str(raised.value) == (
+        f"{where}: message_types: A subscription with no message types and no schedule receives nothing: "
+        'give it message types (e.g. ["order:*"]) or a schedule. (nothing was written)'
+    )
+    assert (list(Subscription.objects.values_list("name", "message_types")), Schedule.objects.count()) == before
+
+
+def test_a_subscription_with_no_message_types_may_keep_the_schedule_it_has(tmp_path):
+    """Without --prune a schedule the file leaves out stays, so the subscription still pulls."""
+    apply(tmp_path, PULLS)
+    assert apply(tmp_path, PULLS.split("schedules:")[0]).strip() == "0 changes."
+    assert Subscription.objects.get(name="shop-pull").message_types == []

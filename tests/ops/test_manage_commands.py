@@ -13,7 +13,7 @@ from rest_framework.test import APIClient
 
 from events.models import Event, Store
 from ops.models import SCOPES, ManagementKey
-from routing.models import Delivery, DeliveryState, Subscription
+from routing.models import Delivery, DeliveryState, Schedule, Subscription
 from tests.factories import StoreFactory, SubscriptionFactory
 
 pytestmark = pytest.mark.django_db
@@ -97,3 +97,16 @@ def test_hubdeliveries_counts_then_retries_what_failed_in_a_window():
         run("hubdeliveries", "cancel", "--subscription", "ghost")
     with pytest.raises(CommandError, match="--since"):
         run("hubdeliveries", "cancel", "--since", "yesterday")
+
+
+def test_hubsubscription_list_says_in_words_what_each_receives():
+    SubscriptionFactory(name="erp", message_types=["order:*", "shipment:confirm"])
+    pull = SubscriptionFactory(name="pull", message_types=[])
+    Schedule.objects.create(subscription=pull, interval_seconds=300)
+    SubscriptionFactory(name="unfinished", message_types=[])
+    receives = {line.split("\t")[0]: line.split("\t")[3] for line in run("hubsubscription", "list").splitlines()}
+    assert receives == {
+        "erp": "order:*,shipment:confirm",
+        "pull": "none (its schedule's ticks only)",
+        "unfinished": "nothing (no message types, no schedule)",
+    }

@@ -7,6 +7,7 @@ from ops.manage import services
 from ops.manage.commands import command_actor, hub_errors
 from ops.manage.serializers import subscription_output
 from routing.models import Subscription
+from routing.subscriptions import subscription_receives
 
 
 class Command(BaseCommand):
@@ -27,9 +28,11 @@ class Command(BaseCommand):
     def handle(self, *args, action: str, name: str | None, reason: str, **options):
         actor = command_actor("hubsubscription")
         if action == "list":
-            for sub in Subscription.objects.order_by("name"):
+            for sub in Subscription.objects.select_related("schedule").order_by("name"):
                 state = "enabled" if sub.is_enabled else f"disabled ({sub.disabled_reason})"
-                self.stdout.write(f"{sub.name}\t{state}\t{sub.url}\t{','.join(map(str, sub.message_types))}")
+                # Types comma-separated as ever; none said in words (an empty column could not tell a
+                # pull from a subscription that receives nothing).
+                self.stdout.write(f"{sub.name}\t{state}\t{sub.url}\t{subscription_receives(sub, separator=',')}")
             return
         with hub_errors():
             if not name:
