@@ -11,14 +11,14 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
-from events.models import Event, Store
+from events.models import Event, EventDescendants, Store
 from events.services import IngestResult
 from events.validation import envelope_validate
 from ops import partitions
-from routing.models import Delivery, DeliveryState, ReturnedObject
+from routing.models import Attempt, Delivery, DeliveryState, Notification, ReturnedObject, Schedule
 from routing.outbox import event_accept
 
 logger = logging.getLogger(__name__)
@@ -77,20 +77,23 @@ def events_purge(
         if not ids:
             return
         last_id = ids[-1]
-        ids = _without_unpurgeable_descendants(ids, purgeable)
-        if not ids:
+        roots, family = _purgeable_families(ids, purgeable)
+        if not roots:
             continue
         if dry_run:
-            yield PurgeBatch(events=len(ids), rows=0)
+            yield PurgeBatch(events=len(roots), rows=0)
             continue
         with transaction.atomic():
-            rows, per_model = Event.objects.filter(id__in=ids).delete()
-        yield PurgeBatch(events=per_model.get(Event._meta.label, 0), rows=rows)
+            batch = _family_delete(family)
+        yield batch
 
 
-def _without_unpurgeable_descendants(ids: list[int], purgeable: QuerySet[Event]) -> list[int]:
+def _purgeable_families(ids: list[int], purgeable: QuerySet[Event]) -> tuple[list[int], list[int]]:
+    """Of `ids`, those whose every descendant (the events their replies made, at any depth) is
+    purgeable too; and those with all their descendants, which go with them."""
     root_of = {event_id: event_id for event_id in ids}
     blocked: set[int] = set()
+    found: dict[int, int] = {}
     frontier = dict(root_of)
     while frontier:
         children = list(Event.objects.filter(parent_id__in=list(frontier)).values_list("id", "parent_id"))
@@ -106,7 +109,31 @@ def _without_unpurgeable_descendants(ids: list[int], purgeable: QuerySet[Event])
             else:
                 blocked.add(root)
         frontier = {child: root for child, root in next_frontier.items() if root not in blocked}
-    return [event_id for event_id in ids if event_id not in blocked]
+        found.update(frontier)
+    roots = [event_id for event_id in ids if event_id not in blocked]
+    descendants = [child for child, root in found.items() if root not in blocked and child not in root_of]
+    return roots, roots + descendants
+
+
+def _family_delete(ids: list[int]) -> PurgeBatch:
+    """Delete the events `ids` (descendants included: the caller found them) and every row that
+    refers to them, one statement per table, dependents first; inside the caller's transaction.
+
+    Django's delete() reads each event whole (its payload too) and each delivery's id into memory
+    to cascade, then sends them back as lists; here the database finds the rows itself. Every
+    relation to an event or a delivery is named below (tests.ops.test_commands checks the list)."""
+    deliveries = Delivery.objects.filter(event_id__in=ids)
+    delivery_ids = Subquery(deliveries.values("id"))
+    rows = Attempt.objects.filter(delivery_id__in=delivery_ids).delete()[0]
+    rows += Notification.objects.filter(Q(event_id__in=ids) | Q(delivery_id__in=delivery_ids)).delete()[0]
+    rows += EventDescendants.objects.filter(root_id__in=ids).delete()[0]
+    Schedule.objects.filter(last_event_id__in=ids).update(last_event=None)
+    # Replays are of the same event, so among these. Their dependents are gone: a plain DELETE
+    # each (what delete() itself sends once it has nothing to cascade to).
+    rows += deliveries._raw_delete(deliveries.db)
+    events = Event.objects.filter(id__in=ids)
+    deleted = events._raw_delete(events.db)
+    return PurgeBatch(events=deleted, rows=rows + deleted)
 
 
 def events_retention_purge() -> int:

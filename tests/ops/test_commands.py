@@ -4,10 +4,13 @@ from datetime import timedelta
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
+from django.db.models import Q
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from events.models import Event
-from routing.models import Attempt, Delivery, DeliveryState, Notification
+from events.models import Event, EventDescendants
+from routing.models import Attempt, Delivery, DeliveryState, Notification, Schedule
 from tests.factories import StoreFactory, SubscriptionFactory
 
 pytestmark = pytest.mark.django_db
@@ -182,6 +185,83 @@ def test_purge_keeps_an_event_whose_reply_children_are_not_done(store):
         Event.objects.filter(pk__in=[parent.pk, child.pk, other_parent.pk, other_child.pk]).values_list("pk", flat=True)
     ) == {parent.pk, child.pk}
     assert out.startswith("Deleted 2 events")
+
+
+def test_purge_takes_every_row_that_refers_to_a_purged_event_and_nothing_else(store):
+    """A family (an event and its reply's event) with a replayed delivery, notifications on the
+    event and on a delivery, the descendants' count and a schedule's last tick: all of it goes,
+    the schedule stays (its last tick forgotten); a kept event keeps every row of its own."""
+    parent = make_event(store, days_old=40, states=[DeliveryState.DELIVERED])
+    child = make_event(None, days_old=40, states=[DeliveryState.DELIVERED], parent=parent)
+    original = Delivery.objects.get(event=parent)
+    replay = Delivery.objects.create(
+        event=parent, subscription=original.subscription, state=DeliveryState.DELIVERED, replay_of=original
+    )
+    Attempt.objects.create(delivery=replay, number=1, request_method="POST", request_url="http://x.test/")
+    Notification.objects.create(event=child, subject="about the event only")
+    EventDescendants.objects.create(root=parent, count=1)
+    schedule = Schedule.objects.create(subscription=original.subscription, interval_seconds=300, last_event=child)
+    kept = make_event(store, days_old=40, states=[DeliveryState.FAILED])
+    EventDescendants.objects.create(root=kept, count=0)
+    kept_rows = rows_of([kept.pk])
+    # 2 events, 3 deliveries, 3 attempts, 3 notifications, 1 count of descendants.
+    assert len(rows_of([parent.pk, child.pk])) == 12
+
+    out, _ = run("purge", "--days", "30")
+
+    assert out.startswith("Deleted 2 events created before") and "(12 rows in all)" in out
+    assert not rows_of([parent.pk, child.pk])
+    assert rows_of([kept.pk]) == kept_rows
+    schedule.refresh_from_db()
+    assert schedule.last_event_id is None
+
+
+def rows_of(event_ids: list[int]) -> set[tuple[str, int]]:
+    """Every row that is an event of `event_ids` or refers to one (directly or by its delivery)."""
+    deliveries = Delivery.objects.filter(event_id__in=event_ids)
+    found = {("event", pk) for pk in Event.objects.filter(pk__in=event_ids).values_list("pk", flat=True)}
+    found |= {("delivery", pk) for pk in deliveries.values_list("pk", flat=True)}
+    found |= {("attempt", pk) for pk in Attempt.objects.filter(delivery__in=deliveries).values_list("pk", flat=True)}
+    notes = Notification.objects.filter(Q(event_id__in=event_ids) | Q(delivery__in=deliveries))
+    found |= {("notification", pk) for pk in notes.values_list("pk", flat=True)}
+    found |= {
+        ("descendants", pk)
+        for pk in EventDescendants.objects.filter(root_id__in=event_ids).values_list("pk", flat=True)
+    }
+    return found
+
+
+def test_purge_reads_no_event_into_memory(store):
+    """Set-based: the database finds the rows to delete; Django's delete() read each event whole,
+    payload and all (a batch of 1,000 large events was that many payloads in the command's memory)."""
+    for _ in range(3):
+        make_event(store, days_old=40, states=[DeliveryState.DELIVERED])
+    with CaptureQueriesContext(connection) as queries:
+        out, _ = run("purge", "--days", "30")
+    assert out.startswith("Deleted 3 events")
+    assert not [q["sql"] for q in queries.captured_queries if '"payload"' in q["sql"]]
+
+
+def test_purge_knows_every_relation_to_an_event_or_a_delivery():
+    """ops.services._family_delete deletes (or, for a schedule's last tick, clears) by hand what
+    Django's delete() would cascade to: a new relation must be added there, or purging would fail on it."""
+    relations = {
+        (rel.related_model._meta.label, rel.field.name, rel.on_delete.__name__)
+        for model in (Event, Delivery)
+        # As Django's delete() finds them: hidden ones (related_name="+") included.
+        for rel in model._meta.get_fields(include_hidden=True)
+        if rel.auto_created and not rel.concrete and (rel.one_to_many or rel.one_to_one)
+    }
+    assert relations == {
+        ("routing.Delivery", "event", "CASCADE"),
+        ("routing.Delivery", "replay_of", "CASCADE"),
+        ("routing.Attempt", "delivery", "CASCADE"),
+        ("routing.Notification", "event", "CASCADE"),
+        ("routing.Notification", "delivery", "CASCADE"),
+        ("events.Event", "parent", "CASCADE"),
+        ("events.EventDescendants", "root", "CASCADE"),
+        ("routing.Schedule", "last_event", "SET_NULL"),
+    }
 
 
 def test_purge_rejects_nonsense():
