@@ -55,8 +55,9 @@ def leases_reclaim(*, now: datetime) -> tuple[int, int, list[int]]:
     (no attempt spent, its number given back) and marked send_alone, so that each is sent next in a
     batch of its own. A batch of one is the request on the wire: charged an unanswered attempt, and
     failed once that spends its budget, so that a delivery that kills its worker every time ends
-    up failed rather than sent forever. Its retry is due by the endpoint's schedule, as any failed
-    attempt's: due at once, a delivery that kills its worker would take down a worker every sweep.
+    up failed rather than sent forever. A first crash is taken as the worker's (a deploy, the OOM
+    killer): its retry is due at once. One whose previous attempt also ended in a crash waits for
+    the endpoint's schedule, as any failed attempt: else it would take down a worker every sweep.
 
     Rows a pump is recording right now are skipped (SKIP LOCKED), left to the next sweep."""
     expired = Delivery.objects.filter(state=DeliveryState.DELIVERING, lease_expires_at__lt=now)
@@ -69,6 +70,7 @@ def leases_reclaim(*, now: datetime) -> tuple[int, int, list[int]]:
                 "id",
                 "claim",
                 "attempt_count",
+                "last_error",
                 "event_id",
                 "subscription_id",
                 "subscription__url",
@@ -103,8 +105,9 @@ def leases_reclaim(*, now: datetime) -> tuple[int, int, list[int]]:
 
 
 def _charge(rows: list[dict[str, Any]], *, now: datetime) -> list[dict[str, Any]]:
-    """Each delivery sent alone whose lease ran out: an unanswered attempt, and retried when its
-    endpoint's schedule says or failed by its budget, in one UPDATE per verdict and one INSERT.
+    """Each delivery sent alone whose lease ran out: an unanswered attempt, and retried (at once
+    after a first crash, else when its endpoint's schedule says) or failed by its budget, in one
+    UPDATE per verdict and one INSERT.
     Returns those failed."""
     if not rows:
         return []
@@ -114,6 +117,8 @@ def _charge(rows: list[dict[str, Any]], *, now: datetime) -> list[dict[str, Any]
         decision = _decision(row)
         if decision.verdict == retry.Verdict.FAILED:
             failed.append(row)
+        elif row["last_error"] != LEASE_EXPIRED_ERROR:
+            due[row["id"]] = now
         else:
             due[row["id"]] = now + timedelta(seconds=decision.delay_seconds or 0)
     changes = {"lease_expires_at": None, "claim": None, "last_error": LEASE_EXPIRED_ERROR, "last_status_code": None}

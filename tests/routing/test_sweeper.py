@@ -80,27 +80,37 @@ def test_a_dead_batch_of_several_goes_back_unsent_and_a_dead_batch_of_one_is_cha
     assert claimed(sub) == [run[1].pk]
 
 
-def test_a_charged_retry_is_due_by_the_endpoints_schedule_not_at_once(settings):
-    """The unanswered attempt of a batch of one waits as any failed attempt does: the endpoint's
-    own schedule, else the hub's. Due at once, a delivery that kills its worker every time would
-    take down a worker each sweep until its budget ran out."""
+def crashed_before(*deliveries: Delivery) -> None:
+    """As if each one's previous attempt had also ended with its worker's death."""
+    Delivery.objects.filter(pk__in=[d.pk for d in deliveries]).update(last_error=LEASE_EXPIRED_ERROR)
+
+
+def test_a_first_crash_is_retried_at_once_and_a_repeated_one_by_the_endpoints_schedule(settings):
+    """A first crash is taken as the worker's (a deploy, the OOM killer), so the held delivery goes
+    again at once; one whose previous attempt also crashed waits as any failed attempt does (the
+    endpoint's own schedule, else the hub's). Due at once every time, a delivery that kills its
+    worker would take down a worker each sweep until its budget ran out."""
     settings.HUB_RETRY_JITTER = 0
     settings.HUB_RETRY_SCHEDULE = [30, 90]
     own = SubscriptionFactory(max_in_flight=0, retry_schedule=[120, 600])
     hubs = SubscriptionFactory(max_in_flight=0, retry_schedule=None)
+    first = SubscriptionFactory(max_in_flight=0, retry_schedule=[120, 600])
     [mine] = order_chain(own, 1, order="A")
     [theirs] = order_chain(hubs, 1, order="B")
-    assert claimed(own) == [mine.pk] and claimed(hubs) == [theirs.pk]
+    [fresh] = order_chain(first, 1, order="C")
+    assert claimed(own) == [mine.pk] and claimed(hubs) == [theirs.pk] and claimed(first) == [fresh.pk]
+    crashed_before(mine, theirs)
     leases_expire()
     now = timezone.now()
 
-    assert deliveries_sweep(now=now).reclaimed == 2
+    assert deliveries_sweep(now=now).reclaimed == 3
 
-    for delivery, delay in ((mine, 120), (theirs, 30)):
+    for delivery, delay in ((mine, 120), (theirs, 30), (fresh, 0)):
         delivery.refresh_from_db()
         assert (delivery.state, delivery.attempt_count, delivery.send_alone) == ("retrying", 1, True)
         assert delivery.next_attempt_at == now + timedelta(seconds=delay)
     assert claimed(own) == [] and claimed(hubs) == []
+    assert claimed(first) == [fresh.pk]
 
 
 def test_charged_retries_are_jittered_within_the_hubs_bounds(settings):
@@ -110,6 +120,7 @@ def test_charged_retries_are_jittered_within_the_hubs_bounds(settings):
     for n, sub in enumerate(subs):
         order_chain(sub, 1, order=f"J{n}")
         assert len(claimed(sub)) == 1
+    crashed_before(*Delivery.objects.all())
     leases_expire()
     now = timezone.now()
     deliveries_sweep(now=now)
