@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -48,17 +49,25 @@ def event_rejected_count(*, store: str, message: str, reason: str) -> None:
 
 def attempt_observe(outcome: str, seconds: float) -> None:
     """One delivery attempt: `outcome` such as 'success', 'http_error', 'timeout', 'connection_error'."""
-    DELIVERY_ATTEMPTS.labels(outcome=outcome).inc()
-    ATTEMPT_SECONDS.labels(outcome=outcome).observe(max(0.0, seconds))
+    attempts, seconds_histogram = _attempt_series(outcome)
+    attempts.inc()
+    seconds_histogram.observe(max(0.0, seconds))
+
+
+@functools.lru_cache(maxsize=64)
+def _attempt_series(outcome: str) -> tuple[Counter, Histogram]:
+    # labels() takes a lock and builds its key on every call, for a child that never changes: one
+    # per outcome of a small, fixed vocabulary, looked up once.
+    return DELIVERY_ATTEMPTS.labels(outcome=outcome), ATTEMPT_SECONDS.labels(outcome=outcome)
 
 
 def redis_error_count(use: str) -> None:
     REDIS_ERRORS.labels(use=use).inc()
 
 
-def delivery_outcome_count(outcome: str) -> None:
-    """What a delivery became after an attempt: 'delivered', 'retrying', 'failed', 'cancelled'."""
-    DELIVERY_OUTCOMES.labels(outcome=outcome).inc()
+def delivery_outcome_count(outcome: str, count: int = 1) -> None:
+    """What `count` deliveries became after an attempt: 'delivered', 'retrying', 'failed', 'cancelled'."""
+    DELIVERY_OUTCOMES.labels(outcome=outcome).inc(count)
 
 
 def process_registry() -> CollectorRegistry:

@@ -3,6 +3,7 @@ the replies taken in, schedule ticks, the endpoint's standing, retries woken; an
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import math
@@ -51,12 +52,13 @@ def retries_wake(sub: Subscription, mine: list[Outcome]) -> None:
 
 
 def outcomes_log(logger: logging.Logger, sub: Subscription, mine: list[Outcome], *, fan_out: bool = False) -> None:
-    """One metric and one INFO line per attempt (the line built only when INFO is on)."""
-    logged = logger.isEnabledFor(logging.INFO)
+    """The outcomes counted, and one INFO line per attempt (built only when INFO is on)."""
+    # Counted once per verdict of the batch, not once per delivery: the same totals.
+    for verdict, count in collections.Counter(str(decision.verdict) for _, decision in mine).items():
+        metrics.delivery_outcome_count(verdict, count=count)
+    if not logger.isEnabledFor(logging.INFO):
+        return
     for s, decision in mine:
-        metrics.delivery_outcome_count(str(decision.verdict))
-        if not logged:
-            continue
         extra = {
             "event_id": str(s.delivery.event.uid),
             "delivery_id": s.delivery.pk,

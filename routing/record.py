@@ -134,8 +134,10 @@ def batch_finish(ids: list[int], *, claims: Sequence[int], changes: dict[str, An
     fields = [Delivery._meta.get_field(name) for name in changes]
     params = [f.get_db_prep_save(changes[f.name], connection) for f in fields]
     params += [*ids, DeliveryState.DELIVERING, *claims]
-    with connection.cursor() as cursor:
-        cursor.execute(sql.deliveries_finish(tuple(f.column for f in fields), len(ids), len(claims)), params)
+    statement = sql.deliveries_finish(tuple(f.column for f in fields), len(ids), len(claims))
+    # Server-bound (routing.sql.bound_cursor): a batch's UPDATE names 50 ids.
+    with sql.bound_cursor() as cursor:
+        cursor.execute(sql.bound(statement), params)
         return cursor.rowcount
 
 
@@ -153,11 +155,12 @@ def _attempts_record(sent: list[Sent], *, kept: set[int]) -> None:
     fresh = [_attempt_values(s) for s in sent if s.delivery.pk in kept]
     stale = [_attempt_values(s) for s in _guessed([s for s in sent if s.delivery.pk not in kept])]
     step = sql.attempts_per_insert()
-    with connection.cursor() as cursor:
+    with sql.bound_cursor() as cursor:
         for rows, replace in ((fresh, False), (stale, True)):
             for start in range(0, len(rows), step):
                 chunk = rows[start : start + step]
-                cursor.execute(sql.attempts_insert(len(chunk), replace=replace), [v for row in chunk for v in row])
+                statement = sql.bound(sql.attempts_insert(len(chunk), replace=replace))
+                cursor.execute(statement, [v for row in chunk for v in row])
 
 
 def _guessed(stale: list[Sent]) -> list[Sent]:

@@ -10,6 +10,7 @@ SQLite differ, both variants are here side by side, chosen by the `postgresql` a
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 from django.db import connection
 from django.db.models import Field, Model
@@ -47,6 +48,20 @@ def model_columns(model: type[Model], alias: str) -> str:
 
 
 numbered = events_sql.numbered
+
+
+def bound_cursor() -> Any:
+    """The server-bound cursor on PostgreSQL (events.sql.insert_cursor), the connection's own elsewhere.
+
+    For statements of a batch's many parameters (its ids, its attempts' rows): Django's cursor binds
+    on the client, writing each value into the text as a literal, and psycopg splits a text of
+    over 50 parameters anew on every execution; the server-bound one sends the values apart."""
+    return events_sql.insert_cursor(connection)
+
+
+def bound(statement: str) -> str:
+    """A statement's text for bound_cursor()."""
+    return events_sql.for_cursor(connection, statement)
 
 
 # The pump's read of its endpoint -----------------------------------------------------------------

@@ -41,10 +41,12 @@ def events_status_refresh(*, event_ids: Collection[int]) -> dict[int, str]:
     if not ids:
         return {}
     # No savepoint: nothing here is caught, so a failure rolls back the caller's transaction anyway.
-    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+    with transaction.atomic(savepoint=False), sql.bound_cursor() as cursor:
         # The lock and the read in one statement: each event with its deliveries (or none).
         cursor.execute(
-            sql.events_with_deliveries_locked(len(ids), postgresql=connection.features.has_select_for_no_key_update),
+            sql.bound(
+                sql.events_with_deliveries_locked(len(ids), postgresql=connection.features.has_select_for_no_key_update)
+            ),
             ids,
         )
         current: dict[int, str] = {}
@@ -60,5 +62,5 @@ def events_status_refresh(*, event_ids: Collection[int]) -> dict[int, str]:
             if status != current[pk]:
                 changed.setdefault(status, []).append(pk)
         for status, pks in changed.items():
-            cursor.execute(sql.events_status_set(len(pks)), [status, *pks])
+            cursor.execute(sql.bound(sql.events_status_set(len(pks))), [status, *pks])
     return statuses

@@ -8,9 +8,12 @@ raise for it, so requests' mapping, and every error text, is the same on either 
 
 from __future__ import annotations
 
+import email.parser
 import errno
 import http.client
+import re
 import sys
+import types
 from collections.abc import Iterator, Mapping
 from ssl import SSLError as BaseSSLError
 from typing import Any
@@ -100,11 +103,50 @@ def kept_exchange(
     return KeptReply(pool, conn, raw, method, path)
 
 
+# A header line the email parser takes as `name: value` and nothing else: a name of the characters
+# its headerRE allows, a value of printable ASCII and tabs (no line break of any kind, which its
+# splitlines would see), nothing on the next line that continues it.
+_HEADER_PLAIN = re.compile(rb"[!-9;-~]+:[\t -~]*\r?\n\Z")
+
+
+def headers_parse(fp: Any) -> http.client.HTTPMessage:
+    """http.client.parse_headers, the same HTTPMessage, without the email parser for a reply whose
+    header lines are all plain (_HEADER_PLAIN), which costs more than the rest of the reply's
+    reading. Anything else (a folded line, a name the parser refuses, a multipart or message
+    Content-Type, whose empty body it parses) goes to the parser as before. The lines are read by
+    http.client's own _read_headers, with its limits and error texts."""
+    lines = http.client._read_headers(fp)  # type: ignore[attr-defined]
+    if lines[-1] in (b"\r\n", b"\n") and all(_HEADER_PLAIN.match(line) for line in lines[:-1]):
+        message = http.client.HTTPMessage()
+        for line in lines[:-1]:
+            name, _, value = line.decode("ascii").partition(":")
+            # compat32's header_source_parse: spaces and tabs before the value go, the line break too.
+            message.set_raw(name, value.lstrip(" \t").rstrip("\r\n"))
+        message.set_payload("")
+        content_type = message.get("content-type", "").lower()
+        if "multipart" not in content_type and "message" not in content_type:
+            return message
+    text = b"".join(lines).decode("iso-8859-1")
+    return email.parser.Parser(_class=http.client.HTTPMessage).parsestr(text)
+
+
+class KeptHTTPResponse(http.client.HTTPResponse):
+    """http.client's response reading its headers with headers_parse: its own begin(), the same
+    code, with parse_headers bound to headers_parse."""
+
+    begin = types.FunctionType(
+        http.client.HTTPResponse.begin.__code__,
+        {**vars(http.client), "parse_headers": headers_parse},
+        "begin",
+    )
+
+
 class KeptConnectionMixin:
     """For the guarded connection classes: http.client writes the head, then the body; with
-    `kept_body` set, the body goes out in the head's write."""
+    `kept_body` set, the body goes out in the head's write. Replies are read as KeptHTTPResponse."""
 
     kept_body: bytes | None = None
+    response_class = KeptHTTPResponse
 
     def send(self, data: Any) -> None:
         body, self.kept_body = self.kept_body, None

@@ -9,6 +9,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from routing.transport import netguard
 from routing.transport.exchange import request_send, session_new
@@ -148,3 +150,65 @@ def test_tls_is_verified_and_kept_alive_on_the_kept_path(tls_endpoint, monkeypat
     assert kept_calls == [1, 1]
     pools = session.get_adapter(url)._plain_pools.values()
     assert sum(p.num_connections for p in pools) == 1
+
+
+# Header blocks the email parser reads in every way it has: plain lines, folded ones, names it
+# refuses, characters its line splitting breaks on, multipart and message types, a missing end.
+HEADER_BLOCKS = [
+    b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n",
+    b"A:b\r\nX:  y \t\r\nZ:\r\n\n",
+    b"\r\n",
+    b"Set-Cookie: a=b\r\nset-cookie: c=d\r\n\r\n",
+    b"X-Folded: one\r\n two\r\n\r\n",
+    b"X-\xe9: value\r\nContent-Length: 0\r\n\r\n",
+    b"X-Latin: caf\xe9\r\n\r\n",
+    b"X-Vt: a\x0bb\r\nX-Nel: a\x85b\r\nX-Cr: a\rb\r\n\r\n",
+    b"Content-Type: multipart/mixed; boundary=x\r\n\r\n",
+    b"Content-Type: message/rfc822\r\n\r\n",
+    b"From nobody\r\nA: b\r\n\r\n",
+    b"No colon here\r\nA: b\r\n\r\n",
+    b":empty name\r\n\r\n",
+    b"A: b\r\n",
+    b"A: b\nB: c\n\n",
+]
+
+
+@pytest.mark.parametrize("block", HEADER_BLOCKS)
+def test_headers_parse_gives_http_clients_message(block):
+    import http.client
+    import io
+
+    from routing.transport.kept import headers_parse
+
+    ours, theirs = headers_parse(io.BytesIO(block)), http.client.parse_headers(io.BytesIO(block))
+    assert type(ours) is type(theirs)
+    assert _state(ours) == _state(theirs)
+    assert ours.items() == theirs.items()
+
+
+# Mostly plain characters (the fast way), with those that send a line to the email parser.
+_NAMES = st.text(alphabet="aZ-_ \t:\x0b\xe9", max_size=8)
+_VALUES = st.one_of(
+    st.text(alphabet="a /;=\t \r\x0b\x1c\x85\xe9:", max_size=20),
+    st.sampled_from(["multipart/mixed; boundary=b", "Message/RFC822", "application/json", ""]),
+)
+
+
+@given(st.lists(st.tuples(_NAMES, _VALUES).map(lambda p: (p[0].encode("latin-1"), p[1].encode("latin-1"))), max_size=6))
+def test_headers_parse_gives_http_clients_message_for_any_lines(lines):
+    import http.client
+    import io
+
+    from routing.transport.kept import headers_parse
+
+    block = b"".join(name.replace(b"\n", b"") + b":" + value.replace(b"\n", b"") + b"\r\n" for name, value in lines)
+    block += b"\r\n"
+    assert _state(headers_parse(io.BytesIO(block))) == _state(http.client.parse_headers(io.BytesIO(block)))
+
+
+def _state(message):
+    """A message's attributes, its defects by type and its parts by state (both compare by identity)."""
+    payload = message._payload
+    if isinstance(payload, list):
+        payload = [_state(part) for part in payload]
+    return {**vars(message), "defects": [type(d) for d in message.defects], "_payload": payload}

@@ -1,0 +1,183 @@
+"""A pump's CPU per delivery in one worker process, without Celery: `python -m bench.pump_cpu [N] [--profile OUT]`.
+
+N deliveries (1,000) of the bench's seed event are queued to one subscription served by
+bench.subscriber (an instant endpoint, in a process of its own), then one deliveries_pump sends
+them all in-process, as a worker's task does, on the DATABASE_URL and REDIS_URL of the
+environment (production shape: PostgreSQL, Redis broker, multiprocess metrics, the JSON log line
+of each outcome at INFO, written to /dev/null). Prints, as the median of `--rounds` rounds (5), and the least of them
+(the round least disturbed on a shared machine):
+
+- the process CPU per delivery (time.process_time),
+- the PostgreSQL backend's CPU per delivery (its /proc/<pid>/stat, readable when PostgreSQL runs
+  on this machine as a user this one may read), and the statements the pump sent per delivery.
+
+With --profile, writes a cProfile (CPU clock) of one more round to OUT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import cProfile
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.plan import SEED
+from bench.push_cpu import _environ
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _backend_cpu(pid: int) -> float:
+    """utime + stime of a process, in seconds; NaN when it cannot be read (another machine)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main(argv: list[str]) -> None:
+    count = int(argv[0]) if argv and argv[0].isdigit() else 1000
+    profile_to = argv[argv.index("--profile") + 1] if "--profile" in argv else None
+    rounds_count = int(argv[argv.index("--rounds") + 1]) if "--rounds" in argv else 5
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "integrator.settings")
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="pump-cpu-"))
+    os.environ.setdefault("HUB_RATE_LIMIT_WRITE", "100000000/second")
+    os.environ["HUB_ALLOW_PRIVATE_DESTINATIONS"] = "1"
+    # One pump sends the whole backlog: no hand-over to a next task at the budget.
+    os.environ.setdefault("HUB_DELIVERY_PUMP_SECONDS", "600")
+    # The helper wake-ups a full batch publishes go to a queue of their own, purged at the end.
+    os.environ["CELERY_QUEUE"] = f"pump-cpu-{os.getpid()}"
+    os.environ["LOG_LEVEL"] = os.environ.get("LOG_LEVEL", "INFO")
+    import django
+
+    django.setup()
+    import logging
+
+    from django.core.management import call_command
+    from django.db import connection
+
+    call_command("migrate", verbosity=0, interactive=False)
+    if connection.vendor == "postgresql":
+        # Every run deletes its deliveries: without this, the next ones read past their dead rows
+        # (an index scan of the status refresh took 130 ms a batch), which no hub does.
+        with connection.cursor() as cursor:
+            cursor.execute('VACUUM ANALYZE "routing_delivery", "routing_attempt", "events_event"')
+    from django.core.wsgi import get_wsgi_application
+
+    from events.models import Store
+    from routing.models import Delivery, DeliveryState, Subscription
+    from routing.pump import deliveries_pump
+
+    port = _free_port()
+    subscriber = subprocess.Popen([sys.executable, "-m", "bench.subscriber", "--port", str(port)])
+    app = get_wsgi_application()  # configures logging again
+    # The outcome lines are formatted, redacted and written as in a worker, to nowhere.
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - open for the whole run
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(devnull)
+    tag = f"pcpu{os.getpid()}"
+    store = Store(name=f"pump-cpu-{tag}")
+    token = store.token_set_new()
+    store.save()
+    Subscription.objects.filter(name="pump-cpu").delete()
+    subscription = Subscription.objects.create(
+        name="pump-cpu", url=f"http://127.0.0.1:{port}/d", message_types=["order:new"], max_in_flight=4
+    )
+    seed = json.loads(Path(SEED).read_text())
+    serial = iter(range(10**9))
+
+    def queue(n: int) -> None:
+        """n deliveries through the batch ingest, 100 events a request, as the bench's backlog."""
+        while n > 0:
+            size = min(n, 100)
+            events = []
+            for _ in range(size):
+                k = next(serial)
+                event = json.loads(json.dumps(seed))
+                event["message_id"] = f"{tag}-{k}"
+                event["payload"]["order"]["number"] = f"R{tag}-{k}"
+                events.append(event)
+            body = json.dumps(events, separators=(",", ":")).encode()
+            environ = _environ(body, token)
+            environ["PATH_INFO"] = "/events/batch"
+            statuses: list[str] = []
+            chunks = app(environ, lambda status, headers, *_, seen=statuses: seen.append(status))
+            b"".join(chunks)
+            getattr(chunks, "close", lambda: None)()
+            if not statuses[0].startswith(("200", "202")):
+                raise SystemExit(f"batch push answered {statuses[0]}")
+            n -= size
+
+    statements = [0]
+
+    def counting(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
+        statements[0] += 1
+        return execute(sql, params, many, context)
+
+    def pump_round(n: int, profiler: cProfile.Profile | None = None) -> tuple[float, float, float]:
+        queue(n)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            backend = cursor.fetchone()[0]
+        statements[0] = 0
+        backend_started = _backend_cpu(backend)
+        started = time.process_time()
+        with connection.execute_wrapper(counting), profiler or contextlib.nullcontext():
+            result = deliveries_pump(subscription_id=subscription.pk)
+        cpu = time.process_time() - started
+        backend_cpu = _backend_cpu(backend) - backend_started
+        delivered = sum(1 for v in result.verdicts.values() if v == "delivered")
+        if delivered != n:
+            raise SystemExit(f"the pump delivered {delivered} of {n}: {set(result.verdicts.values())}")
+        return cpu / n * 1e6, backend_cpu / n * 1e6, statements[0] / n
+
+    try:
+        for _ in range(30):
+            if subscriber.poll() is None and socket.socket().connect_ex(("127.0.0.1", port)) == 0:
+                break
+            time.sleep(0.1)
+        pump_round(min(count, 200))  # warm: connections, prepared statements, caches
+        rounds = [pump_round(count) for _ in range(rounds_count)]
+        worker = ", ".join(f"{r[0]:.0f}" for r in rounds)
+        # The least is the one least disturbed by other processes on a shared machine.
+        least = min(r[0] for r in rounds)
+        worker_median = statistics.median(r[0] for r in rounds)
+        print(f"worker CPU per delivery: {worker_median:.0f} µs, least {least:.0f} (rounds: {worker})")
+        backend = ", ".join(f"{r[1]:.0f}" for r in rounds)
+        backend_median = statistics.median(r[1] for r in rounds)
+        print(f"PostgreSQL backend CPU per delivery: {backend_median:.0f} µs (rounds: {backend})")
+        print(f"statements per delivery: {statistics.median(r[2] for r in rounds):.3f}")
+        if profile_to:
+            profiler = cProfile.Profile(time.process_time)  # CPU, not waits on PostgreSQL or the subscriber
+            pump_round(count, profiler)
+            profiler.dump_stats(profile_to)
+    finally:
+        subscriber.terminate()
+        subscriber.wait()
+        from integrator.celery import app as celery_app
+
+        with celery_app.connection_for_write() as conn:
+            with contextlib.suppress(Exception):
+                conn.default_channel.queue_purge(os.environ["CELERY_QUEUE"])
+        Delivery.objects.filter(subscription=subscription).exclude(state=DeliveryState.DELIVERED).delete()
+        Delivery.objects.filter(subscription=subscription).delete()
+        subscription.delete()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
