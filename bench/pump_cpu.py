@@ -24,14 +24,13 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench.plan import SEED
-from bench.push_cpu import _environ
+from bench.push_cpu import _environ, tool_args
 
 
 def _free_port() -> int:
@@ -50,18 +49,12 @@ def _backend_cpu(pid: int) -> float:
 
 
 def main(argv: list[str]) -> None:
-    count = int(argv[0]) if argv and argv[0].isdigit() else 1000
-    profile_to = argv[argv.index("--profile") + 1] if "--profile" in argv else None
-    rounds_count = int(argv[argv.index("--rounds") + 1]) if "--rounds" in argv else 5
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "integrator.settings")
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="pump-cpu-"))
-    os.environ.setdefault("HUB_RATE_LIMIT_WRITE", "100000000/second")
+    count, profile_to, rounds_count = tool_args(argv, count=1000, name="pump-cpu")
     os.environ["HUB_ALLOW_PRIVATE_DESTINATIONS"] = "1"
     # One pump sends the whole backlog: no hand-over to a next task at the budget.
     os.environ.setdefault("HUB_DELIVERY_PUMP_SECONDS", "600")
     # The helper wake-ups a full batch publishes go to a queue of their own, purged at the end.
     os.environ["CELERY_QUEUE"] = f"pump-cpu-{os.getpid()}"
-    os.environ["LOG_LEVEL"] = os.environ.get("LOG_LEVEL", "INFO")
     import django
 
     django.setup()

@@ -53,14 +53,22 @@ def _environ(body: bytes, token: str) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str]) -> None:
-    count = int(argv[0]) if argv and argv[0].isdigit() else 500
+def tool_args(argv: list[str], *, count: int, name: str) -> tuple[int, str | None, int]:
+    """An in-process CPU tool's `[N] [--rounds R] [--profile OUT]`, and the production shape's
+    environment it runs in (settings, multiprocess metrics, a rate limit it never meets, INFO logs)."""
+    if argv and argv[0].isdigit():
+        count = int(argv[0])
     profile_to = argv[argv.index("--profile") + 1] if "--profile" in argv else None
     rounds_count = int(argv[argv.index("--rounds") + 1]) if "--rounds" in argv else 5
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "integrator.settings")
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="push-cpu-"))
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix=f"{name}-"))
     os.environ.setdefault("HUB_RATE_LIMIT_WRITE", "100000000/second")
     os.environ["LOG_LEVEL"] = os.environ.get("LOG_LEVEL", "INFO")
+    return count, profile_to, rounds_count
+
+
+def main(argv: list[str]) -> None:
+    count, profile_to, rounds_count = tool_args(argv, count=500, name="push-cpu")
     import django
 
     django.setup()
