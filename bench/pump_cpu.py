@@ -66,7 +66,7 @@ def main(argv: list[str]) -> None:
     call_command("migrate", verbosity=0, interactive=False)
     if connection.vendor == "postgresql":
         # Every run deletes its deliveries: without this, the next ones read past their dead rows
-        # (an index scan of the status refresh took 130 ms a batch), which no hub does.
+        # (the status refresh's index scan slows by orders of magnitude), which no hub does.
         with connection.cursor() as cursor:
             cursor.execute('VACUUM ANALYZE "routing_delivery", "routing_attempt", "events_event"')
     from django.core.wsgi import get_wsgi_application
