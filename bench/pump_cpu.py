@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.plan import SEED
-from bench.push_cpu import _environ, tool_args
+from bench.push_cpu import _environ, tool_args, tool_subscriber, wsgi_call
 
 
 def _free_port() -> int:
@@ -71,8 +71,7 @@ def main(argv: list[str]) -> None:
             cursor.execute('VACUUM ANALYZE "routing_delivery", "routing_attempt", "events_event"')
     from django.core.wsgi import get_wsgi_application
 
-    from events.models import Store
-    from routing.models import Delivery, DeliveryState, Subscription
+    from routing.models import Delivery, DeliveryState
     from routing.pump import deliveries_pump
 
     port = _free_port()
@@ -84,13 +83,7 @@ def main(argv: list[str]) -> None:
         if isinstance(handler, logging.StreamHandler):
             handler.setStream(devnull)
     tag = f"pcpu{os.getpid()}"
-    store = Store(name=f"pump-cpu-{tag}")
-    token = store.token_set_new()
-    store.save()
-    Subscription.objects.filter(name="pump-cpu").delete()
-    subscription = Subscription.objects.create(
-        name="pump-cpu", url=f"http://127.0.0.1:{port}/d", message_types=["order:new"], max_in_flight=4
-    )
+    token, subscription = tool_subscriber("pump-cpu", tag, f"http://127.0.0.1:{port}/d")
     seed = json.loads(Path(SEED).read_text())
     serial = iter(range(10**9))
 
@@ -108,12 +101,9 @@ def main(argv: list[str]) -> None:
             body = json.dumps(events, separators=(",", ":")).encode()
             environ = _environ(body, token)
             environ["PATH_INFO"] = "/events/batch"
-            statuses: list[str] = []
-            chunks = app(environ, lambda status, headers, *_, seen=statuses: seen.append(status))
-            b"".join(chunks)
-            getattr(chunks, "close", lambda: None)()
-            if not statuses[0].startswith(("200", "202")):
-                raise SystemExit(f"batch push answered {statuses[0]}")
+            status, _ = wsgi_call(app, environ)
+            if not status.startswith(("200", "202")):
+                raise SystemExit(f"batch push answered {status}")
             n -= size
 
     statements = [0]

@@ -67,6 +67,29 @@ def tool_args(argv: list[str], *, count: int, name: str) -> tuple[int, str | Non
     return count, profile_to, rounds_count
 
 
+def tool_subscriber(name: str, tag: str, url: str) -> tuple[str, Any]:
+    """A store of its own (named by `tag`) and the one subscription `name` to `url` wanting its
+    pushes, the tool's previous one replaced: (the store's token, subscription). After django.setup()."""
+    from events.models import Store
+    from routing.models import Subscription
+
+    store = Store(name=f"{name}-{tag}")
+    token = store.token_set_new()
+    store.save()
+    Subscription.objects.filter(name=name).delete()
+    subscription = Subscription.objects.create(name=name, url=url, message_types=["order:new"], max_in_flight=4)
+    return token, subscription
+
+
+def wsgi_call(app: Any, environ: dict[str, Any]) -> tuple[str, bytes]:
+    """One request through the WSGI application, read whole: its status line and body."""
+    statuses: list[str] = []
+    chunks = app(environ, lambda status, headers, *_: statuses.append(status))
+    body = b"".join(chunks)
+    getattr(chunks, "close", lambda: None)()
+    return statuses[0], body
+
+
 def main(argv: list[str]) -> None:
     count, profile_to, rounds_count = tool_args(argv, count=500, name="push-cpu")
     import django
@@ -77,18 +100,9 @@ def main(argv: list[str]) -> None:
     call_command("migrate", verbosity=0, interactive=False)
     from django.core.wsgi import get_wsgi_application
 
-    from events.models import Store
-    from routing.models import Subscription
-
     app = get_wsgi_application()
     tag = f"cpu{os.getpid()}"
-    store = Store(name=f"push-cpu-{tag}")
-    token = store.token_set_new()
-    store.save()
-    Subscription.objects.filter(name="push-cpu").delete()
-    subscription = Subscription.objects.create(
-        name="push-cpu", url="http://127.0.0.1:9/push-cpu", message_types=["order:new"], max_in_flight=4
-    )
+    token, subscription = tool_subscriber("push-cpu", tag, "http://127.0.0.1:9/push-cpu")
     seed = json.loads(Path(SEED).read_text())
     number = seed["payload"]["order"]["number"]
     spaced = json.dumps(seed).encode()
@@ -99,12 +113,9 @@ def main(argv: list[str]) -> None:
     def push() -> None:
         n = next(serial)
         body = b'{"message_id": "%s-%d", ' % (tag.encode(), n) + head + b"R%s-%d" % (tag.encode(), n) + tail
-        statuses: list[str] = []
-        chunks = app(_environ(body, token), lambda status, headers, *_: statuses.append(status))
-        b"".join(chunks)
-        getattr(chunks, "close", lambda: None)()
-        if not statuses[0].startswith("202"):
-            raise SystemExit(f"push answered {statuses[0]}: {b''.join(chunks)!r}")
+        status, answer = wsgi_call(app, _environ(body, token))
+        if not status.startswith("202"):
+            raise SystemExit(f"push answered {status}: {answer!r}")
 
     try:
         for _ in range(100):  # warm: caches, prepared statements, connections

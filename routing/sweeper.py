@@ -107,8 +107,7 @@ def leases_reclaim(*, now: datetime) -> tuple[int, int, list[int]]:
 def _charge(rows: list[dict[str, Any]], *, now: datetime) -> list[dict[str, Any]]:
     """Each delivery sent alone whose lease ran out: an unanswered attempt, and retried (at once
     after a first crash, else when its endpoint's schedule says) or failed by its budget, in one
-    UPDATE per verdict and one INSERT.
-    Returns those failed."""
+    UPDATE per verdict and one INSERT. Returns those failed."""
     if not rows:
         return []
     failed: list[dict[str, Any]] = []
