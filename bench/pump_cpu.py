@@ -30,22 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.plan import SEED
-from bench.push_cpu import _environ, tool_args, tool_subscriber, wsgi_call
+from bench.push_cpu import _environ, backend_cpu, backend_pid, tool_args, tool_subscriber, wsgi_call
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _backend_cpu(pid: int) -> float:
-    """utime + stime of a process, in seconds; NaN when it cannot be read (another machine)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main(argv: list[str]) -> None:
@@ -119,20 +110,18 @@ def main(argv: list[str]) -> None:
             # those of the emptied tables, the claim and the foreign keys' checks scan whole tables.
             with connection.cursor() as cursor:
                 cursor.execute('ANALYZE "routing_delivery", "routing_attempt", "events_event"')
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_backend_pid()")
-            backend = cursor.fetchone()[0]
+        backend = backend_pid()
         statements[0] = 0
-        backend_started = _backend_cpu(backend)
+        backend_started = backend_cpu(backend) if backend else float("nan")
         started = time.process_time()
         with connection.execute_wrapper(counting), profiler or contextlib.nullcontext():
             result = deliveries_pump(subscription_id=subscription.pk)
         cpu = time.process_time() - started
-        backend_cpu = _backend_cpu(backend) - backend_started
+        backend_spent = backend_cpu(backend) - backend_started if backend else float("nan")
         delivered = sum(1 for v in result.verdicts.values() if v == "delivered")
         if delivered != n:
             raise SystemExit(f"the pump delivered {delivered} of {n}: {set(result.verdicts.values())}")
-        return cpu / n * 1e6, backend_cpu / n * 1e6, statements[0] / n
+        return cpu / n * 1e6, backend_spent / n * 1e6, statements[0] / n
 
     try:
         for _ in range(30):

@@ -4,8 +4,9 @@ Calls the WSGI application directly with the single-ingest phase's body (the see
 message_id and order number each) against a store and one subscription that wants it, as the
 bench's hub side does, on the DATABASE_URL and REDIS_URL of the environment (production shape:
 PostgreSQL, Redis cache and broker, multiprocess metrics). No worker runs, so each push finds its
-endpoint's wake-up pending, as in the bench. Prints the process CPU per push (time.process_time),
-median of `--rounds` rounds (5); with --profile, writes a cProfile of one more round to OUT.
+endpoint's wake-up pending, as in the bench. Prints the process CPU per push (time.process_time)
+and its PostgreSQL backend's (as bench.pump_cpu reads it), medians of `--rounds` rounds (5); with
+--profile, writes a cProfile of one more round to OUT.
 
 On a shared machine CPU time moves with the load; instructions do not. Under valgrind, a run of
 N pushes less a run of none is the instructions of N pushes:
@@ -27,6 +28,26 @@ from pathlib import Path
 from typing import Any
 
 from bench.plan import SEED
+
+
+def backend_cpu(pid: int) -> float:
+    """utime + stime of a process, in seconds; NaN when it cannot be read (another machine)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def backend_pid() -> int | None:
+    """The PostgreSQL backend serving this thread's connection; None on another database."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return int(cursor.fetchone()[0])
 
 
 def _environ(body: bytes, token: str) -> dict[str, Any]:
@@ -120,14 +141,22 @@ def main(argv: list[str]) -> None:
     try:
         for _ in range(100):  # warm: caches, prepared statements, connections
             push()
-        rounds = []
+        rounds, backend_rounds = [], []
         for _ in range(rounds_count):
+            backend = backend_pid()
+            backend_started = backend_cpu(backend) if backend else float("nan")
             started = time.process_time()
             for _ in range(count):
                 push()
             rounds.append((time.process_time() - started) / max(count, 1) * 1e6)
+            # The same backend only: the connection kept (DB_CONN_MAX_AGE) through the round.
+            same = backend is not None and backend_pid() == backend
+            spent = backend_cpu(backend) - backend_started if same else float("nan")
+            backend_rounds.append(spent / max(count, 1) * 1e6)
         each = ", ".join(f"{r:.0f}" for r in rounds)
         print(f"CPU per push: {statistics.median(rounds or [0]):.0f} µs (rounds: {each})")
+        each = ", ".join(f"{r:.0f}" for r in backend_rounds)
+        print(f"PostgreSQL backend CPU per push: {statistics.median(backend_rounds or [0]):.0f} µs (rounds: {each})")
         if profile_to:
             profiler = cProfile.Profile(time.process_time)  # CPU, not waits on PostgreSQL or Redis
             profiler.enable()
