@@ -11,7 +11,7 @@ import traceback
 from typing import Any
 
 from gunicorn import glogging
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 from integrator.logfilters import SecretRedactionFilter
 
@@ -36,7 +36,7 @@ def access_fields(atoms: dict[str, Any]) -> dict[str, Any]:
 class JsonLogger(glogging.Logger):
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)
-        formatter = JsonFormatter(_FORMAT)
+        formatter = OrjsonFormatter(_FORMAT)
         for log in (self.error_log, self.access_log):
             for handler in log.handlers:
                 handler.setFormatter(formatter)

@@ -224,8 +224,10 @@ def test_the_workers_log_says_what_was_delivered_in_json_with_secrets_masked(wor
 
     def attempt_line() -> dict | None:
         for line in worker.log().splitlines():
-            if line.startswith("{") and f'"delivery_id": {delivery.pk},' in line and "delivery attempt" in line:
-                return json.loads(line)
+            if line.startswith("{") and "delivery attempt" in line:
+                record = json.loads(line)
+                if record.get("delivery_id") == delivery.pk:
+                    return record
         return None
 
     line = wait_until(attempt_line, 10, message="the worker logged the attempt")
