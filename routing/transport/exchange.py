@@ -10,7 +10,8 @@ import http.cookiejar
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -223,7 +224,7 @@ def _response_get(
     # CaseInsensitiveDict(session.headers) updated with the request's, as a plain dict: a name
     # keeps its first place and takes its last spelling. urllib3 writes the same lines from either.
     merged: dict[str, tuple[str, str]] = {}
-    for key, value in (*session.headers.items(), *request.headers.items()):
+    for key, value in (*_session_headers(session), *request.headers.items()):
         merged[key.lower()] = (key, value)
     for item in merged.values():
         # Most of a delivery's headers are the same each time (only the signature's three change):
@@ -240,7 +241,10 @@ def _response_get(
     prepared = requests.PreparedRequest()
     prepared.method = request.method.upper()
     prepared.url = url
-    prepared.headers = CaseInsensitiveDict(wire)
+    # CaseInsensitiveDict(wire), whose store is `merged` (lower-case name -> name and value, in
+    # order), without its item-by-item update.
+    prepared.headers = CaseInsensitiveDict.__new__(CaseInsensitiveDict)
+    prepared.headers._store = OrderedDict(merged)
     prepared.body = body
     adapter = session.get_adapter(url)
     if type(adapter) is GuardedAdapter:
@@ -271,8 +275,16 @@ def _session_plain(session: requests.Session) -> bool:
         and not session.params
         and not session.proxies
         and not any(session.hooks.values())
-        and None not in session.headers.values()
+        and None not in (value for _, value in _session_headers(session))
     )
+
+
+def _session_headers(session: requests.Session) -> Iterable[tuple[str, Any]]:
+    """session.headers.items(); a CaseInsensitiveDict's from its store, without a lookup per name."""
+    headers = session.headers
+    if type(headers) is CaseInsensitiveDict:
+        return headers._store.values()
+    return headers.items()
 
 
 @functools.lru_cache(maxsize=1024)

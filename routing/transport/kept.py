@@ -28,6 +28,7 @@ from urllib3.util import SKIP_HEADER
 from urllib3.util.retry import Retry
 
 from routing.transport.deadline import watch_current
+from routing.transport.head import head_write
 
 _HTTPConnection = http.client.HTTPConnection
 
@@ -51,8 +52,9 @@ def kept_exchange(
     """Send on `conn` (from pool._get_conn, its socket open) and read the status and headers.
 
     The same bytes as urllib3's HTTPConnection.request (Host, then the headers in order, with the
-    request's own User-Agent and Accept-Encoding), in one write instead of two. Raises what
-    urlopen raises for the same failure; the connection is then closed and its slot returned."""
+    request's own User-Agent and Accept-Encoding), in one write instead of two, the head written
+    by routing.transport.head. Raises what urlopen raises for the same failure; the connection is
+    then closed and its slot returned."""
     pool.num_requests += 1
     watch = watch_current()
     if watch is not None and not watch.watching():
@@ -62,15 +64,17 @@ def kept_exchange(
         try:
             conn.sock.settimeout(timeout)
             keys = {k.lower() for k in headers}
-            conn.putrequest(method, path, skip_accept_encoding="accept-encoding" in keys, skip_host="host" in keys)
-            if "user-agent" not in keys:
-                conn.putheader("User-Agent", _get_default_user_agent())
-            for name, value in headers.items():
-                _HTTPConnection.putheader(conn, name, value)
             # Head and body in one write (KeptConnectionMixin.send): one loopback or network
             # round of the kernel's, not two.
             conn.kept_body = body
-            conn.endheaders()
+            if not head_write(conn, method, path, headers, keys):
+                # What head_write cannot vouch for: http.client's own calls, and their refusals.
+                conn.putrequest(method, path, skip_accept_encoding="accept-encoding" in keys, skip_host="host" in keys)
+                if "user-agent" not in keys:
+                    conn.putheader("User-Agent", _get_default_user_agent())
+                for name, value in headers.items():
+                    _HTTPConnection.putheader(conn, name, value)
+                conn.endheaders()
         except BrokenPipeError:
             # As urllib3: the endpoint may have answered and closed; its reply is still readable.
             pass

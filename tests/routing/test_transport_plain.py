@@ -178,3 +178,24 @@ def test_a_header_requests_refuses_is_refused_alike_every_time(subscriber):
         assert short.error.startswith("request failed: Invalid leading whitespace"), short.error
         assert outcome(short) == outcome(whole)
     assert len(subscriber.received("/h")) == 2
+
+
+def test_the_short_paths_prepared_headers_are_requests_own(subscriber):
+    """The prepared request a new connection's Response carries: the headers requests' own
+    preparation gives it (the session's merged with the request's, Content-Length), in order."""
+    from requests.structures import CaseInsensitiveDict
+
+    from routing.transport.exchange import _response_get
+
+    request = build(subscriber.url("/prepared"))
+    session = session_new()
+    body = request.body.encode()
+    response = _response_get(session, request, body, 5)
+    response.close()
+    theirs = session.prepare_request(
+        requests.Request(request.method, request.url, data=body, headers=request.headers)
+    ).headers
+    ours = response.request.headers
+    assert type(ours) is CaseInsensitiveDict and type(ours._store) is type(theirs._store)
+    assert list(ours.items()) == list(theirs.items())
+    assert ours["CONTENT-length"] == str(len(body))
