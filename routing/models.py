@@ -253,9 +253,7 @@ DELIVERY_FINAL_STATES = (DeliveryState.DELIVERED, DeliveryState.FAILED, Delivery
 class Delivery(models.Model):
     event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries")
     # Looked up (and its foreign key checked) through delivery_subscription_state, which starts with it.
-    subscription = models.ForeignKey(
-        Subscription, on_delete=models.CASCADE, related_name="deliveries", db_index=False
-    )
+    subscription = models.ForeignKey(Subscription, on_delete=models.CASCADE, related_name="deliveries", db_index=False)
     state = models.CharField(max_length=12, choices=DeliveryState.choices, default=DeliveryState.PENDING)
     # Copied from the event so that ordering checks need no join.
     resource_key = models.CharField(max_length=200, null=True, blank=True)
@@ -287,8 +285,8 @@ class Delivery(models.Model):
 
     class Meta:
         ordering = ["-id"]
-        # On PostgreSQL partitioned by ranges of id, drawn from the events' sequence, and the
-        # constraint below a plain index (docs/storage.md).
+        # On PostgreSQL partitioned by ranges of id, drawn from the events' sequence; there the
+        # constraint below cannot be unique and has no index, as nothing reads one (docs/storage.md).
         constraints = [
             # Routing makes one delivery per (event, subscription); replays are the deliberate extras.
             models.UniqueConstraint(
