@@ -226,7 +226,10 @@ class Event(models.Model):
         default="",
         help_text="What sent it when it did not come from a store (e.g. 'subscription:12').",
     )
-    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
+    # Indexed in Meta where set only (event_children): events pushed by stores have no parent.
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="children", db_index=False
+    )
     depth = models.PositiveSmallIntegerField(default=0)
     # Looked up through event_status_created, which starts with it.
     status = models.CharField(max_length=20, choices=EventStatus.choices, default=EventStatus.QUEUED)
@@ -247,6 +250,8 @@ class Event(models.Model):
             models.Index(fields=["resource_key"], name="event_resource_key"),
             # The admin finds an event by its message_id from any store.
             models.Index(fields=["message_id"], name="event_message_id"),
+            # An event's children, and the check of this foreign key when an event is deleted.
+            models.Index(fields=["parent"], name="event_children", condition=models.Q(parent__isnull=False)),
         ]
 
     def __str__(self) -> str:

@@ -252,7 +252,8 @@ DELIVERY_FINAL_STATES = (DeliveryState.DELIVERED, DeliveryState.FAILED, Delivery
 
 class Delivery(models.Model):
     event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries")
-    subscription = models.ForeignKey(Subscription, on_delete=models.CASCADE, related_name="deliveries")
+    # Looked up (and its foreign key checked) through delivery_subscription_state, which starts with it.
+    subscription = models.ForeignKey(Subscription, on_delete=models.CASCADE, related_name="deliveries", db_index=False)
     state = models.CharField(max_length=12, choices=DeliveryState.choices, default=DeliveryState.PENDING)
     # Copied from the event so that ordering checks need no join.
     resource_key = models.CharField(max_length=200, null=True, blank=True)
@@ -269,16 +270,23 @@ class Delivery(models.Model):
     last_error = models.TextField(blank=True, default="")
     delivered_at = models.DateTimeField(null=True, blank=True)
     # A replay is a fresh delivery of the same event to the same subscription, sent on request.
+    # Indexed in Meta where set only (delivery_replays): nearly every delivery has none.
     replay_of = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="replays", editable=False
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="replays",
+        editable=False,
+        db_index=False,
     )
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["-id"]
-        # On PostgreSQL partitioned by ranges of id, drawn from the events' sequence, and the
-        # constraint below a plain index (docs/storage.md).
+        # On PostgreSQL partitioned by ranges of id, drawn from the events' sequence; there the
+        # constraint below cannot be unique and has no index, as nothing reads one (docs/storage.md).
         constraints = [
             # Routing makes one delivery per (event, subscription); replays are the deliberate extras.
             models.UniqueConstraint(
@@ -306,7 +314,10 @@ class Delivery(models.Model):
                 condition=models.Q(state__in=("pending", "retrying"), resource_key__isnull=True),
             ),
             # The admin's "failed in the last hour/day": a failed delivery last changed when it failed.
-            models.Index(fields=["state", "updated_at"], name="delivery_state_changed"),
+            # Failed ones only, so a delivery that succeeds never writes to it.
+            models.Index(fields=["updated_at"], name="delivery_failed_changed", condition=models.Q(state="failed")),
+            # A delivery's replays, and the check of this foreign key when a delivery is deleted.
+            models.Index(fields=["replay_of"], name="delivery_replays", condition=models.Q(replay_of__isnull=False)),
             # An endpoint's due deliveries in the order a batch claims them (routing.pump): only open
             # ones are in it, so it stays as small as the backlog.
             models.Index(
@@ -330,7 +341,8 @@ class Delivery(models.Model):
 
 
 class Attempt(models.Model):
-    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempts")
+    # Looked up (and its foreign key checked) through attempt_unique_delivery_number, which starts with it.
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempts", db_index=False)
     number = models.PositiveIntegerField()
     started_at = models.DateTimeField(default=timezone.now)
     request_method = models.CharField(max_length=6)
