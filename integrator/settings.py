@@ -313,8 +313,9 @@ HUB_DATABASE_RETRY_MAX_SECONDS = _env_float("HUB_DATABASE_RETRY_MAX_SECONDS", 30
 HUB_RETENTION_DAYS = _env_float("HUB_RETENTION_DAYS", 30)
 HUB_RETENTION_INTERVAL_SECONDS = _env_float("HUB_RETENTION_INTERVAL_SECONDS", 3600)
 HUB_RETENTION_BATCH_SIZE = _env_int("HUB_RETENTION_BATCH_SIZE", 1000)
-# Events no subscription wanted were owed to nobody; purge them with the rest only when this is on.
-HUB_RETENTION_INCLUDE_UNROUTED = _env_bool("HUB_RETENTION_INCLUDE_UNROUTED", False)
+# Events no subscription wanted go with the rest past HUB_RETENTION_DAYS, so that stored history
+# stays bounded; off keeps them for good (on PostgreSQL, moved to the default partitions).
+HUB_RETENTION_INCLUDE_UNROUTED = _env_bool("HUB_RETENTION_INCLUDE_UNROUTED", True)
 # PostgreSQL: events, deliveries and attempts are partitioned by ranges of this many ids, created
 # ahead by beat every HUB_PARTITION_INTERVAL_SECONDS; retention drops whole partitions (docs/storage.md).
 HUB_PARTITION_SPAN = _env_int("HUB_PARTITION_SPAN", 1_000_000)

@@ -41,6 +41,7 @@ def event_with(state: str, age_days: float) -> Event:
 
 def test_old_delivered_events_are_purged_in_batches_and_the_rest_kept(settings):
     settings.HUB_RETENTION_DAYS = 30
+    settings.HUB_RETENTION_INCLUDE_UNROUTED = False
     settings.HUB_RETENTION_BATCH_SIZE = 2
     old_delivered = [event_with("delivered", 31) for _ in range(5)]
     old_cancelled = event_with("cancelled", 31)
@@ -62,6 +63,18 @@ def test_old_delivered_events_are_purged_in_batches_and_the_rest_kept(settings):
     settings.HUB_RETENTION_INCLUDE_UNROUTED = True
     events_retention_task()  # what beat runs
     assert not Event.objects.filter(pk=unrouted.pk).exists()
+
+
+def test_by_default_old_unrouted_events_go_too_and_recent_ones_stay(settings):
+    """Stored history stays bounded: an event no subscription wanted is not kept for good."""
+    settings.HUB_RETENTION_DAYS = 30
+    old, recent = EventFactory(), EventFactory()
+    Event.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(days=31))
+    Event.objects.filter(pk=recent.pk).update(created_at=timezone.now() - timedelta(days=29))
+
+    events_retention_task()  # what beat runs, with the hub's default settings
+
+    assert set(Event.objects.values_list("pk", flat=True)) == {recent.pk}
 
 
 def test_zero_days_keeps_everything(settings):
