@@ -119,11 +119,14 @@ class StoredPayload:
     use: the envelope format sends the text as it is (routing.formats), so most deliveries never
     need it as Python objects."""
 
-    __slots__ = ("_field", "_value", "text")
+    __slots__ = ("_field", "_value", "spliceable", "text")
 
     def __init__(self, text: str, field: PayloadField) -> None:
         self.text, self._field = text, field
         self._value: Any = _UNPARSED
+        # Whether the text may go into an envelope as it is, once a render has looked
+        # (routing.formats): a fan-out's requests share one payload and look once.
+        self.spliceable: bool | None = None
 
     def value(self) -> Any:
         """The payload as PayloadField reads it, parsed once."""

@@ -27,6 +27,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from events.models import Event, Store
 from routing import sql
 from routing.claim import Batch, lease_seconds
 from routing.close import outcomes_log, outcomes_take, retries_wake
@@ -92,7 +93,11 @@ def fanout_claim(delivery_ids: list[int]) -> list[Batch]:
     PostgreSQL: the limited endpoints' rows are locked first, in id order, in the claim's
     transaction (as batch_claim's lock: the UPDATE's snapshot, taken after, sees every claim
     committed before), then one UPDATE takes the deliveries and brings back their events,
-    subscriptions and stores. SQLite: its BEGIN IMMEDIATE makes claims one at a time."""
+    subscriptions and stores; the two statements go in one round trip (a pipeline: the server
+    still runs the UPDATE, and takes its snapshot, only once the lock is held). SQLite: its BEGIN
+    IMMEDIATE makes claims one at a time.
+
+    Deliveries of one event share one Event instance, and so its payload as read once."""
     ids = sorted(set(delivery_ids))
     if not ids:
         return []
@@ -107,11 +112,15 @@ def fanout_claim(delivery_ids: list[int]) -> list[Batch]:
     tail: list[Any] = [at, default, at, default]
     if connection.vendor == "postgresql":
         with transaction.atomic():
-            with connection.cursor_server_bound(prepared=settings.DB_PREPARED_STATEMENTS) as cursor:
+            with (
+                connection.cursor_server_bound(prepared=settings.DB_PREPARED_STATEMENTS) as cursor,
+                connection.wrap_database_errors,
+                connection.connection.pipeline(),
+            ):
                 cursor.execute(sql.fanout_lock(), [ids, default])
                 cursor.execute(sql.fanout_claim(0, postgresql=True), [*head, ids, *tail])
                 rows = cursor.fetchall()
-        deliveries = [_claimed_delivery(row) for row in rows]
+        deliveries = _claimed_deliveries(rows)
     else:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(sql.fanout_claim(len(ids), postgresql=False), [*head, *ids, *tail])
@@ -121,6 +130,7 @@ def fanout_claim(delivery_ids: list[int]) -> list[Batch]:
             .filter(pk__in=taken)
             .order_by("subscription_id", "id")
         )
+        _events_shared(deliveries)
     # Sent at once, a thread each: no pump's budget to wait for, only the process's one mapping
     # sandbox (routing.transform), which renders one request at a time.
     mapped = sum(1 for d in deliveries if d.subscription.payload_format == TRANSFORM or d.subscription.transform)
@@ -135,13 +145,40 @@ def fanout_claim(delivery_ids: list[int]) -> list[Batch]:
     return batches
 
 
-def _claimed_delivery(row: tuple[Any, ...]) -> Delivery:
-    delivery, at = row_instance(Delivery, row, 0)
-    event, at = row_related(delivery, "event", row, at)
-    _, at = row_related(event, "store", row, at)
-    sub, at = row_related(delivery, "subscription", row, at)
-    row_related(sub, "store", row, at)
-    return delivery
+def _claimed_deliveries(rows: list[tuple[Any, ...]]) -> list[Delivery]:
+    """The claim's rows as deliveries; an event's columns are on its first row only (sql.fanout_claim),
+    and its other deliveries get the same instance."""
+    deliveries: list[Delivery] = []
+    events: dict[int, Event] = {}
+    for row in rows:
+        delivery, at = row_instance(Delivery, row, 0)
+        if row[at] is not None:
+            event, _ = row_related(delivery, "event", row, at)
+            row_related(event, "store", row, at + _EVENT_WIDTH)
+            events[event.pk] = event
+        at += _EVENT_WIDTH + _STORE_WIDTH
+        sub, at = row_related(delivery, "subscription", row, at)
+        row_related(sub, "store", row, at)
+        deliveries.append(delivery)
+    _events_shared(deliveries, events)
+    return deliveries
+
+
+_EVENT_WIDTH = len(Event._meta.concrete_fields)
+_STORE_WIDTH = len(Store._meta.concrete_fields)
+
+
+def _events_shared(deliveries: list[Delivery], events: dict[int, Event] | None = None) -> None:
+    """Deliveries of one event made to share one Event instance (`events`' by id, else the first
+    delivery's): one payload object, read and checked once for all its requests."""
+    events = {} if events is None else events
+    event_field = Delivery._meta.get_field("event")
+    for delivery in deliveries:
+        known = events.get(delivery.event_id)
+        if known is None:
+            events[delivery.event_id] = delivery.event
+        else:
+            event_field.set_cached_value(delivery, known)
 
 
 class _Pools:

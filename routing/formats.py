@@ -226,7 +226,9 @@ def request_render(
     target = url_with_path(url, path_for(message, paths, payload_format))
     if payload_format not in (FLAT, TRANSFORM):
         if isinstance(payload, StoredPayload):
-            payload = payload.text if json_object_spliceable(payload.text) else payload.value()
+            if payload.spliceable is None:
+                payload.spliceable = json_object_spliceable(payload.text)
+            payload = payload.text if payload.spliceable else payload.value()
         request = request_build(
             url=target,
             message=message,

@@ -401,8 +401,9 @@ def fanout_claim(count: int, *, postgresql: bool) -> str:
     each under a claim of its endpoint's own (the task's token plus the endpoint's id: the
     in-flight limit counts claims per endpoint, and the lease heartbeat renews one per endpoint).
     PostgreSQL: rows another worker is claiming are skipped, and the rows taken come back with
-    their events, the events' stores, their subscriptions and the subscriptions' stores, in
-    endpoint order. SQLite: the ids taken (`count` of them named).
+    their subscriptions and the subscriptions' stores, in endpoint order; an event and its store
+    come with its first row only (NULLs on the others): one payload on the wire per event, not one
+    per endpoint. SQLite: the ids taken (`count` of them named).
     Params: lease until, the claim token, now, then the ids (PostgreSQL: one array; SQLite: each),
     now, the default limit, now, the default limit."""
     names = _names()
@@ -420,14 +421,17 @@ def fanout_claim(count: int, *, postgresql: bool) -> str:
         return f"{update} WHERE id IN ({sendable}) RETURNING id"
     return numbered(f"""WITH claimed AS (
         {update} WHERE id = ANY(ARRAY({sendable} FOR UPDATE OF d SKIP LOCKED))
-        RETURNING {model_columns(Delivery, table(Delivery))})
-    SELECT {model_columns(Delivery, "claimed")}, {model_columns(Event, "e")}, {model_columns(Store, "es")},
+        RETURNING {model_columns(Delivery, table(Delivery))}),
+    ranked AS (SELECT claimed.*,
+        row_number() OVER (PARTITION BY claimed.event_id ORDER BY claimed.subscription_id, claimed.id) AS nth
+        FROM claimed)
+    SELECT {model_columns(Delivery, "ranked")}, {model_columns(Event, "e")}, {model_columns(Store, "es")},
         {model_columns(Subscription, "sub")}, {model_columns(Store, "ss")}
-    FROM claimed JOIN {table(Event)} e ON e.id = claimed.event_id
+    FROM ranked LEFT JOIN {table(Event)} e ON e.id = ranked.event_id AND ranked.nth = 1
     LEFT JOIN {table(Store)} es ON es.id = e.store_id
-    JOIN {table(Subscription)} sub ON sub.id = claimed.subscription_id
+    JOIN {table(Subscription)} sub ON sub.id = ranked.subscription_id
     LEFT JOIN {table(Store)} ss ON ss.id = sub.store_id
-    ORDER BY claimed.subscription_id, claimed.id""")
+    ORDER BY ranked.subscription_id, ranked.id""")
 
 
 @functools.lru_cache(maxsize=64)

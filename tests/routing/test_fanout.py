@@ -78,6 +78,44 @@ def test_the_claim_gives_each_endpoint_a_claim_of_its_own_under_a_lease(subscrib
         assert now < leased <= batch.hold_until
 
 
+def test_the_deliveries_of_one_event_share_its_instance_and_its_payload(subscriber):
+    subs = [SubscriptionFactory(url=subscriber.url(f"/share/{n}")) for n in range(5)]
+    first = EventFactory(payload={"order": {"number": "R1"}})
+    second = EventFactory(payload={"order": {"number": "R2"}})
+    # Endpoints interleaved, so that an event's rows are not next to each other in the claim's order.
+    deliveries = [*fan(first, subs[0::2]), *fan(second, subs[1::2])]
+
+    batches = fanout_claim([d.pk for d in deliveries])
+
+    claimed = [d for b in batches for d in b.deliveries]
+    assert len(claimed) == 5
+    by_event: dict[int, list[Delivery]] = {}
+    for delivery in claimed:
+        by_event.setdefault(delivery.event_id, []).append(delivery)
+    for event, numbered in ((first, "R1"), (second, "R2")):
+        mine = by_event[event.pk]
+        # One instance, so one payload object read and checked once for all its requests.
+        assert all(d.event is mine[0].event for d in mine)
+        assert mine[0].event.pk == event.pk and mine[0].event.payload == {"order": {"number": numbered}}
+        assert mine[0].event.store_id == event.store_id
+        assert mine[0].event.uid == event.uid
+    assert by_event[first.pk][0].event is not by_event[second.pk][0].event
+
+
+def test_a_shared_payload_is_sent_whole_to_each_endpoint(subscriber):
+    subs = [SubscriptionFactory(url=subscriber.url(f"/whole/{n}")) for n in range(3)]
+    event = EventFactory(payload={"order": {"number": "R9", "lines": [{"sku": "a", "qty": 2}]}})
+    deliveries = fan(event, subs)
+
+    assert deliveries_fan_out(delivery_ids=[d.pk for d in deliveries]).verdicts == {
+        d.pk: "delivered" for d in deliveries
+    }
+    for sub in subs:
+        [request] = subscriber.received(f"/whole/{sub.url.rsplit('/', 1)[-1]}")
+        verified = Webhook(sub.signing_secret).verify(request.body, headers_of(request))
+        assert verified["payload"] == {"order": {"number": "R9", "lines": [{"sku": "a", "qty": 2}]}, "parameters": []}
+
+
 def test_what_it_may_not_take_is_left_to_the_pumps_which_send_it_in_order(subscriber):
     free = SubscriptionFactory(url=subscriber.url("/free"))
     limited = SubscriptionFactory(url=subscriber.url("/limited"), max_in_flight=1)

@@ -153,6 +153,18 @@ def test_an_empty_payload_is_spliced_as_the_parameters_alone():
     }
 
 
+def test_a_payload_rendered_again_is_checked_once_and_gives_the_same_bytes():
+    # A fan-out renders one stored payload once per endpoint: the check is kept on it.
+    spliced = StoredPayload('{"order":{"number":"R1"}}', FIELD)
+    first = render(spliced).body
+    assert spliced.spliceable is True
+    assert render(spliced).body == first
+    parsed = StoredPayload('{"order": {"number": "R1"}}', FIELD)
+    again = render(parsed).body
+    assert parsed.spliceable is False
+    assert render(parsed).body == again == first
+
+
 @pytest.mark.django_db
 def test_a_claimed_event_is_sent_from_its_stored_text_and_parsed_only_when_read():
     payload = json.loads((FIXTURES / "order_new.json").read_text())["payload"]
