@@ -7,7 +7,8 @@ from typing import Any
 
 from django.db import connection
 from django.db.models import Model
-from django.db.models.base import DEFERRED
+from django.db.models.base import DEFERRED, ModelState
+from django.db.models.signals import post_init, pre_init
 
 
 def row_instance(
@@ -27,7 +28,22 @@ def row_instance(
     for index, column, field_converters in converters:
         for convert in field_converters:
             values[index] = convert(values[index], column, connection)
-    return model.from_db(connection.alias, names, values), at + width
+    return _instance(model, names, values), at + width
+
+
+def _instance(model: type[Model], names: list[str], values: list[Any]) -> Model:
+    """model.from_db(alias, names, values), without Model.__init__'s per-field setattr when no
+    pre_init/post_init receiver listens: the same instance state, the same attributes (the
+    fields' descriptors store a fresh instance's values in its __dict__), for a fraction of the
+    CPU on every claimed row."""
+    if pre_init.has_listeners(model) or post_init.has_listeners(model):
+        return model.from_db(connection.alias, names, values)
+    instance = model.__new__(model)
+    state = instance._state = ModelState()
+    state.adding = False
+    state.db = connection.alias
+    instance.__dict__.update((name, value) for name, value in zip(names, values, strict=True) if value is not DEFERRED)
+    return instance
 
 
 def row_related(
