@@ -5,10 +5,13 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection
 from django.db.models import Model
 from django.db.models.base import DEFERRED, ModelState
+from django.db.models.fields.related_descriptors import ForeignKeyDeferredAttribute
 from django.db.models.signals import post_init, pre_init
+
+from events.models import PayloadAttribute
 
 
 def row_instance(
@@ -17,32 +20,32 @@ def row_instance(
     """The instance `row`'s columns from `at` make, converters applied; and where the next model
     starts. `fields`: the attnames the row holds, in field order (routing.sql.model_columns'), the
     others deferred as the ORM's only() leaves them; None for all."""
-    names, places, converters = _layout(model, fields)
-    width = len(places)
-    if places is names:
-        values = list(row[at : at + width])
-    else:
-        values = [DEFERRED] * len(names)
-        for place, value in zip(places, row[at : at + width], strict=True):
-            values[place] = value
+    names, held, places, converters, plain = _layout(model, fields)
+    width = len(held)
+    values = list(row[at : at + width])
     for index, column, field_converters in converters:
         for convert in field_converters:
             values[index] = convert(values[index], column, connection)
-    return _instance(model, names, values), at + width
+    return _instance(model, names, held, places, values, plain=plain), at + width
 
 
-def _instance(model: type[Model], names: list[str], values: list[Any]) -> Model:
+def _instance(
+    model: type[Model], names: list[str], held: list[str], places: list[int], values: list[Any], *, plain: bool
+) -> Model:
     """model.from_db(alias, names, values), without Model.__init__'s per-field setattr when no
-    pre_init/post_init receiver listens: the same instance state, the same attributes (the
-    fields' descriptors store a fresh instance's values in its __dict__), for a fraction of the
-    CPU on every claimed row."""
-    if pre_init.has_listeners(model) or post_init.has_listeners(model):
-        return model.from_db(connection.alias, names, values)
+    pre_init/post_init receiver is connected and the fields' setters (`plain`) only store a fresh
+    instance's value in its __dict__: the same instance, for less CPU on every claimed row."""
+    if not plain or pre_init.receivers or post_init.receivers:
+        full = [DEFERRED] * len(names)
+        for place, value in zip(places, values, strict=True):
+            full[place] = value
+        return model.from_db(DEFAULT_DB_ALIAS, names, full)
     instance = model.__new__(model)
     state = instance._state = ModelState()
     state.adding = False
-    state.db = connection.alias
-    instance.__dict__.update((name, value) for name, value in zip(names, values, strict=True) if value is not DEFERRED)
+    # django.db.connection is the default database's.
+    state.db = DEFAULT_DB_ALIAS
+    instance.__dict__.update(zip(held, values, strict=True))
     return instance
 
 
@@ -64,15 +67,17 @@ def row_related(
 @functools.cache
 def _layout(
     model: type[Model], only: tuple[str, ...] | None
-) -> tuple[list[str], list[int] | list[str], list[tuple[int, Any, list[Any]]]]:
-    """Every field's attname; where each of the row's columns goes among them (the same list when
-    the row holds them all); and the converters of the fields the row holds."""
+) -> tuple[list[str], list[str], list[int], list[tuple[int, Any, list[Any]]], bool]:
+    """Every field's attname; the attnames the row holds and where each goes among them; the
+    converters of the row's columns, by their place in the row; and whether each held field's
+    attribute is set by storing the value in the instance's __dict__ (no setter, or one of those
+    known to)."""
     fields = model._meta.concrete_fields
     names = [f.attname for f in fields]
-    held = range(len(fields)) if only is None else [names.index(name) for name in only]
+    places = list(range(len(fields))) if only is None else [names.index(name) for name in only]
     converters = []
-    for index in held:
-        f = fields[index]
+    for index, place in enumerate(places):
+        f = fields[place]
         column = f.get_col(model._meta.db_table)
         found = connection.ops.get_db_converters(column) + f.get_db_converters(connection)
         lazy = getattr(f, "from_db_lazy", None)
@@ -81,4 +86,10 @@ def _layout(
             found = [*connection.ops.get_db_converters(column), lazy]
         if found:
             converters.append((index, column, found))
-    return names, (names if only is None else list(held)), converters
+    plain = all(_plain_setter(model.__dict__.get(names[place])) for place in places)
+    return names, [names[place] for place in places], places, converters, plain
+
+
+def _plain_setter(descriptor: Any) -> bool:
+    # A foreign key's id: its setter also drops a cached related object, which a fresh instance has not.
+    return not hasattr(descriptor, "__set__") or type(descriptor) in (ForeignKeyDeferredAttribute, PayloadAttribute)

@@ -302,3 +302,26 @@ def test_a_sent_and_recorded_batch_reads_no_column_its_claim_left_out(subscriber
         logger.setLevel(previous)
     assert set(verdicts.values()) == {"delivered"}
     assert [tuple(instance.get_deferred_fields() for instance in row) for row in rows] == deferred
+
+
+def test_a_claimed_row_is_made_as_the_orm_makes_it_for_a_post_init_receiver():
+    """Claimed rows skip Model.__init__ only while nothing listens to it: a post_init receiver
+    connected is given each claimed instance, as the ORM's read gives it."""
+    from django.db.models.signals import post_init
+
+    from routing.claim import batch_claim
+
+    sub = SubscriptionFactory()
+    delivery = DeliveryFactory(subscription=sub, event=EventFactory(resource_key=None))
+    seen = []
+
+    def receiver(sender, instance, **kwargs):
+        seen.append((sender, instance))
+
+    post_init.connect(receiver, sender=Delivery)
+    try:
+        (claimed,) = batch_claim(sub=sub, budget=5).deliveries
+    finally:
+        post_init.disconnect(receiver, sender=Delivery)
+    assert [(Delivery, claimed)] == [(s, i) for s, i in seen if i is claimed]
+    assert claimed.pk == delivery.pk and not claimed._state.adding
