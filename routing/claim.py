@@ -17,6 +17,7 @@ from django.db import connection, transaction
 from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
+from events.models import Event, Store
 from routing import sql
 from routing.models import Delivery, DeliveryState, Subscription
 from routing.rows import row_instance, row_related
@@ -172,11 +173,20 @@ def _claim_postgresql(statement: str, params: list[Any], *, sub_id: int, lock: b
     if not rows:
         return [], None
     field = Subscription._meta.get_field("parameters")
-    return [_claimed_delivery(row) for row in rows], field.from_db_value(rows[0][-1], None, connection)
+    stores: dict[int | None, Store | None] = {}
+    return [_claimed_delivery(row, stores) for row in rows], field.from_db_value(rows[0][-1], None, connection)
 
 
-def _claimed_delivery(row: tuple[Any, ...]) -> Delivery:
-    delivery, at = row_instance(Delivery, row, 0)
-    event, at = row_related(delivery, "event", row, at)
-    row_related(event, "store", row, at)
+def _claimed_delivery(row: tuple[Any, ...], stores: dict[int | None, Store | None]) -> Delivery:
+    """A claimed row's delivery with its event and the event's store; `stores`: those of the
+    batch's earlier rows by id, shared (a batch's events mostly come from one store, read only)."""
+    delivery, at = row_instance(Delivery, row, 0, sql.CLAIMED_DELIVERY_FIELDS)
+    event, at = row_related(delivery, "event", row, at, sql.CLAIMED_EVENT_FIELDS)
+    if event.store_id in stores:
+        _EVENT_STORE.set_cached_value(event, stores[event.store_id])
+    else:
+        stores[event.store_id], _ = row_related(event, "store", row, at, sql.CLAIMED_STORE_FIELDS)
     return delivery
+
+
+_EVENT_STORE = Event._meta.get_field("store")

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, models
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models
 
 from routing import retry, sql
 from routing.claim import Batch, deliveries_unclaim
@@ -152,8 +152,11 @@ def _attempts_record(sent: list[Sent], *, kept: set[int]) -> None:
 
     Written-out INSERTs (routing.sql.attempts_insert): bulk_create's compiling cost more CPU than
     the database's writing."""
-    fresh = [_attempt_values(s) for s in sent if s.delivery.pk in kept]
-    stale = [_attempt_values(s) for s in _guessed([s for s in sent if s.delivery.pk not in kept])]
+    # The connection itself, not django.db.connection's proxy: each of its attribute reads (the
+    # fields' preparing reads connection.ops) looks the connection up anew.
+    db = connections[DEFAULT_DB_ALIAS]
+    fresh = [_attempt_values(s, db) for s in sent if s.delivery.pk in kept]
+    stale = [_attempt_values(s, db) for s in _guessed([s for s in sent if s.delivery.pk not in kept])]
     step = sql.attempts_per_insert()
     with sql.bound_cursor() as cursor:
         for rows, replace in ((fresh, False), (stale, True)):
@@ -184,7 +187,7 @@ def _guessed(stale: list[Sent]) -> list[Sent]:
     return [s for s in stale if (s.delivery.pk, s.delivery.attempt_count) in guesses]
 
 
-def _attempt_values(s: Sent) -> list[Any]:
+def _attempt_values(s: Sent, db: Any) -> list[Any]:
     """An attempt's row in sql.attempt_fields() order, prepared as bulk_create prepares it."""
     result = s.result
     given = {
@@ -207,9 +210,7 @@ def _attempt_values(s: Sent) -> list[Any]:
         ),
     }
     return [
-        field.get_db_prep_save(given[name] if name in given else field.get_default(), connection)
-        if prep
-        else given[name]
+        field.get_db_prep_save(given[name] if name in given else field.get_default(), db) if prep else given[name]
         for name, field, prep in _attempt_layout()
     ]
 

@@ -269,3 +269,59 @@ def test_a_batch_sends_the_parameters_stored_when_it_was_claimed_not_its_pumps_f
     batch = batch_claim(sub=read_at_start, budget=5)
 
     assert batch is not None and batch.subscription.parameters == merged
+
+
+def test_a_sent_and_recorded_batch_reads_no_column_its_claim_left_out(subscriber):
+    """The claim reads back only what the send, the record and the outcome log use: the rest stays
+    deferred through all of them (reading one would cost a query per delivery), and a batch's
+    events of one store share one Store."""
+    import logging
+
+    from routing.claim import batch_claim, subscription_read
+    from routing.pump import _batch_close, logger
+    from routing.send import batch_send
+    from tests.factories import StoreFactory
+
+    sub = SubscriptionFactory(url=subscriber.url("/deferred"), max_in_flight=0)
+    store = StoreFactory()
+    for n in range(3):
+        DeliveryFactory(subscription=sub, event=EventFactory(store=store, payload={"n": n}, resource_key=None))
+    batch = batch_claim(sub=subscription_read(sub.pk), budget=5)
+    rows = [(d, d.event, d.event.store) for d in batch.deliveries]
+    deferred = [tuple(instance.get_deferred_fields() for instance in row) for row in rows]
+    assert all(all(fields) for fields in deferred), deferred
+    assert len({id(s) for _, _, s in rows}) == 1
+    assert all(not d._state.adding and d._state.db == "default" for d, _, _ in rows)
+
+    previous = logger.level
+    logger.setLevel(logging.INFO)  # the outcome lines are built too
+    try:
+        sent, unsent = batch_send(batch, deadline=float("inf"))
+        verdicts = _batch_close(batch, sent=sent, unsent=unsent)
+    finally:
+        logger.setLevel(previous)
+    assert set(verdicts.values()) == {"delivered"}
+    assert [tuple(instance.get_deferred_fields() for instance in row) for row in rows] == deferred
+
+
+def test_a_claimed_row_is_made_as_the_orm_makes_it_for_a_post_init_receiver():
+    """Claimed rows skip Model.__init__ only while nothing listens to it: a post_init receiver
+    connected is given each claimed instance, as the ORM's read gives it."""
+    from django.db.models.signals import post_init
+
+    from routing.claim import batch_claim
+
+    sub = SubscriptionFactory()
+    delivery = DeliveryFactory(subscription=sub, event=EventFactory(resource_key=None))
+    seen = []
+
+    def receiver(sender, instance, **kwargs):
+        seen.append((sender, instance))
+
+    post_init.connect(receiver, sender=Delivery)
+    try:
+        (claimed,) = batch_claim(sub=sub, budget=5).deliveries
+    finally:
+        post_init.disconnect(receiver, sender=Delivery)
+    assert [(Delivery, claimed)] == [(s, i) for s, i in seen if i is claimed]
+    assert claimed.pk == delivery.pk and not claimed._state.adding
