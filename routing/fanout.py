@@ -40,6 +40,7 @@ from routing.replies import reply_has_content
 from routing.rows import row_instance, row_related
 from routing.send import Sent, delivery_send
 from routing.status import events_status_refresh
+from routing.transport.gate import WriteGate
 from routing.wakeup import pumps_enqueue
 
 logger = logging.getLogger(__name__)
@@ -214,13 +215,21 @@ class _Pools:
 _pools = PerProcess(lambda: _Pools()).get
 
 
+# The longest a fan-out's threads wait for each other's writes before reading their replies
+# (routing.transport.gate): well above the time its requests take to go out.
+_WRITE_GATE_SECONDS = 0.05
+
+
 def _send_all(batches: list[Batch]) -> list[Sent]:
     """Each batch's delivery sent from a thread of its own; what each got, in the batches' order.
-    Each exchange keeps its own wall-clock deadline (the watchdog watches each thread's exchange)."""
+    Each exchange keeps its own wall-clock deadline (the watchdog watches each thread's exchange).
+    Replies are read once every request is written (WriteGate), within _WRITE_GATE_SECONDS."""
     now = timezone.now()
+    gate = WriteGate(len(batches), seconds=_WRITE_GATE_SECONDS)
     with _pools().pool(len(batches)) as pool:
         futures = [
             pool.submit(
+                gate.run,
                 delivery_send,
                 batch.deliveries[0],
                 sub=batch.subscription,
