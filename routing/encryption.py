@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from functools import cache
+from functools import cache, lru_cache
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
@@ -40,8 +40,17 @@ def secret_encrypt(plain: str) -> str:
 
 
 def secret_decrypt(stored: str) -> str:
+    """The plain secret; each stored token is decrypted once per process and keys (a claim reads
+    three per endpoint). A secret changed is a new token, so never served stale."""
+    return _decrypted(tuple(settings.HUB_ENCRYPTION_KEYS), settings.SECRET_KEY, stored)
+
+
+# Plain secrets kept by their token: the process holds the keys that open them anyway, so this
+# adds no exposure. Keyed by the keys too: a key removed opens nothing it opened before.
+@lru_cache(maxsize=4096)
+def _decrypted(keys: tuple[str, ...], secret_key: str, stored: str) -> str:
     try:
-        return fernet().decrypt(stored.encode("ascii")).decode("utf-8")
+        return _fernet_for(keys, secret_key).decrypt(stored.encode("ascii")).decode("utf-8")
     except (InvalidToken, UnicodeEncodeError):
         raise SecretUndecryptable(
             "A stored secret cannot be decrypted with HUB_ENCRYPTION_KEYS; was a key removed too early?"

@@ -27,7 +27,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from events.models import Event, Store
+from events.models import Event
 from routing import sql
 from routing.claim import Batch, lease_seconds
 from routing.close import outcomes_log, outcomes_take, retries_wake
@@ -40,6 +40,7 @@ from routing.replies import reply_has_content
 from routing.rows import row_instance, row_related
 from routing.send import Sent, delivery_send
 from routing.status import events_status_refresh
+from routing.transport.gate import WriteGate
 from routing.wakeup import pumps_enqueue
 
 logger = logging.getLogger(__name__)
@@ -146,26 +147,26 @@ def fanout_claim(delivery_ids: list[int]) -> list[Batch]:
 
 
 def _claimed_deliveries(rows: list[tuple[Any, ...]]) -> list[Delivery]:
-    """The claim's rows as deliveries; an event's columns are on its first row only (sql.fanout_claim),
-    and its other deliveries get the same instance."""
+    """The claim's rows as deliveries, the columns it left out deferred (sql.fanout_claim); an
+    event's columns are on its first row only, and its other deliveries get the same instance."""
     deliveries: list[Delivery] = []
     events: dict[int, Event] = {}
     for row in rows:
-        delivery, at = row_instance(Delivery, row, 0)
+        delivery, at = row_instance(Delivery, row, 0, sql.CLAIMED_DELIVERY_FIELDS)
         if row[at] is not None:
-            event, _ = row_related(delivery, "event", row, at)
-            row_related(event, "store", row, at + _EVENT_WIDTH)
+            event, _ = row_related(delivery, "event", row, at, sql.CLAIMED_EVENT_FIELDS)
+            row_related(event, "store", row, at + _EVENT_WIDTH, sql.CLAIMED_STORE_FIELDS)
             events[event.pk] = event
         at += _EVENT_WIDTH + _STORE_WIDTH
         sub, at = row_related(delivery, "subscription", row, at)
-        row_related(sub, "store", row, at)
+        row_related(sub, "store", row, at, sql.CLAIMED_STORE_FIELDS)
         deliveries.append(delivery)
     _events_shared(deliveries, events)
     return deliveries
 
 
-_EVENT_WIDTH = len(Event._meta.concrete_fields)
-_STORE_WIDTH = len(Store._meta.concrete_fields)
+_EVENT_WIDTH = len(sql.CLAIMED_EVENT_FIELDS)
+_STORE_WIDTH = len(sql.CLAIMED_STORE_FIELDS)
 
 
 def _events_shared(deliveries: list[Delivery], events: dict[int, Event] | None = None) -> None:
@@ -214,13 +215,21 @@ class _Pools:
 _pools = PerProcess(lambda: _Pools()).get
 
 
+# The longest a fan-out's threads wait for each other's writes before reading their replies
+# (routing.transport.gate): well above the time its requests take to go out.
+_WRITE_GATE_SECONDS = 0.05
+
+
 def _send_all(batches: list[Batch]) -> list[Sent]:
     """Each batch's delivery sent from a thread of its own; what each got, in the batches' order.
-    Each exchange keeps its own wall-clock deadline (the watchdog watches each thread's exchange)."""
+    Each exchange keeps its own wall-clock deadline (the watchdog watches each thread's exchange).
+    Replies are read once every request is written (WriteGate), within _WRITE_GATE_SECONDS."""
     now = timezone.now()
+    gate = WriteGate(len(batches), seconds=_WRITE_GATE_SECONDS)
     with _pools().pool(len(batches)) as pool:
         futures = [
             pool.submit(
+                gate.run,
                 delivery_send,
                 batch.deliveries[0],
                 sub=batch.subscription,

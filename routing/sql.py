@@ -438,7 +438,9 @@ def fanout_claim(count: int, *, postgresql: bool) -> str:
     PostgreSQL: rows another worker is claiming are skipped, and the rows taken come back with
     their subscriptions and the subscriptions' stores, in endpoint order; an event and its store
     come with its first row only (NULLs on the others): one payload on the wire per event, not one
-    per endpoint. SQLite: the ids taken (`count` of them named).
+    per endpoint. Of a delivery, its event and the stores, only what a pump's claim reads back
+    (CLAIMED_*_FIELDS); the subscription whole, as a pump reads its endpoint. SQLite: the ids taken
+    (`count` of them named).
     Params: lease until, the claim token, now, then the ids (PostgreSQL: one array; SQLite: each),
     now, the default limit, now, the default limit."""
     names = _names()
@@ -456,12 +458,13 @@ def fanout_claim(count: int, *, postgresql: bool) -> str:
         return f"{update} WHERE id IN ({sendable}) RETURNING id"
     return numbered(f"""WITH claimed AS (
         {update} WHERE id = ANY(ARRAY({sendable} FOR UPDATE OF d SKIP LOCKED))
-        RETURNING {model_columns(Delivery, table(Delivery))}),
+        RETURNING {model_columns(Delivery, table(Delivery), CLAIMED_DELIVERY_FIELDS)}),
     ranked AS (SELECT claimed.*,
         row_number() OVER (PARTITION BY claimed.event_id ORDER BY claimed.subscription_id, claimed.id) AS nth
         FROM claimed)
-    SELECT {model_columns(Delivery, "ranked")}, {model_columns(Event, "e")}, {model_columns(Store, "es")},
-        {model_columns(Subscription, "sub")}, {model_columns(Store, "ss")}
+    SELECT {model_columns(Delivery, "ranked", CLAIMED_DELIVERY_FIELDS)},
+        {model_columns(Event, "e", CLAIMED_EVENT_FIELDS)}, {model_columns(Store, "es", CLAIMED_STORE_FIELDS)},
+        {model_columns(Subscription, "sub")}, {model_columns(Store, "ss", CLAIMED_STORE_FIELDS)}
     FROM ranked LEFT JOIN {table(Event)} e ON e.id = ranked.event_id AND ranked.nth = 1
     LEFT JOIN {table(Store)} es ON es.id = e.store_id
     JOIN {table(Subscription)} sub ON sub.id = ranked.subscription_id

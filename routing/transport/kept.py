@@ -28,6 +28,7 @@ from urllib3.util import SKIP_HEADER
 from urllib3.util.retry import Retry
 
 from routing.transport.deadline import watch_current
+from routing.transport.gate import gate_written
 from routing.transport.head import head_write
 
 _HTTPConnection = http.client.HTTPConnection
@@ -81,6 +82,7 @@ def kept_exchange(
         except OSError as e:
             if e.errno != errno.EPROTOTYPE and e.errno != errno.ECONNRESET:
                 raise
+        gate_written()
         try:
             raw = _HTTPConnection.getresponse(conn)
         except (BaseSSLError, OSError) as e:
@@ -147,7 +149,9 @@ class KeptHTTPResponse(http.client.HTTPResponse):
 
 class KeptConnectionMixin:
     """For the guarded connection classes: http.client writes the head, then the body; with
-    `kept_body` set, the body goes out in the head's write. Replies are read as KeptHTTPResponse."""
+    `kept_body` set, the body goes out in the head's write. Replies are read as KeptHTTPResponse,
+    in a fan-out once its other requests are written (routing.transport.gate), on urllib3's path
+    (a new connection) as on kept_exchange's."""
 
     kept_body: bytes | None = None
     response_class = KeptHTTPResponse
@@ -155,6 +159,10 @@ class KeptConnectionMixin:
     def send(self, data: Any) -> None:
         body, self.kept_body = self.kept_body, None
         super().send(data + body if body is not None else data)  # type: ignore[misc]
+
+    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        gate_written()
+        return super().getresponse(*args, **kwargs)  # type: ignore[misc]
 
 
 class KeptReply:

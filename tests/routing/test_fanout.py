@@ -270,3 +270,40 @@ def test_a_sweep_before_the_heartbeats_first_renewal_leaves_its_claims_alone(sub
         leased = Delivery.objects.get(pk=batch.deliveries[0].pk).lease_expires_at
         # Renewed from then on, never past the hold limit.
         assert leased <= batch.hold_until
+
+
+def test_a_fan_out_sent_and_recorded_reads_no_column_its_claim_left_out(subscriber):
+    """The claim reads back of a delivery, its event and the stores only what a pump's claim does
+    (routing.sql.CLAIMED_*_FIELDS): the rest stays deferred through the sends, the recording and
+    the outcome log lines (reading one would cost a query per delivery)."""
+    import logging
+
+    from routing.fanout import _close, _send_all, logger
+    from tests.factories import StoreFactory
+
+    subs = [
+        SubscriptionFactory(url=subscriber.url(f"/narrow/{n}"), store=StoreFactory() if n else None) for n in range(3)
+    ]
+    event = EventFactory(store=StoreFactory(), payload={"order": {"number": "R3"}})
+    fan(event, subs)
+    batches = fanout_claim([d.pk for d in Delivery.objects.filter(event=event)])
+    assert len(batches) == 3
+    deliveries = [b.deliveries[0] for b in batches]
+    event_read = deliveries[0].event
+    # The deliveries, their one event and its store; each endpoint's store (one has none).
+    instances = [*deliveries, event_read, event_read.store, *(b.subscription.store for b in batches[1:])]
+    deferred = [instance.get_deferred_fields() for instance in instances]
+    assert all(deferred), deferred
+    assert batches[0].subscription.store is None
+
+    previous = logger.level
+    logger.setLevel(logging.INFO)  # the outcome lines are built too
+    try:
+        verdicts = _close(batches, _send_all(batches))
+    finally:
+        logger.setLevel(previous)
+    assert set(verdicts.values()) == {"delivered"}
+    assert [instance.get_deferred_fields() for instance in instances] == deferred
+    # Each endpoint's request named its own store, else the event's.
+    names = [subscriber.received(f"/narrow/{n}")[0].headers.get("X-Hub-Store") for n in range(3)]
+    assert names == [event.store.name, subs[1].store.name, subs[2].store.name]
