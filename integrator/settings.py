@@ -235,9 +235,10 @@ HUB_RETRY_JITTER = _env_float("HUB_RETRY_JITTER", 0.2)
 HUB_RETRY_AFTER_MAX_SECONDS = _env_float("HUB_RETRY_AFTER_MAX_SECONDS", 86400)
 # Retries due sooner than this are handed to the broker with a countdown; later ones wait in the database.
 HUB_RETRY_COUNTDOWN_MAX_SECONDS = _env_float("HUB_RETRY_COUNTDOWN_MAX_SECONDS", 60)
-# Deliveries claimed at once for one endpoint, sent on one connection, recorded in one transaction:
-# a claim and a record cost about as much for a few as for many (docs/performance.md, Deliveries/s).
-HUB_DELIVERY_BATCH_SIZE = _env_int("HUB_DELIVERY_BATCH_SIZE", 100)
+# The most deliveries claimed at once for one endpoint, sent on one connection, recorded in one
+# transaction: a claim and a record cost about as much for a few as for many (docs/performance.md,
+# Deliveries/s). A batch holds as many of them as the endpoint's pace fits into the pump's time.
+HUB_DELIVERY_BATCH_SIZE = _env_int("HUB_DELIVERY_BATCH_SIZE", 200)
 # Then a fresh message takes over, so other endpoints do not wait behind one long backlog.
 HUB_DELIVERY_PUMP_SECONDS = _env_float("HUB_DELIVERY_PUMP_SECONDS", 5)
 # No new message for an endpoint whose last one still waits for a worker (it will see the push's

@@ -59,8 +59,8 @@ def lease_seconds(sub: Subscription, *, budget: float) -> float:
     return budget + timeout_bounded(sub.timeout_seconds) + settings.HUB_DELIVERY_LEASE_MARGIN_SECONDS
 
 
-def batch_claim(*, sub: Subscription, budget: float) -> Batch | None:
-    """Take up to HUB_DELIVERY_BATCH_SIZE due deliveries of the endpoint for this worker, or None
+def batch_claim(*, sub: Subscription, budget: float, size: int | None = None) -> Batch | None:
+    """Take up to `size` (HUB_DELIVERY_BATCH_SIZE) due deliveries of the endpoint for this worker, or None
     when there is nothing to send (none due, none whose turn has come, endpoint off or at its limit).
     A resource whose turn has come goes with as many of its following deliveries as are open and
     due, in a row: one order's chain takes a batch per claim, not a delivery.
@@ -81,7 +81,7 @@ def batch_claim(*, sub: Subscription, budget: float) -> Batch | None:
     lease = now + timedelta(seconds=min(settings.HUB_LEASE_SECONDS, hold))
     at = connection.ops.adapt_datetimefield_value(now)
     postgresql = connection.vendor == "postgresql"
-    batch = settings.HUB_DELIVERY_BATCH_SIZE
+    batch = size or settings.HUB_DELIVERY_BATCH_SIZE
     sendable_params = sql.sendable_params(sub.pk, at, batch, postgresql=postgresql)
     params: list[Any] = [connection.ops.adapt_datetimefield_value(lease), claim, at, *sendable_params]
     params += [sub.pk] + ([sub.pk, at, limit] if limit else [])

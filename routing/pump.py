@@ -1,9 +1,10 @@
 """The pump: one endpoint's due deliveries, a batch at a time, until none is left or its time is up.
 
-Each round reads as the pipeline does: claim a batch (routing.claim) -> send it (routing.send) ->
-record the outcomes and attempts (routing.record) -> take in the replies (routing.replies) -> the
-endpoint's standing (routing.record) -> the events' statuses (routing.status) -> wake a pump for the
-retries due soon (routing.wakeup); all that follows the send is one transaction.
+Each round reads as the pipeline does: size a batch to the endpoint's pace (routing.pacing) ->
+claim it (routing.claim) -> send it (routing.send) -> record the outcomes and attempts
+(routing.record) -> take in the replies (routing.replies) -> the endpoint's standing
+(routing.record) -> the events' statuses (routing.status) -> wake a pump for the retries due soon
+(routing.wakeup); all that follows the send is one transaction.
 
 An endpoint's in-flight limit counts batches, and a batch has one request on the wire at a time. A
 batch takes a resource's deliveries only from its oldest unfinished one on (its head, whose turn
@@ -27,6 +28,7 @@ from routing.claim import Batch, batch_claim, subscription_read
 from routing.close import outcomes_log, outcomes_take, retries_wake
 from routing.leases import lease_held
 from routing.models import Delivery, Subscription
+from routing.pacing import batch_sent, batch_size
 from routing.record import outcomes_record
 from routing.send import Sent, batch_send
 from routing.standing import subscription_max_in_flight
@@ -58,14 +60,18 @@ def deliveries_pump(*, subscription_id: int) -> PumpResult:
     # brings its parameters as stored then.
     sub = subscription_read(subscription_id)
     while sub is not None:
-        batch = batch_claim(sub=sub, budget=budget)
+        # As many as the endpoint's recent pace fits into the time left (routing.pacing).
+        size = batch_size(sub.pk, remaining=deadline - time.monotonic())
+        batch = batch_claim(sub=sub, budget=budget, size=size)
         if batch is None:
             break
-        if _resources(batch) >= settings.HUB_DELIVERY_BATCH_SIZE:
+        if _resources(batch) >= size:
             outcome.helpers += _helper_wake(sub)
         # The lease is short: the process's heartbeat keeps it alive until the batch is recorded.
         with lease_held(subscription_id=sub.pk, claim=batch.claim, hold_until=batch.hold_until):
+            started = time.monotonic()
             sent, unsent = batch_send(batch, deadline=deadline)
+            batch_sent(sub.pk, seconds=time.monotonic() - started, requests=len(sent))
             outcome.verdicts.update(_batch_close(batch, sent=sent, unsent=unsent))
         # Only the pump's time sends it on: what a failed delivery held back is not due until the
         # failed one's retry, and the next claim takes whatever else is.
@@ -94,12 +100,12 @@ def _resources(batch: Batch) -> int:
 
 
 def _helper_wake(sub: Subscription) -> int:
-    """A batch full of resources means more are likely due: ask for another pump of this endpoint,
-    so that a backlog is sent by as many processes as the endpoint's in-flight limit allows
-    instead of one. A batch with room for runs took every resource whose turn had come: another
-    pump would find none of theirs until this one is recorded. The helper's own claim checks the
-    limit and the per-resource order, and the pending mark keeps one such message waiting at a
-    time."""
+    """A batch full of resources (as many as its claim asked for) means more are likely due: ask
+    for another pump of this endpoint, so that a backlog is sent by as many processes as the
+    endpoint's in-flight limit allows instead of one. A batch with room for runs took every
+    resource whose turn had come: another pump would find none of theirs until this one is
+    recorded. The helper's own claim checks the limit and the per-resource order, and the pending
+    mark keeps one such message waiting at a time."""
     if subscription_max_in_flight(sub) == 1:
         return 0
     return len(pumps_enqueue([sub.pk], coalesce=True))

@@ -62,13 +62,14 @@ def _deadlock(exc: BaseException | None) -> bool:
 @pytest.fixture(autouse=True)
 def _store_cache_clear() -> Iterator[None]:
     """Each test starts with no store remembered by authentication (events.selectors), no
-    subscriptions remembered by routing (routing.subscriptions) and no rate-limit leases
-    (events.throttling)."""
+    subscriptions remembered by routing (routing.subscriptions), no endpoint's pace
+    (routing.pacing) and no rate-limit leases (events.throttling)."""
     from events.selectors import store_cache_clear
     from events.throttling import leases
+    from routing.pacing import paces_forget
     from routing.subscriptions import subscriptions_cache_clear
 
-    clears = (store_cache_clear, subscriptions_cache_clear, leases.clear)
+    clears = (store_cache_clear, subscriptions_cache_clear, paces_forget, leases.clear)
     for clear in clears:
         clear()
     yield

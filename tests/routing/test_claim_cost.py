@@ -86,7 +86,8 @@ def test_a_claim_reads_as_many_rows_for_a_long_chain_as_for_a_short_one(settings
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE routing_delivery")
 
-    batch = settings.HUB_DELIVERY_BATCH_SIZE
+    # A batch smaller than the short chain's waiting run, so that both claims take a whole batch.
+    batch = settings.HUB_DELIVERY_BATCH_SIZE = 100
     taken, short_reads = claim_reads(short)
     # The order's oldest waiting delivery and those that follow it, a batch of them, in order.
     assert taken == [d.pk for d in short_chain[20 : 20 + batch]]
