@@ -35,12 +35,7 @@ from typing import Any
 
 from bench.plan import SEED
 from bench.push_cpu import _environ, tool_args, wsgi_call
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from bench.stack import free_port
 
 
 def main(argv: list[str]) -> None:
@@ -64,7 +59,7 @@ def main(argv: list[str]) -> None:
     from routing.models import Delivery, Subscription
     from routing.transport.kept import KeptConnectionMixin
 
-    port = _free_port()
+    port = free_port()
     subscriber = subprocess.Popen(
         [sys.executable, "-m", "bench.subscriber", "--port", str(port)], stdout=subprocess.DEVNULL
     )

@@ -31,12 +31,7 @@ from typing import Any
 
 from bench.plan import SEED
 from bench.push_cpu import _environ, backend_cpu, backend_pid, tool_args, tool_subscriber, wsgi_call
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from bench.stack import free_port
 
 
 def main(argv: list[str]) -> None:
@@ -65,7 +60,7 @@ def main(argv: list[str]) -> None:
     from routing.models import Delivery, DeliveryState
     from routing.pump import deliveries_pump
 
-    port = _free_port()
+    port = free_port()
     subscriber = subprocess.Popen([sys.executable, "-m", "bench.subscriber", "--port", str(port)])
     app = get_wsgi_application()  # configures logging again
     # The outcome lines are formatted, redacted and written as in a worker, to nowhere.
