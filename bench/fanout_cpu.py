@@ -20,7 +20,6 @@ unchanged on another checkout: `PYTHONPATH=. python /path/to/bench/fanout_cpu.py
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.plan import SEED
-from bench.push_cpu import _environ, tool_args, wsgi_call
+from bench.push_cpu import _environ, tool_args, tool_stop, wsgi_call
 from bench.stack import free_port
 
 
@@ -161,13 +160,7 @@ def main(argv: list[str]) -> None:
             print(f"round {number + 1}: " + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in row.items()), flush=True)
         print("median of rounds (ms): " + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in median_of(rounds).items()))
     finally:
-        subscriber.terminate()
-        subscriber.wait()
-        from integrator.celery import app as celery_app
-
-        with celery_app.connection_for_write() as conn:
-            with contextlib.suppress(Exception):
-                conn.default_channel.queue_purge(os.environ["CELERY_QUEUE"])
+        tool_stop(subscriber)
         Delivery.objects.filter(subscription__in=subs).delete()
         Subscription.objects.filter(pk__in=[s.pk for s in subs]).delete()
 

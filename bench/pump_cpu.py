@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.plan import SEED
-from bench.push_cpu import _environ, backend_cpu, backend_pid, tool_args, tool_subscriber, wsgi_call
+from bench.push_cpu import _environ, backend_cpu, backend_pid, tool_args, tool_stop, tool_subscriber, wsgi_call
 from bench.stack import free_port
 
 
@@ -139,13 +139,7 @@ def main(argv: list[str]) -> None:
             pump_round(count, profiler)
             profiler.dump_stats(profile_to)
     finally:
-        subscriber.terminate()
-        subscriber.wait()
-        from integrator.celery import app as celery_app
-
-        with celery_app.connection_for_write() as conn:
-            with contextlib.suppress(Exception):
-                conn.default_channel.queue_purge(os.environ["CELERY_QUEUE"])
+        tool_stop(subscriber)
         Delivery.objects.filter(subscription=subscription).exclude(state=DeliveryState.DELIVERED).delete()
         Delivery.objects.filter(subscription=subscription).delete()
         subscription.delete()

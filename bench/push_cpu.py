@@ -16,6 +16,7 @@ N pushes less a run of none is the instructions of N pushes:
 
 from __future__ import annotations
 
+import contextlib
 import cProfile
 import io
 import json
@@ -100,6 +101,18 @@ def tool_subscriber(name: str, tag: str, url: str) -> tuple[str, Any]:
     Subscription.objects.filter(name=name).delete()
     subscription = Subscription.objects.create(name=name, url=url, message_types=["order:new"], max_in_flight=4)
     return token, subscription
+
+
+def tool_stop(subscriber: Any) -> None:
+    """Stop a tool's subscriber process and purge the tool's own queue (CELERY_QUEUE) of the
+    wake-ups its pushes and pumps published. After django.setup()."""
+    from integrator.celery import app as celery_app
+
+    subscriber.terminate()
+    subscriber.wait()
+    with celery_app.connection_for_write() as conn:
+        with contextlib.suppress(Exception):
+            conn.default_channel.queue_purge(os.environ["CELERY_QUEUE"])
 
 
 def wsgi_call(app: Any, environ: dict[str, Any]) -> tuple[str, bytes]:
