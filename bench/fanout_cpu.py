@@ -24,7 +24,6 @@ import json
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -33,8 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.plan import SEED
-from bench.push_cpu import _environ, tool_args, tool_stop, wsgi_call
-from bench.stack import free_port
+from bench.push_cpu import _environ, tool_args, tool_start, tool_stop, wsgi_call
 
 
 def main(argv: list[str]) -> None:
@@ -46,27 +44,17 @@ def main(argv: list[str]) -> None:
     import django
 
     django.setup()
-    import logging
 
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0, interactive=False)
-    from django.core.wsgi import get_wsgi_application
 
     import routing.fanout as fanout
     from events.models import Store
     from routing.models import Delivery, Subscription
     from routing.transport.kept import KeptConnectionMixin
 
-    port = free_port()
-    subscriber = subprocess.Popen(
-        [sys.executable, "-m", "bench.subscriber", "--port", str(port)], stdout=subprocess.DEVNULL
-    )
-    app = get_wsgi_application()  # configures logging again
-    devnull = open(os.devnull, "w")  # noqa: SIM115 - open for the whole run
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.StreamHandler):
-            handler.setStream(devnull)
+    port, subscriber, app = tool_start()
     tag = f"fcpu{os.getpid()}"
     Subscription.objects.update(is_enabled=False)
     Subscription.objects.filter(name__startswith="fanout-cpu-").delete()

@@ -22,7 +22,6 @@ import json
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -30,8 +29,16 @@ from pathlib import Path
 from typing import Any
 
 from bench.plan import SEED
-from bench.push_cpu import _environ, backend_cpu, backend_pid, tool_args, tool_stop, tool_subscriber, wsgi_call
-from bench.stack import free_port
+from bench.push_cpu import (
+    _environ,
+    backend_cpu,
+    backend_pid,
+    tool_args,
+    tool_start,
+    tool_stop,
+    tool_subscriber,
+    wsgi_call,
+)
 
 
 def main(argv: list[str]) -> None:
@@ -44,7 +51,6 @@ def main(argv: list[str]) -> None:
     import django
 
     django.setup()
-    import logging
 
     from django.core.management import call_command
     from django.db import connection
@@ -55,19 +61,12 @@ def main(argv: list[str]) -> None:
         # (the status refresh's index scan slows by orders of magnitude), which no hub does.
         with connection.cursor() as cursor:
             cursor.execute('VACUUM ANALYZE "routing_delivery", "routing_attempt", "events_event"')
-    from django.core.wsgi import get_wsgi_application
 
     from routing.models import Delivery, DeliveryState
     from routing.pump import deliveries_pump
 
-    port = free_port()
-    subscriber = subprocess.Popen([sys.executable, "-m", "bench.subscriber", "--port", str(port)])
-    app = get_wsgi_application()  # configures logging again
     # The outcome lines are formatted, redacted and written as in a worker, to nowhere.
-    devnull = open(os.devnull, "w")  # noqa: SIM115 - open for the whole run
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.StreamHandler):
-            handler.setStream(devnull)
+    port, subscriber, app = tool_start()
     tag = f"pcpu{os.getpid()}"
     token, subscription = tool_subscriber("pump-cpu", tag, f"http://127.0.0.1:{port}/d")
     seed = json.loads(Path(SEED).read_text())

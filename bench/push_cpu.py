@@ -22,6 +22,7 @@ import io
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -101,6 +102,27 @@ def tool_subscriber(name: str, tag: str, url: str) -> tuple[str, Any]:
     Subscription.objects.filter(name=name).delete()
     subscription = Subscription.objects.create(name=name, url=url, message_types=["order:new"], max_in_flight=4)
     return token, subscription
+
+
+def tool_start() -> tuple[int, subprocess.Popen[bytes], Any]:
+    """The tool's subscriber on a free port and the hub's WSGI app, its log lines formatted and
+    written as in a worker, to nowhere: (port, subscriber process, app). After django.setup()."""
+    import logging
+
+    from django.core.wsgi import get_wsgi_application
+
+    from bench.stack import free_port
+
+    port = free_port()
+    subscriber = subprocess.Popen(
+        [sys.executable, "-m", "bench.subscriber", "--port", str(port)], stdout=subprocess.DEVNULL
+    )
+    app = get_wsgi_application()  # configures logging again
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - open for the whole run
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(devnull)
+    return port, subscriber, app
 
 
 def tool_stop(subscriber: Any) -> None:
