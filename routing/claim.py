@@ -96,10 +96,12 @@ def batch_claim(*, sub: Subscription, budget: float, size: int | None = None) ->
                 taken = [row[0] for row in cursor.fetchall()]
         deliveries = list(
             Delivery.objects.select_related("event", "event__store")
+            .only(*sql.claimed_only())
             .annotate(subscription_parameters=F("subscription__parameters"))
             .filter(pk__in=taken)
         )
         parameters = deliveries[0].subscription_parameters if deliveries else None
+        _stores_shared(deliveries)
     if not deliveries:
         return None
     # The batch sends the parameters stored when it was taken, not those of the pump's first read.
@@ -187,6 +189,14 @@ def _claimed_delivery(row: tuple[Any, ...], stores: dict[int | None, Store | Non
     else:
         stores[event.store_id], _ = row_related(event, "store", row, at, sql.CLAIMED_STORE_FIELDS)
     return delivery
+
+
+def _stores_shared(deliveries: list[Delivery]) -> None:
+    """The ORM's read (SQLite) gives each event a Store of its own; shared as PostgreSQL's are."""
+    stores: dict[int | None, Store | None] = {}
+    for delivery in deliveries:
+        event = delivery.event
+        _EVENT_STORE.set_cached_value(event, stores.setdefault(event.store_id, event.store))
 
 
 _EVENT_STORE = Event._meta.get_field("store")

@@ -128,6 +128,7 @@ def fanout_claim(delivery_ids: list[int]) -> list[Batch]:
             taken = [row[0] for row in cursor.fetchall()]
         deliveries = list(
             Delivery.objects.select_related("event", "event__store", "subscription", "subscription__store")
+            .only(*sql.claimed_only("subscription__store"), *_SUBSCRIPTION_WHOLE)
             .filter(pk__in=taken)
             .order_by("subscription_id", "id")
         )
@@ -165,6 +166,7 @@ def _claimed_deliveries(rows: list[tuple[Any, ...]]) -> list[Delivery]:
     return deliveries
 
 
+_SUBSCRIPTION_WHOLE = [f"subscription__{f.name}" for f in Subscription._meta.concrete_fields]
 _EVENT_WIDTH = len(sql.CLAIMED_EVENT_FIELDS)
 _STORE_WIDTH = len(sql.CLAIMED_STORE_FIELDS)
 
