@@ -362,6 +362,21 @@ class Worker:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
+        # Its pool children and beat may outlive it for a moment, still connected to the test
+        # database, which pytest-django drops at the end of the session.
+        deadline = time.monotonic() + 10
+        while _group_alive(self.process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _group_alive(self.process.pid):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @contextmanager
