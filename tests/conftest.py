@@ -12,7 +12,8 @@ from rest_framework.test import APIClient
 
 from events.models import Store
 from tests.factories import StoreFactory
-from tests.live import Subscriber, Worker, queue_purge, wait_until
+from tests.isolation import worker_environment
+from tests.live import ROOT, Subscriber, Worker, queue_purge, wait_until
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -27,6 +28,14 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["HUB_SCHEDULE_MIN_INTERVAL_SECONDS"] = "1"
     settings.HUB_SCHEDULE_MIN_INTERVAL_SECONDS = 1
     _flush_retry_deadlocks()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_setupnodes(config: pytest.Config, specs: list) -> None:
+    """scripts/test runs the suite on pytest-xdist workers: each gets its own Redis database and var
+    directory (tests/isolation.py), set before it imports the settings."""
+    for spec in specs:
+        spec.env.update(worker_environment(dict(os.environ), spec.id, ROOT))
 
 
 def _flush_retry_deadlocks() -> None:
