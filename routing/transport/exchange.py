@@ -22,6 +22,7 @@ from requests.utils import check_header_validity, get_auth_from_url
 
 from infra import tracing
 from routing.transport.deadline import deadline_watch
+from routing.transport.gate import gate_waited_take
 from routing.transport.kept import KeptReply
 from routing.transport.netguard import DestinationBlocked, GuardedAdapter, HostUnresolvable, session_guard
 from routing.transport.reply import NOT_JSON, reply_json, reply_text, storable
@@ -119,9 +120,10 @@ def request_send(
     session = session or session_get()
     timeout = timeout_bounded(timeout)
     started = time.monotonic()
+    gate_waited_take()
 
     def latency() -> int:
-        return int((time.monotonic() - started) * 1000)
+        return int((time.monotonic() - started - gate_waited_take()) * 1000)
 
     with deadline_watch(timeout) as watch:
 

@@ -71,4 +71,14 @@ def gate_written() -> None:
     watch = watch_current()
     if watch is not None:
         until = min(until, time.monotonic() + watch.remaining() / 2)
+    started = time.monotonic()
     gate._wait(until)
+    _local.waited = time.monotonic() - started
+
+
+def gate_waited_take() -> float:
+    """The seconds this thread's last request waited at its gate, then 0: an attempt's latency is
+    the endpoint's, not the time the hub held its reply unread."""
+    waited = getattr(_local, "waited", 0.0)
+    _local.waited = 0.0
+    return waited

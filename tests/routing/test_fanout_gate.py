@@ -17,6 +17,7 @@ import pytest
 import routing.fanout as fanout
 import routing.send as send
 from routing.fanout import deliveries_fan_out
+from routing.models import Attempt
 from routing.transport.kept import KeptConnectionMixin, KeptHTTPResponse
 from tests.factories import DeliveryFactory, EventFactory, SubscriptionFactory
 from tests.live import free_port
@@ -109,6 +110,24 @@ def test_a_thread_slow_to_write_holds_the_others_replies_no_longer_than_the_gate
     assert set(verdicts.values()) == {"delivered"} and len(verdicts) == 5
     # The others read their replies while it had not written: the gate opened at its bound.
     assert held == [True]
+
+
+def test_an_attempts_latency_leaves_out_the_time_its_reply_waited_at_the_gate(subscriber, order, monkeypatch):
+    """The latency on record is the endpoint's: the others' replies wait the gate's whole bound
+    for a thread that writes late, and that wait is the hub's, not theirs."""
+    gate_bound(monkeypatch, 3.0)
+    subs = [SubscriptionFactory(url=subscriber.url(f"/latency/{n}"), timeout_seconds=120) for n in range(3)]
+    last = SubscriptionFactory(url=subscriber.url("/latency/last"), timeout_seconds=120)
+    held = render_held(monkeypatch, last.url, order.reading, 30.0)
+
+    verdicts = fan_out([*subs, last])
+
+    assert set(verdicts.values()) == {"delivered"} and held == [True]
+    waited = Attempt.objects.filter(delivery__subscription__in=subs)
+    assert waited.count() == 3
+    # Each of them waited nearly the whole 3 s bound (it counts from the fan-out's start) to read a
+    # reply the subscriber sent at once: none of that wait is on record.
+    assert all(attempt.latency_ms < 1500 for attempt in waited), [a.latency_ms for a in waited]
 
 
 def test_the_gate_never_holds_a_reply_past_half_of_what_is_left_of_its_deadline(subscriber, order, monkeypatch):
