@@ -34,6 +34,7 @@ from routing.close import outcomes_log, outcomes_take, retries_wake
 from routing.formats import TRANSFORM
 from routing.leases import lease_held
 from routing.models import DELIVERY_OPEN_STATES, Delivery, Subscription
+from routing.pacing import batch_sent
 from routing.perprocess import PerProcess
 from routing.record import batches_outcomes_record
 from routing.replies import reply_has_content
@@ -80,6 +81,10 @@ def deliveries_fan_out(*, delivery_ids: list[int], endpoints: Sequence[int] = ()
                 )
             sent = _send_all(batches)
             result.verdicts = _close(batches, sent)
+        for batch, s in zip(batches, sent, strict=True):
+            # The endpoint's pace for its pumps' batches (routing.pacing): a slow one first met here
+            # gets a first pump batch its budget can send, not a whole one given back mostly unsent.
+            batch_sent(batch.subscription.pk, seconds=s.result.latency_ms / 1000, requests=1)
     looked = set(result.left)
     others = sorted({*endpoints, *(b.subscription.pk for b in batches)} - looked)
     if others:

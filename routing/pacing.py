@@ -4,7 +4,8 @@ time per request fits into what is left of the pump's budget, from 1 to HUB_DELI
 An instant endpoint gets full batches (a claim and a record cost about as much for many as for
 few); a slow one gets what it can be sent before the budget, so none of its batch is claimed only
 to be given back unsent. The time per request is each process's own memory of the endpoint (the
-slowest recent batch's, easing back as faster ones follow), kept without a query or a write.
+slowest recent batch's, easing back as faster ones follow; a fan-out's request counts as a batch of
+one), kept without a query or a write.
 
 A process that has not sent to the endpoint yet takes a full batch: most endpoints answer in
 milliseconds, and a slow one's first batch gives back what the budget could not send once per

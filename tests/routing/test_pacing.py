@@ -12,6 +12,7 @@ import pytest
 from django.utils import timezone
 
 from routing import pacing, pump
+from routing.fanout import deliveries_fan_out
 from routing.models import Delivery, Subscription
 from routing.pump import PumpResult, deliveries_pump
 from tests.factories import DeliveryFactory, EventFactory, SubscriptionFactory
@@ -101,6 +102,22 @@ def test_an_endpoint_slower_than_the_pumps_budget_gets_batches_of_one(subscriber
     # The first pump's batch of three sent one within its time and gave two back; then one each.
     assert pumps == [[3], [1], [1]]
     assert [r.json()["payload"]["n"] for r in subscriber.received("/slower")] == [0, 1, 2]
+
+
+def test_a_slow_endpoint_first_met_in_a_fan_out_gets_a_first_pump_batch_its_budget_fits(subscriber, pumped):
+    slow = SubscriptionFactory(url=subscriber.url("/fanned-slow"), max_in_flight=1)
+    other = SubscriptionFactory(url=subscriber.url("/fanned-fast"), max_in_flight=1)
+    subscriber.program("/fanned-slow", Reply.slow(0.3))
+    event = EventFactory(payload={"n": "fanned"}, resource_key=None)
+    fanned = [DeliveryFactory(subscription=sub, event=event) for sub in (slow, other)]
+    assert set(deliveries_fan_out(delivery_ids=[d.pk for d in fanned]).verdicts.values()) == {"delivered"}
+    backlog(slow, 10)
+
+    pumps = pump_out(pumped, slow, 10)
+
+    # The fan-out's 0.3 s answer set the pace: a second's pump claims no more than it can send.
+    assert max(size for batches in pumps for size in batches) <= 3
+    assert len(subscriber.received("/fanned-slow")) == 11
 
 
 def test_a_timeout_counts_as_the_time_it_took(subscriber, pumped, settings):
