@@ -4,8 +4,9 @@ N deliveries (1,000) of the bench's seed event are queued to one subscription se
 bench.subscriber (an instant endpoint, in a process of its own), then one deliveries_pump sends
 them all in-process, as a worker's task does, on the DATABASE_URL and REDIS_URL of the
 environment (production shape: PostgreSQL, Redis broker, multiprocess metrics, the JSON log line
-of each outcome at INFO, written to /dev/null). Prints, as the median of `--rounds` rounds (5), and the least of them
-(the round least disturbed on a shared machine):
+of each outcome at INFO, written to /dev/null, what is loaded at the start frozen out of the cyclic
+collector's walks as a worker's pool process does). Prints, as the median of `--rounds` rounds
+(5), and the least of them (the round least disturbed on a shared machine):
 
 - the process CPU per delivery (time.process_time),
 - the PostgreSQL backend's CPU per delivery (its /proc/<pid>/stat, readable when PostgreSQL runs
@@ -67,6 +68,11 @@ def main(argv: list[str]) -> None:
 
     # The outcome lines are formatted, redacted and written as in a worker, to nowhere.
     port, subscriber, app = tool_start()
+    from integrator.memory import loaded_objects_freeze
+
+    # What is loaded by now left out of the collector's walks, as a worker's pool process does at its
+    # start (integrator.celery).
+    loaded_objects_freeze()
     tag = f"pcpu{os.getpid()}"
     token, subscription = tool_subscriber("pump-cpu", tag, f"http://127.0.0.1:{port}/d")
     seed = json.loads(Path(SEED).read_text())

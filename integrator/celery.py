@@ -54,6 +54,14 @@ def _async_commit_set(sender: object, connection: object, **kwargs: object) -> N
             cursor.execute("SET synchronous_commit TO off")
 
 
+@signals.worker_process_init.connect
+def _worker_objects_freeze(**kwargs: object) -> None:
+    # In each pool process, as gunicorn.conf.py's post_worker_init does in each web worker.
+    from integrator.memory import loaded_objects_freeze
+
+    loaded_objects_freeze()
+
+
 @signals.task_prerun.connect
 @signals.task_postrun.connect
 def _db_connections_tidy(**kwargs: object) -> None:

@@ -11,9 +11,9 @@ import traceback
 from typing import Any
 
 from gunicorn import glogging
-from pythonjsonlogger.orjson import OrjsonFormatter
 
 from integrator.logfilters import SecretRedactionFilter
+from integrator.logformat import JsonFormatter
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
@@ -36,7 +36,7 @@ def access_fields(atoms: dict[str, Any]) -> dict[str, Any]:
 class JsonLogger(glogging.Logger):
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)
-        formatter = OrjsonFormatter(_FORMAT)
+        formatter = JsonFormatter(_FORMAT)
         for log in (self.error_log, self.access_log):
             for handler in log.handlers:
                 handler.setFormatter(formatter)

@@ -53,11 +53,7 @@ def secrets_redact(value: Any, *, _depth: int = 0) -> Any:
     if _depth > 8:
         return value
     if isinstance(value, str):
-        if not _SECRET_HINT.search(value):
-            return value
-        for pattern, replacement in _SECRET_PATTERNS:
-            value = pattern.sub(replacement, value)
-        return value
+        return _text_redact(value)
     if isinstance(value, Mapping):
         return {
             key: REDACTED
@@ -67,6 +63,29 @@ def secrets_redact(value: Any, *, _depth: int = 0) -> Any:
         }
     if isinstance(value, (list, tuple)):
         return type(value)(secrets_redact(item, _depth=_depth + 1) for item in value)
+    return value
+
+
+# Short strings in which _SECRET_HINT found nothing: a value logged again and again (an endpoint's
+# name, a host, a message's text) is searched once. Only such strings are kept, never one that held
+# a secret; emptied when full.
+_HINTLESS: set[str] = set()
+_HINTLESS_MAX = 4096
+_HINTLESS_LENGTH = 256
+
+
+def _text_redact(value: str) -> str:
+    short = len(value) <= _HINTLESS_LENGTH
+    if short and value in _HINTLESS:
+        return value
+    if _SECRET_HINT.search(value):
+        for pattern, replacement in _SECRET_PATTERNS:
+            value = pattern.sub(replacement, value)
+        return value
+    if short:
+        if len(_HINTLESS) >= _HINTLESS_MAX:
+            _HINTLESS.clear()
+        _HINTLESS.add(value)
     return value
 
 
@@ -83,7 +102,7 @@ class SecretRedactionFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a broken format string must still be logged
             message = str(record.msg)
-        record.msg = secrets_redact(message)
+        record.msg = _text_redact(message)
         record.args = None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
@@ -96,8 +115,13 @@ class SecretRedactionFilter(logging.Filter):
         for name in fields.keys() - _RECORD_ATTRIBUTES:
             if _secret_name(name):
                 fields[name] = REDACTED
-            elif type(fields[name]) not in _PLAIN_TYPES:
-                fields[name] = secrets_redact(fields[name])
+                continue
+            value = fields[name]
+            kind = type(value)
+            if kind is str:
+                fields[name] = _text_redact(value)
+            elif kind not in _PLAIN_TYPES:
+                fields[name] = secrets_redact(value)
         return True
 
 

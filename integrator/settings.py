@@ -505,7 +505,7 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {
         "json": {
-            "()": "pythonjsonlogger.orjson.OrjsonFormatter",
+            "()": "integrator.logformat.JsonFormatter",
             "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
         },
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},

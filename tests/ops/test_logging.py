@@ -2,11 +2,15 @@ import io
 import json
 import logging
 import subprocess
+import sys
 import time
 
 import pytest
+from pythonjsonlogger.orjson import OrjsonFormatter
 
+from integrator import logfilters
 from integrator.logfilters import REDACTED, SecretRedactionFilter, secrets_redact
+from integrator.logformat import JsonFormatter
 from tests.ops.conftest import gunicorn_start, http_get, hub_env
 
 WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -146,3 +150,56 @@ def test_extra_fields_are_masked_by_name_whatever_their_type_and_on_every_line()
         assert (line["delivery_id"], line["latency_ms"], line["succeeded"], line["error"]) == (9, 1.5, True, None)
         assert line["destination_host"] == f"postgres://u:{REDACTED}@db" and line["verdict"] == "delivered"
     assert len(lines) == 2
+
+
+def _records() -> list[logging.LogRecord]:
+    """Records of every shape a line can take: extras (one with a non-string key), a dict message,
+    a traceback, a stack, times on either side of a second and before the epoch's first."""
+    log = logging.getLogger("tests.ops.logging")
+    made = [
+        log.makeRecord(log.name, logging.INFO, "f.py", 1, "delivery attempt", (), None, extra=extra)
+        for extra in (None, {"event_id": "e-1", "delivery_id": 4, "error": None, 7: "seven", "_hidden": 1})
+    ]
+    made.append(log.makeRecord(log.name, logging.WARNING, "f.py", 2, {"asked": [1, 2]}, (), None))
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        made.append(log.makeRecord(log.name, logging.ERROR, "f.py", 3, "failed %s", ("x",), sys.exc_info()))
+    made.append(log.makeRecord(log.name, logging.INFO, "f.py", 4, "here", (), None, sinfo="Stack (most recent)"))
+    for created in (1_700_000_000.999, 1_700_000_001.0, 1_700_000_001.5, 0.25):
+        record = log.makeRecord(log.name, logging.INFO, "f.py", 5, "at %d", (int(created),), None)
+        record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
+        made.append(record)
+    return made
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"datefmt": "%H:%M"},
+        {"rename_fields": {"levelname": "level"}},
+        {"static_fields": {"service": "hub"}},
+        {"defaults": {"zone": "eu"}},
+        {"timestamp": True},
+        {"rename_fields": {"missing": "gone"}, "rename_fields_keep_missing": True},
+    ],
+)
+def test_the_json_formatter_writes_the_lines_python_json_logger_writes(options):
+    fmt = "%(asctime)s %(levelname)s %(name)s %(message)s"
+    ours, theirs = JsonFormatter(fmt, **options), OrjsonFormatter(fmt, **options)
+    for record in _records():
+        for _ in range(2):  # the second time from what the first left behind
+            assert ours.format(logging.makeLogRecord(record.__dict__)) == theirs.format(
+                logging.makeLogRecord(record.__dict__)
+            )
+
+
+def test_only_values_without_a_secret_are_remembered_as_clean():
+    extra = {"destination_host": f"postgres://u:{WHSEC}@db", "subscription": TOKEN, "verdict": "delivered"}
+    lines = log_lines(lambda log: [log.info("delivery attempt %s", TOKEN, extra=extra) for _ in range(3)])
+    for line in lines:
+        assert WHSEC not in json.dumps(line) and TOKEN not in json.dumps(line)
+        assert line["verdict"] == "delivered"
+    assert len(lines) == 3
+    assert not any(WHSEC in text or TOKEN in text for text in logfilters._HINTLESS)
