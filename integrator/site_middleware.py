@@ -1,9 +1,9 @@
-"""The browser site's middleware (session, CSRF cookie, logged-in user, flash messages), passed
-over on the store API's paths.
+"""The browser site's middleware (session, logged-in user, flash messages), passed over on the
+store API's paths.
 
-A store authenticates every request by its token (events.authentication), holds no session, posts
-to CSRF-exempt views and is never shown a message; on its paths these four only cost CPU. The
-admin, the API docs and everything else still get them all.
+A store authenticates every request by its token (events.authentication), holds no session and is
+never shown a message; on its paths these three only cost CPU. The admin, the API docs and
+everything else still get them all.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from django.contrib.auth.middleware import AuthenticationMiddleware
 from django.contrib.messages.middleware import MessageMiddleware
 from django.contrib.sessions.middleware import SessionMiddleware
 from django.http import HttpRequest
-from django.middleware.csrf import CsrfViewMiddleware
 
 # The store API (routing.api): POST /events, POST /events/batch, GET /events and /events/<id>.
 STORE_API_PATH = "/events"
@@ -38,11 +37,6 @@ class _SiteOnly:
 
 class SiteSessionMiddleware(_SiteOnly, SessionMiddleware):
     pass
-
-
-class SiteCsrfViewMiddleware(_SiteOnly, CsrfViewMiddleware):
-    """Its process_view still runs on every path (the handler calls it): the store API's views are
-    CSRF-exempt, so it returns at once there."""
 
 
 class SiteAuthenticationMiddleware(_SiteOnly, AuthenticationMiddleware):

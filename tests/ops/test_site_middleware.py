@@ -1,4 +1,4 @@
-"""The site's session, CSRF, user and message middleware pass over the store API's paths and still
+"""The site's session, user and message middleware pass over the store API's paths and still
 run everywhere else (integrator/site_middleware.py)."""
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from django.test import Client, RequestFactory
 
 from integrator.site_middleware import (
     SiteAuthenticationMiddleware,
-    SiteCsrfViewMiddleware,
     SiteMessageMiddleware,
     SiteSessionMiddleware,
 )
@@ -19,7 +18,7 @@ pytestmark = pytest.mark.django_db
 
 
 def _seen_by_the_view(path: str) -> dict[str, bool]:
-    """What the four middleware gave the request by the time the view got it."""
+    """What the three middleware gave the request by the time the view got it."""
     seen: dict[str, bool] = {}
 
     def view(request):
@@ -27,25 +26,23 @@ def _seen_by_the_view(path: str) -> dict[str, bool]:
             session=hasattr(request, "session"),
             user=hasattr(request, "user"),
             messages=hasattr(request, "_messages"),
-            csrf=request.META.get("CSRF_COOKIE") is not None,
         )
         return HttpResponse()
 
-    chain = SiteSessionMiddleware(SiteCsrfViewMiddleware(SiteAuthenticationMiddleware(SiteMessageMiddleware(view))))
+    chain = SiteSessionMiddleware(SiteAuthenticationMiddleware(SiteMessageMiddleware(view)))
     request = RequestFactory().post(path, content_type="application/json")
-    request.COOKIES["csrftoken"] = "a" * 32
     chain(request)
     return seen
 
 
 @pytest.mark.parametrize("path", ["/events", "/events/batch", "/events/01a23bd2-0f0e-72ef-a86c-6b055d5c99a7"])
-def test_the_store_api_gets_no_session_user_messages_or_csrf_cookie(path):
-    assert _seen_by_the_view(path) == {"session": False, "user": False, "messages": False, "csrf": False}
+def test_the_store_api_gets_no_session_user_or_messages(path):
+    assert _seen_by_the_view(path) == {"session": False, "user": False, "messages": False}
 
 
 @pytest.mark.parametrize("path", ["/admin/", "/eventsx", "/manage/v1/events", "/api/docs/"])
 def test_every_other_path_gets_them_all(path):
-    assert _seen_by_the_view(path) == {"session": True, "user": True, "messages": True, "csrf": True}
+    assert _seen_by_the_view(path) == {"session": True, "user": True, "messages": True}
 
 
 def test_a_push_carrying_site_cookies_is_answered_as_one_without(store):
