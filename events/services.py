@@ -16,6 +16,7 @@ from django.utils import timezone
 from psycopg.types.json import Json
 
 from events import sql
+from events.instances import instance_new
 from events.messages import resource_key
 from events.models import Event, EventDescendants, EventSource, Store
 from events.selectors import store_cache_clear
@@ -39,7 +40,8 @@ def event_build(
 ) -> Event:
     """The event an envelope makes, not yet saved (routing reads it to decide its status first).
     Its source is the store's or, with a parent, a reply's, unless `source` says otherwise."""
-    event = Event(
+    event = instance_new(
+        Event,
         store=store,
         message=envelope.message,
         payload=envelope.payload,

@@ -88,11 +88,14 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # Serves collected static files (admin, API docs) from gunicorn: no separate web server needed.
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
+    # Django's session, user and message middleware, passed over on the store API's paths, which
+    # use none of them (integrator/site_middleware.py).
+    "integrator.site_middleware.SiteSessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # Django's own, by name: `check --deploy` looks for it so (and on a cookie-less push it is cheap).
     "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "integrator.site_middleware.SiteAuthenticationMiddleware",
+    "integrator.site_middleware.SiteMessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "integrator.metrics.IngestMetricsMiddleware",
     # Last, as django-axes asks: turns a locked-out admin login into its 429 page.

@@ -13,6 +13,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
+from events.instances import instance_new
 from events.models import Event, Store
 from routing.fields import EncryptedJSONField, EncryptedTextField
 
@@ -335,8 +336,12 @@ class Delivery(models.Model):
     def routed(cls, *, event: Event, subscription: Subscription) -> Delivery:
         """The new delivery routing makes of an event for a subscription (not saved): due when the
         event was made, and with the event's resource key, which keeps a resource's order."""
-        return cls(
-            event=event, subscription=subscription, resource_key=event.resource_key, next_attempt_at=event.created_at
+        return instance_new(
+            cls,
+            event=event,
+            subscription=subscription,
+            resource_key=event.resource_key,
+            next_attempt_at=event.created_at,
         )
 
 

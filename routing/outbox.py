@@ -79,7 +79,8 @@ class _Push:
     def __init__(self, store: Store, event: Event) -> None:
         self.store = store
         self.event = event
-        self.done = threading.Event()
+        # Made, under the group's lock, only for a push that waits: most find nothing being written.
+        self.done: threading.Event | None = None
         self.leads = False  # handed the next group to write
         self.result: IngestResult | None = None
         self.error: BaseException | None = None
@@ -116,6 +117,8 @@ class _GroupCommit:
             self._waiting.append(push)
             leads = not self._writing
             self._writing = True
+            if not leads:
+                push.done = threading.Event()
         if not leads:
             push.done.wait()
             if not push.leads:
@@ -141,10 +144,11 @@ class _GroupCommit:
                     self._writing = False
                 else:
                     following.leads = True
+            # Every push but the first to find nothing being written waited, so has its event.
             for each in group:
-                if each is not push:
+                if each is not push and each.done is not None:
                     each.done.set()
-            if following is not None:
+            if following is not None and following.done is not None:
                 following.done.set()
 
 

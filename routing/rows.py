@@ -8,10 +8,9 @@ from typing import Any
 from django.db import DEFAULT_DB_ALIAS, connection
 from django.db.models import Model
 from django.db.models.base import DEFERRED, ModelState
-from django.db.models.fields.related_descriptors import ForeignKeyDeferredAttribute
 from django.db.models.signals import post_init, pre_init
 
-from events.models import PayloadAttribute
+from events.instances import attribute_stored_plainly
 
 
 def row_instance(
@@ -86,10 +85,5 @@ def _layout(
             found = [*connection.ops.get_db_converters(column), lazy]
         if found:
             converters.append((index, column, found))
-    plain = all(_plain_setter(model.__dict__.get(names[place])) for place in places)
+    plain = all(attribute_stored_plainly(model.__dict__.get(names[place])) for place in places)
     return names, [names[place] for place in places], places, converters, plain
-
-
-def _plain_setter(descriptor: Any) -> bool:
-    # A foreign key's id: its setter also drops a cached related object, which a fresh instance has not.
-    return not hasattr(descriptor, "__set__") or type(descriptor) in (ForeignKeyDeferredAttribute, PayloadAttribute)
