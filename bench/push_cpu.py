@@ -8,10 +8,13 @@ endpoint's wake-up pending, as in the bench. Prints the process CPU per push (ti
 and its PostgreSQL backend's (as bench.pump_cpu reads it), medians of `--rounds` rounds (5); with
 --profile, writes a cProfile of one more round to OUT.
 
-On a shared machine CPU time moves with the load; instructions do not. Under valgrind, a run of
+On a shared machine CPU time moves with the load; instructions much less. Under valgrind, a run of
 N pushes less a run of none is the instructions of N pushes:
   valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null \
     python -m bench.push_cpu N --rounds 1      (and again with 0)
+valgrind runs the process so slowly that the second-long caches (HUB_STORE_AUTH_CACHE_SECONDS,
+HUB_SUBSCRIPTIONS_CACHE_SECONDS, HUB_PUMP_COALESCE_SECONDS) expire every few pushes and move the
+count by a few per cent between runs: set them to 100000 for such runs.
 """
 
 from __future__ import annotations
