@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
+from django.test import Client
 from rest_framework.test import APIClient
 
 from events.models import Store
@@ -84,6 +86,24 @@ def _store_cache_clear() -> Iterator[None]:
     yield
     for clear in clears:
         clear()
+
+
+@pytest.fixture
+def admin_browser_login(db) -> Callable[[], tuple[Client, Any]]:
+    """A superuser, and a CSRF-checking client that logs in as a browser does (the token read from
+    the login page's cookie): returns the client and the login's answer."""
+    User.objects.create_superuser("boss", "boss@example.com", "pw-long-enough-1")
+
+    def login() -> tuple[Client, Any]:
+        client = Client(enforce_csrf_checks=True)
+        client.get("/admin/login/")
+        token = client.cookies["csrftoken"].value
+        answer = client.post(
+            "/admin/login/", {"username": "boss", "password": "pw-long-enough-1", "csrfmiddlewaretoken": token}
+        )
+        return client, answer
+
+    return login
 
 
 @pytest.fixture

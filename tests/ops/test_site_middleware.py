@@ -4,7 +4,6 @@ run everywhere else (integrator/site_middleware.py)."""
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth.models import User
 from django.http import HttpResponse
 from django.test import Client, RequestFactory
 
@@ -61,15 +60,9 @@ def test_a_push_carrying_site_cookies_is_answered_as_one_without(store):
     assert "Cookie" not in response.get("Vary", "")
 
 
-def test_the_admin_login_still_sets_and_ends_its_session():
+def test_the_admin_login_still_sets_and_ends_its_session(admin_browser_login):
     """Session, CSRF and user on the admin (its messages: tests/admin)."""
-    User.objects.create_superuser("boss", "boss@example.com", "pw-long-enough-1")
-    client = Client(enforce_csrf_checks=True)
-    client.get("/admin/login/")
-    token = client.cookies["csrftoken"].value
-    login = client.post(
-        "/admin/login/", {"username": "boss", "password": "pw-long-enough-1", "csrfmiddlewaretoken": token}
-    )
+    client, login = admin_browser_login()
     assert login.status_code == 302
     response = client.post("/admin/logout/", {"csrfmiddlewaretoken": client.cookies["csrftoken"].value}, follow=True)
     assert response.status_code == 200
