@@ -120,7 +120,7 @@ def request_send(
     session = session or session_get()
     timeout = timeout_bounded(timeout)
     started = time.monotonic()
-    gate_waited_take()
+    gate_waited_take()  # a wait an earlier exchange on this thread left unread is not this one's
 
     def latency() -> int:
         return int((time.monotonic() - started - gate_waited_take()) * 1000)
