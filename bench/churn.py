@@ -36,7 +36,7 @@ def main(argv: list[str]) -> None:
     from routing import pump
     from routing.models import Delivery
     from tests.factories import DeliveryFactory, EventFactory, StoreFactory, SubscriptionFactory
-    from tests.live import Reply, Subscriber
+    from tests.live import Reply, Subscriber, queue_purge
 
     call_command("migrate", verbosity=0, interactive=False)
     logging.disable(logging.INFO)
@@ -82,13 +82,7 @@ def main(argv: list[str]) -> None:
             sub.delete()
     finally:
         subscriber.stop()
-        from integrator.celery import app as celery_app
-
-        with celery_app.connection_for_write() as conn:
-            try:
-                conn.default_channel.queue_purge(os.environ["CELERY_QUEUE"])
-            except Exception:  # noqa: BLE001 - nothing was queued
-                pass
+        queue_purge(os.environ["CELERY_QUEUE"])
 
 
 if __name__ == "__main__":

@@ -54,12 +54,7 @@ def main(argv: list[str]) -> None:
     from routing.models import Delivery, Subscription
     from routing.transport.kept import KeptConnectionMixin
 
-    port, subscriber, app = tool_start()
-    from integrator.memory import loaded_objects_freeze
-
-    # What is loaded by now left out of the collector's walks, as a worker's pool process does at its
-    # start (integrator.celery).
-    loaded_objects_freeze()
+    port, subscriber, app = tool_start(as_worker=True)
     tag = f"fcpu{os.getpid()}"
     Subscription.objects.update(is_enabled=False)
     Subscription.objects.filter(name__startswith="fanout-cpu-").delete()

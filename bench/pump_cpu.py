@@ -67,12 +67,7 @@ def main(argv: list[str]) -> None:
     from routing.pump import deliveries_pump
 
     # The outcome lines are formatted, redacted and written as in a worker, to nowhere.
-    port, subscriber, app = tool_start()
-    from integrator.memory import loaded_objects_freeze
-
-    # What is loaded by now left out of the collector's walks, as a worker's pool process does at its
-    # start (integrator.celery).
-    loaded_objects_freeze()
+    port, subscriber, app = tool_start(as_worker=True)
     tag = f"pcpu{os.getpid()}"
     token, subscription = tool_subscriber("pump-cpu", tag, f"http://127.0.0.1:{port}/d")
     seed = json.loads(Path(SEED).read_text())

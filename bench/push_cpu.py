@@ -19,7 +19,6 @@ count by a few per cent between runs: set them to 100000 for such runs.
 
 from __future__ import annotations
 
-import contextlib
 import cProfile
 import io
 import json
@@ -107,14 +106,17 @@ def tool_subscriber(name: str, tag: str, url: str) -> tuple[str, Any]:
     return token, subscription
 
 
-def tool_start() -> tuple[int, subprocess.Popen[bytes], Any]:
+def tool_start(*, as_worker: bool = False) -> tuple[int, subprocess.Popen[bytes], Any]:
     """The tool's subscriber on a free port and the hub's WSGI app, its log lines formatted and
-    written as in a worker, to nowhere: (port, subscriber process, app). After django.setup()."""
+    written as in a worker, to nowhere: (port, subscriber process, app). After django.setup().
+    `as_worker`: what is loaded by then is frozen out of the collector's walks, as a worker's pool
+    process does at its start (integrator.celery)."""
     import logging
 
     from django.core.wsgi import get_wsgi_application
 
     from bench.stack import free_port
+    from integrator.memory import loaded_objects_freeze
 
     port = free_port()
     subscriber = subprocess.Popen(
@@ -125,19 +127,19 @@ def tool_start() -> tuple[int, subprocess.Popen[bytes], Any]:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler):
             handler.setStream(devnull)
+    if as_worker:
+        loaded_objects_freeze()
     return port, subscriber, app
 
 
 def tool_stop(subscriber: Any) -> None:
     """Stop a tool's subscriber process and purge the tool's own queue (CELERY_QUEUE) of the
     wake-ups its pushes and pumps published. After django.setup()."""
-    from integrator.celery import app as celery_app
+    from tests.live import queue_purge
 
     subscriber.terminate()
     subscriber.wait()
-    with celery_app.connection_for_write() as conn:
-        with contextlib.suppress(Exception):
-            conn.default_channel.queue_purge(os.environ["CELERY_QUEUE"])
+    queue_purge(os.environ["CELERY_QUEUE"])
 
 
 def wsgi_call(app: Any, environ: dict[str, Any]) -> tuple[str, bytes]:
