@@ -41,7 +41,11 @@ class QueueCollector(Collector):
             return
         up.add_metric([], 1)
         yield up
-        depth = GaugeMetricFamily("hub_deliveries", "Deliveries in each state.", labels=["state"])
+        depth = GaugeMetricFamily(
+            "hub_deliveries",
+            "Deliveries in each state (PostgreSQL's estimate for a state past HUB_EXACT_COUNT_LIMIT).",
+            labels=["state"],
+        )
         for state, n in counts.items():
             depth.add_metric([state], n)
         yield depth

@@ -222,6 +222,9 @@ HUB_MAX_BATCH_SIZE = _env_int("HUB_MAX_BATCH_SIZE", 500)
 HUB_BATCH_CONCURRENCY = max(1, _env_int("HUB_BATCH_CONCURRENCY", 4))
 HUB_MAX_JSON_DEPTH = _env_int("HUB_MAX_JSON_DEPTH", 64)
 HUB_EVENTS_PAGE_SIZE = _env_int("HUB_EVENTS_PAGE_SIZE", 50)
+# Counts the admin, the dashboard, hubstatus and /metrics show are exact while PostgreSQL expects
+# fewer rows than this, its planner's estimate above (infra.counts): their cost stays flat with history.
+HUB_EXACT_COUNT_LIMIT = _env_int("HUB_EXACT_COUNT_LIMIT", 100_000)
 # A pushed payload is checked against its message's schema (events/message_schemas.json) and any
 # departure noted on the event: at most this many departures are listed (0 turns the check off),
 # and a payload larger than HUB_SCHEMA_CHECK_MAX_BYTES is not checked (checking costs per node).

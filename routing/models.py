@@ -297,7 +297,11 @@ class Delivery(models.Model):
             ),
         ]
         indexes = [
-            models.Index(fields=["state", "next_attempt_at"], name="delivery_due"),
+            # Every delivery not delivered: the queue's counts and lag (routing.backlog), and a
+            # state filter. Delivered ones, nearly all of history, never write to it.
+            models.Index(
+                fields=["state", "next_attempt_at"], name="delivery_due", condition=~models.Q(state="delivered")
+            ),
             models.Index(fields=["subscription", "state"], name="delivery_subscription_state"),
             # Each resource's open deliveries to an endpoint in the order they were accepted: the
             # claim's look for an earlier one still open (routing.claim) reads only open ones, so

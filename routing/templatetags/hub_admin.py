@@ -70,8 +70,14 @@ def hub_dashboard() -> dict[str, Any]:
         "latency": latency,
         "latency_scale": latency_scale,
         "latency_sampled": activity.latency_sampled,
-        "delivery_states": [(state, label, counts.deliveries[state]) for state, label in Delivery.state.field.choices],
-        "event_statuses": [(status, label, counts.events[status]) for status, label in EventStatus.choices],
+        "delivery_states": [
+            (state, label, counts.deliveries[state], state in counts.deliveries.estimated)
+            for state, label in Delivery.state.field.choices
+        ],
+        "event_statuses": [
+            (status, label, counts.events[status], status in counts.events.estimated)
+            for status, label in EventStatus.choices
+        ],
         "schedules": schedules_overview(),
     }
 

@@ -14,7 +14,9 @@ pytestmark = pytest.mark.django_db
 
 
 def pages() -> dict[str, tuple[str, int]]:
-    """Each page and the most queries it may run (session and user included)."""
+    """Each page and the most queries it may run (session and user included). On PostgreSQL a list
+    and the dashboard ask the planner's estimate before counting (infra.counts): one query more each
+    (the dashboard two), on SQLite none."""
     event = Event.objects.filter(parent__isnull=True).order_by("id").first()
     child = Event.objects.filter(parent__isnull=False).order_by("id").first()
     failed = Delivery.objects.filter(state="failed").order_by("id").first()
@@ -23,20 +25,20 @@ def pages() -> dict[str, tuple[str, int]]:
     number = event.payload["order"]["number"]
     return {
         # One of them reads the schedules (their last run, next run and last error).
-        "dashboard": ("/admin/", 14),
-        "events": ("/admin/events/event/", 6),
+        "dashboard": ("/admin/", 16),
+        "events": ("/admin/events/event/", 7),
         "events filtered": (
             f"/admin/events/event/?status__exact=failed&message=order%3Anew&store__id__exact={store.pk}",
-            6,
+            7,
         ),
-        "events by date": ("/admin/events/event/?created_at__gte=2000-01-01T00%3A00%3A00%2B00%3A00", 6),
-        "events searched": (f"/admin/events/event/?q={number}", 6),
+        "events by date": ("/admin/events/event/?created_at__gte=2000-01-01T00%3A00%3A00%2B00%3A00", 7),
+        "events searched": (f"/admin/events/event/?q={number}", 7),
         "event": (f"/admin/events/event/{event.pk}/change/", 7),
         "returned event": (f"/admin/events/event/{child.pk}/change/", 6),
-        "deliveries": ("/admin/routing/delivery/", 5),
-        "deliveries failed in the last hour": ("/admin/routing/delivery/?state__exact=failed&changed=hour", 5),
-        "deliveries of a subscription": (f"/admin/routing/delivery/?subscription__id__exact={subscription.pk}", 5),
-        "deliveries searched": (f"/admin/routing/delivery/?q={number}", 5),
+        "deliveries": ("/admin/routing/delivery/", 6),
+        "deliveries failed in the last hour": ("/admin/routing/delivery/?state__exact=failed&changed=hour", 6),
+        "deliveries of a subscription": (f"/admin/routing/delivery/?subscription__id__exact={subscription.pk}", 6),
+        "deliveries searched": (f"/admin/routing/delivery/?q={number}", 6),
         "delivery": (f"/admin/routing/delivery/{failed.pk}/change/", 4),
         "subscriptions": ("/admin/routing/subscription/", 6),
         "subscription": (f"/admin/routing/subscription/{subscription.pk}/change/", 4),

@@ -113,3 +113,13 @@ def test_a_partition_made_ahead_has_the_parents_indexes():
         parent = sorted((columns, _plain(cond)) for columns, cond in indexes(table).values())
         child = sorted((columns, _plain(cond)) for columns, cond in indexes(partition.name).values())
         assert child == parent
+
+
+def test_delivered_deliveries_leave_the_queues_index():
+    """A delivery's last UPDATE (to delivered) writes no entry to delivery_due, which then holds
+    the queue and the failures, not the history."""
+    columns, condition = indexes("routing_delivery")["delivery_due"]
+    assert columns == ["state", "next_attempt_at"]
+    assert re.sub(r"::\w+( \w+)?", "", _plain(condition)).replace("NOT state = ", "state <> ") == (
+        "state <> 'delivered'"
+    )

@@ -36,7 +36,9 @@ class Command(BaseCommand):
             return
         self.stdout.write("Deliveries by state:")
         for state, n in counts.items():
-            self.stdout.write(f"  {state:<11} {n:>10}")
+            # "~": PostgreSQL's estimate, for a state holding more than HUB_EXACT_COUNT_LIMIT.
+            shown = f"~{n}" if state in counts.estimated else str(n)
+            self.stdout.write(f"  {state:<11} {shown:>10}")
         if oldest is None:
             self.stdout.write("Oldest waiting delivery: none")
         else:
@@ -63,6 +65,7 @@ class Command(BaseCommand):
         return json.dumps(
             {
                 "deliveries": counts,
+                "deliveries_estimated": sorted(counts.estimated),
                 "oldest_waiting": None
                 if oldest is None
                 else {
