@@ -14,8 +14,8 @@ from routing.models import DELIVERY_OPEN_STATES, Delivery, DeliveryState
 
 def delivery_state_counts() -> Tallies:
     """Deliveries per state, every state present (0 when none); a state holding more than
-    HUB_EXACT_COUNT_LIMIT is PostgreSQL's estimate (infra.counts). The unfinished states are
-    counted on delivery_due, which holds only them."""
+    HUB_EXACT_COUNT_LIMIT is PostgreSQL's estimate (infra.counts). Every state but delivered is
+    counted on delivery_due, which leaves the delivered out."""
     return tallies_by(Delivery.objects.all(), "state", DeliveryState.values)
 
 
