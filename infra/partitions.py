@@ -146,6 +146,64 @@ def partition_drop(table: str, partition: Partition, *, using: Any = None) -> No
         cursor.execute(f"DROP TABLE {quote(partition.name)}")
 
 
+def index_replace_online(schema_editor: Any, model: Any, old: Any, new: Any) -> None:
+    """Replace `model`'s index `old` by `new` (models.Index) while pushes and deliveries go on, for a
+    migration with `atomic = False`. A plain CREATE INDEX holds a SHARE lock, which stops every
+    write to the table, for as long as it reads the rows; this builds under another name first:
+
+    - on a partitioned table, the parent's index made ON ONLY (no rows read), each partition's built
+      CONCURRENTLY and attached; the parent's turns valid with the last one attached;
+    - on a plain PostgreSQL table, CONCURRENTLY;
+
+    then drops `old` (a brief exclusive lock) and gives the new one its name. Run again after a
+    failure, it drops what an interrupted build left invalid and goes on. Elsewhere (SQLite),
+    Django's own remove and add."""
+    conn = schema_editor.connection
+    if conn.vendor != "postgresql":
+        schema_editor.remove_index(model, old)
+        schema_editor.add_index(model, new)
+        return
+    table = model._meta.db_table
+    quote = conn.ops.quote_name
+    building = f"{new.name}__building"[:63]
+    statement = str(new.create_sql(model, schema_editor)).replace(quote(new.name), quote(building), 1)
+    parts = [p.name for p in partitions(table, using=conn)] + [default_partition(table)]
+    on_partitions = partitioned(table, using=conn)
+    with conn.cursor() as cursor:
+        if not on_partitions:
+            _index_drop_invalid(cursor, building)
+            cursor.execute(statement.replace("CREATE INDEX ", "CREATE INDEX CONCURRENTLY IF NOT EXISTS ", 1))
+        else:
+            only = f" ON ONLY {quote(table)} "
+            cursor.execute(
+                statement.replace("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1).replace(
+                    f" ON {quote(table)} ", only, 1
+                )
+            )
+            cursor.execute("SELECT pg_get_indexdef(to_regclass(%s))", [building])
+            definition = cursor.fetchone()[0].split(" USING ", 1)[1]
+            for part in parts:
+                index = f"{part}_{building}"[:63]
+                _index_drop_invalid(cursor, index)
+                cursor.execute(
+                    f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {quote(index)} ON {quote(part)} USING {definition}"
+                )
+                cursor.execute(f"ALTER INDEX {quote(building)} ATTACH PARTITION {quote(index)}")
+        cursor.execute(f"DROP INDEX IF EXISTS {quote(old.name)}")
+        cursor.execute(f"ALTER INDEX {quote(building)} RENAME TO {quote(new.name)}")
+        # The partitions' indexes lose the suffix too, so that a later replacement can build under it.
+        for part in parts if on_partitions else ():
+            built, named = f"{part}_{building}"[:63], f"{part}_{new.name}"[:63]
+            cursor.execute(f"ALTER INDEX IF EXISTS {quote(built)} RENAME TO {quote(named)}")
+
+
+def _index_drop_invalid(cursor: Any, name: str) -> None:
+    """Drop the index `name` if a CONCURRENTLY build that failed left it invalid."""
+    cursor.execute("SELECT 1 FROM pg_index WHERE indexrelid = to_regclass(%s) AND NOT indisvalid", [name])
+    if cursor.fetchone():
+        cursor.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"')
+
+
 # The conversion (migrations) ---------------------------------------------------------------------
 
 
