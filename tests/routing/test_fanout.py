@@ -368,3 +368,25 @@ def test_its_marks_are_cleared_before_it_wakes_the_pumps_of_what_it_left(subscri
     assert result.verdicts == {d_free.pk: "delivered"} and result.left == [off.pk]
     assert published == [off.pk]
     assert wakeup._newly_pending([free.pk]) == [free.pk]
+
+
+def test_a_new_pool_has_all_its_threads_running_before_its_first_request(settings):
+    """Started one by one as requests came, each thread's start waited for the GIL behind the
+    requests already rendering (routing.fanout's _pool_started): a process's first fan-out wrote
+    its requests several times slower than the next."""
+    from routing.fanout import _Pools
+
+    settings.HUB_FANOUT_MAX_ENDPOINTS = 4
+
+    def fanout_threads() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith("hub-fanout")}
+
+    before = fanout_threads()
+    pools = _Pools()
+    with pools.pool(3) as pool:
+        started = fanout_threads() - before
+        assert len(started) == 4
+        assert sorted(pool.map(lambda n: n * 2, range(4))) == [0, 2, 4, 6]
+    with pools.pool(2) as again:
+        assert again is pool and fanout_threads() - before == started
+    pool.shutdown(wait=True)
