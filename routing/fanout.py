@@ -259,6 +259,14 @@ def _pool_started(width: int) -> ThreadPoolExecutor:
 _pools = PerProcess(lambda: _Pools()).get
 
 
+def fanout_threads_start() -> None:
+    """A worker process's first fan-out pool, made as the process starts (integrator/celery.py):
+    starting its threads, a scheduling wait each on a busy machine, is then no step of a fan-out."""
+    if settings.HUB_FANOUT_MAX_ENDPOINTS >= 2:
+        with _pools().pool(settings.HUB_FANOUT_MAX_ENDPOINTS):
+            pass
+
+
 # The longest a fan-out's threads wait for each other's writes before reading their replies
 # (routing.transport.gate): well above the time its requests take to go out.
 _WRITE_GATE_SECONDS = 0.05

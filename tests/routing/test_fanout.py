@@ -390,3 +390,25 @@ def test_a_new_pool_has_all_its_threads_running_before_its_first_request(setting
     with pools.pool(2) as again:
         assert again is pool and fanout_threads() - before == started
     pool.shutdown(wait=True)
+
+
+def test_a_worker_process_starts_its_fan_out_threads_as_it_starts(settings, monkeypatch):
+    from celery import signals
+
+    from integrator import celery as hub_celery
+    from routing import fanout
+
+    assert hub_celery._fanout_threads_start in [ref() for _, ref in signals.worker_process_init.receivers]
+    settings.HUB_FANOUT_MAX_ENDPOINTS = 3
+    pools = fanout._Pools()
+    monkeypatch.setattr(fanout, "_pools", lambda: pools)
+    before = {t for t in threading.enumerate() if t.name.startswith("hub-fanout")}
+
+    hub_celery._fanout_threads_start()
+
+    assert [width for width, _ in pools.idle] == [3]
+    pool = pools.idle[0][1]
+    assert len({t for t in threading.enumerate() if t.name.startswith("hub-fanout")} - before) == 3
+    with pools.pool(3) as taken:
+        assert taken is pool
+    pool.shutdown(wait=True)
