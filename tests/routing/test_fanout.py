@@ -7,6 +7,7 @@ in tests/routing/test_dispatch.py; the whole path with a worker in tests/e2e/tes
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
@@ -307,3 +308,107 @@ def test_a_fan_out_sent_and_recorded_reads_no_column_its_claim_left_out(subscrib
     # Each endpoint's request named its own store, else the event's.
     names = [subscriber.received(f"/narrow/{n}")[0].headers.get("X-Hub-Store") for n in range(3)]
     assert names == [event.store.name, subs[1].store.name, subs[2].store.name]
+
+
+def test_its_endpoints_marks_are_cleared_while_its_claim_runs(subscriber, monkeypatch):
+    """The clear is a Redis round trip that need not come before the claim (routing.fanout's
+    _claim_marks_cleared): one of the fan-out's threads does it meanwhile."""
+    from routing import fanout
+
+    subs = [SubscriptionFactory(url=subscriber.url(f"/overlap/{n}")) for n in range(2)]
+    deliveries = fan(EventFactory(), subs)
+    claim_began = threading.Event()
+    seen: dict[str, object] = {}
+    claim, clear = fanout.fanout_claim, fanout.pumps_started
+
+    def claim_noted(ids: list[int]) -> list:
+        claim_began.set()
+        return claim(ids)
+
+    def clear_noted(ids: list[int], **kwargs: object) -> None:
+        # Waits for the claim to have begun: a clear done before the claim would wait here in vain
+        # (the timeout only ends such a hang).
+        seen["claim_began"] = claim_began.wait(timeout=30)
+        seen["thread"] = threading.get_ident()
+        clear(ids, **kwargs)
+
+    monkeypatch.setattr(fanout, "fanout_claim", claim_noted)
+    monkeypatch.setattr(fanout, "pumps_started", clear_noted)
+
+    result = deliveries_fan_out(delivery_ids=[d.pk for d in deliveries], endpoints=[s.pk for s in subs])
+
+    assert seen["claim_began"] is True and seen["thread"] != threading.get_ident()
+    assert set(result.verdicts.values()) == {"delivered"}
+
+
+def test_its_marks_are_cleared_before_it_wakes_the_pumps_of_what_it_left(subscriber, monkeypatch):
+    """The push that published the fan-out's message marked its endpoints pending; the fan-out
+    clears the marks before it wakes the pumps of what it may not send, whose messages would
+    otherwise be coalesced into its own, and a later push publishes again."""
+    from routing import fanout, wakeup
+
+    free = SubscriptionFactory(url=subscriber.url("/cleared/free"))
+    off = SubscriptionFactory(url=subscriber.url("/cleared/off"))
+    d_free, d_off = fan(EventFactory(), [free, off])
+    off.is_enabled = False
+    off.save(update_fields=["is_enabled"])
+    assert wakeup._newly_pending([free.pk, off.pk]) == [free.pk, off.pk]
+    published: list[int] = []
+    enqueue = fanout.pumps_enqueue
+
+    def enqueue_noted(ids: list[int], **kwargs: object) -> list[int]:
+        done = enqueue(ids, **kwargs)
+        published.extend(done)
+        return done
+
+    monkeypatch.setattr(fanout, "pumps_enqueue", enqueue_noted)
+
+    result = deliveries_fan_out(delivery_ids=[d_free.pk, d_off.pk], endpoints=[free.pk, off.pk])
+
+    assert result.verdicts == {d_free.pk: "delivered"} and result.left == [off.pk]
+    assert published == [off.pk]
+    assert wakeup._newly_pending([free.pk]) == [free.pk]
+
+
+def test_a_new_pool_has_all_its_threads_running_before_its_first_request(settings):
+    """Started one by one as requests came, each thread's start waited for the GIL behind the
+    requests already rendering (routing.fanout's _pool_started): a process's first fan-out wrote
+    its requests several times slower than the next."""
+    from routing.fanout import _Pools
+
+    settings.HUB_FANOUT_MAX_ENDPOINTS = 4
+
+    def fanout_threads() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith("hub-fanout")}
+
+    before = fanout_threads()
+    pools = _Pools()
+    with pools.pool(3) as pool:
+        started = fanout_threads() - before
+        assert len(started) == 4
+        assert sorted(pool.map(lambda n: n * 2, range(4))) == [0, 2, 4, 6]
+    with pools.pool(2) as again:
+        assert again is pool and fanout_threads() - before == started
+    pool.shutdown(wait=True)
+
+
+def test_a_worker_process_starts_its_fan_out_threads_as_it_starts(settings, monkeypatch):
+    from celery import signals
+
+    from integrator import celery as hub_celery
+    from routing import fanout
+
+    assert hub_celery._fanout_threads_start in [ref() for _, ref in signals.worker_process_init.receivers]
+    settings.HUB_FANOUT_MAX_ENDPOINTS = 3
+    pools = fanout._Pools()
+    monkeypatch.setattr(fanout, "_pools", lambda: pools)
+    before = {t for t in threading.enumerate() if t.name.startswith("hub-fanout")}
+
+    hub_celery._fanout_threads_start()
+
+    assert [width for width, _ in pools.idle] == [3]
+    pool = pools.idle[0][1]
+    assert len({t for t in threading.enumerate() if t.name.startswith("hub-fanout")} - before) == 3
+    with pools.pool(3) as taken:
+        assert taken is pool
+    pool.shutdown(wait=True)
