@@ -59,10 +59,11 @@ def attempts_observe(attempts: Iterable[tuple[str, float]]) -> None:
     """Delivery attempts, each (outcome, seconds) in the order they were made: the values
     attempt_observe gives one at a time, written once per outcome's counter and bucket.
 
-    Each write of a multiprocess value takes a lock, a getpid and a store to its file (~3 µs):
-    three an attempt were ~10 µs of a pump's delivery. The counts are whole numbers, the same
-    however they are added up; the seconds' sum is added attempt by attempt onto the stored
-    value, in their order, so it ends on the very float the observations one by one give."""
+    Each write of a multiprocess value takes a lock, a getpid and a store to its file: three an
+    attempt one by one were ~29 k instructions, ~3.4 k in a batch of 200. The counts are whole
+    numbers, the same however they are added up; the seconds' sum is added attempt by attempt
+    onto the stored value, in their order, so it ends on the very float the observations one by
+    one give."""
     seconds_by_outcome: dict[str, list[float]] = {}
     for outcome, seconds in attempts:
         seconds_by_outcome.setdefault(outcome, []).append(max(0.0, seconds))

@@ -63,8 +63,8 @@ def _head(conn: Any, method: str, path: str, headers: Mapping[str, str], keys: S
     for line in headers.items():
         name, value = line
         # Most of a delivery's header lines are the same each time (its id, time and signature
-        # change): a line found legal once is legal again (~4 µs a request; values are scanned
-        # character by character).
+        # change): a line found legal once is legal again, not scanned character by character
+        # (~16 k instructions less a request of 12 lines).
         if not (type(name) is str and type(value) is str and line in _LINES_LEGAL):
             if not _line_legal(name, value):
                 return None
