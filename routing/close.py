@@ -14,6 +14,7 @@ from django.conf import settings
 from django.db import transaction
 
 from infra import metrics
+from infra.logrecords import records_log
 from routing import retry
 from routing.models import Subscription
 from routing.record import Outcome, endpoint_record
@@ -58,6 +59,7 @@ def outcomes_log(logger: logging.Logger, sub: Subscription, mine: list[Outcome],
         metrics.delivery_outcome_count(verdict, count=count)
     if not logger.isEnabledFor(logging.INFO):
         return
+    extras = []
     for s, decision in mine:
         extra = {
             "event_id": str(s.delivery.event.uid),
@@ -73,7 +75,9 @@ def outcomes_log(logger: logging.Logger, sub: Subscription, mine: list[Outcome],
         }
         if fan_out:
             extra["fan_out"] = True
-        logger.info("delivery attempt", extra=extra)
+        extras.append(extra)
+    # The lines logger.info would write one by one, from one record copied (infra.logrecords).
+    records_log(logger, logging.INFO, "delivery attempt", extras)
 
 
 @functools.lru_cache(maxsize=256)

@@ -40,7 +40,7 @@ from routing.perprocess import PerProcess
 from routing.record import batches_outcomes_record
 from routing.replies import reply_has_content
 from routing.rows import row_instance, row_related
-from routing.send import Sent, delivery_send
+from routing.send import Sent, attempts_count, delivery_send
 from routing.status import events_status_refresh
 from routing.transport.gate import WriteGate
 from routing.wakeup import pumps_enqueue, pumps_started
@@ -290,7 +290,9 @@ def _send_all(batches: list[Batch]) -> list[Sent]:
             )
             for batch in batches
         ]
-        return [future.result() for future in futures]
+        sent = [future.result() for future in futures]
+    attempts_count(sent)
+    return sent
 
 
 def _close(batches: list[Batch], sent: list[Sent]) -> dict[int, str]:

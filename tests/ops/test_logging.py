@@ -8,6 +8,7 @@ import time
 import pytest
 from pythonjsonlogger.orjson import OrjsonFormatter
 
+from infra.logrecords import records_log
 from integrator import logfilters
 from integrator.logfilters import REDACTED, SecretRedactionFilter, secrets_redact
 from integrator.logformat import JsonFormatter
@@ -203,3 +204,91 @@ def test_only_values_without_a_secret_are_remembered_as_clean():
         assert line["verdict"] == "delivered"
     assert len(lines) == 3
     assert not any(WHSEC in text or TOKEN in text for text in logfilters._HINTLESS)
+
+
+def _logged(emit) -> tuple[str, list[dict]]:
+    """What the configured handler writes of `emit(logger)`'s lines, and each record's fields as
+    the logger's filters see them (before the redaction). Each line's time is 0.4 s after the
+    last's, a clock that moves only when a record is handled."""
+    handler, stream = configured_handler()
+    logger = logging.getLogger("tests.ops.logging")
+    records: list[dict] = []
+
+    def noted(record: logging.LogRecord) -> bool:
+        records.append(dict(record.__dict__))
+        return True
+
+    logger.addHandler(handler)
+    logger.addFilter(noted)
+    logger.setLevel(logging.INFO)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(time, "time", lambda: 1_700_000_000.7 + 0.4 * len(records))
+            emit(logger)
+    finally:
+        logger.removeFilter(noted)
+        logger.removeHandler(handler)
+    return stream.getvalue(), records
+
+
+# A batch's outcome lines: secrets in a value, by a field's name, in a nested value; a fan-out's.
+_OUTCOMES = [
+    {
+        "event_id": "e-1",
+        "delivery_id": 1,
+        "subscription": "erp",
+        "status_code": 200,
+        "verdict": "delivered",
+        "error": None,
+    },
+    {"event_id": "e-2", "delivery_id": 2, "subscription": TOKEN, "status_code": None, "error": f"Bearer {TOKEN}"},
+    {"event_id": "e-3", "delivery_id": 3, "api_key": "k", "headers": {"authorization": WHSEC}, "fan_out": True},
+    {"event_id": "e-4", "delivery_id": 4, "latency_ms": 1.5, "destination_host": f"postgres://u:{WHSEC}@db"},
+]
+
+
+def test_lines_from_one_record_copied_are_the_lines_and_records_logger_info_makes_one_by_one():
+    def each(log: logging.Logger) -> None:
+        for extra in _OUTCOMES:
+            log.info("delivery attempt", extra=extra)
+
+    def copied(log: logging.Logger) -> None:
+        records_log(log, logging.INFO, "delivery attempt", _OUTCOMES)
+
+    theirs, their_records = _logged(each)
+    ours, our_records = _logged(copied)
+    assert ours == theirs
+    assert len(ours.splitlines()) == len(_OUTCOMES) and TOKEN not in ours and WHSEC not in ours
+    # Seconds apart: each line has its own time.
+    assert len({json.loads(line)["asctime"] for line in ours.splitlines()}) == len(_OUTCOMES)
+    # Each record notes its caller's line, as logger.info does.
+    for record in our_records:
+        assert (record.pop("funcName"), record.pop("lineno")) == ("copied", copied.__code__.co_firstlineno + 1)
+    for record in their_records:
+        assert (record.pop("funcName"), record.pop("lineno")) == ("each", each.__code__.co_firstlineno + 2)
+    assert our_records == their_records
+    assert [list(r) for r in our_records] == [list(r) for r in their_records]
+
+
+def test_lines_from_a_record_factory_of_its_own_are_made_one_by_one():
+    made = logging.getLogRecordFactory()
+    calls = iter(range(1000))
+
+    def numbered(*args, **kwargs) -> logging.LogRecord:
+        record = made(*args, **kwargs)
+        record.call = next(calls)
+        return record
+
+    logging.setLogRecordFactory(numbered)
+    try:
+        _, records = _logged(lambda log: records_log(log, logging.INFO, "delivery attempt", _OUTCOMES[:2]))
+    finally:
+        logging.setLogRecordFactory(made)
+    assert [r["call"] for r in records] == [0, 1]
+    assert {r["funcName"] for r in records} == {"<lambda>"}
+
+
+def test_an_extra_field_that_would_overwrite_the_records_own_is_refused_as_logger_info_refuses_it():
+    for name in ("message", "lineno"):
+        with pytest.raises(KeyError, match=f"Attempt to overwrite '{name}' in LogRecord"):
+            records_log(logging.getLogger("tests.ops.logging"), logging.WARNING, "x", [{"a": 1}, {name: 1}])

@@ -1,4 +1,6 @@
+import json
 import logging
+import math
 import subprocess
 import time
 import urllib.request
@@ -7,9 +9,10 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
+from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from infra.metrics import attempt_observe, delivery_outcome_count, worker_metrics_serve
+from infra.metrics import attempt_observe, attempts_observe, delivery_outcome_count, worker_metrics_serve
 from routing.models import Delivery, DeliveryState
 from tests.factories import StoreFactory, SubscriptionFactory
 from tests.live import wait_until, workers_paused
@@ -97,6 +100,90 @@ def test_attempts_and_outcomes_are_counted_with_a_latency_histogram(client):
     assert delta("hub_delivery_attempt_seconds_bucket", outcome="success", le="0.1") == 0
     assert delta("hub_delivery_attempt_seconds_bucket", outcome="timeout", le="10.0") == 0
     assert delta("hub_delivery_attempt_seconds_bucket", outcome="timeout", le="30.0") == 1
+
+
+# Observations whose sum depends on the order it is added up in, on bucket bounds (a bound is in its
+# bucket), below zero (counted as 0), past the last bound, of outcomes interleaved.
+_ATTEMPTS = [
+    ("success", 0.1),
+    ("success", 0.2),
+    ("timeout", 30.0),
+    ("success", 0.3),
+    ("http_error", 0.025),
+    ("success", 1e-3),
+    ("success", -0.5),
+    ("http_error", 0.0251),
+    ("success", 1.7),
+    ("connection_error", 61.7),
+    ("success", 0.007),
+    ("timeout", 12.3456789),
+    ("success", 1 / 3),
+]
+
+# Each attempt as main observed it, one write after another, to compare attempts_observe with.
+_OBSERVE_SCRIPT = """
+import json, sys
+import django
+django.setup()
+from prometheus_client import generate_latest
+from infra import metrics
+attempts = json.loads(sys.argv[1])
+for outcome, seconds in attempts:
+    metrics.DELIVERY_ATTEMPTS.labels(outcome="one-" + outcome).inc()
+    metrics.ATTEMPT_SECONDS.labels(outcome="one-" + outcome).observe(max(0.0, seconds))
+metrics.attempts_observe([("batch-" + outcome, seconds) for outcome, seconds in attempts])
+sys.stdout.write(generate_latest(metrics.process_registry()).decode())
+"""
+
+
+def attempt_series(samples: dict[tuple[str, tuple], float], prefix: str) -> dict[tuple[str, tuple], float]:
+    """The attempt metrics' samples of outcomes named `prefix` + outcome, by the outcome without it."""
+    series = {}
+    for (name, labels), sample in samples.items():
+        named = dict(labels)
+        if name.startswith("hub_delivery_attempt") and named.get("outcome", "").startswith(prefix):
+            named["outcome"] = named["outcome"].removeprefix(prefix)
+            series[(name, tuple(sorted(named.items())))] = sample
+    return series
+
+
+def test_a_batch_of_attempts_leaves_the_multiprocess_values_observing_each_in_turn_does(tmp_path, python):
+    """attempts_observe writes a batch's attempts at once: every count, bucket and sum of the
+    multiprocess files (the sum to its last bit) is the one the observations one by one leave."""
+    prom = tmp_path / "prom"
+    prom.mkdir()
+    env = hub_env(PROMETHEUS_MULTIPROC_DIR=str(prom), LOG_LEVEL="WARNING")
+    out = subprocess.run(
+        [python, "-c", _OBSERVE_SCRIPT, json.dumps(_ATTEMPTS)], cwd=ROOT, env=env, capture_output=True, check=True
+    )
+    samples = scrape(out.stdout.decode())
+    one, batch = attempt_series(samples, "one-"), attempt_series(samples, "batch-")
+    assert batch == one
+    assert one[("hub_delivery_attempts_total", (("outcome", "success"),))] == 8
+    assert one[("hub_delivery_attempt_seconds_bucket", (("le", "0.025"), ("outcome", "http_error")))] == 1
+    # Not a sum that any order would give: the test would pass a sum added up otherwise.
+    success = [max(0.0, s) for o, s in _ATTEMPTS if o == "success"]
+    assert sum(sorted(success)) != sum(success) != math.fsum(success)
+    assert batch[("hub_delivery_attempt_seconds_sum", (("outcome", "success"),))] == sum(success)
+
+
+def test_a_batch_of_attempts_counts_as_observing_each_in_turn_in_one_process():
+    before = scrape(generate_latest(REGISTRY).decode())
+    for outcome, seconds in _ATTEMPTS:
+        attempt_observe(outcome, seconds)
+    middle = scrape(generate_latest(REGISTRY).decode())
+    attempts_observe(_ATTEMPTS)
+    after = scrape(generate_latest(REGISTRY).decode())
+    for key, sample in after.items():
+        if key[0].startswith("hub_delivery_attempt") and not key[0].endswith("_created"):
+            if key[0].endswith("_sum"):
+                # Added onto the value the first round left: the same additions in the same order.
+                total = middle[key]
+                for seconds in (max(0.0, s) for o, s in _ATTEMPTS if o == dict(key[1])["outcome"]):
+                    total += seconds
+                assert sample == total, key
+            else:
+                assert sample - middle[key] == middle[key] - before.get(key, 0.0), key
 
 
 @pytest.mark.django_db

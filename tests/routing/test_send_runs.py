@@ -9,6 +9,7 @@ import time
 
 import pytest
 from django.utils import timezone
+from prometheus_client import REGISTRY
 
 from routing.claim import batch_claim, subscription_read
 from routing.models import Attempt, Delivery
@@ -34,6 +35,10 @@ def seqs(subscriber, path: str) -> list[int]:
     return [r.json()["payload"]["order"]["seq"] for r in subscriber.received(path)]
 
 
+def attempts_counted(outcome: str) -> float:
+    return REGISTRY.get_sample_value("hub_delivery_attempts_total", {"outcome": outcome}) or 0.0
+
+
 def states(deliveries: list[Delivery]) -> list[tuple[str, int, int | None]]:
     rows = Delivery.objects.filter(pk__in=[d.pk for d in deliveries])
     by_id = {pk: rest for pk, *rest in rows.values_list("pk", "state", "attempt_count", "claim")}
@@ -49,8 +54,11 @@ def test_a_failure_in_a_run_sends_nothing_after_it_for_its_order_and_the_rest_go
     batch = batch_claim(sub=subscription_read(sub.pk), budget=5)
     assert batch is not None and len(batch.deliveries) == 8
 
+    attempts_before = {o: attempts_counted(o) for o in ("success", "http_error")}
     sent, unsent = batch_send(batch, deadline=time.monotonic() + 60)
     assert [s.delivery.pk for s in sent] == [a[0].pk, b[0].pk, a[1].pk, b[1].pk, b[2].pk]
+    # Each request made is counted once the batch is sent, none of those held back.
+    assert {o: attempts_counted(o) - n for o, n in attempts_before.items()} == {"success": 4, "http_error": 1}
     assert [d.pk for d in unsent] == [d.pk for d in a[2:]]
     assert seqs(subscriber, "/erp") == [1, 11, 2, 12, 13]
 

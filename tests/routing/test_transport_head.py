@@ -280,3 +280,21 @@ def test_a_kept_connection_sends_what_requests_whole_path_sends(subscriber, monk
             list(first.headers.items()),
             first.body,
         )
+
+
+def test_a_line_found_legal_is_remembered_and_an_illegal_one_never_passes():
+    """The lines of a head are checked once: the same head again is the same bytes from what was
+    remembered, and a value refused (or a str subclass spelling a remembered one) is checked anew."""
+    keys = {k.lower() for k in DELIVERY}
+    first = head._head(_connect(*CONNECTIONS[0])[1], "POST", "/hook", DELIVERY, keys)
+    assert first is not None
+    assert all(line in head._LINES_LEGAL for line in DELIVERY.items())
+    assert head._head(_connect(*CONNECTIONS[0])[1], "POST", "/hook", DELIVERY, keys) == first
+
+    class Spelled(str):
+        pass
+
+    for value in ("tok-123\r\nX-Evil: 1", "tok\n", Spelled("tok-123")):
+        headers = {**DELIVERY, "X-Hub-Token": value}
+        assert head._head(_connect(*CONNECTIONS[0])[1], "POST", "/hook", headers, keys) is None
+        assert ("X-Hub-Token", value) not in head._LINES_LEGAL or type(value) is not str
