@@ -62,14 +62,6 @@ def _worker_objects_freeze(**kwargs: object) -> None:
     loaded_objects_freeze()
 
 
-@signals.worker_process_init.connect
-def _fanout_threads_start(**kwargs: object) -> None:
-    # In each pool process: its first fan-out finds its threads running (routing.fanout).
-    from routing.fanout import fanout_threads_start
-
-    fanout_threads_start()
-
-
 @signals.task_prerun.connect
 @signals.task_postrun.connect
 def _db_connections_tidy(**kwargs: object) -> None:

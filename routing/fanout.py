@@ -24,7 +24,6 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.core.cache import caches
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -43,7 +42,7 @@ from routing.rows import row_instance, row_related
 from routing.send import Sent, attempts_count, delivery_send
 from routing.status import events_status_refresh
 from routing.transport.gate import WriteGate
-from routing.wakeup import pumps_enqueue, pumps_started
+from routing.wakeup import pumps_enqueue
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +61,10 @@ def deliveries_fan_out(*, delivery_ids: list[int], endpoints: Sequence[int] = ()
     """Send these deliveries (one event's, one per endpoint) at once, each in its own thread, and
     record them in one transaction (more only when several endpoints' rows must be written).
 
-    `endpoints`: those of its message, whose pending marks it clears (routing.wakeup.pumps_started)
-    and a push may have coalesced into that message: each is woken at the end if something is due
-    there, whatever this call took."""
+    `endpoints`: those whose pending marks the task cleared, which a push may have coalesced into
+    its message: each is woken at the end if something is due there, whatever this call took."""
     result = FanOutResult()
-    batches = _claim_marks_cleared(delivery_ids, endpoints)
+    batches = fanout_claim(delivery_ids)
     taken = {d.pk for b in batches for d in b.deliveries}
     left = [pk for pk in delivery_ids if pk not in taken]
     if left:
@@ -92,22 +90,6 @@ def deliveries_fan_out(*, delivery_ids: list[int], endpoints: Sequence[int] = ()
     if others:
         result.due = _due_wake(others)
     return result
-
-
-def _claim_marks_cleared(delivery_ids: list[int], endpoints: Sequence[int]) -> list[Batch]:
-    """fanout_claim, while one of the process's fan-out threads clears the endpoints' pending marks:
-    the Redis round trip is no longer a step before the claim's (2.6-3.5 ms of wall in the bench's
-    timeline, docs/performance.md). Only what follows the claim must come after the clear, the pumps
-    woken for what it left and the look for what is due at the end: a push that found its mark still
-    set had committed before the clear, so those looks see its delivery."""
-    if not endpoints:
-        return fanout_claim(delivery_ids)
-    with _pools().pool(1) as pool:
-        cleared = pool.submit(pumps_started, list(endpoints), marks=caches["default"])
-        try:
-            return fanout_claim(delivery_ids)
-        finally:
-            cleared.result()
 
 
 def fanout_claim(delivery_ids: list[int]) -> list[Batch]:
@@ -226,7 +208,7 @@ class _Pools:
             taken = wide[0] if wide else None
         if taken is None:
             width = max(width, settings.HUB_FANOUT_MAX_ENDPOINTS)
-            taken = (width, _pool_started(width))
+            taken = (width, ThreadPoolExecutor(max_workers=width, thread_name_prefix="hub-fanout"))
         try:
             yield taken[1]
         except BaseException:
@@ -237,34 +219,7 @@ class _Pools:
             self.idle.append(taken)
 
 
-def _pool_started(width: int) -> ThreadPoolExecutor:
-    """A pool with all its threads already started. Left to itself, a pool starts a thread in each
-    submit that finds none idle, and Thread.start waits for the new thread to run: in a process's
-    first fan-out each start waited for the GIL behind the requests already rendering, and its
-    writes were spread over 40-95 ms against ~10 for the next ones (the bench's timeline)."""
-    pool = ThreadPoolExecutor(max_workers=width, thread_name_prefix="hub-fanout")
-    # Each thread holds its first job until all are running, so each submit starts a new one.
-    running = threading.Barrier(width + 1)
-    try:
-        for _ in range(width):
-            pool.submit(running.wait)
-        running.wait()
-    except BaseException:
-        running.abort()
-        pool.shutdown(wait=False)
-        raise
-    return pool
-
-
 _pools = PerProcess(lambda: _Pools()).get
-
-
-def fanout_threads_start() -> None:
-    """A worker process's first fan-out pool, made as the process starts (integrator/celery.py):
-    starting its threads, a scheduling wait each on a busy machine, is then no step of a fan-out."""
-    if settings.HUB_FANOUT_MAX_ENDPOINTS >= 2:
-        with _pools().pool(settings.HUB_FANOUT_MAX_ENDPOINTS):
-            pass
 
 
 # The longest a fan-out's threads wait for each other's writes before reading their replies

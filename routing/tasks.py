@@ -12,7 +12,7 @@ from routing.fanout import deliveries_fan_out
 from routing.pump import deliveries_pump
 from routing.schedules import schedules_run
 from routing.sweeper import deliveries_sweep
-from routing.wakeup import FANOUT_TASK, PUMP_TASK, pump_started
+from routing.wakeup import FANOUT_TASK, PUMP_TASK, pump_started, pumps_started
 
 # The database went away (restart, failover, network): the task waits and tries again rather than
 # being acked as failed, which would leave its delivery to the sweeper's much slower lost-message check.
@@ -36,7 +36,7 @@ def deliveries_pump_task(self: Any, subscription_id: int) -> None:
 @shared_task(bind=True, name=FANOUT_TASK, ignore_result=True, max_retries=None)
 def deliveries_fan_out_task(self: Any, delivery_ids: list[int], subscription_ids: list[int]) -> None:
     try:
-        # The endpoints' pending marks are cleared by the fan-out, while its claim runs.
+        pumps_started(subscription_ids)
         deliveries_fan_out(delivery_ids=delivery_ids, endpoints=subscription_ids)
     except DATABASE_UNAVAILABLE as exc:
         raise self.retry(exc=exc, countdown=database_retry_countdown(self.request.retries)) from exc

@@ -18,7 +18,7 @@ from typing import Any
 
 from celery import current_app
 from django.conf import settings
-from django.core.cache import BaseCache, cache, caches
+from django.core.cache import cache, caches
 
 from infra.cache import cache_available, cache_failed
 from infra.metrics import redis_error_count
@@ -50,19 +50,16 @@ def pump_started(subscription_id: int) -> None:
     pumps_started([subscription_id])
 
 
-def pumps_started(subscription_ids: Sequence[int], *, marks: BaseCache | None = None) -> None:
-    """pump_started for several endpoints (a fan-out's), in one cache round trip. `marks`: the cache
-    to clear them in, when the caller took it on another thread: Django's caches are per thread, and
-    one made on a fan-out's thread would open a Redis connection of its own."""
-    used = cache if marks is None else marks
+def pumps_started(subscription_ids: Sequence[int]) -> None:
+    """pump_started for several endpoints (a fan-out's), in one cache round trip."""
     for subscription_id in subscription_ids:
         _local_pending.discard(subscription_id)
     if settings.HUB_PUMP_COALESCE_SECONDS > 0 and subscription_ids and cache_available():
         try:
             if len(subscription_ids) == 1:
-                used.delete(_pending_key(subscription_ids[0]))
+                cache.delete(_pending_key(subscription_ids[0]))
             else:
-                used.delete_many([_pending_key(i) for i in subscription_ids])
+                cache.delete_many([_pending_key(i) for i in subscription_ids])
         except Exception as exc:  # noqa: BLE001 - the mark only saves messages; its expiry ends it anyway
             cache_failed("pending_mark", exc)
 
