@@ -65,12 +65,14 @@ def _head(conn: Any, method: str, path: str, headers: Mapping[str, str], keys: S
         # Most of a delivery's header lines are the same each time (its id, time and signature
         # change): a line found legal once is legal again, not scanned character by character
         # (~16 k instructions less a request of 12 lines).
-        if not (type(name) is str and type(value) is str and line in _LINES_LEGAL):
+        plain = type(name) is str and type(value) is str
+        if not (plain and line in _LINES_LEGAL):
             if not _line_legal(name, value):
                 return None
-            if len(_LINES_LEGAL) >= _LINES_LEGAL_MAX:
-                _LINES_LEGAL.clear()
-            _LINES_LEGAL.add(line)
+            if plain:
+                if len(_LINES_LEGAL) >= _LINES_LEGAL_MAX:
+                    _LINES_LEGAL.clear()
+                _LINES_LEGAL.add(line)
         lines.append(name + ": " + value)
     lines += ("", "")
     # Names, the request line and Host are ASCII, values latin-1 (checked): encoding the whole is
