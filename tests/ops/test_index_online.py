@@ -127,3 +127,19 @@ def test_the_way_back_gives_the_plain_index_again(scratch):
         cursor.execute("SELECT pg_get_indexdef(to_regclass('scratch_due'))")
         definition = cursor.fetchone()[0]
     assert definition.endswith("USING btree (state, at)")
+
+
+def test_on_a_plain_table_the_new_index_is_built_concurrently(scratch):
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE {TABLE}")
+        cursor.execute(
+            f"CREATE TABLE {TABLE} (id bigint NOT NULL, state varchar(12) NOT NULL, at timestamptz NOT NULL)"
+        )
+        cursor.execute(f"INSERT INTO {TABLE} SELECT g, 'pending', now() FROM generate_series(0, 99) g")
+        cursor.execute(f'CREATE INDEX "scratch_due" ON {TABLE} (state, at)')
+
+    statements = _replace(scratch, OLD, NEW)
+
+    builds = [sql for sql in statements if sql.startswith("CREATE INDEX")]
+    assert builds and all(sql.startswith("CREATE INDEX CONCURRENTLY") for sql in builds), builds
+    assert _indexes() == {"scratch_due": (TABLE, True, None)}
