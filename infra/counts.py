@@ -55,18 +55,16 @@ def tallies_by(qs: QuerySet, field: str, values: Iterable[str]) -> Tallies:
     """How many rows of `qs` hold each of `values` in `field`: one GROUP BY when the whole is small;
     otherwise each value's estimate, and a GROUP BY over those small enough to count."""
     values = list(values)
-    if _exact(count_estimate(qs)):
-        counted = set(values)
-        estimates: dict[str, int] = {}
-    else:
-        estimates = {v: count_estimate(qs.filter(**{field: v})) or 0 for v in values}
-        counted = {v for v, n in estimates.items() if _exact(n)}
-        estimates = {v: n for v, n in estimates.items() if v not in counted}
-    exact = {v: 0 for v in counted}
-    if counted:
-        rows = qs.filter(**{f"{field}__in": counted}).order_by().values(field).annotate(n=Count("pk"))
-        exact.update({row[field]: row["n"] for row in rows})
-    return Tallies({v: exact[v] if v in counted else estimates[v] for v in values}, estimated=estimates)
+    # The values too large to count, with their estimates; none when the whole is small.
+    estimates: dict[str, int] = {}
+    if not _exact(count_estimate(qs)):
+        each = {v: count_estimate(qs.filter(**{field: v})) or 0 for v in values}
+        estimates = {v: n for v, n in each.items() if not _exact(n)}
+    counts = {v: 0 for v in values if v not in estimates}
+    if counts:
+        rows = qs.filter(**{f"{field}__in": list(counts)}).order_by().values(field).annotate(n=Count("pk"))
+        counts.update({row[field]: row["n"] for row in rows})
+    return Tallies({v: estimates[v] if v in estimates else counts[v] for v in values}, estimated=estimates)
 
 
 class BoundedCountPaginator(Paginator):

@@ -167,17 +167,16 @@ def index_replace_online(schema_editor: Any, model: Any, old: Any, new: Any) -> 
     quote = conn.ops.quote_name
     building = f"{new.name}__building"[:63]
     statement = str(new.create_sql(model, schema_editor)).replace(quote(new.name), quote(building), 1)
-    parts = [p.name for p in partitions(table, using=conn)] + [default_partition(table)]
     on_partitions = partitioned(table, using=conn)
+    parts = [p.name for p in partitions(table, using=conn)] + [default_partition(table)] if on_partitions else []
     with conn.cursor() as cursor:
         if not on_partitions:
             _index_drop_invalid(cursor, building)
             cursor.execute(statement.replace("CREATE INDEX ", "CREATE INDEX CONCURRENTLY IF NOT EXISTS ", 1))
         else:
-            only = f" ON ONLY {quote(table)} "
             cursor.execute(
                 statement.replace("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1).replace(
-                    f" ON {quote(table)} ", only, 1
+                    f" ON {quote(table)} ", f" ON ONLY {quote(table)} ", 1
                 )
             )
             cursor.execute("SELECT pg_get_indexdef(to_regclass(%s))", [building])
@@ -192,7 +191,7 @@ def index_replace_online(schema_editor: Any, model: Any, old: Any, new: Any) -> 
         cursor.execute(f"DROP INDEX IF EXISTS {quote(old.name)}")
         cursor.execute(f"ALTER INDEX {quote(building)} RENAME TO {quote(new.name)}")
         # The partitions' indexes lose the suffix too, so that a later replacement can build under it.
-        for part in parts if on_partitions else ():
+        for part in parts:
             built, named = f"{part}_{building}"[:63], f"{part}_{new.name}"[:63]
             cursor.execute(f"ALTER INDEX IF EXISTS {quote(built)} RENAME TO {quote(named)}")
 

@@ -41,18 +41,20 @@ def subscriptions_failing(*, limit: int = 20) -> list[FailingSubscription]:
     }
     subs = Subscription.objects.filter(Q(pk__in=stats) | (Q(is_enabled=False) & ~Q(disabled_reason="")))
     none = {"failed": 0, "retrying": 0, "last_failure_at": None}
-    found = [
-        FailingSubscription(
-            name=s.name,
-            url=s.url,
-            is_enabled=s.is_enabled,
-            disabled_reason=s.disabled_reason,
-            failed=stats.get(s.pk, none)["failed"],
-            retrying=stats.get(s.pk, none)["retrying"],
-            last_failure_at=stats.get(s.pk, none)["last_failure_at"],
+    found = []
+    for s in subs:
+        row = stats.get(s.pk, none)
+        found.append(
+            FailingSubscription(
+                name=s.name,
+                url=s.url,
+                is_enabled=s.is_enabled,
+                disabled_reason=s.disabled_reason,
+                failed=row["failed"],
+                retrying=row["retrying"],
+                last_failure_at=row["last_failure_at"],
+            )
         )
-        for s in subs
-    ]
     found.sort(key=lambda f: (-f.failed, -f.retrying, f.name))
     return found[:limit]
 
