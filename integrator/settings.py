@@ -217,8 +217,8 @@ HUB_MAX_BODY_BYTES = _env_int("HUB_MAX_BODY_BYTES", 1024 * 1024)
 # A whole request must arrive within this wall-clock time, however slowly it trickles (else 408).
 HUB_REQUEST_READ_SECONDS = _env_float("HUB_REQUEST_READ_SECONDS", 30.0)
 HUB_MAX_BATCH_SIZE = _env_int("HUB_MAX_BATCH_SIZE", 500)
-# Batches a web process parses and writes at once; the others wait. Single pushes share the threads
-# for their group commit, but a large batch's parsed objects are many times its body.
+# Batches a web process parses and writes at once; the others wait. Single pushes are not held
+# back, but a large batch's parsed objects are many times its body.
 HUB_BATCH_CONCURRENCY = max(1, _env_int("HUB_BATCH_CONCURRENCY", 4))
 HUB_MAX_JSON_DEPTH = _env_int("HUB_MAX_JSON_DEPTH", 64)
 HUB_EVENTS_PAGE_SIZE = _env_int("HUB_EVENTS_PAGE_SIZE", 50)

@@ -7,7 +7,6 @@ Every way in comes through here: a store's push or batch, an onward message an e
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -44,11 +43,11 @@ def event_accept(
 ) -> IngestResult:
     """Store an event and its deliveries in one transaction, and wake their endpoints once committed.
 
-    A store's push on its own (no caller's transaction) shares its commit with the pushes this
-    process receives meanwhile (_GroupCommit); it returns only once that commit is done."""
+    A store's push on its own (no caller's transaction) is one statement in autocommit: concurrent
+    pushes share PostgreSQL's WAL flushes, and none waits for another's round trips."""
     event = event_build(store=store, envelope=envelope, parent=parent, origin=origin)
     if store is not None and not transaction.get_connection().in_atomic_block:
-        return _group_commit.accept(_Push(store, event))
+        return _push_alone(store, event)
     return _accept(store=store, events=[event])[0]
 
 
@@ -69,126 +68,6 @@ def _push_alone(store: Store, event: Event) -> IngestResult:
             subscriptions_cache_clear()
             event_unsaved(event)
     raise AssertionError("unreachable")
-
-
-class _Push:
-    """A push waiting for the commit of its group, and what it gets: a result or an exception."""
-
-    __slots__ = ("done", "error", "event", "leads", "result", "store")
-
-    def __init__(self, store: Store, event: Event) -> None:
-        self.store = store
-        self.event = event
-        # Made, under the group's lock, only for a push that waits: most find nothing being written.
-        self.done: threading.Event | None = None
-        self.leads = False  # handed the next group to write
-        self.result: IngestResult | None = None
-        self.error: BaseException | None = None
-
-    def outcome(self) -> IngestResult:
-        if self.error is not None:
-            raise self.error
-        assert self.result is not None
-        return self.result
-
-
-# The most pushes one commit takes; the rest wait for the next.
-GROUP_COMMIT_MAX = 64
-
-
-class _GroupCommit:
-    """Pushes that arrive while this process is committing others wait, then are written together:
-    one transaction, one commit, one wake-up per endpoint, instead of one each. A push that finds
-    nothing being written goes at once, alone, so a quiet hub waits for no one.
-
-    The thread of the first waiting push writes the group on its own database connection (no
-    thread of its own); every push is answered only after the commit. A duplicate message_id is
-    answered as one (the first in the group wins); should the group's transaction fail, each push
-    is written again on its own, so a push the database refuses gets the error it gets alone and
-    the others are stored."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._waiting: list[_Push] = []
-        self._writing = False
-
-    def accept(self, push: _Push) -> IngestResult:
-        with self._lock:
-            self._waiting.append(push)
-            leads = not self._writing
-            self._writing = True
-            if not leads:
-                push.done = threading.Event()
-        if not leads:
-            push.done.wait()
-            if not push.leads:
-                return push.outcome()
-        self._lead(push)
-        return push.outcome()
-
-    def _lead(self, push: _Push) -> None:
-        with self._lock:
-            group = self._waiting[:GROUP_COMMIT_MAX]
-            del self._waiting[:GROUP_COMMIT_MAX]
-        try:
-            _group_write(group)
-        except BaseException as exc:
-            for each in group:
-                if each.result is None and each.error is None:
-                    each.error = exc
-            raise
-        finally:
-            with self._lock:
-                following = self._waiting[0] if self._waiting else None
-                if following is None:
-                    self._writing = False
-                else:
-                    following.leads = True
-            # Every push but the first to find nothing being written waited, so has its event.
-            for each in group:
-                if each is not push and each.done is not None:
-                    each.done.set()
-            if following is not None and following.done is not None:
-                following.done.set()
-
-
-_group_commit = _GroupCommit()
-
-
-def _group_write(group: list[_Push]) -> None:
-    if len(group) > 1:
-        try:
-            results = _pushes_write([(each.store, each.event) for each in group])
-        except Exception:  # noqa: BLE001 - one push may be what failed: each is tried again alone
-            for each in group:
-                event_unsaved(each.event)
-        else:
-            for each, result in zip(group, results, strict=True):
-                each.result = result
-            return
-    for each in group:
-        try:
-            each.result = _push_alone(each.store, each.event)
-        except Exception as exc:  # noqa: BLE001 - answered to that push's request, as it would be alone
-            each.error = exc
-
-
-def _pushes_write(pushes: list[tuple[Store, Event]]) -> list[IngestResult]:
-    """Several stores' pushes in one transaction, each store's as a batch (events_accept)."""
-    by_store: dict[int, tuple[Store, list[int]]] = {}
-    for index, (store, _) in enumerate(pushes):
-        by_store.setdefault(store.pk, (store, []))[1].append(index)
-    planned = []
-    for store, indexes in by_store.values():
-        events = [pushes[i][1] for i in indexes]
-        wanted = _route(events, subscriptions_enabled_for_routing())
-        planned.append((store, indexes, events, wanted, departures_notes(events)))
-    results: list[IngestResult | None] = [None] * len(pushes)
-    with transaction.atomic():
-        for store, indexes, events, wanted, notes in planned:
-            for index, result in zip(indexes, _batch_write(store, events, wanted, notes), strict=True):
-                results[index] = result
-    return [result for result in results if result is not None]
 
 
 def events_accept(*, store: Store, envelopes: list[Envelope]) -> list[IngestResult]:
