@@ -29,6 +29,9 @@ def post_worker_init(worker):
 
 
 def child_exit(server, worker):
+    from integrator.gunicorn_worker import worker_exited
+
+    worker_exited(worker)
     if _multiproc_dir:
         from prometheus_client import multiprocess
 

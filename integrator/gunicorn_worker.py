@@ -7,12 +7,19 @@ over with its head alone, is refused from its headers, and its body is never rea
 must arrive within HUB_REQUEST_READ_SECONDS of wall-clock time, else 408 and a close.
 
 gunicorn still parses the gathered bytes; the framing here only decides when enough has arrived.
+
+The workers also share out new connections: all of them wait on one listening socket, and in a
+burst the first to wake would take them all, leaving one process's GIL to serve every client while
+the others idle. Each worker publishes how many connections it holds (memory the master shares with
+the workers it forks), and one that holds more than another stops listening for a moment, so the
+others take the next; one that waited that way for BALANCE_WAIT_MAX_SECONDS accepts anyway.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import mmap
 import re
 import selectors
 import socket
@@ -192,13 +199,55 @@ class HubConn(TConn):
         super().close()
 
 
+# Connections a worker may hold beyond the fewest any other holds before it leaves new ones to them;
+# how long it stops listening each time; and how long new connections may wait so before it takes
+# them anyway (the others may be stuck, or stopping).
+BALANCE_SLACK = 1
+BALANCE_PAUSE_SECONDS = 0.002
+BALANCE_WAIT_MAX_SECONDS = 0.02
+BALANCE_SLOTS = 64
+
+# Each live worker's open connections by slot, -1 for a free slot: an anonymous shared mapping made
+# at import, which happens in gunicorn's master (it loads the worker class before forking), so
+# every worker it forks writes and reads the same memory.
+_connections = memoryview(mmap.mmap(-1, 4 * BALANCE_SLOTS)).cast("i")
+_connections[:] = memoryview(bytes(b"\xff" * 4 * BALANCE_SLOTS)).cast("i")
+_slots_taken: set[int] = set()  # in the master only
+
+
+def _slot_take() -> int | None:
+    """In the master, as a worker is made: a slot no live worker has (None past BALANCE_SLOTS)."""
+    for slot in range(BALANCE_SLOTS):
+        if slot not in _slots_taken:
+            _slots_taken.add(slot)
+            _connections[slot] = 0
+            return slot
+    return None
+
+
+def worker_exited(worker: Any) -> None:
+    """gunicorn's child_exit hook, in the master: the dead worker's slot is free, and counts for no one."""
+    slot = getattr(worker, "balance_slot", None)
+    if slot is not None:
+        _connections[slot] = -1
+        _slots_taken.discard(slot)
+
+
 # What a worker may hold of unfinished requests, in largest bodies: the memory that clients
 # sending slowly can take, however many connect. Past it, a request that needs more is refused (503).
 BUFFER_BUDGET_BODIES = 64
 
 
 class BufferingThreadWorker(ThreadWorker):
-    """gthread, with every request received by the event loop first (module docstring)."""
+    """gthread, with every request received by the event loop first, and new connections shared
+    out between the workers (module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # in the master, before the fork
+        self.balance_slot = _slot_take()
+        self.accept_paused_until = 0.0
+        self.deferring_since: float | None = None
+        self.deferring_last = 0.0
 
     def init_process(self) -> None:
         self.gatherings: dict[HubConn, None] = {}  # in deadline order: each gets the same allowance
@@ -218,6 +267,8 @@ class BufferingThreadWorker(ThreadWorker):
         super().run()
 
     def accept(self, listener: socket.socket) -> None:
+        if self._leaves_to_others():
+            return
         try:
             client, address = listener.accept()
         except OSError as exc:
@@ -225,7 +276,43 @@ class BufferingThreadWorker(ThreadWorker):
                 raise
             return
         self.nr_conns += 1
+        self._publish()
         self.enqueue_req(HubConn(self.cfg, client, address, listener.getsockname()))
+
+    def _publish(self) -> None:
+        if self.balance_slot is not None:
+            _connections[self.balance_slot] = self.nr_conns
+
+    def _leaves_to_others(self) -> bool:
+        """Whether to leave the waiting connection to a worker that holds fewer, pausing the listener."""
+        if self.balance_slot is None:
+            return False
+        others = [n for slot, n in enumerate(_connections.tolist()) if n >= 0 and slot != self.balance_slot]
+        if not others or self.nr_conns <= min(others) + BALANCE_SLACK:
+            self.deferring_since = None
+            return False
+        now = time.monotonic()
+        if self.deferring_since is None or now - self.deferring_last > BALANCE_WAIT_MAX_SECONDS:
+            self.deferring_since = now  # a new wait; one that went quiet is over
+        self.deferring_last = now
+        if now - self.deferring_since >= BALANCE_WAIT_MAX_SECONDS:
+            return False  # the others have not taken them: this burst is ours
+        self.accept_paused_until = now + BALANCE_PAUSE_SECONDS
+        self.set_accept_enabled(False)
+        return True
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        # gthread's loop enables accepting again at every turn it may: not while paused.
+        if enabled and time.monotonic() < self.accept_paused_until:
+            return
+        super().set_accept_enabled(enabled)
+
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        self._publish()  # connections gthread closed since the last turn
+        paused = self.accept_paused_until - time.monotonic()
+        if paused > 0:
+            timeout = min(timeout, paused)  # wake to listen again
+        super().wait_for_and_dispatch_events(timeout)
 
     def _gathers(self, conn: TConn) -> bool:
         return (
