@@ -38,10 +38,10 @@ def child_exit(server, worker):
         multiprocess.mark_process_dead(worker.pid, _multiproc_dir)
 
 
-# Pushes that wait while another is committing share the next commit (routing.outbox's group
-# commit). 16 threads made larger groups but cost more than they gave on two cores: batch and
-# stored ingest fell by a third and a web worker's peak RSS passed 200 MB (docs/performance.md).
-# The worker receives a request before a thread takes it, so slow clients hold none.
+# More threads cost more than they gave on two cores: at 6 and 16, batch ingest fell by a fifth to
+# a third and a web worker's peak RSS grew towards 200 MB (docs/performance.md). The worker
+# receives a request before a thread takes it, so slow clients hold none, and shares out new
+# connections with the other workers.
 worker_class = "integrator.gunicorn_worker.BufferingThreadWorker"
 threads = 4
 
