@@ -201,7 +201,7 @@ class HubConn(TConn):
 
 # Connections a worker may hold beyond the fewest any other holds before it leaves new ones to them;
 # how long it stops listening each time; and how long new connections may wait so before it takes
-# them anyway (the others may be stuck, or stopping).
+# them anyway (the others may be stuck).
 BALANCE_SLACK = 1
 BALANCE_PAUSE_SECONDS = 0.002
 BALANCE_WAIT_MAX_SECONDS = 0.02
@@ -281,7 +281,8 @@ class BufferingThreadWorker(ThreadWorker):
 
     def _publish(self) -> None:
         if self.balance_slot is not None:
-            _connections[self.balance_slot] = self.nr_conns
+            # A stopping worker accepts no more: it counts for no one (-1) while it finishes.
+            _connections[self.balance_slot] = self.nr_conns if self.alive else -1
 
     def _leaves_to_others(self) -> bool:
         """Whether to leave the waiting connection to a worker that holds fewer, pausing the listener."""
@@ -306,6 +307,8 @@ class BufferingThreadWorker(ThreadWorker):
         if enabled and time.monotonic() < self.accept_paused_until:
             return
         super().set_accept_enabled(enabled)
+        if not self.alive:
+            self._publish()
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
         self._publish()  # connections gthread closed since the last turn

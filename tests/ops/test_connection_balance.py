@@ -5,6 +5,7 @@ gunicorn with two workers, connections opened all at once, and which worker hold
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import time
@@ -28,8 +29,8 @@ def two_workers(python) -> Iterator[tuple[int, list[int]]]:
     try:
         http_get(f"http://127.0.0.1:{port}/healthz", time.monotonic() + GENEROUS)
         deadline = time.monotonic() + GENEROUS
-        while len(workers := _children(server.pid)) < 2:
-            assert time.monotonic() < deadline, "gunicorn never had two workers"
+        while len(workers := _children(server.pid)) < 2 or not all(_listening(pid, port) for pid in workers):
+            assert time.monotonic() < deadline, "gunicorn's two workers never both listened"
             time.sleep(0.1)
         yield port, workers
     finally:
@@ -42,6 +43,29 @@ def two_workers(python) -> Iterator[tuple[int, list[int]]]:
 
 def _children(pid: int) -> list[int]:
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _listening(pid: int, port: int) -> bool:
+    """Whether the worker waits on the port's listening socket: its epoll watches that socket's fd
+    (a worker still loading the application does not yet)."""
+    listener = next(
+        int(line.split()[9])
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+        if int(line.split()[1].split(":")[1], 16) == port and line.split()[3] == "0A"  # LISTEN
+    )
+    fds = {}
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            fds[fd.name] = os.readlink(fd)
+        except OSError:
+            continue
+    listener_fds = {name for name, target in fds.items() if target == f"socket:[{listener}]"}
+    for name, target in fds.items():
+        if target == "anon_inode:[eventpoll]":
+            watched = set(re.findall(r"tfd:\s*(\d+)\s", Path(f"/proc/{pid}/fdinfo/{name}").read_text()))
+            if watched & listener_fds:
+                return True
+    return False
 
 
 def _server_inodes(port: int) -> dict[int, int]:
