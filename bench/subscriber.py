@@ -5,6 +5,9 @@ taken meanwhile, for the stall phase); again, at once.
 
 `GET /stats` returns {"count": n, "received": {webhook_id: unix_time, ...}} and `POST /reset`
 forgets them, so the benchmark can time deliveries and end-to-end latency without a database.
+`GET /wait?count=N` answers as /stats once N requests have arrived (or after `timeout` seconds,
+60 unless given): the benchmark waits on one request instead of polling, which would take CPU
+from what it measures.
 Run it as `python -m bench.subscriber --port N`.
 """
 
@@ -14,6 +17,7 @@ import argparse
 import asyncio
 import json
 import time
+from urllib.parse import parse_qs, urlsplit
 
 REPLY = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 HOLD_SECONDS = 120.0
@@ -24,6 +28,28 @@ class SubscriberState:
         self.count = 0
         self.received: dict[str, float] = {}
         self.held: set[bytes] = set()
+        self.waiters: list[tuple[int, asyncio.Transport]] = []
+
+    def stats_reply(self) -> bytes:
+        body = json.dumps({"count": self.count, "received": self.received}).encode()
+        return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+            len(body),
+            body,
+        )
+
+    def wait(self, transport: asyncio.Transport, count: int, timeout: float) -> None:
+        if self.count >= count:
+            transport.write(self.stats_reply())
+            return
+        waiter = (count, transport)
+        self.waiters.append(waiter)
+        asyncio.get_running_loop().call_later(timeout, self.waited, waiter)
+
+    def waited(self, waiter: tuple[int, asyncio.Transport]) -> None:
+        if waiter in self.waiters:
+            self.waiters.remove(waiter)
+            if not waiter[1].is_closing():
+                waiter[1].write(self.stats_reply())
 
     def note(self, headers: dict[bytes, bytes]) -> None:
         self.count += 1
@@ -31,6 +57,15 @@ class SubscriberState:
         if webhook_id is not None:
             # The first arrival counts; a repeat (at-least-once) is not a new delivery.
             self.received.setdefault(webhook_id.decode() + "|" + headers.get(b":path", b"").decode(), time.time())
+        if self.waiters:
+            # Answered after this request's own reply is written: its time is already noted.
+            asyncio.get_running_loop().call_soon(self.wake)
+
+    def wake(self) -> None:
+        for waiter in [w for w in self.waiters if w[0] <= self.count]:
+            self.waiters.remove(waiter)
+            if not waiter[1].is_closing():
+                waiter[1].write(self.stats_reply())
 
 
 class SubscriberProtocol(asyncio.Protocol):
@@ -61,15 +96,15 @@ class SubscriberProtocol(asyncio.Protocol):
             method, path = head[0].split(b" ")[:2]
             assert self.transport is not None
             if path == b"/stats":
-                body = json.dumps({"count": self.state.count, "received": self.state.received}).encode()
-                self.transport.write(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                    % (len(body), body)
-                )
+                self.transport.write(self.state.stats_reply())
+            elif path.startswith(b"/wait?"):
+                query = parse_qs(urlsplit(path.decode()).query)
+                self.state.wait(self.transport, int(query["count"][0]), float(query.get("timeout", ["60"])[0]))
             elif path == b"/reset":
                 self.state.count = 0
                 self.state.received.clear()
                 self.state.held.clear()
+                self.state.waiters.clear()
                 self.transport.write(REPLY)
             else:
                 headers[b":path"] = path
