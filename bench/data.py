@@ -16,9 +16,10 @@ def events_truncate() -> None:
                 cursor.execute(f"DELETE FROM {table}")
 
 
-def events_fill(have: int, want: int) -> None:
+def events_fill(have: int, want: int, *, random_ids: bool = False) -> None:
     """Store events up to `want` in a few SQL statements: small order payloads (the indexes, not the
-    payload bytes, decide what a bigger table costs an insert) with the same indexes filled in."""
+    payload bytes, decide what a bigger table costs an insert) with the same indexes filled in.
+    `random_ids` (PostgreSQL): message_ids spread over the keys' index, as UUIDs would be."""
     from django.db import connection
 
     from events.models import Store
@@ -40,12 +41,12 @@ def events_fill(have: int, want: int) -> None:
                     """
                     INSERT INTO events_event (uid, store_id, message, message_id, payload, resource_key, source,
                                               origin, depth, status, created_at, traceparent)
-                    SELECT gen_random_uuid(), %s, 'order:new', 'fill-' || g,
+                    SELECT gen_random_uuid(), %s, 'order:new', {message_id},
                            json_build_object('order', json_build_object('number', 'R' || g,
                                'email', 'customer' || g || '@example.com', 'total', '99.90', 'state', 'complete')),
                            'order:R' || g, 'store', '', 0, 'unrouted', now() - make_interval(secs => %s - g), ''
                     FROM generate_series(%s, %s) AS g
-                    """,
+                    """.format(message_id="md5('fill-' || g)" if random_ids else "'fill-' || g"),
                     [store_id, want, first, last],
                 )
             else:
@@ -66,8 +67,10 @@ def events_fill(have: int, want: int) -> None:
     if partitioned:
         with connection.cursor() as cursor:
             cursor.execute("ALTER TABLE events_event ENABLE TRIGGER events_event_key_take")
+            # In key order: random keys otherwise take an index page out of cache each.
             cursor.execute(
-                "INSERT INTO events_event_key SELECT store_id, message_id, id FROM events_event WHERE id > %s",
+                "INSERT INTO events_event_key SELECT store_id, message_id, id FROM events_event WHERE id > %s"
+                " ORDER BY store_id, message_id",
                 [before],
             )
     if connection.vendor == "postgresql":

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -63,10 +64,10 @@ class Bench:
         self.bin = Path(sys.executable).parent
 
     # envelopes ----------------------------------------------------------------------------
-    def envelope(self, tag: str, number: int) -> bytes:
+    def envelope(self, tag: str, number: int, message_id: bytes | None = None) -> bytes:
         # A unique message_id per event: the hub checks it for duplicates, as it would for a real store.
         return (
-            b'{"message_id":"%s-%d",' % (tag.encode(), number)
+            b'{"message_id":"%s",' % (message_id or b"%s-%d" % (tag.encode(), number))
             + self.seed_head
             + b"R%s-%d" % (tag.encode(), number)
             + self.seed_tail
@@ -783,13 +784,22 @@ class Bench:
         log(f"stored: ingest with {small:,} events stored, then with {large:,}")
         bare = lambda n: ("/bench/bare", self.envelope("bare", n))  # noqa: E731 - one line, used twice
         seconds = self.plan.stored_seconds
+        random_ids = self.plan.stored_random_ids
+        if random_ids:
+            log("stored: message_ids at random (BENCH_STORED_RANDOM_IDS)")
+
+        def push(tag: str) -> load.RequestFn:
+            if not random_ids:
+                return self.single(tag)
+            return lambda n: ("/events", self.envelope(tag, n, uuid.uuid4().hex.encode()))
+
         events_truncate()
-        events_fill(Event.objects.count(), small)
-        bare_small, at_small = self.interleaved(bare, self.single("small"), seconds=seconds)
+        events_fill(Event.objects.count(), small, random_ids=random_ids)
+        bare_small, at_small = self.interleaved(bare, push("small"), seconds=seconds)
         started = time.monotonic()
-        events_fill(Event.objects.count(), large)
+        events_fill(Event.objects.count(), large, random_ids=random_ids)
         log(f"stored: filled to {Event.objects.count():,} events in {time.monotonic() - started:.0f}s")
-        bare_large, at_large = self.interleaved(bare, self.single("large"), seconds=seconds)
+        bare_large, at_large = self.interleaved(bare, push("large"), seconds=seconds)
         # Measured a minute apart on a shared machine: the 10k rate is scaled by how the bare
         # view's rate moved between the two.
         expected = at_small.rate * bare_large.rate / bare_small.rate

@@ -31,6 +31,7 @@ class Plan:
     chain_slice: int
     stored_small: int
     stored_large: int
+    stored_random_ids: bool
     stored_seconds: float
     # Schedules all due at the same moment (the pulls phase, bench/pulls.py).
     pull_schedules: int
@@ -64,6 +65,9 @@ FULL = Plan(
     stored_small=10_000,
     # BENCH_STORED_LARGE=10000000: the 10 M row (a few more minutes of filling than BENCH_TIMEOUT's default allows).
     stored_large=int(os.environ.get("BENCH_STORED_LARGE") or 1_000_000),
+    # BENCH_STORED_RANDOM_IDS=1: message_ids stored and pushed at random (UUIDs), as many stores send
+    # them, instead of a tag and a counter, whose keys all go to one place in the keys' index.
+    stored_random_ids=os.environ.get("BENCH_STORED_RANDOM_IDS", "") in {"1", "true", "yes"},
     stored_seconds=8,
     pull_schedules=1000,
     web_workers=int(os.environ.get("WEB_CONCURRENCY") or 2),
@@ -88,6 +92,7 @@ SMOKE = Plan(
     chain_slice=50,
     stored_small=100,
     stored_large=1000,
+    stored_random_ids=False,
     stored_seconds=0.5,
     pull_schedules=20,
     web_workers=2,
