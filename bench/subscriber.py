@@ -47,9 +47,12 @@ class SubscriberState:
 
     def waited(self, waiter: tuple[int, asyncio.Transport]) -> None:
         if waiter in self.waiters:
-            self.waiters.remove(waiter)
-            if not waiter[1].is_closing():
-                waiter[1].write(self.stats_reply())
+            self._answer(waiter)
+
+    def _answer(self, waiter: tuple[int, asyncio.Transport]) -> None:
+        self.waiters.remove(waiter)
+        if not waiter[1].is_closing():
+            waiter[1].write(self.stats_reply())
 
     def note(self, headers: dict[bytes, bytes]) -> None:
         self.count += 1
@@ -63,9 +66,7 @@ class SubscriberState:
 
     def wake(self) -> None:
         for waiter in [w for w in self.waiters if w[0] <= self.count]:
-            self.waiters.remove(waiter)
-            if not waiter[1].is_closing():
-                waiter[1].write(self.stats_reply())
+            self._answer(waiter)
 
 
 class SubscriberProtocol(asyncio.Protocol):
