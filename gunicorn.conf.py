@@ -38,8 +38,8 @@ def child_exit(server, worker):
         multiprocess.mark_process_dead(worker.pid, _multiproc_dir)
 
 
-# More threads cost more than they gave on two cores: at 6 and 16, batch ingest fell by a fifth to
-# a third and a web worker's peak RSS grew towards 200 MB (docs/performance.md). The worker
+# More threads cost more than they gave on two cores: batch ingest fell and a web worker's peak
+# RSS grew with them (6 and 16 were measured: docs/performance.md). The worker
 # receives a request before a thread takes it, so slow clients hold none, and shares out new
 # connections with the other workers.
 worker_class = "integrator.gunicorn_worker.BufferingThreadWorker"
