@@ -45,20 +45,32 @@ def _children(pid: int) -> list[int]:
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
-def _listening(pid: int, port: int) -> bool:
-    """Whether the worker waits on the port's listening socket: its epoll watches that socket's fd
-    (a worker still loading the application does not yet)."""
-    listener = next(
-        int(line.split()[9])
-        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
-        if int(line.split()[1].split(":")[1], 16) == port and line.split()[3] == "0A"  # LISTEN
-    )
+def _tcp(port: int) -> list[tuple[int, str, int]]:
+    """The sockets of the server's port, from /proc/net/tcp: (the peer's port, state, inode)."""
+    rows = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port:
+            rows.append((int(fields[2].split(":")[1], 16), fields[3], int(fields[9])))
+    return rows
+
+
+def _fds(pid: int) -> dict[str, str]:
+    """A process's open descriptors: number -> what it points at (`socket:[inode]`...)."""
     fds = {}
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
             fds[fd.name] = os.readlink(fd)
         except OSError:
             continue
+    return fds
+
+
+def _listening(pid: int, port: int) -> bool:
+    """Whether the worker waits on the port's listening socket: its epoll watches that socket's fd
+    (a worker still loading the application does not yet)."""
+    listener = next(inode for _, state, inode in _tcp(port) if state == "0A")  # LISTEN
+    fds = _fds(pid)
     listener_fds = {name for name, target in fds.items() if target == f"socket:[{listener}]"}
     for name, target in fds.items():
         if target == "anon_inode:[eventpoll]":
@@ -68,30 +80,13 @@ def _listening(pid: int, port: int) -> bool:
     return False
 
 
-def _server_inodes(port: int) -> dict[int, int]:
-    """The accepted sockets of the server's port: the client's port -> the socket's inode."""
-    inodes = {}
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        local_port = int(fields[1].split(":")[1], 16)
-        remote_port = int(fields[2].split(":")[1], 16)
-        if local_port == port and fields[3] == "01":  # ESTABLISHED
-            inodes[remote_port] = int(fields[9])
-    return inodes
-
-
 def _holders(port: int, clients: list[socket.socket], workers: list[int]) -> Counter:
     """How many of the clients' connections each worker has accepted (None: not accepted yet)."""
-    by_inode = {}
-    for pid in workers:
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                by_inode[int(target[8:-1])] = pid
-    inodes = _server_inodes(port)
+    by_inode = {
+        int(target[8:-1]): pid for pid in workers for target in _fds(pid).values() if target.startswith("socket:[")
+    }
+    # The accepted sockets: the client's port -> the server side's inode.
+    inodes = {peer: inode for peer, state, inode in _tcp(port) if state == "01"}  # ESTABLISHED
     return Counter(by_inode.get(inodes.get(client.getsockname()[1], -1)) for client in clients)
 
 
