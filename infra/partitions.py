@@ -200,7 +200,7 @@ def _index_drop_invalid(cursor: Any, name: str) -> None:
     """Drop the index `name` if a CONCURRENTLY build that failed left it invalid."""
     cursor.execute("SELECT 1 FROM pg_index WHERE indexrelid = to_regclass(%s) AND NOT indisvalid", [name])
     if cursor.fetchone():
-        cursor.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"')
+        cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {cursor.db.ops.quote_name(name)}")
 
 
 # The conversion (migrations) ---------------------------------------------------------------------
