@@ -55,7 +55,7 @@ def main() -> None:
         "--only",
         default="",
         help="comma-separated phases, for working on one: ingest, batch, delivery, e2e, fanout, chain, stall,"
-        " batchfan, stored, memory; and pulls, run only when named",
+        " batchfan, stored, memory; and pulls and fanload, run only when named",
     )
     parser.add_argument(
         "--profile",

@@ -32,7 +32,7 @@ from bench.stack import (
 )
 
 # Phases run only when asked for with --only: they measure something the default table does not.
-OPT_IN = {"pulls"}
+OPT_IN = {"pulls", "fanload"}
 
 
 class Bench:
@@ -601,6 +601,86 @@ class Bench:
         self.deliveries_settled()
         Subscription.objects.update(is_enabled=False)
 
+    def fanout_load(self) -> None:
+        """Events to the fan-out's subscriptions arriving steadily, BENCH_FANLOAD_RATE a second (20):
+        ms from each POST to the last of its arrivals, p50 and p99, and the deliveries a second over
+        the run, next to one event at a time (the fan-out phase's shape, measured here). Under a
+        steady stream, pushes land while a fan-out runs: what its end leaves due must still go out
+        as fan-outs, not as a pump per endpoint."""
+        from routing.models import Subscription
+
+        count, rate = self.plan.fanout_subscriptions, self.plan.fanload_rate
+        seconds = self.plan.e2e_seconds
+        log(f"fan-out under load: {rate:g} events/s to {count} subscriptions for {seconds:g}s")
+        Subscription.objects.update(is_enabled=False)
+        paths = [f"/fl/{index}" for index in range(count)]
+        for index, path in enumerate(paths):
+            self.subscription(f"bench-fanload-{index}", path)
+        self.routing_settle()
+        alone = []
+        for number in range(self.plan.fanout_events):
+            self.subscriber_reset()
+            wall = time.time()
+            self.push_one(self.envelope("fanload-alone", number))
+            alone.append(max(self.subscriber_wait(count, 60, "fan-out deliveries")["received"].values()) - wall)
+        self.subscriber_reset()
+        tasks_before = self.worker_tasks()
+        sent: dict[str, float] = {}
+
+        def on_sent(wall: float, response: load.Response) -> None:
+            sent[json.loads(response.body)["event_id"]] = wall
+
+        asyncio.run(
+            load.open_loop(
+                host=HOST,
+                port=self.web_port,
+                make=self.single("fanload"),
+                headers=self.headers,
+                rate=rate,
+                seconds=seconds,
+                on_sent=on_sent,
+            )
+        )
+        received = self.subscriber_wait(len(sent) * count, 120, "every fan-out under load delivered")["received"]
+        tasks = {name: n - tasks_before.get(name, 0) for name, n in self.worker_tasks().items()}
+        log(f"fan-out under load: worker tasks {tasks}")
+        lasts = [max(received[f"{event_id}|{path}"] for path in paths) - wall for event_id, wall in sent.items()]
+        result = load.LoadResult(latencies=lasts)
+        times = sorted(received.values())
+        rate_done = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
+        alone_p50 = load.LoadResult(latencies=alone).percentile(50)
+        self.add(
+            "fanload_p50",
+            f"Fan-out under load, {rate:g} events/s to {count} subscriptions, p50 (ms to last)",
+            result.percentile(50),
+            "ms",
+            alone_p50,
+            "one event at a time, p50",
+        )
+        self.add(
+            "fanload_p99",
+            f"Fan-out under load, {rate:g} events/s to {count} subscriptions, p99 (ms to last)",
+            result.percentile(99),
+            "ms",
+            alone_p50,
+            "one event at a time, p50",
+        )
+        self.add(
+            "fanload_rate",
+            f"Fan-out under load, {rate:g} events/s to {count} subscriptions (deliveries/s)",
+            rate_done,
+            "/s",
+            rate * count,
+            "offered deliveries/s",
+        )
+        self.deliveries_settled()
+        Subscription.objects.update(is_enabled=False)
+
+    def worker_tasks(self) -> dict[str, int]:
+        """How many of each task the worker has received so far, from its log."""
+        text = self.procs.log_text("worker")
+        return {name: text.count(f"Task {name}[") for name in ("routing.deliveries_pump", "routing.deliveries_fan_out")}
+
     def batch_fanout(self) -> None:
         """A small batch to many endpoints (2 events to the fan-out's subscriptions): ms from the POST
         to the last arrival, p50, next to the same requests straight to the subscriber."""
@@ -845,6 +925,7 @@ class Bench:
             "e2e": self.e2e,
             "fanout": self.fanout,
             "batchfan": self.batch_fanout,
+            "fanload": self.fanout_load,
             "chain": self.chain,
             "stall": self.stall,
             "stored": self.stored,
@@ -853,7 +934,7 @@ class Bench:
         }
         # e2e, fan-out, batch fan-out, chain and stall need the worker and subscription the delivery
         # phase starts; stored compares with the bare baseline of the ingest phase.
-        if only & {"e2e", "fanout", "batchfan", "chain", "stall"}:
+        if only & {"e2e", "fanout", "batchfan", "fanload", "chain", "stall"}:
             only.add("delivery")
         if "stored" in only:
             only.add("ingest")

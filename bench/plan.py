@@ -26,6 +26,7 @@ class Plan:
     e2e_seconds: float
     fanout_events: int
     fanout_subscriptions: int
+    fanload_rate: float
     # One order's chain: its length, and how many of its first and last deliveries are timed.
     chain_events: int
     chain_slice: int
@@ -59,6 +60,8 @@ FULL = Plan(
     # BENCH_FANOUT_EVENTS=40: a steadier p50 (of 10, four are the worker processes' first fan-outs).
     fanout_events=int(os.environ.get("BENCH_FANOUT_EVENTS") or 10),
     fanout_subscriptions=20,
+    # BENCH_FANLOAD_RATE: events a second in the fan-out under load (each to the 20 subscriptions).
+    fanload_rate=float(os.environ.get("BENCH_FANLOAD_RATE") or 20),
     # BENCH_CHAIN_EVENTS: a shorter chain, for a hub whose claims slow down as it grows.
     chain_events=int(os.environ.get("BENCH_CHAIN_EVENTS") or 5000),
     chain_slice=1000,
@@ -88,6 +91,7 @@ SMOKE = Plan(
     e2e_seconds=1,
     fanout_events=2,
     fanout_subscriptions=20,
+    fanload_rate=10,
     chain_events=200,
     chain_slice=50,
     stored_small=100,
