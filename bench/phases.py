@@ -581,11 +581,7 @@ class Bench:
             baseline_times.append(time.perf_counter() - started)
         times = []
         for number in range(self.plan.fanout_events):
-            self.subscriber_reset()
-            wall = time.time()
-            response = asyncio.run(self._post(self.web_port, "/events", self.envelope("fanout", number), self.headers))
-            assert response.status == 202, response.body
-            times.append(max(self.subscriber_wait(count, 60, "fan-out deliveries")["received"].values()) - wall)
+            times.append(self.fanout_one(self.envelope("fanout", number), count))
         hub_ms = load.LoadResult(latencies=times).percentile(50)
         base_ms = load.LoadResult(latencies=baseline_times).percentile(50)
         self.add(
@@ -600,6 +596,13 @@ class Bench:
         )
         self.deliveries_settled()
         Subscription.objects.update(is_enabled=False)
+
+    def fanout_one(self, body: bytes, count: int) -> float:
+        """Seconds from pushing one event to the last of its `count` arrivals, the subscriber empty before."""
+        self.subscriber_reset()
+        wall = time.time()
+        self.push_one(body)
+        return max(self.subscriber_wait(count, 60, "fan-out deliveries")["received"].values()) - wall
 
     def fanout_load(self) -> None:
         """Events to the fan-out's subscriptions arriving steadily, BENCH_FANLOAD_RATE a second (20):
@@ -617,12 +620,7 @@ class Bench:
         for index, path in enumerate(paths):
             self.subscription(f"bench-fanload-{index}", path)
         self.routing_settle()
-        alone = []
-        for number in range(self.plan.fanout_events):
-            self.subscriber_reset()
-            wall = time.time()
-            self.push_one(self.envelope("fanload-alone", number))
-            alone.append(max(self.subscriber_wait(count, 60, "fan-out deliveries")["received"].values()) - wall)
+        alone = [self.fanout_one(self.envelope("fanload-alone", n), count) for n in range(self.plan.fanout_events)]
         self.subscriber_reset()
         tasks_before = self.worker_tasks()
         sent: dict[str, float] = {}
