@@ -31,6 +31,13 @@ from bench.stack import (
     wait_for,
 )
 
+
+def arrival_rate(received: dict[str, float]) -> float:
+    """Arrivals a second between the subscriber's first and last (its /stats `received`)."""
+    times = sorted(received.values())
+    return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
+
+
 # Phases run only when asked for with --only: they measure something the default table does not.
 OPT_IN = {"pulls", "fanload"}
 
@@ -478,8 +485,7 @@ class Bench:
         wait_for(lambda: self.subscriber_stats()["count"] >= expected, 300, f"{expected} deliveries", 0.5)
         for profiler in profilers:
             profiler.wait()
-        times = sorted(self.subscriber_stats()["received"].values())
-        rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
+        rate = arrival_rate(self.subscriber_stats()["received"])
         self.deliveries_settled()
         self.add(
             "delivery_rate",
@@ -644,29 +650,20 @@ class Bench:
         log(f"fan-out under load: worker tasks {tasks}")
         lasts = [max(received[f"{event_id}|{path}"] for path in paths) - wall for event_id, wall in sent.items()]
         result = load.LoadResult(latencies=lasts)
-        times = sorted(received.values())
-        rate_done = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
         alone_p50 = load.LoadResult(latencies=alone).percentile(50)
-        self.add(
-            "fanload_p50",
-            f"Fan-out under load, {rate:g} events/s to {count} subscriptions, p50 (ms to last)",
-            result.percentile(50),
-            "ms",
-            alone_p50,
-            "one event at a time, p50",
-        )
-        self.add(
-            "fanload_p99",
-            f"Fan-out under load, {rate:g} events/s to {count} subscriptions, p99 (ms to last)",
-            result.percentile(99),
-            "ms",
-            alone_p50,
-            "one event at a time, p50",
-        )
+        for q in (50, 99):
+            self.add(
+                f"fanload_p{q}",
+                f"Fan-out under load, {rate:g} events/s to {count} subscriptions, p{q} (ms to last)",
+                result.percentile(q),
+                "ms",
+                alone_p50,
+                "one event at a time, p50",
+            )
         self.add(
             "fanload_rate",
             f"Fan-out under load, {rate:g} events/s to {count} subscriptions (deliveries/s)",
-            rate_done,
+            arrival_rate(received),
             "/s",
             rate * count,
             "offered deliveries/s",
