@@ -6,9 +6,9 @@ enabled and below its in-flight limit, the first of its resource still owed to t
 Each endpoint's share is a claim of its own, with its own short lease renewed by the heartbeat
 (routing.leases), so the limit, the sweeper and the fence on recording see what they see of a pump's
 batch of one. What it may not take it leaves to the endpoints' pumps, woken at once; once its
-outcomes are committed it wakes the pumps of its endpoints that have something due (a delivery its
-claim held back, a push coalesced into its message): a pump claims again after its commit, and so
-does the fan-out, through them.
+outcomes are committed it wakes its endpoints that have something due (a delivery its claim held
+back, a push coalesced into its message) as a batch's new deliveries are woken: a pump claims again
+after its commit, and so does the fan-out, through the messages it publishes.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from routing.rows import row_instance, row_related
 from routing.send import Sent, attempts_count, delivery_send
 from routing.status import events_status_refresh
 from routing.transport.gate import WriteGate
-from routing.wakeup import pumps_enqueue
+from routing.wakeup import batch_wake, pumps_enqueue
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +53,10 @@ class FanOutResult:
     verdicts: dict[int, str] = field(default_factory=dict)
     # Endpoints whose named delivery it did not take, still owed: their pumps were woken.
     left: list[int] = field(default_factory=list)
-    # Endpoints it sent to with something due once it was done: their pumps were woken.
+    # Endpoints it sent to with something due once it was done: they were woken.
     due: list[int] = field(default_factory=list)
+    # The messages that woke them, (task, arguments): a fan-out for an event due at several.
+    woken: list[tuple[str, list[Any]]] = field(default_factory=list)
 
 
 def deliveries_fan_out(*, delivery_ids: list[int], endpoints: Sequence[int] = ()) -> FanOutResult:
@@ -88,7 +90,7 @@ def deliveries_fan_out(*, delivery_ids: list[int], endpoints: Sequence[int] = ()
     looked = set(result.left)
     others = sorted({*endpoints, *(b.subscription.pk for b in batches)} - looked)
     if others:
-        result.due = _due_wake(others)
+        result.due, result.woken = _due_wake(others)
     return result
 
 
@@ -292,13 +294,21 @@ def _record(pairs: list[tuple[Batch, list[Sent]]]) -> dict[int, str]:
     return verdicts
 
 
-def _due_wake(subscription_ids: list[int]) -> list[int]:
+def _due_wake(subscription_ids: list[int]) -> tuple[list[int], list[tuple[str, list[Any]]]]:
     """After the commit, as a pump claims again after its own: the endpoints with a delivery due
-    now get their pumps."""
+    now, and the messages that woke them. Woken as a batch's new deliveries are (batch_wake), from
+    the oldest few due at each: pushes coalesced into this fan-out's message while it waited are an
+    event to several endpoints each, one fan-out apiece, where a pump for each endpoint (a claim
+    and a commit each) fell further behind the next pushes and fed itself.
+
+    Enough of each endpoint's are read to tell batch_wake's choice: more events than half the
+    endpoints at one of them is a backlog, which pumps send."""
+    per = len(subscription_ids) // 2 + 1
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
     with connection.cursor() as cursor:
-        now = connection.ops.adapt_datetimefield_value(timezone.now())
-        cursor.execute(sql.endpoints_due(len(subscription_ids)), [*subscription_ids, now])
-        due = sorted(row[0] for row in cursor.fetchall())
-    if due:
-        pumps_enqueue(due, coalesce=True)
-    return due
+        cursor.execute(
+            sql.endpoints_due_first(len(subscription_ids)), [v for i in subscription_ids for v in (i, now, per)]
+        )
+        rows = [(row[0], row[1], row[2]) for row in cursor.fetchall()]
+    due = sorted({endpoint for _, _, endpoint in rows})
+    return due, batch_wake(rows) if rows else []

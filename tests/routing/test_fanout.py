@@ -247,6 +247,48 @@ def test_a_push_coalesced_into_its_message_is_woken_even_when_it_takes_nothing(s
     assert result.due == [first_sub.pk]
 
 
+def test_pushes_coalesced_while_its_message_waited_are_a_fan_out_each_not_a_pump_per_endpoint(
+    subscriber, unconsumed_queue, settings
+):
+    """Under a steady stream, a push that lands while a fan-out's message waits for a worker is
+    coalesced into it (its endpoints' marks stand). Once done, the fan-out found that event due at
+    every endpoint and woke a pump each: a claim and a commit per endpoint for one event, which
+    fell behind the next pushes and fed itself (the bench's fanload: 542 pumps beside 255 fan-outs
+    for 200 events). It wakes them as a batch's deliveries are woken instead."""
+    from routing.wakeup import FANOUT_TASK, PUMP_TASK, deliveries_wake, pumps_started
+
+    settings.HUB_PUMP_COALESCE_SECONDS = 60
+    settings.HUB_FANOUT_MAX_ENDPOINTS = 32
+    subs = [SubscriptionFactory(url=subscriber.url(f"/stream/{n}")) for n in range(4)]
+    ids = [sub.pk for sub in subs]
+    first = fan(EventFactory(), subs)
+    assert [t for t, _ in deliveries_wake([(d.pk, d.subscription_id) for d in first])] == [FANOUT_TASK]
+    second = fan(EventFactory(), subs)
+    assert deliveries_wake([(d.pk, d.subscription_id) for d in second]) == []  # coalesced
+    alone = DeliveryFactory(event=EventFactory(), subscription=subs[0])
+    assert deliveries_wake([(alone.pk, subs[0].pk)]) == []
+
+    pumps_started(ids)  # the task starts: its endpoints' marks are cleared
+    result = deliveries_fan_out(delivery_ids=[d.pk for d in first], endpoints=ids)
+
+    assert set(result.verdicts.values()) == {"delivered"}
+    assert result.due == sorted(ids)
+    # The coalesced event is one fan-out message; the event to one endpoint, its pump's.
+    assert result.woken == [(FANOUT_TASK, [[d.pk for d in second], ids]), (PUMP_TASK, [subs[0].pk])]
+    pumps_started(ids)
+
+    # A backlog (more events due at an endpoint than half the endpoints): a pump each sends it.
+    for _ in range(2):
+        DeliveryFactory(event=EventFactory(), subscription=subs[1])
+    Delivery.objects.filter(pk__in=[d.pk for d in second]).update(
+        state=DeliveryState.DELIVERING, claim=7, attempt_count=1, lease_expires_at=timezone.now() + timedelta(minutes=1)
+    )
+    result = deliveries_fan_out(delivery_ids=[d.pk for d in second], endpoints=ids)
+    assert result.verdicts == {}
+    assert result.woken == [(PUMP_TASK, [subs[0].pk]), (PUMP_TASK, [subs[1].pk])]
+    pumps_started(ids)
+
+
 def test_a_sweep_before_the_heartbeats_first_renewal_leaves_its_claims_alone(subscriber, settings):
     """A lease margin shorter than a quarter lease (the reliability tests' worker: 1 s) once made
     the fan-out's first lease the margin alone, which ran out before the heartbeat's first round

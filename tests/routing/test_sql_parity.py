@@ -254,26 +254,30 @@ def test_the_fan_out_claim_takes_what_the_pumps_claim_would_and_reads_it_as_sele
         assert (by_orm.state, by_orm.attempt_count, by_orm.claim) == (DeliveryState.DELIVERING, 1, batch.claim)
 
 
-def test_the_endpoints_due_are_those_an_orm_query_finds():
+def test_the_first_due_at_each_endpoint_are_those_an_orm_query_finds():
     from django.db import connection
 
     from routing import sql
     from routing.models import DELIVERY_OPEN_STATES
 
     due, later, done, none = (SubscriptionFactory() for _ in range(4))
-    DeliveryFactory(subscription=due)
-    DeliveryFactory(subscription=due, state=DeliveryState.RETRYING)
+    firsts = [DeliveryFactory(subscription=due), DeliveryFactory(subscription=due, state=DeliveryState.RETRYING)]
+    DeliveryFactory(subscription=due)  # a third, beyond the two asked for
     DeliveryFactory(
         subscription=later, state=DeliveryState.RETRYING, next_attempt_at=timezone.now() + timedelta(minutes=5)
     )
     DeliveryFactory(subscription=done, state=DeliveryState.DELIVERED)
     now = timezone.now()
     ids = [due.pk, later.pk, done.pk, none.pk]
+    at = connection.ops.adapt_datetimefield_value(now)
     with connection.cursor() as cursor:
-        cursor.execute(sql.endpoints_due(len(ids)), [*ids, connection.ops.adapt_datetimefield_value(now)])
-        by_hand = sorted(row[0] for row in cursor.fetchall())
-    by_orm = Delivery.objects.filter(subscription_id__in=ids, state__in=DELIVERY_OPEN_STATES, next_attempt_at__lte=now)
-    assert by_hand == sorted(set(by_orm.values_list("subscription_id", flat=True))) == [due.pk]
+        cursor.execute(sql.endpoints_due_first(len(ids)), [v for i in ids for v in (i, at, 2)])
+        by_hand = [tuple(row) for row in cursor.fetchall()]
+    by_orm = Delivery.objects.filter(
+        subscription_id__in=ids, state__in=DELIVERY_OPEN_STATES, next_attempt_at__lte=now
+    ).order_by("next_attempt_at", "id")[:2]
+    assert by_hand == [(d.event_id, d.pk, d.subscription_id) for d in by_orm]
+    assert by_hand == [(d.event_id, d.pk, due.pk) for d in firsts]
 
 
 def _sent(delivery, *, status: int | None, headers: dict, body: str, error: str = "", reply=None) -> Sent:
