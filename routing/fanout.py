@@ -5,7 +5,8 @@ What it may take, it takes as a pump's claim would (routing.claim): a due delive
 enabled and below its in-flight limit, the first of its resource still owed to that endpoint.
 Each endpoint's share is a claim of its own, with its own short lease renewed by the heartbeat
 (routing.leases), so the limit, the sweeper and the fence on recording see what they see of a pump's
-batch of one. What it may not take it leaves to the endpoints' pumps, woken at once; once its
+batch of one. What it may not take it leaves to the endpoints' pumps, woken at once, or where a
+delivery is on the wire to the claim that holds it, which looks again once done; once its
 outcomes are committed it wakes its endpoints that have something due (a delivery its claim held
 back, a push coalesced into its message) as a batch's new deliveries are woken: a pump claims again
 after its commit, and so does the fan-out, through the messages it publishes.
@@ -25,6 +26,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from events.models import Event
@@ -33,7 +35,7 @@ from routing.claim import Batch, lease_seconds
 from routing.close import outcomes_log, outcomes_take, retries_wake
 from routing.formats import TRANSFORM
 from routing.leases import lease_held
-from routing.models import DELIVERY_OPEN_STATES, Delivery, Subscription
+from routing.models import DELIVERY_OPEN_STATES, Delivery, DeliveryState, Subscription
 from routing.pacing import batch_sent
 from routing.perprocess import PerProcess
 from routing.record import batches_outcomes_record
@@ -53,6 +55,9 @@ class FanOutResult:
     verdicts: dict[int, str] = field(default_factory=dict)
     # Endpoints whose named delivery it did not take, still owed: their pumps were woken.
     left: list[int] = field(default_factory=list)
+    # Those of them with a delivery on the wire (another claim holds a slot): left to its holder,
+    # which looks again once it is recorded, so no pump was woken.
+    held: list[int] = field(default_factory=list)
     # Endpoints it sent to with something due once it was done: they were woken.
     due: list[int] = field(default_factory=list)
     # The messages that woke them, (task, arguments): a fan-out for an event due at several.
@@ -70,9 +75,7 @@ def deliveries_fan_out(*, delivery_ids: list[int], endpoints: Sequence[int] = ()
     taken = {d.pk for b in batches for d in b.deliveries}
     left = [pk for pk in delivery_ids if pk not in taken]
     if left:
-        # Held back, at the limit, off, or taken by a pump first: still owed ones are their pumps'.
-        owed = Delivery.objects.filter(pk__in=left, state__in=DELIVERY_OPEN_STATES)
-        result.left = sorted(set(owed.values_list("subscription_id", flat=True)))
+        result.left, result.held = _left_owed(left)
         pumps_enqueue(result.left, coalesce=True)
     if batches:
         with ExitStack() as held:
@@ -87,11 +90,30 @@ def deliveries_fan_out(*, delivery_ids: list[int], endpoints: Sequence[int] = ()
             # The endpoint's pace for its pumps' batches (routing.pacing): a slow one first met here
             # gets a first pump batch its budget can send, not a whole one given back mostly unsent.
             batch_sent(batch.subscription.pk, seconds=s.result.latency_ms / 1000, requests=1)
-    looked = set(result.left)
+    looked = {*result.left, *result.held}
     others = sorted({*endpoints, *(b.subscription.pk for b in batches)} - looked)
     if others:
         result.due, result.woken = _due_wake(others)
     return result
+
+
+def _left_owed(delivery_ids: list[int]) -> tuple[list[int], list[int]]:
+    """The endpoints of those deliveries it did not take that are still owed (held back, at the
+    limit, off, or taken by a pump first and not yet sent): those for their pumps, and those with a
+    delivery on the wire. The claim holding such an endpoint's slot looks again once recorded (a
+    pump claims again, a fan-out wakes what is due): a pump each woken here found the limit taken
+    whenever fan-outs overlapped, 20 pumps for nothing, then more as they lagged."""
+    on_wire = Delivery.objects.filter(subscription_id=OuterRef("subscription_id"), state=DeliveryState.DELIVERING)
+    owed = (
+        Delivery.objects.filter(pk__in=delivery_ids, state__in=DELIVERY_OPEN_STATES)
+        .annotate(held=Exists(on_wire))
+        .values_list("subscription_id", "held")
+    )
+    by_endpoint = dict(owed)
+    return (
+        sorted(i for i, held in by_endpoint.items() if not held),
+        sorted(i for i, held in by_endpoint.items() if held),
+    )
 
 
 def fanout_claim(delivery_ids: list[int]) -> list[Batch]:

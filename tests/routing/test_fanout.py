@@ -140,7 +140,9 @@ def test_what_it_may_not_take_is_left_to_the_pumps_which_send_it_in_order(subscr
     result = deliveries_fan_out(delivery_ids=[d_free.pk, d_limited.pk, d_holding.pk, d_off.pk])
 
     assert result.verdicts == {d_free.pk: "delivered"}
-    assert result.left == sorted([limited.pk, holding.pk, off.pk])
+    assert result.left == sorted([holding.pk, off.pk])
+    # The limited endpoint's slot holder looks again once done: no pump is woken for it.
+    assert result.held == [limited.pk]
     assert subscriber.received("/limited") == [] and subscriber.received("/holding") == []
     assert subscriber.received("/off") == []
     assert Delivery.objects.get(pk=d_holding.pk).state == DeliveryState.PENDING
@@ -286,6 +288,38 @@ def test_pushes_coalesced_while_its_message_waited_are_a_fan_out_each_not_a_pump
     result = deliveries_fan_out(delivery_ids=[d.pk for d in second], endpoints=ids)
     assert result.verdicts == {}
     assert result.woken == [(PUMP_TASK, [subs[0].pk]), (PUMP_TASK, [subs[1].pk])]
+    pumps_started(ids)
+
+
+def test_endpoints_whose_slots_overlapping_fan_outs_hold_are_left_to_them_not_to_a_pump_each(
+    subscriber, unconsumed_queue, settings
+):
+    """Fan-outs of a steady stream overlap: one that finds its endpoints' slots taken by another
+    woke a pump for each, which found the limit taken too (the bench's fanload: more pumps than
+    fan-outs). The holder looks again once it is recorded and wakes the event as a fan-out."""
+    from routing.wakeup import FANOUT_TASK, pumps_started
+
+    settings.HUB_PUMP_COALESCE_SECONDS = 60
+    settings.HUB_FANOUT_MAX_ENDPOINTS = 32
+    subs = [SubscriptionFactory(url=subscriber.url(f"/overlap/{n}"), max_in_flight=1) for n in range(3)]
+    ids = [sub.pk for sub in subs]
+    first = fan(EventFactory(), subs)
+    holder = fanout_claim([d.pk for d in first])
+    assert len(holder) == 3
+    second = fan(EventFactory(), subs)
+
+    result = deliveries_fan_out(delivery_ids=[d.pk for d in second], endpoints=ids)
+
+    assert result.verdicts == {} and result.left == [] and result.woken == []
+    assert result.held == ids
+    assert subscriber.received("/overlap/0") == []
+    # The holder, sent now (its claim given back for the call), finds the second event due at all three.
+    Delivery.objects.filter(pk__in=[d.pk for d in first]).update(
+        state=DeliveryState.PENDING, claim=None, lease_expires_at=None, attempt_count=0
+    )
+    done = deliveries_fan_out(delivery_ids=[d.pk for d in first], endpoints=ids)
+    assert set(done.verdicts.values()) == {"delivered"}
+    assert done.woken == [(FANOUT_TASK, [[d.pk for d in second], ids])]
     pumps_started(ids)
 
 
