@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -44,7 +45,7 @@ from routing.rows import row_instance, row_related
 from routing.send import Sent, attempts_count, delivery_send
 from routing.status import events_status_refresh
 from routing.transport.gate import WriteGate
-from routing.wakeup import batch_wake, pumps_enqueue
+from routing.wakeup import PUMP_TASK, deliveries_wake, pumps_enqueue
 
 logger = logging.getLogger(__name__)
 
@@ -318,19 +319,27 @@ def _record(pairs: list[tuple[Batch, list[Sent]]]) -> dict[int, str]:
 
 def _due_wake(subscription_ids: list[int]) -> tuple[list[int], list[tuple[str, list[Any]]]]:
     """After the commit, as a pump claims again after its own: the endpoints with a delivery due
-    now, and the messages that woke them. Woken as a batch's new deliveries are (batch_wake), from
-    the oldest few due at each: pushes coalesced into this fan-out's message while it waited are an
-    event to several endpoints each, one fan-out apiece, where a pump for each endpoint (a claim
-    and a commit each) fell further behind the next pushes and fed itself.
+    now, and the messages that woke them. Each endpoint's oldest due delivery goes in one fan-out
+    message, as a push's would (deliveries_wake): pushes coalesced into this fan-out's message
+    while it waited are an event to all of them, and the next of each waits for that fan-out's end.
+    A pump each (a claim and a commit per endpoint, for one event) fell further behind the next
+    pushes and fed itself. One message per endpoint, as the pending marks assume: a fan-out per
+    due event would wake the later ones again from every fan-out that ended before theirs began.
 
-    Enough of each endpoint's are read to tell batch_wake's choice: more events than half the
-    endpoints at one of them is a backlog, which pumps send."""
+    A backlog, more due at one endpoint than half the endpoints (as many fan-outs in a row), is
+    its pumps', which send it in batches."""
     per = len(subscription_ids) // 2 + 1
     now = connection.ops.adapt_datetimefield_value(timezone.now())
     with connection.cursor() as cursor:
         cursor.execute(
             sql.endpoints_due_first(len(subscription_ids)), [v for i in subscription_ids for v in (i, now, per)]
         )
-        rows = [(row[0], row[1], row[2]) for row in cursor.fetchall()]
-    due = sorted({endpoint for _, _, endpoint in rows})
-    return due, batch_wake(rows) if rows else []
+        rows = sorted((endpoint, turn, delivery) for _, delivery, endpoint, turn in cursor.fetchall())
+    counts = Counter(endpoint for endpoint, _, _ in rows)
+    due = sorted(counts)
+    if not due:
+        return [], []
+    if max(counts.values()) > len(due) // 2:
+        return due, [(PUMP_TASK, [i]) for i in pumps_enqueue(due, coalesce=True)]
+    firsts = {endpoint: delivery for endpoint, _, delivery in reversed(rows)}
+    return due, deliveries_wake([(firsts[endpoint], endpoint) for endpoint in due])

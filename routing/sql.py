@@ -492,11 +492,12 @@ def fanout_claim(count: int, *, postgresql: bool) -> str:
 @functools.lru_cache(maxsize=64)
 def endpoints_due_first(count: int) -> str:
     """The oldest deliveries due now at each of `count` endpoints, at most a given number each, as
-    (event, delivery, endpoint): after a fan-out, what its claim held back or a push coalesced into
+    (event, delivery, endpoint, next attempt): after a fan-out, what its claim held back or a push coalesced into
     its message. Each endpoint's read in the index of open ones (delivery_open_due), in a pump's
-    order. Params: for each endpoint its id, now, how many at most."""
+    order, which the fourth column gives: its turn among the endpoint's rows. Params: for each
+    endpoint its id, now, how many at most."""
     one = (
-        f"SELECT * FROM (SELECT event_id, id, subscription_id FROM {table(Delivery)}"
+        f"SELECT * FROM (SELECT event_id, id, subscription_id, next_attempt_at FROM {table(Delivery)}"
         f" WHERE subscription_id = %s AND state IN ({_OPEN}) AND next_attempt_at <= %s"
         " ORDER BY next_attempt_at, id LIMIT %s) AS d"
     )

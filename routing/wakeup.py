@@ -94,7 +94,8 @@ def _already_pending_locally(subscription_id: int) -> bool:
 
 
 def deliveries_wake(deliveries: Sequence[tuple[int, int]]) -> list[tuple[str, list[Any]]]:
-    """New deliveries of one event, (delivery, endpoint) pairs, once committed. Those to endpoints
+    """New deliveries of one event, (delivery, endpoint) pairs, once committed (or each endpoint's
+    oldest due one, once a fan-out is done: routing.fanout). Those to endpoints
     with no message waiting (the pending marks, as pumps_enqueue's `coalesce`) go out in one
     fan-out message per HUB_FANOUT_MAX_ENDPOINTS of them (split evenly), instead of a pump message
     each: one worker sends them at once. One such endpoint alone, or fan-out off, gets a pump message.
@@ -113,14 +114,13 @@ def deliveries_wake(deliveries: Sequence[tuple[int, int]]) -> list[tuple[str, li
 
 
 def batch_wake(deliveries: Sequence[tuple[int, int, int]]) -> list[tuple[str, list[Any]]]:
-    """New deliveries of several events (a batch, pushes committed together, or those a fan-out
-    finds due once done), (event, delivery, endpoint) triples, once committed. A pump sends all of
-    its endpoint's deliveries of the batch on one claim and one commit, a fan-out one event's on
-    one claim and one commit: so a pump message per endpoint, unless the events are at most half as
-    many as the endpoints, when each event's deliveries go out as deliveries_wake sends them
-    (measured: a fan-out per event took 0.7-0.9x the pumps' CPU for 2-3 events to 5-10 endpoints,
-    the same at 10 to 20, 1.3-2.4x from 4 to 5 on). Each endpoint is marked pending once; one with
-    a message waiting gets none."""
+    """New deliveries of several events (a batch, or pushes committed together), (event, delivery,
+    endpoint) triples, once committed. A pump sends all of its endpoint's deliveries of the batch
+    on one claim and one commit, a fan-out one event's on one claim and one commit: so a pump
+    message per endpoint, unless the events are at most half as many as the endpoints, when each
+    event's deliveries go out as deliveries_wake sends them (measured: a fan-out per event took
+    0.7-0.9x the pumps' CPU for 2-3 events to 5-10 endpoints, the same at 10 to 20, 1.3-2.4x from
+    4 to 5 on). Each endpoint is marked pending once; one with a message waiting gets none."""
     by_event: dict[int, list[tuple[int, int]]] = {}
     for event_id, delivery_id, subscription_id in deliveries:
         by_event.setdefault(event_id, []).append((delivery_id, subscription_id))

@@ -267,27 +267,29 @@ def test_pushes_coalesced_while_its_message_waited_are_a_fan_out_each_not_a_pump
     assert [t for t, _ in deliveries_wake([(d.pk, d.subscription_id) for d in first])] == [FANOUT_TASK]
     second = fan(EventFactory(), subs)
     assert deliveries_wake([(d.pk, d.subscription_id) for d in second]) == []  # coalesced
-    alone = DeliveryFactory(event=EventFactory(), subscription=subs[0])
-    assert deliveries_wake([(alone.pk, subs[0].pk)]) == []
+    alone = [DeliveryFactory(event=EventFactory(), subscription=sub) for sub in subs[:2]]
+    assert deliveries_wake([(alone[0].pk, subs[0].pk)]) == []
 
     pumps_started(ids)  # the task starts: its endpoints' marks are cleared
     result = deliveries_fan_out(delivery_ids=[d.pk for d in first], endpoints=ids)
 
     assert set(result.verdicts.values()) == {"delivered"}
     assert result.due == sorted(ids)
-    # The coalesced event is one fan-out message; the event to one endpoint, its pump's.
-    assert result.woken == [(FANOUT_TASK, [[d.pk for d in second], ids]), (PUMP_TASK, [subs[0].pk])]
+    # Each endpoint's oldest due in one message: the coalesced event, as its push would have sent it.
+    assert result.woken == [(FANOUT_TASK, [[d.pk for d in second], ids])]
+    pumps_started(ids)
+    # Once that is done, the next at each endpoint go together, whatever their events.
+    result = deliveries_fan_out(delivery_ids=[d.pk for d in second], endpoints=ids)
+    assert set(result.verdicts.values()) == {"delivered"}
+    assert result.woken == [(FANOUT_TASK, [[d.pk for d in alone], ids[:2]])]
     pumps_started(ids)
 
-    # A backlog (more events due at an endpoint than half the endpoints): a pump each sends it.
+    # A backlog (more due at an endpoint than half the endpoints due): their pumps send it in batches.
     for _ in range(2):
         DeliveryFactory(event=EventFactory(), subscription=subs[1])
-    Delivery.objects.filter(pk__in=[d.pk for d in second]).update(
-        state=DeliveryState.DELIVERING, claim=7, attempt_count=1, lease_expires_at=timezone.now() + timedelta(minutes=1)
-    )
-    result = deliveries_fan_out(delivery_ids=[d.pk for d in second], endpoints=ids)
-    assert result.verdicts == {}
-    assert result.woken == [(PUMP_TASK, [subs[0].pk]), (PUMP_TASK, [subs[1].pk])]
+    result = deliveries_fan_out(delivery_ids=[], endpoints=ids)  # a pump took its deliveries first
+    assert result.verdicts == {} and result.due == ids[:2]
+    assert result.woken == [(PUMP_TASK, [ids[0]]), (PUMP_TASK, [ids[1]])]
     pumps_started(ids)
 
 
