@@ -330,10 +330,13 @@ def _due_wake(subscription_ids: list[int]) -> tuple[list[int], list[tuple[str, l
     its pumps', which send it in batches."""
     per = len(subscription_ids) // 2 + 1
     now = connection.ops.adapt_datetimefield_value(timezone.now())
+    postgresql = connection.vendor == "postgresql"
+    if postgresql:
+        params = [subscription_ids, now, per]
+    else:
+        params = [v for i in subscription_ids for v in (i, now, per)]
     with connection.cursor() as cursor:
-        cursor.execute(
-            sql.endpoints_due_first(len(subscription_ids)), [v for i in subscription_ids for v in (i, now, per)]
-        )
+        cursor.execute(sql.endpoints_due_first(len(subscription_ids), postgresql=postgresql), params)
         rows = sorted((endpoint, turn, delivery) for _, delivery, endpoint, turn in cursor.fetchall())
     counts = Counter(endpoint for endpoint, _, _ in rows)
     due = sorted(counts)

@@ -490,18 +490,23 @@ def fanout_claim(count: int, *, postgresql: bool) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def endpoints_due_first(count: int) -> str:
+def endpoints_due_first(count: int, *, postgresql: bool) -> str:
     """The oldest deliveries due now at each of `count` endpoints, at most a given number each, as
-    (event, delivery, endpoint, next attempt): after a fan-out, what its claim held back or a push coalesced into
-    its message. Each endpoint's read in the index of open ones (delivery_open_due), in a pump's
-    order, which the fourth column gives: its turn among the endpoint's rows. Params: for each
-    endpoint its id, now, how many at most."""
+    (event, delivery, endpoint, next attempt): after a fan-out, what its claim held back or a push
+    coalesced into its message. Each endpoint's read in the index of open ones (delivery_open_due),
+    in a pump's order, which the fourth column gives: its turn among the endpoint's rows.
+    PostgreSQL: a LATERAL look per endpoint (one UNION ALL branch each took 10 ms to plan on a
+    partitioned table). Params: PostgreSQL: the ids (an array), now, how many at most; SQLite: for
+    each endpoint its id, now, how many at most."""
     one = (
-        f"SELECT * FROM (SELECT event_id, id, subscription_id, next_attempt_at FROM {table(Delivery)}"
-        f" WHERE subscription_id = %s AND state IN ({_OPEN}) AND next_attempt_at <= %s"
-        " ORDER BY next_attempt_at, id LIMIT %s) AS d"
+        "SELECT event_id, id, subscription_id, next_attempt_at FROM {delivery}"
+        " WHERE subscription_id = {endpoint} AND state IN ({open}) AND next_attempt_at <= %s"
+        " ORDER BY next_attempt_at, id LIMIT %s"
     )
-    return " UNION ALL ".join([one] * count)
+    if postgresql:
+        look = one.format(**_names(endpoint="s.id"))
+        return f"SELECT d.* FROM unnest(%s::bigint[]) AS s(id) CROSS JOIN LATERAL ({look}) AS d"
+    return " UNION ALL ".join([f"SELECT * FROM ({one.format(**_names(endpoint='%s'))}) AS d"] * count)
 
 
 # The outbox --------------------------------------------------------------------------------------
