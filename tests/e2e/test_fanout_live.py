@@ -124,12 +124,37 @@ def test_a_batch_of_few_events_for_many_endpoints_is_a_fan_out_per_event(worker,
     wait_until(delivered, 30, message="every delivery delivered")
     assert all(len(subscriber.received(f"/batch/{n}")) == 2 for n in range(5))
     assert Attempt.objects.filter(delivery__event__in=events).count() == 10
-    # A task per event, naming its deliveries to the five endpoints. (The first to finish wakes the
-    # pumps of its endpoints if the other event's deliveries are still due there, as a pump claims
-    # again after its commit: either sends them, once.)
+    # A task per event, naming its deliveries to the five endpoints. (The first to finish wakes
+    # the other event's deliveries in a fan-out of its own if they are still due there, as a pump
+    # claims again after its commit: either sends them, once.)
     lines = worker_lines(worker, since)
-    expected = sorted(
+    expected = [
         [sorted(Delivery.objects.filter(event=event).values_list("pk", flat=True)), [s.pk for s in subs]]
         for event in events
-    )
-    assert sorted(tasks_received(lines, "routing.deliveries_fan_out")) == expected
+    ]
+    received = tasks_received(lines, "routing.deliveries_fan_out")
+    assert all(message in received for message in expected)
+    ours = {pk for message in expected for pk in message[0]}
+    assert all(set(message[0]) <= ours for message in received)
+
+
+def test_a_stream_to_endpoints_of_one_slot_each_arrives_once_and_in_order(worker, subscriber, api):
+    """Pushes faster than their fan-outs end: the fan-outs overlap, one finds the endpoints' slot
+    held by another and leaves its deliveries to that one, which wakes them once it is done."""
+    for n in range(4):
+        SubscriptionFactory(url=subscriber.url(f"/stream/{n}"), message_types=["order:*"], max_in_flight=1)
+    events = [
+        push(api, {"message": "order:updated", "payload": {"order": {"number": f"S{n % 3}", "seq": n}}})
+        for n in range(24)
+    ]
+
+    def delivered() -> bool:
+        return set(Delivery.objects.filter(event__in=events).values_list("state", flat=True)) == {"delivered"}
+
+    wait_until(delivered, 60, message="every delivery of the stream delivered")
+    for n in range(4):
+        seqs = [r.json()["payload"]["order"]["seq"] for r in subscriber.received(f"/stream/{n}")]
+        assert sorted(seqs) == list(range(24))
+        for order in range(3):
+            mine = [seq for seq in seqs if seq % 3 == order]
+            assert mine == sorted(mine), f"order S{order} out of order at endpoint {n}: {mine}"
