@@ -8,8 +8,9 @@ Each endpoint's share is a claim of its own, with its own short lease renewed by
 batch of one. What it may not take it leaves to the endpoints' pumps, woken at once, or where a
 delivery is on the wire to the claim that holds it, which looks again once done; once its
 outcomes are committed it wakes its endpoints that have something due (a delivery its claim held
-back, a push coalesced into its message) as a batch's new deliveries are woken: a pump claims again
-after its commit, and so does the fan-out, through the messages it publishes.
+back, a push coalesced into its message): each one's oldest due delivery in one fan-out message, a
+backlog in its pumps. A pump claims again after its commit, and so does the fan-out, through the
+messages it publishes.
 """
 
 from __future__ import annotations

@@ -101,8 +101,8 @@ def deliveries_wake(deliveries: Sequence[tuple[int, int]]) -> list[tuple[str, li
     each: one worker sends them at once. One such endpoint alone, or fan-out off, gets a pump message.
     Returns the messages published, (task, arguments).
 
-    The fan-out's task clears the marks when it starts, and wakes the pumps of the endpoints it
-    leaves something due at: a push coalesced into its message meanwhile is sent by them."""
+    The fan-out's task clears the marks when it starts, and wakes the endpoints it leaves
+    something due at: a push coalesced into its message meanwhile goes out then."""
     size = settings.HUB_FANOUT_MAX_ENDPOINTS
     endpoints = list(dict.fromkeys(s for _, s in deliveries))
     if size < 2 or len(endpoints) < 2 or len(endpoints) != len(deliveries):
