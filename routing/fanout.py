@@ -105,7 +105,10 @@ def _left_owed(delivery_ids: list[int]) -> tuple[list[int], list[int]]:
     delivery on the wire. The claim holding such an endpoint's slot looks again once recorded (a
     pump claims again, a fan-out wakes what is due): a pump each woken here found the limit taken
     whenever fan-outs overlapped, 20 pumps for nothing, then more as they lagged."""
-    on_wire = Delivery.objects.filter(subscription_id=OuterRef("subscription_id"), state=DeliveryState.DELIVERING)
+    # A lease run out is no holder (a dead worker's): the claim's limit does not count it either.
+    on_wire = Delivery.objects.filter(
+        subscription_id=OuterRef("subscription_id"), state=DeliveryState.DELIVERING, lease_expires_at__gt=timezone.now()
+    )
     owed = (
         Delivery.objects.filter(pk__in=delivery_ids, state__in=DELIVERY_OPEN_STATES)
         .annotate(held=Exists(on_wire))

@@ -305,23 +305,29 @@ def test_endpoints_whose_slots_overlapping_fan_outs_hold_are_left_to_them_not_to
     settings.HUB_FANOUT_MAX_ENDPOINTS = 32
     subs = [SubscriptionFactory(url=subscriber.url(f"/overlap/{n}"), max_in_flight=1) for n in range(3)]
     ids = [sub.pk for sub in subs]
-    first = fan(EventFactory(), subs)
+    # Orders of their own: only the slots hold them back.
+    first = fan(EventFactory(resource_key=None), subs)
     holder = fanout_claim([d.pk for d in first])
     assert len(holder) == 3
-    second = fan(EventFactory(), subs)
+    second = fan(EventFactory(resource_key=None), subs)
 
     result = deliveries_fan_out(delivery_ids=[d.pk for d in second], endpoints=ids)
 
     assert result.verdicts == {} and result.left == [] and result.woken == []
     assert result.held == ids
     assert subscriber.received("/overlap/0") == []
-    # The holder, sent now (its claim given back for the call), finds the second event due at all three.
+    # A holder whose lease ran out (a dead worker's) holds no slot: the fan-out sends that one itself.
+    Delivery.objects.filter(pk=first[0].pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    result = deliveries_fan_out(delivery_ids=[d.pk for d in second], endpoints=ids)
+    assert result.verdicts == {d.pk: "delivered" for d in second[:1]}
+    assert result.held == ids[1:]
+    # The holder, sent now (its claim given back for the call), finds the rest of the second event due.
     Delivery.objects.filter(pk__in=[d.pk for d in first]).update(
         state=DeliveryState.PENDING, claim=None, lease_expires_at=None, attempt_count=0
     )
     done = deliveries_fan_out(delivery_ids=[d.pk for d in first], endpoints=ids)
     assert set(done.verdicts.values()) == {"delivered"}
-    assert done.woken == [(FANOUT_TASK, [[d.pk for d in second], ids])]
+    assert done.woken == [(FANOUT_TASK, [[d.pk for d in second[1:]], ids[1:]])]
     pumps_started(ids)
 
 
