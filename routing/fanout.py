@@ -62,7 +62,8 @@ class FanOutResult:
     held: list[int] = field(default_factory=list)
     # Endpoints it sent to with something due once it was done: they were woken.
     due: list[int] = field(default_factory=list)
-    # The messages that woke them, (task, arguments): a fan-out for an event due at several.
+    # The messages that woke them, (task, arguments): each one's oldest due in a fan-out, or a
+    # backlog's pumps.
     woken: list[tuple[str, list[Any]]] = field(default_factory=list)
 
 
@@ -103,8 +104,8 @@ def _left_owed(delivery_ids: list[int]) -> tuple[list[int], list[int]]:
     """The endpoints of those deliveries it did not take that are still owed (held back, at the
     limit, off, or taken by a pump first and not yet sent): those for their pumps, and those with a
     delivery on the wire. The claim holding such an endpoint's slot looks again once recorded (a
-    pump claims again, a fan-out wakes what is due): a pump each woken here found the limit taken
-    whenever fan-outs overlapped, 20 pumps for nothing, then more as they lagged."""
+    pump claims again, a fan-out wakes what is due): a pump woken here, as overlapping fan-outs of
+    a steady stream are, would find the limit taken and end."""
     # A lease run out is no holder (a dead worker's): the claim's limit does not count it either.
     on_wire = Delivery.objects.filter(
         subscription_id=OuterRef("subscription_id"), state=DeliveryState.DELIVERING, lease_expires_at__gt=timezone.now()
@@ -324,14 +325,12 @@ def _record(pairs: list[tuple[Batch, list[Sent]]]) -> dict[int, str]:
 def _due_wake(subscription_ids: list[int]) -> tuple[list[int], list[tuple[str, list[Any]]]]:
     """After the commit, as a pump claims again after its own: the endpoints with a delivery due
     now, and the messages that woke them. Each endpoint's oldest due delivery goes in one fan-out
-    message, as a push's would (deliveries_wake): pushes coalesced into this fan-out's message
-    while it waited are an event to all of them, and the next of each waits for that fan-out's end.
-    A pump each (a claim and a commit per endpoint, for one event) fell further behind the next
-    pushes and fed itself. One message per endpoint, as the pending marks assume: a fan-out per
-    due event would wake the later ones again from every fan-out that ended before theirs began.
-
-    A backlog, more due at one endpoint than half the endpoints (as many fan-outs in a row), is
-    its pumps', which send it in batches."""
+    message, as a push's would (deliveries_wake): what is due here is mostly a push coalesced into
+    this fan-out's message, an event to all of them, which a pump per endpoint would send with a
+    claim and a commit each. One message per endpoint, as the pending marks assume (a fan-out per
+    due event would be published again by every fan-out that ended before it began); the next of
+    each is woken by that fan-out's end. A backlog, more due at one endpoint than half the
+    endpoints due, is its pumps', which send it in batches."""
     per = len(subscription_ids) // 2 + 1
     now = connection.ops.adapt_datetimefield_value(timezone.now())
     postgresql = connection.vendor == "postgresql"

@@ -95,10 +95,10 @@ def _already_pending_locally(subscription_id: int) -> bool:
 
 def deliveries_wake(deliveries: Sequence[tuple[int, int]]) -> list[tuple[str, list[Any]]]:
     """New deliveries of one event, (delivery, endpoint) pairs, once committed (or each endpoint's
-    oldest due one, once a fan-out is done: routing.fanout). Those to endpoints
-    with no message waiting (the pending marks, as pumps_enqueue's `coalesce`) go out in one
-    fan-out message per HUB_FANOUT_MAX_ENDPOINTS of them (split evenly), instead of a pump message
-    each: one worker sends them at once. One such endpoint alone, or fan-out off, gets a pump message.
+    oldest due one, once a fan-out is done: routing.fanout). Those to endpoints with no message
+    waiting (the pending marks, as pumps_enqueue's `coalesce`) go out in one fan-out message per
+    HUB_FANOUT_MAX_ENDPOINTS of them (split evenly), instead of a pump message each: one worker
+    sends them at once. One such endpoint alone, or fan-out off, gets a pump message.
     Returns the messages published, (task, arguments).
 
     The fan-out's task clears the marks when it starts, and wakes the endpoints it leaves
