@@ -2,6 +2,7 @@
 what arrived. Bounded in time; runs on a database and a Redis of its own.
 
     python bench/chaos.py [--scenario flood|redis|slots|hot] [--seconds S] [--orders 40] [--workers 2]
+                          [--endpoints 1]
                           [--concurrency 2] [--rate R] [--drain 120] [--redis-down S] [--hot-events 3000]
 
 The stack: gunicorn (2 workers, the repository's gunicorn.conf.py and its threads), `--workers` Celery
@@ -25,6 +26,10 @@ Scenarios:
 - `hot`: one order's chain of --hot-events events pushed at once, alongside traffic at --rate
   over the other orders until the chain is delivered; the endpoint never fails the hot order.
   Prints the chain's rate over its first and last --hot-part events.
+
+With --endpoints N (flood and redis), N endpoints are subscribed to every order, so each event is
+a fan-out: it counts as delivered once all of them have acknowledged it, and each endpoint checks
+its own order of arrival.
 
 Each prints pushed (events), accepted (events the hub acknowledged), delivered, lost (accepted,
 never delivered: must be 0), duplicates (deliveries the endpoint saw again after acknowledging
@@ -62,7 +67,7 @@ from urllib.parse import urlsplit, urlunsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.chaos_sides import PUSH_TRIES, Endpoint, Store, push_for  # noqa: E402
+from bench.chaos_sides import PUSH_TRIES, Endpoint, Endpoints, Store, push_for  # noqa: E402
 from bench.figures import Stall, chain_rates, stall_after_sigkill  # noqa: E402
 from tests.live import RedisServer, Subscriber, Worker, free_port, port_accepts, wait_until  # noqa: E402
 
@@ -147,7 +152,7 @@ class Run:
     redis: RedisServer
     subscriber: Subscriber
     subscription_id: int
-    endpoint: Endpoint
+    endpoint: Endpoint | Endpoints
     store: Store
     workers: list[Worker]
     supervisor: Supervisor
@@ -347,7 +352,7 @@ def report(run: Run, delivered: int, push_seconds: float, drain_seconds: float, 
             f" {kills['broker']} Redis kills",
         ),
         ("workers died", f"{kills['died']} on their own (restarted)"),
-        ("endpoint", f"{endpoint.requests} requests, failure rate {args.failure_rate:.0%}"),
+        ("endpoint", f"{endpoint.requests} requests to {args.endpoints}, failure rate {args.failure_rate:.0%}"),
         ("hub deliveries", dict(Counter(Delivery.objects.values_list("state", flat=True)))),
         ("time", f"pushing {push_seconds:.1f}s ({delivered_then} delivered by then), draining {drain_seconds:.1f}s"),
     ]
@@ -379,9 +384,15 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=2, help="pool processes per worker (default 2)")
     parser.add_argument("--pushers", type=int, default=4, help="concurrent pushing threads")
     parser.add_argument("--failure-rate", type=float, default=0.1, help="share of requests the endpoint fails")
+    parser.add_argument(
+        "--endpoints", type=int, default=1, help="flood, redis: endpoints subscribed to every order (fan-outs)"
+    )
     parser.add_argument("--hot-events", type=int, default=3000, help="hot: the hot order's events (default 3000)")
     parser.add_argument("--hot-part", type=int, default=500, help="hot: events in its first and last part")
     args = parser.parse_args()
+    if args.endpoints < 1 or (args.endpoints > 1 and args.scenario in ("slots", "hot")):
+        # Their figures follow one endpoint's held or hot order.
+        parser.error("--endpoints: at least 1, and more only for flood and redis")
     seconds, rate, down = DEFAULTS[args.scenario]
     args.seconds = seconds if args.seconds is None else args.seconds
     args.rate = rate if args.rate is None else args.rate
@@ -443,21 +454,31 @@ def main() -> int:
         hub_store = HubStore(name="chaos")
         token = hub_store.token_set_new()
         hub_store.save()
-        endpoint = Endpoint(
-            args.failure_rate,
-            held=HELD if args.scenario == "slots" else (),
-            healthy=(HOT,) if args.scenario == "hot" else (),
-        )
-        subscriber.respond_with("/chaos", endpoint)
-        subscription = Subscription.objects.create(
-            name="chaos",
-            url=subscriber.url("/chaos"),
-            message_types=["order:*"],
-            timeout_seconds=5,
-            retry_schedule=[0.5, 1, 1, 2, 2, 3, 3, 5, 5, 5, 5, 5, 5, 5, 5],
-            # Two for `slots`: the held orders take both.
-            max_in_flight=2 if args.scenario == "slots" else 4,
-        )
+        sides = [
+            Endpoint(
+                args.failure_rate,
+                held=HELD if args.scenario == "slots" else (),
+                healthy=(HOT,) if args.scenario == "hot" else (),
+                seed=7 + n,
+            )
+            for n in range(args.endpoints)
+        ]
+        subscriptions = []
+        for n, side in enumerate(sides):
+            path = "/chaos" if n == 0 else f"/chaos/{n}"
+            subscriber.respond_with(path, side)
+            subscriptions.append(
+                Subscription.objects.create(
+                    name="chaos" if n == 0 else f"chaos-{n}",
+                    url=subscriber.url(path),
+                    message_types=["order:*"],
+                    timeout_seconds=5,
+                    retry_schedule=[0.5, 1, 1, 2, 2, 3, 3, 5, 5, 5, 5, 5, 5, 5, 5],
+                    # Two for `slots`: the held orders take both.
+                    max_in_flight=2 if args.scenario == "slots" else 4,
+                )
+            )
+        endpoint = sides[0] if len(sides) == 1 else Endpoints(sides)
 
         port = free_port()
         for name, command in (
@@ -492,7 +513,7 @@ def main() -> int:
             args=args,
             redis=redis,
             subscriber=subscriber,
-            subscription_id=subscription.pk,
+            subscription_id=subscriptions[0].pk,
             endpoint=endpoint,
             store=Store(f"http://127.0.0.1:{port}", token),
             workers=workers,

@@ -26,9 +26,11 @@ class Endpoint:
     checks each order's events arrive in sequence. `held`: orders whose first request it sits on
     (HELD_SECONDS), keeping an in-flight slot taken; `healthy`: orders it never fails."""
 
-    def __init__(self, failure_rate: float, *, held: Collection[str] = (), healthy: Collection[str] = ()) -> None:
+    def __init__(
+        self, failure_rate: float, *, held: Collection[str] = (), healthy: Collection[str] = (), seed: int = 7
+    ) -> None:
         self.failure_rate = failure_rate
-        self.random = random.Random(7)
+        self.random = random.Random(seed)
         self.lock = threading.Lock()
         self.requests = 0
         self.acked: Counter[str] = Counter()
@@ -80,6 +82,36 @@ class Endpoint:
     def duplicates(self) -> int:
         with self.lock:
             return sum(count - 1 for count in self.acked.values() if count > 1)
+
+
+class Endpoints:
+    """Several endpoints subscribed to every order (`--endpoints`), so that an event is a fan-out
+    under the chaos: it is delivered once all of them have acknowledged it, and each checks its
+    own order of arrival."""
+
+    def __init__(self, endpoints: list[Endpoint]) -> None:
+        self.endpoints = endpoints
+
+    @property
+    def requests(self) -> int:
+        return sum(e.requests for e in self.endpoints)
+
+    @property
+    def order_violations(self) -> list[str]:
+        return [f"endpoint {n}: {v}" for n, e in enumerate(self.endpoints) for v in e.order_violations]
+
+    def delivered(self, message_ids: Collection[str]) -> int:
+        """How many of `message_ids` every endpoint has acknowledged."""
+        acked = [set(e.ack_times()) for e in self.endpoints]
+        return sum(1 for m in message_ids if all(m in mine for mine in acked))
+
+    def ack_times(self) -> dict[str, float]:
+        """When each message was acknowledged by the last of them (those all have)."""
+        times = [e.ack_times() for e in self.endpoints]
+        return {m: max(t[m] for t in times) for m in times[0] if all(m in t for t in times)}
+
+    def duplicates(self) -> int:
+        return sum(e.duplicates() for e in self.endpoints)
 
 
 class Store:

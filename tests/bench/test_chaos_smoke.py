@@ -41,6 +41,10 @@ def chaos(*args: str) -> dict[str, str]:
     "args",
     [
         pytest.param(["--scenario", "flood", "--seconds", "4", "--redis-down", "2"], id="flood"),
+        # Each event a fan-out to three endpoints, under the same kills.
+        pytest.param(
+            ["--scenario", "flood", "--seconds", "4", "--redis-down", "2", "--endpoints", "3"], id="flood-fan-out"
+        ),
         pytest.param(["--scenario", "redis", "--warmup", "2", "--redis-down", "4", "--seconds", "8"], id="redis"),
         pytest.param(["--scenario", "slots", "--seconds", "3"], id="slots"),
         pytest.param(["--scenario", "hot", "--hot-events", "300", "--hot-part", "50"], id="hot"),
