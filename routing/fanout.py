@@ -334,10 +334,7 @@ def _due_wake(subscription_ids: list[int]) -> tuple[list[int], list[tuple[str, l
     per = len(subscription_ids) // 2 + 1
     now = connection.ops.adapt_datetimefield_value(timezone.now())
     postgresql = connection.vendor == "postgresql"
-    if postgresql:
-        params = [subscription_ids, now, per]
-    else:
-        params = [v for i in subscription_ids for v in (i, now, per)]
+    params = sql.endpoints_due_first_params(subscription_ids, now, per, postgresql=postgresql)
     with connection.cursor() as cursor:
         cursor.execute(sql.endpoints_due_first(len(subscription_ids), postgresql=postgresql), params)
         rows = sorted((endpoint, turn, delivery) for _, delivery, endpoint, turn in cursor.fetchall())

@@ -509,6 +509,11 @@ def endpoints_due_first(count: int, *, postgresql: bool) -> str:
     return " UNION ALL ".join([f"SELECT * FROM ({one.format(**_names(endpoint='%s'))}) AS d"] * count)
 
 
+def endpoints_due_first_params(ids: list[int], at: object, most: int, *, postgresql: bool) -> list[object]:
+    """The parameters of endpoints_due_first(), in its order."""
+    return [ids, at, most] if postgresql else [v for i in ids for v in (i, at, most)]
+
+
 # The outbox --------------------------------------------------------------------------------------
 
 

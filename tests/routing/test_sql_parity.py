@@ -271,10 +271,11 @@ def test_the_first_due_at_each_endpoint_are_those_an_orm_query_finds():
     ids = [due.pk, later.pk, done.pk, none.pk]
     at = connection.ops.adapt_datetimefield_value(now)
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(sql.endpoints_due_first(len(ids), postgresql=True), [ids, at, 2])
-        else:
-            cursor.execute(sql.endpoints_due_first(len(ids), postgresql=False), [v for i in ids for v in (i, at, 2)])
+        postgresql = connection.vendor == "postgresql"
+        cursor.execute(
+            sql.endpoints_due_first(len(ids), postgresql=postgresql),
+            sql.endpoints_due_first_params(ids, at, 2, postgresql=postgresql),
+        )
         by_hand = [tuple(row) for row in cursor.fetchall()]
     by_orm = Delivery.objects.filter(
         subscription_id__in=ids, state__in=DELIVERY_OPEN_STATES, next_attempt_at__lte=now
