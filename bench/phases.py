@@ -574,10 +574,7 @@ class Bench:
 
         count = self.plan.fanout_subscriptions
         log(f"fan-out: one event to {count} subscriptions, {self.plan.fanout_events} times")
-        Subscription.objects.update(is_enabled=False)
-        for index in range(count):
-            self.subscription(f"bench-fanout-{index}", f"/f/{index}")
-        self.routing_settle()
+        self.only_subscriptions("fanout", "f", count)
         # Baseline: the same number of requests straight to the subscriber, as many at a time as
         # the worker has processes.
         signed_like = self.envelope("direct", 0)
@@ -622,11 +619,7 @@ class Bench:
         count, rate = self.plan.fanout_subscriptions, self.plan.fanload_rate
         seconds = self.plan.e2e_seconds
         log(f"fan-out under load: {rate:g} events/s to {count} subscriptions for {seconds:g}s")
-        Subscription.objects.update(is_enabled=False)
-        paths = [f"/fl/{index}" for index in range(count)]
-        for index, path in enumerate(paths):
-            self.subscription(f"bench-fanload-{index}", path)
-        self.routing_settle()
+        paths = self.only_subscriptions("fanload", "fl", count)
         alone = [self.fanout_one(self.envelope("fanload-alone", n), count) for n in range(self.plan.fanout_events)]
         self.subscriber_reset()
         tasks_before = self.worker_tasks()
@@ -686,10 +679,7 @@ class Bench:
 
         count, size = self.plan.fanout_subscriptions, 2
         log(f"batch fan-out: {size} events to {count} subscriptions, {self.plan.fanout_events} times")
-        Subscription.objects.update(is_enabled=False)
-        for index in range(count):
-            self.subscription(f"bench-batchfan-{index}", f"/bf/{index}")
-        self.routing_settle()
+        self.only_subscriptions("batchfan", "bf", count)
         signed_like = self.envelope("direct", 0)
         baseline_times = []
         for _ in range(self.plan.fanout_events):
@@ -749,6 +739,17 @@ class Bench:
     def arrived(self, event_id: str, path: str) -> Callable[[], bool]:
         """Whether the event has reached the subscriber at `path`."""
         return lambda: f"{event_id}|{path}" in self.subscriber_stats()["received"]
+
+    def only_subscriptions(self, tag: str, prefix: str, count: int) -> list[str]:
+        """`count` subscriptions of a phase's own (every other one disabled), settled; their paths."""
+        from routing.models import Subscription
+
+        Subscription.objects.update(is_enabled=False)
+        paths = [f"/{prefix}/{index}" for index in range(count)]
+        for index, path in enumerate(paths):
+            self.subscription(f"bench-{tag}-{index}", path)
+        self.routing_settle()
+        return paths
 
     def only_subscription(self, name: str, path: str, **fields: Any) -> Any:
         from routing.models import Subscription
