@@ -7,7 +7,7 @@ Redis use is a connection error instead, which Celery recovers from by reconnect
 
 kombu builds a new Redis client for every publish, receipt and acknowledgement, and redis-py 8
 fills a table of response callbacks in each, which costs more CPU than the command it sends
-(docs/performance.md, "Publishing"). A channel keeps one instead; it wraps the same connection
+(docs/performance.md, "Redis clients kept"). A channel keeps one instead; it wraps the same connection
 pool a new one would, so reconnecting after an outage is redis-py's, as before.
 """
 
