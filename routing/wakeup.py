@@ -39,9 +39,11 @@ _broker_down_until = [0.0]
 _local_pending: TtlCache[int, bool] = TtlCache()
 
 
-def _pending_key(subscription_id: int) -> str:
-    # Per queue: two hubs (or a hub and its benchmark) may share one Redis.
-    return f"pump-pending:{current_app.conf.task_default_queue}:{subscription_id}"
+def _pending_keys(subscription_ids: Sequence[int]) -> list[str]:
+    # Per queue: two hubs (or a hub and its benchmark) may share one Redis. The queue read once: a
+    # lookup in Celery's settings costs more than making the key.
+    queue = current_app.conf.task_default_queue
+    return [f"pump-pending:{queue}:{i}" for i in subscription_ids]
 
 
 def pump_started(subscription_id: int) -> None:
@@ -57,9 +59,9 @@ def pumps_started(subscription_ids: Sequence[int]) -> None:
     if settings.HUB_PUMP_COALESCE_SECONDS > 0 and subscription_ids and cache_available():
         try:
             if len(subscription_ids) == 1:
-                cache.delete(_pending_key(subscription_ids[0]))
+                cache.delete(_pending_keys(subscription_ids)[0])
             else:
-                cache.delete_many([_pending_key(i) for i in subscription_ids])
+                cache.delete_many(_pending_keys(subscription_ids))
         except Exception as exc:  # noqa: BLE001 - the mark only saves messages; its expiry ends it anyway
             cache_failed("pending_mark", exc)
 
@@ -73,7 +75,7 @@ def _newly_pending(subscription_ids: list[int]) -> list[int]:
     message goes out that much sooner."""
     if not cache_available():
         return [i for i in subscription_ids if not _already_pending_locally(i)]
-    keys = [_pending_key(i) for i in subscription_ids]
+    keys = _pending_keys(subscription_ids)
     timeout = settings.HUB_PUMP_COALESCE_SECONDS
     try:
         add_all = getattr(caches["default"], "add_all", None)

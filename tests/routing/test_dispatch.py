@@ -83,6 +83,12 @@ def test_the_redis_cache_adds_several_keys_as_add_does_each():
     assert backend.add_all(keys, 1, 60) == [False, True]
     assert backend.get("hub-test-add-all-b") == 1
     assert backend.add("hub-test-add-all-b", 1, timeout=60) is False
+    client = backend._cache.get_client(write=True)
+    assert 0 < client.ttl(backend.make_key("hub-test-add-all-b")) <= 60  # as add's, it expires
+    backend.delete_many(keys)
+    assert backend.add_all(keys, {"n": 2}, None) == [True, True]
+    assert client.ttl(backend.make_key("hub-test-add-all-a")) == -1  # None: kept, as add keeps it
+    assert backend.get_many(keys) == {key: {"n": 2} for key in keys}
     backend.delete_many(keys)
 
 
