@@ -56,13 +56,15 @@ class RedisCache(redis.RedisCache):
         self._class = KeptClientRedisCacheClient
 
     def add_all(self, keys: list[str], value: Any, timeout: float) -> list[bool]:
-        """cache.add for each key (a positive timeout or None), in one round trip and one command:
-        whether each was added."""
-        client = self._cache.get_client(write=True)
+        """cache.add for each key, in one round trip and one command: whether each was added."""
         expiry = self.get_backend_timeout(timeout)
+        if expiry == 0:
+            # Under a second: Django's add stores and deletes at once; kept as its, key by key.
+            return [self.add(key, value, timeout) for key in keys]
+        client = self._cache.get_client(write=True)
         stored = self._cache._serializer.dumps(value)
         names = [self.make_and_validate_key(key) for key in keys]
-        added = client.eval(_ADD_ALL, len(names), *names, stored, expiry or "")
+        added = client.eval(_ADD_ALL, len(names), *names, stored, "" if expiry is None else expiry)
         return [bool(a) for a in added]
 
 

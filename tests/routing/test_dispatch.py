@@ -89,7 +89,10 @@ def test_the_redis_cache_adds_several_keys_as_add_does_each():
     assert backend.add_all(keys, {"n": 2}, None) == [True, True]
     assert client.ttl(backend.make_key("hub-test-add-all-a")) == -1  # None: kept, as add keeps it
     assert backend.get_many(keys) == {key: {"n": 2} for key in keys}
+    assert backend.add_all(keys, 1, 0.5) == [False, False]  # there already, as add says
     backend.delete_many(keys)
+    assert backend.add_all(keys, 1, 0.5) == [True, True]  # under a second: added and gone, as add
+    assert backend.get_many(keys) == {}
 
 
 def test_an_event_to_several_endpoints_is_one_fan_out_message_naming_its_deliveries(unconsumed_queue, settings):
