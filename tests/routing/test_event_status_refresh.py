@@ -41,7 +41,8 @@ def test_statuses_follow_the_deliveries_and_only_changed_ones_are_written():
     # One locking read, then one UPDATE per new status (done's was already right).
     assert len(statements) == 3
     if connection.vendor == "postgresql":
-        assert statements[0].endswith("FOR NO KEY UPDATE OF e")
+        # Each event locked as it is looked up, by key.
+        assert "WHERE x.id = k.id FOR NO KEY UPDATE)" in statements[0]
 
 
 def test_an_open_delivery_keeps_its_event_queued_or_delivering():
