@@ -134,6 +134,31 @@ def partitions_ahead(table: str, *, span: int, ahead: int = 1, using: Any = None
     return created
 
 
+def partitions_grown(tables: list[str], *, floor_pages: int, using: Any = None) -> list[str]:
+    """The partitions of `tables` (their default ones too) now more than twice the size their
+    statistics were taken at, and over `floor_pages`: a range that filled before autovacuum's
+    ANALYZE came round (it looks once a naptime, a minute by default), which the planner would
+    read as nearly empty and scan whole."""
+    conn = using or connection
+    with conn.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.oid::regclass::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = ANY(ARRAY(SELECT to_regclass(t) FROM unnest(%s::text[]) AS t))"
+            " AND pg_relation_size(c.oid) / current_setting('block_size')::int > GREATEST(2 * c.relpages, %s)"
+            " ORDER BY 1",
+            [list(tables), floor_pages],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+def partition_analyze(name: str, *, using: Any = None) -> None:
+    """ANALYZE one partition; skipped when another ANALYZE or VACUUM holds it (autovacuum's does
+    the same job)."""
+    conn = using or connection
+    with conn.cursor() as cursor:
+        cursor.execute(f"ANALYZE (SKIP_LOCKED) {conn.ops.quote_name(name)}")
+
+
 def partition_drop(table: str, partition: Partition, *, using: Any = None) -> None:
     """Detach and drop one partition. Nothing may reference its rows any more: PostgreSQL checks
     the foreign keys on DETACH, and a detached table keeps its own (so the partitions that

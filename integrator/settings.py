@@ -329,6 +329,10 @@ HUB_RETENTION_INCLUDE_UNROUTED = _env_bool("HUB_RETENTION_INCLUDE_UNROUTED", Tru
 HUB_PARTITION_SPAN = _env_int("HUB_PARTITION_SPAN", 1_000_000)
 HUB_PARTITION_AHEAD = _env_int("HUB_PARTITION_AHEAD", 2)
 HUB_PARTITION_INTERVAL_SECONDS = _env_float("HUB_PARTITION_INTERVAL_SECONDS", 300)
+# How often beat looks for partitions grown past twice their statistics (and this many 8 KB
+# pages), to ANALYZE them before autovacuum's next look (ops.partitions_statistics_refresh).
+HUB_PARTITION_ANALYZE_SECONDS = _env_float("HUB_PARTITION_ANALYZE_SECONDS", 10)
+HUB_PARTITION_ANALYZE_FLOOR_PAGES = _env_int("HUB_PARTITION_ANALYZE_FLOOR_PAGES", 64)
 
 CELERY_BEAT_SCHEDULE = {
     # Expiring: sweeps piled up while no worker ran are worthless, the next one does the same job.
@@ -346,6 +350,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "ops.partitions_ahead",
         "schedule": HUB_PARTITION_INTERVAL_SECONDS,
         "options": {"expires": max(HUB_PARTITION_INTERVAL_SECONDS, 1.0)},
+    },
+    "partitions-analyze": {
+        "task": "ops.partitions_analyze",
+        "schedule": HUB_PARTITION_ANALYZE_SECONDS,
+        "options": {"expires": max(HUB_PARTITION_ANALYZE_SECONDS, 1.0)},
     },
     "events-retention": {
         "task": "ops.events_retention",

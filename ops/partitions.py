@@ -47,6 +47,21 @@ def partitions_ahead() -> list[str]:
     return created
 
 
+def partitions_statistics_refresh() -> list[str]:
+    """ANALYZE the partitions that have outgrown their statistics (infra.partitions.partitions_grown),
+    every HUB_PARTITION_ANALYZE_SECONDS: a new range filled at a busy hub's pace would otherwise
+    be planned as empty until autovacuum came round, and its claims and status refreshes would
+    read it whole. The names of those analyzed."""
+    if not partitioned():
+        return []
+    grown = parts.partitions_grown(list(parts.PARTITIONED), floor_pages=settings.HUB_PARTITION_ANALYZE_FLOOR_PAGES)
+    for name in grown:
+        parts.partition_analyze(name)
+    if grown:
+        logger.info("partitions analyzed", extra={"partitions": grown})
+    return grown
+
+
 @dataclass
 class Dropped:
     """What one retention run took out: the partitions (by table), and the rows moved to the

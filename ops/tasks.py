@@ -15,3 +15,8 @@ def events_retention_task() -> None:
 @shared_task(name="ops.partitions_ahead", ignore_result=True)
 def partitions_ahead_task() -> None:
     partitions.partitions_ahead()
+
+
+@shared_task(name="ops.partitions_analyze", ignore_result=True)
+def partitions_analyze_task() -> None:
+    partitions.partitions_statistics_refresh()

@@ -15,8 +15,8 @@ from events.models import Event, EventDescendants
 from events.validation import envelope_validate
 from infra import partitions as parts
 from ops import services
-from ops.partitions import partitions_retention_drop
-from ops.tasks import partitions_ahead_task
+from ops.partitions import partitions_retention_drop, partitions_statistics_refresh
+from ops.tasks import partitions_ahead_task, partitions_analyze_task
 from routing.models import Attempt, Delivery, Notification
 from routing.outbox import events_accept
 from tests.factories import (
@@ -243,3 +243,42 @@ def test_beat_runs_the_partitions_upkeep_and_it_does_nothing_without_partitions(
         from ops.partitions import partitions_ahead
 
         assert partitions_ahead() == []
+
+
+def test_beat_analyzes_a_partition_grown_past_twice_its_statistics_and_only_that_one(settings):
+    entry = settings.CELERY_BEAT_SCHEDULE["partitions-analyze"]
+    assert entry["task"] == partitions_analyze_task.name
+    assert entry["schedule"] == settings.HUB_PARTITION_ANALYZE_SECONDS
+    if connection.vendor != "postgresql":
+        assert partitions_statistics_refresh() == []
+        return
+    settings.HUB_PARTITION_ANALYZE_FLOOR_PAGES = 8
+    grown = ["events_event_p0", "routing_delivery_p0"]
+
+    def pages(name: str) -> tuple[int, int]:
+        """The partition's pages as its statistics have them, and as they are."""
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT relpages, pg_relation_size(oid) / current_setting('block_size')::int"
+                " FROM pg_class WHERE oid = to_regclass(%s)",
+                [name],
+            )
+            return cursor.fetchone()
+
+    # Whatever earlier tests left: statistics that describe it.
+    partitions_statistics_refresh()
+    assert partitions_statistics_refresh() == []
+    sub, n = SubscriptionFactory(), 0
+    while not all(now > 2 * max(known, 8) for known, now in map(pages, grown)):
+        events = Event.objects.bulk_create(
+            Event(store=sub.store, message="order:new", message_id=f"grown-{n + i}", payload={"n": n + i})
+            for i in range(1000)
+        )
+        Delivery.objects.bulk_create(Delivery(event=event, subscription=sub) for event in events)
+        n += 1000
+        assert n <= 200_000
+
+    assert partitions_statistics_refresh() == grown
+    # The statistics now describe what is there: nothing more to do until it doubles again.
+    assert [known for known, _ in map(pages, grown)] == [now for _, now in map(pages, grown)]
+    assert partitions_statistics_refresh() == []
