@@ -331,7 +331,7 @@ HUB_PARTITION_AHEAD = _env_int("HUB_PARTITION_AHEAD", 2)
 HUB_PARTITION_INTERVAL_SECONDS = _env_float("HUB_PARTITION_INTERVAL_SECONDS", 300)
 # How often beat looks for partitions grown past twice their statistics (and this many 8 KB
 # pages), to ANALYZE them before autovacuum's next look (ops.partitions_statistics_refresh).
-HUB_PARTITION_ANALYZE_SECONDS = _env_float("HUB_PARTITION_ANALYZE_SECONDS", 10)
+HUB_PARTITION_ANALYZE_SECONDS = _env_float("HUB_PARTITION_ANALYZE_SECONDS", 5)
 HUB_PARTITION_ANALYZE_FLOOR_PAGES = _env_int("HUB_PARTITION_ANALYZE_FLOOR_PAGES", 64)
 
 CELERY_BEAT_SCHEDULE = {
