@@ -381,25 +381,35 @@ def attempts_insert(count: int, *, replace: bool) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def events_with_deliveries_locked(count: int, *, postgresql: bool) -> str:
-    """Each of `count` events with its deliveries (or none), locked in id order. FOR NO KEY UPDATE
-    on PostgreSQL: deliveries reference events, and a plain FOR UPDATE would also block their
-    inserts and updates; SQLite locks the whole database. Params: the event ids, sorted."""
+def events_lock(count: int) -> str:
+    """PostgreSQL: lock `count` events FOR NO KEY UPDATE, in the ids' order, each looked up by key
+    (deliveries reference events, and a plain FOR UPDATE would also block their inserts and
+    updates). Returns nothing worth reading: a read in the same statement would use the snapshot
+    taken before the locks were waited for (events_with_deliveries reads after). Params: the event
+    ids, sorted."""
+    return (
+        f"SELECT 1 FROM unnest(ARRAY[{placeholders(count)}]::bigint[]) AS k(id) CROSS JOIN LATERAL ("
+        f"SELECT 1 FROM {table(Event)} x WHERE x.id = k.id FOR NO KEY UPDATE) e"
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def events_with_deliveries(count: int, *, postgresql: bool) -> str:
+    """Each of `count` events with its deliveries (or none). Params: the event ids."""
     if not postgresql:
         return (
             f"SELECT e.id, e.status, d.subscription_id, d.id, d.state, d.attempt_count"
             f" FROM {table(Event)} e LEFT JOIN {table(Delivery)} d ON d.event_id = e.id"
-            f" WHERE e.id IN ({placeholders(count)}) ORDER BY e.id"
+            f" WHERE e.id IN ({placeholders(count)})"
         )
-    # Each event and its deliveries looked up by key, one by one, whatever the statistics say: as
-    # a join, partitions ANALYZE had not yet seen were read whole (tests/routing/test_stale_statistics.py).
-    # The lookups run, and lock, in the ids' order.
+    # Each event and its deliveries looked up by key, whatever the statistics say: as a join,
+    # partitions ANALYZE had not yet seen were read whole (tests/routing/test_stale_statistics.py).
     return (
         f"SELECT e.id, e.status, d.subscription_id, d.id, d.state, d.attempt_count"
         f" FROM unnest(ARRAY[{placeholders(count)}]::bigint[]) AS k(id) CROSS JOIN LATERAL ("
-        f"SELECT x.id, x.status FROM {table(Event)} x WHERE x.id = k.id FOR NO KEY UPDATE) e"
+        f"SELECT x.id, x.status FROM {table(Event)} x WHERE x.id = k.id OFFSET 0) e"
         f" LEFT JOIN LATERAL (SELECT y.subscription_id, y.id, y.state, y.attempt_count FROM {table(Delivery)} y"
-        f" WHERE y.event_id = e.id OFFSET 0) d ON true ORDER BY e.id"
+        f" WHERE y.event_id = e.id OFFSET 0) d ON true"
     )
 
 

@@ -40,18 +40,26 @@ def events_status_refresh(*, event_ids: Collection[int]) -> dict[int, str]:
     ids = sorted(set(event_ids))
     if not ids:
         return {}
+    postgresql = connection.features.has_select_for_no_key_update
+    read = sql.bound(sql.events_with_deliveries(len(ids), postgresql=postgresql))
     # No savepoint: nothing here is caught, so a failure rolls back the caller's transaction anyway.
     with transaction.atomic(savepoint=False), sql.bound_cursor() as cursor:
-        # The lock and the read in one statement: each event with its deliveries (or none).
-        cursor.execute(
-            sql.bound(
-                sql.events_with_deliveries_locked(len(ids), postgresql=connection.features.has_select_for_no_key_update)
-            ),
-            ids,
-        )
+        if postgresql:
+            # The lock, then the read in a statement of its own: its snapshot, taken once the locks
+            # are held, sees what a transaction recording the same event committed while this one
+            # waited (read with the lock, it saw that event's other deliveries as they were before).
+            # One round trip: the server runs the read only once the lock statement is done.
+            with connection.wrap_database_errors, connection.connection.pipeline():
+                cursor.execute(sql.bound(sql.events_lock(len(ids))), ids)
+                cursor.execute(read, ids)
+                found = cursor.fetchall()
+        else:
+            # SQLite's writers take the whole database, one at a time.
+            cursor.execute(read, ids)
+            found = cursor.fetchall()
         current: dict[int, str] = {}
         rows: dict[int, list[tuple[int, int, str, int]]] = {}
-        for pk, status, *delivery in cursor.fetchall():
+        for pk, status, *delivery in found:
             current[pk] = status
             rows.setdefault(pk, [])
             if delivery[1] is not None:

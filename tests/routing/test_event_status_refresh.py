@@ -3,12 +3,15 @@ the database, under a row lock, one UPDATE per status that changed."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from events.models import EventStatus
-from routing.models import DeliveryState
+from routing.models import Delivery, DeliveryState
 from routing.status import events_status_refresh
 from tests.factories import DeliveryFactory, EventFactory, SubscriptionFactory
 
@@ -38,11 +41,13 @@ def test_statuses_follow_the_deliveries_and_only_changed_ones_are_written():
     lonely.refresh_from_db()
     assert (fanned.status, lonely.status) == (EventStatus.PARTIALLY_FAILED, EventStatus.UNROUTED)
     statements = [q["sql"] for q in queries.captured_queries if q["sql"].startswith(("SELECT", "UPDATE"))]
-    # One locking read, then one UPDATE per new status (done's was already right).
-    assert len(statements) == 3
+    # On PostgreSQL the lock, then the read; then one UPDATE per new status (done's was right).
     if connection.vendor == "postgresql":
-        # Each event locked as it is looked up, by key.
+        assert len(statements) == 4
         assert "WHERE x.id = k.id FOR NO KEY UPDATE)" in statements[0]
+        assert "FOR NO KEY UPDATE" not in statements[1]
+    else:
+        assert len(statements) == 3
 
 
 def test_an_open_delivery_keeps_its_event_queued_or_delivering():
@@ -56,3 +61,55 @@ def test_an_open_delivery_keeps_its_event_queued_or_delivering():
         started.pk: EventStatus.DELIVERING,
     }
     assert events_status_refresh(event_ids=[]) == {}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_deliveries_of_one_event_recorded_at_once_leave_it_delivered():
+    """Two endpoints' outcomes for one event, recorded in two transactions at once: the second
+    waits for the first's lock on the event, then reads the deliveries as the first left them."""
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite's writers take the whole database one at a time")
+    event = EventFactory()
+    first_delivery, second_delivery = (
+        DeliveryFactory(event=event, state=DeliveryState.DELIVERING, attempt_count=1) for _ in range(2)
+    )
+    holding, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def record(delivery, *, hold: bool) -> None:
+        try:
+            with transaction.atomic():
+                Delivery.objects.filter(pk=delivery.pk).update(state=DeliveryState.DELIVERED)
+                events_status_refresh(event_ids=[event.pk])
+                if hold:
+                    holding.set()
+                    release.wait(10)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test's thread below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    first = threading.Thread(target=record, args=(first_delivery,), kwargs={"hold": True})
+    first.start()
+    assert holding.wait(10)
+    second = threading.Thread(target=record, args=(second_delivery,), kwargs={"hold": False})
+    second.start()
+
+    def second_waits() -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            return cursor.fetchone() is not None
+
+    deadline = time.monotonic() + 10
+    while not second_waits():
+        assert time.monotonic() < deadline, "the second recording never waited for the first's lock"
+        time.sleep(0.01)
+    release.set()
+    first.join(10)
+    second.join(10)
+
+    assert not errors
+    event.refresh_from_db()
+    assert event.status == EventStatus.DELIVERED
