@@ -300,6 +300,7 @@ def report(run: Run, delivered: int, push_seconds: float, drain_seconds: float, 
     times = sorted(acked_at.values())
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     refused = store.refused()
+    behind = events_status_behind()
     lines = [
         ("scenario", args.scenario),
         ("pushed", f"{len(accepted) + len(store.given_up)} events ({len(store.posts)} POSTs)"),
@@ -354,13 +355,28 @@ def report(run: Run, delivered: int, push_seconds: float, drain_seconds: float, 
         ("workers died", f"{kills['died']} on their own (restarted)"),
         ("endpoint", f"{endpoint.requests} requests to {args.endpoints}, failure rate {args.failure_rate:.0%}"),
         ("hub deliveries", dict(Counter(Delivery.objects.values_list("state", flat=True)))),
+        ("status behind", f"{behind} events whose deliveries all ended delivered, not shown delivered"),
         ("time", f"pushing {push_seconds:.1f}s ({delivered_then} delivered by then), draining {drain_seconds:.1f}s"),
     ]
     for label, value in lines:
         print(f"{label + ':':<18}{value}")
     for violation in endpoint.order_violations[:5]:
         print(f"  order violation: {violation}")
-    return not (lost or endpoint.order_violations or store.given_up or refused or kills["died"])
+    return not (lost or endpoint.order_violations or store.given_up or refused or kills["died"] or behind)
+
+
+def events_status_behind() -> int:
+    """Events whose deliveries have all been delivered but whose status says otherwise: what a
+    store reading its events would be told wrong."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT COUNT(*) FROM events_event e WHERE e.status <> 'delivered'"
+            " AND EXISTS (SELECT 1 FROM routing_delivery d WHERE d.event_id = e.id)"
+            " AND NOT EXISTS (SELECT 1 FROM routing_delivery d WHERE d.event_id = e.id AND d.state <> 'delivered')"
+        )
+        return int(cursor.fetchone()[0])
 
 
 def arguments() -> argparse.Namespace:

@@ -57,3 +57,5 @@ def test_a_short_chaos_run_loses_nothing_and_breaks_no_order(args: list[str]) ->
     assert figures["lost"] == "0", figures
     assert figures["order violations"] == "0", figures
     assert figures["delivered"] == figures["accepted"], figures
+    # What the hub tells a store about those events agrees with their deliveries.
+    assert figures["status behind"].startswith("0 "), figures
