@@ -14,12 +14,23 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
-from events.models import Event, EventDescendants, Store
+from events.models import Event, EventDescendants, EventStatus, Store
 from events.services import IngestResult
 from events.validation import envelope_validate
 from ops import partitions
-from routing.models import Attempt, Delivery, DeliveryState, Notification, ReturnedObject, Schedule
+from routing.models import (
+    DELIVERY_UNFINISHED_STATES as DELIVERY_NOT_ENDED,
+)
+from routing.models import (
+    Attempt,
+    Delivery,
+    DeliveryState,
+    Notification,
+    ReturnedObject,
+    Schedule,
+)
 from routing.outbox import event_accept
+from routing.status import events_status_refresh
 
 logger = logging.getLogger(__name__)
 
@@ -185,3 +196,24 @@ def returned_objects_forget(*, older_than: datetime, batch_size: int = 1000) -> 
             return forgotten
         with transaction.atomic():
             forgotten += ReturnedObject.objects.filter(id__in=ids).delete()[0]
+
+
+def events_status_recheck(*, batch_size: int = 1000) -> int:
+    """Refresh the status of every event shown queued or delivering whose deliveries have all
+    ended (none pending, retrying or on the wire): an event a status refresh read stale
+    deliveries for (two endpoints' outcomes recorded at once, before session 23's fix) kept that
+    status for good. One transaction per batch of ids; returns how many events changed."""
+    not_ended = [str(state) for state in DELIVERY_NOT_ENDED]
+    stuck = Event.objects.filter(status__in=[EventStatus.QUEUED, EventStatus.DELIVERING]).filter(
+        Exists(Delivery.objects.filter(event=OuterRef("pk"))),
+        ~Exists(Delivery.objects.filter(event=OuterRef("pk"), state__in=not_ended)),
+    )
+    changed, after = 0, 0
+    while True:
+        ids = list(stuck.filter(pk__gt=after).order_by("pk").values_list("pk", flat=True)[:batch_size])
+        if not ids:
+            return changed
+        with transaction.atomic():
+            statuses = events_status_refresh(event_ids=ids)
+        changed += sum(1 for status in statuses.values() if status not in (EventStatus.QUEUED, EventStatus.DELIVERING))
+        after = ids[-1]

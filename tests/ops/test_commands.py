@@ -340,3 +340,38 @@ def test_hubstatus_on_an_empty_hub():
     out, _ = run("hubstatus")
     assert "Oldest waiting delivery: none" in out
     assert "Failing subscriptions: none" in out
+
+
+# --- hubrecheck -----------------------------------------------------------------------------
+
+
+def test_hubrecheck_corrects_only_events_whose_deliveries_all_ended_under_an_open_status():
+    from events.models import EventStatus
+    from tests.factories import EventFactory
+
+    def event(status: str, *states: str) -> Event:
+        made = EventFactory(status=status)
+        for state in states:
+            DeliveryFactory(event=made, state=state, attempt_count=1)
+        return made
+
+    # Left behind by a stale status refresh: every delivery ended, the event still open.
+    behind = event(EventStatus.DELIVERING, DeliveryState.DELIVERED, DeliveryState.DELIVERED)
+    half = event(EventStatus.QUEUED, DeliveryState.DELIVERED, DeliveryState.FAILED)
+    # Right as they are.
+    going = event(EventStatus.DELIVERING, DeliveryState.DELIVERED, DeliveryState.RETRYING)
+    done = event(EventStatus.DELIVERED, DeliveryState.DELIVERED)
+    unrouted = event(EventStatus.UNROUTED)
+
+    out, _ = run("hubrecheck", "--batch-size", "1")
+
+    assert out.startswith("2 events")
+    statuses = dict(Event.objects.values_list("pk", "status"))
+    assert statuses[behind.pk] == EventStatus.DELIVERED
+    assert statuses[half.pk] == EventStatus.PARTIALLY_FAILED
+    assert (statuses[going.pk], statuses[done.pk], statuses[unrouted.pk]) == (
+        EventStatus.DELIVERING,
+        EventStatus.DELIVERED,
+        EventStatus.UNROUTED,
+    )
+    assert run("hubrecheck")[0].startswith("0 events")
