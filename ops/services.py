@@ -19,9 +19,7 @@ from events.services import IngestResult
 from events.validation import envelope_validate
 from ops import partitions
 from routing.models import (
-    DELIVERY_UNFINISHED_STATES as DELIVERY_NOT_ENDED,
-)
-from routing.models import (
+    DELIVERY_FINAL_STATES,
     Attempt,
     Delivery,
     DeliveryState,
@@ -203,10 +201,9 @@ def events_status_recheck(*, batch_size: int = 1000) -> int:
     ended (none pending, retrying or on the wire): an event a status refresh read stale
     deliveries for (two endpoints' outcomes recorded at once, before session 23's fix) kept that
     status for good. One transaction per batch of ids; returns how many events changed."""
-    not_ended = [str(state) for state in DELIVERY_NOT_ENDED]
+    deliveries = Delivery.objects.filter(event=OuterRef("pk"))
     stuck = Event.objects.filter(status__in=[EventStatus.QUEUED, EventStatus.DELIVERING]).filter(
-        Exists(Delivery.objects.filter(event=OuterRef("pk"))),
-        ~Exists(Delivery.objects.filter(event=OuterRef("pk"), state__in=not_ended)),
+        Exists(deliveries), ~Exists(deliveries.exclude(state__in=DELIVERY_FINAL_STATES))
     )
     changed, after = 0, 0
     while True:
