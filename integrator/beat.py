@@ -8,6 +8,7 @@ from pathlib import Path
 
 from celery.beat import PersistentScheduler
 from django.conf import settings
+from django.db import connections
 
 logger = logging.getLogger(__name__)
 
@@ -20,10 +21,30 @@ def heartbeat_touch(path: Path) -> None:
         logger.warning("beat: could not write the heartbeat", extra={"path": str(path)}, exc_info=True)
 
 
+def statistics_upkeep_at_start() -> None:
+    """ANALYZE the partitions that outgrew their statistics (ops.partitions_statistics_refresh),
+    here and now: a worker starting on a backlog pushed since autovacuum last looked would send it
+    on plans for near-empty partitions, and the upkeep's task, sent now, would wait behind the
+    backlog's pumps already queued. A failure leaves it to the task's interval."""
+    from ops.partitions import partitions_statistics_refresh
+
+    try:
+        partitions_statistics_refresh()
+    except Exception:  # noqa: BLE001 - beat must start whatever the database says
+        logger.warning("beat: the partitions' statistics upkeep at start failed", exc_info=True)
+    finally:
+        # Beat's loop keeps no connection between ticks.
+        connections.close_all()
+
+
 class HeartbeatScheduler(PersistentScheduler):
     """Touches HUB_BEAT_HEARTBEAT_FILE after each tick. A tick comes at least once per sweep
     interval (the most frequent entry), so the file ages past HUB_BEAT_STALE_SECONDS only when the
-    loop has stopped."""
+    loop has stopped. At its start it runs the partitions' statistics upkeep once, itself."""
+
+    def setup_schedule(self) -> None:
+        super().setup_schedule()
+        statistics_upkeep_at_start()
 
     def tick(self, *args: object, **kwargs: object) -> float:
         interval = super().tick(*args, **kwargs)

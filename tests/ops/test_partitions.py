@@ -282,3 +282,28 @@ def test_beat_analyzes_a_partition_grown_past_twice_its_statistics_and_only_that
     # The statistics now describe what is there: nothing more to do until it doubles again.
     assert [known for known, _ in map(pages, grown)] == [now for _, now in map(pages, grown)]
     assert partitions_statistics_refresh() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_beat_analyzes_the_grown_partitions_itself_when_it_starts(tmp_path, settings):
+    """Before its first tick, not as a task: one sent then would wait behind a backlog's pumps."""
+    from celery import current_app
+
+    from integrator.beat import HeartbeatScheduler
+
+    if connection.vendor != "postgresql":
+        pytest.skip("partitions are PostgreSQL's")
+    settings.HUB_PARTITION_ANALYZE_FLOOR_PAGES = 1
+    partitions_statistics_refresh()
+    sub = SubscriptionFactory()
+    events = Event.objects.bulk_create(
+        Event(store=sub.store, message="order:new", message_id=f"start-{n}", payload={"n": n}) for n in range(3000)
+    )
+    Delivery.objects.bulk_create(Delivery(event=event, subscription=sub) for event in events)
+    assert "routing_delivery_p0" in parts.partitions_grown(list(parts.PARTITIONED), floor_pages=1)
+
+    scheduler = HeartbeatScheduler(app=current_app, schedule_filename=str(tmp_path / "schedule"), lazy=True)
+    scheduler.setup_schedule()
+    scheduler.close()
+
+    assert parts.partitions_grown(list(parts.PARTITIONED), floor_pages=1) == []
