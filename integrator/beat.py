@@ -8,7 +8,7 @@ from pathlib import Path
 
 from celery.beat import PersistentScheduler
 from django.conf import settings
-from django.db import connections
+from django.db import DEFAULT_DB_ALIAS, connections
 
 logger = logging.getLogger(__name__)
 
@@ -28,13 +28,15 @@ def statistics_upkeep_at_start() -> None:
     backlog's pumps already queued. A failure leaves it to the task's interval."""
     from ops.partitions import partitions_statistics_refresh
 
+    # A connection of its own, closed after: a beat embedded in a worker is forked from the
+    # worker's process, and Django's connection there may be the parent's socket.
+    conn = connections.create_connection(DEFAULT_DB_ALIAS)
     try:
-        partitions_statistics_refresh()
+        partitions_statistics_refresh(using=conn)
     except Exception:  # noqa: BLE001 - beat must start whatever the database says
         logger.warning("beat: the partitions' statistics upkeep at start failed", exc_info=True)
     finally:
-        # Beat's loop keeps no connection between ticks.
-        connections.close_all()
+        conn.close()
 
 
 class HeartbeatScheduler(PersistentScheduler):

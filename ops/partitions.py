@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -47,16 +48,17 @@ def partitions_ahead() -> list[str]:
     return created
 
 
-def partitions_statistics_refresh() -> list[str]:
+def partitions_statistics_refresh(*, using: Any = None) -> list[str]:
     """ANALYZE the partitions that have outgrown their statistics (infra.partitions.partitions_grown),
     every HUB_PARTITION_ANALYZE_SECONDS: a new range filled at a busy hub's pace would otherwise
     be planned as empty until autovacuum came round, and its claims and status refreshes would
-    read it whole. The names of those analyzed."""
-    if not partitioned():
+    read it whole. `using`: a connection other than Django's default. The names of those analyzed."""
+    if not parts.partitioned(EVENTS, using=using):
         return []
-    grown = parts.partitions_grown(list(parts.PARTITIONED), floor_pages=settings.HUB_PARTITION_ANALYZE_FLOOR_PAGES)
+    floor = settings.HUB_PARTITION_ANALYZE_FLOOR_PAGES
+    grown = parts.partitions_grown(list(parts.PARTITIONED), floor_pages=floor, using=using)
     for name in grown:
-        parts.partition_analyze(name)
+        parts.partition_analyze(name, using=using)
     if grown:
         logger.info("partitions analyzed", extra={"partitions": grown})
     return grown

@@ -286,6 +286,7 @@ def test_beat_analyzes_a_partition_grown_past_twice_its_statistics_and_only_that
 
 @pytest.mark.django_db(transaction=True)
 def test_beat_analyzes_the_grown_partitions_itself_when_it_starts(tmp_path, settings):
+    # Committed rows: beat analyzes on a connection of its own.
     """Before its first tick, not as a task: one sent then would wait behind a backlog's pumps."""
     from celery import current_app
 
