@@ -28,9 +28,9 @@ _KEEPS_EVENT = tuple(str(state) for state in (*DELIVERY_UNFINISHED_STATES, Deliv
 LOCK_TIMEOUT_MS = 2000
 
 
-def partitioned() -> bool:
+def partitioned(*, using: Any = None) -> bool:
     """Whether this database keeps events in partitions (PostgreSQL after events 0010)."""
-    return parts.partitioned(EVENTS)
+    return parts.partitioned(EVENTS, using=using)
 
 
 def partitions_ahead() -> list[str]:
@@ -53,7 +53,7 @@ def partitions_statistics_refresh(*, using: Any = None) -> list[str]:
     every HUB_PARTITION_ANALYZE_SECONDS: a new range filled at a busy hub's pace would otherwise
     be planned as empty until autovacuum came round, and its claims and status refreshes would
     read it whole. `using`: a connection other than Django's default. The names of those analyzed."""
-    if not parts.partitioned(EVENTS, using=using):
+    if not partitioned(using=using):
         return []
     floor = settings.HUB_PARTITION_ANALYZE_FLOOR_PAGES
     grown = parts.partitions_grown(list(parts.PARTITIONED), floor_pages=floor, using=using)
