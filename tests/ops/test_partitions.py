@@ -245,6 +245,14 @@ def test_beat_runs_the_partitions_upkeep_and_it_does_nothing_without_partitions(
         assert partitions_ahead() == []
 
 
+def _routed_events(sub, tag: str, numbers: range) -> None:
+    """An event for each number, each with a delivery to `sub`, written in two bulk INSERTs."""
+    events = Event.objects.bulk_create(
+        Event(store=sub.store, message="order:new", message_id=f"{tag}-{n}", payload={"n": n}) for n in numbers
+    )
+    Delivery.objects.bulk_create(Delivery(event=event, subscription=sub) for event in events)
+
+
 def test_beat_analyzes_a_partition_grown_past_twice_its_statistics_and_only_that_one(settings):
     entry = settings.CELERY_BEAT_SCHEDULE["partitions-analyze"]
     assert entry["task"] == partitions_analyze_task.name
@@ -270,11 +278,7 @@ def test_beat_analyzes_a_partition_grown_past_twice_its_statistics_and_only_that
     assert partitions_statistics_refresh() == []
     sub, n = SubscriptionFactory(), 0
     while not all(now > 2 * max(known, 8) for known, now in map(pages, grown)):
-        events = Event.objects.bulk_create(
-            Event(store=sub.store, message="order:new", message_id=f"grown-{n + i}", payload={"n": n + i})
-            for i in range(1000)
-        )
-        Delivery.objects.bulk_create(Delivery(event=event, subscription=sub) for event in events)
+        _routed_events(sub, "grown", range(n, n + 1000))
         n += 1000
         assert n <= 200_000
 
@@ -284,9 +288,9 @@ def test_beat_analyzes_a_partition_grown_past_twice_its_statistics_and_only_that
     assert partitions_statistics_refresh() == []
 
 
+# Committed rows: beat analyzes on a connection of its own.
 @pytest.mark.django_db(transaction=True)
 def test_beat_analyzes_the_grown_partitions_itself_when_it_starts(tmp_path, settings):
-    # Committed rows: beat analyzes on a connection of its own.
     """Before its first tick, not as a task: one sent then would wait behind a backlog's pumps."""
     from celery import current_app
 
@@ -296,11 +300,7 @@ def test_beat_analyzes_the_grown_partitions_itself_when_it_starts(tmp_path, sett
         pytest.skip("partitions are PostgreSQL's")
     settings.HUB_PARTITION_ANALYZE_FLOOR_PAGES = 1
     partitions_statistics_refresh()
-    sub = SubscriptionFactory()
-    events = Event.objects.bulk_create(
-        Event(store=sub.store, message="order:new", message_id=f"start-{n}", payload={"n": n}) for n in range(3000)
-    )
-    Delivery.objects.bulk_create(Delivery(event=event, subscription=sub) for event in events)
+    _routed_events(SubscriptionFactory(), "start", range(3000))
     assert "routing_delivery_p0" in parts.partitions_grown(list(parts.PARTITIONED), floor_pages=1)
 
     scheduler = HeartbeatScheduler(app=current_app, schedule_filename=str(tmp_path / "schedule"), lazy=True)
