@@ -334,33 +334,14 @@ HUB_PARTITION_INTERVAL_SECONDS = _env_float("HUB_PARTITION_INTERVAL_SECONDS", 30
 HUB_PARTITION_ANALYZE_SECONDS = _env_float("HUB_PARTITION_ANALYZE_SECONDS", 5)
 HUB_PARTITION_ANALYZE_FLOOR_PAGES = _env_int("HUB_PARTITION_ANALYZE_FLOOR_PAGES", 64)
 
+# Beat runs these itself, each on a thread of its own (integrator.beat): sent to the workers they
+# waited behind a backlog's pumps. A run due while the previous one is under way is made once after it.
 CELERY_BEAT_SCHEDULE = {
-    # Expiring: sweeps piled up while no worker ran are worthless, the next one does the same job.
-    "deliveries-sweep": {
-        "task": "routing.deliveries_sweep",
-        "schedule": HUB_SWEEP_INTERVAL_SECONDS,
-        "options": {"expires": max(HUB_SWEEP_INTERVAL_SECONDS, 1.0)},
-    },
-    "schedules-run": {
-        "task": "routing.schedules_run",
-        "schedule": HUB_SCHEDULES_POLL_SECONDS,
-        "options": {"expires": max(HUB_SCHEDULES_POLL_SECONDS, 1.0)},
-    },
-    "partitions-ahead": {
-        "task": "ops.partitions_ahead",
-        "schedule": HUB_PARTITION_INTERVAL_SECONDS,
-        "options": {"expires": max(HUB_PARTITION_INTERVAL_SECONDS, 1.0)},
-    },
-    "partitions-analyze": {
-        "task": "ops.partitions_analyze",
-        "schedule": HUB_PARTITION_ANALYZE_SECONDS,
-        "options": {"expires": max(HUB_PARTITION_ANALYZE_SECONDS, 1.0)},
-    },
-    "events-retention": {
-        "task": "ops.events_retention",
-        "schedule": HUB_RETENTION_INTERVAL_SECONDS,
-        "options": {"expires": max(HUB_RETENTION_INTERVAL_SECONDS, 1.0)},
-    },
+    "deliveries-sweep": {"task": "routing.deliveries_sweep", "schedule": HUB_SWEEP_INTERVAL_SECONDS},
+    "schedules-run": {"task": "routing.schedules_run", "schedule": HUB_SCHEDULES_POLL_SECONDS},
+    "partitions-ahead": {"task": "ops.partitions_ahead", "schedule": HUB_PARTITION_INTERVAL_SECONDS},
+    "partitions-analyze": {"task": "ops.partitions_analyze", "schedule": HUB_PARTITION_ANALYZE_SECONDS},
+    "events-retention": {"task": "ops.events_retention", "schedule": HUB_RETENTION_INTERVAL_SECONDS},
 }
 
 # Django's own request cap must not cut in before ours, which answers 413 in JSON.

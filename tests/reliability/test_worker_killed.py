@@ -4,13 +4,18 @@ wire, and a live one's attempt is never taken back however long it lasts."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.utils import timezone
 
+from integrator.celery import app
+from routing.leases import LEASE_EXPIRED_ERROR
 from routing.models import Delivery
-from tests.conftest import deliveries_settle
-from tests.factories import SubscriptionFactory
-from tests.live import Received, Reply, Worker, wait_until, workers_paused
+from routing.wakeup import PUMP_TASK
+from tests.conftest import TEST_QUEUE, deliveries_settle
+from tests.factories import DeliveryFactory, SubscriptionFactory
+from tests.live import Received, Reply, Worker, queue_purge, wait_until, workers_paused
 from tests.reliability.conftest import push, worker_new
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -159,3 +164,41 @@ def test_an_attempt_longer_than_the_lease_is_never_sent_twice(subscriber, api, d
         finally:
             deliveries_settle()
             worker.stop()
+
+
+def test_a_dead_workers_delivery_is_taken_back_while_every_worker_is_busy(subscriber):
+    """The only worker process is busy with a backlog (pumps to endpoints that take a second an
+    answer, a minute of work queued before the sweeps) when a delivery is found as a dead worker
+    leaves it: claimed, its lease run out. Beat's sweeper still takes it back within seconds:
+    a sweep sent as a task waited behind the queued pumps, and expired there."""
+    subscriber.respond_with("/backlog", lambda _request: Reply.slow(1))
+    busy = SubscriptionFactory.create_batch(6, url=subscriber.url("/backlog"), timeout_seconds=10)
+    for sub in busy:
+        DeliveryFactory.create_batch(10, subscription=sub)
+    dead = DeliveryFactory(
+        subscription=SubscriptionFactory(url=subscriber.url("/ok")),
+        state="delivering",
+        claim=7,
+        lease_expires_at=timezone.now() - timedelta(seconds=10),
+    )
+    with workers_paused():
+        queue_purge(TEST_QUEUE)
+        for sub in busy * 3:
+            app.send_task(PUMP_TASK, args=[sub.pk])
+        worker = worker_new("busy", pool="prefork", concurrency=1).start()
+        try:
+            wait_until(lambda: Delivery.objects.filter(subscription__in=busy, state="delivered").exists(), 30)
+            wait_until(
+                lambda: Delivery.objects.get(pk=dead.pk).state != "delivering",
+                20,
+                message="the dead worker's delivery taken back",
+            )
+            # Taken back by the sweeper while the backlog was still being sent, not after it.
+            assert Delivery.objects.filter(subscription__in=busy, state="pending").count() > 20
+            dead.refresh_from_db()
+            assert [a.error for a in dead.attempts.all()] == [LEASE_EXPIRED_ERROR]
+        finally:
+            worker.stop()
+            queue_purge(TEST_QUEUE)
+            # No worker runs now: whatever is left, the dead one's row too, is owed to nobody.
+            Delivery.objects.exclude(state__in=["delivered", "failed"]).update(state="cancelled")

@@ -1,0 +1,63 @@
+"""Beat runs the periodic jobs itself (integrator.beat): each on a thread of its own, a run asked
+for while one is under way made once after it, a failed run followed by the next."""
+
+from __future__ import annotations
+
+import threading
+
+from celery import current_app
+from celery.beat import ScheduleEntry
+
+from integrator.beat import HeartbeatScheduler, Job
+from tests.live import wait_until
+
+
+def test_asks_during_a_run_make_one_more_run_not_one_each():
+    release, started, runs = threading.Event(), threading.Event(), []
+
+    def run() -> None:
+        runs.append(threading.current_thread().name)
+        started.set()
+        release.wait(10)
+
+    job = Job("slow", run)
+    job.ask()
+    assert started.wait(10)
+    for _ in range(5):
+        job.ask()
+    release.set()
+    assert job.wait_idle(10)
+    assert runs == ["beat-slow", "beat-slow"]
+
+
+def test_a_failed_run_leaves_the_job_to_run_again(caplog):
+    runs: list[int] = []
+
+    def run() -> None:
+        runs.append(len(runs))
+        if len(runs) == 1:
+            raise RuntimeError("database away")
+
+    job = Job("flaky", run)
+    job.ask()
+    assert job.wait_idle(10)
+    job.ask()
+    assert job.wait_idle(10)
+    assert runs == [0, 1]
+    assert any(r.message == "beat: a periodic job failed" and r.job == "flaky" for r in caplog.records)
+
+
+def test_the_scheduler_runs_a_known_task_itself_and_sends_an_unknown_one(tmp_path, monkeypatch):
+    scheduler = HeartbeatScheduler(app=current_app, schedule_filename=str(tmp_path / "schedule"), lazy=True)
+    ran = threading.Event()
+    monkeypatch.setitem(scheduler.jobs, "routing.deliveries_sweep", Job("sweep", ran.set))
+    sent: list[str] = []
+    monkeypatch.setattr(
+        "celery.beat.PersistentScheduler.apply_async", lambda self, entry, **kw: sent.append(entry.task)
+    )
+
+    scheduler.apply_entry(ScheduleEntry(name="s", task="routing.deliveries_sweep", schedule=2, app=current_app))
+    scheduler.apply_entry(ScheduleEntry(name="o", task="elsewhere.job", schedule=2, app=current_app))
+
+    wait_until(ran.is_set, 10, message="the sweep run in beat's process")
+    assert sent == ["elsewhere.job"]
