@@ -79,6 +79,11 @@ class HeartbeatScheduler(PersistentScheduler):
     frequent entry), so the file ages past HUB_BEAT_STALE_SECONDS only when the loop has stopped.
     An entry whose task this app does not know is sent, as Celery's scheduler does."""
 
+    # Celery's scheduler opens its broker connection at the first tick, waiting for the broker
+    # however long it is away: the jobs run here need none, and an entry sent takes one from the
+    # app's pool as any publish does.
+    producer = None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.jobs: dict[str, Job] = {}
         super().__init__(*args, **kwargs)

@@ -61,3 +61,25 @@ def test_the_scheduler_runs_a_known_task_itself_and_sends_an_unknown_one(tmp_pat
 
     wait_until(ran.is_set, 10, message="the sweep run in beat's process")
     assert sent == ["elsewhere.job"]
+
+
+def test_the_scheduler_ticks_and_runs_its_jobs_without_a_broker_connection(tmp_path, monkeypatch):
+    """Celery's own scheduler connects to the broker at its first tick and waits there while the
+    broker is away; the jobs beat runs need none (a sweep's own publishes fail fast on their own)."""
+    monkeypatch.setattr("integrator.beat.AT_START", ())
+    scheduler = HeartbeatScheduler(app=current_app, schedule_filename=str(tmp_path / "schedule"), lazy=True)
+    scheduler.setup_schedule()
+    ran = threading.Event()
+    monkeypatch.setitem(scheduler.jobs, "routing.deliveries_sweep", Job("sweep", ran.set))
+    scheduler.schedule.clear()
+    scheduler.add(name="sweep", task="routing.deliveries_sweep", schedule=0.01)
+
+    def ticked() -> bool:
+        scheduler.tick()
+        return ran.is_set()
+
+    try:
+        wait_until(ticked, 10, message="the sweep run at a tick")
+        assert "connection" not in scheduler.__dict__
+    finally:
+        scheduler.close()
