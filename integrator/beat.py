@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from celery.beat import PersistentScheduler, ScheduleEntry
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import connection
 
 logger = logging.getLogger(__name__)
 
@@ -36,48 +37,70 @@ def heartbeat_touch(path: Path) -> None:
 
 
 class Job:
-    """One periodic job on a thread of its own, with its own database connection. A run asked for
-    while one is under way is made once after it, never queued twice: the next run does the same
-    job, so runs piled up behind a slow one would be worthless."""
+    """One periodic job on a thread of its own, each run on a database connection of its own. A
+    run asked for while one is under way is made once after it, never queued twice: the next run
+    does the same job, so runs piled up behind a slow one would be worthless. A thread cannot be
+    stopped, so a run is bounded by its statements' timeout and, past `limit_seconds`, reported
+    overdue."""
 
-    def __init__(self, name: str, run: Callable[[], Any]) -> None:
+    def __init__(self, name: str, run: Callable[[], Any], *, limit_seconds: float | None = None) -> None:
         self.name = name
+        self.limit_seconds = settings.HUB_BEAT_JOB_LIMIT_SECONDS if limit_seconds is None else limit_seconds
         self._run = run
         self._due = threading.Event()
         self._idle = threading.Event()
         self._idle.set()
+        # So that a run asked for as the previous one ends is never taken for an idle job.
+        self._lock = threading.Lock()
+        # time.monotonic() when the run under way began, else None.
+        self.running_since: float | None = None
         self._thread = threading.Thread(target=self._loop, name=f"beat-{name}", daemon=True)
         self._thread.start()
 
     def ask(self) -> None:
-        self._idle.clear()
-        self._due.set()
+        with self._lock:
+            self._idle.clear()
+            self._due.set()
 
     def wait_idle(self, timeout: float) -> bool:
         return self._idle.wait(timeout)
+
+    def overdue(self) -> bool:
+        since = self.running_since
+        return since is not None and time.monotonic() - since > self.limit_seconds
 
     def _loop(self) -> None:
         while True:
             self._due.wait()
             self._due.clear()
-            # As Celery's Django fix-up does around a task: a connection that broke or outlived
-            # CONN_MAX_AGE is dropped, so a database back from an outage is reached again.
-            close_old_connections()
+            self.running_since = time.monotonic()
             try:
+                self._connection_prepare()
                 self._run()
             except Exception:  # noqa: BLE001 - one failed run must not end the job; the next one tries again
                 logger.exception("beat: a periodic job failed", extra={"job": self.name})
             finally:
-                close_old_connections()
-                if not self._due.is_set():
-                    self._idle.set()
+                self.running_since = None
+                # Runs are seconds apart at least: a connection kept between them would sit idle,
+                # and a fresh one per run is never one that broke while the database was away.
+                connection.close()
+                with self._lock:
+                    if not self._due.is_set():
+                        self._idle.set()
+
+    def _connection_prepare(self) -> None:
+        if connection.vendor == "postgresql":
+            timeout_ms = str(int(self.limit_seconds * 1000))
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT set_config('statement_timeout', %s, false)", [timeout_ms])
 
 
 class HeartbeatScheduler(PersistentScheduler):
     """Runs each entry's task in this process (a Job per task) rather than sending it, and touches
-    HUB_BEAT_HEARTBEAT_FILE after each tick. A tick comes at least once per sweep interval (the most
-    frequent entry), so the file ages past HUB_BEAT_STALE_SECONDS only when the loop has stopped.
-    An entry whose task this app does not know is sent, as Celery's scheduler does."""
+    HUB_BEAT_HEARTBEAT_FILE after each tick while no job has run past its limit. A tick comes at
+    least once per sweep interval (the most frequent entry), so the file ages past
+    HUB_BEAT_STALE_SECONDS only when the loop has stopped or a job hangs. An entry whose task this
+    app does not know is sent, as Celery's scheduler does."""
 
     # Celery's scheduler opens its broker connection at the first tick, waiting for the broker
     # however long it is away: the jobs run here need none, and an entry sent takes one from the
@@ -116,7 +139,12 @@ class HeartbeatScheduler(PersistentScheduler):
 
     def tick(self, *args: object, **kwargs: object) -> float:
         interval = super().tick(*args, **kwargs)
-        heartbeat_touch(Path(settings.HUB_BEAT_HEARTBEAT_FILE))
+        overdue = [job.name for job in self.jobs.values() if job.overdue()]
+        if overdue:
+            # Its next runs wait behind it: a beat that cannot sweep must not look healthy.
+            logger.error("beat: a periodic job has run past its limit", extra={"jobs": overdue})
+        else:
+            heartbeat_touch(Path(settings.HUB_BEAT_HEARTBEAT_FILE))
         return interval
 
     def close(self) -> None:

@@ -298,6 +298,9 @@ HUB_SWEEP_LOST_AFTER_SECONDS = _env_float("HUB_SWEEP_LOST_AFTER_SECONDS", 30)
 HUB_SWEEP_BATCH_SIZE = _env_int("HUB_SWEEP_BATCH_SIZE", 1000)
 # Beat ticks at least once per sweep interval; a heartbeat older than a few of them means it stopped.
 HUB_BEAT_STALE_SECONDS = _env_float("HUB_BEAT_STALE_SECONDS", max(60.0, 4 * HUB_SWEEP_INTERVAL_SECONDS))
+# The longest one run of a beat job may take (each of its statements is cut there too); past it beat
+# stops touching its heartbeat, so the healthcheck fails. The limit the jobs had as Celery tasks.
+HUB_BEAT_JOB_LIMIT_SECONDS = _env_float("HUB_BEAT_JOB_LIMIT_SECONDS", CELERY_TASK_TIME_LIMIT)
 
 # --- Reliability (docs/reliability.md) ------------------------------------------------------
 # Below the workers' concurrency, so a slow endpoint never holds them all (0 = no limit).

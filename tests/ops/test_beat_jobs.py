@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from celery import current_app
 from celery.beat import ScheduleEntry
+from django.db import connection
 
 from integrator.beat import HeartbeatScheduler, Job
 from tests.live import wait_until
+
+# A job's run opens a connection of its own (PostgreSQL: with its statement timeout) and closes it.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def test_asks_during_a_run_make_one_more_run_not_one_each():
@@ -83,3 +88,44 @@ def test_the_scheduler_ticks_and_runs_its_jobs_without_a_broker_connection(tmp_p
         assert "connection" not in scheduler.__dict__
     finally:
         scheduler.close()
+
+
+def test_a_job_past_its_limit_stops_the_heartbeat_until_it_ends(tmp_path, settings, monkeypatch, caplog):
+    """A thread cannot be stopped: a run that hangs is made visible to beat's healthcheck instead."""
+    settings.HUB_BEAT_HEARTBEAT_FILE = str(tmp_path / "heartbeat")
+    monkeypatch.setattr("integrator.beat.AT_START", ())
+    scheduler = HeartbeatScheduler(app=current_app, schedule_filename=str(tmp_path / "schedule"), lazy=True)
+    scheduler.setup_schedule()
+    scheduler.schedule.clear()
+    release = threading.Event()
+    job = scheduler.jobs["hung"] = Job("hung", lambda: release.wait(10), limit_seconds=0.05)
+    try:
+        job.ask()
+        wait_until(job.overdue, 10, message="the job past its limit")
+        scheduler.tick()
+        assert not (tmp_path / "heartbeat").exists()
+        assert any(r.message == "beat: a periodic job has run past its limit" for r in caplog.records)
+
+        release.set()
+        assert job.wait_idle(10)
+        scheduler.tick()
+        assert (tmp_path / "heartbeat").exists()
+    finally:
+        release.set()
+        scheduler.close()
+
+
+def test_a_jobs_statements_are_cut_at_its_limit():
+    if connection.vendor != "postgresql":
+        pytest.skip("statement_timeout is PostgreSQL's")
+    seen: list[str] = []
+
+    def run() -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW statement_timeout")
+            seen.append(cursor.fetchone()[0])
+
+    job = Job("show", run, limit_seconds=90)
+    job.ask()
+    assert job.wait_idle(10)
+    assert seen == ["90s"]
