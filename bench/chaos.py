@@ -2,7 +2,7 @@
 what arrived. Bounded in time; runs on a database and a Redis of its own.
 
     python bench/chaos.py [--scenario flood|redis|slots|hot] [--seconds S] [--orders 40] [--workers 2]
-                          [--endpoints 1]
+                          [--endpoints 1] [--busy N]
                           [--concurrency 2] [--rate R] [--drain 120] [--redis-down S] [--hot-events 3000]
 
 The stack: gunicorn (2 workers, the repository's gunicorn.conf.py and its threads), `--workers` Celery
@@ -22,7 +22,9 @@ Scenarios:
 - `slots`: two orders' first deliveries are held by the endpoint (each takes one of its two
   in-flight slots), the pool processes sending them are SIGKILLed, and another order is pushed,
   then traffic at --rate for --seconds: the stall of the other orders and of the held deliveries
-  (bench/figures.py, as the bench's `stall` row).
+  (bench/figures.py, as the bench's `stall` row). With --busy N, N deliveries to other endpoints
+  (answering in 0.2 s, on a subscriber of their own) are queued once the slots are held, and the
+  kill waits until every other pool process is sending them: the workers are busy when it comes.
 - `hot`: one order's chain of --hot-events events pushed at once, alongside traffic at --rate
   over the other orders until the chain is delivered; the endpoint never fails the hot order.
   Prints the chain's rate over its first and last --hot-part events.
@@ -62,6 +64,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,7 +72,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.chaos_sides import PUSH_TRIES, Endpoint, Endpoints, Store, push_for  # noqa: E402
 from bench.figures import Stall, chain_rates, stall_after_sigkill  # noqa: E402
-from tests.live import RedisServer, Subscriber, Worker, free_port, port_accepts, wait_until  # noqa: E402
+from tests.live import RedisServer, Reply, Subscriber, Worker, free_port, port_accepts, wait_until  # noqa: E402
 
 QUEUE = "hub-chaos"
 # Per scenario: push seconds, pushes a second (0: as fast as the hub answers), Redis outage seconds.
@@ -81,6 +84,8 @@ DEFAULTS = {
 }
 HELD = ("H0", "H1")
 HOT = "HOT"
+# slots --busy: how long the busy endpoints take to answer.
+BUSY_REPLY_SECONDS = 0.2
 
 
 def database_create(base_url: str) -> tuple[str, str | None]:
@@ -158,6 +163,9 @@ class Run:
     supervisor: Supervisor
     outage: Outage = field(default_factory=Outage)
     stall: Stall | None = None
+    # slots --busy: the store whose backlog keeps the workers busy, and its endpoints (lanes).
+    busy_store: Any = None
+    busy_lanes: int = 0
     # Ends the traffic before its time.
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -235,6 +243,8 @@ def slots(run: Run, until: float) -> None:
     for number in HELD:
         run.store.push(number)
         wait_until(lambda n=number: n in run.endpoint.holding, 60, message=f"{number} held by the endpoint")
+    if run.busy_store is not None:
+        backlog_push(run)
     pushing = threading.Thread(target=lambda: run.traffic(time.monotonic() + run.args.seconds), daemon=True)
 
     def push_other() -> Callable[[], bool]:
@@ -252,6 +262,26 @@ def slots(run: Run, until: float) -> None:
     run.kills["pool process"] += run.stall.killed
     while pushing.is_alive():
         run.supervisor.watch(1)
+
+
+def backlog_push(run: Run) -> None:
+    """--busy deliveries to the busy endpoints, written in-process (events_accept wakes their
+    pumps); returns once every pool process but the two holding the slots is sending them."""
+    from events.validation import Envelope
+    from routing.models import Delivery
+    from routing.outbox import events_accept
+
+    for start in range(0, run.args.busy, 100):
+        events_accept(
+            store=run.busy_store,
+            envelopes=[
+                Envelope("product:new", f"busy-{n}", {"product": {"id": f"P{n}", "lane": n % run.busy_lanes}})
+                for n in range(start, min(run.args.busy, start + 100))
+            ],
+        )
+    sending = Delivery.objects.filter(event__store=run.busy_store, state="delivering")
+    others = run.args.workers * run.args.concurrency - len(HELD)
+    wait_until(lambda: sending.values("subscription").distinct().count() >= others, 60, 0.05, "every pool process busy")
 
 
 def hot(run: Run, until: float) -> None:
@@ -403,12 +433,17 @@ def arguments() -> argparse.Namespace:
     parser.add_argument(
         "--endpoints", type=int, default=1, help="flood, redis: endpoints subscribed to every order (fan-outs)"
     )
+    parser.add_argument(
+        "--busy", type=int, default=0, help="slots: deliveries to slow endpoints queued before the kill (0: none)"
+    )
     parser.add_argument("--hot-events", type=int, default=3000, help="hot: the hot order's events (default 3000)")
     parser.add_argument("--hot-part", type=int, default=500, help="hot: events in its first and last part")
     args = parser.parse_args()
     if args.endpoints < 1 or (args.endpoints > 1 and args.scenario in ("slots", "hot")):
         # Their figures follow one endpoint's held or hot order.
         parser.error("--endpoints: at least 1, and more only for flood and redis")
+    if args.busy and args.scenario != "slots":
+        parser.error("--busy: only for slots")
     seconds, rate, down = DEFAULTS[args.scenario]
     args.seconds = seconds if args.seconds is None else args.seconds
     args.rate = rate if args.rate is None else args.rate
@@ -459,6 +494,9 @@ def main() -> int:
     workers: list[Worker] = []
     clean = keep_logs = False
     subscriber = Subscriber().start()
+    # slots --busy: a subscriber of their own, so that the SIGKILL (which picks the pool processes
+    # connected to the held endpoint's port) leaves the busy ones alone.
+    busy_side = Subscriber().start() if args.busy else None
     try:
         subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
         import django
@@ -495,6 +533,20 @@ def main() -> int:
                 )
             )
         endpoint = sides[0] if len(sides) == 1 else Endpoints(sides)
+        busy_store, busy_lanes = None, 2 * args.workers * args.concurrency
+        if busy_side is not None:
+            busy_side.respond_with("/busy", lambda _request: Reply.slow(BUSY_REPLY_SECONDS))
+            busy_store = HubStore(name="busy")
+            busy_store.token_set_new()
+            busy_store.save()
+            # Two endpoints a pool process, each its lane of the backlog: a pump per endpoint, queued.
+            for lane in range(busy_lanes):
+                Subscription.objects.create(
+                    name=f"busy-{lane}",
+                    url=busy_side.url("/busy"),
+                    message_types=["product:*"],
+                    filters=[{"path": "product.lane", "op": "eq", "value": lane}],
+                )
 
         port = free_port()
         for name, command in (
@@ -534,6 +586,8 @@ def main() -> int:
             store=Store(f"http://127.0.0.1:{port}", token),
             workers=workers,
             supervisor=Supervisor(workers),
+            busy_store=busy_store,
+            busy_lanes=busy_lanes,
         )
         started = time.monotonic()
         SCENARIOS[args.scenario](run, started + args.seconds)
@@ -557,6 +611,8 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 process.kill()
         subscriber.stop()
+        if busy_side is not None:
+            busy_side.stop()
         redis.kill()
         from django.db import connections
 
