@@ -48,6 +48,12 @@ def partitions_ahead() -> list[str]:
     return created
 
 
+# The tables whose plans on the hot path follow their statistics (the claim, the status refresh).
+# Attempts are written and read by key: an ANALYZE of theirs while they fill, every few seconds
+# at a busy hub, cost the delivery phase more CPU than autovacuum's pace costs their plans.
+STATISTICS_KEPT = ("events_event", "routing_delivery")
+
+
 def partitions_statistics_refresh(*, using: Any = None) -> list[str]:
     """ANALYZE the partitions that have outgrown their statistics (infra.partitions.partitions_grown),
     every HUB_PARTITION_ANALYZE_SECONDS: a new range filled at a busy hub's pace would otherwise
@@ -56,7 +62,7 @@ def partitions_statistics_refresh(*, using: Any = None) -> list[str]:
     if not partitioned(using=using):
         return []
     floor = settings.HUB_PARTITION_ANALYZE_FLOOR_PAGES
-    grown = parts.partitions_grown(list(parts.PARTITIONED), floor_pages=floor, using=using)
+    grown = parts.partitions_grown(list(STATISTICS_KEPT), floor_pages=floor, using=using)
     for name in grown:
         parts.partition_analyze(name, using=using)
     if grown:

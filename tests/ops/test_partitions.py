@@ -15,7 +15,7 @@ from events.models import Event, EventDescendants
 from events.validation import envelope_validate
 from infra import partitions as parts
 from ops import services
-from ops.partitions import partitions_retention_drop, partitions_statistics_refresh
+from ops.partitions import STATISTICS_KEPT, partitions_retention_drop, partitions_statistics_refresh
 from ops.tasks import partitions_ahead_task, partitions_analyze_task
 from routing.models import Attempt, Delivery, Notification
 from routing.outbox import events_accept
@@ -288,6 +288,25 @@ def test_beat_analyzes_a_partition_grown_past_twice_its_statistics_and_only_that
     assert partitions_statistics_refresh() == []
 
 
+def test_the_attempts_filling_up_are_left_to_autovacuum(settings):
+    """Written and read by key: their ANALYZE every few seconds while a backlog is sent cost the
+    delivery phase more than their plans gain (docs/performance.md, Deliveries/s)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("partitions are PostgreSQL's")
+    settings.HUB_PARTITION_ANALYZE_FLOOR_PAGES = 1
+    partitions_statistics_refresh()
+    _routed_events(SubscriptionFactory(), "tried", range(2000))
+    Attempt.objects.bulk_create(
+        Attempt(delivery=d, number=1, request_method="POST", request_url="http://x", status_code=500, latency_ms=1)
+        for d in Delivery.objects.filter(event__message_id__startswith="tried-")
+    )
+    grown = parts.partitions_grown(list(parts.PARTITIONED), floor_pages=1)
+    assert "routing_attempt_p0" in grown
+
+    assert partitions_statistics_refresh() == [name for name in grown if name != "routing_attempt_p0"]
+    assert parts.partitions_grown(list(parts.PARTITIONED), floor_pages=1) == ["routing_attempt_p0"]
+
+
 # Committed rows: beat analyzes on a connection of its own.
 @pytest.mark.django_db(transaction=True)
 def test_beat_analyzes_the_grown_partitions_itself_when_it_starts(tmp_path, settings):
@@ -300,11 +319,14 @@ def test_beat_analyzes_the_grown_partitions_itself_when_it_starts(tmp_path, sett
         pytest.skip("partitions are PostgreSQL's")
     settings.HUB_PARTITION_ANALYZE_FLOOR_PAGES = 1
     partitions_statistics_refresh()
-    _routed_events(SubscriptionFactory(), "start", range(3000))
-    assert "routing_delivery_p0" in parts.partitions_grown(list(parts.PARTITIONED), floor_pages=1)
+    sub, n = SubscriptionFactory(), 0
+    while "routing_delivery_p0" not in parts.partitions_grown(list(STATISTICS_KEPT), floor_pages=1):
+        _routed_events(sub, "start", range(n, n + 1000))
+        n += 1000
+        assert n <= 200_000
 
     scheduler = HeartbeatScheduler(app=current_app, schedule_filename=str(tmp_path / "schedule"), lazy=True)
     scheduler.setup_schedule()
     scheduler.close()
 
-    assert parts.partitions_grown(list(parts.PARTITIONED), floor_pages=1) == []
+    assert parts.partitions_grown(list(STATISTICS_KEPT), floor_pages=1) == []
