@@ -167,11 +167,21 @@ def _decision(row: dict[str, Any]) -> retry.Decision:
 
 
 def endpoints_lost(*, now: datetime) -> list[int]:
-    """Enabled endpoints with a delivery due for longer than HUB_SWEEP_LOST_AFTER_SECONDS (its message lost)."""
+    """Enabled endpoints with a delivery due for longer than HUB_SWEEP_LOST_AFTER_SECONDS (its message
+    lost) and none on the wire. One being sent to is not lost, only behind: its claim looks again
+    once recorded, and a pump out of time hands the endpoint on. Woken at every sweep, a deep
+    backlog's endpoints would each add a message to the queue every few seconds."""
     lost_before = now - timedelta(seconds=settings.HUB_SWEEP_LOST_AFTER_SECONDS)
     due = Delivery.objects.filter(
         subscription_id=OuterRef("pk"), state__in=DELIVERY_OPEN_STATES, next_attempt_at__lte=lost_before
     )
+    sending = Delivery.objects.filter(
+        subscription_id=OuterRef("pk"), state=DeliveryState.DELIVERING, lease_expires_at__gt=now
+    )
     return list(
-        Subscription.objects.filter(is_enabled=True).filter(Exists(due)).order_by("id").values_list("id", flat=True)
+        Subscription.objects.filter(is_enabled=True)
+        .filter(Exists(due))
+        .exclude(Exists(sending))
+        .order_by("id")
+        .values_list("id", flat=True)
     )

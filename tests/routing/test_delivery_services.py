@@ -72,6 +72,18 @@ def test_sweep_wakes_each_endpoint_with_a_delivery_due_too_long(settings):
 
 
 @pytest.mark.django_db
+def test_sweep_leaves_an_endpoint_behind_but_being_sent_to_alone(settings):
+    """A backlog older than the lost-message age while a live claim sends it: not lost, only
+    behind; once that claim's lease has run out, it is."""
+    settings.HUB_SWEEP_LOST_AFTER_SECONDS = 30
+    now = timezone.now()
+    behind = DeliveryFactory(next_attempt_at=now - timedelta(minutes=5))
+    DeliveryFactory(subscription=behind.subscription, state="delivering", lease_expires_at=now + timedelta(seconds=5))
+    assert endpoints_lost(now=now) == []
+    assert endpoints_lost(now=now + timedelta(seconds=6)) == [behind.subscription_id]
+
+
+@pytest.mark.django_db
 def test_sweep_reclaims_a_delivery_whose_worker_vanished():
     delivery = DeliveryFactory()
     Delivery.objects.filter(pk=delivery.pk).update(
