@@ -48,7 +48,7 @@ def chaos(*args: str) -> dict[str, str]:
         pytest.param(["--scenario", "redis", "--warmup", "2", "--redis-down", "4", "--seconds", "8"], id="redis"),
         pytest.param(["--scenario", "slots", "--seconds", "3"], id="slots"),
         # The same with every other pool process sending a backlog to slow endpoints when the kill comes.
-        pytest.param(["--scenario", "slots", "--seconds", "3", "--busy", "200"], id="slots-busy"),
+        pytest.param(["--scenario", "slots", "--seconds", "3", "--busy", "80"], id="slots-busy"),
         pytest.param(["--scenario", "hot", "--hot-events", "300", "--hot-part", "50"], id="hot"),
     ],
 )
