@@ -5,6 +5,7 @@ twice whichever partition holds its first event."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -253,6 +254,16 @@ def _routed_events(sub, tag: str, numbers: range) -> None:
     Delivery.objects.bulk_create(Delivery(event=event, subscription=sub) for event in events)
 
 
+def _routed_until(tag: str, done: Callable[[], bool]) -> None:
+    """Routed events a thousand at a time (_routed_events) until `done()`: how many fill a
+    partition past its statistics depends on what earlier tests left in its file."""
+    sub, n = SubscriptionFactory(), 0
+    while not done():
+        _routed_events(sub, tag, range(n, n + 1000))
+        n += 1000
+        assert n <= 200_000
+
+
 def test_beat_analyzes_a_partition_grown_past_twice_its_statistics_and_only_that_one(settings):
     entry = settings.CELERY_BEAT_SCHEDULE["partitions-analyze"]
     assert entry["task"] == partitions_analyze_task.name
@@ -276,11 +287,7 @@ def test_beat_analyzes_a_partition_grown_past_twice_its_statistics_and_only_that
     # Whatever earlier tests left: statistics that describe it.
     partitions_statistics_refresh()
     assert partitions_statistics_refresh() == []
-    sub, n = SubscriptionFactory(), 0
-    while not all(now > 2 * max(known, 8) for known, now in map(pages, grown)):
-        _routed_events(sub, "grown", range(n, n + 1000))
-        n += 1000
-        assert n <= 200_000
+    _routed_until("grown", lambda: all(now > 2 * max(known, 8) for known, now in map(pages, grown)))
 
     assert partitions_statistics_refresh() == grown
     # The statistics now describe what is there: nothing more to do until it doubles again.
@@ -319,14 +326,14 @@ def test_beat_analyzes_the_grown_partitions_itself_when_it_starts(tmp_path, sett
         pytest.skip("partitions are PostgreSQL's")
     settings.HUB_PARTITION_ANALYZE_FLOOR_PAGES = 1
     partitions_statistics_refresh()
-    sub, n = SubscriptionFactory(), 0
-    while "routing_delivery_p0" not in parts.partitions_grown(list(STATISTICS_KEPT), floor_pages=1):
-        _routed_events(sub, "start", range(n, n + 1000))
-        n += 1000
-        assert n <= 200_000
+
+    def grown() -> list[str]:
+        return parts.partitions_grown(list(STATISTICS_KEPT), floor_pages=1)
+
+    _routed_until("start", lambda: "routing_delivery_p0" in grown())
 
     scheduler = HeartbeatScheduler(app=current_app, schedule_filename=str(tmp_path / "schedule"), lazy=True)
     scheduler.setup_schedule()
     scheduler.close()
 
-    assert parts.partitions_grown(list(STATISTICS_KEPT), floor_pages=1) == []
+    assert grown() == []
