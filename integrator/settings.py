@@ -134,6 +134,18 @@ if DATABASE_URL:
     if DATABASES["default"]["ENGINE"].endswith("postgresql"):
         # libpq waits forever on a server that accepted the connection and never answers.
         DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", _env_int("DB_CONNECT_TIMEOUT", 5))
+        # Nor does it notice a server gone silent (a network partition, a host powered off): TCP
+        # keepalives and an unacknowledged-data timeout end such a connection within about a minute,
+        # which no statement timeout can (the server is not there to apply it); a long query still
+        # answers the probes.
+        for name, value in (
+            ("keepalives", 1),
+            ("keepalives_idle", 30),
+            ("keepalives_interval", 10),
+            ("keepalives_count", 3),
+            ("tcp_user_timeout", 60_000),
+        ):
+            DATABASES["default"]["OPTIONS"].setdefault(name, value)
         # Health checks poll the socket instead of a SELECT 1 per request.
         DATABASES["default"]["ENGINE"] = "integrator.postgresql"
 else:

@@ -38,6 +38,15 @@ def test_worker_connections_commit_asynchronously_unless_turned_off(postgresql, 
         connection_created.disconnect(dispatch_uid="hub-worker-async-commit")
 
 
+def test_every_connection_gives_up_on_a_silent_server_within_about_a_minute(postgresql):
+    """A partitioned network answers nothing: no statement timeout can end the wait, TCP does."""
+    connection.ensure_connection()
+    params = connection.connection.info.get_parameters()
+    probing = int(params["keepalives_idle"]) + int(params["keepalives_interval"]) * int(params["keepalives_count"])
+    assert params["keepalives"] == "1" and probing <= 90
+    assert 0 < int(params["tcp_user_timeout"]) <= 90_000
+
+
 def test_web_connections_commit_synchronously(postgresql):
     # Nothing outside a worker connects the handler: an ingest is durable before it is answered.
     assert _synchronous_commit(connection) == "on"
