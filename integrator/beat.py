@@ -66,8 +66,9 @@ class Job:
         return self._idle.wait(timeout)
 
     def overdue(self) -> bool:
+        """A run under way past its limit, or a thread that ended: no run of it will come."""
         since = self.running_since
-        return since is not None and time.monotonic() - since > self.limit_seconds
+        return not self._thread.is_alive() or (since is not None and time.monotonic() - since > self.limit_seconds)
 
     def _loop(self) -> None:
         while True:
@@ -83,7 +84,10 @@ class Job:
                 self.running_since = None
                 # Runs are seconds apart at least: a connection kept between them would sit idle,
                 # and a fresh one per run is never one that broke while the database was away.
-                connection.close()
+                try:
+                    connection.close()
+                except Exception:  # noqa: BLE001 - a connection that fails to close must not end the job
+                    logger.warning("beat: a job's connection did not close", extra={"job": self.name}, exc_info=True)
                 with self._lock:
                     if not self._due.is_set():
                         self._idle.set()

@@ -129,3 +129,27 @@ def test_a_jobs_statements_are_cut_at_its_limit():
     job.ask()
     assert job.wait_idle(10)
     assert seen == ["90s"]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_job_whose_thread_ended_stops_the_heartbeat(tmp_path, settings, monkeypatch):
+    """A run that ends its thread (SystemExit, say) leaves no one to run the job: beat must not
+    look healthy."""
+    settings.HUB_BEAT_HEARTBEAT_FILE = str(tmp_path / "heartbeat")
+    monkeypatch.setattr("integrator.beat.AT_START", ())
+    scheduler = HeartbeatScheduler(app=current_app, schedule_filename=str(tmp_path / "schedule"), lazy=True)
+    scheduler.setup_schedule()
+    scheduler.schedule.clear()
+
+    def run() -> None:
+        raise SystemExit
+
+    job = scheduler.jobs["ended"] = Job("ended", run)
+    try:
+        job.ask()
+        wait_until(job.overdue, 10, message="the job's thread ended")
+        scheduler.tick()
+        assert not (tmp_path / "heartbeat").exists()
+    finally:
+        scheduler.jobs.pop("ended")
+        scheduler.close()
