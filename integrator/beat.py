@@ -101,7 +101,7 @@ class Job:
 
 class HeartbeatScheduler(PersistentScheduler):
     """Runs each entry's task in this process (a Job per task) rather than sending it, and touches
-    HUB_BEAT_HEARTBEAT_FILE after each tick while no job has run past its limit. A tick comes at
+    HUB_BEAT_HEARTBEAT_FILE after each tick while no job is stuck (Job.overdue). A tick comes at
     least once per sweep interval (the most frequent entry), so the file ages past
     HUB_BEAT_STALE_SECONDS only when the loop has stopped or a job hangs. An entry whose task this
     app does not know is sent, as Celery's scheduler does."""
@@ -113,6 +113,8 @@ class HeartbeatScheduler(PersistentScheduler):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.jobs: dict[str, Job] = {}
+        # The overdue jobs last said, so that a stuck job is logged once, not at every tick.
+        self._overdue_said: list[str] = []
         super().__init__(*args, **kwargs)
 
     def setup_schedule(self) -> None:
@@ -144,10 +146,13 @@ class HeartbeatScheduler(PersistentScheduler):
     def tick(self, *args: object, **kwargs: object) -> float:
         interval = super().tick(*args, **kwargs)
         overdue = [job.name for job in self.jobs.values() if job.overdue()]
-        if overdue:
-            # Its next runs wait behind it: a beat that cannot sweep must not look healthy.
-            logger.error("beat: a periodic job has run past its limit", extra={"jobs": overdue})
-        else:
+        if overdue != self._overdue_said:
+            if overdue:
+                # Past its limit, or its thread ended.
+                logger.error("beat: a periodic job is stuck", extra={"jobs": overdue})
+            self._overdue_said = overdue
+        if not overdue:
+            # A stuck job's next runs wait behind it: a beat that cannot sweep must not look healthy.
             heartbeat_touch(Path(settings.HUB_BEAT_HEARTBEAT_FILE))
         return interval
 
