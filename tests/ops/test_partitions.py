@@ -236,10 +236,14 @@ def test_a_key_left_by_a_dropped_event_is_taken_over_by_the_next_push(ranges):
     assert services.envelope_push(store=store, data=data).event.pk == again.event.pk
 
 
+def _beat_runs(settings, entry_name: str, task_name: str, interval: float) -> None:
+    entry = settings.CELERY_BEAT_SCHEDULE[entry_name]
+    assert entry["task"] == task_name
+    assert entry["schedule"] == interval
+
+
 def test_beat_runs_the_partitions_upkeep_and_it_does_nothing_without_partitions(settings):
-    entry = settings.CELERY_BEAT_SCHEDULE["partitions-ahead"]
-    assert entry["task"] == partitions_ahead_task.name
-    assert entry["schedule"] == settings.HUB_PARTITION_INTERVAL_SECONDS
+    _beat_runs(settings, "partitions-ahead", partitions_ahead_task.name, settings.HUB_PARTITION_INTERVAL_SECONDS)
     if connection.vendor != "postgresql":
         from ops.partitions import partitions_ahead
 
@@ -265,9 +269,7 @@ def _routed_until(tag: str, done: Callable[[], bool]) -> None:
 
 
 def test_beat_analyzes_a_partition_grown_past_twice_its_statistics_and_only_that_one(settings):
-    entry = settings.CELERY_BEAT_SCHEDULE["partitions-analyze"]
-    assert entry["task"] == partitions_analyze_task.name
-    assert entry["schedule"] == settings.HUB_PARTITION_ANALYZE_SECONDS
+    _beat_runs(settings, "partitions-analyze", partitions_analyze_task.name, settings.HUB_PARTITION_ANALYZE_SECONDS)
     if connection.vendor != "postgresql":
         assert partitions_statistics_refresh() == []
         return
