@@ -1,7 +1,7 @@
 """Chaos run: push events through a real hub in the production shape while breaking it, then count
 what arrived. Bounded in time; runs on a database and a Redis of its own.
 
-    python bench/chaos.py [--scenario flood|redis|slots|hot] [--seconds S] [--orders 40] [--workers 2]
+    python bench/chaos.py [--scenario flood|redis|slots|hot|neighbour] [--seconds S] [--orders 40] [--workers 2]
                           [--endpoints 1] [--busy N]
                           [--concurrency 2] [--rate R] [--drain 120] [--redis-down S] [--hot-events 3000]
 
@@ -28,6 +28,12 @@ Scenarios:
 - `hot`: one order's chain of --hot-events events pushed at once, alongside traffic at --rate
   over the other orders until the chain is delivered; the endpoint never fails the hot order.
   Prints the chain's rate over its first and last --hot-part events.
+- `neighbour`: another store's backlog of --busy deliveries (1200) to slow endpoints, as in
+  `slots --busy`, keeps every pool process busy, and it goes on pushing at --busy-rate (40/s,
+  twice what its endpoints take); meanwhile the chaos store pushes at --rate (5/s) for --seconds
+  (20) to its own endpoint. Prints how long its events took to reach the endpoint
+  (first request, p50 / p95 / max) and how much of the backlog was still waiting at the end:
+  one busy store must not hold up the others.
 
 With --endpoints N (flood and redis), N endpoints are subscribed to every order, so each event is
 a fan-out: it counts as delivered once all of them have acknowledged it, and each endpoint checks
@@ -81,7 +87,10 @@ DEFAULTS = {
     "redis": (90.0, 30.0, 60.0),
     "slots": (20.0, 30.0, 0.0),
     "hot": (600.0, 30.0, 0.0),
+    "neighbour": (20.0, 5.0, 0.0),
 }
+# neighbour: the busy store's backlog when --busy is not given.
+NEIGHBOUR_BUSY = 1200
 HELD = ("H0", "H1")
 HOT = "HOT"
 # slots --busy: how long the busy endpoints take to answer.
@@ -166,6 +175,8 @@ class Run:
     # slots --busy: the store whose backlog keeps the workers busy, and its endpoints (lanes).
     busy_store: Any = None
     busy_lanes: int = 0
+    # neighbour: the busy store's deliveries still waiting when the traffic ended.
+    backlog_left: int = 0
     # Ends the traffic before its time.
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -244,7 +255,7 @@ def slots(run: Run, until: float) -> None:
         run.store.push(number)
         wait_until(lambda n=number: n in run.endpoint.holding, 60, message=f"{number} held by the endpoint")
     if run.busy_store is not None:
-        backlog_push(run)
+        backlog_push(run, spare=len(HELD))
     pushing = threading.Thread(target=lambda: run.traffic(time.monotonic() + run.args.seconds), daemon=True)
 
     def push_other() -> Callable[[], bool]:
@@ -264,24 +275,30 @@ def slots(run: Run, until: float) -> None:
         run.supervisor.watch(1)
 
 
-def backlog_push(run: Run) -> None:
+def backlog_push(run: Run, spare: int = 0) -> None:
     """--busy deliveries to the busy endpoints, written in-process (events_accept wakes their
-    pumps); returns once every pool process but the two holding the slots is sending them."""
-    from events.validation import Envelope
+    pumps); returns once every pool process but `spare` (those holding the slots) is sending them."""
     from routing.models import Delivery
-    from routing.outbox import events_accept
 
     for start in range(0, run.args.busy, 100):
-        events_accept(
-            store=run.busy_store,
-            envelopes=[
-                Envelope("product:new", f"busy-{n}", {"product": {"id": f"P{n}", "lane": n % run.busy_lanes}})
-                for n in range(start, min(run.args.busy, start + 100))
-            ],
-        )
+        busy_accept(run, range(start, min(run.args.busy, start + 100)))
     sending = Delivery.objects.filter(event__store=run.busy_store, state="delivering")
-    others = run.args.workers * run.args.concurrency - len(HELD)
+    others = run.args.workers * run.args.concurrency - spare
     wait_until(lambda: sending.values("subscription").distinct().count() >= others, 60, 0.05, "every pool process busy")
+
+
+def busy_accept(run: Run, numbers: range) -> None:
+    """The busy store's events `numbers`, spread over its endpoints (lanes), accepted in-process."""
+    from events.validation import Envelope
+    from routing.outbox import events_accept
+
+    events_accept(
+        store=run.busy_store,
+        envelopes=[
+            Envelope("product:new", f"busy-{n}", {"product": {"id": f"P{n}", "lane": n % run.busy_lanes}})
+            for n in numbers
+        ],
+    )
 
 
 def hot(run: Run, until: float) -> None:
@@ -301,7 +318,41 @@ def hot(run: Run, until: float) -> None:
     run.supervisor.check()
 
 
-SCENARIOS: dict[str, Callable[[Run, float], None]] = {"flood": flood, "redis": redis_outage, "slots": slots, "hot": hot}
+def neighbour(run: Run, until: float) -> None:
+    """The busy store's backlog queued, every pool process sending it; then the traffic, while the
+    busy store goes on pushing more than its endpoints take (--busy-rate)."""
+    from django.db import connection
+
+    backlog_push(run)
+
+    def flood() -> None:
+        step, number = 0.25, run.args.busy
+        try:
+            while time.monotonic() < until:
+                count = max(1, round(run.args.busy_rate * step))
+                busy_accept(run, range(number, number + count))
+                number += count
+                time.sleep(step)
+        finally:
+            connection.close()
+
+    run.alongside(flood, until)
+    run.backlog_left = backlog_waiting(run)
+
+
+def backlog_waiting(run: Run) -> int:
+    from routing.models import Delivery
+
+    return Delivery.objects.filter(event__store=run.busy_store).exclude(state="delivered").count()
+
+
+SCENARIOS: dict[str, Callable[[Run, float], None]] = {
+    "flood": flood,
+    "redis": redis_outage,
+    "slots": slots,
+    "hot": hot,
+    "neighbour": neighbour,
+}
 
 
 def drain(run: Run) -> int:
@@ -365,6 +416,18 @@ def report(run: Run, delivered: int, push_seconds: float, drain_seconds: float, 
                 if not undelivered
                 else f"never: {undelivered} accepted by Redis's return not delivered",
             ),
+        ]
+    if args.scenario == "neighbour":
+        # The store notes an event accepted once the answer is in, which a delivery can beat.
+        waits = sorted(max(0.0, first - accepted[m]) for m, first in endpoint.first_seen.items() if m in accepted)
+        if waits:
+            p50, p95 = waits[len(waits) // 2], waits[min(len(waits) - 1, int(len(waits) * 0.95))]
+            figure = f"p50 {p50:.2f}s, p95 {p95:.2f}s, max {waits[-1]:.2f}s over {len(waits)} events"
+        else:
+            figure = "none reached the endpoint"
+        lines += [
+            ("  reached", figure),
+            ("  busy store", f"{run.backlog_left} deliveries still waiting when pushing ended"),
         ]
     if args.scenario == "hot":
         chain = sorted(at for m, at in acked_at.items() if m.startswith(f"{HOT}-"))
@@ -434,16 +497,23 @@ def arguments() -> argparse.Namespace:
         "--endpoints", type=int, default=1, help="flood, redis: endpoints subscribed to every order (fan-outs)"
     )
     parser.add_argument(
-        "--busy", type=int, default=0, help="slots: deliveries to slow endpoints queued before the kill (0: none)"
+        "--busy",
+        type=int,
+        help="slots: deliveries to slow endpoints queued before the kill (0: none); neighbour: the busy store's (1200)",
+    )
+    parser.add_argument(
+        "--busy-rate", type=float, default=40, help="neighbour: the busy store's pushes a second (default 40)"
     )
     parser.add_argument("--hot-events", type=int, default=3000, help="hot: the hot order's events (default 3000)")
     parser.add_argument("--hot-part", type=int, default=500, help="hot: events in its first and last part")
     args = parser.parse_args()
-    if args.endpoints < 1 or (args.endpoints > 1 and args.scenario in ("slots", "hot")):
+    if args.endpoints < 1 or (args.endpoints > 1 and args.scenario in ("slots", "hot", "neighbour")):
         # Their figures follow one endpoint's held or hot order.
         parser.error("--endpoints: at least 1, and more only for flood and redis")
-    if args.busy and args.scenario != "slots":
-        parser.error("--busy: only for slots")
+    if args.busy and args.scenario not in ("slots", "neighbour"):
+        parser.error("--busy: only for slots and neighbour")
+    if args.busy is None:
+        args.busy = NEIGHBOUR_BUSY if args.scenario == "neighbour" else 0
     seconds, rate, down = DEFAULTS[args.scenario]
     args.seconds = seconds if args.seconds is None else args.seconds
     args.rate = rate if args.rate is None else args.rate

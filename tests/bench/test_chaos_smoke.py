@@ -50,6 +50,10 @@ def chaos(*args: str) -> dict[str, str]:
         # The same with every other pool process sending a backlog to slow endpoints when the kill comes.
         pytest.param(["--scenario", "slots", "--seconds", "3", "--busy", "80"], id="slots-busy"),
         pytest.param(["--scenario", "hot", "--hot-events", "300", "--hot-part", "50"], id="hot"),
+        # Another store's backlog keeps every pool process busy while the chaos store pushes.
+        pytest.param(
+            ["--scenario", "neighbour", "--seconds", "3", "--busy", "80", "--busy-rate", "10"], id="neighbour"
+        ),
     ],
 )
 def test_a_short_chaos_run_loses_nothing_and_breaks_no_order(args: list[str]) -> None:
