@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from queue import Empty
 from time import monotonic
 from typing import Any
 
@@ -18,9 +19,22 @@ from kombu.exceptions import ChannelError
 from kombu.transport import filesystem
 from kombu.utils.encoding import str_to_bytes
 from kombu.utils.json import dumps
+from kombu.utils.scheduling import FairCycle
+
+
+class PriorityCycle(FairCycle):
+    """Every poll tries the queues in the worker's order: the backlog lane only when the first is
+    empty (routing.wakeup), as the Redis broker's `queue_order_strategy` "priority" does."""
+
+    def get(self, callback: Any, **kwargs: Any) -> Any:
+        self.pos = 0
+        return super().get(callback, **kwargs)
 
 
 class Channel(filesystem.Channel):
+    def _reset_cycle(self) -> None:
+        self._cycle = PriorityCycle(self._get_and_deliver, self._active_queues, Empty)
+
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
         name = f"{int(round(monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"
         final = os.path.join(self.data_folder_out, name)

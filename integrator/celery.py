@@ -17,6 +17,18 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 
+@signals.celeryd_after_setup.connect
+def _backlog_lanes_consume(sender: object, instance: object, **kwargs: object) -> None:
+    # After each queue the worker takes from, its backlog lane (routing.wakeup): a pump out of time
+    # waits there, taken only when the queues before it are empty.
+    from routing.wakeup import BACKLOG_SUFFIX
+
+    queues = instance.app.amqp.queues  # type: ignore[attr-defined]
+    for name in list(queues.consume_from):
+        if not name.endswith(BACKLOG_SUFFIX):
+            queues.select_add(f"{name}{BACKLOG_SUFFIX}")
+
+
 @signals.worker_init.connect
 def _worker_metrics_serve(**kwargs: object) -> None:
     # Opt-in, so that test workers and several workers on one host never fight over a port.

@@ -189,7 +189,8 @@ if BROKER_IS_EMBEDDED:
     }
 else:
     # Long waits live in the database, so any countdown we hand the broker stays far below this.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+    # Queues in the order the worker lists them: the backlog lane only when the first is empty.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600, "queue_order_strategy": "priority"}
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_QUEUE", "hub")
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -198,7 +199,9 @@ CELERY_RESULT_BACKEND = None
 # Tasks claim rows before sending, so late acks are safe: a killed worker's message is redelivered.
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
-CELERY_WORKER_PREFETCH_MULTIPLIER = 4
+# A message reserved waits in its worker behind those reserved before it, whatever its lane:
+# a worker holds only what its pool processes are running (routing.wakeup, the backlog lane).
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # Else Celery's Django fix-up opens a new connection for every task; integrator/celery.py still
 # drops one that broke or outlived DB_CONN_MAX_AGE.
 CELERY_DB_REUSE_MAX = _env_int("CELERY_DB_REUSE_MAX", 1000)

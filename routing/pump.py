@@ -11,7 +11,8 @@ batch takes a resource's deliveries only from its oldest unfinished one on (its 
 has come), with the open, due ones that follow it in a row, and sends them in id order; one that
 does not succeed holds back the rest of its resource, which go back unsent. So one order's events
 reach an endpoint in the order the hub accepted them, a long chain a batch at a time. A pump whose
-time is up hands the endpoint to a fresh task: other endpoints' messages wait behind it.
+time is up hands the endpoint to a fresh task in the backlog lane (routing.wakeup): other
+endpoints' new deliveries go first.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from routing.record import outcomes_record
 from routing.send import Sent, batch_send
 from routing.standing import subscription_max_in_flight
 from routing.status import events_status_refresh
-from routing.wakeup import pumps_enqueue
+from routing.wakeup import TURN_MORE, TURN_NEW, TURN_NEXT, backlog_unmark, pumps_enqueue
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +49,9 @@ class PumpResult:
     helpers: int = 0
 
 
-def deliveries_pump(*, subscription_id: int) -> PumpResult:
+def deliveries_pump(*, subscription_id: int, marked: bool = False) -> PumpResult:
     """Send one endpoint's due deliveries until none is left, within HUB_DELIVERY_PUMP_SECONDS.
+    `marked`: a pump handed on in the backlog lane, which takes the endpoint's mark off when done.
 
     Nothing is sent for a disabled endpoint, or when its in-flight limit is taken: the tasks that
     hold it go on until nothing is due, so they also send what this one would have."""
@@ -64,6 +66,11 @@ def deliveries_pump(*, subscription_id: int) -> PumpResult:
         size = batch_size(sub.pk, remaining=deadline - time.monotonic())
         batch = batch_claim(sub=sub, budget=budget, size=size)
         if batch is None:
+            if marked:
+                # Unmarked, then one more look: a message dropped while the mark held is ours.
+                backlog_unmark([sub.pk])
+                marked = False
+                continue
             break
         if _resources(batch) >= size:
             outcome.helpers += _helper_wake(sub)
@@ -76,8 +83,15 @@ def deliveries_pump(*, subscription_id: int) -> PumpResult:
         # Only the pump's time sends it on: what a failed delivery held back is not due until the
         # failed one's retry, and the next claim takes whatever else is.
         if time.monotonic() >= deadline:
-            outcome.handed_on = bool(pumps_enqueue([subscription_id]))
-            break
+            # A batch full or cut short means a backlog: the backlog lane, whose mark the next pump
+            # takes off. Else what comes is new work, whose push may have a message waiting already.
+            behind = bool(unsent) or _resources(batch) >= size
+            turn = TURN_NEXT if behind else TURN_NEW
+            outcome.handed_on = bool(pumps_enqueue([subscription_id], coalesce=not behind, turn=turn))
+            return outcome
+    if marked:
+        # A disabled or deleted endpoint: its mark must not drop the messages of its return.
+        backlog_unmark([subscription_id])
     return outcome
 
 
@@ -108,4 +122,4 @@ def _helper_wake(sub: Subscription) -> int:
     mark keeps one such message waiting at a time."""
     if subscription_max_in_flight(sub) == 1:
         return 0
-    return len(pumps_enqueue([sub.pk], coalesce=True))
+    return len(pumps_enqueue([sub.pk], coalesce=True, turn=TURN_MORE))

@@ -19,7 +19,7 @@ from routing.leases import LEASE_EXPIRED_ERROR
 from routing.models import DELIVERY_OPEN_STATES, Attempt, Delivery, DeliveryState, Subscription
 from routing.record import retry_terms
 from routing.status import events_status_refresh
-from routing.wakeup import pumps_enqueue
+from routing.wakeup import TURN_MORE, pumps_enqueue
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,9 @@ def deliveries_sweep(*, now: datetime | None = None) -> SweepResult:
     `now`: the time the sweep takes for now (tests: a sweep as it would run later)."""
     now = now or timezone.now()
     reclaimed, unsent, woken = leases_reclaim(now=now)
-    published = pumps_enqueue([*woken, *endpoints_lost(now=now)])
+    # A lost endpoint is behind by then: the backlog lane, not ahead of others' new deliveries.
+    lost = [i for i in endpoints_lost(now=now) if i not in woken]
+    published = [*pumps_enqueue(woken), *pumps_enqueue(lost, turn=TURN_MORE)]
     if reclaimed or published:
         logger.info("sweep", extra={"reclaimed": reclaimed, "unsent": unsent, "enqueued": len(published)})
     return SweepResult(reclaimed=reclaimed, enqueued=len(published), unsent=unsent)

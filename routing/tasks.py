@@ -12,7 +12,7 @@ from routing.fanout import deliveries_fan_out
 from routing.pump import deliveries_pump
 from routing.schedules import schedules_run
 from routing.sweeper import deliveries_sweep
-from routing.wakeup import FANOUT_TASK, PUMP_TASK, pump_started, pumps_started
+from routing.wakeup import FANOUT_TASK, PUMP_TASK, TURN_NEW, TURN_NEXT, pump_begin, pumps_started
 
 # The database went away (restart, failover, network): the task waits and tries again rather than
 # being acked as failed, which would leave its delivery to the sweeper's much slower lost-message check.
@@ -25,10 +25,10 @@ def database_retry_countdown(retries: int) -> float:
 
 
 @shared_task(bind=True, name=PUMP_TASK, ignore_result=True, max_retries=None)
-def deliveries_pump_task(self: Any, subscription_id: int) -> None:
+def deliveries_pump_task(self: Any, subscription_id: int, turn: str = TURN_NEW) -> None:
     try:
-        pump_started(subscription_id)
-        deliveries_pump(subscription_id=subscription_id)
+        if pump_begin(subscription_id, turn=turn):
+            deliveries_pump(subscription_id=subscription_id, marked=turn == TURN_NEXT)
     except DATABASE_UNAVAILABLE as exc:
         raise self.retry(exc=exc, countdown=database_retry_countdown(self.request.retries)) from exc
 

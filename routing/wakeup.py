@@ -4,7 +4,11 @@ deliveries to several endpoints (a batch's events too, when few for their endpoi
 A pump message names a subscription, not a delivery: the worker that takes it sends that endpoint's due
 deliveries until none is left (routing.pump). A fan-out message names the deliveries of one event
 to several endpoints, which its worker sends at once (routing.fanout); what it cannot send, it
-leaves to the endpoints' pumps. The database is the memory of what is owed; a message
+leaves to the endpoints' pumps. A pump out of time continues in the backlog lane, a second queue
+the workers take from only when the first is empty (integrator/celery.py), so that one endpoint's
+backlog never queues ahead of another's new deliveries; while an endpoint is marked as waiting
+there, its new-work messages are dropped (its backlog pump sends those deliveries in turn).
+The database is the memory of what is owed; a message
 is only a wake-up, so a repeated one costs a look and a lost one is made good by the sweeper.
 Published by task name, so that nothing on the way to the broker imports the tasks.
 """
@@ -37,6 +41,67 @@ _broker_down_until = [0.0]
 # coalescing falls back to a message per endpoint per process and HUB_PUMP_COALESCE_SECONDS, not
 # one per push, which would bury the workers in messages that each cost a look.
 _local_pending: TtlCache[int, bool] = TtlCache()
+
+
+# The backlog lane: the queue's name with this after it (integrator/celery.py has workers take it too).
+BACKLOG_SUFFIX = "-backlog"
+# What a pump message is for (its `turn`): new deliveries (the main queue); in the backlog lane, a
+# pump out of time handing its endpoint on (marked: routing.pump takes the mark off when done), or
+# more pumps for a backlog (its helpers, the sweeper's lost endpoints).
+TURN_NEW, TURN_NEXT, TURN_MORE = "new", "next", "more"
+
+
+def backlog_queue() -> str:
+    return f"{current_app.conf.task_default_queue}{BACKLOG_SUFFIX}"
+
+
+def _backlog_key(subscription_id: int) -> str:
+    return f"pump-backlog:{current_app.conf.task_default_queue}:{subscription_id}"
+
+
+def pump_begin(subscription_id: int, *, turn: str) -> bool:
+    """A pump message is taken: whether to pump. A new-work message for an endpoint marked as
+    handed on in the backlog lane is dropped, its pending mark left to expire so that pushes
+    meanwhile publish nothing: that pump takes the endpoint's due deliveries oldest first, these
+    among them. Else the endpoint's pending mark is cleared (pump_started)."""
+    if turn == TURN_NEW and _backlog_marked(subscription_id):
+        return False
+    pump_started(subscription_id)
+    return True
+
+
+def _backlog_marked(subscription_id: int) -> bool:
+    if not cache_available():
+        return False
+    try:
+        return cache.get(_backlog_key(subscription_id)) is not None
+    except Exception as exc:  # noqa: BLE001 - without the mark the message pumps, as before lanes
+        cache_failed("backlog_mark", exc)
+        return False
+
+
+def _backlog_mark(subscription_ids: Sequence[int]) -> None:
+    """Marked before the backlog message is published: marked after, a pump that ran and ended in
+    between would leave a mark that drops new-work messages with no pump behind it. The mark
+    expires after HUB_SWEEP_LOST_AFTER_SECONDS, what a lost message costs anyway."""
+    if not cache_available():
+        return
+    try:
+        cache.set_many({_backlog_key(i): 1 for i in subscription_ids}, timeout=settings.HUB_SWEEP_LOST_AFTER_SECONDS)
+    except Exception as exc:  # noqa: BLE001 - unmarked, new-work messages pump alongside
+        cache_failed("backlog_mark", exc)
+
+
+def backlog_unmark(subscription_ids: Sequence[int]) -> None:
+    """The endpoints' handed-on pump is done (or its message was never published). The caller looks
+    once more for due deliveries afterwards: one whose message was dropped while the mark was set
+    is this pump's to send."""
+    if not subscription_ids or not cache_available():
+        return
+    try:
+        cache.delete_many([_backlog_key(i) for i in subscription_ids])
+    except Exception as exc:  # noqa: BLE001 - the mark expires on its own
+        cache_failed("backlog_mark", exc)
 
 
 def _pending_keys(subscription_ids: Sequence[int]) -> list[str]:
@@ -190,12 +255,14 @@ def _publish(task: str, args: list[Any]) -> bool:
 
 
 def pumps_enqueue(
-    subscription_ids: Iterable[int], *, countdown: float | None = None, coalesce: bool = False
+    subscription_ids: Iterable[int], *, countdown: float | None = None, coalesce: bool = False, turn: str = TURN_NEW
 ) -> list[int]:
     """Ask the workers to send these endpoints' due deliveries; returns the ids actually published.
 
     With `coalesce` (new deliveries, at once) an endpoint whose message is still waiting for a
-    worker gets none: under a steady stream of pushes to one endpoint that is most of them. A broker outage
+    worker gets none: under a steady stream of pushes to one endpoint that is most of them. Any
+    `turn` but TURN_NEW goes to the backlog lane; TURN_NEXT marks the endpoints as handed on there
+    (pump_begin). A broker outage
     is not the store's problem: the deliveries are durable and the sweeper wakes their endpoints
     once the broker is back."""
     ids = list(dict.fromkeys(subscription_ids))
@@ -205,10 +272,15 @@ def pumps_enqueue(
         return []
     if coalesce and not countdown and settings.HUB_PUMP_COALESCE_SECONDS > 0:
         ids = _newly_pending(ids)
+    lane: dict[str, Any] = {}
+    if turn != TURN_NEW and ids:
+        if turn == TURN_NEXT:
+            _backlog_mark(ids)
+        lane = {"queue": backlog_queue(), "kwargs": {"turn": turn}}
     published: list[int] = []
     for subscription_id in ids:
         try:
-            current_app.send_task(PUMP_TASK, args=[subscription_id], countdown=countdown or None)
+            current_app.send_task(PUMP_TASK, args=[subscription_id], countdown=countdown or None, **lane)
         except Exception:  # noqa: BLE001 - any broker failure; the database still holds the deliveries
             logger.warning(
                 "broker unavailable; deliveries left for the sweeper", extra={"subscription_id": subscription_id}
@@ -220,6 +292,8 @@ def pumps_enqueue(
                 # Marked pending but never published: let the next push try again.
                 for unpublished in ids[len(published) :]:
                     pump_started(unpublished)
+            if turn == TURN_NEXT:
+                backlog_unmark(ids[len(published) :])
             break
         published.append(subscription_id)
     return published

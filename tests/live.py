@@ -37,14 +37,37 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: fl
 
 
 def queue_purge(queue: str) -> None:
-    """Drop whatever an earlier run left on a Celery queue, before a test worker starts on it."""
+    """Drop whatever an earlier run left on a Celery queue and its backlog lane, before a test
+    worker starts on it."""
     from integrator.celery import app
+    from routing.wakeup import BACKLOG_SUFFIX
 
     with app.connection_for_write() as conn:
+        for name in (queue, f"{queue}{BACKLOG_SUFFIX}"):
+            try:
+                conn.default_channel.queue_purge(name)
+            except Exception:  # noqa: BLE001 - a queue that does not exist yet has nothing to purge
+                pass
+
+
+def queue_drain(queue: str) -> list[tuple[str, list[Any], dict[str, Any]]]:
+    """The messages waiting on a Celery queue, taken off it in order: (task, args, kwargs) each."""
+    from integrator.celery import app
+
+    taken: list[tuple[str, list[Any], dict[str, Any]]] = []
+    with app.connection_for_write() as conn:
+        queue_ = conn.SimpleQueue(queue)
         try:
-            conn.default_channel.queue_purge(queue)
-        except Exception:  # noqa: BLE001 - a queue that does not exist yet has nothing to purge
-            pass
+            while True:
+                try:
+                    message = queue_.get(block=False)
+                except queue_.Empty:
+                    return taken
+                args, kwargs, _ = message.decode()
+                taken.append((message.headers["task"], args, kwargs))
+                message.ack()
+        finally:
+            queue_.close()
 
 
 def free_port() -> int:

@@ -2,8 +2,9 @@ import json
 import threading
 import time
 from queue import Empty
+from typing import Any
 
-from kombu import Connection
+from kombu import Connection, Exchange, Queue
 
 from integrator.broker_fs import Transport
 
@@ -23,6 +24,26 @@ def test_publishing_to_the_embedded_broker_gives_no_missing_hostname_warning(tmp
         conn.SimpleQueue("q").put({"n": 1})
         assert conn.info()["hostname"] is None
     assert not [r for r in caplog.records if "hostname" in r.getMessage()]
+
+
+def test_a_consumer_takes_its_first_queue_before_the_next(tmp_path):
+    """As the Redis broker's "priority" order: the backlog lane only once the main queue is empty."""
+    options = {"data_folder_in": str(tmp_path), "data_folder_out": str(tmp_path), "store_processed": False}
+    queues = {name: Queue(name, Exchange(name), routing_key=name) for name in ("main", "lane")}
+    taken: list[str] = []
+
+    def take(body: dict, message: Any) -> None:
+        taken.append(body["queue"])
+        message.ack()
+
+    with Connection("filesystem://", transport_options=options) as conn:
+        producer = conn.Producer()
+        for name in ("lane", "main", "lane", "main"):
+            producer.publish({"queue": name}, exchange=queues[name].exchange, routing_key=name, declare=[queues[name]])
+        with conn.Consumer([queues["main"], queues["lane"]], callbacks=[take]):
+            for _ in range(4):
+                conn.drain_events(timeout=2)
+    assert taken == ["main", "main", "lane", "lane"]
 
 
 def test_a_consumer_never_takes_a_half_written_message(tmp_path):

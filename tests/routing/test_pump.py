@@ -85,10 +85,11 @@ def test_what_the_time_budget_leaves_unsent_goes_back_as_it_was_and_is_handed_on
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_outcome_counts_only_while_the_batch_still_holds_its_delivery(subscriber):
+def test_an_outcome_counts_only_while_the_batch_still_holds_its_delivery(subscriber, settings):
     """The first delivery's lease is taken back while its request is on the wire (as the sweeper
     does once a lease runs out): its attempt is recorded, its new state stands; the rest of the
     batch is recorded as usual."""
+    settings.HUB_DELIVERY_PUMP_SECONDS = 5  # time for both requests
     subscriber.program("/fence", Reply.slow(1.0), Reply.ok())
     sub = SubscriptionFactory(url=subscriber.url("/fence"))
     taken, kept = backlog(sub, 2)
@@ -117,11 +118,14 @@ def test_an_outcome_counts_only_while_the_batch_still_holds_its_delivery(subscri
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_stale_claim_records_its_attempt_over_the_sweepers_without_a_collision(subscriber, unconsumed_queue):
+def test_a_stale_claim_records_its_attempt_over_the_sweepers_without_a_collision(
+    subscriber, unconsumed_queue, settings
+):
     """The sweeper reclaims a delivery whose lease ran out while its request is on the wire, and
     records that attempt number as unanswered; the stale batch then records the answer it got: the
     answer replaces the sweeper's guess without a collision on (delivery, number), the sweeper's
     outcome stands, and the rest of the batch counts."""
+    settings.HUB_DELIVERY_PUMP_SECONDS = 5  # time for both requests
     subscriber.program("/stale", Reply.slow(1.0), Reply.ok())
     sub = SubscriptionFactory(url=subscriber.url("/stale"))
     taken, kept = backlog(sub, 2)
