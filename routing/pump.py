@@ -85,7 +85,7 @@ def deliveries_pump(*, subscription_id: int, marked: bool = False) -> PumpResult
         if time.monotonic() >= deadline:
             # A batch full or cut short means a backlog: the backlog lane, whose mark the next pump
             # takes off. Else what comes is new work, whose push may have a message waiting already.
-            behind = bool(unsent) or _resources(batch) >= size
+            behind = bool(unsent) or len(batch.deliveries) >= size
             turn = TURN_NEXT if behind else TURN_NEW
             outcome.handed_on = bool(pumps_enqueue([subscription_id], coalesce=not behind, turn=turn))
             return outcome

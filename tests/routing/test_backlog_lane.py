@@ -48,6 +48,20 @@ def test_a_pump_cut_short_by_its_time_hands_the_endpoint_to_the_backlog_lane(sub
     assert pump_begin(sub.pk, turn=TURN_NEXT)
 
 
+def test_one_orders_long_chain_out_of_time_is_a_backlog_too(subscriber, settings, lanes):
+    """Its batches hold one resource each: full by their deliveries, not their resources."""
+    settings.HUB_DELIVERY_PUMP_SECONDS = 0.3
+    settings.HUB_DELIVERY_BATCH_SIZE = 5
+    subscriber.respond_with("/chain", lambda _request: Reply.slow(0.02))
+    sub = SubscriptionFactory(url=subscriber.url("/chain"), max_in_flight=1)
+    for n in range(100):
+        DeliveryFactory(subscription=sub, event=EventFactory(payload={"n": n}, resource_key="order-1"))
+    assert deliveries_pump(subscription_id=sub.pk).handed_on
+    main, backlog = lanes
+    assert pumps(backlog) == [([sub.pk], {"turn": TURN_NEXT})]
+    assert pumps(main) == []
+
+
 def test_a_pump_out_of_time_that_sent_all_it_took_stays_in_the_main_queue(subscriber, settings, lanes):
     """Its time ran out on a slow reply, not on a backlog: what comes next is new work."""
     settings.HUB_DELIVERY_PUMP_SECONDS = 0.2
