@@ -260,8 +260,9 @@ HUB_RETRY_COUNTDOWN_MAX_SECONDS = _env_float("HUB_RETRY_COUNTDOWN_MAX_SECONDS", 
 # transaction: a claim and a record cost about as much for a few as for many (docs/performance.md,
 # Deliveries/s). A batch holds as many of them as the endpoint's pace fits into the pump's time.
 HUB_DELIVERY_BATCH_SIZE = _env_int("HUB_DELIVERY_BATCH_SIZE", 200)
-# Then a fresh message takes over, so other endpoints do not wait behind one long backlog.
-HUB_DELIVERY_PUMP_SECONDS = _env_float("HUB_DELIVERY_PUMP_SECONDS", 5)
+# Then a fresh message takes over, so other endpoints do not wait behind one long backlog: with
+# every pool process on a backlog, one comes free for new work about this often.
+HUB_DELIVERY_PUMP_SECONDS = _env_float("HUB_DELIVERY_PUMP_SECONDS", 1)
 # No new message for an endpoint whose last one still waits for a worker (it will see the push's
 # deliveries); the mark lasts this long at most. 0 = a message for every push.
 HUB_PUMP_COALESCE_SECONDS = _env_float("HUB_PUMP_COALESCE_SECONDS", 2)
