@@ -34,7 +34,7 @@ from routing.record import outcomes_record
 from routing.send import Sent, batch_send
 from routing.standing import subscription_max_in_flight
 from routing.status import events_status_refresh
-from routing.wakeup import TURN_MORE, TURN_NEW, TURN_NEXT, backlog_unmark, pumps_enqueue
+from routing.wakeup import TURN_LANE, TURN_NEW, backlog_unmark, pumps_enqueue
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class PumpResult:
 
 def deliveries_pump(*, subscription_id: int, marked: bool = False) -> PumpResult:
     """Send one endpoint's due deliveries until none is left, within HUB_DELIVERY_PUMP_SECONDS.
-    `marked`: a pump handed on in the backlog lane, which takes the endpoint's mark off when done.
+    `marked`: a pump from the backlog lane, which takes the endpoint's mark off when done.
 
     Nothing is sent for a disabled endpoint, or when its in-flight limit is taken: the tasks that
     hold it go on until nothing is due, so they also send what this one would have."""
@@ -83,10 +83,10 @@ def deliveries_pump(*, subscription_id: int, marked: bool = False) -> PumpResult
         # Only the pump's time sends it on: what a failed delivery held back is not due until the
         # failed one's retry, and the next claim takes whatever else is.
         if time.monotonic() >= deadline:
-            # A batch full or cut short means a backlog: the backlog lane, whose mark the next pump
-            # takes off. Else what comes is new work, whose push may have a message waiting already.
+            # A batch full or cut short means a backlog: the backlog lane, whose pump takes the mark
+            # off. Else what comes is new work, whose push may have a message waiting already.
             behind = bool(unsent) or len(batch.deliveries) >= size
-            turn = TURN_NEXT if behind else TURN_NEW
+            turn = TURN_LANE if behind else TURN_NEW
             outcome.handed_on = bool(pumps_enqueue([subscription_id], coalesce=not behind, turn=turn))
             return outcome
     if marked:
@@ -122,4 +122,4 @@ def _helper_wake(sub: Subscription) -> int:
     mark keeps one such message waiting at a time."""
     if subscription_max_in_flight(sub) == 1:
         return 0
-    return len(pumps_enqueue([sub.pk], coalesce=True, turn=TURN_MORE))
+    return len(pumps_enqueue([sub.pk], coalesce=True, turn=TURN_LANE))

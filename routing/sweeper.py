@@ -19,7 +19,7 @@ from routing.leases import LEASE_EXPIRED_ERROR
 from routing.models import DELIVERY_OPEN_STATES, Attempt, Delivery, DeliveryState, Subscription
 from routing.record import retry_terms
 from routing.status import events_status_refresh
-from routing.wakeup import TURN_MORE, pumps_enqueue
+from routing.wakeup import TURN_LANE, pumps_enqueue
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def deliveries_sweep(*, now: datetime | None = None) -> SweepResult:
     reclaimed, unsent, woken = leases_reclaim(now=now)
     # A lost endpoint is behind by then: the backlog lane, not ahead of others' new deliveries.
     lost = [i for i in endpoints_lost(now=now) if i not in woken]
-    published = [*pumps_enqueue(woken), *pumps_enqueue(lost, turn=TURN_MORE)]
+    published = [*pumps_enqueue(woken), *pumps_enqueue(lost, turn=TURN_LANE)]
     if reclaimed or published:
         logger.info("sweep", extra={"reclaimed": reclaimed, "unsent": unsent, "enqueued": len(published)})
     return SweepResult(reclaimed=reclaimed, enqueued=len(published), unsent=unsent)

@@ -12,7 +12,7 @@ from routing.fanout import deliveries_fan_out
 from routing.pump import deliveries_pump
 from routing.schedules import schedules_run
 from routing.sweeper import deliveries_sweep
-from routing.wakeup import FANOUT_TASK, PUMP_TASK, TURN_NEW, TURN_NEXT, pump_begin, pumps_started
+from routing.wakeup import FANOUT_TASK, PUMP_TASK, TURN_NEW, pump_begin, pumps_started
 
 # The database went away (restart, failover, network): the task waits and tries again rather than
 # being acked as failed, which would leave its delivery to the sweeper's much slower lost-message check.
@@ -28,7 +28,7 @@ def database_retry_countdown(retries: int) -> float:
 def deliveries_pump_task(self: Any, subscription_id: int, turn: str = TURN_NEW) -> None:
     try:
         if pump_begin(subscription_id, turn=turn):
-            deliveries_pump(subscription_id=subscription_id, marked=turn == TURN_NEXT)
+            deliveries_pump(subscription_id=subscription_id, marked=turn != TURN_NEW)
     except DATABASE_UNAVAILABLE as exc:
         raise self.retry(exc=exc, countdown=database_retry_countdown(self.request.retries)) from exc
 

@@ -45,10 +45,9 @@ _local_pending: TtlCache[int, bool] = TtlCache()
 
 # The backlog lane: the queue's name with this after it (integrator/celery.py has workers take it too).
 BACKLOG_SUFFIX = "-backlog"
-# What a pump message is for (its `turn`): new deliveries (the main queue); in the backlog lane, a
-# pump out of time handing its endpoint on (marked: routing.pump takes the mark off when done), or
-# more pumps for a backlog (its helpers, the sweeper's lost endpoints).
-TURN_NEW, TURN_NEXT, TURN_MORE = "new", "next", "more"
+# What a pump message is for (its `turn`): new deliveries (the main queue), or a backlog (the
+# backlog lane: a pump out of time with more due, a backlog's helpers, the sweeper's lost endpoints).
+TURN_NEW, TURN_LANE = "new", "lane"
 
 
 def backlog_queue() -> str:
@@ -61,12 +60,17 @@ def _backlog_key(subscription_id: int) -> str:
 
 def pump_begin(subscription_id: int, *, turn: str) -> bool:
     """A pump message is taken: whether to pump. A new-work message for an endpoint marked as
-    handed on in the backlog lane is dropped, its pending mark left to expire so that pushes
-    meanwhile publish nothing: that pump takes the endpoint's due deliveries oldest first, these
-    among them. Else the endpoint's pending mark is cleared (pump_started)."""
-    if turn == TURN_NEW and _backlog_marked(subscription_id):
-        return False
-    pump_started(subscription_id)
+    handed to the backlog lane is dropped, its pending mark left to expire so that pushes
+    meanwhile publish nothing: the lane's pump takes the endpoint's due deliveries oldest first,
+    these among them. Else the endpoint's pending mark is cleared (pump_started), and a lane
+    message's waiting mark, so that the next hand-on may publish one."""
+    if turn == TURN_NEW:
+        if _backlog_marked(subscription_id):
+            return False
+        pump_started(subscription_id)
+        return True
+    _local_pending.discard(subscription_id)
+    _marks_delete([*_pending_keys([subscription_id]), *_waiting_keys([subscription_id])], "backlog_mark")
     return True
 
 
@@ -81,9 +85,7 @@ def _backlog_marked(subscription_id: int) -> bool:
 
 
 def _backlog_mark(subscription_ids: Sequence[int]) -> None:
-    """Marked before the backlog message is published: marked after, a pump that ran and ended in
-    between would leave a mark that drops new-work messages with no pump behind it. The mark
-    expires after HUB_SWEEP_LOST_AFTER_SECONDS, what a lost message costs anyway."""
+    """The mark expires after HUB_SWEEP_LOST_AFTER_SECONDS, what a lost message costs anyway."""
     if not cache_available():
         return
     try:
@@ -92,16 +94,20 @@ def _backlog_mark(subscription_ids: Sequence[int]) -> None:
         cache_failed("backlog_mark", exc)
 
 
+def _marks_delete(keys: list[str], use: str) -> None:
+    if not keys or not cache_available():
+        return
+    try:
+        cache.delete_many(keys)
+    except Exception as exc:  # noqa: BLE001 - the marks expire on their own
+        cache_failed(use, exc)
+
+
 def backlog_unmark(subscription_ids: Sequence[int]) -> None:
     """The endpoints' handed-on pump is done (or its message was never published). The caller looks
     once more for due deliveries afterwards: one whose message was dropped while the mark was set
     is this pump's to send."""
-    if not subscription_ids or not cache_available():
-        return
-    try:
-        cache.delete_many([_backlog_key(i) for i in subscription_ids])
-    except Exception as exc:  # noqa: BLE001 - the mark expires on its own
-        cache_failed("backlog_mark", exc)
+    _marks_delete([_backlog_key(i) for i in subscription_ids], "backlog_mark")
 
 
 def _pending_keys(subscription_ids: Sequence[int]) -> list[str]:
@@ -138,20 +144,41 @@ def _newly_pending(subscription_ids: list[int]) -> list[int]:
     HUB_PUMP_COALESCE_SECONDS, so a lost message costs no more than that before pushes publish
     again. On Redis the marks of a fan-out take one round trip, not one per endpoint: its first
     message goes out that much sooner."""
-    if not cache_available():
+    added = _marks_add(_pending_keys(subscription_ids), settings.HUB_PUMP_COALESCE_SECONDS, "pending_mark")
+    if added is None:
         return [i for i in subscription_ids if not _already_pending_locally(i)]
-    keys = _pending_keys(subscription_ids)
-    timeout = settings.HUB_PUMP_COALESCE_SECONDS
+    return [i for i, new in zip(subscription_ids, added, strict=True) if new]
+
+
+def _newly_waiting(subscription_ids: list[int]) -> list[int]:
+    """Those of the endpoints with no message waiting in the backlog lane, now marked: one waits
+    at a time, or every pump's hand-on and a backlog's full batches would add to the lane for good
+    (it grew by ~9 messages a second under a flood). The mark is taken off when the message is; it
+    expires after HUB_SWEEP_LOST_AFTER_SECONDS, what a lost message costs anyway."""
+    added = _marks_add(_waiting_keys(subscription_ids), settings.HUB_SWEEP_LOST_AFTER_SECONDS, "backlog_mark")
+    if added is None:
+        return subscription_ids
+    return [i for i, new in zip(subscription_ids, added, strict=True) if new]
+
+
+def _waiting_keys(subscription_ids: Sequence[int]) -> list[str]:
+    queue = current_app.conf.task_default_queue
+    return [f"pump-lane:{queue}:{i}" for i in subscription_ids]
+
+
+def _marks_add(keys: list[str], timeout: float, use: str) -> list[bool] | None:
+    """cache.add of each key (in one round trip on Redis): whether each was added; None without
+    the cache."""
+    if not cache_available():
+        return None
     try:
         add_all = getattr(caches["default"], "add_all", None)
         if add_all is not None and len(keys) > 1:
-            added = add_all(keys, 1, timeout)
-        else:
-            added = [cache.add(key, 1, timeout=timeout) for key in keys]
-    except Exception as exc:  # noqa: BLE001 - no cache: this process's own marks instead
-        cache_failed("pending_mark", exc)
-        return [i for i in subscription_ids if not _already_pending_locally(i)]
-    return [i for i, new in zip(subscription_ids, added, strict=True) if new]
+            return add_all(keys, 1, timeout)
+        return [cache.add(key, 1, timeout=timeout) for key in keys]
+    except Exception as exc:  # noqa: BLE001 - no cache: the caller's fallback
+        cache_failed(use, exc)
+        return None
 
 
 def _already_pending_locally(subscription_id: int) -> bool:
@@ -260,9 +287,9 @@ def pumps_enqueue(
     """Ask the workers to send these endpoints' due deliveries; returns the ids actually published.
 
     With `coalesce` (new deliveries, at once) an endpoint whose message is still waiting for a
-    worker gets none: under a steady stream of pushes to one endpoint that is most of them. Any
-    `turn` but TURN_NEW goes to the backlog lane; TURN_NEXT marks the endpoints as handed on there
-    (pump_begin). A broker outage
+    worker gets none: under a steady stream of pushes to one endpoint that is most of them.
+    TURN_LANE goes to the backlog lane, one message waiting there per endpoint, and marks the
+    endpoints as handed to it (pump_begin), a mark their lane pump takes off when done. A broker outage
     is not the store's problem: the deliveries are durable and the sweeper wakes their endpoints
     once the broker is back."""
     ids = list(dict.fromkeys(subscription_ids))
@@ -274,9 +301,12 @@ def pumps_enqueue(
         ids = _newly_pending(ids)
     lane: dict[str, Any] = {}
     if turn != TURN_NEW and ids:
-        if turn == TURN_NEXT:
-            _backlog_mark(ids)
-        lane = {"queue": backlog_queue(), "kwargs": {"turn": turn}}
+        # Marked before publishing: marked after, a lane pump that ran and ended in between would
+        # leave a mark that drops new-work messages with no pump behind it. A hand-on whose
+        # endpoint has a message waiting already marks it too: that message's pump unmarks.
+        _backlog_mark(ids)
+        ids = _newly_waiting(ids)
+        lane = {"queue": backlog_queue(), "kwargs": {"turn": TURN_LANE}}
     published: list[int] = []
     for subscription_id in ids:
         try:
@@ -292,8 +322,10 @@ def pumps_enqueue(
                 # Marked pending but never published: let the next push try again.
                 for unpublished in ids[len(published) :]:
                     pump_started(unpublished)
-            if turn == TURN_NEXT:
-                backlog_unmark(ids[len(published) :])
+            if turn != TURN_NEW:
+                unpublished = ids[len(published) :]
+                _marks_delete(_waiting_keys(unpublished), "backlog_mark")
+                backlog_unmark(unpublished)
             break
         published.append(subscription_id)
     return published

@@ -4,13 +4,16 @@ takes the mark off when done and sends what came meanwhile. Through the real bro
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 
 from routing import pump as pump_module
 from routing.models import Delivery
 from routing.pump import deliveries_pump
 from routing.sweeper import deliveries_sweep
-from routing.wakeup import BACKLOG_SUFFIX, PUMP_TASK, TURN_MORE, TURN_NEW, TURN_NEXT, pump_begin, pumps_enqueue
+from routing.wakeup import BACKLOG_SUFFIX, PUMP_TASK, TURN_LANE, TURN_NEW, pump_begin, pumps_enqueue
 from tests.factories import DeliveryFactory, EventFactory, SubscriptionFactory
 from tests.live import Reply, queue_drain
 
@@ -41,11 +44,11 @@ def test_a_pump_cut_short_by_its_time_hands_the_endpoint_to_the_backlog_lane(sub
     result = deliveries_pump(subscription_id=sub.pk)
     assert result.handed_on and 0 < len(result.verdicts) < len(owed)
     main, backlog = lanes
-    assert pumps(backlog) == [([sub.pk], {"turn": TURN_NEXT})]
+    assert pumps(backlog) == [([sub.pk], {"turn": TURN_LANE})]
     assert pumps(main) == []
     # Marked: a push's message for it is dropped; the handed-on one pumps.
     assert not pump_begin(sub.pk, turn=TURN_NEW)
-    assert pump_begin(sub.pk, turn=TURN_NEXT)
+    assert pump_begin(sub.pk, turn=TURN_LANE)
 
 
 def test_one_orders_long_chain_out_of_time_is_a_backlog_too(subscriber, settings, lanes):
@@ -58,7 +61,7 @@ def test_one_orders_long_chain_out_of_time_is_a_backlog_too(subscriber, settings
         DeliveryFactory(subscription=sub, event=EventFactory(payload={"n": n}, resource_key="order-1"))
     assert deliveries_pump(subscription_id=sub.pk).handed_on
     main, backlog = lanes
-    assert pumps(backlog) == [([sub.pk], {"turn": TURN_NEXT})]
+    assert pumps(backlog) == [([sub.pk], {"turn": TURN_LANE})]
     assert pumps(main) == []
 
 
@@ -80,7 +83,7 @@ def test_the_marked_pump_takes_its_mark_off_and_sends_what_came_while_it_held(su
     """A push commits and its message is dropped (the endpoint marked) just as the handed-on pump
     finds nothing left: the pump looks once more after taking the mark off, and sends it."""
     sub = SubscriptionFactory(url=subscriber.url("/late"))
-    assert pumps_enqueue([sub.pk], turn=TURN_NEXT) == [sub.pk]
+    assert pumps_enqueue([sub.pk], turn=TURN_LANE) == [sub.pk]
     (first,) = deliveries(sub, 1)
     late: list[Delivery] = []
     unmark = pump_module.backlog_unmark
@@ -100,18 +103,23 @@ def test_the_marked_pump_takes_its_mark_off_and_sends_what_came_while_it_held(su
 def test_a_marked_pump_of_a_disabled_endpoint_takes_the_mark_off(subscriber, lanes):
     """Else the messages of its return would be dropped until the mark expired."""
     sub = SubscriptionFactory(url=subscriber.url("/off"), is_enabled=False)
-    pumps_enqueue([sub.pk], turn=TURN_NEXT)
+    pumps_enqueue([sub.pk], turn=TURN_LANE)
     assert not pump_begin(sub.pk, turn=TURN_NEW)
     deliveries_pump(subscription_id=sub.pk, marked=True)
     assert pump_begin(sub.pk, turn=TURN_NEW)
 
 
-def test_helpers_and_lost_endpoints_go_to_the_backlog_lane_unmarked(subscriber, settings, lanes):
-    settings.HUB_SWEEP_LOST_AFTER_SECONDS = 0
+def test_lost_endpoints_and_hand_ons_wait_in_the_backlog_lane_one_at_a_time(subscriber, settings, lanes):
+    """Else every hand-on and full batch of a backlog, or every sweep, would add to the lane for good."""
     sub = SubscriptionFactory(url=subscriber.url("/lost"))
-    deliveries(sub, 1)
+    lost = timezone.now() - timedelta(seconds=settings.HUB_SWEEP_LOST_AFTER_SECONDS + 5)
+    DeliveryFactory(subscription=sub, next_attempt_at=lost)
     assert deliveries_sweep().enqueued == 1
+    assert deliveries_sweep().enqueued == 0  # its message still waits
+    assert pumps_enqueue([sub.pk], turn=TURN_LANE) == []  # a hand-on meanwhile
     main, backlog = lanes
-    assert pumps(backlog) == [([sub.pk], {"turn": TURN_MORE})]
+    assert pumps(backlog) == [([sub.pk], {"turn": TURN_LANE})]
     assert pumps(main) == []
-    assert pump_begin(sub.pk, turn=TURN_NEW)
+    assert not pump_begin(sub.pk, turn=TURN_NEW)  # marked: the lane's pump sends new work too
+    assert pump_begin(sub.pk, turn=TURN_LANE)  # the waiting one taken: the next may go
+    assert deliveries_sweep().enqueued == 1
