@@ -15,6 +15,7 @@ from routing import pacing, pump
 from routing.fanout import deliveries_fan_out
 from routing.models import Delivery, Subscription
 from routing.pump import PumpResult, deliveries_pump
+from routing.wakeup import TURN_LANE, pump_begin
 from tests.factories import DeliveryFactory, EventFactory, SubscriptionFactory
 from tests.live import Received, Reply
 
@@ -44,7 +45,9 @@ def pumped(monkeypatch, settings, unconsumed_queue) -> Pump:
 
     def run(sub: Subscription) -> tuple[PumpResult, list[int]]:
         claimed.clear()
-        result = deliveries_pump(subscription_id=sub.pk)
+        # As a worker takes the message the last pump handed on: the next hand-on may publish.
+        pump_begin(sub.pk, turn=TURN_LANE)
+        result = deliveries_pump(subscription_id=sub.pk, marked=True)
         return result, list(claimed)
 
     return run
