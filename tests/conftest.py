@@ -74,18 +74,29 @@ def _deadlock(exc: BaseException | None) -> bool:
 def _store_cache_clear() -> Iterator[None]:
     """Each test starts with no store remembered by authentication (events.selectors), no
     subscriptions remembered by routing (routing.subscriptions), no endpoint's pace
-    (routing.pacing) and no rate-limit leases (events.throttling)."""
+    (routing.pacing), no rate-limit leases (events.throttling) and, on the embedded default, no
+    endpoint's marks in the file cache."""
     from events.selectors import store_cache_clear
     from events.throttling import leases
     from routing.pacing import paces_forget
     from routing.subscriptions import subscriptions_cache_clear
 
-    clears = (store_cache_clear, subscriptions_cache_clear, paces_forget, leases.clear)
+    clears = (store_cache_clear, subscriptions_cache_clear, paces_forget, leases.clear, _file_cache_clear)
     for clear in clears:
         clear()
     yield
     for clear in clears:
         clear()
+
+
+def _file_cache_clear() -> None:
+    """The embedded default's cache: SQLite gives ids again after a flush, so an endpoint's marks
+    (routing.wakeup: the backlog lane's last 30 s) from an earlier test would be a new one's."""
+    from django.core.cache import caches
+    from django.core.cache.backends.filebased import FileBasedCache
+
+    if isinstance(caches["default"], FileBasedCache):
+        caches["default"].clear()
 
 
 @pytest.fixture
