@@ -64,13 +64,11 @@ def pump_begin(subscription_id: int, *, turn: str) -> bool:
     meanwhile publish nothing: the lane's pump takes the endpoint's due deliveries oldest first,
     these among them. Else the endpoint's pending mark is cleared (pump_started), and a lane
     message's waiting mark, so that the next hand-on may publish one."""
-    if turn == TURN_NEW:
-        if _backlog_marked(subscription_id):
-            return False
-        pump_started(subscription_id)
-        return True
-    _local_pending.discard(subscription_id)
-    _marks_delete([*_pending_keys([subscription_id]), *_waiting_keys([subscription_id])], "backlog_mark")
+    if turn == TURN_NEW and _backlog_marked(subscription_id):
+        return False
+    pump_started(subscription_id)
+    if turn != TURN_NEW:
+        _marks_delete(_waiting_keys([subscription_id]), "backlog_mark")
     return True
 
 
@@ -153,8 +151,8 @@ def _newly_pending(subscription_ids: list[int]) -> list[int]:
 def _newly_waiting(subscription_ids: list[int]) -> list[int]:
     """Those of the endpoints with no message waiting in the backlog lane, now marked: one waits
     at a time, or every pump's hand-on and a backlog's full batches would add to the lane for good
-    (it grew by ~9 messages a second under a flood). The mark is taken off when the message is; it
-    expires after HUB_SWEEP_LOST_AFTER_SECONDS, what a lost message costs anyway."""
+    under a flood (docs/reliability.md). The mark is taken off when the message is; it expires
+    after HUB_SWEEP_LOST_AFTER_SECONDS, what a lost message costs anyway."""
     added = _marks_add(_waiting_keys(subscription_ids), settings.HUB_SWEEP_LOST_AFTER_SECONDS, "backlog_mark")
     if added is None:
         return subscription_ids
