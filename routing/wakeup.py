@@ -48,14 +48,13 @@ BACKLOG_SUFFIX = "-backlog"
 # What a pump message is for (its `turn`): new deliveries (the main queue), or a backlog (the
 # backlog lane: a pump out of time with more due, a backlog's helpers, the sweeper's lost endpoints).
 TURN_NEW, TURN_LANE = "new", "lane"
+# The cache's marks of an endpoint (_mark_keys): a message waiting in the main queue, the endpoint
+# handed to the backlog lane, a message waiting in the lane.
+PENDING_MARK, BACKLOG_MARK, WAITING_MARK = "pending", "backlog", "lane"
 
 
 def backlog_queue() -> str:
     return f"{current_app.conf.task_default_queue}{BACKLOG_SUFFIX}"
-
-
-def _backlog_key(subscription_id: int) -> str:
-    return f"pump-backlog:{current_app.conf.task_default_queue}:{subscription_id}"
 
 
 def pump_begin(subscription_id: int, *, turn: str) -> bool:
@@ -68,7 +67,7 @@ def pump_begin(subscription_id: int, *, turn: str) -> bool:
         return False
     pump_started(subscription_id)
     if turn != TURN_NEW:
-        _marks_delete(_waiting_keys([subscription_id]), "backlog_mark")
+        _marks_delete(_mark_keys(WAITING_MARK, [subscription_id]), "backlog_mark")
     return True
 
 
@@ -76,7 +75,7 @@ def _backlog_marked(subscription_id: int) -> bool:
     if not cache_available():
         return False
     try:
-        return cache.get(_backlog_key(subscription_id)) is not None
+        return cache.get(_mark_keys(BACKLOG_MARK, [subscription_id])[0]) is not None
     except Exception as exc:  # noqa: BLE001 - without the mark the message pumps, as before lanes
         cache_failed("backlog_mark", exc)
         return False
@@ -87,7 +86,8 @@ def _backlog_mark(subscription_ids: Sequence[int]) -> None:
     if not cache_available():
         return
     try:
-        cache.set_many({_backlog_key(i): 1 for i in subscription_ids}, timeout=settings.HUB_SWEEP_LOST_AFTER_SECONDS)
+        marks = dict.fromkeys(_mark_keys(BACKLOG_MARK, subscription_ids), 1)
+        cache.set_many(marks, timeout=settings.HUB_SWEEP_LOST_AFTER_SECONDS)
     except Exception as exc:  # noqa: BLE001 - unmarked, new-work messages pump alongside
         cache_failed("backlog_mark", exc)
 
@@ -96,8 +96,11 @@ def _marks_delete(keys: list[str], use: str) -> None:
     if not keys or not cache_available():
         return
     try:
-        cache.delete_many(keys)
-    except Exception as exc:  # noqa: BLE001 - the marks expire on their own
+        if len(keys) == 1:
+            cache.delete(keys[0])
+        else:
+            cache.delete_many(keys)
+    except Exception as exc:  # noqa: BLE001 - a mark only saves messages; its expiry ends it anyway
         cache_failed(use, exc)
 
 
@@ -105,14 +108,14 @@ def backlog_unmark(subscription_ids: Sequence[int]) -> None:
     """The endpoints' handed-on pump is done (or its message was never published). The caller looks
     once more for due deliveries afterwards: one whose message was dropped while the mark was set
     is this pump's to send."""
-    _marks_delete([_backlog_key(i) for i in subscription_ids], "backlog_mark")
+    _marks_delete(_mark_keys(BACKLOG_MARK, subscription_ids), "backlog_mark")
 
 
-def _pending_keys(subscription_ids: Sequence[int]) -> list[str]:
+def _mark_keys(kind: str, subscription_ids: Sequence[int]) -> list[str]:
     # Per queue: two hubs (or a hub and its benchmark) may share one Redis. The queue read once: a
     # lookup in Celery's settings costs more than making the key.
     queue = current_app.conf.task_default_queue
-    return [f"pump-pending:{queue}:{i}" for i in subscription_ids]
+    return [f"pump-{kind}:{queue}:{i}" for i in subscription_ids]
 
 
 def pump_started(subscription_id: int) -> None:
@@ -125,14 +128,8 @@ def pumps_started(subscription_ids: Sequence[int]) -> None:
     """pump_started for several endpoints (a fan-out's), in one cache round trip."""
     for subscription_id in subscription_ids:
         _local_pending.discard(subscription_id)
-    if settings.HUB_PUMP_COALESCE_SECONDS > 0 and subscription_ids and cache_available():
-        try:
-            if len(subscription_ids) == 1:
-                cache.delete(_pending_keys(subscription_ids)[0])
-            else:
-                cache.delete_many(_pending_keys(subscription_ids))
-        except Exception as exc:  # noqa: BLE001 - the mark only saves messages; its expiry ends it anyway
-            cache_failed("pending_mark", exc)
+    if settings.HUB_PUMP_COALESCE_SECONDS > 0:
+        _marks_delete(_mark_keys(PENDING_MARK, subscription_ids), "pending_mark")
 
 
 def _newly_pending(subscription_ids: list[int]) -> list[int]:
@@ -142,7 +139,7 @@ def _newly_pending(subscription_ids: list[int]) -> list[int]:
     HUB_PUMP_COALESCE_SECONDS, so a lost message costs no more than that before pushes publish
     again. On Redis the marks of a fan-out take one round trip, not one per endpoint: its first
     message goes out that much sooner."""
-    added = _marks_add(_pending_keys(subscription_ids), settings.HUB_PUMP_COALESCE_SECONDS, "pending_mark")
+    added = _marks_add(_mark_keys(PENDING_MARK, subscription_ids), settings.HUB_PUMP_COALESCE_SECONDS, "pending_mark")
     if added is None:
         return [i for i in subscription_ids if not _already_pending_locally(i)]
     return [i for i, new in zip(subscription_ids, added, strict=True) if new]
@@ -153,15 +150,11 @@ def _newly_waiting(subscription_ids: list[int]) -> list[int]:
     at a time, or every pump's hand-on and a backlog's full batches would add to the lane for good
     under a flood (docs/reliability.md). The mark is taken off when the message is; it expires
     after HUB_SWEEP_LOST_AFTER_SECONDS, what a lost message costs anyway."""
-    added = _marks_add(_waiting_keys(subscription_ids), settings.HUB_SWEEP_LOST_AFTER_SECONDS, "backlog_mark")
+    keys = _mark_keys(WAITING_MARK, subscription_ids)
+    added = _marks_add(keys, settings.HUB_SWEEP_LOST_AFTER_SECONDS, "backlog_mark")
     if added is None:
         return subscription_ids
     return [i for i, new in zip(subscription_ids, added, strict=True) if new]
-
-
-def _waiting_keys(subscription_ids: Sequence[int]) -> list[str]:
-    queue = current_app.conf.task_default_queue
-    return [f"pump-lane:{queue}:{i}" for i in subscription_ids]
 
 
 def _marks_add(keys: list[str], timeout: float, use: str) -> list[bool] | None:
@@ -322,7 +315,7 @@ def pumps_enqueue(
                     pump_started(unpublished)
             if turn != TURN_NEW:
                 unpublished = ids[len(published) :]
-                _marks_delete(_waiting_keys(unpublished), "backlog_mark")
+                _marks_delete(_mark_keys(WAITING_MARK, unpublished), "backlog_mark")
                 backlog_unmark(unpublished)
             break
         published.append(subscription_id)
