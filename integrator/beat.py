@@ -4,11 +4,14 @@ The jobs (the sweeper, schedules, partitions, retention) run in beat's own proce
 thread of its own, instead of being sent to the workers: sent as tasks, they waited in the queue
 behind the pumps of a backlog and expired there, so while every worker was busy nothing took a
 dead worker's deliveries back. The heartbeat file's modification time is the last tick, so a
-healthcheck (integrator/healthcheck.py) can tell a beat that still schedules from one that hangs."""
+healthcheck (integrator/healthcheck.py) can tell a beat that still schedules from one that hangs,
+and a StaleWatch ends a beat that hangs, so that whatever runs it starts a new one."""
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +29,8 @@ logger = logging.getLogger(__name__)
 AT_START = ("ops.partitions_analyze",)
 # How long beat, stopping, waits for a job under way to finish before it exits anyway.
 STOP_WAIT_SECONDS = 10.0
+# Beat's exit status when it ends itself for going stale (EX_TEMPFAIL: try again).
+STALE_EXIT_STATUS = 75
 
 
 def heartbeat_touch(path: Path) -> None:
@@ -113,6 +118,8 @@ class HeartbeatScheduler(PersistentScheduler):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.jobs: dict[str, Job] = {}
+        # time.monotonic() of the last tick with no job overdue: what StaleWatch measures.
+        self.healthy_at = time.monotonic()
         # The overdue jobs last said, so that a stuck job is logged once, not at every tick.
         self._overdue_said: list[str] = []
         super().__init__(*args, **kwargs)
@@ -153,6 +160,7 @@ class HeartbeatScheduler(PersistentScheduler):
             self._overdue_said = overdue
         if not overdue:
             # A stuck job's next runs wait behind it: a beat that cannot sweep must not look healthy.
+            self.healthy_at = time.monotonic()
             heartbeat_touch(Path(settings.HUB_BEAT_HEARTBEAT_FILE))
         return interval
 
@@ -161,3 +169,56 @@ class HeartbeatScheduler(PersistentScheduler):
             if not job.wait_idle(STOP_WAIT_SECONDS):
                 logger.warning("beat: stopped with a periodic job under way", extra={"job": job.name})
         super().close()
+
+
+class StaleWatch:
+    """Ends beat's process once its scheduler has gone `stale_seconds` without a healthy tick (the
+    healthcheck's own test), so that its supervisor starts a new one: compose restarts a container
+    that exited, not one that is unhealthy, and a hung job's thread cannot be stopped otherwise.
+    Embedded in a worker (`worker --beat`, as scripts/serve runs it), it stops that worker first,
+    whose supervisor then restarts both.
+
+    Time the whole process spent stopped (SIGSTOP, a suspended machine) is not counted: the watch
+    itself would have been late then, and the loop gets a tick's chance once it runs again."""
+
+    def __init__(self, scheduler: HeartbeatScheduler, *, stale_seconds: float, embedded: bool = False) -> None:
+        self.scheduler = scheduler
+        self.stale_seconds = stale_seconds
+        self.embedded = embedded
+        self.interval = min(1.0, stale_seconds / 4)
+        self._thread = threading.Thread(target=self._loop, name="beat-stale-watch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stale_for(self, now: float, resumed_at: float) -> float:
+        return now - max(self.scheduler.healthy_at, resumed_at)
+
+    def _loop(self) -> None:
+        resumed_at = before = time.monotonic()
+        while True:
+            time.sleep(self.interval)
+            now = time.monotonic()
+            if now - before > self.interval + max(self.interval, 1.0):
+                # This thread was held up as long as the loop: the process was stopped, not hung.
+                resumed_at = now
+            before = now
+            stale_for = self.stale_for(now, resumed_at)
+            if stale_for > self.stale_seconds:
+                self.exit(stale_for)
+                return
+
+    def exit(self, stale_for: float) -> None:
+        logger.error(
+            "beat: no healthy tick, exiting so that it is restarted",
+            extra={"stale_seconds": round(stale_for, 1), "embedded": self.embedded},
+        )
+        for handler in logging.getLogger().handlers:
+            try:
+                handler.flush()
+            except Exception:  # noqa: BLE001, S110 - nothing is left to report it to
+                pass
+        if self.embedded:
+            # The worker that started this process: its warm shutdown ends it, its supervisor restarts it.
+            os.kill(os.getppid(), signal.SIGTERM)
+        os._exit(STALE_EXIT_STATUS)

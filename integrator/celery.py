@@ -29,6 +29,28 @@ def _backlog_lanes_consume(sender: object, instance: object, **kwargs: object) -
             queues.select_add(f"{name}{BACKLOG_SUFFIX}")
 
 
+@signals.beat_init.connect
+def _beat_stale_watch(sender: object, **kwargs: object) -> None:
+    # Only a beat service started for real (not a scheduler made in a test) ends its process.
+    from django.conf import settings
+
+    from integrator.beat import HeartbeatScheduler, StaleWatch
+
+    scheduler = sender.scheduler  # type: ignore[attr-defined]
+    if isinstance(scheduler, HeartbeatScheduler):
+        watch = StaleWatch(scheduler, stale_seconds=settings.HUB_BEAT_STALE_SECONDS)
+        sender.stale_watch = watch  # type: ignore[attr-defined]
+        watch.start()
+
+
+@signals.beat_embedded_init.connect
+def _beat_stale_watch_embedded(sender: object, **kwargs: object) -> None:
+    # Sent right after beat_init, before the first tick: the watch is to stop the worker too.
+    watch = getattr(sender, "stale_watch", None)
+    if watch is not None:
+        watch.embedded = True
+
+
 @signals.worker_init.connect
 def _worker_metrics_serve(**kwargs: object) -> None:
     # Opt-in, so that test workers and several workers on one host never fight over a port.

@@ -312,7 +312,8 @@ HUB_SWEEP_INTERVAL_SECONDS = _env_float("HUB_SWEEP_INTERVAL_SECONDS", 2)
 # Due for longer than this means its broker message was lost (or never sent); the sweeper wakes it.
 HUB_SWEEP_LOST_AFTER_SECONDS = _env_float("HUB_SWEEP_LOST_AFTER_SECONDS", 30)
 HUB_SWEEP_BATCH_SIZE = _env_int("HUB_SWEEP_BATCH_SIZE", 1000)
-# Beat ticks at least once per sweep interval; a heartbeat older than a few of them means it stopped.
+# Beat ticks at least once per sweep interval; a heartbeat older than a few of them means it stopped,
+# and beat then exits so that it is restarted (integrator.beat.StaleWatch).
 HUB_BEAT_STALE_SECONDS = _env_float("HUB_BEAT_STALE_SECONDS", max(60.0, 4 * HUB_SWEEP_INTERVAL_SECONDS))
 # The longest one run of a beat job may take (each of its statements is cut there too); past it beat
 # stops touching its heartbeat, so the healthcheck fails. The limit the jobs had as Celery tasks.
