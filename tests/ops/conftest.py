@@ -29,6 +29,18 @@ def hub_env(**overrides: str) -> dict[str, str]:
     return env
 
 
+def beat_env(tmp_path: Path, queue: str, **overrides: str) -> dict[str, str]:
+    """hub_env for a beat under test: its files in tmp_path, a private queue, a tick every second
+    and a heartbeat stale after 3 s."""
+    return hub_env(
+        HUB_VAR_DIR=str(tmp_path),
+        CELERY_QUEUE=queue,
+        HUB_SWEEP_INTERVAL_SECONDS="1",
+        HUB_BEAT_STALE_SECONDS="3",
+        **overrides,
+    )
+
+
 @pytest.fixture
 def python() -> str:
     return sys.executable

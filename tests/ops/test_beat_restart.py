@@ -8,91 +8,76 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from integrator.beat import STALE_EXIT_STATUS, StaleWatch
 from tests.live import queue_purge, wait_until
-from tests.ops.conftest import ROOT, hub_env
+from tests.ops.conftest import ROOT, beat_env
 
 
-def _hung_env(tmp_path, queue: str) -> dict[str, str]:
-    return hub_env(
-        HUB_VAR_DIR=str(tmp_path),
-        CELERY_QUEUE=queue,
-        HUB_SWEEP_INTERVAL_SECONDS="1",
+@contextmanager
+def hung_celery(tmp_path, queue: str, *args: str) -> Iterator[tuple[subprocess.Popen, Path]]:
+    """`celery <args>` with HungJobScheduler as its beat, short limits, a private queue; killed
+    and its queue purged afterwards. Yields the process and its log once beat has ticked."""
+    queue_purge(queue)
+    env = beat_env(
+        tmp_path,
+        queue,
         HUB_BEAT_JOB_LIMIT_SECONDS="1",
-        HUB_BEAT_STALE_SECONDS="3",
         HUB_BEAT_HEARTBEAT_FILE=str(tmp_path / "beat-heartbeat"),
         LOG_LEVEL="INFO",
     )
-
-
-def _celery(tmp_path, env: dict[str, str], *args: str) -> tuple[subprocess.Popen, object]:
     log = tmp_path / "celery.log"
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "--app=integrator", *args],
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "--app=integrator",
+            *args,
+            "--scheduler=tests.ops.hung_beat:HungJobScheduler",
+            f"--schedule={tmp_path / 'celerybeat-schedule'}",
+        ],
         cwd=ROOT,
         env=env,
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
     )
-    return process, log
+    try:
+        wait_until((tmp_path / "beat-heartbeat").exists, timeout=60, message="beat's first healthy tick")
+        yield process, log
+    finally:
+        process.kill()
+        process.wait(timeout=60)
+        queue_purge(queue)
 
 
 @pytest.mark.django_db
 def test_a_beat_whose_job_hangs_exits_so_that_it_is_restarted(tmp_path):
-    queue = "hub-test-beat-stale"
-    queue_purge(queue)
-    beat, log = _celery(
-        tmp_path,
-        _hung_env(tmp_path, queue),
-        "beat",
-        "--scheduler=tests.ops.hung_beat:HungJobScheduler",
-        f"--schedule={tmp_path / 'celerybeat-schedule'}",
-    )
-    try:
-        wait_until((tmp_path / "beat-heartbeat").exists, timeout=60, message="beat's first healthy tick")
+    with hung_celery(tmp_path, "hub-test-beat-stale", "beat") as (beat, log):
         # The job hangs from 1 s on, is overdue 1 s later, and the heartbeat is stale 3 s after that.
         status = beat.wait(timeout=60)
         text = log.read_text()
         assert status == STALE_EXIT_STATUS, text
         assert "beat: a periodic job is stuck" in text
         assert "beat: no healthy tick, exiting so that it is restarted" in text
-    finally:
-        beat.kill()
-        beat.wait(timeout=60)
-        queue_purge(queue)
 
 
 @pytest.mark.django_db
 def test_a_beat_embedded_in_a_worker_stops_the_worker_that_its_supervisor_restarts(tmp_path):
     """scripts/serve runs `worker --beat`: beat is a child of the worker, and a beat process that
     exited alone would leave the worker running with no sweeper and nothing to notice."""
-    queue = "hub-test-beat-stale-embedded"
-    queue_purge(queue)
-    worker, log = _celery(
-        tmp_path,
-        _hung_env(tmp_path, queue),
-        "worker",
-        "--beat",
-        "--scheduler=tests.ops.hung_beat:HungJobScheduler",
-        f"--schedule={tmp_path / 'celerybeat-schedule'}",
-        "--pool=solo",
-        "--without-gossip",
-        "--without-mingle",
-    )
-    try:
-        wait_until((tmp_path / "beat-heartbeat").exists, timeout=60, message="beat's first healthy tick")
+    args = ("worker", "--beat", "--pool=solo", "--without-gossip", "--without-mingle")
+    with hung_celery(tmp_path, "hub-test-beat-stale-embedded", *args) as (worker, log):
         worker.wait(timeout=90)
         text = log.read_text()
         assert "beat: no healthy tick, exiting so that it is restarted" in text
         assert '"embedded":true' in text, text
-    finally:
-        worker.kill()
-        worker.wait(timeout=60)
-        queue_purge(queue)
 
 
 class _Exits(StaleWatch):

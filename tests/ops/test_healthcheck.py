@@ -13,7 +13,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from tests.live import queue_purge, wait_until
-from tests.ops.conftest import ROOT, gunicorn_start, hub_env
+from tests.ops.conftest import ROOT, beat_env, gunicorn_start, hub_env
 
 
 def healthcheck(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -47,13 +47,7 @@ def test_a_real_beat_is_healthy_while_it_ticks_and_unhealthy_once_it_stops(tmp_p
     ages, and the healthcheck says so."""
     queue = "hub-test-beat-health"
     queue_purge(queue)
-    env = hub_env(
-        HUB_VAR_DIR=str(tmp_path),
-        CELERY_QUEUE=queue,
-        HUB_SWEEP_INTERVAL_SECONDS="1",
-        HUB_BEAT_STALE_SECONDS="3",
-        LOG_LEVEL="WARNING",
-    )
+    env = beat_env(tmp_path, queue, LOG_LEVEL="WARNING")
     log = tmp_path / "beat.log"
     beat = subprocess.Popen(
         [sys.executable, "-m", "celery", "--app=integrator", "beat", f"--schedule={tmp_path / 'celerybeat-schedule'}"],
