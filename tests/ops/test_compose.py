@@ -83,6 +83,12 @@ def test_hub_services_wait_for_a_successful_migration_and_healthy_stores(service
     assert services["migrate"]["restart"] == "no"
 
 
+def test_long_running_services_are_restarted_when_they_exit(services):
+    """Compose acts on an exit, not on health: a hung beat exits by itself (integrator.beat.StaleWatch)."""
+    for name in ("postgres", "redis", "web", "worker", "beat"):
+        assert services[name]["restart"] in ("unless-stopped", "always"), name
+
+
 def test_long_running_services_have_healthchecks(services):
     for name in ("postgres", "redis", "web", "worker", "beat"):
         test = services[name]["healthcheck"]["test"]
