@@ -75,13 +75,13 @@ def _store_cache_clear() -> Iterator[None]:
     """Each test starts with no store remembered by authentication (events.selectors), no
     subscriptions remembered by routing (routing.subscriptions), no endpoint's pace
     (routing.pacing), no rate-limit leases (events.throttling) and, on the embedded default, no
-    endpoint's marks in the file cache."""
+    endpoint's marks in the cache."""
     from events.selectors import store_cache_clear
     from events.throttling import leases
     from routing.pacing import paces_forget
     from routing.subscriptions import subscriptions_cache_clear
 
-    clears = (store_cache_clear, subscriptions_cache_clear, paces_forget, leases.clear, _file_cache_clear)
+    clears = (store_cache_clear, subscriptions_cache_clear, paces_forget, leases.clear, _endpoint_marks_clear)
     for clear in clears:
         clear()
     yield
@@ -89,14 +89,24 @@ def _store_cache_clear() -> Iterator[None]:
         clear()
 
 
-def _file_cache_clear() -> None:
-    """The embedded default's cache: SQLite gives ids again after a flush, so an endpoint's marks
-    (routing.wakeup: the backlog lane's last 30 s) from an earlier test would be a new one's."""
+def _endpoint_marks_clear() -> None:
+    """Endpoints' marks (routing.wakeup; the backlog lane's last up to a minute) from an earlier
+    test, or an earlier run, would be a new endpoint's: SQLite gives ids again after a flush, and
+    a test database made anew starts its ids again. On Redis only the marks go: the broker's queues
+    may share its database."""
     from django.core.cache import caches
     from django.core.cache.backends.filebased import FileBasedCache
 
-    if isinstance(caches["default"], FileBasedCache):
-        caches["default"].clear()
+    cache = caches["default"]
+    if isinstance(cache, FileBasedCache):
+        cache.clear()
+        return
+    get_client = getattr(getattr(cache, "_cache", None), "get_client", None)
+    if get_client is not None:
+        client = get_client(write=True)
+        marks = list(client.scan_iter(match="*:pump-*", count=1000))
+        if marks:
+            client.delete(*marks)
 
 
 @pytest.fixture
