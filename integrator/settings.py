@@ -263,6 +263,9 @@ HUB_DELIVERY_BATCH_SIZE = _env_int("HUB_DELIVERY_BATCH_SIZE", 200)
 # Then a fresh message takes over, so other endpoints do not wait behind one long backlog: with
 # every pool process on a backlog, one comes free for new work about this often.
 HUB_DELIVERY_PUMP_SECONDS = _env_float("HUB_DELIVERY_PUMP_SECONDS", 1)
+# Each turn is that long times a random factor within 1 +- this: turns of equal length keep every
+# pool process's turns ending together, and new work would wait for that moment.
+HUB_DELIVERY_PUMP_JITTER = min(max(_env_float("HUB_DELIVERY_PUMP_JITTER", 0.5), 0.0), 1.0)
 # No new message for an endpoint whose last one still waits for a worker (it will see the push's
 # deliveries); the mark lasts this long at most. 0 = a message for every push.
 HUB_PUMP_COALESCE_SECONDS = _env_float("HUB_PUMP_COALESCE_SECONDS", 2)
@@ -276,7 +279,9 @@ HUB_LEASE_SECONDS = _env_float("HUB_LEASE_SECONDS", 6)
 # The renewals never hold a batch longer than the pump's time, the endpoint's timeout and this margin.
 HUB_DELIVERY_LEASE_MARGIN_SECONDS = _env_float("HUB_DELIVERY_LEASE_MARGIN_SECONDS", 60)
 # Above a pump's budget + the longest timeout + the lease margin: never stop a pump mid-attempt.
-CELERY_TASK_SOFT_TIME_LIMIT = max(240, math.ceil(HUB_DELIVERY_PUMP_SECONDS + 120 + HUB_DELIVERY_LEASE_MARGIN_SECONDS))
+CELERY_TASK_SOFT_TIME_LIMIT = max(
+    240, math.ceil(HUB_DELIVERY_PUMP_SECONDS * (1 + HUB_DELIVERY_PUMP_JITTER) + 120 + HUB_DELIVERY_LEASE_MARGIN_SECONDS)
+)
 CELERY_TASK_TIME_LIMIT = CELERY_TASK_SOFT_TIME_LIMIT + 60
 HUB_RESPONSE_BODY_MAX_CHARS = _env_int("HUB_RESPONSE_BODY_MAX_CHARS", 4096)
 HUB_RESPONSE_READ_MAX_BYTES = _env_int("HUB_RESPONSE_READ_MAX_BYTES", 1024 * 1024)

@@ -66,7 +66,8 @@ def delivery_time_limits_check(app_configs: Any = None, **kwargs: Any) -> list[E
                 id="hub.E005",
             )
         )
-    longest = settings.HUB_DELIVERY_PUMP_SECONDS + TIMEOUT_MAX_SECONDS + settings.HUB_DELIVERY_LEASE_MARGIN_SECONDS
+    turn_longest = settings.HUB_DELIVERY_PUMP_SECONDS * (1 + settings.HUB_DELIVERY_PUMP_JITTER)
+    longest = turn_longest + TIMEOUT_MAX_SECONDS + settings.HUB_DELIVERY_LEASE_MARGIN_SECONDS
     if settings.CELERY_TASK_SOFT_TIME_LIMIT < longest:
         problems.append(
             Error(

@@ -18,6 +18,7 @@ endpoints' new deliveries go first.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 
@@ -50,12 +51,12 @@ class PumpResult:
 
 
 def deliveries_pump(*, subscription_id: int, marked: bool = False) -> PumpResult:
-    """Send one endpoint's due deliveries until none is left, within HUB_DELIVERY_PUMP_SECONDS.
+    """Send one endpoint's due deliveries until none is left, within its turn (turn_seconds).
     `marked`: a pump from the backlog lane, which takes the endpoint's mark off when done.
 
     Nothing is sent for a disabled endpoint, or when its in-flight limit is taken: the tasks that
     hold it go on until nothing is due, so they also send what this one would have."""
-    budget = settings.HUB_DELIVERY_PUMP_SECONDS
+    budget = turn_seconds()
     deadline = time.monotonic() + budget
     outcome = PumpResult()
     # Read once for the pump's few seconds; every round's claim checks that it is still enabled and
@@ -93,6 +94,13 @@ def deliveries_pump(*, subscription_id: int, marked: bool = False) -> PumpResult
         # A disabled or deleted endpoint: its mark must not drop the messages of its return.
         backlog_unmark([subscription_id])
     return outcome
+
+
+def turn_seconds() -> float:
+    """HUB_DELIVERY_PUMP_SECONDS, scattered by HUB_DELIVERY_PUMP_JITTER so that busy pool
+    processes come free one after another, not all at once."""
+    jitter = settings.HUB_DELIVERY_PUMP_JITTER
+    return settings.HUB_DELIVERY_PUMP_SECONDS * random.uniform(1 - jitter, 1 + jitter)
 
 
 def _batch_close(batch: Batch, *, sent: list[Sent], unsent: list[Delivery]) -> dict[int, str]:

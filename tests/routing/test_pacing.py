@@ -32,6 +32,8 @@ def pumped(monkeypatch, settings, unconsumed_queue) -> Pump:
     claimed (the real claim, watched)."""
     settings.HUB_DELIVERY_BATCH_SIZE = CAP
     settings.HUB_DELIVERY_PUMP_SECONDS = 1.0
+    # Turns of exactly that length: these tests size batches to a turn's time.
+    settings.HUB_DELIVERY_PUMP_JITTER = 0
     claimed: list[int] = []
     claim = pump.batch_claim
 

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from routing.leases import LEASE_EXPIRED_ERROR
 from routing.models import Attempt, Delivery
-from routing.pump import PumpResult, deliveries_pump
+from routing.pump import PumpResult, deliveries_pump, turn_seconds
 from routing.sweeper import deliveries_sweep
 from tests.factories import DeliveryFactory, EventFactory, SubscriptionFactory
 from tests.live import Reply
@@ -329,3 +329,15 @@ def test_a_claimed_row_is_made_as_the_orm_makes_it_for_a_post_init_receiver():
         post_init.disconnect(receiver, sender=Delivery)
     assert [(Delivery, claimed)] == [(s, i) for s, i in seen if i is claimed]
     assert claimed.pk == delivery.pk and not claimed._state.adding
+
+
+@pytest.mark.django_db(transaction=False)
+def test_turns_are_scattered_around_their_length_so_busy_processes_come_free_apart(settings):
+    """Turns of one length kept every busy pool process's turns ending together: new work waited
+    for that moment (bench/chaos.py --scenario neighbour, docs/reliability.md)."""
+    settings.HUB_DELIVERY_PUMP_SECONDS = 2.0
+    settings.HUB_DELIVERY_PUMP_JITTER = 0.5
+    turns = [turn_seconds() for _ in range(400)]
+    assert 1.0 <= min(turns) < 1.4 and 2.6 < max(turns) <= 3.0
+    settings.HUB_DELIVERY_PUMP_JITTER = 0
+    assert {turn_seconds() for _ in range(20)} == {2.0}
