@@ -181,10 +181,11 @@ class StaleWatch:
     Time the whole process spent stopped (SIGSTOP, a suspended machine) is not counted: the watch
     itself would have been late then, and the loop gets a tick's chance once it runs again."""
 
-    def __init__(self, scheduler: HeartbeatScheduler, *, stale_seconds: float, embedded: bool = False) -> None:
+    def __init__(self, scheduler: HeartbeatScheduler, *, stale_seconds: float) -> None:
         self.scheduler = scheduler
         self.stale_seconds = stale_seconds
-        self.embedded = embedded
+        # Set by beat_embedded_init, which Celery sends only after beat_init has made the watch.
+        self.embedded = False
         self.interval = min(1.0, stale_seconds / 4)
         self._thread = threading.Thread(target=self._loop, name="beat-stale-watch", daemon=True)
 
